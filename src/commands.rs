@@ -1,0 +1,224 @@
+//! The program's stories: read the spec, plan, generate, and report to the terminal or as
+//! JSON. Everything here turns command-line values into library calls and library results
+//! into text; the work itself happens in the library.
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use eoi::error::Error;
+use eoi::generate::{self, Options, Report};
+use eoi::plan::{self, Overrides, Plan};
+use eoi::provenance::{SCHEMA_VERSION, layer_record};
+use eoi::spec::{self, Source, SpecError};
+use eoi::stream::STREAM_VERSION;
+
+use crate::cli::{Cli, Command, GenerateArgs, PlanArgs, SpecArgs};
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<(), Error> {
+    match cli.command {
+        Command::Plan(args) => plan_command(args),
+        Command::Generate(args) => generate_command(args),
+    }
+}
+
+/// Reads the spec text from a file, or from standard input for `-`.
+fn read_source(path: &Path) -> Result<Source, Error> {
+    let (name, bytes) = if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::Usage(format!("cannot read the spec from standard input: {e}")))?;
+        ("<stdin>".to_string(), bytes)
+    } else {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::Usage(format!("cannot read spec '{name}': {e}")))?;
+        (name, bytes)
+    };
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Source { name, text }),
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column =
+                valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
+            Err(SpecError {
+                file: name,
+                position: Some((line, column)),
+                context: String::new(),
+                message: "the spec is not valid UTF-8 text".into(),
+                help: Some("save the spec as UTF-8".into()),
+            }
+            .into())
+        }
+    }
+}
+
+fn load_plan(args: &SpecArgs, dtype: Option<eoi::tensor::Dtype>) -> Result<Plan, Error> {
+    let source = read_source(&args.spec)?;
+    let spec = spec::parse(source)?;
+    let overrides = Overrides {
+        seed: args.seed,
+        format: args.format.map(Into::into),
+        dtype,
+    };
+    let plan = plan::plan(&spec, &overrides)?;
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(plan)
+}
+
+fn stdout_error(e: io::Error) -> Error {
+    Error::io("cannot write to standard output", e)
+}
+
+fn print_json(value: &Value) -> Result<(), Error> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(|e| stdout_error(e.into()))?;
+    writeln!(out).map_err(stdout_error)
+}
+
+/// 1234567 -> "1,234,567".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (k, c) in digits.chars().enumerate() {
+        if k > 0 && (digits.len() - k) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn plan_json(plan: &Plan) -> Value {
+    json!({
+        "schema_version": SCHEMA_VERSION,
+        "eoi_version": eoi::VERSION,
+        "stream_version": STREAM_VERSION,
+        "seed": plan.seed,
+        "distribution": plan.distribution.name(),
+        "target_density": plan.requested_density.get(),
+        "density": plan.density(),
+        "params": plan.params(),
+        "expected_nnz": plan.expected_nnz(),
+        "layers": plan.layers.iter().map(|l| layer_record(l, None)).collect::<Vec<_>>(),
+        "warnings": plan.warnings,
+    })
+}
+
+fn plan_command(args: PlanArgs) -> Result<(), Error> {
+    let plan = load_plan(&args.spec, None)?;
+    if args.json {
+        return print_json(&plan_json(&plan));
+    }
+    let width = plan
+        .layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 60);
+    let shape_width = plan
+        .layers
+        .iter()
+        .map(|l| l.shape.to_string().len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut out = io::stdout().lock();
+    let mut text = format!(
+        "{:<width$}  {:<shape_width$}  {:<6}  {:>8}  {:<11}  {:>12}  {:>12}\n",
+        "layer", "shape", "kind", "density", "origin", "params", "nnz"
+    );
+    for l in &plan.layers {
+        text.push_str(&format!(
+            "{:<width$}  {:<shape_width$}  {:<6}  {:>8.5}  {:<11}  {:>12}  {:>12}\n",
+            l.name,
+            l.shape.to_string(),
+            l.kind().name(),
+            l.density,
+            l.origin.name(),
+            thousands(l.shape.numel()),
+            thousands(l.expected_nnz()),
+        ));
+    }
+    text.push_str(&format!(
+        "\n{} layers, {} weights, density {:.5} (target {}, {}), {} expected nonzeros, seed {}\n",
+        plan.layers.len(),
+        thousands(plan.params()),
+        plan.density(),
+        plan.requested_density.get(),
+        plan.distribution.name(),
+        thousands(plan.expected_nnz()),
+        plan.seed,
+    ));
+    out.write_all(text.as_bytes()).map_err(stdout_error)
+}
+
+fn generate_json(plan: &Plan, report: &Report, output: &Path) -> Value {
+    json!({
+        "schema_version": SCHEMA_VERSION,
+        "eoi_version": eoi::VERSION,
+        "stream_version": STREAM_VERSION,
+        "output": output.display().to_string(),
+        "format": plan.output.format.name(),
+        "dtype": plan.output.dtype.name(),
+        "seed": plan.seed,
+        "distribution": plan.distribution.name(),
+        "target_density": plan.requested_density.get(),
+        "density": report.density(),
+        "params": plan.params(),
+        "nnz": report.nnz(),
+        "bytes": report.bytes,
+        "seconds": report.seconds,
+        "layers": plan.layers.iter().zip(&report.stats).map(|(l, s)| layer_record(l, Some(s))).collect::<Vec<_>>(),
+    })
+}
+
+fn generate_command(args: GenerateArgs) -> Result<(), Error> {
+    let plan = load_plan(&args.spec, args.dtype.map(Into::into))?;
+    let options = Options {
+        output: args.output.clone(),
+        force: args.force,
+        threads: args.threads.map(|n| n.get()),
+    };
+    let report = generate::run(&plan, &options)?;
+    if !args.quiet {
+        eprintln!(
+            "wrote {} ({}, {}): {} layers, {} weights, density {:.5} (target {}, {}), {} nonzeros, {:.1} MB in {:.2} s",
+            args.output.display(),
+            plan.output.format.name(),
+            plan.output.dtype.name(),
+            plan.layers.len(),
+            thousands(plan.params()),
+            report.density(),
+            plan.requested_density.get(),
+            plan.distribution.name(),
+            thousands(report.nnz()),
+            report.bytes as f64 / 1e6,
+            report.seconds,
+        );
+    }
+    if args.json {
+        print_json(&generate_json(&plan, &report, &args.output))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+}

@@ -1,0 +1,49 @@
+//! The library's error type. Each variant knows its exit code; only `main` prints.
+
+use std::io;
+
+use crate::spec::SpecError;
+
+/// Everything that can stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec cannot be used: exit 2.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The request cannot be carried out as given (an input that cannot be read, an output
+    /// that exists without `--force`, a missing output directory): exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Reading or writing failed while doing the work: exit 1.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A check of the tool's own work failed; a bug to report: exit 1.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Error {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Spec(_) | Error::Usage(_) => 2,
+            Error::Io { .. } | Error::Internal(_) => 1,
+        }
+    }
+
+    /// Whether this is a write to a closed pipe (`eoi ... | head`), which ends a run quietly.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+}

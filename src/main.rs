@@ -1,0 +1,28 @@
+//! The `eoi` binary: parse the command line, run the command, print one error and exit with
+//! its code (2 for usage and spec errors, 1 for failures while working). A closed pipe on
+//! standard output ends the run quietly with 0, as Unix tools do.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    match commands::run(cli::Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                if !err.to_string().contains(&cause.to_string()) {
+                    eprintln!("  caused by: {cause}");
+                }
+                source = cause.source();
+            }
+            ExitCode::from(err.exit_code() as u8)
+        }
+    }
+}

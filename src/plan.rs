@@ -1,0 +1,584 @@
+//! Density planning: every layer's density (uniform, ERK, ER, fixed densities, dense
+//! patterns, EOI's minimum), gain, centre rule and scheme, and the output choices, resolved
+//! from a [`Spec`] into a [`Plan`]. Generation executes the plan and never looks at the spec.
+
+use crate::schemes::conv::{self, CentreRule};
+use crate::spec::{
+    BelowMinimum, Density, Distribution, Format, Gain, Kind, Scheme, Shape, Source, Spec, SpecError,
+};
+use crate::tensor::Dtype;
+
+/// Why a layer has its density.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Its share of the overall density under the distribution.
+    Distributed,
+    /// The layer's own `density` key.
+    Fixed,
+    /// A `dense` pattern matched it.
+    Dense,
+    /// ERK or ER asked for more than 1, so it was made dense and the rest re-balanced.
+    Capped,
+    /// It was below what EOI can make and `below_minimum = "clamp"` raised it.
+    Clamped,
+}
+
+impl Origin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Distributed => "distributed",
+            Origin::Fixed => "fixed",
+            Origin::Dense => "dense",
+            Origin::Capped => "capped",
+            Origin::Clamped => "clamped",
+        }
+    }
+}
+
+/// One layer, fully resolved.
+#[derive(Clone, Debug)]
+pub struct LayerPlan {
+    pub name: String,
+    pub shape: Shape,
+    /// The target density of the whole tensor.
+    pub density: f64,
+    pub origin: Origin,
+    pub scheme: Scheme,
+    pub gain: Gain,
+    pub conv_center: CentreRule,
+    /// Where the layer stands in the spec (line, column).
+    pub position: (usize, usize),
+}
+
+impl LayerPlan {
+    pub fn kind(&self) -> Kind {
+        self.shape.kind()
+    }
+
+    /// The density of the centre matrix, for convolutions.
+    pub fn centre_density(&self) -> Option<f64> {
+        (self.kind() == Kind::Conv)
+            .then(|| conv::centre_density(self.density, self.shape.taps(), self.conv_center))
+    }
+
+    /// The nonzeros the plan expects: `round(d * numel)` for a matrix (EOI lands within one
+    /// rotation of it), `ceil(d * numel)` for a kernel (its mask is topped up to exactly that).
+    pub fn expected_nnz(&self) -> u64 {
+        let exact = self.density * self.shape.numel() as f64;
+        let nnz = match self.kind() {
+            Kind::Linear => exact.round(),
+            Kind::Conv => exact.ceil(),
+        };
+        (nnz as u64).min(self.shape.numel())
+    }
+}
+
+/// The smallest density EOI can make for a shape: the identity's `1/max(out, in)` for a
+/// matrix; for a kernel, the density whose centre matrix reaches that.
+pub fn minimum_density(shape: &Shape, rule: CentreRule) -> f64 {
+    match shape.kind() {
+        Kind::Linear => 1.0 / shape.out().max(shape.inp()) as f64,
+        Kind::Conv => conv::minimum_density(shape.out(), shape.inp(), shape.taps(), rule),
+    }
+}
+
+/// Output choices after the command line and the spec have had their say.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutputPlan {
+    pub format: Format,
+    pub dtype: Dtype,
+    pub mask_dtype: Dtype,
+    pub mask_suffix: String,
+}
+
+impl OutputPlan {
+    pub fn mask_name(&self, layer: &str) -> String {
+        format!("{layer}{}", self.mask_suffix)
+    }
+}
+
+/// Command-line choices that take precedence over the spec.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub seed: Option<u64>,
+    pub format: Option<Format>,
+    pub dtype: Option<Dtype>,
+}
+
+/// Everything generation needs.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub source: Source,
+    pub seed: u64,
+    /// The overall density the spec asked for.
+    pub requested_density: Density,
+    pub distribution: Distribution,
+    pub layers: Vec<LayerPlan>,
+    pub output: OutputPlan,
+    /// Things the user should know that do not stop the run.
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    pub fn params(&self) -> u64 {
+        self.layers.iter().map(|l| l.shape.numel()).sum()
+    }
+
+    /// The overall planned density: the parameter-weighted mean of the layer densities.
+    pub fn density(&self) -> f64 {
+        let kept: f64 = self
+            .layers
+            .iter()
+            .map(|l| l.density * l.shape.numel() as f64)
+            .sum();
+        kept / self.params() as f64
+    }
+
+    pub fn expected_nnz(&self) -> u64 {
+        self.layers.iter().map(LayerPlan::expected_nnz).sum()
+    }
+}
+
+struct Slot {
+    /// ERK/ER raw density; meaningless for fixed slots.
+    raw: f64,
+    numel: f64,
+    fixed: Option<(f64, Origin)>,
+}
+
+/// Resolves a spec into a plan.
+pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
+    let file = spec.source.name.clone();
+    let error = |position: Option<(usize, usize)>,
+                 context: String,
+                 message: String,
+                 help: Option<String>| SpecError {
+        file: file.clone(),
+        position,
+        context,
+        message,
+        help,
+    };
+    let mut warnings = Vec::new();
+    let sparsity = &spec.sparsity;
+
+    // Fixed densities: the layer's own key, or a dense pattern.
+    let mut matched = vec![0usize; sparsity.dense.len()];
+    let mut slots = Vec::with_capacity(spec.layers.len());
+    for layer in &spec.layers {
+        let dense_by: Option<usize> = sparsity.dense.iter().position(|p| p.matches(&layer.name));
+        for (count, pattern) in matched.iter_mut().zip(&sparsity.dense) {
+            if pattern.matches(&layer.name) {
+                *count += 1;
+            }
+        }
+        let fixed = match (layer.density, dense_by) {
+            (Some(d), Some(p)) => {
+                let pattern = &sparsity.dense[p];
+                return Err(error(
+                    Some(layer.position),
+                    format!("layer \"{}\"", layer.name),
+                    format!(
+                        "the layer fixes density = {} but also matches dense pattern \"{}\" (line {}); which one is meant?",
+                        d.get(),
+                        pattern.glob,
+                        pattern.position.0
+                    ),
+                    Some("remove the layer's density, or narrow the pattern".into()),
+                ));
+            }
+            (Some(d), None) => Some((d.get(), Origin::Fixed)),
+            (None, Some(_)) => Some((1.0, Origin::Dense)),
+            (None, None) => None,
+        };
+        let shape = &layer.shape;
+        let raw = match sparsity.distribution {
+            Distribution::Uniform => 1.0,
+            Distribution::Erk => {
+                let sum: f64 = shape.dims().iter().map(|&d| d as f64).sum();
+                let product: f64 = shape.dims().iter().map(|&d| d as f64).product();
+                (sum / product).powf(sparsity.erk_power_scale)
+            }
+            Distribution::Er => {
+                let (o, i) = (shape.out() as f64, shape.inp() as f64);
+                (o + i) / (o * i)
+            }
+        };
+        slots.push(Slot {
+            raw,
+            numel: shape.numel() as f64,
+            fixed,
+        });
+    }
+    for (count, pattern) in matched.iter().zip(&sparsity.dense) {
+        if *count == 0 {
+            warnings.push(format!(
+                "{}:{}:{}: dense pattern \"{}\" matches no layer",
+                spec.source.name, pattern.position.0, pattern.position.1, pattern.glob
+            ));
+        }
+    }
+
+    let rules: Vec<CentreRule> = spec
+        .layers
+        .iter()
+        .map(|l| l.conv_center.unwrap_or(spec.init.conv_center))
+        .collect();
+    let minima: Vec<f64> = spec
+        .layers
+        .iter()
+        .zip(&rules)
+        .map(|(l, &rule)| minimum_density(&l.shape, rule))
+        .collect();
+    let clamp = sparsity.below_minimum == BelowMinimum::Clamp;
+    // A density counts as below the minimum only beyond rounding noise.
+    let below = |d: f64, min: f64| d < min * (1.0 - 1e-12);
+    if clamp {
+        for (slot, &min) in slots.iter_mut().zip(&minima) {
+            if let Some((d, _)) = slot.fixed
+                && below(d, min)
+            {
+                slot.fixed = Some((min, Origin::Clamped));
+            }
+        }
+    }
+
+    let target = sparsity.density.get();
+    let free_density: Vec<f64> = match sparsity.distribution {
+        Distribution::Uniform => minima
+            .iter()
+            .map(|&min| {
+                if clamp && below(target, min) {
+                    min
+                } else {
+                    target
+                }
+            })
+            .collect(),
+        Distribution::Erk | Distribution::Er => {
+            let total: f64 = slots.iter().map(|s| s.numel).sum();
+            let budget = target * total;
+            loop {
+                let free: Vec<usize> = (0..slots.len())
+                    .filter(|&k| slots[k].fixed.is_none())
+                    .collect();
+                if free.is_empty() {
+                    return Err(error(
+                        None,
+                        "[sparsity]".into(),
+                        format!(
+                            "distribution \"{}\" has no free layer to spread density {} over: every layer is fixed or dense",
+                            sparsity.distribution.name(),
+                            target
+                        ),
+                        Some("drop a layer's fixed density or a dense pattern, or use distribution = \"uniform\"".into()),
+                    ));
+                }
+                let fixed_kept: f64 = slots
+                    .iter()
+                    .filter_map(|s| s.fixed.map(|(d, _)| d * s.numel))
+                    .sum();
+                let remaining = budget - fixed_kept;
+                if remaining <= 0.0 {
+                    return Err(error(
+                        None,
+                        "[sparsity]".into(),
+                        format!(
+                            "fixed and dense layers alone keep {:.0} weights, the whole budget of density {} ({:.0} of {:.0} weights) or more, leaving nothing for the {} free layers",
+                            fixed_kept,
+                            target,
+                            budget,
+                            total,
+                            free.len()
+                        ),
+                        Some("raise [sparsity] density, or fix fewer layers".into()),
+                    ));
+                }
+                let free_mass: f64 = free.iter().map(|&k| slots[k].raw * slots[k].numel).sum();
+                let eps = remaining / free_mass;
+                let largest = free.iter().map(|&k| slots[k].raw).fold(f64::MIN, f64::max);
+                if eps * largest > 1.0 {
+                    for &k in &free {
+                        if slots[k].raw == largest {
+                            slots[k].fixed = Some((1.0, Origin::Capped));
+                        }
+                    }
+                    continue;
+                }
+                let mut raised = false;
+                if clamp {
+                    for &k in &free {
+                        if below(eps * slots[k].raw, minima[k]) {
+                            slots[k].fixed = Some((minima[k], Origin::Clamped));
+                            raised = true;
+                        }
+                    }
+                }
+                if !raised {
+                    break slots.iter().map(|s| eps * s.raw).collect();
+                }
+            }
+        }
+    };
+
+    let mut layers = Vec::with_capacity(spec.layers.len());
+    for (k, layer) in spec.layers.iter().enumerate() {
+        let (density, origin) = match slots[k].fixed {
+            Some(fixed) => fixed,
+            None if clamp
+                && free_density[k] > target
+                && sparsity.distribution == Distribution::Uniform =>
+            {
+                (free_density[k], Origin::Clamped)
+            }
+            None => (free_density[k], Origin::Distributed),
+        };
+        if below(density, minima[k]) {
+            let (out, inp) = (layer.shape.out(), layer.shape.inp());
+            let how = match origin {
+                Origin::Fixed => "its density".to_string(),
+                _ => format!("distribution \"{}\" gives it", sparsity.distribution.name()),
+            };
+            return Err(error(
+                Some(layer.position),
+                format!("layer \"{}\"", layer.name),
+                format!(
+                    "{how} {density:.6}, below the {:.6} that EOI can make for shape {} (the identity: 1/max({out}, {inp}){})",
+                    minima[k],
+                    layer.shape,
+                    if layer.shape.kind() == Kind::Conv { " for the centre matrix" } else { "" },
+                ),
+                Some("raise the density, or set below_minimum = \"clamp\" in [sparsity] to use the minimum".into()),
+            ));
+        }
+        if origin == Origin::Clamped {
+            warnings.push(format!(
+                "layer \"{}\": density raised to EOI's minimum {:.6} for shape {}",
+                layer.name, density, layer.shape
+            ));
+        }
+        layers.push(LayerPlan {
+            name: layer.name.clone(),
+            shape: layer.shape.clone(),
+            density,
+            origin,
+            scheme: spec.init.scheme,
+            gain: layer.gain.clone().unwrap_or_else(|| spec.init.gain.clone()),
+            conv_center: rules[k],
+            position: layer.position,
+        });
+    }
+
+    let output = OutputPlan {
+        format: overrides
+            .format
+            .or(spec.output.format)
+            .unwrap_or(Format::Safetensors),
+        dtype: overrides.dtype.or(spec.output.dtype).unwrap_or(Dtype::F32),
+        mask_dtype: Dtype::Bool,
+        mask_suffix: spec
+            .output
+            .mask_suffix
+            .clone()
+            .unwrap_or_else(|| "_mask".into()),
+    };
+    check_names(&layers, &output, &spec.source.name)?;
+
+    Ok(Plan {
+        source: spec.source.clone(),
+        seed: overrides.seed.unwrap_or(spec.seed),
+        requested_density: sparsity.density,
+        distribution: sparsity.distribution,
+        layers,
+        output,
+        warnings,
+    })
+}
+
+/// Output tensor names must be unique (a mask name may not equal a layer name) and, for npy,
+/// usable as file names inside the output directory.
+fn check_names(layers: &[LayerPlan], output: &OutputPlan, file: &str) -> Result<(), SpecError> {
+    let mut owners = std::collections::HashMap::new();
+    for layer in layers {
+        owners.insert(layer.name.as_str(), layer);
+    }
+    for layer in layers {
+        let mask = output.mask_name(&layer.name);
+        if let Some(other) = owners.get(mask.as_str()) {
+            return Err(SpecError {
+                file: file.into(),
+                position: Some(other.position),
+                context: format!("layer \"{}\"", other.name),
+                message: format!(
+                    "the name \"{}\" is also the mask name of layer \"{}\" (mask_suffix \"{}\")",
+                    other.name, layer.name, output.mask_suffix
+                ),
+                help: Some("rename the layer or set another [output] mask_suffix".into()),
+            });
+        }
+        if output.format == Format::Npy {
+            for name in [layer.name.as_str(), mask.as_str()] {
+                if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+                    return Err(SpecError {
+                        file: file.into(),
+                        position: Some(layer.position),
+                        context: format!("layer \"{}\"", layer.name),
+                        message: format!(
+                            "\"{name}\" cannot be a file name in an npy directory (it has a path separator or is . or ..)"
+                        ),
+                        help: Some(
+                            "use format = \"safetensors\", or a name without '/' and '\\'".into(),
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec;
+
+    fn plan_of(text: &str) -> Result<Plan, SpecError> {
+        let spec = spec::parse(Source {
+            name: "t.toml".into(),
+            text: text.into(),
+        })?;
+        plan(&spec, &Overrides::default())
+    }
+
+    fn densities(p: &Plan) -> Vec<f64> {
+        p.layers.iter().map(|l| l.density).collect()
+    }
+
+    const TWO: &str =
+        "[[layer]]\nname='a'\nshape=[100, 50]\n[[layer]]\nname='b'\nshape=[10, 100]\n";
+
+    #[test]
+    fn uniform_gives_every_free_layer_the_density() {
+        let p = plan_of(&format!("[sparsity]\ndensity=0.3\n{TWO}")).unwrap();
+        assert_eq!(densities(&p), [0.3, 0.3]);
+        assert!((p.density() - 0.3).abs() < 1e-15);
+    }
+
+    #[test]
+    fn erk_matches_hand_computed_values() {
+        // raw_a = 150/5000 = 0.03, raw_b = 110/1000 = 0.11; N_a = 5000, N_b = 1000.
+        // eps * (0.03*5000 + 0.11*1000) = 0.2 * 6000  =>  eps = 1200 / 260.
+        let p = plan_of(&format!(
+            "[sparsity]\ndensity=0.2\ndistribution='erk'\n{TWO}"
+        ))
+        .unwrap();
+        let eps = 1200.0 / 260.0;
+        let d = densities(&p);
+        assert!((d[0] - 0.03 * eps).abs() < 1e-12, "{d:?}");
+        assert!((d[1] - 0.11 * eps).abs() < 1e-12, "{d:?}");
+        assert!((p.density() - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn erk_caps_layers_above_one_and_rebalances() {
+        // eps * 260 = 0.5 * 6000 => eps = 11.54; raw_b * eps = 1.27 > 1, so b becomes dense:
+        // a gets (3000 - 1000) / 5000 = 0.4.
+        let p = plan_of(&format!(
+            "[sparsity]\ndensity=0.5\ndistribution='erk'\n{TWO}"
+        ))
+        .unwrap();
+        assert_eq!(p.layers[1].origin, Origin::Capped);
+        assert_eq!(p.layers[1].density, 1.0);
+        assert!((p.layers[0].density - 0.4).abs() < 1e-12);
+        assert!((p.density() - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn er_uses_the_channel_dimensions_only() {
+        let text = "[sparsity]\ndensity=0.1\ndistribution='er'\n[[layer]]\nname='c'\nshape=[20, 10, 3, 3]\n[[layer]]\nname='l'\nshape=[40, 30]\n";
+        let p = plan_of(text).unwrap();
+        // raw_c = 30/200 = 0.15 (N 1800), raw_l = 70/1200 (N 1200).
+        let eps = 0.1 * 3000.0 / (0.15 * 1800.0 + 70.0 / 1200.0 * 1200.0);
+        assert!((p.layers[0].density - 0.15 * eps).abs() < 1e-12);
+        assert!((p.layers[1].density - 70.0 / 1200.0 * eps).abs() < 1e-12);
+    }
+
+    #[test]
+    fn erk_power_scale_zero_is_uniform_over_free_layers() {
+        let p = plan_of(&format!(
+            "[sparsity]\ndensity=0.2\ndistribution='erk'\nerk_power_scale=0\n{TWO}"
+        ))
+        .unwrap();
+        assert!((p.layers[0].density - 0.2).abs() < 1e-12);
+        assert!((p.layers[1].density - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn fixed_layers_count_against_the_erk_budget() {
+        let text = "[sparsity]\ndensity=0.2\ndistribution='erk'\ndense=['b']\n[[layer]]\nname='a'\nshape=[100, 50]\n[[layer]]\nname='b'\nshape=[10, 100]\n";
+        let p = plan_of(text).unwrap();
+        assert_eq!(p.layers[1].origin, Origin::Dense);
+        assert!((p.layers[0].density - 200.0 / 5000.0).abs() < 1e-12);
+        assert!((p.density() - 0.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn budget_and_freedom_errors() {
+        let e = plan_of("[sparsity]\ndensity=0.1\ndistribution='erk'\ndense=['b']\n[[layer]]\nname='a'\nshape=[100, 50]\n[[layer]]\nname='b'\nshape=[100, 100]\n").unwrap_err();
+        assert!(e.message.contains("leaving nothing"), "{e}");
+        let e = plan_of("[sparsity]\ndensity=0.1\ndistribution='erk'\ndense=['*']\n[[layer]]\nname='a'\nshape=[100, 50]\n").unwrap_err();
+        assert!(e.message.contains("no free layer"), "{e}");
+        let e = plan_of("[sparsity]\ndensity=0.1\ndense=['a']\n[[layer]]\nname='a'\nshape=[10, 5]\ndensity=0.5\n").unwrap_err();
+        assert!(e.message.contains("also matches dense pattern"), "{e}");
+    }
+
+    #[test]
+    fn below_minimum_is_an_error_or_a_clamp() {
+        let e = plan_of("[sparsity]\ndensity=0.001\n[[layer]]\nname='a'\nshape=[100, 50]\n")
+            .unwrap_err();
+        assert!(e.message.contains("below the 0.010000"), "{e}");
+        assert_eq!(e.position, Some((4, 6)));
+        let p = plan_of("[sparsity]\ndensity=0.001\nbelow_minimum='clamp'\n[[layer]]\nname='a'\nshape=[100, 50]\n").unwrap();
+        assert_eq!(p.layers[0].density, 0.01);
+        assert_eq!(p.layers[0].origin, Origin::Clamped);
+        assert_eq!(p.warnings.len(), 1);
+    }
+
+    #[test]
+    fn erk_clamping_keeps_the_overall_density() {
+        // A tiny-density big layer next to a small one: ERK puts the big one below 1/m.
+        let text = "[sparsity]\ndensity=0.0006\ndistribution='erk'\nbelow_minimum='clamp'\n[[layer]]\nname='big'\nshape=[2000, 2000]\n[[layer]]\nname='small'\nshape=[500, 2000]\n";
+        let p = plan_of(text).unwrap();
+        assert!(p.layers.iter().any(|l| l.origin == Origin::Clamped));
+        assert!((p.density() - 0.0006).abs() < 1e-12, "{}", p.density());
+        assert_eq!(p.layers[0].density, 1.0 / 2000.0);
+    }
+
+    #[test]
+    fn unmatched_dense_patterns_warn() {
+        let p = plan_of(&format!("[sparsity]\ndensity=0.3\ndense=['zzz*']\n{TWO}")).unwrap();
+        assert!(p.warnings[0].contains("matches no layer"));
+    }
+
+    #[test]
+    fn mask_names_may_not_collide_with_layers() {
+        let e = plan_of("[sparsity]\ndensity=0.5\n[[layer]]\nname='a'\nshape=[4, 4]\n[[layer]]\nname='a_mask'\nshape=[4, 4]\n").unwrap_err();
+        assert!(e.message.contains("also the mask name"), "{e}");
+    }
+
+    #[test]
+    fn npy_names_may_not_leave_the_directory() {
+        let e = plan_of("[sparsity]\ndensity=0.5\n[output]\nformat='npy'\n[[layer]]\nname='../evil'\nshape=[4, 4]\n").unwrap_err();
+        assert!(e.message.contains("cannot be a file name"), "{e}");
+    }
+
+    #[test]
+    fn conv_minimum_follows_the_centre_rule() {
+        let shape = Shape::new(&[64, 32, 3, 3]).unwrap();
+        assert_eq!(minimum_density(&shape, CentreRule::Same), 1.0 / 64.0);
+        assert_eq!(
+            minimum_density(&shape, CentreRule::Sqrt),
+            1.0 / (64.0 * 9.0)
+        );
+    }
+}

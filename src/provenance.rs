@@ -1,0 +1,91 @@
+//! Provenance: what an artifact records about how it was made (tool and stream version, seed,
+//! the spec text, every layer's target and achieved density and rotation count), and the
+//! per-layer JSON records shared by `plan --json`, `generate --json`, safetensors metadata and
+//! the npy manifest. Records hold no time or path, so the bytes stay reproducible.
+
+use serde_json::{Map, Value, json};
+
+use crate::plan::{LayerPlan, Plan};
+use crate::schemes::LayerStats;
+use crate::spec::Kind;
+use crate::stream::STREAM_VERSION;
+
+/// Version of the JSON documents (`plan --json`, `generate --json`, `eoi.layers`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A layer's record: its plan, and what generation achieved when `stats` is given.
+pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
+    let mut record = Map::new();
+    record.insert("name".into(), json!(layer.name));
+    record.insert("shape".into(), json!(layer.shape.dims()));
+    record.insert("kind".into(), json!(layer.kind().name()));
+    record.insert("scheme".into(), json!(layer.scheme.name()));
+    record.insert("density".into(), json!(layer.density));
+    record.insert("origin".into(), json!(layer.origin.name()));
+    record.insert("params".into(), json!(layer.shape.numel()));
+    record.insert("gain".into(), json!(layer.gain.value));
+    if layer.kind() == Kind::Conv {
+        record.insert("conv_center".into(), json!(layer.conv_center.name()));
+        record.insert("centre_density".into(), json!(layer.centre_density()));
+    }
+    match stats {
+        None => {
+            record.insert("expected_nnz".into(), json!(layer.expected_nnz()));
+        }
+        Some(s) => {
+            record.insert("achieved_density".into(), json!(s.density()));
+            record.insert("nnz".into(), json!(s.nnz));
+            record.insert("rotations".into(), json!(s.rotations));
+            if let Some(c) = s.centre_nnz {
+                record.insert("centre_nnz".into(), json!(c));
+            }
+        }
+    }
+    Value::Object(record)
+}
+
+/// The key under which artifacts record the tool version (`eoi.version` in safetensors
+/// metadata, `eoi_version` in an npy manifest).
+pub const VERSION_KEY: &str = "eoi_version";
+
+/// What an artifact records about how it was made, in the two forms the writers need.
+#[derive(Clone, Debug)]
+pub struct Provenance {
+    /// String key/value pairs in a fixed order, as safetensors' `__metadata__` requires
+    /// (`format` first, then `eoi.*` keys; per-layer records as a JSON string).
+    pub metadata: Vec<(String, String)>,
+    /// The same as one JSON object with typed values (the npy manifest).
+    pub document: Value,
+}
+
+impl Provenance {
+    pub fn new(plan: &Plan, stats: &[LayerStats]) -> Provenance {
+        let layers: Vec<Value> = plan
+            .layers
+            .iter()
+            .zip(stats)
+            .map(|(l, s)| layer_record(l, Some(s)))
+            .collect();
+        let layers = Value::Array(layers);
+        let metadata = vec![
+            ("format".into(), "pt".into()),
+            ("eoi.version".into(), crate::VERSION.into()),
+            ("eoi.stream_version".into(), STREAM_VERSION.to_string()),
+            ("eoi.schema_version".into(), SCHEMA_VERSION.to_string()),
+            ("eoi.seed".into(), plan.seed.to_string()),
+            ("eoi.mask_suffix".into(), plan.output.mask_suffix.clone()),
+            ("eoi.spec".into(), plan.source.text.clone()),
+            ("eoi.layers".into(), layers.to_string()),
+        ];
+        let document = json!({
+            VERSION_KEY: crate::VERSION,
+            "stream_version": STREAM_VERSION,
+            "schema_version": SCHEMA_VERSION,
+            "seed": plan.seed,
+            "mask_suffix": plan.output.mask_suffix,
+            "spec": plan.source.text,
+            "layers": layers,
+        });
+        Provenance { metadata, document }
+    }
+}

@@ -1,0 +1,167 @@
+//! Delta-orthogonal EOI for convolutions: an EOI matrix H of shape (out, in) sits at the
+//! spatial centre tap of the kernel and every other tap is zero, so the kernel is orthogonal
+//! as a convolution. The mask starts as the support of H at the centre tap and is topped up
+//! with uniformly chosen positions, anywhere in the tensor, to `ceil(d * numel)` ones; those
+//! weights start at zero but are trainable.
+
+use super::eoi;
+use crate::stream::Stream;
+use crate::tensor::{Grid, Order, Weight};
+
+/// How the density of the centre matrix follows from the layer's density.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CentreRule {
+    /// `d_H = d`: the paper's 1000-layer CNN.
+    Same,
+    /// `d_H = min(d * K, 1, sqrt(d))`: the paper's setting for contemporary networks.
+    Sqrt,
+}
+
+impl CentreRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            CentreRule::Same => "same",
+            CentreRule::Sqrt => "sqrt",
+        }
+    }
+}
+
+/// The density of the centre matrix H for a layer of density `density` with `taps` taps.
+pub fn centre_density(density: f64, taps: usize, rule: CentreRule) -> f64 {
+    match rule {
+        CentreRule::Same => density,
+        CentreRule::Sqrt => (density * taps as f64).min(1.0).min(density.sqrt()),
+    }
+}
+
+/// The smallest layer density whose centre matrix EOI can make: the centre density must be
+/// at least `1/m`, m = max(out, in).
+pub fn minimum_density(out: usize, inp: usize, taps: usize, rule: CentreRule) -> f64 {
+    let m = out.max(inp) as f64;
+    match rule {
+        CentreRule::Same => 1.0 / m,
+        // min(d K, 1, sqrt d) >= 1/m  <=>  d >= 1/(m K) and d >= 1/m^2.
+        CentreRule::Sqrt => (1.0 / (m * taps as f64)).max(1.0 / (m * m)),
+    }
+}
+
+/// The flattened index of the centre tap, `(k - 1) / 2` in every spatial dimension, in
+/// row-major order over the kernel dimensions.
+pub fn centre_tap(kernel: &[usize]) -> usize {
+    kernel.iter().fold(0, |index, &k| index * k + (k - 1) / 2)
+}
+
+/// How many ones the mask holds: `ceil(density * numel)` (at most numel), or the support of
+/// the centre matrix if that is already larger.
+pub fn mask_ones(density: f64, numel: u64, centre_nnz: u64) -> u64 {
+    let target = (density * numel as f64).ceil();
+    let target = if target >= numel as f64 {
+        numel
+    } else {
+        target as u64
+    };
+    target.max(centre_nnz)
+}
+
+/// The centre matrix's schedule: the first draws of the layer's stream.
+pub fn schedule(
+    out: usize,
+    inp: usize,
+    taps: usize,
+    density: f64,
+    rule: CentreRule,
+    stream: &mut Stream,
+) -> eoi::Schedule {
+    eoi::schedule(out, inp, centre_density(density, taps, rule), stream)
+}
+
+/// Builds the kernel and its mask from the centre matrix's schedule, continuing `stream`
+/// for the top-up.
+///
+/// Top-up draws: positions `p` uniform in `0..numel` (row-major over (out, in, k...)); a
+/// position whose mask is 0 is set to 1, one that is already 1 is drawn again, until the mask
+/// holds [`mask_ones`] ones. When every position must be 1, no draw is made.
+pub fn build(
+    centre: &eoi::Schedule,
+    kernel: &[usize],
+    density: f64,
+    gain: f64,
+    stream: &mut Stream,
+) -> (Weight, Grid<u8>) {
+    let h = centre.matrix(gain);
+    let (out, inp) = (h.rows(), h.cols());
+    let taps: usize = kernel.iter().product();
+    let tap = centre_tap(kernel);
+    let numel = out * inp * taps;
+    let mut mask = vec![0u8; numel];
+    let centre_mask = centre.mask();
+    for o in 0..out {
+        for i in 0..inp {
+            mask[(o * inp + i) * taps + tap] = centre_mask.get(o, i);
+        }
+    }
+    let want = mask_ones(density, numel as u64, centre.nnz());
+    if want == numel as u64 {
+        mask.fill(1);
+    } else {
+        let mut have = centre.nnz();
+        while have < want {
+            let p = stream.below(numel as u64) as usize;
+            if mask[p] == 0 {
+                mask[p] = 1;
+                have += 1;
+            }
+        }
+    }
+    let weight = Weight::CentreTap {
+        centre: h,
+        taps,
+        tap,
+    };
+    (weight, Grid::new(out, inp * taps, Order::RowMajor, mask))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn centre_tap_is_the_middle_of_every_dimension() {
+        assert_eq!(centre_tap(&[3]), 1);
+        assert_eq!(centre_tap(&[3, 3]), 4);
+        assert_eq!(centre_tap(&[5, 5]), 12);
+        // Even kernels take (k - 1) / 2: index 1 of 4.
+        assert_eq!(centre_tap(&[4, 4]), 5);
+        assert_eq!(centre_tap(&[3, 3, 3]), 13);
+        assert_eq!(centre_tap(&[1, 1]), 0);
+    }
+
+    #[test]
+    fn sqrt_rule_matches_the_paper() {
+        // d = 0.1, K = 9: min(0.9, 1, 0.316...) = sqrt(0.1).
+        assert_eq!(centre_density(0.1, 9, CentreRule::Sqrt), 0.1f64.sqrt());
+        // d = 0.01, K = 9: min(0.09, 1, 0.1) = 0.09.
+        assert!((centre_density(0.01, 9, CentreRule::Sqrt) - 0.09).abs() < 1e-15);
+        assert_eq!(centre_density(0.01, 9, CentreRule::Same), 0.01);
+    }
+
+    #[test]
+    fn minimum_density_is_where_the_centre_reaches_one_over_m() {
+        for rule in [CentreRule::Same, CentreRule::Sqrt] {
+            for &(out, inp, taps) in &[(64, 32, 9), (16, 16, 1), (3, 200, 25)] {
+                let d = minimum_density(out, inp, taps, rule);
+                let m = out.max(inp) as f64;
+                let dh = centre_density(d, taps, rule);
+                assert!((dh - 1.0 / m).abs() < 1e-12, "{rule:?} {out} {inp} {taps}");
+            }
+        }
+    }
+
+    #[test]
+    fn mask_is_topped_up_to_the_target_and_never_below_the_centre() {
+        assert_eq!(mask_ones(0.1, 1000, 10), 100);
+        assert_eq!(mask_ones(0.1, 1001, 10), 101);
+        assert_eq!(mask_ones(0.001, 1000, 10), 10);
+        assert_eq!(mask_ones(1.0, 1000, 10), 1000);
+    }
+}

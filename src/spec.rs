@@ -1,0 +1,1228 @@
+//! The architecture spec: TOML parsed once into typed, validated values (`Spec`). Nothing
+//! downstream looks at the TOML again. Every error names the file, line and column, the
+//! layer and the field, and suggests the nearest known key or value for a misspelling.
+
+use std::fmt;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::schemes::conv::CentreRule;
+use crate::tensor::Dtype;
+
+/// Most layers a spec may expand to; a guard against a `repeat` typo allocating forever.
+pub const MAX_LAYERS: usize = 1_000_000;
+
+/// The text of a spec and the name to show for it in messages (a path, or `<stdin>`).
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+/// A spec that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecError {
+    pub file: String,
+    /// 1-based line and column, when the problem has a place in the text.
+    pub position: Option<(usize, usize)>,
+    /// What the place is: `layer "fc1.weight", field `density`` and the like.
+    pub context: String,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        write!(f, ": ")?;
+        if !self.context.is_empty() {
+            write!(f, "{}: ", self.context)?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(help) = &self.help {
+            write!(f, "\n  help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+/// A density in (0, 1].
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Density(f64);
+
+impl Density {
+    pub fn new(value: f64) -> Option<Density> {
+        (value > 0.0 && value <= 1.0).then_some(Density(value))
+    }
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+/// How the overall density is spread over the layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Distribution {
+    Uniform,
+    /// Erdos-Renyi-Kernel (RigL): raw density (sum of dims / product of dims)^power.
+    Erk,
+    /// Erdos-Renyi: raw density (out + in) / (out * in).
+    Er,
+}
+
+impl Distribution {
+    pub const NAMES: &'static [&'static str] = &["uniform", "erk", "er"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Distribution::Uniform => "uniform",
+            Distribution::Erk => "erk",
+            Distribution::Er => "er",
+        }
+    }
+}
+
+/// What to do with a layer density below what EOI can make (`1/max(out, in)`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BelowMinimum {
+    Error,
+    Clamp,
+}
+
+/// The initialization scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Eoi,
+}
+
+impl Scheme {
+    pub const NAMES: &'static [&'static str] = &["eoi"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Eoi => "eoi",
+        }
+    }
+}
+
+/// The output container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One .safetensors file.
+    Safetensors,
+    /// A directory of .npy files and a manifest.
+    Npy,
+}
+
+impl Format {
+    pub const NAMES: &'static [&'static str] = &["safetensors", "npy"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Safetensors => "safetensors",
+            Format::Npy => "npy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Format> {
+        match name {
+            "safetensors" => Some(Format::Safetensors),
+            "npy" => Some(Format::Npy),
+            _ => None,
+        }
+    }
+}
+
+/// Weight dtypes a spec may ask for.
+pub const WEIGHT_DTYPES: &[&str] = &["f32", "f64"];
+
+/// Parses a weight dtype name.
+pub fn weight_dtype(name: &str) -> Option<Dtype> {
+    match name {
+        "f32" => Some(Dtype::F32),
+        "f64" => Some(Dtype::F64),
+        _ => None,
+    }
+}
+
+/// A gain: the factor the orthogonal matrix is multiplied by.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gain {
+    pub value: f64,
+    /// The nonlinearity it came from, if it was given by name.
+    pub nonlinearity: Option<String>,
+}
+
+impl Gain {
+    /// Names accepted for a gain, with PyTorch's `calculate_gain` values.
+    pub const NAMES: &'static [&'static str] = &[
+        "linear",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "sigmoid",
+        "tanh",
+        "relu",
+        "leaky_relu",
+        "selu",
+    ];
+
+    pub fn number(value: f64) -> Option<Gain> {
+        (value.is_finite() && value > 0.0).then_some(Gain {
+            value,
+            nonlinearity: None,
+        })
+    }
+
+    /// PyTorch's `torch.nn.init.calculate_gain` for `name` (leaky_relu with slope 0.01).
+    pub fn named(name: &str) -> Option<Gain> {
+        let value = match name {
+            "linear" | "conv1d" | "conv2d" | "conv3d" | "sigmoid" => 1.0,
+            "tanh" => 5.0 / 3.0,
+            "relu" => 2.0f64.sqrt(),
+            "leaky_relu" => (2.0 / (1.0 + 0.01f64 * 0.01)).sqrt(),
+            "selu" => 0.75,
+            _ => return None,
+        };
+        Some(Gain {
+            value,
+            nonlinearity: Some(name.to_string()),
+        })
+    }
+}
+
+/// A weight shape in PyTorch order: (out, in) for linear layers, (out, in, k...) for
+/// convolutions with 1 to 3 spatial dimensions. Every dimension is at least 1 and the
+/// number of elements fits in memory addressing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shape(Vec<usize>);
+
+/// Whether a layer is a matrix or a convolution kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Linear,
+    Conv,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Linear => "linear",
+            Kind::Conv => "conv",
+        }
+    }
+}
+
+impl Shape {
+    /// Validates a shape; the error says what is wrong with it.
+    pub fn new(dims: &[i64]) -> Result<Shape, String> {
+        if !(2..=5).contains(&dims.len()) {
+            return Err(format!(
+                "a weight shape has 2 dimensions (linear: out, in) or 3 to 5 (conv: out, in, k...), got {} ({:?})",
+                dims.len(),
+                dims
+            ));
+        }
+        let mut out = Vec::with_capacity(dims.len());
+        let mut numel: u64 = 1;
+        for &d in dims {
+            if d < 1 {
+                return Err(format!("every dimension must be at least 1, got {dims:?}"));
+            }
+            numel = numel
+                .checked_mul(d as u64)
+                .filter(|&n| n <= isize::MAX as u64 / 8)
+                .ok_or_else(|| format!("shape {dims:?} has more elements than can be addressed"))?;
+            out.push(d as usize);
+        }
+        Ok(Shape(out))
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.0
+    }
+
+    pub fn out(&self) -> usize {
+        self.0[0]
+    }
+
+    pub fn inp(&self) -> usize {
+        self.0[1]
+    }
+
+    /// The spatial dimensions (empty for linear layers).
+    pub fn kernel(&self) -> &[usize] {
+        &self.0[2..]
+    }
+
+    /// The number of spatial taps K (1 for linear layers).
+    pub fn taps(&self) -> usize {
+        self.kernel().iter().product()
+    }
+
+    pub fn numel(&self) -> u64 {
+        self.0.iter().map(|&d| d as u64).product()
+    }
+
+    pub fn kind(&self) -> Kind {
+        if self.0.len() == 2 {
+            Kind::Linear
+        } else {
+            Kind::Conv
+        }
+    }
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|d| d.to_string()).collect();
+        write!(f, "{}", parts.join("x"))
+    }
+}
+
+/// A glob over layer names: `*` matches any run of characters, `?` any one character.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pattern {
+    pub glob: String,
+    pub position: (usize, usize),
+}
+
+impl Pattern {
+    pub fn matches(&self, name: &str) -> bool {
+        glob_match(self.glob.as_bytes(), name.as_bytes())
+    }
+}
+
+/// Matches `*` (any run) and `?` (any one byte-level character) with backtracking on the
+/// last star only, so the cost is linear in practice and never exponential.
+fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == text[t]) {
+            p += 1;
+            t += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// The `[sparsity]` table.
+#[derive(Clone, Debug)]
+pub struct Sparsity {
+    pub density: Density,
+    pub distribution: Distribution,
+    pub erk_power_scale: f64,
+    pub dense: Vec<Pattern>,
+    pub below_minimum: BelowMinimum,
+}
+
+/// The `[init]` table.
+#[derive(Clone, Debug)]
+pub struct Init {
+    pub scheme: Scheme,
+    pub gain: Gain,
+    pub conv_center: CentreRule,
+}
+
+/// The `[output]` table; what it leaves out, the command line or the defaults decide.
+#[derive(Clone, Debug, Default)]
+pub struct OutputSpec {
+    pub format: Option<Format>,
+    pub dtype: Option<Dtype>,
+    pub mask_suffix: Option<String>,
+}
+
+/// One layer after `repeat` expansion.
+#[derive(Clone, Debug)]
+pub struct LayerSpec {
+    pub name: String,
+    pub shape: Shape,
+    pub density: Option<Density>,
+    pub gain: Option<Gain>,
+    pub conv_center: Option<CentreRule>,
+    /// Where the layer's `name` stands in the spec (1-based line, column).
+    pub position: (usize, usize),
+}
+
+/// A validated spec.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    pub source: Source,
+    pub seed: u64,
+    pub sparsity: Sparsity,
+    pub init: Init,
+    pub output: OutputSpec,
+    pub layers: Vec<LayerSpec>,
+}
+
+// The TOML as serde sees it. Keys are checked against these structs' fields before serde
+// runs, so that an unknown key gets a suggestion; the values carry their spans for errors.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    seed: Option<Spanned<i64>>,
+    sparsity: Option<RawSparsity>,
+    init: Option<RawInit>,
+    output: Option<RawOutput>,
+    #[serde(default)]
+    layer: Vec<RawLayer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSparsity {
+    density: Spanned<f64>,
+    distribution: Option<Spanned<String>>,
+    erk_power_scale: Option<Spanned<f64>>,
+    dense: Option<Vec<Spanned<String>>>,
+    below_minimum: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInit {
+    scheme: Option<Spanned<String>>,
+    gain: Option<Spanned<toml::Value>>,
+    conv_center: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    format: Option<Spanned<String>>,
+    dtype: Option<Spanned<String>>,
+    mask_suffix: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLayer {
+    name: Spanned<String>,
+    shape: Spanned<Vec<Spanned<i64>>>,
+    density: Option<Spanned<f64>>,
+    repeat: Option<Spanned<i64>>,
+    gain: Option<Spanned<toml::Value>>,
+    conv_center: Option<Spanned<String>>,
+}
+
+/// The field names serde expects for `T`, read from its derived `Deserialize` impl so the
+/// key check can never drift from the structs.
+fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{Error as _, Visitor, value::Error};
+
+    struct Probe(Option<&'static [&'static str]>);
+
+    impl<'de> serde::Deserializer<'de> for &mut Probe {
+        type Error = Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Error> {
+            Err(Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Error> {
+            self.0 = Some(fields);
+            Err(Error::custom("probed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut probe = Probe(None);
+    let _ = T::deserialize(&mut probe);
+    probe.0.unwrap_or(&[])
+}
+
+/// The closest of `candidates` to `word`, if it is close enough to be a likely typo.
+pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|&(d, _)| d <= limit)
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+fn quoted_list(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    quoted.join(", ")
+}
+
+/// Builds errors for one source text: turns byte offsets into line and column.
+struct Errors<'a> {
+    source: &'a Source,
+}
+
+impl Errors<'_> {
+    fn position(&self, offset: usize) -> (usize, usize) {
+        let text = &self.source.text;
+        let offset = offset.min(text.len());
+        let before = &text.as_bytes()[..offset];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1);
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
+        (line, column)
+    }
+
+    fn at(
+        &self,
+        span: &Range<usize>,
+        context: impl Into<String>,
+        message: impl Into<String>,
+    ) -> SpecError {
+        SpecError {
+            file: self.source.name.clone(),
+            position: Some(self.position(span.start)),
+            context: context.into(),
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    fn whole(&self, message: impl Into<String>, help: Option<String>) -> SpecError {
+        SpecError {
+            file: self.source.name.clone(),
+            position: None,
+            context: String::new(),
+            message: message.into(),
+            help,
+        }
+    }
+}
+
+fn with_help(mut error: SpecError, help: impl Into<String>) -> SpecError {
+    error.help = Some(help.into());
+    error
+}
+
+/// Describes what a byte offset of the document belongs to: the layer and field, or the
+/// table and field. Used to give serde's type errors a context.
+fn context_at(doc: &DeTable<'_>, offset: usize) -> String {
+    let inside = |span: Range<usize>| span.start <= offset && offset < span.end.max(span.start + 1);
+    for (key, value) in doc.iter() {
+        let key_name: &str = key.get_ref();
+        match value.get_ref() {
+            DeValue::Array(entries) if key_name == "layer" => {
+                for (index, entry) in entries.iter().enumerate() {
+                    if let DeValue::Table(table) = entry.get_ref() {
+                        let label = layer_label(table, index);
+                        for (field, v) in table.iter() {
+                            if inside(field.span()) || inside(v.span()) {
+                                return format!("{label}, field `{}`", field.get_ref());
+                            }
+                        }
+                        if inside(entry.span()) {
+                            return label;
+                        }
+                    }
+                }
+            }
+            DeValue::Table(table) => {
+                for (field, v) in table.iter() {
+                    if inside(field.span()) || inside(v.span()) {
+                        return format!("[{key_name}], field `{}`", field.get_ref());
+                    }
+                }
+                if inside(value.span()) || inside(key.span()) {
+                    return format!("[{key_name}]");
+                }
+            }
+            _ => {
+                if inside(value.span()) || inside(key.span()) {
+                    return format!("field `{key_name}`");
+                }
+            }
+        }
+    }
+    String::new()
+}
+
+fn layer_label(table: &DeTable<'_>, index: usize) -> String {
+    match table.get("name").map(|v| v.get_ref()) {
+        Some(DeValue::String(name)) => format!("layer \"{name}\""),
+        _ => format!("[[layer]] #{}", index + 1),
+    }
+}
+
+/// Checks every key of the document against the fields of the raw structs.
+fn check_keys(doc: &DeTable<'_>, errors: &Errors<'_>) -> Result<(), SpecError> {
+    let top = fields_of::<RawSpec>();
+    let unknown = |key: &Spanned<toml::de::DeString<'_>>, known: &[&str], context: String| {
+        let name: &str = key.get_ref();
+        let error = errors.at(&key.span(), context, format!("unknown key `{name}`"));
+        match closest(name, known) {
+            Some(near) => with_help(error, format!("did you mean `{near}`?")),
+            None => with_help(error, format!("known keys here: {}", known.join(", "))),
+        }
+    };
+    for (key, value) in doc.iter() {
+        let name: &str = key.get_ref();
+        if !top.contains(&name) {
+            return Err(unknown(key, top, String::from("top level")));
+        }
+        let section: &[&str] = match name {
+            "sparsity" => fields_of::<RawSparsity>(),
+            "init" => fields_of::<RawInit>(),
+            "output" => fields_of::<RawOutput>(),
+            "layer" => fields_of::<RawLayer>(),
+            _ => continue,
+        };
+        match value.get_ref() {
+            DeValue::Table(table) => {
+                for (field, _) in table.iter() {
+                    if !section.contains(&field.get_ref().as_ref()) {
+                        return Err(unknown(field, section, format!("[{name}]")));
+                    }
+                }
+            }
+            DeValue::Array(entries) if name == "layer" => {
+                for (index, entry) in entries.iter().enumerate() {
+                    if let DeValue::Table(table) = entry.get_ref() {
+                        for (field, _) in table.iter() {
+                            if !section.contains(&field.get_ref().as_ref()) {
+                                return Err(unknown(field, section, layer_label(table, index)));
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses and validates a spec.
+pub fn parse(source: Source) -> Result<Spec, SpecError> {
+    let errors = Errors { source: &source };
+    let text = source.text.as_str();
+    if text
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+    {
+        return Err(errors.whole(
+            "the spec is empty",
+            Some("a spec needs a [sparsity] table with `density` and at least one [[layer]] with `name` and `shape`".into()),
+        ));
+    }
+    let doc = DeTable::parse(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        errors.at(&span, "", format!("invalid TOML: {}", e.message()))
+    })?;
+    check_keys(doc.get_ref(), &errors)?;
+    let raw: RawSpec = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let context = context_at(doc.get_ref(), span.start);
+        errors.at(&span, context, e.message().to_string())
+    })?;
+    validate(raw, &source, &errors)
+}
+
+fn one_of<T>(
+    errors: &Errors<'_>,
+    value: &Spanned<String>,
+    context: &str,
+    what: &str,
+    names: &[&str],
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<T, SpecError> {
+    parse(value.get_ref()).ok_or_else(|| {
+        let error = errors.at(
+            &value.span(),
+            context,
+            format!(
+                "unknown {what} \"{}\"; expected one of {}",
+                value.get_ref(),
+                quoted_list(names)
+            ),
+        );
+        match closest(value.get_ref(), names) {
+            Some(near) => with_help(error, format!("did you mean \"{near}\"?")),
+            None => error,
+        }
+    })
+}
+
+fn density(errors: &Errors<'_>, value: &Spanned<f64>, context: &str) -> Result<Density, SpecError> {
+    Density::new(*value.get_ref()).ok_or_else(|| {
+        errors.at(
+            &value.span(),
+            context,
+            format!("density must be in (0, 1], got {}", value.get_ref()),
+        )
+    })
+}
+
+fn gain(
+    errors: &Errors<'_>,
+    value: &Spanned<toml::Value>,
+    context: &str,
+) -> Result<Gain, SpecError> {
+    match value.get_ref() {
+        toml::Value::Integer(i) => Gain::number(*i as f64),
+        toml::Value::Float(x) => Gain::number(*x),
+        toml::Value::String(name) => {
+            return Gain::named(name).ok_or_else(|| {
+                let error = errors.at(
+                    &value.span(),
+                    context,
+                    format!(
+                        "unknown gain \"{name}\"; expected a number or one of {}",
+                        quoted_list(Gain::NAMES)
+                    ),
+                );
+                match closest(name, Gain::NAMES) {
+                    Some(near) => with_help(error, format!("did you mean \"{near}\"?")),
+                    None => error,
+                }
+            });
+        }
+        other => {
+            return Err(errors.at(
+                &value.span(),
+                context,
+                format!(
+                    "gain must be a number or a nonlinearity name, got a {}",
+                    other.type_str()
+                ),
+            ));
+        }
+    }
+    .ok_or_else(|| {
+        errors.at(
+            &value.span(),
+            context,
+            format!("gain must be finite and > 0, got {}", value.get_ref()),
+        )
+    })
+}
+
+fn centre_rule(name: &str) -> Option<CentreRule> {
+    match name {
+        "same" => Some(CentreRule::Same),
+        "sqrt" => Some(CentreRule::Sqrt),
+        _ => None,
+    }
+}
+
+fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, SpecError> {
+    let seed = match &raw.seed {
+        None => 0,
+        Some(s) => u64::try_from(*s.get_ref()).map_err(|_| {
+            errors.at(
+                &s.span(),
+                "field `seed`",
+                format!("seed must be an integer >= 0, got {}", s.get_ref()),
+            )
+        })?,
+    };
+
+    let Some(rs) = raw.sparsity else {
+        return Err(errors.whole(
+            "the spec has no [sparsity] table",
+            Some(
+                "add\n    [sparsity]\n    density = 0.1   # the overall fraction of weights kept"
+                    .into(),
+            ),
+        ));
+    };
+    let ctx = "[sparsity], field";
+    let sparsity = Sparsity {
+        density: density(errors, &rs.density, &format!("{ctx} `density`"))?,
+        distribution: match &rs.distribution {
+            None => Distribution::Uniform,
+            Some(v) => one_of(
+                errors,
+                v,
+                &format!("{ctx} `distribution`"),
+                "distribution",
+                Distribution::NAMES,
+                |s| match s {
+                    "uniform" => Some(Distribution::Uniform),
+                    "erk" => Some(Distribution::Erk),
+                    "er" => Some(Distribution::Er),
+                    _ => None,
+                },
+            )?,
+        },
+        erk_power_scale: match &rs.erk_power_scale {
+            None => 1.0,
+            Some(p) => {
+                let value = *p.get_ref();
+                if !(value.is_finite() && value >= 0.0) {
+                    return Err(errors.at(
+                        &p.span(),
+                        format!("{ctx} `erk_power_scale`"),
+                        format!("erk_power_scale must be finite and >= 0, got {value}"),
+                    ));
+                }
+                value
+            }
+        },
+        dense: rs
+            .dense
+            .iter()
+            .flatten()
+            .map(|g| {
+                if g.get_ref().is_empty() {
+                    Err(errors.at(
+                        &g.span(),
+                        format!("{ctx} `dense`"),
+                        "a dense pattern must not be empty",
+                    ))
+                } else {
+                    Ok(Pattern {
+                        glob: g.get_ref().clone(),
+                        position: errors.position(g.span().start),
+                    })
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        below_minimum: match &rs.below_minimum {
+            None => BelowMinimum::Error,
+            Some(v) => one_of(
+                errors,
+                v,
+                &format!("{ctx} `below_minimum`"),
+                "below_minimum",
+                &["error", "clamp"],
+                |s| match s {
+                    "error" => Some(BelowMinimum::Error),
+                    "clamp" => Some(BelowMinimum::Clamp),
+                    _ => None,
+                },
+            )?,
+        },
+    };
+    if let (Some(p), true) = (
+        &rs.erk_power_scale,
+        sparsity.distribution != Distribution::Erk,
+    ) {
+        return Err(with_help(
+            errors.at(&p.span(), format!("{ctx} `erk_power_scale`"), format!(
+                "erk_power_scale applies to distribution \"erk\" only, but the distribution is \"{}\"",
+                sparsity.distribution.name()
+            )),
+            "remove erk_power_scale or set distribution = \"erk\"",
+        ));
+    }
+
+    let init = match &raw.init {
+        None => Init {
+            scheme: Scheme::Eoi,
+            gain: Gain::number(1.0).expect("1 is a valid gain"),
+            conv_center: CentreRule::Sqrt,
+        },
+        Some(ri) => Init {
+            scheme: match &ri.scheme {
+                None => Scheme::Eoi,
+                Some(v) => one_of(
+                    errors,
+                    v,
+                    "[init], field `scheme`",
+                    "scheme",
+                    Scheme::NAMES,
+                    |s| (s == "eoi").then_some(Scheme::Eoi),
+                )?,
+            },
+            gain: match &ri.gain {
+                None => Gain::number(1.0).expect("1 is a valid gain"),
+                Some(g) => gain(errors, g, "[init], field `gain`")?,
+            },
+            conv_center: match &ri.conv_center {
+                None => CentreRule::Sqrt,
+                Some(v) => one_of(
+                    errors,
+                    v,
+                    "[init], field `conv_center`",
+                    "conv_center",
+                    &["sqrt", "same"],
+                    centre_rule,
+                )?,
+            },
+        },
+    };
+
+    let output = match &raw.output {
+        None => OutputSpec::default(),
+        Some(ro) => OutputSpec {
+            format: ro
+                .format
+                .as_ref()
+                .map(|v| {
+                    one_of(
+                        errors,
+                        v,
+                        "[output], field `format`",
+                        "format",
+                        Format::NAMES,
+                        Format::parse,
+                    )
+                })
+                .transpose()?,
+            dtype: ro
+                .dtype
+                .as_ref()
+                .map(|v| {
+                    one_of(
+                        errors,
+                        v,
+                        "[output], field `dtype`",
+                        "dtype",
+                        WEIGHT_DTYPES,
+                        weight_dtype,
+                    )
+                })
+                .transpose()?,
+            mask_suffix: match &ro.mask_suffix {
+                Some(s) if s.get_ref().is_empty() => {
+                    return Err(errors.at(
+                        &s.span(),
+                        "[output], field `mask_suffix`",
+                        "mask_suffix must not be empty",
+                    ));
+                }
+                other => other.as_ref().map(|s| s.get_ref().clone()),
+            },
+        },
+    };
+
+    if raw.layer.is_empty() {
+        return Err(errors.whole(
+            "the spec defines no layers",
+            Some("add one [[layer]] table per weight tensor:\n    [[layer]]\n    name = \"fc1.weight\"\n    shape = [300, 784]".into()),
+        ));
+    }
+    let mut layers: Vec<LayerSpec> = Vec::new();
+    let mut first_seen: std::collections::HashMap<String, (usize, usize)> =
+        std::collections::HashMap::new();
+    for raw_layer in &raw.layer {
+        let name = raw_layer.name.get_ref();
+        let label = format!("layer \"{name}\"");
+        let field = |f: &str| format!("{label}, field `{f}`");
+        if name.is_empty() {
+            return Err(errors.at(
+                &raw_layer.name.span(),
+                field("name"),
+                "a layer name must not be empty",
+            ));
+        }
+        let dims: Vec<i64> = raw_layer
+            .shape
+            .get_ref()
+            .iter()
+            .map(|d| *d.get_ref())
+            .collect();
+        let shape =
+            Shape::new(&dims).map_err(|m| errors.at(&raw_layer.shape.span(), field("shape"), m))?;
+        let layer_density = raw_layer
+            .density
+            .as_ref()
+            .map(|d| density(errors, d, &field("density")))
+            .transpose()?;
+        let layer_gain = raw_layer
+            .gain
+            .as_ref()
+            .map(|g| gain(errors, g, &field("gain")))
+            .transpose()?;
+        let conv_center = raw_layer
+            .conv_center
+            .as_ref()
+            .map(|v| {
+                one_of(
+                    errors,
+                    v,
+                    &field("conv_center"),
+                    "conv_center",
+                    &["sqrt", "same"],
+                    centre_rule,
+                )
+            })
+            .transpose()?;
+        let has_index = name.contains("{i}");
+        let names: Vec<String> = match &raw_layer.repeat {
+            None if has_index => {
+                return Err(with_help(
+                    errors.at(
+                        &raw_layer.name.span(),
+                        field("name"),
+                        "the name contains \"{i}\" but the layer has no `repeat`",
+                    ),
+                    "add `repeat = N` to expand it into N layers, or remove \"{i}\" from the name",
+                ));
+            }
+            None => vec![name.clone()],
+            Some(r) => {
+                let count = *r.get_ref();
+                if count < 1 {
+                    return Err(errors.at(
+                        &r.span(),
+                        field("repeat"),
+                        format!("repeat must be an integer >= 1, got {count}"),
+                    ));
+                }
+                if !has_index {
+                    return Err(with_help(
+                        errors.at(&r.span(), field("repeat"), "`repeat` needs \"{i}\" in the layer name, so that the repeated layers get distinct names"),
+                        format!("for example name = \"{}\"", suggest_indexed(name)),
+                    ));
+                }
+                if count as u64 > (MAX_LAYERS - layers.len().min(MAX_LAYERS)) as u64 {
+                    return Err(errors.at(
+                        &r.span(),
+                        field("repeat"),
+                        format!("repeat = {count} makes the spec longer than {MAX_LAYERS} layers, the most eoi supports"),
+                    ));
+                }
+                (0..count)
+                    .map(|i| name.replace("{i}", &i.to_string()))
+                    .collect()
+            }
+        };
+        let position = errors.position(raw_layer.name.span().start);
+        for expanded in names {
+            if let Some(&(line, column)) = first_seen.get(&expanded) {
+                return Err(errors.at(
+                    &raw_layer.name.span(),
+                    field("name"),
+                    format!("duplicate layer name \"{expanded}\" (first defined at line {line}, column {column})"),
+                ));
+            }
+            first_seen.insert(expanded.clone(), position);
+            layers.push(LayerSpec {
+                name: expanded,
+                shape: shape.clone(),
+                density: layer_density,
+                gain: layer_gain.clone(),
+                conv_center,
+                position,
+            });
+        }
+    }
+
+    Ok(Spec {
+        source: source.clone(),
+        seed,
+        sparsity,
+        init,
+        output,
+        layers,
+    })
+}
+
+/// `hidden.weight` -> `hidden.{i}.weight`: a likely indexed form of a name.
+fn suggest_indexed(name: &str) -> String {
+    match name.rsplit_once('.') {
+        Some((module, param)) => format!("{module}.{{i}}.{param}"),
+        None => format!("{name}.{{i}}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Spec, SpecError> {
+        parse(Source {
+            name: "test.toml".into(),
+            text: text.into(),
+        })
+    }
+
+    const MINIMAL: &str =
+        "[sparsity]\ndensity = 0.5\n\n[[layer]]\nname = \"fc.weight\"\nshape = [4, 6]\n";
+
+    #[test]
+    fn a_minimal_spec_gets_the_defaults() {
+        let spec = parse_str(MINIMAL).unwrap();
+        assert_eq!(spec.seed, 0);
+        assert_eq!(spec.sparsity.distribution, Distribution::Uniform);
+        assert_eq!(spec.init.gain.value, 1.0);
+        assert_eq!(spec.init.conv_center, CentreRule::Sqrt);
+        assert_eq!(spec.layers.len(), 1);
+        assert_eq!(spec.layers[0].shape.dims(), &[4, 6]);
+        assert_eq!(spec.layers[0].position, (5, 8));
+    }
+
+    #[test]
+    fn repeat_expands_names_from_zero() {
+        let spec = parse_str(
+            "[sparsity]\ndensity = 0.5\n[[layer]]\nname = \"h.{i}.weight\"\nshape = [3, 3]\nrepeat = 3\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = spec.layers.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["h.0.weight", "h.1.weight", "h.2.weight"]);
+    }
+
+    #[test]
+    fn unknown_keys_get_a_suggestion_and_a_position() {
+        let err = parse_str("[sparsity]\ndensty = 0.5\n").unwrap_err();
+        assert_eq!(err.position, Some((2, 1)));
+        assert!(err.message.contains("unknown key `densty`"), "{err}");
+        assert_eq!(err.help.as_deref(), Some("did you mean `density`?"));
+
+        let err = parse_str(&format!("{MINIMAL}shap = [1, 2]\n")).unwrap_err();
+        assert!(err.context.contains("layer \"fc.weight\""), "{err}");
+        assert!(err.help.unwrap().contains("`shape`"));
+    }
+
+    #[test]
+    fn type_errors_name_the_layer_and_field() {
+        let err =
+            parse_str("[sparsity]\ndensity = 0.5\n[[layer]]\nname = \"a\"\nshape = [3, 3.5]\n")
+                .unwrap_err();
+        assert!(err.context.contains("layer \"a\", field `shape`"), "{err}");
+        assert_eq!(err.position.unwrap().0, 5);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_field() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "[sparsity]\ndensity = 1.5\n[[layer]]\nname='a'\nshape=[2,2]\n",
+                "density must be in (0, 1]",
+            ),
+            (
+                "[sparsity]\ndensity = nan\n[[layer]]\nname='a'\nshape=[2,2]\n",
+                "density must be in (0, 1]",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\ndistribution='erkk'\n[[layer]]\nname='a'\nshape=[2,2]\n",
+                "unknown distribution",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[init]\ngain=-1\n[[layer]]\nname='a'\nshape=[2,2]\n",
+                "gain must be finite and > 0",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[init]\ngain='tahn'\n[[layer]]\nname='a'\nshape=[2,2]\n",
+                "unknown gain",
+            ),
+            (
+                "seed = -1\n[sparsity]\ndensity = 0.5\n[[layer]]\nname='a'\nshape=[2,2]\n",
+                "seed must be an integer >= 0",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname='a'\nshape=[2]\n",
+                "2 dimensions",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname='a'\nshape=[2,0]\n",
+                "at least 1",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname='a'\nshape=[4294967296,4294967296]\n",
+                "more elements",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname='a{i}'\nshape=[2,2]\n",
+                "has no `repeat`",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname='a'\nshape=[2,2]\nrepeat=2\n",
+                "needs \"{i}\"",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname='a{i}'\nshape=[2,2]\nrepeat=0\n",
+                "repeat must be",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname='a{i}'\nshape=[2,2]\nrepeat=2000000\n",
+                "longer than",
+            ),
+            (
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname='a1'\nshape=[2,2]\n[[layer]]\nname='a{i}'\nshape=[2,2]\nrepeat=2\n",
+                "duplicate layer name \"a1\"",
+            ),
+            ("[sparsity]\ndensity = 0.5\n", "no layers"),
+            ("[[layer]]\nname='a'\nshape=[2,2]\n", "no [sparsity]"),
+            ("# only a comment\n", "empty"),
+            ("[sparsity\n", "invalid TOML"),
+        ];
+        for (text, expected) in cases {
+            let err = parse_str(text).unwrap_err();
+            assert!(err.to_string().contains(expected), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn globs_match_stars_and_question_marks() {
+        let p = |g: &str| Pattern {
+            glob: g.into(),
+            position: (1, 1),
+        };
+        assert!(p("fc.*").matches("fc.weight"));
+        assert!(!p("fc.*").matches("fc1.weight"));
+        assert!(p("*.weight").matches("a.b.weight"));
+        assert!(p("conv?.weight").matches("conv1.weight"));
+        assert!(!p("conv?.weight").matches("conv12.weight"));
+        assert!(p("*").matches(""));
+        assert!(p("a*b*c").matches("aXbYbZc"));
+        assert!(!p("a*b*c").matches("aXbYbZ"));
+        assert!(p("exact").matches("exact"));
+    }
+
+    #[test]
+    fn field_lists_come_from_the_structs() {
+        assert_eq!(
+            fields_of::<RawLayer>(),
+            &["name", "shape", "density", "repeat", "gain", "conv_center"]
+        );
+        assert!(fields_of::<RawSpec>().contains(&"sparsity"));
+    }
+
+    #[test]
+    fn suggestions_need_a_close_match() {
+        assert_eq!(closest("densty", &["density", "dense"]), Some("density"));
+        assert_eq!(closest("zzz", &["density", "dense"]), None);
+    }
+}

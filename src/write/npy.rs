@@ -1,0 +1,208 @@
+//! The npy writer: a directory with one `<tensor name>.npy` (format version 1.0) per tensor
+//! and a `manifest.json` with the provenance and the list of tensors. The directory is built
+//! beside the destination and renamed into place when complete.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use super::{Destination, Fill, Output, TensorInfo, display, fill_exactly, staging};
+use crate::error::Error;
+use crate::provenance::Provenance;
+
+/// The name of the manifest inside an npy output directory.
+pub const MANIFEST: &str = "manifest.json";
+
+pub struct NpyOutput {
+    directory: PathBuf,
+    destination: Destination,
+    tensors: Vec<TensorInfo>,
+    manifest: Vec<u8>,
+    total: u64,
+}
+
+/// The .npy header for a C-ordered array: magic, version 1.0, header length, and the
+/// dictionary padded with spaces and a newline to a multiple of 64 bytes.
+pub fn header(info: &TensorInfo) -> Vec<u8> {
+    let shape = match info.shape.as_slice() {
+        [one] => format!("({one},)"),
+        dims => format!(
+            "({})",
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    let mut dict = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}",
+        info.dtype.npy_descr(),
+        shape
+    );
+    let unpadded = 10 + dict.len() + 1;
+    dict.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
+    dict.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+/// An existing directory may be replaced only if it is empty or an earlier npy output of
+/// eoi (it has our manifest), so `--force` can never delete an unrelated directory.
+pub fn check_replaceable(path: &Path) -> Result<(), Error> {
+    let manifest = path.join(MANIFEST);
+    let ours = fs::read(&manifest)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .is_some_and(|v| v.get(crate::provenance::VERSION_KEY).is_some());
+    let empty = fs::read_dir(path)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if ours || empty {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "'{}' is a directory that eoi did not write (it has no eoi {MANIFEST}); refusing to replace it even with --force",
+            path.display()
+        )))
+    }
+}
+
+impl NpyOutput {
+    pub fn create(
+        destination: &Destination,
+        tensors: Vec<TensorInfo>,
+        provenance: &Provenance,
+    ) -> Result<NpyOutput, Error> {
+        let context = || format!("cannot write '{}'", display(&destination.path));
+        let directory = staging(0o777)
+            .tempdir_in(destination.parent())
+            .map_err(|e| Error::io(context(), e))?
+            .keep();
+        let mut manifest = match &provenance.document {
+            Value::Object(map) => map.clone(),
+            other => Map::from_iter([("provenance".to_string(), other.clone())]),
+        };
+        let mut total = 0;
+        let files: Vec<Value> = tensors
+            .iter()
+            .map(|t| {
+                total += header(t).len() as u64 + t.nbytes();
+                json!({"name": t.name, "file": format!("{}.npy", t.name), "dtype": t.dtype.name(), "shape": t.shape})
+            })
+            .collect();
+        manifest.insert("tensors".into(), Value::Array(files));
+        let mut manifest =
+            serde_json::to_vec_pretty(&Value::Object(manifest)).expect("JSON values serialize");
+        manifest.push(b'\n');
+        total += manifest.len() as u64;
+        Ok(NpyOutput {
+            directory,
+            destination: destination.clone(),
+            tensors,
+            manifest,
+            total,
+        })
+    }
+
+    fn fail<T>(&self, context: String, e: std::io::Error) -> Result<T, Error> {
+        Err(Error::io(context, e))
+    }
+}
+
+impl Output for NpyOutput {
+    fn write_tensor(&self, index: usize, fill: Fill<'_>) -> Result<(), Error> {
+        let info = &self.tensors[index];
+        let path = self.directory.join(format!("{}.npy", info.name));
+        let context = || format!("cannot write '{}'", display(&path));
+        let file = match File::create(&path) {
+            Ok(f) => f,
+            Err(e) => return self.fail(context(), e),
+        };
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        if let Err(e) = out.write_all(&header(info)) {
+            return self.fail(context(), e);
+        }
+        fill_exactly(info, &mut out, fill)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), Error> {
+        let dest = &self.destination.path;
+        let manifest_path = self.directory.join(MANIFEST);
+        fs::write(&manifest_path, &self.manifest)
+            .map_err(|e| Error::io(format!("cannot write '{}'", display(&manifest_path)), e))?;
+        let moved = |e| {
+            Error::io(
+                format!("cannot move the output into place at '{}'", display(dest)),
+                e,
+            )
+        };
+        if dest.exists() {
+            // Checked replaceable before the run; move it aside, put ours in, then delete it.
+            let aside = tempfile::Builder::new()
+                .prefix(".eoi-old-")
+                .tempdir_in(self.destination.parent())
+                .map_err(moved)?
+                .keep();
+            fs::rename(dest, aside.join("old")).map_err(moved)?;
+            fs::rename(&self.directory, dest).map_err(moved)?;
+            fs::remove_dir_all(&aside).map_err(|e| {
+                Error::io(
+                    format!("cannot remove the replaced output in '{}'", display(&aside)),
+                    e,
+                )
+            })?;
+        } else {
+            fs::rename(&self.directory, dest).map_err(moved)?;
+        }
+        Ok(())
+    }
+
+    fn bytes(&self) -> u64 {
+        self.total
+    }
+}
+
+impl Drop for NpyOutput {
+    fn drop(&mut self) {
+        // After a successful commit the directory has moved and this finds nothing.
+        let _ = fs::remove_dir_all(&self.directory);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Dtype;
+
+    #[test]
+    fn headers_are_64_byte_aligned_and_describe_the_array() {
+        for shape in [vec![3usize, 4], vec![128, 3, 3, 3], vec![7]] {
+            let info = TensorInfo {
+                name: "x".into(),
+                dtype: Dtype::F32,
+                shape,
+            };
+            let h = header(&info);
+            assert_eq!(h.len() % 64, 0);
+            assert_eq!(&h[..8], b"\x93NUMPY\x01\x00");
+            assert_eq!(u16::from_le_bytes([h[8], h[9]]) as usize, h.len() - 10);
+            assert_eq!(*h.last().unwrap(), b'\n');
+        }
+        let text = String::from_utf8_lossy(
+            &header(&TensorInfo {
+                name: "x".into(),
+                dtype: Dtype::Bool,
+                shape: vec![5],
+            })[10..],
+        )
+        .into_owned();
+        assert!(
+            text.contains("'descr': '|b1', 'fortran_order': False, 'shape': (5,), }"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! The safetensors writer: an 8-byte little-endian header length, a JSON header with
+//! `__metadata__` first and the tensors in data order, padded with spaces to a multiple of 8,
+//! then the data. Tensors are ordered by element size, largest first (weights before masks),
+//! keeping the spec's order within a size, so every tensor starts at a multiple of its
+//! element size. The header is built from the plan before any data exists, so its bytes are
+//! deterministic and layers can be written at their offsets as they are generated.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+
+use serde_json::{Map, Value, json};
+use tempfile::NamedTempFile;
+
+use super::{Destination, Fill, Output, TensorInfo, display, fill_exactly, staging};
+use crate::error::Error;
+use crate::provenance::Provenance;
+
+pub struct SafetensorsOutput {
+    file: NamedTempFile,
+    destination: Destination,
+    tensors: Vec<TensorInfo>,
+    /// Absolute file offset of each tensor's data, by the index given to `create`.
+    offsets: Vec<u64>,
+    total: u64,
+}
+
+/// The header bytes (without the length prefix) and each tensor's offset within the data.
+pub fn layout(tensors: &[TensorInfo], metadata: &[(String, String)]) -> (Vec<u8>, Vec<u64>) {
+    let mut order: Vec<usize> = (0..tensors.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(tensors[k].dtype.size()));
+    let mut offsets = vec![0u64; tensors.len()];
+    let mut header = Map::new();
+    let meta: Map<String, Value> = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    header.insert("__metadata__".into(), Value::Object(meta));
+    let mut at = 0u64;
+    for &k in &order {
+        let t = &tensors[k];
+        offsets[k] = at;
+        let end = at + t.nbytes();
+        header.insert(
+            t.name.clone(),
+            json!({"dtype": t.dtype.safetensors_name(), "shape": t.shape, "data_offsets": [at, end]}),
+        );
+        at = end;
+    }
+    let mut bytes = Value::Object(header).to_string().into_bytes();
+    let padded = bytes.len().next_multiple_of(8);
+    bytes.resize(padded, b' ');
+    (bytes, offsets)
+}
+
+impl SafetensorsOutput {
+    pub fn create(
+        destination: &Destination,
+        tensors: Vec<TensorInfo>,
+        provenance: &Provenance,
+    ) -> Result<SafetensorsOutput, Error> {
+        let (header, relative) = layout(&tensors, &provenance.metadata);
+        let data_start = 8 + header.len() as u64;
+        let total = data_start + tensors.iter().map(TensorInfo::nbytes).sum::<u64>();
+        let context = || format!("cannot write '{}'", display(&destination.path));
+        let file = staging(0o666)
+            .tempfile_in(destination.parent())
+            .map_err(|e| Error::io(context(), e))?;
+        file.as_file()
+            .set_len(total)
+            .map_err(|e| Error::io(context(), e))?;
+        let mut head = Vec::with_capacity(header.len() + 8);
+        head.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        head.extend_from_slice(&header);
+        write_all_at(file.as_file(), &head, 0).map_err(|e| Error::io(context(), e))?;
+        Ok(SafetensorsOutput {
+            file,
+            destination: destination.clone(),
+            offsets: relative.iter().map(|r| r + data_start).collect(),
+            tensors,
+            total,
+        })
+    }
+}
+
+impl Output for SafetensorsOutput {
+    fn write_tensor(&self, index: usize, fill: Fill<'_>) -> Result<(), Error> {
+        let info = &self.tensors[index];
+        let at = AtWriter {
+            file: self.file.as_file(),
+            position: self.offsets[index],
+            end: self.offsets[index] + info.nbytes(),
+        };
+        let mut buffered = BufWriter::with_capacity(1 << 20, at);
+        fill_exactly(info, &mut buffered, fill)
+    }
+
+    fn commit(self: Box<Self>) -> Result<(), Error> {
+        let path = self.destination.path.clone();
+        let result = if self.destination.force {
+            self.file.persist(&path).map(|_| ())
+        } else {
+            self.file.persist_noclobber(&path).map(|_| ())
+        };
+        result.map_err(|e| {
+            Error::io(
+                format!("cannot move the output into place at '{}'", display(&path)),
+                e.error,
+            )
+        })
+    }
+
+    fn bytes(&self) -> u64 {
+        self.total
+    }
+}
+
+/// Writes at a fixed region of a shared file, so threads can fill their own tensors.
+struct AtWriter<'a> {
+    file: &'a File,
+    position: u64,
+    end: u64,
+}
+
+impl Write for AtWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.position + buf.len() as u64 > self.end {
+            return Err(io::Error::other("a tensor wrote past its end"));
+        }
+        write_all_at(self.file, buf, self.position)?;
+        self.position += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(buf, offset)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = file.seek_write(buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::Dtype;
+
+    #[test]
+    fn weights_come_before_masks_and_the_header_is_padded() {
+        let tensors = vec![
+            TensorInfo {
+                name: "a".into(),
+                dtype: Dtype::F32,
+                shape: vec![3, 3],
+            },
+            TensorInfo {
+                name: "a_mask".into(),
+                dtype: Dtype::Bool,
+                shape: vec![3, 3],
+            },
+            TensorInfo {
+                name: "b".into(),
+                dtype: Dtype::F32,
+                shape: vec![2, 1],
+            },
+            TensorInfo {
+                name: "b_mask".into(),
+                dtype: Dtype::Bool,
+                shape: vec![2, 1],
+            },
+        ];
+        let (header, offsets) = layout(&tensors, &[("k".into(), "v".into())]);
+        assert_eq!(header.len() % 8, 0);
+        assert_eq!(offsets, vec![0, 44, 36, 53]);
+        let text = String::from_utf8(header).unwrap();
+        assert!(
+            text.starts_with("{\"__metadata__\":{\"k\":\"v\"},\"a\":"),
+            "{text}"
+        );
+    }
+}
