@@ -197,7 +197,9 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
             Distribution::Erk => {
                 let sum: f64 = shape.dims().iter().map(|&d| d as f64).sum();
                 let product: f64 = shape.dims().iter().map(|&d| d as f64).product();
-                (sum / product).powf(sparsity.erk_power_scale)
+                // libm, not the platform pow: densities feed the stop rule, so they must be
+                // the same to the last bit everywhere.
+                libm::pow(sum / product, sparsity.erk_power_scale)
             }
             Distribution::Er => {
                 let (o, i) = (shape.out() as f64, shape.inp() as f64);
