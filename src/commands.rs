@@ -41,10 +41,7 @@ fn read_source(path: &Path) -> Result<Source, Error> {
     match String::from_utf8(bytes) {
         Ok(text) => Ok(Source { name, text }),
         Err(e) => {
-            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
-            let line = valid.iter().filter(|&&b| b == b'\n').count() + 1;
-            let column =
-                valid.len() - valid.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
+            let (line, column) = spec::line_column(e.as_bytes(), e.utf8_error().valid_up_to());
             Err(SpecError {
                 file: name,
                 position: Some((line, column)),

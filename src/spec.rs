@@ -491,6 +491,22 @@ fn quoted_list(names: &[&str]) -> String {
     quoted.join(", ")
 }
 
+/// The 1-based line and column (in characters) of byte `offset` of a text, which need only
+/// be valid UTF-8 before the offset.
+pub fn line_column(text: &[u8], offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let column = String::from_utf8_lossy(&before[line_start..])
+        .chars()
+        .count()
+        + 1;
+    (line, column)
+}
+
 /// Builds errors for one source text: turns byte offsets into line and column.
 struct Errors<'a> {
     source: &'a Source,
@@ -498,19 +514,7 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn position(&self, offset: usize) -> (usize, usize) {
-        let text = &self.source.text;
-        let offset = offset.min(text.len());
-        let before = &text.as_bytes()[..offset];
-        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let line_start = before
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |p| p + 1);
-        let column = String::from_utf8_lossy(&before[line_start..])
-            .chars()
-            .count()
-            + 1;
-        (line, column)
+        line_column(self.source.text.as_bytes(), offset)
     }
 
     fn at(

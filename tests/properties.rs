@@ -169,7 +169,10 @@ proptest! {
 fn rotation_counts_are_in_line_with_the_reference() {
     // EOI.md: 100x100 at d = 0.5 takes about 245 rotations on the reference code.
     let l = layer(&[100, 100], 0.5, 1.0, "sqrt");
-    let mean = (0..20).map(|s| schemes::stats(&l, s).rotations as f64).sum::<f64>() / 20.0;
+    let mean = (0..20)
+        .map(|s| schemes::stats(&l, s).rotations as f64)
+        .sum::<f64>()
+        / 20.0;
     assert!((200.0..300.0).contains(&mean), "mean rotations {mean}");
 }
 
@@ -180,12 +183,18 @@ fn row_support_sizes_are_uneven_as_in_the_paper() {
     let mut sds = Vec::new();
     for seed in 0..20 {
         let g = schemes::generate(&l, seed);
-        let counts: Vec<f64> = mask_rows(&g).iter().map(|r| r.iter().map(|&m| f64::from(m)).sum()).collect();
+        let counts: Vec<f64> = mask_rows(&g)
+            .iter()
+            .map(|r| r.iter().map(|&m| f64::from(m)).sum())
+            .collect();
         let mean = counts.iter().sum::<f64>() / 64.0;
         let var = counts.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / 64.0;
         assert!((mean - 16.0).abs() < 0.5, "mean {mean}");
         sds.push(var.sqrt());
     }
     let sd = sds.iter().sum::<f64>() / sds.len() as f64;
-    assert!((7.0..14.0).contains(&sd), "mean row-count standard deviation {sd}");
+    assert!(
+        (7.0..14.0).contains(&sd),
+        "mean row-count standard deviation {sd}"
+    );
 }

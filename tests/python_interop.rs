@@ -1,0 +1,642 @@
+//! Interoperability with the user's side: artifacts written by the real `eoi` binary are
+//! loaded with the official Python `safetensors` and `numpy` packages by
+//! `tests/python/check_artifact.py`, which checks masks, shapes, dtypes, nonzero counts and
+//! exact orthogonality independently of the Rust code. The bytes Python sees are compared,
+//! tensor by tensor (SHA-256), with what the Rust `safetensors` and `ndarray-npy` crates read.
+//!
+//! The interpreter is `$EOI_PYTHON` (default `python3`); `scripts/test` creates a virtual
+//! environment with the right packages and sets it. Without numpy and safetensors these tests
+//! fail, they do not skip.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use ndarray::ArrayD;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+const CHECKER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/python/check_artifact.py"
+);
+const SPECS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/specs");
+
+/// The Python interpreter, once it is known to import numpy and safetensors.
+fn python() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
+        let help = "run the tests with `scripts/test` (it creates .venv with tests/python/requirements.txt and sets EOI_PYTHON), or set EOI_PYTHON to a Python with numpy and safetensors";
+        match Command::new(&python)
+            .args(["-c", "import numpy, safetensors"])
+            .output()
+        {
+            Ok(out) if out.status.success() => python,
+            Ok(out) => panic!(
+                "the Python interop tests need numpy and safetensors, but `{python} -c \"import numpy, safetensors\"` failed:\n{}\n{help}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => panic!("cannot run the Python interpreter `{python}`: {e}\n{help}"),
+        }
+    })
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `eoi generate SPEC -o OUT ARGS...` and requires success.
+fn generate(spec: &Path, out: &Path, args: &[&str]) {
+    let output = assert_cmd::cargo::cargo_bin_cmd!("eoi")
+        .arg("generate")
+        .arg(spec)
+        .arg("-o")
+        .arg(out)
+        .arg("--quiet")
+        .args(args)
+        .output()
+        .expect("eoi runs");
+    assert!(
+        output.status.success(),
+        "eoi generate {} -o {} {args:?} failed ({}):\n{}",
+        spec.display(),
+        out.display(),
+        output.status,
+        text(&output.stderr)
+    );
+}
+
+fn run_checker(args: &[&str], artifact: &Path) -> Output {
+    Command::new(python())
+        .arg(CHECKER)
+        .args(args)
+        .arg(artifact)
+        .output()
+        .expect("the checker runs")
+}
+
+/// The checker's verdict on a good artifact: its final JSON line.
+#[derive(Debug)]
+struct Report {
+    tensors: u64,
+    layers: u64,
+    max_orthogonality_error: f64,
+}
+
+/// Runs the checker on `artifact`, requires it to pass and returns its final JSON line.
+fn check(artifact: &Path) -> Report {
+    let out = run_checker(&[], artifact);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "check_artifact.py rejected {} ({}):\n{stdout}\n{}",
+        artifact.display(),
+        out.status,
+        text(&out.stderr)
+    );
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .expect("the checker prints a JSON line");
+    let json: Value = serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("the checker's last line is not JSON ({e}): {last}"));
+    assert_eq!(json["failures"], 0, "{stdout}");
+    Report {
+        tensors: json["tensors"].as_u64().expect("tensors"),
+        layers: json["layers"].as_u64().expect("layers"),
+        max_orthogonality_error: json["max_orthogonality_error"]
+            .as_f64()
+            .expect("max_orthogonality_error"),
+    }
+}
+
+/// Runs the checker on a broken artifact, requires exit code 1 and returns its stderr.
+fn check_fails(artifact: &Path) -> String {
+    let out = run_checker(&[], artifact);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "check_artifact.py should reject {}:\n{}\n{}",
+        artifact.display(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stderr)
+}
+
+/// One tensor as seen by a reader: SHA-256 of its C-order bytes, NumPy dtype name, shape.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    sha256: String,
+    dtype: String,
+    shape: Vec<usize>,
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Every tensor as Python (numpy / safetensors) sees it.
+fn python_view(artifact: &Path) -> BTreeMap<String, Seen> {
+    let out = run_checker(&["--dump-sha256"], artifact);
+    assert!(
+        out.status.success(),
+        "check_artifact.py --dump-sha256 {} failed:\n{}",
+        artifact.display(),
+        text(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).expect("--dump-sha256 prints JSON");
+    json.as_object()
+        .expect("a JSON object")
+        .iter()
+        .map(|(name, t)| {
+            let seen = Seen {
+                sha256: t["sha256"].as_str().expect("sha256").to_string(),
+                dtype: t["dtype"].as_str().expect("dtype").to_string(),
+                shape: t["shape"]
+                    .as_array()
+                    .expect("shape")
+                    .iter()
+                    .map(|d| d.as_u64().expect("a dimension") as usize)
+                    .collect(),
+            };
+            (name.clone(), seen)
+        })
+        .collect()
+}
+
+/// Every tensor of a .safetensors file as the Rust `safetensors` crate reads it.
+fn rust_view_safetensors(file: &Path) -> BTreeMap<String, Seen> {
+    let bytes = fs::read(file).expect("the artifact is readable");
+    let st = SafeTensors::deserialize(&bytes).expect("the Rust safetensors crate reads it");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let dtype = match view.dtype() {
+                Dtype::F32 => "float32",
+                Dtype::F64 => "float64",
+                Dtype::BOOL => "bool",
+                other => panic!("tensor {name} has unexpected dtype {other:?}"),
+            };
+            let seen = Seen {
+                sha256: sha256(view.data()),
+                dtype: dtype.to_string(),
+                shape: view.shape().to_vec(),
+            };
+            (name, seen)
+        })
+        .collect()
+}
+
+/// Every tensor of an npy directory (as listed in its manifest) as `ndarray-npy` reads it,
+/// turned back into little-endian C-order bytes.
+fn rust_view_npy(dir: &Path) -> BTreeMap<String, Seen> {
+    let manifest = manifest(dir);
+    let mut seen = BTreeMap::new();
+    for t in manifest["tensors"].as_array().expect("manifest tensors") {
+        let name = t["name"].as_str().expect("name");
+        let path = dir.join(t["file"].as_str().expect("file"));
+        let (dtype, shape, bytes): (&str, Vec<usize>, Vec<u8>) = match t["dtype"].as_str() {
+            Some("f32") => {
+                let a: ArrayD<f32> = read_npy(&path);
+                let bytes = a.iter().flat_map(|x| x.to_le_bytes()).collect();
+                ("float32", a.shape().to_vec(), bytes)
+            }
+            Some("f64") => {
+                let a: ArrayD<f64> = read_npy(&path);
+                let bytes = a.iter().flat_map(|x| x.to_le_bytes()).collect();
+                ("float64", a.shape().to_vec(), bytes)
+            }
+            Some("bool") => {
+                let a: ArrayD<bool> = read_npy(&path);
+                let bytes = a.iter().map(|&b| u8::from(b)).collect();
+                ("bool", a.shape().to_vec(), bytes)
+            }
+            other => panic!("tensor {name} has unexpected manifest dtype {other:?}"),
+        };
+        seen.insert(
+            name.to_string(),
+            Seen {
+                sha256: sha256(&bytes),
+                dtype: dtype.to_string(),
+                shape,
+            },
+        );
+    }
+    seen
+}
+
+fn read_npy<T: ndarray_npy::ReadableElement>(path: &Path) -> ArrayD<T> {
+    ndarray_npy::read_npy(path)
+        .unwrap_or_else(|e| panic!("ndarray-npy cannot read {}: {e}", path.display()))
+}
+
+fn manifest(dir: &Path) -> Value {
+    let bytes = fs::read(dir.join("manifest.json")).expect("manifest.json is readable");
+    serde_json::from_slice(&bytes).expect("manifest.json is JSON")
+}
+
+/// Requires Python and Rust to see exactly the same tensors and bytes.
+fn assert_same_view(artifact: &Path) -> BTreeMap<String, Seen> {
+    let python = python_view(artifact);
+    let rust = if artifact.is_dir() {
+        rust_view_npy(artifact)
+    } else {
+        rust_view_safetensors(artifact)
+    };
+    assert_eq!(
+        python.keys().collect::<Vec<_>>(),
+        rust.keys().collect::<Vec<_>>(),
+        "Python and Rust see different tensors in {}",
+        artifact.display()
+    );
+    for (name, r) in &rust {
+        assert_eq!(
+            &python[name],
+            r,
+            "tensor {name} of {}: Python's view (left) differs from Rust's (right)",
+            artifact.display()
+        );
+    }
+    rust
+}
+
+/// The per-layer records of an artifact, by layer name.
+fn layer_records(artifact: &Path) -> BTreeMap<String, Value> {
+    let layers: Value = if artifact.is_dir() {
+        manifest(artifact)["layers"].clone()
+    } else {
+        let bytes = fs::read(artifact).expect("the artifact is readable");
+        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("a safetensors header");
+        let text = meta
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get("eoi.layers"))
+            .expect("__metadata__ has eoi.layers")
+            .clone();
+        serde_json::from_str(&text).expect("eoi.layers is JSON")
+    };
+    layers
+        .as_array()
+        .expect("a list of layers")
+        .iter()
+        .map(|l| (l["name"].as_str().expect("name").to_string(), l.clone()))
+        .collect()
+}
+
+fn write_spec(dir: &TempDir, name: &str, body: &str) -> PathBuf {
+    let path = dir.path().join(name);
+    fs::write(&path, body).expect("the spec is written");
+    path
+}
+
+/// Linear layers: wide, tall, square, a single row and a single column; gains by name, by
+/// number per layer, and the default.
+const LINEAR_SPEC: &str = r#"
+seed = 11
+
+[sparsity]
+density = 0.25
+distribution = "uniform"
+
+[init]
+scheme = "eoi"
+gain = 1.0
+
+[output]
+format = "safetensors"
+dtype = "f32"
+
+[[layer]]
+name = "wide.weight"
+shape = [24, 80]
+gain = "tanh"
+
+[[layer]]
+name = "tall.weight"
+shape = [90, 20]
+gain = 2.5
+
+[[layer]]
+name = "square.weight"
+shape = [40, 40]
+density = 0.6
+
+[[layer]]
+name = "row.weight"
+shape = [1, 50]
+
+[[layer]]
+name = "column.weight"
+shape = [50, 1]
+gain = 0.5
+"#;
+
+/// Convolutions with 1, 2 and 3 spatial dimensions, an even kernel, a 1x1 kernel, a tall and
+/// a wide centre matrix, both centre rules and a gain given by nonlinearity.
+const CONV_SPEC: &str = r#"
+seed = 5
+
+[sparsity]
+density = 0.2
+distribution = "uniform"
+
+[init]
+scheme = "eoi"
+gain = "relu"
+conv_center = "sqrt"
+
+[output]
+format = "safetensors"
+dtype = "f32"
+
+[[layer]]
+name = "conv1d.weight"
+shape = [16, 8, 3]
+
+[[layer]]
+name = "conv2d.weight"
+shape = [32, 16, 3, 3]
+
+[[layer]]
+name = "conv3d.weight"
+shape = [8, 8, 3, 3, 3]
+conv_center = "same"
+
+[[layer]]
+name = "even.weight"
+shape = [12, 6, 2, 4]
+
+[[layer]]
+name = "wide1d.weight"
+shape = [6, 40, 5]
+gain = 1.5
+
+[[layer]]
+name = "pointwise.weight"
+shape = [16, 32, 1, 1]
+
+[[layer]]
+name = "fc.weight"
+shape = [10, 32]
+"#;
+
+fn assert_gain(records: &BTreeMap<String, Value>, layer: &str, gain: f64) {
+    let got = records[layer]["gain"].as_f64().expect("a gain");
+    assert!(
+        (got - gain).abs() <= 1e-15 * gain,
+        "layer {layer}: gain {got} recorded, {gain} expected"
+    );
+}
+
+#[test]
+fn python_has_numpy_and_safetensors() {
+    python();
+}
+
+#[test]
+fn linear_f32_safetensors_with_tall_wide_and_gains() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
+    let out = dir.path().join("linear.safetensors");
+    generate(&spec, &out, &[]);
+
+    let report = check(&out);
+    assert_eq!((report.tensors, report.layers), (10, 5), "{report:?}");
+    assert!(report.max_orthogonality_error <= 1e-5 * 6.25, "{report:?}");
+    assert!(report.max_orthogonality_error > 0.0, "{report:?}");
+
+    let records = layer_records(&out);
+    assert_gain(&records, "wide.weight", 5.0 / 3.0);
+    assert_gain(&records, "tall.weight", 2.5);
+    assert_gain(&records, "square.weight", 1.0);
+    assert_gain(&records, "column.weight", 0.5);
+
+    let seen = assert_same_view(&out);
+    assert_eq!(seen["tall.weight"].shape, [90, 20]);
+    assert_eq!(seen["tall.weight"].dtype, "float32");
+    assert_eq!(seen["tall.weight_mask"].dtype, "bool");
+    assert_eq!(seen["wide.weight"].shape, [24, 80]);
+}
+
+#[test]
+fn linear_f64_safetensors_is_orthogonal_to_f64_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
+    let out = dir.path().join("linear64.safetensors");
+    generate(&spec, &out, &["--dtype", "f64"]);
+
+    let report = check(&out);
+    assert_eq!((report.tensors, report.layers), (10, 5), "{report:?}");
+    assert!(report.max_orthogonality_error <= 1e-12 * 6.25, "{report:?}");
+
+    let seen = assert_same_view(&out);
+    assert!(
+        seen.iter().all(|(name, s)| s.dtype
+            == if name.ends_with("_mask") {
+                "bool"
+            } else {
+                "float64"
+            }),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn npy_directory_matches_safetensors_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
+    let npy = dir.path().join("linear-npy");
+    let st = dir.path().join("linear.safetensors");
+    generate(&spec, &npy, &["--format", "npy"]);
+    generate(&spec, &st, &[]);
+
+    let report = check(&npy);
+    assert_eq!((report.tensors, report.layers), (10, 5), "{report:?}");
+    assert!(report.max_orthogonality_error <= 1e-5 * 6.25, "{report:?}");
+
+    // The same spec and seed give the same tensors whatever the container.
+    let from_npy = assert_same_view(&npy);
+    let from_safetensors = assert_same_view(&st);
+    assert_eq!(from_npy, from_safetensors);
+}
+
+#[test]
+fn conv_kernels_1d_2d_3d_are_delta_orthogonal() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(&dir, "conv.toml", CONV_SPEC);
+
+    let out = dir.path().join("conv.safetensors");
+    generate(&spec, &out, &[]);
+    let report = check(&out);
+    assert_eq!((report.tensors, report.layers), (14, 7), "{report:?}");
+    assert!(report.max_orthogonality_error <= 1e-5 * 2.25, "{report:?}");
+    let records = layer_records(&out);
+    assert_gain(&records, "conv2d.weight", 2f64.sqrt());
+    assert_gain(&records, "wide1d.weight", 1.5);
+    for (name, kind) in [
+        ("conv1d.weight", "conv"),
+        ("conv3d.weight", "conv"),
+        ("fc.weight", "linear"),
+    ] {
+        assert_eq!(records[name]["kind"], kind, "{name}");
+    }
+    let seen = assert_same_view(&out);
+    assert_eq!(seen["conv3d.weight"].shape, [8, 8, 3, 3, 3]);
+    assert_eq!(seen["conv1d.weight_mask"].shape, [16, 8, 3]);
+
+    let out64 = dir.path().join("conv64");
+    generate(&spec, &out64, &["--format", "npy", "--dtype", "f64"]);
+    let report = check(&out64);
+    assert_eq!((report.tensors, report.layers), (14, 7), "{report:?}");
+    assert!(report.max_orthogonality_error <= 1e-12 * 2.25, "{report:?}");
+    assert_same_view(&out64);
+}
+
+#[test]
+fn bundled_mlp_mnist_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mlp.safetensors");
+    generate(&Path::new(SPECS).join("mlp-mnist.toml"), &out, &[]);
+    let report = check(&out);
+    assert_eq!((report.tensors, report.layers), (14, 7), "{report:?}");
+    assert!(report.max_orthogonality_error <= 1e-5, "{report:?}");
+    assert_same_view(&out);
+}
+
+#[test]
+fn bundled_resnet32_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Path::new(SPECS).join("resnet32-cifar10.toml");
+
+    let out = dir.path().join("resnet32.safetensors");
+    generate(&spec, &out, &[]);
+    let report = check(&out);
+    assert_eq!((report.tensors, report.layers), (68, 34), "{report:?}");
+    assert!(report.max_orthogonality_error <= 1e-5, "{report:?}");
+    assert_same_view(&out);
+
+    let npy = dir.path().join("resnet32-f64");
+    generate(
+        &spec,
+        &npy,
+        &["--format", "npy", "--dtype", "f64", "--seed", "3"],
+    );
+    let report = check(&npy);
+    assert_eq!((report.tensors, report.layers), (68, 34), "{report:?}");
+    assert!(report.max_orthogonality_error <= 1e-12, "{report:?}");
+    assert_eq!(manifest(&npy)["seed"], 3, "--seed is recorded");
+    assert_same_view(&npy);
+}
+
+/// A copy of `original` with the bytes of one element of `tensor` replaced.
+fn corrupt(original: &Path, copy: &Path, tensor: &str, element: usize, value: &[u8]) {
+    let mut bytes = fs::read(original).unwrap();
+    let (header_len, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let info = meta.info(tensor).expect("the tensor exists");
+    let at = 8 + header_len + info.data_offsets.0 + element * value.len();
+    assert!(at + value.len() <= 8 + header_len + info.data_offsets.1);
+    bytes[at..at + value.len()].copy_from_slice(value);
+    fs::write(copy, bytes).unwrap();
+}
+
+/// Index of the first element of a bool tensor equal to `want`.
+fn first_mask_element(file: &Path, mask: &str, want: bool) -> usize {
+    let bytes = fs::read(file).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensor(mask)
+        .unwrap()
+        .data()
+        .iter()
+        .position(|&b| (b != 0) == want)
+        .expect("such an element exists")
+}
+
+#[test]
+fn the_checker_rejects_broken_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
+    let good = dir.path().join("good.safetensors");
+    generate(&spec, &good, &[]);
+    check(&good);
+
+    // A nonzero weight where the mask is 0.
+    let outside = first_mask_element(&good, "square.weight_mask", false);
+    let bad = dir.path().join("outside.safetensors");
+    corrupt(
+        &good,
+        &bad,
+        "square.weight",
+        outside,
+        &1e-3f32.to_le_bytes(),
+    );
+    let err = check_fails(&bad);
+    assert!(
+        err.contains("square.weight") && err.contains("outside the mask"),
+        "{err}"
+    );
+
+    // One kept weight changed: no longer orthogonal.
+    let kept = first_mask_element(&good, "tall.weight_mask", true);
+    let bad = dir.path().join("skewed.safetensors");
+    corrupt(&good, &bad, "tall.weight", kept, &0.123f32.to_le_bytes());
+    let err = check_fails(&bad);
+    assert!(
+        err.contains("tall.weight") && err.contains("not orthogonal"),
+        "{err}"
+    );
+
+    // A mask bit cleared: the mask no longer covers the weights nor matches the record's nnz.
+    let bad = dir.path().join("mask.safetensors");
+    corrupt(
+        &good,
+        &bad,
+        "wide.weight_mask",
+        first_mask_element(&good, "wide.weight_mask", true),
+        &[0],
+    );
+    let err = check_fails(&bad);
+    assert!(
+        err.contains("wide.weight_mask") && err.contains("nnz"),
+        "{err}"
+    );
+
+    // A conv kernel with a nonzero weight off the centre tap (inside the mask, so only the
+    // delta structure is broken).
+    let spec = write_spec(&dir, "conv.toml", CONV_SPEC);
+    let conv = dir.path().join("conv.safetensors");
+    generate(&spec, &conv, &[]);
+    check(&conv);
+    let bytes = fs::read(&conv).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mask = st.tensor("conv2d.weight_mask").unwrap();
+    // Shape (32, 16, 3, 3): the centre tap of each (out, in) pair is element 4 of 9.
+    let off_centre = mask
+        .data()
+        .iter()
+        .enumerate()
+        .position(|(k, &b)| b != 0 && k % 9 != 4)
+        .expect("the sqrt rule adds mask positions off the centre");
+    let bad = dir.path().join("conv-off-centre.safetensors");
+    corrupt(
+        &conv,
+        &bad,
+        "conv2d.weight",
+        off_centre,
+        &0.5f32.to_le_bytes(),
+    );
+    let err = check_fails(&bad);
+    assert!(
+        err.contains("conv2d.weight") && err.contains("off the centre"),
+        "{err}"
+    );
+}
