@@ -14,7 +14,6 @@ use crate::plan::{LayerPlan, Plan};
 use crate::provenance::Provenance;
 use crate::schemes::{self, LayerStats};
 use crate::spec::Kind;
-use crate::tensor::{write_mask, write_weight};
 use crate::write::{self, Destination, TensorInfo};
 
 /// How to run.
@@ -151,19 +150,27 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             .par_iter()
             .enumerate()
             .try_for_each(|(k, layer)| -> Result<(), Error> {
-                let generated = schemes::generate(layer, plan.seed);
-                if generated.stats != stats[k] {
+                let prepared = schemes::prepare(layer, plan.seed);
+                if prepared.stats != stats[k] {
                     return Err(Error::Internal(format!(
                         "layer \"{}\": generation disagrees with its planned statistics",
                         layer.name
                     )));
                 }
-                output.write_tensor(2 * k, &mut |w| {
-                    write_weight(&generated.weight, plan.output.dtype, w)
-                })?;
-                output.write_tensor(2 * k + 1, &mut |w| {
-                    write_mask(&generated.mask, plan.output.mask_dtype, w)
-                })
+                // The mask is final before the values exist: write it while they are computed.
+                let (weight, mask_written) = rayon::join(
+                    || prepared.weight(),
+                    || {
+                        write::write_tensor(
+                            output.as_ref(),
+                            2 * k + 1,
+                            &prepared.mask,
+                            plan.output.mask_dtype,
+                        )
+                    },
+                );
+                mask_written?;
+                write::write_tensor(output.as_ref(), 2 * k, &weight, plan.output.dtype)
             })?;
         let bytes = output.bytes();
         output.commit()?;

@@ -1,9 +1,11 @@
-//! Tensors on their way out: the f64 grids that the schemes make, the output dtypes, and
-//! the one place where values become bytes (dtype conversion, row-major order).
+//! Tensors on their way out: the f64 grids and support bitsets that the schemes make, the
+//! output dtypes, and the one place where values become bytes. Every tensor is read as
+//! blocks of rows in row-major order ([`RowBlocks`]), so it can be encoded in pieces, in
+//! parallel, straight into the output, without a second copy of the whole tensor.
 
 use std::io::{self, Write};
 
-/// How a [`Grid`] stores its elements.
+/// How a [`Grid`] or [`BitGrid`] stores its elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {
     /// Element (i, j) at `i * cols + j`.
@@ -11,6 +13,48 @@ pub enum Order {
     /// Element (i, j) at `j * rows + i`: the layout EOI works in, one contiguous column
     /// per Givens-rotated column.
     ColumnMajor,
+}
+
+/// A zeroed buffer of `len` doubles. Large buffers ask Linux for transparent huge pages
+/// before their first touch: the working matrix of a 4096 x 4096 layer is 128 MiB, and
+/// faulting it in 4 KiB pages costs more than all the rotations.
+pub fn zeroed(len: usize) -> Vec<f64> {
+    let values = vec![0.0f64; len];
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let bytes = len * std::mem::size_of::<f64>();
+        if bytes >= 4 * HUGE {
+            let start = values.as_ptr() as usize;
+            let aligned = start.next_multiple_of(HUGE);
+            let end = (start + bytes) / HUGE * HUGE;
+            if end > aligned {
+                // SAFETY: the range lies inside the allocation we own and no reference into it
+                // is alive; MADV_HUGEPAGE only changes how the kernel backs untouched pages, not
+                // their contents. A failure (THP disabled) is harmless and ignored.
+                unsafe {
+                    libc::madvise(
+                        aligned as *mut libc::c_void,
+                        end - aligned,
+                        libc::MADV_HUGEPAGE,
+                    );
+                }
+            }
+        }
+    }
+    values
+}
+
+/// A tensor seen as `rows()` rows of `row_len()` elements, readable a block of rows at a time.
+pub trait RowBlocks: Sync {
+    type Elem: Element;
+
+    fn rows(&self) -> usize;
+
+    fn row_len(&self) -> usize;
+
+    /// Appends rows `first..first + count`, row-major, to `out`.
+    fn rows_into(&self, first: usize, count: usize, out: &mut Vec<Self::Elem>);
 }
 
 /// A dense rows x cols matrix.
@@ -22,7 +66,7 @@ pub struct Grid<T> {
     data: Vec<T>,
 }
 
-impl<T: Copy> Grid<T> {
+impl<T: Copy + Default> Grid<T> {
     /// Wraps `data`, which must hold `rows * cols` elements in `order`.
     pub fn new(rows: usize, cols: usize, order: Order, data: Vec<T>) -> Grid<T> {
         assert_eq!(
@@ -54,30 +98,132 @@ impl<T: Copy> Grid<T> {
         }
     }
 
-    /// Calls `f` with every row, in order. Column-major storage is transposed in blocks of
-    /// rows so that memory is read in contiguous runs.
-    pub fn for_each_row<E>(&self, mut f: impl FnMut(&[T]) -> Result<(), E>) -> Result<(), E> {
+    /// Appends rows `first..first + count` in row-major order; column-major storage is read
+    /// one contiguous run of `count` elements per column.
+    fn copy_rows(&self, first: usize, count: usize, out: &mut Vec<T>) {
         match self.order {
             Order::RowMajor => {
-                for row in self.data.chunks_exact(self.cols.max(1)).take(self.rows) {
-                    f(row)?;
-                }
-                Ok(())
+                out.extend_from_slice(&self.data[first * self.cols..(first + count) * self.cols]);
             }
             Order::ColumnMajor => {
-                const BLOCK: usize = 16;
-                let mut block: Vec<T> = Vec::with_capacity(BLOCK * self.cols);
-                for first in (0..self.rows).step_by(BLOCK) {
-                    let height = BLOCK.min(self.rows - first);
-                    block.clear();
-                    for i in 0..height {
-                        block.extend((0..self.cols).map(|j| self.data[j * self.rows + first + i]));
-                    }
-                    for row in block.chunks_exact(self.cols.max(1)).take(height) {
-                        f(row)?;
+                let start = out.len();
+                out.resize(start + count * self.cols, T::default());
+                let block = &mut out[start..];
+                // Tiles of TILE columns: each row of the tile is written contiguously while
+                // the TILE column runs are read in step, so both sides stay in cache.
+                for j0 in (0..self.cols).step_by(TILE) {
+                    let width = TILE.min(self.cols - j0);
+                    for i in 0..count {
+                        let row = &mut block[i * self.cols + j0..i * self.cols + j0 + width];
+                        for (t, slot) in row.iter_mut().enumerate() {
+                            *slot = self.data[(j0 + t) * self.rows + first + i];
+                        }
                     }
                 }
-                Ok(())
+            }
+        }
+    }
+}
+
+/// Width of the column tiles in which column-major storage is transposed.
+const TILE: usize = 16;
+
+impl<T: Element> RowBlocks for Grid<T> {
+    type Elem = T;
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn row_len(&self) -> usize {
+        self.cols
+    }
+
+    fn rows_into(&self, first: usize, count: usize, out: &mut Vec<T>) {
+        self.copy_rows(first, count, out);
+    }
+}
+
+/// A 0/1 matrix stored as bitsets: for [`Order::RowMajor`] one bitset per row, for
+/// [`Order::ColumnMajor`] one per column (EOI's support, one bitset per rotated column).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BitGrid {
+    rows: usize,
+    cols: usize,
+    order: Order,
+    /// u64 words per stored line (row or column).
+    words: usize,
+    bits: Vec<u64>,
+}
+
+impl BitGrid {
+    /// Wraps bitsets of `words` u64 per line; bit `k` of line `l` is word `l * words + k / 64`,
+    /// bit `k % 64`.
+    pub fn new(rows: usize, cols: usize, order: Order, words: usize, bits: Vec<u64>) -> BitGrid {
+        let (lines, length) = match order {
+            Order::RowMajor => (rows, cols),
+            Order::ColumnMajor => (cols, rows),
+        };
+        assert!(words >= length.div_ceil(64), "bit lines are too short");
+        assert_eq!(
+            bits.len(),
+            lines * words,
+            "bit grid data does not match its shape"
+        );
+        BitGrid {
+            rows,
+            cols,
+            order,
+            words,
+            bits,
+        }
+    }
+
+    pub fn get(&self, i: usize, j: usize) -> bool {
+        let (line, k) = match self.order {
+            Order::RowMajor => (i, j),
+            Order::ColumnMajor => (j, i),
+        };
+        self.bits[line * self.words + k / 64] >> (k % 64) & 1 == 1
+    }
+}
+
+impl RowBlocks for BitGrid {
+    type Elem = u8;
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn row_len(&self) -> usize {
+        self.cols
+    }
+
+    fn rows_into(&self, first: usize, count: usize, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + count * self.cols, 0);
+        let block = &mut out[start..];
+        match self.order {
+            Order::RowMajor => {
+                for (i, row) in block.chunks_exact_mut(self.cols).enumerate() {
+                    let line = &self.bits[(first + i) * self.words..(first + i + 1) * self.words];
+                    for (j, b) in row.iter_mut().enumerate() {
+                        *b = (line[j / 64] >> (j % 64) & 1) as u8;
+                    }
+                }
+            }
+            Order::ColumnMajor => {
+                for j0 in (0..self.cols).step_by(TILE) {
+                    let width = TILE.min(self.cols - j0);
+                    for i in 0..count {
+                        let k = first + i;
+                        let (word, bit) = (k / 64, k % 64);
+                        let row = &mut block[i * self.cols + j0..i * self.cols + j0 + width];
+                        for (t, slot) in row.iter_mut().enumerate() {
+                            *slot = (self.bits[(j0 + t) * self.words + word] >> bit & 1) as u8;
+                        }
+                    }
+                }
             }
         }
     }
@@ -97,20 +243,69 @@ pub enum Weight {
     },
 }
 
-impl Weight {
-    /// Calls `f` with each row of the tensor flattened to (out, in * taps), in order.
-    pub fn for_each_row<E>(&self, mut f: impl FnMut(&[f64]) -> Result<(), E>) -> Result<(), E> {
+impl RowBlocks for Weight {
+    type Elem = f64;
+
+    fn rows(&self) -> usize {
         match self {
-            Weight::Matrix(grid) => grid.for_each_row(f),
+            Weight::Matrix(grid) | Weight::CentreTap { centre: grid, .. } => grid.rows,
+        }
+    }
+
+    /// Rows of the tensor flattened to (out, in * taps).
+    fn row_len(&self) -> usize {
+        match self {
+            Weight::Matrix(grid) => grid.cols,
+            Weight::CentreTap { centre, taps, .. } => centre.cols * taps,
+        }
+    }
+
+    fn rows_into(&self, first: usize, count: usize, out: &mut Vec<f64>) {
+        match self {
+            Weight::Matrix(grid) => grid.copy_rows(first, count, out),
             Weight::CentreTap { centre, taps, tap } => {
-                let mut row = vec![0.0; centre.cols() * taps];
-                centre.for_each_row(|h| {
-                    for (i, &v) in h.iter().enumerate() {
-                        row[i * taps + tap] = v;
-                    }
-                    f(&row)
-                })
+                let mut h = Vec::with_capacity(count * centre.cols);
+                centre.copy_rows(first, count, &mut h);
+                let start = out.len();
+                out.resize(start + count * centre.cols * taps, 0.0);
+                for (slot, &v) in out[start..].iter_mut().skip(*tap).step_by(*taps).zip(&h) {
+                    *slot = v;
+                }
             }
+        }
+    }
+}
+
+/// A layer's mask, in the weight's shape flattened to (out, in * taps).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mask {
+    /// EOI's support bitsets (linear layers).
+    Bits(BitGrid),
+    /// One byte per element, 0 or 1 (convolutions: centre support plus top-up).
+    Bytes(Grid<u8>),
+}
+
+impl RowBlocks for Mask {
+    type Elem = u8;
+
+    fn rows(&self) -> usize {
+        match self {
+            Mask::Bits(bits) => bits.rows,
+            Mask::Bytes(bytes) => bytes.rows,
+        }
+    }
+
+    fn row_len(&self) -> usize {
+        match self {
+            Mask::Bits(bits) => bits.cols,
+            Mask::Bytes(bytes) => bytes.cols,
+        }
+    }
+
+    fn rows_into(&self, first: usize, count: usize, out: &mut Vec<u8>) {
+        match self {
+            Mask::Bits(bits) => bits.rows_into(first, count, out),
+            Mask::Bytes(bytes) => bytes.copy_rows(first, count, out),
         }
     }
 }
@@ -162,106 +357,120 @@ impl Dtype {
 }
 
 /// An element that can be written as any output dtype: this is the single place where
-/// values are converted.
-pub trait Element: Copy {
-    fn encode(self, dtype: Dtype, out: &mut Vec<u8>);
+/// values are converted to bytes (little-endian).
+pub trait Element: Copy + Default + Send + Sync {
+    /// Appends `src` encoded as `dtype` to `out`.
+    fn encode(src: &[Self], dtype: Dtype, out: &mut Vec<u8>);
+}
+
+/// Appends `src.len() * N` bytes to `out`, each element's bytes from `bytes`.
+fn append<T: Copy, const N: usize>(src: &[T], out: &mut Vec<u8>, bytes: impl Fn(T) -> [u8; N]) {
+    let start = out.len();
+    out.resize(start + src.len() * N, 0);
+    for (slot, &x) in out[start..].chunks_exact_mut(N).zip(src) {
+        slot.copy_from_slice(&bytes(x));
+    }
 }
 
 impl Element for f64 {
-    fn encode(self, dtype: Dtype, out: &mut Vec<u8>) {
+    fn encode(src: &[f64], dtype: Dtype, out: &mut Vec<u8>) {
         // Adding +0.0 turns -0.0 into +0.0: a zero is stored as all-zero bytes whichever way
         // the arithmetic reached it.
-        let x = self + 0.0;
         match dtype {
-            Dtype::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
-            Dtype::F64 => out.extend_from_slice(&x.to_le_bytes()),
-            Dtype::Bool => out.push(u8::from(x != 0.0)),
+            Dtype::F32 => append(src, out, |x| ((x + 0.0) as f32).to_le_bytes()),
+            Dtype::F64 => append(src, out, |x| (x + 0.0).to_le_bytes()),
+            Dtype::Bool => append(src, out, |x| [u8::from(x != 0.0)]),
         }
     }
 }
 
 impl Element for u8 {
-    fn encode(self, dtype: Dtype, out: &mut Vec<u8>) {
+    fn encode(src: &[u8], dtype: Dtype, out: &mut Vec<u8>) {
         match dtype {
-            Dtype::F32 => out.extend_from_slice(&f32::from(self).to_le_bytes()),
-            Dtype::F64 => out.extend_from_slice(&f64::from(self).to_le_bytes()),
-            Dtype::Bool => out.push(u8::from(self != 0)),
+            Dtype::F32 => append(src, out, |x| f32::from(x).to_le_bytes()),
+            Dtype::F64 => append(src, out, |x| f64::from(x).to_le_bytes()),
+            Dtype::Bool => append(src, out, |x| [u8::from(x != 0)]),
         }
     }
 }
 
-/// Encodes rows of elements as `dtype` little-endian bytes into `w`, buffering about 1 MiB.
-pub struct Encoder<'w> {
-    dtype: Dtype,
-    buffer: Vec<u8>,
-    out: &'w mut dyn Write,
+/// How many rows make a block of about 1 MiB of output.
+pub fn block_rows(tensor: &impl RowBlocks, dtype: Dtype) -> usize {
+    ((1 << 20) / (tensor.row_len() * dtype.size()).max(1)).max(1)
 }
 
-impl<'w> Encoder<'w> {
-    const FLUSH_AT: usize = 1 << 20;
-
-    pub fn new(dtype: Dtype, out: &'w mut dyn Write) -> Encoder<'w> {
-        Encoder {
-            dtype,
-            buffer: Vec::with_capacity(Self::FLUSH_AT + (1 << 16)),
-            out,
-        }
+/// Writes a whole tensor as `dtype` bytes in row-major order to `out`, a block at a time.
+pub fn write_all<T: RowBlocks>(tensor: &T, dtype: Dtype, out: &mut dyn Write) -> io::Result<()> {
+    let step = block_rows(tensor, dtype);
+    let mut values = Vec::new();
+    let mut bytes = Vec::new();
+    for first in (0..tensor.rows()).step_by(step) {
+        values.clear();
+        bytes.clear();
+        tensor.rows_into(first, step.min(tensor.rows() - first), &mut values);
+        T::Elem::encode(&values, dtype, &mut bytes);
+        out.write_all(&bytes)?;
     }
-
-    pub fn row<T: Element>(&mut self, row: &[T]) -> io::Result<()> {
-        for &x in row {
-            x.encode(self.dtype, &mut self.buffer);
-            if self.buffer.len() >= Self::FLUSH_AT {
-                self.out.write_all(&self.buffer)?;
-                self.buffer.clear();
-            }
-        }
-        Ok(())
-    }
-
-    pub fn finish(mut self) -> io::Result<()> {
-        self.out.write_all(&self.buffer)?;
-        self.buffer.clear();
-        self.out.flush()
-    }
+    out.flush()
 }
 
 /// Writes a weight as `dtype` bytes in row-major order.
 pub fn write_weight(weight: &Weight, dtype: Dtype, out: &mut dyn Write) -> io::Result<()> {
-    let mut encoder = Encoder::new(dtype, out);
-    weight.for_each_row(|row| encoder.row(row))?;
-    encoder.finish()
+    write_all(weight, dtype, out)
 }
 
 /// Writes a mask as `dtype` bytes in row-major order.
-pub fn write_mask(mask: &Grid<u8>, dtype: Dtype, out: &mut dyn Write) -> io::Result<()> {
-    let mut encoder = Encoder::new(dtype, out);
-    mask.for_each_row(|row| encoder.row(row))?;
-    encoder.finish()
+pub fn write_mask(mask: &Mask, dtype: Dtype, out: &mut dyn Write) -> io::Result<()> {
+    write_all(mask, dtype, out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn all_rows<T: RowBlocks>(t: &T) -> Vec<Vec<T::Elem>> {
+        let mut flat = Vec::new();
+        t.rows_into(0, t.rows(), &mut flat);
+        flat.chunks(t.row_len()).map(|r| r.to_vec()).collect()
+    }
+
     #[test]
-    fn column_major_rows_come_out_transposed() {
-        // 37 rows cross the 16-row blocks of the transposition.
-        let rows = 37;
-        let cols = 5;
+    fn column_major_rows_come_out_transposed_in_any_block() {
+        let (rows, cols) = (37, 5);
         let data: Vec<u32> = (0..rows * cols).map(|k| k as u32).collect();
         let grid = Grid::new(rows, cols, Order::ColumnMajor, data);
-        let mut seen = Vec::new();
-        grid.for_each_row(|row| {
-            seen.push(row.to_vec());
-            Ok::<_, ()>(())
-        })
-        .unwrap();
-        assert_eq!(seen.len(), rows);
-        for (i, row) in seen.iter().enumerate() {
-            let expected: Vec<u32> = (0..cols).map(|j| (j * rows + i) as u32).collect();
-            assert_eq!(row, &expected);
+        let mut block = Vec::new();
+        grid.copy_rows(10, 3, &mut block);
+        for i in 0..3 {
+            for j in 0..cols {
+                assert_eq!(block[i * cols + j], (j * rows + 10 + i) as u32);
+            }
         }
+    }
+
+    #[test]
+    fn bit_grids_read_the_same_in_both_orders() {
+        // A 3 x 70 pattern stored as row bitsets and as column bitsets.
+        let on = |i: usize, j: usize| (i * 7 + j * 3) % 5 == 0;
+        let (rows, cols) = (3, 70);
+        let mut by_row = vec![0u64; rows * 2];
+        let mut by_col = vec![0u64; cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                if on(i, j) {
+                    by_row[i * 2 + j / 64] |= 1 << (j % 64);
+                    by_col[j] |= 1 << i;
+                }
+            }
+        }
+        let a = BitGrid::new(rows, cols, Order::RowMajor, 2, by_row);
+        let b = BitGrid::new(rows, cols, Order::ColumnMajor, 1, by_col);
+        let expected: Vec<Vec<u8>> = (0..rows)
+            .map(|i| (0..cols).map(|j| u8::from(on(i, j))).collect())
+            .collect();
+        assert_eq!(all_rows(&a), expected);
+        assert_eq!(all_rows(&b), expected);
+        assert!(a.get(0, 0) && b.get(0, 0));
     }
 
     #[test]
@@ -272,15 +481,8 @@ mod tests {
             taps: 3,
             tap: 1,
         };
-        let mut rows = Vec::new();
-        weight
-            .for_each_row(|r| {
-                rows.push(r.to_vec());
-                Ok::<_, ()>(())
-            })
-            .unwrap();
         assert_eq!(
-            rows,
+            all_rows(&weight),
             vec![
                 vec![0.0, 1.0, 0.0, 0.0, 2.0, 0.0],
                 vec![0.0, 3.0, 0.0, 0.0, 4.0, 0.0]
@@ -291,19 +493,22 @@ mod tests {
     #[test]
     fn negative_zero_is_stored_as_positive_zero() {
         let mut out = Vec::new();
-        (-0.0f64).encode(Dtype::F32, &mut out);
-        (-0.0f64).encode(Dtype::F64, &mut out);
+        f64::encode(&[-0.0], Dtype::F32, &mut out);
+        f64::encode(&[-0.0], Dtype::F64, &mut out);
+        assert_eq!(out.len(), 12);
         assert!(out.iter().all(|&b| b == 0));
     }
 
     #[test]
-    fn encoder_writes_little_endian_values() {
+    fn values_are_written_little_endian() {
+        let grid = Grid::new(1, 2, Order::RowMajor, vec![1.5f64, -2.0]);
         let mut bytes = Vec::new();
-        let mut enc = Encoder::new(Dtype::F32, &mut bytes);
-        enc.row(&[1.5f64, -2.0]).unwrap();
-        enc.finish().unwrap();
+        write_all(&grid, Dtype::F32, &mut bytes).unwrap();
         let mut expected = 1.5f32.to_le_bytes().to_vec();
         expected.extend_from_slice(&(-2.0f32).to_le_bytes());
         assert_eq!(bytes, expected);
+        let mut bools = Vec::new();
+        u8::encode(&[0, 1, 2], Dtype::Bool, &mut bools);
+        assert_eq!(bools, [0, 1, 1]);
     }
 }

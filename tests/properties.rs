@@ -3,9 +3,9 @@
 //! density lands within one rotation of the target, and the conv rule holds.
 
 use eoi::plan::{self, LayerPlan, Overrides};
-use eoi::schemes::{self, Generated};
+use eoi::schemes;
 use eoi::spec::{self, Source};
-use eoi::tensor::Weight;
+use eoi::tensor::RowBlocks;
 use proptest::prelude::*;
 
 /// Plans a one-layer spec and returns the layer.
@@ -24,28 +24,13 @@ fn layer(shape: &[usize], density: f64, gain: f64, centre: &str) -> LayerPlan {
     plan.layers.remove(0)
 }
 
-/// Rows of a weight flattened to (out, in * taps).
-fn rows(weight: &Weight) -> Vec<Vec<f64>> {
-    let mut out = Vec::new();
-    weight
-        .for_each_row(|r| {
-            out.push(r.to_vec());
-            Ok::<_, ()>(())
-        })
-        .unwrap();
-    out
-}
-
-fn mask_rows(generated: &Generated) -> Vec<Vec<u8>> {
-    let mut out = Vec::new();
-    generated
-        .mask
-        .for_each_row(|r| {
-            out.push(r.to_vec());
-            Ok::<_, ()>(())
-        })
-        .unwrap();
-    out
+/// Rows of a tensor (a weight or a mask) flattened to (out, in * taps).
+fn rows<T: RowBlocks>(tensor: &T) -> Vec<Vec<T::Elem>> {
+    let mut flat = Vec::new();
+    tensor.rows_into(0, tensor.rows(), &mut flat);
+    flat.chunks(tensor.row_len())
+        .map(<[T::Elem]>::to_vec)
+        .collect()
 }
 
 /// max |G - gain^2 I| for the smaller Gram matrix of an r x c matrix given by rows.
@@ -84,7 +69,7 @@ proptest! {
         let l = layer(&[out, inp], density, gain, "sqrt");
         let g = schemes::generate(&l, seed);
         let w = rows(&g.weight);
-        let mask = mask_rows(&g);
+        let mask = rows(&g.mask);
         prop_assert!(orthogonality_error(&w, gain) < 1e-12);
         let mut ones = 0u64;
         for (wr, mr) in w.iter().zip(&mask) {
@@ -121,7 +106,7 @@ proptest! {
         let taps: usize = kernel.iter().product();
         let tap = kernel.iter().fold(0, |acc, &k| acc * k + (k - 1) / 2);
         let w = rows(&g.weight);
-        let mask = mask_rows(&g);
+        let mask = rows(&g.mask);
         let mut centre = vec![vec![0.0; inp]; out];
         let mut centre_support = 0u64;
         let mut ones = 0u64;
@@ -183,7 +168,7 @@ fn row_support_sizes_are_uneven_as_in_the_paper() {
     let mut sds = Vec::new();
     for seed in 0..20 {
         let g = schemes::generate(&l, seed);
-        let counts: Vec<f64> = mask_rows(&g)
+        let counts: Vec<f64> = rows(&g.mask)
             .iter()
             .map(|r| r.iter().map(|&m| f64::from(m)).sum())
             .collect();

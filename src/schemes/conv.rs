@@ -6,7 +6,7 @@
 
 use super::eoi;
 use crate::stream::Stream;
-use crate::tensor::{Grid, Order, Weight};
+use crate::tensor::{Grid, Mask, Order, Weight};
 
 /// How the density of the centre matrix follows from the layer's density.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,29 +75,22 @@ pub fn schedule(
     eoi::schedule(out, inp, centre_density(density, taps, rule), stream)
 }
 
-/// Builds the kernel and its mask from the centre matrix's schedule, continuing `stream`
-/// for the top-up.
+/// The kernel's mask: the centre matrix's support at the centre tap, topped up by drawing
+/// from `stream` (which continues after the centre's rotations).
 ///
 /// Top-up draws: positions `p` uniform in `0..numel` (row-major over (out, in, k...)); a
 /// position whose mask is 0 is set to 1, one that is already 1 is drawn again, until the mask
 /// holds [`mask_ones`] ones. When every position must be 1, no draw is made.
-pub fn build(
-    centre: &eoi::Schedule,
-    kernel: &[usize],
-    density: f64,
-    gain: f64,
-    stream: &mut Stream,
-) -> (Weight, Grid<u8>) {
-    let h = centre.matrix(gain);
-    let (out, inp) = (h.rows(), h.cols());
+pub fn mask(centre: &eoi::Schedule, kernel: &[usize], density: f64, stream: &mut Stream) -> Mask {
+    let support = centre.mask();
+    let (out, inp) = (centre.rows(), centre.cols());
     let taps: usize = kernel.iter().product();
     let tap = centre_tap(kernel);
     let numel = out * inp * taps;
     let mut mask = vec![0u8; numel];
-    let centre_mask = centre.mask();
     for o in 0..out {
         for i in 0..inp {
-            mask[(o * inp + i) * taps + tap] = centre_mask.get(o, i);
+            mask[(o * inp + i) * taps + tap] = u8::from(support.get(o, i));
         }
     }
     let want = mask_ones(density, numel as u64, centre.nnz());
@@ -113,12 +106,16 @@ pub fn build(
             }
         }
     }
-    let weight = Weight::CentreTap {
-        centre: h,
-        taps,
-        tap,
-    };
-    (weight, Grid::new(out, inp * taps, Order::RowMajor, mask))
+    Mask::Bytes(Grid::new(out, inp * taps, Order::RowMajor, mask))
+}
+
+/// The kernel: the centre matrix (times `gain`) at the centre tap, zero elsewhere.
+pub fn weight(centre: &eoi::Schedule, kernel: &[usize], gain: f64) -> Weight {
+    Weight::CentreTap {
+        centre: centre.matrix(gain),
+        taps: kernel.iter().product(),
+        tap: centre_tap(kernel),
+    }
 }
 
 #[cfg(test)]

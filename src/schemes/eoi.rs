@@ -8,7 +8,7 @@
 //! values. So the achieved density and rotation count are known before any weight exists.
 
 use crate::stream::Stream;
-use crate::tensor::{Grid, Order};
+use crate::tensor::{self, BitGrid, Grid, Order};
 
 /// One Givens rotation of columns `i` and `j`:
 /// `a_i <- cos * a_i + sin * a_j`, `a_j <- -sin * a_i + cos * a_j`.
@@ -56,30 +56,29 @@ impl Support {
         &self.bits[j * self.words..(j + 1) * self.words]
     }
 
-    /// `|S_i u S_j|`.
-    fn union_size(&self, i: usize, j: usize) -> u64 {
-        self.column(i)
-            .iter()
-            .zip(self.column(j))
-            .map(|(a, b)| u64::from((a | b).count_ones()))
-            .sum()
-    }
-
     /// Total nonzeros after rotating columns i and j: both columns take the union of their
     /// supports, so nnz grows by `2|S_i u S_j| - |S_i| - |S_j|`.
     fn nnz_after(&self, i: usize, j: usize, union: u64) -> u64 {
         self.nnz - self.column_nnz[i] - self.column_nnz[j] + 2 * union
     }
 
-    fn merge(&mut self, i: usize, j: usize, union: u64) {
-        self.nnz = self.nnz_after(i, j, union);
-        for w in 0..self.words {
-            let merged = self.bits[i * self.words + w] | self.bits[j * self.words + w];
-            self.bits[i * self.words + w] = merged;
-            self.bits[j * self.words + w] = merged;
+    /// Writes `S_i u S_j` into `out` and returns its size.
+    fn union_into(&self, i: usize, j: usize, out: &mut [u64]) -> u64 {
+        let mut count = 0;
+        for ((o, a), b) in out.iter_mut().zip(self.column(i)).zip(self.column(j)) {
+            *o = a | b;
+            count += u64::from(o.count_ones());
         }
-        self.column_nnz[i] = union;
-        self.column_nnz[j] = union;
+        count
+    }
+
+    /// Gives columns i and j the support `union` (of size `count`), as a rotation does.
+    fn set_both(&mut self, i: usize, j: usize, union: &[u64], count: u64) {
+        self.nnz = self.nnz_after(i, j, count);
+        for line in [i, j] {
+            self.bits[line * self.words..(line + 1) * self.words].copy_from_slice(union);
+            self.column_nnz[line] = count;
+        }
     }
 
     /// Whether entry (row k, column j) of the working matrix is in the support.
@@ -114,6 +113,7 @@ pub fn schedule(rows: usize, cols: usize, density: f64, stream: &mut Stream) -> 
     let mut support = Support::identity(n, m);
     let mut rotations = Vec::new();
     let target = density * (n as f64) * (m as f64);
+    let mut union = vec![0u64; support.words];
     if m >= 2 {
         while (support.nnz as f64) < target {
             let i = stream.below(m as u64) as usize;
@@ -122,13 +122,13 @@ pub fn schedule(rows: usize, cols: usize, density: f64, stream: &mut Stream) -> 
                 j += 1;
             }
             let theta = stream.angle();
-            let union = support.union_size(i, j);
-            let after = support.nnz_after(i, j, union);
+            let count = support.union_into(i, j, &mut union);
+            let after = support.nnz_after(i, j, count);
             let before = support.nnz;
             if after as f64 >= target && target - (before as f64) < (after as f64) - target {
                 break;
             }
-            support.merge(i, j, union);
+            support.set_both(i, j, &union, count);
             rotations.push(Rotation {
                 i,
                 j,
@@ -149,6 +149,16 @@ impl Schedule {
     /// The rotations, in the order they are applied.
     pub fn rotations(&self) -> &[Rotation] {
         &self.rotations
+    }
+
+    /// Rows of the output matrix.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns of the output matrix.
+    pub fn cols(&self) -> usize {
+        self.cols
     }
 
     /// Nonzeros of the support (the mask's ones).
@@ -172,56 +182,77 @@ impl Schedule {
     /// Lays out data in the working matrix's column-major order as the output `rows x cols`
     /// matrix: a tall output is the transpose of the working matrix, whose columns are then
     /// the output's rows.
-    fn as_output<T: Copy>(&self, data: Vec<T>) -> Grid<T> {
-        let order = if self.tall() {
+    fn output_order(&self) -> Order {
+        if self.tall() {
             Order::RowMajor
         } else {
             Order::ColumnMajor
-        };
-        Grid::new(self.rows, self.cols, order, data)
+        }
     }
 
     /// Applies the rotations to `[I_n | 0]` in f64 and scales by `gain`: the EOI matrix, with
     /// orthonormal rows (wide or square) or columns (tall) times `gain`.
+    ///
+    /// A rotation only changes the rows in the union of the two columns' supports. While that
+    /// union is small the rotation visits just those rows; once it covers a quarter of the
+    /// column it sweeps the whole column, which the compiler vectorises. Both compute the same
+    /// products on the same entries, so the choice never changes a nonzero value (entries
+    /// outside the support stay zero; the sign of a zero is normalised when encoding).
     pub fn matrix(&self, gain: f64) -> Grid<f64> {
         let n = self.support.n;
         let m = self.support.m;
-        let mut values = vec![0.0f64; n * m];
+        let mut values = tensor::zeroed(n * m);
         for k in 0..n {
             values[k * n + k] = 1.0;
         }
+        let mut support = Support::identity(n, m);
+        let mut union = vec![0u64; support.words];
         for r in &self.rotations {
+            let count = support.union_into(r.i, r.j, &mut union);
             let (lo, hi) = (r.i.min(r.j), r.i.max(r.j));
             let (head, tail) = values.split_at_mut(hi * n);
             let low = &mut head[lo * n..(lo + 1) * n];
             let high = &mut tail[..n];
             let (a, b) = if r.i < r.j { (low, high) } else { (high, low) };
             let (c, s) = (r.cos, r.sin);
-            for (x, y) in a.iter_mut().zip(b.iter_mut()) {
-                let (xi, yj) = (*x, *y);
-                *x = c * xi + s * yj;
-                *y = c * yj - s * xi;
+            if count as usize * 4 >= n {
+                for (x, y) in a.iter_mut().zip(b.iter_mut()) {
+                    let (xi, yj) = (*x, *y);
+                    *x = c * xi + s * yj;
+                    *y = c * yj - s * xi;
+                }
+            } else {
+                for (w, &word) in union.iter().enumerate() {
+                    let mut bits = word;
+                    while bits != 0 {
+                        let k = w * 64 + bits.trailing_zeros() as usize;
+                        let (xi, yj) = (a[k], b[k]);
+                        a[k] = c * xi + s * yj;
+                        b[k] = c * yj - s * xi;
+                        bits &= bits - 1;
+                    }
+                }
             }
+            support.set_both(r.i, r.j, &union, count);
         }
         if gain != 1.0 {
             for v in &mut values {
                 *v *= gain;
             }
         }
-        self.as_output(values)
+        Grid::new(self.rows, self.cols, self.output_order(), values)
     }
 
-    /// The mask: 1 where the support holds, in the same layout as [`Schedule::matrix`].
-    pub fn mask(&self) -> Grid<u8> {
-        let n = self.support.n;
-        let m = self.support.m;
-        let mut data = vec![0u8; n * m];
-        for j in 0..m {
-            for k in 0..n {
-                data[j * n + k] = u8::from(self.support.contains(k, j));
-            }
-        }
-        self.as_output(data)
+    /// The mask, the structural support, in the same layout as [`Schedule::matrix`].
+    pub fn mask(&self) -> BitGrid {
+        let s = &self.support;
+        BitGrid::new(
+            self.rows,
+            self.cols,
+            self.output_order(),
+            s.words,
+            s.bits.clone(),
+        )
     }
 }
 
@@ -257,12 +288,13 @@ mod tests {
     fn union_accounting_matches_a_recount() {
         let mut stream = Stream::derive(5, "support");
         let mut support = Support::identity(70, 90);
+        let mut union = vec![0u64; support.words];
         for _ in 0..200 {
             let i = stream.below(90) as usize;
             let j = (i + 1 + stream.below(89) as usize) % 90;
-            let union = support.union_size(i, j);
-            let predicted = support.nnz_after(i, j, union);
-            support.merge(i, j, union);
+            let count = support.union_into(i, j, &mut union);
+            let predicted = support.nnz_after(i, j, count);
+            support.set_both(i, j, &union, count);
             let recount = (0..90)
                 .flat_map(|c| (0..70).map(move |k| (k, c)))
                 .filter(|&(k, c)| support.contains(k, c))
@@ -295,6 +327,7 @@ mod tests {
             // Replay the documented draw order on a fresh stream and an independent support.
             let mut replay = Stream::derive(seed, "stop");
             let mut support = Support::identity(n, m);
+            let mut union = vec![0u64; support.words];
             let draw = |stream: &mut Stream| {
                 let i = stream.below(m as u64) as usize;
                 let mut j = stream.below(m as u64 - 1) as usize;
@@ -309,8 +342,8 @@ mod tests {
                 let (i, j, theta) = draw(&mut replay);
                 assert_eq!((r.i, r.j), (i, j));
                 assert_eq!((r.cos, r.sin), (libm::cos(theta), libm::sin(theta)));
-                let union = support.union_size(i, j);
-                support.merge(i, j, union);
+                let count = support.union_into(i, j, &mut union);
+                support.set_both(i, j, &union, count);
             }
             assert_eq!(support.nnz(), s.nnz());
             let got = s.nnz() as f64;
@@ -318,7 +351,8 @@ mod tests {
                 // The next rotation was drawn and rejected: it would have reached the target
                 // but the state before it is strictly closer.
                 let (i, j, _) = draw(&mut replay);
-                let after = support.nnz_after(i, j, support.union_size(i, j)) as f64;
+                let count = support.union_into(i, j, &mut union);
+                let after = support.nnz_after(i, j, count) as f64;
                 assert!(after >= target);
                 assert!(target - got < after - target);
             }
@@ -336,7 +370,7 @@ mod tests {
             let mut ones = 0;
             for i in 0..rows {
                 for j in 0..cols {
-                    if mask.get(i, j) == 0 {
+                    if !mask.get(i, j) {
                         assert_eq!(w.get(i, j), 0.0);
                     } else {
                         ones += 1;

@@ -8,7 +8,7 @@ pub mod eoi;
 use crate::plan::LayerPlan;
 use crate::spec::{Kind, Scheme};
 use crate::stream::Stream;
-use crate::tensor::{Grid, Weight};
+use crate::tensor::{Mask, Weight};
 
 /// What a layer's generation achieved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl LayerStats {
 pub struct Generated {
     pub weight: Weight,
     /// The mask in the weight's shape, flattened to (out, in * taps).
-    pub mask: Grid<u8>,
+    pub mask: Mask,
     pub stats: LayerStats,
 }
 
@@ -80,25 +80,51 @@ pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
     stats_of(layer, &schedule)
 }
 
-/// Generates a layer's weight and mask from its own stream.
-pub fn generate(layer: &LayerPlan, seed: u64) -> Generated {
+/// A layer whose randomness is all drawn: its mask and statistics are final, and its weight
+/// values follow deterministically from the rotations (see [`Prepared::weight`]). The mask
+/// can be written while the values are computed.
+pub struct Prepared<'a> {
+    layer: &'a LayerPlan,
+    schedule: eoi::Schedule,
+    pub mask: Mask,
+    pub stats: LayerStats,
+}
+
+impl Prepared<'_> {
+    /// Applies the rotations: the layer's weight values.
+    pub fn weight(&self) -> Weight {
+        let gain = self.layer.gain.value;
+        match self.layer.kind() {
+            Kind::Linear => Weight::Matrix(self.schedule.matrix(gain)),
+            Kind::Conv => conv::weight(&self.schedule, self.layer.shape.kernel(), gain),
+        }
+    }
+}
+
+/// Draws all of a layer's randomness from its own stream: the rotations, then (for
+/// convolutions) the mask top-up.
+pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
     let mut stream = Stream::derive(seed, &layer.name);
     let schedule = centre_schedule(layer, &mut stream);
     let stats = stats_of(layer, &schedule);
-    let gain = layer.gain.value;
-    let (weight, mask) = match layer.kind() {
-        Kind::Linear => (Weight::Matrix(schedule.matrix(gain)), schedule.mask()),
-        Kind::Conv => conv::build(
-            &schedule,
-            layer.shape.kernel(),
-            layer.density,
-            gain,
-            &mut stream,
-        ),
+    let mask = match layer.kind() {
+        Kind::Linear => Mask::Bits(schedule.mask()),
+        Kind::Conv => conv::mask(&schedule, layer.shape.kernel(), layer.density, &mut stream),
     };
-    Generated {
-        weight,
+    Prepared {
+        layer,
+        schedule,
         mask,
         stats,
+    }
+}
+
+/// Generates a layer's weight and mask from its own stream.
+pub fn generate(layer: &LayerPlan, seed: u64) -> Generated {
+    let prepared = prepare(layer, seed);
+    Generated {
+        weight: prepared.weight(),
+        mask: prepared.mask,
+        stats: prepared.stats,
     }
 }

@@ -6,14 +6,17 @@
 pub mod npy;
 pub mod safetensors;
 
-use std::fs;
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
 
 use crate::error::Error;
 use crate::provenance::Provenance;
 use crate::spec::Format;
-use crate::tensor::Dtype;
+use crate::tensor::{Dtype, Element, RowBlocks, block_rows};
 
 /// A tensor of the output, known before its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,20 +32,131 @@ impl TensorInfo {
     }
 }
 
-/// Produces one tensor's bytes, in row-major order.
-pub type Fill<'a> = &'a mut dyn FnMut(&mut dyn Write) -> io::Result<()>;
-
 /// An output being written.
 pub trait Output: Sync {
-    /// Writes tensor `index` (in the order given to [`create`]); `fill` must write exactly
-    /// its byte size.
-    fn write_tensor(&self, index: usize, fill: Fill<'_>) -> Result<(), Error>;
+    /// Where tensor `index` (in the order given to [`create`]) goes.
+    fn tensor(&self, index: usize) -> Result<TensorSink<'_>, Error>;
 
     /// Moves the finished output into place.
     fn commit(self: Box<Self>) -> Result<(), Error>;
 
     /// Total bytes of the output.
     fn bytes(&self) -> u64;
+}
+
+enum SinkFile<'a> {
+    Shared(&'a File),
+    Owned(File),
+}
+
+/// Where one tensor's bytes go: positional writes within the tensor's region of a file, from
+/// any thread. It checks every write against the tensor's size and, at the end, that every
+/// byte was written, so a bug can never leave a short or overlong tensor in a file.
+pub struct TensorSink<'a> {
+    file: SinkFile<'a>,
+    /// File offset of the tensor's first byte.
+    base: u64,
+    info: &'a TensorInfo,
+    written: AtomicU64,
+}
+
+impl<'a> TensorSink<'a> {
+    fn new(file: SinkFile<'a>, base: u64, info: &'a TensorInfo) -> TensorSink<'a> {
+        TensorSink {
+            file,
+            base,
+            info,
+            written: AtomicU64::new(0),
+        }
+    }
+
+    /// Writes `bytes` at byte `offset` of the tensor.
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        if offset + bytes.len() as u64 > self.info.nbytes() {
+            return Err(io::Error::other(format!(
+                "tensor \"{}\" was written past its end",
+                self.info.name
+            )));
+        }
+        let file = match &self.file {
+            SinkFile::Shared(f) => f,
+            SinkFile::Owned(f) => f,
+        };
+        write_all_at(file, bytes, self.base + offset)?;
+        self.written
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Checks that the whole tensor was written.
+    pub fn finish(self) -> Result<(), Error> {
+        let written = self.written.load(Ordering::Relaxed);
+        if written != self.info.nbytes() {
+            return Err(Error::Internal(format!(
+                "tensor \"{}\" got {written} bytes, expected {}",
+                self.info.name,
+                self.info.nbytes()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Tensors larger than this are encoded by several threads at once.
+const PARALLEL_BYTES: u64 = 8 << 20;
+
+/// Encodes `tensor` as `dtype` into tensor `index` of `output`, in blocks of about 1 MiB
+/// written at their offsets; large tensors are split among threads. The bytes are the same
+/// whichever thread encodes which block.
+pub fn write_tensor<T: RowBlocks>(
+    output: &dyn Output,
+    index: usize,
+    tensor: &T,
+    dtype: Dtype,
+) -> Result<(), Error> {
+    let sink = output.tensor(index)?;
+    let step = block_rows(tensor, dtype);
+    let row_bytes = (tensor.row_len() * dtype.size()) as u64;
+    let blocks = tensor.rows().div_ceil(step);
+    let encode_block = |buffers: &mut (Vec<T::Elem>, Vec<u8>), block: usize| -> io::Result<()> {
+        let (values, bytes) = buffers;
+        let first = block * step;
+        values.clear();
+        bytes.clear();
+        tensor.rows_into(first, step.min(tensor.rows() - first), values);
+        T::Elem::encode(values, dtype, bytes);
+        sink.write_at(first as u64 * row_bytes, bytes)
+    };
+    let result = if sink.info.nbytes() > PARALLEL_BYTES {
+        (0..blocks)
+            .into_par_iter()
+            .try_for_each_init(|| (Vec::new(), Vec::new()), encode_block)
+    } else {
+        let mut buffers = (Vec::new(), Vec::new());
+        (0..blocks).try_for_each(|b| encode_block(&mut buffers, b))
+    };
+    result.map_err(|e| Error::io(format!("cannot write tensor \"{}\"", sink.info.name), e))?;
+    sink.finish()
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(buf, offset)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = file.seek_write(buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 /// Where the output goes and whether it may replace what is there.
@@ -113,47 +227,6 @@ pub fn create(
             provenance,
         )?)),
     }
-}
-
-/// Counts what `fill` writes and checks it against the tensor's size, so that a bug can never
-/// leave a short or overlong tensor in a file.
-pub(crate) fn fill_exactly(
-    info: &TensorInfo,
-    out: &mut dyn Write,
-    fill: Fill<'_>,
-) -> Result<(), Error> {
-    struct Counting<'a> {
-        inner: &'a mut dyn Write,
-        count: u64,
-    }
-    impl Write for Counting<'_> {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            let n = self.inner.write(buf)?;
-            self.count += n as u64;
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            self.inner.flush()
-        }
-    }
-    let mut counting = Counting {
-        inner: out,
-        count: 0,
-    };
-    fill(&mut counting)
-        .map_err(|e| Error::io(format!("cannot write tensor \"{}\"", info.name), e))?;
-    counting
-        .flush()
-        .map_err(|e| Error::io(format!("cannot write tensor \"{}\"", info.name), e))?;
-    if counting.count != info.nbytes() {
-        return Err(Error::Internal(format!(
-            "tensor \"{}\" produced {} bytes, expected {}",
-            info.name,
-            counting.count,
-            info.nbytes()
-        )));
-    }
-    Ok(())
 }
 
 /// A builder for the hidden temporary file or directory that an output is staged in. It gets

@@ -3,12 +3,13 @@
 //! beside the destination and renamed into place when complete.
 
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
-use super::{Destination, Fill, Output, TensorInfo, display, fill_exactly, staging};
+use super::{
+    Destination, Output, SinkFile, TensorInfo, TensorSink, display, staging, write_all_at,
+};
 use crate::error::Error;
 use crate::provenance::Provenance;
 
@@ -107,26 +108,25 @@ impl NpyOutput {
             total,
         })
     }
-
-    fn fail<T>(&self, context: String, e: std::io::Error) -> Result<T, Error> {
-        Err(Error::io(context, e))
-    }
 }
 
 impl Output for NpyOutput {
-    fn write_tensor(&self, index: usize, fill: Fill<'_>) -> Result<(), Error> {
+    fn tensor(&self, index: usize) -> Result<TensorSink<'_>, Error> {
         let info = &self.tensors[index];
         let path = self.directory.join(format!("{}.npy", info.name));
-        let context = || format!("cannot write '{}'", display(&path));
-        let file = match File::create(&path) {
-            Ok(f) => f,
-            Err(e) => return self.fail(context(), e),
-        };
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        if let Err(e) = out.write_all(&header(info)) {
-            return self.fail(context(), e);
+        let header = header(info);
+        let opened = File::create(&path).and_then(|file| {
+            write_all_at(&file, &header, 0)?;
+            Ok(file)
+        });
+        match opened {
+            Ok(file) => Ok(TensorSink::new(
+                SinkFile::Owned(file),
+                header.len() as u64,
+                info,
+            )),
+            Err(e) => Err(Error::io(format!("cannot write '{}'", display(&path)), e)),
         }
-        fill_exactly(info, &mut out, fill)
     }
 
     fn commit(self: Box<Self>) -> Result<(), Error> {

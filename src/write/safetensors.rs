@@ -5,13 +5,12 @@
 //! element size. The header is built from the plan before any data exists, so its bytes are
 //! deterministic and layers can be written at their offsets as they are generated.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-
 use serde_json::{Map, Value, json};
 use tempfile::NamedTempFile;
 
-use super::{Destination, Fill, Output, TensorInfo, display, fill_exactly, staging};
+use super::{
+    Destination, Output, SinkFile, TensorInfo, TensorSink, display, staging, write_all_at,
+};
 use crate::error::Error;
 use crate::provenance::Provenance;
 
@@ -83,15 +82,12 @@ impl SafetensorsOutput {
 }
 
 impl Output for SafetensorsOutput {
-    fn write_tensor(&self, index: usize, fill: Fill<'_>) -> Result<(), Error> {
-        let info = &self.tensors[index];
-        let at = AtWriter {
-            file: self.file.as_file(),
-            position: self.offsets[index],
-            end: self.offsets[index] + info.nbytes(),
-        };
-        let mut buffered = BufWriter::with_capacity(1 << 20, at);
-        fill_exactly(info, &mut buffered, fill)
+    fn tensor(&self, index: usize) -> Result<TensorSink<'_>, Error> {
+        Ok(TensorSink::new(
+            SinkFile::Shared(self.file.as_file()),
+            self.offsets[index],
+            &self.tensors[index],
+        ))
     }
 
     fn commit(self: Box<Self>) -> Result<(), Error> {
@@ -112,48 +108,6 @@ impl Output for SafetensorsOutput {
     fn bytes(&self) -> u64 {
         self.total
     }
-}
-
-/// Writes at a fixed region of a shared file, so threads can fill their own tensors.
-struct AtWriter<'a> {
-    file: &'a File,
-    position: u64,
-    end: u64,
-}
-
-impl Write for AtWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.position + buf.len() as u64 > self.end {
-            return Err(io::Error::other("a tensor wrote past its end"));
-        }
-        write_all_at(self.file, buf, self.position)?;
-        self.position += buf.len() as u64;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-#[cfg(unix)]
-fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    file.write_all_at(buf, offset)
-}
-
-#[cfg(windows)]
-fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
-    use std::os::windows::fs::FileExt;
-    while !buf.is_empty() {
-        let n = file.seek_write(buf, offset)?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        buf = &buf[n..];
-        offset += n as u64;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
