@@ -5,6 +5,7 @@
 use std::fmt;
 use std::ops::Range;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings, json_schema};
 use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -96,6 +97,13 @@ pub enum BelowMinimum {
     Error,
     Clamp,
 }
+
+impl BelowMinimum {
+    pub const NAMES: &'static [&'static str] = &["error", "clamp"];
+}
+
+/// Names of the rules for a convolution's centre density (`conv_center`).
+pub const CONV_CENTERS: &[&str] = &["sqrt", "same"];
 
 /// The initialization scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,53 +383,194 @@ pub struct Spec {
 
 // The TOML as serde sees it. Keys are checked against these structs' fields before serde
 // runs, so that an unknown key gets a suggestion; the values carry their spans for errors.
+// The same structs give `eoi schema` its JSON Schema (`json_schema`): the doc comments become
+// the descriptions, and the `schemars` attributes state the types and ranges that `validate`
+// accepts, so an editor's completion and validation follow the parser. What needs two fields
+// at once (`repeat` and "{i}" in the name, `erk_power_scale` with "erk") only the parser checks.
 
-#[derive(Deserialize)]
+/// An eoi architecture spec: the weight tensors of a network, how sparse to make them and
+/// how to initialize them (Exact Orthogonal Initialization, Nowak et al., ICML 2024).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    rename = "Spec",
+    title = "eoi spec",
+    extend("required" = ["sparsity", "layer"])
+)]
 struct RawSpec {
+    /// Seed of the random streams: an integer >= 0, default 0. `--seed` overrides it.
+    #[schemars(with = "Option<u64>")]
     seed: Option<Spanned<i64>>,
+    /// How sparse the network is and how the density is spread over the layers.
     sparsity: Option<RawSparsity>,
+    /// How the weights are initialized.
     init: Option<RawInit>,
+    /// The output container; the command line overrides it.
     output: Option<RawOutput>,
+    /// The weight tensors, one `[[layer]]` table each (or one per group, with `repeat`).
     #[serde(default)]
+    #[schemars(length(min = 1))]
     layer: Vec<RawLayer>,
 }
 
-#[derive(Deserialize)]
+/// The `[sparsity]` table: the overall density and how it is spread over the layers.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Sparsity")]
 struct RawSparsity {
+    /// Overall fraction of weights kept, 0 < density <= 1.
+    #[schemars(with = "f64", extend("exclusiveMinimum" = 0, "maximum" = 1))]
     density: Spanned<f64>,
+    /// How the density is spread: "uniform" (default; every layer gets `density`), "erk"
+    /// (Erdos-Renyi-Kernel, as in RigL) or "er" (Erdos-Renyi).
+    #[schemars(with = "Option<String>", extend("enum" = Distribution::NAMES))]
     distribution: Option<Spanned<String>>,
+    /// Exponent of the erk raw densities, >= 0 (default 1); "erk" only.
+    #[schemars(with = "Option<f64>", range(min = 0))]
     erk_power_scale: Option<Spanned<f64>>,
+    /// Globs over layer names (`*` any run, `?` one character) of layers that stay dense.
+    #[schemars(
+        with = "Option<Vec<String>>",
+        extend("items" = { "type": "string", "minLength": 1 })
+    )]
     dense: Option<Vec<Spanned<String>>>,
+    /// What to do with a layer density below EOI's minimum 1/max(out, in): "error"
+    /// (default) or "clamp" (raise it to the minimum and re-balance the others).
+    #[schemars(with = "Option<String>", extend("enum" = BelowMinimum::NAMES))]
     below_minimum: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+/// The `[init]` table: the initialization scheme and its defaults for every layer.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Init")]
 struct RawInit {
+    /// The initialization scheme: "eoi" (the default, and the only one).
+    #[schemars(with = "Option<String>", extend("enum" = Scheme::NAMES))]
     scheme: Option<Spanned<String>>,
+    /// Factor the orthogonal weights are multiplied by (default 1).
+    #[schemars(with = "Option<GainSchema>")]
     gain: Option<Spanned<toml::Value>>,
+    /// Density of a convolution's centre tap: "sqrt" (default; min(d * K, 1, sqrt(d)) with K
+    /// taps) or "same" (the layer's density d).
+    #[schemars(with = "Option<String>", extend("enum" = CONV_CENTERS))]
     conv_center: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+/// The `[output]` table; the command line overrides each field.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Output")]
 struct RawOutput {
+    /// "safetensors" (one file, the default) or "npy" (a directory of .npy files).
+    #[schemars(with = "Option<String>", extend("enum" = Format::NAMES))]
     format: Option<Spanned<String>>,
+    /// Weight dtype: "f32" (default) or "f64". Masks are always bool.
+    #[schemars(with = "Option<String>", extend("enum" = WEIGHT_DTYPES))]
     dtype: Option<Spanned<String>>,
+    /// Suffix of each weight's mask name (default "_mask").
+    #[schemars(with = "Option<String>", length(min = 1))]
     mask_suffix: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+/// One `[[layer]]`: a weight tensor, or `repeat` tensors of the same shape.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Layer")]
 struct RawLayer {
+    /// The tensor's name in the output, unique; with `repeat` it contains "{i}", replaced by
+    /// 0, 1, ... in turn.
+    #[schemars(with = "String", length(min = 1))]
     name: Spanned<String>,
+    /// The weight shape in PyTorch order: [out, in] for a linear layer, [out, in, k...] for a
+    /// convolution with 1 to 3 spatial dimensions.
+    #[schemars(schema_with = "shape_schema")]
     shape: Spanned<Vec<Spanned<i64>>>,
+    /// This layer's own density, 0 < density <= 1; it counts against the overall budget.
+    #[schemars(
+        with = "Option<f64>",
+        extend("exclusiveMinimum" = 0, "maximum" = 1)
+    )]
     density: Option<Spanned<f64>>,
+    /// Expands the table into this many layers (>= 1); the name must contain "{i}".
+    #[schemars(with = "Option<u64>", range(min = 1))]
     repeat: Option<Spanned<i64>>,
+    /// This layer's gain, overriding `[init]`'s.
+    #[schemars(with = "Option<GainSchema>")]
     gain: Option<Spanned<toml::Value>>,
+    /// This layer's centre rule, overriding `[init]`'s: "sqrt" or "same".
+    #[schemars(with = "Option<String>", extend("enum" = CONV_CENTERS))]
     conv_center: Option<Spanned<String>>,
+}
+
+/// The schema of a gain as a spec writes it (the parser reads a `toml::Value`).
+struct GainSchema;
+
+impl JsonSchema for GainSchema {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Gain".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A number > 0, or the name of a nonlinearity for PyTorch's calculate_gain value (leaky_relu with slope 0.01).",
+            "anyOf": [
+                { "type": "number", "exclusiveMinimum": 0 },
+                { "type": "string", "enum": Gain::NAMES }
+            ]
+        })
+    }
+}
+
+fn shape_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": { "type": "integer", "minimum": 1 },
+        "minItems": 2,
+        "maxItems": 5
+    })
+}
+
+/// TOML has no null: an optional key is one that is left out. So the `null` that schemars
+/// allows for an `Option` field (`"type": ["integer", "null"]`, or `anyOf` a reference and
+/// `{"type": "null"}`) is taken out again.
+fn without_null(schema: &mut Schema) {
+    if let Some(object) = schema.as_object_mut() {
+        if let Some(serde_json::Value::Array(types)) = object.get_mut("type") {
+            types.retain(|t| t != "null");
+            if let [only] = types.as_slice() {
+                let only = only.clone();
+                object.insert("type".into(), only);
+            }
+        }
+        if let Some(serde_json::Value::Array(any_of)) = object.get_mut("anyOf") {
+            any_of.retain(|s| *s != serde_json::json!({ "type": "null" }));
+            if let [serde_json::Value::Object(only)] = any_of.as_slice() {
+                let only = only.clone();
+                object.remove("anyOf");
+                for (key, value) in only {
+                    object.entry(key).or_insert(value);
+                }
+            }
+        }
+    }
+    schemars::transform::transform_subschemas(&mut without_null, schema);
+}
+
+/// The JSON Schema (draft 2020-12) of the spec format, made from the structs the parser
+/// reads, for editors (taplo, Even Better TOML) and `eoi schema`.
+///
+/// ```
+/// let schema = eoi::spec::json_schema();
+/// assert_eq!(schema["required"], serde_json::json!(["sparsity", "layer"]));
+/// assert_eq!(schema["additionalProperties"], false); // unknown keys are errors
+/// ```
+pub fn json_schema() -> serde_json::Value {
+    SchemaSettings::draft2020_12()
+        .with_transform(without_null)
+        .into_generator()
+        .into_root_schema_for::<RawSpec>()
+        .to_value()
 }
 
 /// The field names serde expects for `T`, read from its derived `Deserialize` impl so the
@@ -838,7 +987,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 v,
                 &format!("{ctx} `below_minimum`"),
                 "below_minimum",
-                &["error", "clamp"],
+                BelowMinimum::NAMES,
                 |s| match s {
                     "error" => Some(BelowMinimum::Error),
                     "clamp" => Some(BelowMinimum::Clamp),
@@ -889,7 +1038,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                     v,
                     "[init], field `conv_center`",
                     "conv_center",
-                    &["sqrt", "same"],
+                    CONV_CENTERS,
                     centre_rule,
                 )?,
             },
@@ -987,7 +1136,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                     v,
                     &field("conv_center"),
                     "conv_center",
-                    &["sqrt", "same"],
+                    CONV_CENTERS,
                     centre_rule,
                 )
             })
@@ -1222,6 +1371,136 @@ mod tests {
             &["name", "shape", "density", "repeat", "gain", "conv_center"]
         );
         assert!(fields_of::<RawSpec>().contains(&"sparsity"));
+    }
+
+    /// The schema of `table.field` (`table` "" for the top level), with references resolved.
+    fn schema_of(schema: &serde_json::Value, table: &str, field: &str) -> serde_json::Value {
+        let resolve = |s: &serde_json::Value| match s["$ref"].as_str() {
+            Some(r) => {
+                let name = r.strip_prefix("#/$defs/").expect("a local reference");
+                schema["$defs"][name].clone()
+            }
+            None => s.clone(),
+        };
+        let object = if table.is_empty() {
+            schema.clone()
+        } else {
+            resolve(&schema["properties"][table])
+        };
+        let object = if table == "layer" {
+            resolve(&object["items"])
+        } else {
+            object
+        };
+        let property = object["properties"][field].clone();
+        assert!(!property.is_null(), "no property {table}.{field}");
+        property
+    }
+
+    /// A spec with `line` added to `table` (`layer` is the one layer, a 4x6 linear).
+    fn with_line(table: &str, line: &str) -> String {
+        let mut text = String::new();
+        for t in ["sparsity", "init", "output"] {
+            text.push_str(&format!("[{t}]\n"));
+            if t == "sparsity" {
+                text.push_str("density = 0.5\n");
+            }
+            if t == table {
+                text.push_str(&format!("{line}\n"));
+            }
+        }
+        text.push_str("[[layer]]\nname = \"fc.weight\"\nshape = [4, 6]\n");
+        if table == "layer" {
+            text.push_str(&format!("{line}\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn every_name_the_schema_allows_parses_and_others_do_not() {
+        let schema = json_schema();
+        let fields = [
+            ("sparsity", "distribution"),
+            ("sparsity", "below_minimum"),
+            ("init", "scheme"),
+            ("init", "conv_center"),
+            ("output", "format"),
+            ("output", "dtype"),
+            ("layer", "conv_center"),
+        ];
+        for (table, field) in fields {
+            let names = schema_of(&schema, table, field)["enum"].clone();
+            let names = names.as_array().expect("an enum of names");
+            assert!(!names.is_empty());
+            for name in names {
+                let text = with_line(table, &format!("{field} = {name}"));
+                assert!(parse_str(&text).is_ok(), "{table}.{field} = {name}");
+            }
+            let text = with_line(table, &format!("{field} = \"nonsense\""));
+            assert!(parse_str(&text).is_err(), "{table}.{field} = \"nonsense\"");
+        }
+        let gain = &schema["$defs"]["Gain"];
+        let gain_names = gain["anyOf"][1]["enum"].as_array().unwrap();
+        assert_eq!(gain_names.len(), Gain::NAMES.len());
+        for name in gain_names {
+            for table in ["init", "layer"] {
+                let text = with_line(table, &format!("gain = {name}"));
+                assert!(parse_str(&text).is_ok(), "{table}.gain = {name}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_schema_states_the_parsers_ranges() {
+        let schema = json_schema();
+        for table in ["sparsity", "layer"] {
+            let density = schema_of(&schema, table, "density");
+            assert_eq!(density["exclusiveMinimum"], 0, "{table}");
+            assert_eq!(density["maximum"], 1, "{table}");
+        }
+        assert!(parse_str(&with_line("layer", "density = 1")).is_ok());
+        assert!(parse_str(&with_line("layer", "density = 0.0")).is_err());
+        assert_eq!(schema_of(&schema, "", "seed")["minimum"], 0);
+        assert_eq!(schema_of(&schema, "layer", "repeat")["minimum"], 1);
+        let shape = schema_of(&schema, "layer", "shape");
+        assert_eq!(
+            (&shape["minItems"], &shape["maxItems"]),
+            (&2.into(), &5.into())
+        );
+        assert_eq!(shape["items"]["minimum"], 1);
+        assert_eq!(
+            schema["required"],
+            serde_json::json!(["sparsity", "layer"]),
+            "the parser refuses a spec without either"
+        );
+    }
+
+    #[test]
+    fn the_schema_is_closed_and_documented() {
+        let schema = json_schema();
+        assert_eq!(
+            schema["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        let mut objects = vec![("Spec", &schema)];
+        for (name, def) in schema["$defs"].as_object().unwrap() {
+            if def["type"] == "object" {
+                objects.push((name, def));
+            }
+        }
+        assert_eq!(
+            objects.len(),
+            5,
+            "the spec, [sparsity], [init], [output], [[layer]]"
+        );
+        for (name, object) in objects {
+            assert_eq!(object["additionalProperties"], false, "{name}");
+            assert!(object["description"].is_string(), "{name}");
+            for (field, property) in object["properties"].as_object().unwrap() {
+                assert!(property["description"].is_string(), "{name}.{field}");
+                assert!(!property.to_string().contains("null"), "{name}.{field}");
+            }
+        }
     }
 
     #[test]
