@@ -40,6 +40,26 @@ pub enum Command {
         after_help = "Examples:\n  eoi generate specs/mlp-1000-tanh.toml -o mlp1000.safetensors\n  eoi generate spec.toml -o init --format npy --seed 7 --force\n  eoi generate spec.toml -o init.safetensors --json > summary.json"
     )]
     Generate(GenerateArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
+    #[command(
+        after_help = "Examples:\n  eoi completions bash > ~/.local/share/bash-completion/completions/eoi\n  eoi completions zsh > ~/.zfunc/_eoi         # with fpath+=~/.zfunc before compinit\n  eoi completions fish > ~/.config/fish/completions/eoi.fish\n  eoi completions powershell >> $PROFILE"
+    )]
+    Completions(CompletionsArgs),
+    /// Print the manual page of eoi and all its commands (roff).
+    #[command(after_help = "Examples:\n  eoi man > eoi.1 && man ./eoi.1")]
+    Man,
+    /// Print the JSON Schema of the spec format, for editors that check and complete TOML.
+    #[command(
+        after_help = "Examples:\n  eoi schema > eoi.schema.json     # then start a spec with the line: #:schema ./eoi.schema.json"
+    )]
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
 }
 
 /// Arguments shared by the commands that read a spec.

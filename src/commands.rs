@@ -15,12 +15,16 @@ use eoi::spec::{self, Source, SpecError};
 use eoi::stream::STREAM_VERSION;
 
 use crate::cli::{Cli, Command, GenerateArgs, PlanArgs, SpecArgs};
+use crate::docs;
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Plan(args) => plan_command(args),
         Command::Generate(args) => generate_command(args),
+        Command::Completions(args) => print_bytes(&docs::completions(args.shell)),
+        Command::Man => print_bytes(&docs::man_page()),
+        Command::Schema => print_json(&spec::json_schema()),
     }
 }
 
@@ -71,6 +75,10 @@ fn load_plan(args: &SpecArgs, dtype: Option<eoi::tensor::Dtype>) -> Result<Plan,
 
 fn stdout_error(e: io::Error) -> Error {
     Error::io("cannot write to standard output", e)
+}
+
+fn print_bytes(bytes: &[u8]) -> Result<(), Error> {
+    io::stdout().lock().write_all(bytes).map_err(stdout_error)
 }
 
 fn print_json(value: &Value) -> Result<(), Error> {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod docs;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,185 @@
+//! The tool as other programs meet it: shell completion scripts, the man page, the spec's
+//! JSON Schema, and colour and stream discipline at terminals and in pipes. Every test runs
+//! the real binary. The commands to look for are read from `eoi --help`, so a new command
+//! that completions or the man page leave out fails here.
+
+use std::fs;
+use std::process::{Command, Output};
+
+use assert_cmd::cargo::cargo_bin;
+
+/// `eoi args...` with no colour settings inherited from the caller.
+fn eoi(args: &[&str]) -> Command {
+    let mut command = Command::new(cargo_bin!("eoi"));
+    command
+        .args(args)
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("RAYON_NUM_THREADS");
+    command
+}
+
+fn run(command: &mut Command) -> Output {
+    command.output().expect("eoi runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("standard output is UTF-8")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The commands `eoi --help` lists, without `help`.
+fn commands() -> Vec<String> {
+    let output = run(&mut eoi(&["--help"]));
+    assert!(output.status.success());
+    let help = stdout(&output);
+    let commands: Vec<String> = help
+        .lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect();
+    for expected in ["plan", "generate", "completions", "man", "schema"] {
+        assert!(commands.iter().any(|c| c == expected), "{help}");
+    }
+    commands
+}
+
+// ---------------------------------------------------------------------------------------
+// Completions
+
+#[test]
+fn every_shell_gets_a_script_naming_every_command() {
+    let commands = commands();
+    for shell in ["bash", "zsh", "fish", "powershell", "elvish"] {
+        let output = run(&mut eoi(&["completions", shell]));
+        assert!(output.status.success(), "{shell}: {}", stderr(&output));
+        assert!(output.stderr.is_empty(), "{shell}: {}", stderr(&output));
+        let script = stdout(&output);
+        for word in commands
+            .iter()
+            .map(String::as_str)
+            .chain(["seed", "output", "dtype"])
+        {
+            assert!(script.contains(word), "{shell} script lacks {word}");
+        }
+    }
+    let output = run(&mut eoi(&["completions", "tcsh"]));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    assert!(
+        stderr(&output).contains("possible values"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// What bash offers after `words`, completing the last one, with eoi's script loaded.
+fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={}\n_eoi eoi '{}' '{}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display(),
+        quoted.join(" "),
+        words.len() - 1,
+        words[words.len() - 1],
+        words[words.len() - 2],
+    );
+    let output = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .output()
+        .expect("bash runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    stdout(&output).lines().map(String::from).collect()
+}
+
+#[test]
+fn the_bash_script_completes_commands_options_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("eoi.bash");
+    fs::write(&script, run(&mut eoi(&["completions", "bash"])).stdout).unwrap();
+
+    let all = bash_completes(&script, &["eoi", ""]);
+    for command in commands() {
+        assert!(all.contains(&command), "{command} not in {all:?}");
+    }
+    assert_eq!(bash_completes(&script, &["eoi", "gen"]), ["generate"]);
+    assert_eq!(
+        bash_completes(&script, &["eoi", "generate", "spec.toml", "--dt"]),
+        ["--dtype"]
+    );
+    let mut shells = bash_completes(&script, &["eoi", "completions", ""]);
+    shells.retain(|s| !s.starts_with('-'));
+    shells.sort();
+    assert_eq!(shells, ["bash", "elvish", "fish", "powershell", "zsh"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Man page
+
+#[test]
+fn the_man_page_has_a_section_for_every_command() {
+    let output = run(&mut eoi(&["man"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let page = stdout(&output);
+    assert!(
+        page.lines().any(|l| l.starts_with(".TH eoi 1 ")),
+        "no title line"
+    );
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "OPTIONS",
+        "EXAMPLES",
+        "VERSION",
+    ] {
+        assert!(
+            page.lines().any(|l| l == format!(".SH {section}")),
+            "no {section} section"
+        );
+    }
+    for command in commands() {
+        let heading = format!(".SH \"EOI {}\"", command.to_uppercase());
+        let start = page
+            .find(&heading)
+            .unwrap_or_else(|| panic!("no section {heading}"));
+        let section = &page[start + heading.len()..];
+        let section = &section[..section.find("\n.SH ").unwrap_or(section.len())];
+        assert!(
+            section.contains(&format!("\\fBeoi {command}\\fR")),
+            "{command}: no synopsis"
+        );
+        assert!(section.contains(".SS EXAMPLES"), "{command}: no examples");
+    }
+    assert!(page.contains(&format!(
+        "v{} (random streams v1)",
+        env!("CARGO_PKG_VERSION")
+    )));
+    // The apostrophe string is defined once, before the title.
+    assert_eq!(page.matches(".ds Aq \\(aq").count(), 1);
+    assert!(page.find(".ds Aq").unwrap() < page.find(".TH").unwrap());
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON Schema
+
+#[test]
+fn schema_prints_a_draft_2020_12_json_schema() {
+    let output = run(&mut eoi(&["schema"]));
+    assert!(output.status.success(), "{}", stderr(&output));
+    let schema: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert_eq!(schema["additionalProperties"], false);
+    assert!(stdout(&output).ends_with("}\n"));
+}
