@@ -183,3 +183,102 @@ fn schema_prints_a_draft_2020_12_json_schema() {
     assert_eq!(schema["additionalProperties"], false);
     assert!(stdout(&output).ends_with("}\n"));
 }
+
+// ---------------------------------------------------------------------------------------
+// Colour and streams
+
+const ESC: char = '\u{1b}';
+
+/// A command-line error and the top-level help, as (stderr of the error, stdout of help).
+fn error_and_help(envs: &[(&str, &str)]) -> (String, String) {
+    let error = run(eoi(&["plan", "--bogus"]).envs(envs.iter().copied()));
+    assert_eq!(error.status.code(), Some(2));
+    let help = run(eoi(&["--help"]).envs(envs.iter().copied()));
+    assert!(help.status.success());
+    (stderr(&error), stdout(&help))
+}
+
+#[test]
+fn output_to_pipes_is_plain_and_no_color_wins_over_forced_colour() {
+    let (error, help) = error_and_help(&[]);
+    assert!(!error.contains(ESC) && !help.contains(ESC), "{error}{help}");
+    assert!(error.contains("unexpected argument '--bogus'"), "{error}");
+
+    // CLICOLOR_FORCE colours even a pipe, which shows that colour is on at all ...
+    let (error, help) = error_and_help(&[("CLICOLOR_FORCE", "1")]);
+    assert!(error.contains(ESC) && help.contains(ESC), "{error}{help}");
+    // ... and NO_COLOR (https://no-color.org) turns it off even then.
+    let (error, help) = error_and_help(&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")]);
+    assert!(!error.contains(ESC) && !help.contains(ESC), "{error}{help}");
+}
+
+/// Runs `eoi args...` at a terminal (a pseudo-terminal from util-linux's `script`) and
+/// returns what the terminal showed.
+#[cfg(target_os = "linux")]
+fn at_a_terminal(args: &str, envs: &[(&str, &str)]) -> String {
+    let command = format!("'{}' {args}", cargo_bin!("eoi").display());
+    let output = Command::new("script")
+        .args(["--quiet", "--return", "--command", &command, "/dev/null"])
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("CI")
+        .envs(envs.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `script` (util-linux) to give eoi a terminal: {e}"));
+    stdout(&output)
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn terminals_get_colour_unless_no_color_is_set() {
+    let coloured = at_a_terminal("plan --bogus", &[]);
+    assert!(coloured.contains("--bogus"), "{coloured}");
+    assert!(coloured.contains(ESC), "{coloured}");
+    let plain = at_a_terminal("plan --bogus", &[("NO_COLOR", "1")]);
+    assert!(plain.contains("--bogus"), "{plain}");
+    assert!(!plain.contains(ESC), "{plain}");
+}
+
+#[test]
+fn failed_json_runs_print_nothing_on_standard_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    fs::write(
+        &bad,
+        "[sparsity]\ndensity = 1.5\n[[layer]]\nname = \"a\"\nshape = [4, 4]\n",
+    )
+    .unwrap();
+    let good = dir.path().join("good.toml");
+    fs::write(
+        &good,
+        "[sparsity]\ndensity = 0.5\n[[layer]]\nname = \"a\"\nshape = [4, 4]\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    let good = good.to_str().unwrap();
+    let missing_dir = dir.path().join("no/such/dir/out.safetensors");
+    let missing_dir = missing_dir.to_str().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let out = out.to_str().unwrap();
+    let runs: &[&[&str]] = &[
+        &["plan", bad, "--json"],
+        &["plan", "no-such-spec.toml", "--json"],
+        &["generate", bad, "-o", out, "--json"],
+        &["generate", good, "-o", missing_dir, "--json"],
+        &["generate", good, "--json"],
+        &["plan", good, "--json", "--seed", "-1"],
+    ];
+    for args in runs {
+        let output = run(&mut eoi(args));
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            output.stdout.is_empty(),
+            "{args:?} wrote to stdout: {}",
+            stdout(&output)
+        );
+        assert!(stderr(&output).contains("error"), "{args:?}");
+    }
+}
