@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use eoi::generate::Part;
 use eoi::spec::Format;
 use eoi::tensor::Dtype;
 
@@ -114,9 +115,68 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Print no summary on standard error.
+    /// Print no summary and no progress bar on standard error.
     #[arg(short, long)]
     pub quiet: bool,
+
+    /// Write a directory of safetensors shards of at most SIZE each (e.g. 5GB, 500MB, 2GiB)
+    /// with model.safetensors.index.json, the Hugging Face convention. A layer's weight and
+    /// mask share a shard.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_shard_size: Option<u64>,
+
+    /// Write only shard K of N (with --max-shard-size) into OUT, byte-identical to shard K of
+    /// the full run, so N jobs can write one model with no coordination. Shard 1 also writes
+    /// the index.
+    #[arg(long, value_name = "K/N", value_parser = parse_part, requires = "max_shard_size")]
+    pub shard: Option<Part>,
+}
+
+/// Parses a size such as `5GB` (10^9 bytes), `500MB`, `2GiB` (2^30 bytes) or `1048576`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().map_err(|_| {
+        format!("'{text}' is not a size: use a number with an optional unit, e.g. 5GB or 500MiB")
+    })?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}': use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    let bytes = number * scale as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("'{text}' is not a usable size (at least 1 byte)"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses `K/N` with 1 <= K <= N.
+pub fn parse_part(text: &str) -> Result<Part, String> {
+    let bad = || format!("'{text}' is not a shard: use K/N, e.g. 3/8 for the third of eight");
+    let (k, n) = text.split_once('/').ok_or_else(bad)?;
+    let index: usize = k.trim().parse().map_err(|_| bad())?;
+    let count: usize = n.trim().parse().map_err(|_| bad())?;
+    if index == 0 || index > count {
+        return Err(format!(
+            "'{text}': the shard number must be between 1 and {count}"
+        ));
+    }
+    Ok(Part { index, count })
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -153,6 +213,21 @@ impl From<DtypeArg> for Dtype {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn sizes_and_parts_parse() {
+        assert_eq!(parse_size("5GB"), Ok(5_000_000_000));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5MB"), Ok(1_500_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("5XB").is_err());
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("GB").is_err());
+        assert_eq!(parse_part("2/5"), Ok(Part { index: 2, count: 5 }));
+        assert!(parse_part("0/5").is_err());
+        assert!(parse_part("6/5").is_err());
+        assert!(parse_part("2").is_err());
+    }
 
     #[test]
     fn the_cli_is_well_formed() {

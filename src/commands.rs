@@ -2,8 +2,11 @@
 //! JSON. Everything here turns command-line values into library calls and library results
 //! into text; the work itself happens in the library.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::Path;
+use std::sync::Arc;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use serde_json::{Value, json};
 
@@ -58,13 +61,13 @@ fn read_source(path: &Path) -> Result<Source, Error> {
     }
 }
 
-fn load_plan(args: &SpecArgs, dtype: Option<eoi::tensor::Dtype>) -> Result<Plan, Error> {
+fn load_plan(args: &SpecArgs, overrides: Overrides) -> Result<Plan, Error> {
     let source = read_source(&args.spec)?;
     let spec = spec::parse(source)?;
     let overrides = Overrides {
         seed: args.seed,
         format: args.format.map(Into::into),
-        dtype,
+        ..overrides
     };
     let plan = plan::plan(&spec, &overrides)?;
     for warning in &plan.warnings {
@@ -117,7 +120,7 @@ fn plan_json(plan: &Plan) -> Value {
 }
 
 fn plan_command(args: PlanArgs) -> Result<(), Error> {
-    let plan = load_plan(&args.spec, None)?;
+    let plan = load_plan(&args.spec, Overrides::default())?;
     if args.json {
         return print_json(&plan_json(&plan));
     }
@@ -177,30 +180,69 @@ fn generate_json(plan: &Plan, report: &Report, output: &Path) -> Value {
         "distribution": plan.distribution.name(),
         "target_density": plan.requested_density.get(),
         "density": report.density(),
-        "params": plan.params(),
+        "params": report.stats.iter().map(|s| s.numel).sum::<u64>(),
         "nnz": report.nnz(),
         "bytes": report.bytes,
         "seconds": report.seconds,
-        "layers": plan.layers.iter().zip(&report.stats).map(|(l, s)| layer_record(l, Some(s))).collect::<Vec<_>>(),
+        "files": report.files,
+        "layers": report.layers.iter().zip(&report.stats).map(|(&k, s)| layer_record(&plan.layers[k], Some(s))).collect::<Vec<_>>(),
     })
 }
 
+/// A progress bar on standard error for long runs at a terminal; nothing otherwise.
+fn progress_bar(plan: &Plan, quiet: bool) -> Option<ProgressBar> {
+    const LONG: u64 = 256 << 20;
+    let total: u64 = generate::tensors(plan).iter().map(|t| t.nbytes()).sum();
+    if quiet || total < LONG || !io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+    {
+        bar.set_style(style);
+    }
+    Some(bar)
+}
+
 fn generate_command(args: GenerateArgs) -> Result<(), Error> {
-    let plan = load_plan(&args.spec, args.dtype.map(Into::into))?;
+    let overrides = Overrides {
+        dtype: args.dtype.map(Into::into),
+        max_shard_size: args.max_shard_size,
+        ..Overrides::default()
+    };
+    let plan = load_plan(&args.spec, overrides)?;
+    let bar = progress_bar(&plan, args.quiet);
     let options = Options {
         output: args.output.clone(),
         force: args.force,
         threads: args.threads.map(|n| n.get()),
+        part: args.shard,
+        progress: bar
+            .clone()
+            .map(|bar| -> generate::Progress { Arc::new(move |bytes| bar.inc(bytes)) }),
     };
-    let report = generate::run(&plan, &options)?;
+    let report = generate::run(&plan, &options);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
     if !args.quiet {
+        let what = match (report.files, args.shard) {
+            (1, _) => format!(
+                "{}, {}",
+                plan.output.format.name(),
+                plan.output.dtype.name()
+            ),
+            (n, Some(part)) => format!("shard {} of {n}, {}", part.index, plan.output.dtype.name()),
+            (n, None) => format!("{n} shards, {}", plan.output.dtype.name()),
+        };
+        let weights: u64 = report.stats.iter().map(|s| s.numel).sum();
         eprintln!(
-            "wrote {} ({}, {}): {} layers, {} weights, density {:.5} (target {}, {}), {} nonzeros, {:.1} MB in {:.2} s",
+            "wrote {} ({what}): {} layers, {} weights, density {:.5} (target {}, {}), {} nonzeros, {:.1} MB in {:.2} s",
             args.output.display(),
-            plan.output.format.name(),
-            plan.output.dtype.name(),
-            plan.layers.len(),
-            thousands(plan.params()),
+            report.layers.len(),
+            thousands(weights),
             report.density(),
             plan.requested_density.get(),
             plan.distribution.name(),

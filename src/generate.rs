@@ -4,7 +4,9 @@
 //! places in the output as they finish. Memory is bounded by the layers in flight, not by
 //! the model; the bytes do not depend on the number of threads.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -13,22 +15,42 @@ use crate::error::Error;
 use crate::plan::{LayerPlan, Plan};
 use crate::provenance::Provenance;
 use crate::schemes::{self, LayerStats};
+use crate::spec::Format;
 use crate::spec::Kind;
-use crate::write::{self, Destination, TensorInfo};
+use crate::write::shards::{ShardFile, ShardedOutput};
+use crate::write::{self, Container, Destination, Output, TensorInfo};
+
+/// One of the N parts of a sharded output: shard `index` (1-based) of `count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub index: usize,
+    pub count: usize,
+}
+
+/// Told the bytes of each layer as it is written (weight and mask together).
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
 
 /// How to run.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     pub output: PathBuf,
     pub force: bool,
     /// Worker threads; `None` lets rayon decide (all cores, or `RAYON_NUM_THREADS`).
     pub threads: Option<usize>,
+    /// Write only this shard of a sharded output (and the index, for shard 1).
+    pub part: Option<Part>,
+    pub progress: Option<Progress>,
 }
 
 /// What a run did.
 #[derive(Clone, Debug)]
 pub struct Report {
+    /// The layers written (indices into the plan's layers): all, or one part's.
+    pub layers: Vec<usize>,
+    /// Their statistics, in the same order.
     pub stats: Vec<LayerStats>,
+    /// Number of files the whole output has (1 unless sharded).
+    pub files: usize,
     pub bytes: u64,
     pub seconds: f64,
 }
@@ -43,26 +65,63 @@ impl Report {
     }
 }
 
-/// The output tensors of a plan, in order: each layer's weight, then its mask.
+/// The output tensors of a layer: its weight, then its mask.
+pub fn layer_tensors(plan: &Plan, layer: &LayerPlan) -> [TensorInfo; 2] {
+    let shape = layer.shape.dims().to_vec();
+    [
+        TensorInfo {
+            name: layer.name.clone(),
+            dtype: plan.output.dtype,
+            shape: shape.clone(),
+        },
+        TensorInfo {
+            name: plan.output.mask_name(&layer.name),
+            dtype: plan.output.mask_dtype,
+            shape,
+        },
+    ]
+}
+
+/// The output tensors of a plan, in order: each layer's weight, then its mask. Layer `k`'s
+/// tensors have indices `2k` and `2k + 1`.
 pub fn tensors(plan: &Plan) -> Vec<TensorInfo> {
     plan.layers
         .iter()
-        .flat_map(|layer| {
-            let shape = layer.shape.dims().to_vec();
-            [
-                TensorInfo {
-                    name: layer.name.clone(),
-                    dtype: plan.output.dtype,
-                    shape: shape.clone(),
-                },
-                TensorInfo {
-                    name: plan.output.mask_name(&layer.name),
-                    dtype: plan.output.mask_dtype,
-                    shape,
-                },
-            ]
-        })
+        .flat_map(|layer| layer_tensors(plan, layer))
         .collect()
+}
+
+/// The layers of each shard when the plan asks for sharded output.
+pub fn shards(plan: &Plan) -> Option<Vec<Vec<usize>>> {
+    let max = plan.output.max_shard_size?;
+    let bytes: Vec<u64> = plan
+        .layers
+        .iter()
+        .map(|l| layer_tensors(plan, l).iter().map(TensorInfo::nbytes).sum())
+        .collect();
+    Some(write::shards::assign(&bytes, max))
+}
+
+/// Memory the layers in flight may use together; a larger layer runs alone.
+const MEMORY_BUDGET: u64 = 512 << 20;
+
+/// Splits `layers` (in order) into consecutive groups whose generation memory fits the
+/// budget together, so that memory is bounded by the largest layer, not by the model.
+fn memory_groups(plan: &Plan, layers: &[usize]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0;
+    for &k in layers {
+        let need = layer_memory(&plan.layers[k]);
+        match groups.last_mut() {
+            Some(group) if used + need <= MEMORY_BUDGET => group.push(k),
+            _ => {
+                groups.push(vec![k]);
+                used = 0;
+            }
+        }
+        used += need;
+    }
+    groups
 }
 
 /// Bytes a layer needs while it is generated: its f64 working matrix, the byte mask and the
@@ -84,47 +143,82 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Refuses a plan whose largest layers in flight would not fit in available memory.
-fn check_memory(plan: &Plan, threads: usize) -> Result<(), Error> {
+/// Refuses to start when the layers in flight would not fit in available memory.
+fn check_memory(plan: &Plan, layers: &[usize], threads: usize) -> Result<(), Error> {
     let Some(available) = available_memory() else {
         return Ok(());
     };
-    let mut sizes: Vec<u64> = plan.layers.iter().map(layer_memory).collect();
-    sizes.sort_unstable_by(|a, b| b.cmp(a));
-    let largest = sizes.first().copied().unwrap_or(0);
-    let in_flight: u64 = sizes.iter().take(threads.max(1)).sum();
-    if largest > available {
-        let layer = plan
-            .layers
-            .iter()
-            .max_by_key(|l| layer_memory(l))
-            .expect("a plan has layers");
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let largest = layers
+        .iter()
+        .map(|&k| &plan.layers[k])
+        .max_by_key(|l| layer_memory(l));
+    let Some(largest) = largest else {
+        return Ok(());
+    };
+    let need = layer_memory(largest).max(MEMORY_BUDGET.min(layer_memory(largest) * threads as u64));
+    if need > available {
         return Err(Error::Usage(format!(
             "layer \"{}\" ({}) needs {:.1} GiB to generate, but only {:.1} GiB of memory is available",
-            layer.name,
-            layer.shape,
-            largest as f64 / (1u64 << 30) as f64,
-            available as f64 / (1u64 << 30) as f64
-        )));
-    }
-    if in_flight > available {
-        return Err(Error::Usage(format!(
-            "generating the {threads} largest layers at once needs {:.1} GiB, but only {:.1} GiB of memory is available; pass --threads 1",
-            in_flight as f64 / (1u64 << 30) as f64,
-            available as f64 / (1u64 << 30) as f64
+            largest.name,
+            largest.shape,
+            gib(layer_memory(largest)),
+            gib(available)
         )));
     }
     Ok(())
 }
 
-/// Generates the plan into `options.output`.
+/// Generates the plan into `options.output`: one file, an npy directory, all shards, or the
+/// shards of one part.
 pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
     let started = Instant::now();
     let destination = Destination {
         path: options.output.clone(),
         force: options.force,
     };
-    destination.check(plan.output.format)?;
+    let shards = shards(plan);
+    let selected: Vec<usize> = match (&shards, options.part) {
+        (_, None) => (0..plan.layers.len()).collect(),
+        (None, Some(_)) => {
+            return Err(Error::Usage(
+                "--shard needs sharded output: give --max-shard-size too".into(),
+            ));
+        }
+        (Some(shards), Some(part)) => {
+            if part.count != shards.len() {
+                return Err(Error::Usage(format!(
+                    "--shard {}/{}: this spec makes {} shards with this --max-shard-size, not {}",
+                    part.index,
+                    part.count,
+                    shards.len(),
+                    part.count
+                )));
+            }
+            if part.index == 0 || part.index > part.count {
+                return Err(Error::Usage(format!(
+                    "--shard {}/{}: the shard number must be between 1 and {}",
+                    part.index, part.count, part.count
+                )));
+            }
+            shards[part.index - 1].clone()
+        }
+    };
+    match (plan.output.format, &shards, options.part) {
+        (_, Some(_), Some(_)) => {
+            if destination.path.exists() && !destination.path.is_dir() {
+                return Err(Error::Usage(format!(
+                    "'{}' exists and is not a directory; a sharded output is a directory",
+                    destination.path.display()
+                )));
+            }
+            if !destination.parent().is_dir() {
+                destination.check(Container::Directory)?;
+            }
+        }
+        (Format::Safetensors, None, _) => destination.check(Container::File)?,
+        _ => destination.check(Container::Directory)?,
+    }
     let pool = {
         let mut builder = rayon::ThreadPoolBuilder::new();
         if let Some(n) = options.threads {
@@ -137,21 +231,69 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             ))
         })?
     };
-    check_memory(plan, pool.current_num_threads())?;
+    check_memory(plan, &selected, pool.current_num_threads())?;
     pool.install(|| {
-        let stats: Vec<LayerStats> = plan
-            .layers
+        let stats: Vec<LayerStats> = selected
             .par_iter()
-            .map(|layer| schemes::stats(layer, plan.seed))
+            .map(|&k| schemes::stats(&plan.layers[k], plan.seed))
             .collect();
-        let provenance = Provenance::new(plan, &stats);
-        let output = write::create(plan.output.format, &destination, tensors(plan), &provenance)?;
-        plan.layers
-            .par_iter()
-            .enumerate()
-            .try_for_each(|(k, layer)| -> Result<(), Error> {
+        let stats_of: HashMap<usize, &LayerStats> = selected.iter().copied().zip(&stats).collect();
+        let (output, files): (Box<dyn Output>, usize) = match &shards {
+            None => {
+                let layers: Vec<(&LayerPlan, &LayerStats)> =
+                    plan.layers.iter().zip(&stats).collect();
+                let provenance = Provenance::new(plan, &layers, None);
+                (
+                    write::create(plan.output.format, &destination, tensors(plan), &provenance)?,
+                    1,
+                )
+            }
+            Some(shards) => {
+                let n = shards.len();
+                let files: Vec<ShardFile> = shards
+                    .iter()
+                    .enumerate()
+                    .filter(|(s, _)| options.part.is_none_or(|p| p.index == s + 1))
+                    .map(|(s, layers)| {
+                        let records: Vec<(&LayerPlan, &LayerStats)> = layers
+                            .iter()
+                            .map(|&k| (&plan.layers[k], stats_of[&k]))
+                            .collect();
+                        ShardFile {
+                            name: write::shards::shard_name(s + 1, n),
+                            tensors: layers
+                                .iter()
+                                .flat_map(|&k| layer_tensors(plan, &plan.layers[k]))
+                                .collect(),
+                            global: layers.iter().flat_map(|&k| [2 * k, 2 * k + 1]).collect(),
+                            metadata: Provenance::new(plan, &records, Some((s + 1, n))).metadata,
+                        }
+                    })
+                    .collect();
+                let index = options.part.is_none_or(|p| p.index == 1).then(|| {
+                    let all: Vec<(String, Vec<TensorInfo>)> = shards
+                        .iter()
+                        .enumerate()
+                        .map(|(s, layers)| {
+                            let tensors = layers
+                                .iter()
+                                .flat_map(|&k| layer_tensors(plan, &plan.layers[k]))
+                                .collect();
+                            (write::shards::shard_name(s + 1, n), tensors)
+                        })
+                        .collect();
+                    write::shards::index(&all)
+                });
+                let output =
+                    ShardedOutput::create(&destination, files, index, options.part.is_some())?;
+                (Box::new(output), n)
+            }
+        };
+        for group in memory_groups(plan, &selected) {
+            group.par_iter().try_for_each(|&k| -> Result<(), Error> {
+                let layer = &plan.layers[k];
                 let prepared = schemes::prepare(layer, plan.seed);
-                if prepared.stats != stats[k] {
+                if &prepared.stats != stats_of[&k] {
                     return Err(Error::Internal(format!(
                         "layer \"{}\": generation disagrees with its planned statistics",
                         layer.name
@@ -170,12 +312,24 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                     },
                 );
                 mask_written?;
-                write::write_tensor(output.as_ref(), 2 * k, &weight, plan.output.dtype)
+                write::write_tensor(output.as_ref(), 2 * k, &weight, plan.output.dtype)?;
+                if let Some(progress) = &options.progress {
+                    progress(
+                        layer_tensors(plan, layer)
+                            .iter()
+                            .map(TensorInfo::nbytes)
+                            .sum(),
+                    );
+                }
+                Ok(())
             })?;
+        }
         let bytes = output.bytes();
         output.commit()?;
         Ok(Report {
+            layers: selected.clone(),
             stats,
+            files,
             bytes,
             seconds: started.elapsed().as_secs_f64(),
         })

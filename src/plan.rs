@@ -89,6 +89,8 @@ pub struct OutputPlan {
     pub dtype: Dtype,
     pub mask_dtype: Dtype,
     pub mask_suffix: String,
+    /// Largest shard in bytes: safetensors output becomes a directory of shards.
+    pub max_shard_size: Option<u64>,
 }
 
 impl OutputPlan {
@@ -103,6 +105,7 @@ pub struct Overrides {
     pub seed: Option<u64>,
     pub format: Option<Format>,
     pub dtype: Option<Dtype>,
+    pub max_shard_size: Option<u64>,
 }
 
 /// Everything generation needs.
@@ -383,7 +386,20 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
             .mask_suffix
             .clone()
             .unwrap_or_else(|| "_mask".into()),
+        max_shard_size: overrides.max_shard_size,
     };
+    if output.max_shard_size.is_some() && output.format != Format::Safetensors {
+        return Err(SpecError {
+            file: spec.source.name.clone(),
+            position: None,
+            context: String::new(),
+            message: format!(
+                "sharding (--max-shard-size) applies to safetensors output, not {}",
+                output.format.name()
+            ),
+            help: Some("drop --max-shard-size, or use format safetensors".into()),
+        });
+    }
     check_names(&layers, &output, &spec.source.name)?;
 
     Ok(Plan {

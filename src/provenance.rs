@@ -59,15 +59,19 @@ pub struct Provenance {
 }
 
 impl Provenance {
-    pub fn new(plan: &Plan, stats: &[LayerStats]) -> Provenance {
-        let layers: Vec<Value> = plan
-            .layers
+    /// The provenance of a file holding `layers` (all of a plan's layers, or one shard's),
+    /// with `shard = Some((k, n))` for shard k of n.
+    pub fn new(
+        plan: &Plan,
+        layers: &[(&LayerPlan, &LayerStats)],
+        shard: Option<(usize, usize)>,
+    ) -> Provenance {
+        let layers: Vec<Value> = layers
             .iter()
-            .zip(stats)
             .map(|(l, s)| layer_record(l, Some(s)))
             .collect();
         let layers = Value::Array(layers);
-        let metadata = vec![
+        let mut metadata = vec![
             ("format".into(), "pt".into()),
             ("eoi.version".into(), crate::VERSION.into()),
             ("eoi.stream_version".into(), STREAM_VERSION.to_string()),
@@ -77,7 +81,10 @@ impl Provenance {
             ("eoi.spec".into(), plan.source.text.clone()),
             ("eoi.layers".into(), layers.to_string()),
         ];
-        let document = json!({
+        if let Some((k, n)) = shard {
+            metadata.push(("eoi.shard".into(), format!("{k}/{n}")));
+        }
+        let mut document = json!({
             VERSION_KEY: crate::VERSION,
             "stream_version": STREAM_VERSION,
             "schema_version": SCHEMA_VERSION,
@@ -86,6 +93,9 @@ impl Provenance {
             "spec": plan.source.text,
             "layers": layers,
         });
+        if let Some((k, n)) = shard {
+            document["shard"] = json!(format!("{k}/{n}"));
+        }
         Provenance { metadata, document }
     }
 }

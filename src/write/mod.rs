@@ -5,6 +5,7 @@
 
 pub mod npy;
 pub mod safetensors;
+pub mod shards;
 
 use std::fs::{self, File};
 use std::io;
@@ -159,6 +160,40 @@ fn write_all_at(file: &File, mut buf: &[u8], mut offset: u64) -> io::Result<()> 
     Ok(())
 }
 
+/// Whether an output is one file or a directory of files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Container {
+    File,
+    Directory,
+}
+
+/// A directory may be replaced only if it is empty or an earlier output of eoi (it has eoi's
+/// npy manifest or sharded index), so `--force` can never delete an unrelated directory.
+pub fn check_replaceable(path: &Path) -> Result<(), Error> {
+    let records_eoi = |file: &str, pointer: &str| {
+        fs::read(path.join(file))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+            .is_some_and(|v| v.pointer(pointer).is_some())
+    };
+    let key = crate::provenance::VERSION_KEY;
+    let ours = records_eoi(npy::MANIFEST, &format!("/{key}"))
+        || records_eoi(shards::INDEX, &format!("/metadata/{key}"));
+    let empty = fs::read_dir(path)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
+    if ours || empty {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "'{}' is a directory that eoi did not write (it has no eoi {} or {}); refusing to replace it even with --force",
+            path.display(),
+            npy::MANIFEST,
+            shards::INDEX
+        )))
+    }
+}
+
 /// Where the output goes and whether it may replace what is there.
 #[derive(Clone, Debug)]
 pub struct Destination {
@@ -167,9 +202,10 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Checks, before any work, that the output can be placed: its directory exists, and
-    /// nothing is in the way unless `force` is given.
-    pub fn check(&self, format: Format) -> Result<(), Error> {
+    /// Checks, before any work, that an output of `container` can be placed: its directory
+    /// exists, and nothing is in the way unless `force` is given (and then only a file for a
+    /// file, and for a directory only one that eoi wrote, or an empty one).
+    pub fn check(&self, container: Container) -> Result<(), Error> {
         let parent = self.parent();
         if !parent.is_dir() {
             return Err(Error::Usage(format!(
@@ -184,22 +220,51 @@ impl Destination {
                 "'{}' already exists; pass --force to replace it",
                 self.path.display()
             ))),
-            Ok(meta) => match format {
-                Format::Safetensors if meta.is_dir() => Err(Error::Usage(format!(
-                    "'{}' is a directory; a safetensors output is one file",
+            Ok(meta) => match container {
+                Container::File if meta.is_dir() => Err(Error::Usage(format!(
+                    "'{}' is a directory; this output is one file",
                     self.path.display()
                 ))),
-                Format::Npy if !meta.is_dir() => Err(Error::Usage(format!(
-                    "'{}' exists and is not a directory; an npy output is a directory",
+                Container::Directory if !meta.is_dir() => Err(Error::Usage(format!(
+                    "'{}' exists and is not a directory; this output is a directory",
                     self.path.display()
                 ))),
-                Format::Npy => npy::check_replaceable(&self.path),
-                Format::Safetensors => Ok(()),
+                Container::Directory => check_replaceable(&self.path),
+                Container::File => Ok(()),
             },
         }
     }
 
-    fn parent(&self) -> PathBuf {
+    /// Moves a complete staged directory to the destination. An existing destination (checked
+    /// replaceable before the run) is moved aside first and deleted after.
+    pub(crate) fn place_directory(&self, staged: &Path) -> Result<(), Error> {
+        let dest = &self.path;
+        let moved = |e| {
+            Error::io(
+                format!("cannot move the output into place at '{}'", display(dest)),
+                e,
+            )
+        };
+        if dest.exists() {
+            check_replaceable(dest)?;
+            let aside = staging(0o700)
+                .tempdir_in(self.parent())
+                .map_err(moved)?
+                .keep();
+            fs::rename(dest, aside.join("old")).map_err(moved)?;
+            fs::rename(staged, dest).map_err(moved)?;
+            fs::remove_dir_all(&aside).map_err(|e| {
+                Error::io(
+                    format!("cannot remove the replaced output in '{}'", display(&aside)),
+                    e,
+                )
+            })
+        } else {
+            fs::rename(staged, dest).map_err(moved)
+        }
+    }
+
+    pub fn parent(&self) -> PathBuf {
         match self.path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -214,7 +279,6 @@ pub fn create(
     tensors: Vec<TensorInfo>,
     provenance: &Provenance,
 ) -> Result<Box<dyn Output>, Error> {
-    destination.check(format)?;
     match format {
         Format::Safetensors => Ok(Box::new(safetensors::SafetensorsOutput::create(
             destination,

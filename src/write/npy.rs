@@ -3,7 +3,7 @@
 //! beside the destination and renamed into place when complete.
 
 use std::fs::{self, File};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::{Map, Value, json};
 
@@ -49,27 +49,6 @@ pub fn header(info: &TensorInfo) -> Vec<u8> {
     out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
     out.extend_from_slice(dict.as_bytes());
     out
-}
-
-/// An existing directory may be replaced only if it is empty or an earlier npy output of
-/// eoi (it has our manifest), so `--force` can never delete an unrelated directory.
-pub fn check_replaceable(path: &Path) -> Result<(), Error> {
-    let manifest = path.join(MANIFEST);
-    let ours = fs::read(&manifest)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
-        .is_some_and(|v| v.get(crate::provenance::VERSION_KEY).is_some());
-    let empty = fs::read_dir(path)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false);
-    if ours || empty {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "'{}' is a directory that eoi did not write (it has no eoi {MANIFEST}); refusing to replace it even with --force",
-            path.display()
-        )))
-    }
 }
 
 impl NpyOutput {
@@ -130,35 +109,10 @@ impl Output for NpyOutput {
     }
 
     fn commit(self: Box<Self>) -> Result<(), Error> {
-        let dest = &self.destination.path;
         let manifest_path = self.directory.join(MANIFEST);
         fs::write(&manifest_path, &self.manifest)
             .map_err(|e| Error::io(format!("cannot write '{}'", display(&manifest_path)), e))?;
-        let moved = |e| {
-            Error::io(
-                format!("cannot move the output into place at '{}'", display(dest)),
-                e,
-            )
-        };
-        if dest.exists() {
-            // Checked replaceable before the run; move it aside, put ours in, then delete it.
-            let aside = tempfile::Builder::new()
-                .prefix(".eoi-old-")
-                .tempdir_in(self.destination.parent())
-                .map_err(moved)?
-                .keep();
-            fs::rename(dest, aside.join("old")).map_err(moved)?;
-            fs::rename(&self.directory, dest).map_err(moved)?;
-            fs::remove_dir_all(&aside).map_err(|e| {
-                Error::io(
-                    format!("cannot remove the replaced output in '{}'", display(&aside)),
-                    e,
-                )
-            })?;
-        } else {
-            fs::rename(&self.directory, dest).map_err(moved)?;
-        }
-        Ok(())
+        self.destination.place_directory(&self.directory)
     }
 
     fn bytes(&self) -> u64 {

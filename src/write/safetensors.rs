@@ -5,6 +5,9 @@
 //! element size. The header is built from the plan before any data exists, so its bytes are
 //! deterministic and layers can be written at their offsets as they are generated.
 
+use std::io;
+use std::path::Path;
+
 use serde_json::{Map, Value, json};
 use tempfile::NamedTempFile;
 
@@ -14,13 +17,73 @@ use super::{
 use crate::error::Error;
 use crate::provenance::Provenance;
 
-pub struct SafetensorsOutput {
+/// One safetensors file being written: a hidden temporary file in the destination's
+/// directory, sized and headed before any tensor data arrives.
+pub struct SafetensorsFile {
     file: NamedTempFile,
-    destination: Destination,
     tensors: Vec<TensorInfo>,
-    /// Absolute file offset of each tensor's data, by the index given to `create`.
+    /// Absolute file offset of each tensor's data, in the order of `tensors`.
     offsets: Vec<u64>,
     total: u64,
+}
+
+impl SafetensorsFile {
+    /// Stages a file in `directory` holding `tensors`, with `metadata` in its header.
+    pub fn create(
+        directory: &Path,
+        tensors: Vec<TensorInfo>,
+        metadata: &[(String, String)],
+    ) -> io::Result<SafetensorsFile> {
+        let (header, relative) = layout(&tensors, metadata);
+        let data_start = 8 + header.len() as u64;
+        let total = data_start + tensors.iter().map(TensorInfo::nbytes).sum::<u64>();
+        let file = staging(0o666).tempfile_in(directory)?;
+        file.as_file().set_len(total)?;
+        let mut head = Vec::with_capacity(header.len() + 8);
+        head.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        head.extend_from_slice(&header);
+        write_all_at(file.as_file(), &head, 0)?;
+        Ok(SafetensorsFile {
+            file,
+            offsets: relative.iter().map(|r| r + data_start).collect(),
+            tensors,
+            total,
+        })
+    }
+
+    /// Where tensor `index` (in the order given to `create`) goes.
+    pub fn sink(&self, index: usize) -> TensorSink<'_> {
+        TensorSink::new(
+            SinkFile::Shared(self.file.as_file()),
+            self.offsets[index],
+            &self.tensors[index],
+        )
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// Renames the finished file to `path`; without `replace`, never over an existing file.
+    pub fn persist(self, path: &Path, replace: bool) -> Result<(), Error> {
+        let result = if replace {
+            self.file.persist(path).map(|_| ())
+        } else {
+            self.file.persist_noclobber(path).map(|_| ())
+        };
+        result.map_err(|e| {
+            Error::io(
+                format!("cannot move the output into place at '{}'", display(path)),
+                e.error,
+            )
+        })
+    }
+}
+
+/// A single-file safetensors output.
+pub struct SafetensorsOutput {
+    file: SafetensorsFile,
+    destination: Destination,
 }
 
 /// The header bytes (without the length prefix) and each tensor's offset within the data.
@@ -57,56 +120,27 @@ impl SafetensorsOutput {
         tensors: Vec<TensorInfo>,
         provenance: &Provenance,
     ) -> Result<SafetensorsOutput, Error> {
-        let (header, relative) = layout(&tensors, &provenance.metadata);
-        let data_start = 8 + header.len() as u64;
-        let total = data_start + tensors.iter().map(TensorInfo::nbytes).sum::<u64>();
-        let context = || format!("cannot write '{}'", display(&destination.path));
-        let file = staging(0o666)
-            .tempfile_in(destination.parent())
-            .map_err(|e| Error::io(context(), e))?;
-        file.as_file()
-            .set_len(total)
-            .map_err(|e| Error::io(context(), e))?;
-        let mut head = Vec::with_capacity(header.len() + 8);
-        head.extend_from_slice(&(header.len() as u64).to_le_bytes());
-        head.extend_from_slice(&header);
-        write_all_at(file.as_file(), &head, 0).map_err(|e| Error::io(context(), e))?;
+        let file = SafetensorsFile::create(&destination.parent(), tensors, &provenance.metadata)
+            .map_err(|e| Error::io(format!("cannot write '{}'", display(&destination.path)), e))?;
         Ok(SafetensorsOutput {
             file,
             destination: destination.clone(),
-            offsets: relative.iter().map(|r| r + data_start).collect(),
-            tensors,
-            total,
         })
     }
 }
 
 impl Output for SafetensorsOutput {
     fn tensor(&self, index: usize) -> Result<TensorSink<'_>, Error> {
-        Ok(TensorSink::new(
-            SinkFile::Shared(self.file.as_file()),
-            self.offsets[index],
-            &self.tensors[index],
-        ))
+        Ok(self.file.sink(index))
     }
 
     fn commit(self: Box<Self>) -> Result<(), Error> {
-        let path = self.destination.path.clone();
-        let result = if self.destination.force {
-            self.file.persist(&path).map(|_| ())
-        } else {
-            self.file.persist_noclobber(&path).map(|_| ())
-        };
-        result.map_err(|e| {
-            Error::io(
-                format!("cannot move the output into place at '{}'", display(&path)),
-                e.error,
-            )
-        })
+        self.file
+            .persist(&self.destination.path, self.destination.force)
     }
 
     fn bytes(&self) -> u64 {
-        self.total
+        self.file.bytes()
     }
 }
 

@@ -1,0 +1,207 @@
+//! Sharded safetensors output, the Hugging Face convention: a directory of
+//! `model-00001-of-0000N.safetensors` files and `model.safetensors.index.json`
+//! (`{"metadata": {"total_size": N}, "weight_map": {tensor: file}}`). A layer's weight and
+//! mask always share a shard. Shards are assigned from the plan alone, so `--shard K/N` on
+//! N machines writes exactly the files of one full run, with no coordination.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use super::safetensors::SafetensorsFile;
+use super::{Destination, Output, TensorInfo, TensorSink, display, staging};
+use crate::error::Error;
+
+/// The index file's name.
+pub const INDEX: &str = "model.safetensors.index.json";
+
+/// The file name of shard `k` (1-based) of `n`.
+pub fn shard_name(k: usize, n: usize) -> String {
+    format!("model-{k:05}-of-{n:05}.safetensors")
+}
+
+/// Assigns layers (by their bytes, weight and mask together) to shards: in order, a layer
+/// joins the current shard unless that would take it past `max_bytes`; then a new shard
+/// starts. A layer larger than `max_bytes` gets a shard of its own.
+pub fn assign(layer_bytes: &[u64], max_bytes: u64) -> Vec<Vec<usize>> {
+    let mut shards: Vec<Vec<usize>> = Vec::new();
+    let mut size = 0;
+    for (k, &bytes) in layer_bytes.iter().enumerate() {
+        match shards.last_mut() {
+            Some(current) if size + bytes <= max_bytes => current.push(k),
+            _ => {
+                shards.push(vec![k]);
+                size = 0;
+            }
+        }
+        size += bytes;
+    }
+    shards
+}
+
+/// The index document: every tensor of every shard, in order, and the total tensor bytes.
+pub fn index(files: &[(String, Vec<TensorInfo>)]) -> Vec<u8> {
+    let mut weight_map = Map::new();
+    let mut total = 0;
+    for (file, tensors) in files {
+        for t in tensors {
+            weight_map.insert(t.name.clone(), json!(file));
+            total += t.nbytes();
+        }
+    }
+    let key = crate::provenance::VERSION_KEY;
+    let document = json!({
+        "metadata": {"total_size": total, key: crate::VERSION},
+        "weight_map": Value::Object(weight_map),
+    });
+    let mut bytes = serde_json::to_vec_pretty(&document).expect("JSON values serialize");
+    bytes.push(b'\n');
+    bytes
+}
+
+fn cannot_write(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+    move |e| Error::io(format!("cannot write '{}'", display(path)), e)
+}
+
+/// One shard to write.
+pub struct ShardFile {
+    /// Its file name inside the output directory.
+    pub name: String,
+    pub tensors: Vec<TensorInfo>,
+    /// The index of each tensor in the whole output (as `Output::tensor` is called).
+    pub global: Vec<usize>,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// A sharded output being written: every shard of a full run, staged in a hidden directory
+/// and moved into place whole; or the shards of one part, each staged beside its final name
+/// in the (possibly shared) output directory.
+pub struct ShardedOutput {
+    files: Vec<(String, SafetensorsFile)>,
+    /// Whole-output tensor index -> (file, index within the file).
+    places: HashMap<usize, (usize, usize)>,
+    destination: Destination,
+    /// The hidden directory of a full run; `None` for a part.
+    staged: Option<PathBuf>,
+    index: Option<Vec<u8>>,
+}
+
+impl ShardedOutput {
+    /// Stages `shards`. With `part`, the output directory is shared with other parts: it is
+    /// created if needed and each file replaces its own name only. `index` is written
+    /// with the shards when given.
+    pub fn create(
+        destination: &Destination,
+        shards: Vec<ShardFile>,
+        index: Option<Vec<u8>>,
+        part: bool,
+    ) -> Result<ShardedOutput, Error> {
+        let (directory, staged) = if part {
+            fs::create_dir_all(&destination.path).map_err(cannot_write(&destination.path))?;
+            for name in shards
+                .iter()
+                .map(|s| s.name.as_str())
+                .chain(index.as_ref().map(|_| INDEX))
+            {
+                let path = destination.path.join(name);
+                if path.exists() && !destination.force {
+                    return Err(Error::Usage(format!(
+                        "'{}' already exists; pass --force to replace it",
+                        path.display()
+                    )));
+                }
+            }
+            (destination.path.clone(), None)
+        } else {
+            let staged = staging(0o777)
+                .tempdir_in(destination.parent())
+                .map_err(cannot_write(&destination.path))?
+                .keep();
+            (staged.clone(), Some(staged))
+        };
+        let mut files = Vec::with_capacity(shards.len());
+        let mut places = HashMap::new();
+        for shard in shards {
+            for (local, &global) in shard.global.iter().enumerate() {
+                places.insert(global, (files.len(), local));
+            }
+            let file = SafetensorsFile::create(&directory, shard.tensors, &shard.metadata)
+                .map_err(cannot_write(&directory.join(&shard.name)))?;
+            files.push((shard.name, file));
+        }
+        Ok(ShardedOutput {
+            files,
+            places,
+            destination: destination.clone(),
+            staged,
+            index,
+        })
+    }
+}
+
+impl Output for ShardedOutput {
+    fn tensor(&self, index: usize) -> Result<TensorSink<'_>, Error> {
+        let &(file, local) = self.places.get(&index).ok_or_else(|| {
+            Error::Internal(format!("tensor {index} belongs to no shard being written"))
+        })?;
+        Ok(self.files[file].1.sink(local))
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), Error> {
+        let directory = self
+            .staged
+            .clone()
+            .unwrap_or_else(|| self.destination.path.clone());
+        let replace = self.staged.is_none() && self.destination.force;
+        for (name, file) in std::mem::take(&mut self.files) {
+            file.persist(&directory.join(&name), replace)?;
+        }
+        if let Some(index) = &self.index {
+            let path = directory.join(INDEX);
+            let write = || -> std::io::Result<()> {
+                let staged = staging(0o666).tempfile_in(&directory)?;
+                fs::write(staged.path(), index)?;
+                if replace {
+                    staged.persist(&path)?;
+                } else {
+                    staged.persist_noclobber(&path)?;
+                }
+                Ok(())
+            };
+            write().map_err(|e| Error::io(format!("cannot write '{}'", display(&path)), e))?;
+        }
+        match &self.staged {
+            Some(staged) => self.destination.place_directory(staged),
+            None => Ok(()),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.files.iter().map(|(_, f)| f.bytes()).sum::<u64>()
+            + self.index.as_ref().map_or(0, |i| i.len() as u64)
+    }
+}
+
+impl Drop for ShardedOutput {
+    fn drop(&mut self) {
+        // After a successful commit the staged directory has moved and this finds nothing.
+        if let Some(staged) = &self.staged {
+            let _ = fs::remove_dir_all(staged);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_fill_shards_in_order_and_big_ones_stand_alone() {
+        assert_eq!(assign(&[3, 3, 3, 3], 6), vec![vec![0, 1], vec![2, 3]]);
+        assert_eq!(assign(&[3, 10, 3], 6), vec![vec![0], vec![1], vec![2]]);
+        assert_eq!(assign(&[1, 1, 1], 100), vec![vec![0, 1, 2]]);
+        assert_eq!(shard_name(2, 13), "model-00002-of-00013.safetensors");
+    }
+}
