@@ -17,6 +17,7 @@ use crate::provenance::Provenance;
 use crate::schemes::{self, LayerStats};
 use crate::spec::Format;
 use crate::spec::Kind;
+use crate::tensor;
 use crate::write::shards::{ShardFile, ShardedOutput};
 use crate::write::{self, Container, Destination, Output, TensorInfo};
 
@@ -313,6 +314,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 );
                 mask_written?;
                 write::write_tensor(output.as_ref(), 2 * k, &weight, plan.output.dtype)?;
+                tensor::recycle(weight.into_values());
                 if let Some(progress) = &options.progress {
                     progress(
                         layer_tensors(plan, layer)
