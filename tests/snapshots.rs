@@ -1,0 +1,124 @@
+//! Snapshots (insta) of what a user reads: every help text and representative error
+//! messages, from the real binary. A change to any of them fails here until the stored
+//! snapshot under tests/snapshots/ is updated, so an interface change is a reviewed change.
+//!
+//! To accept a change on purpose: `INSTA_UPDATE=always scripts/test --test snapshots`,
+//! then review `git diff tests/snapshots` and commit it with the change. (Without that,
+//! insta writes the new text beside the old as `.snap.new` files.)
+//!
+//! Help is rendered 100 columns wide (`COLUMNS`), the tool version is replaced by
+//! `[VERSION]` so that a release does not change the snapshots, and no colour variable is
+//! inherited from the caller.
+
+use std::fs;
+use std::path::Path;
+use std::process::Output;
+
+use assert_cmd::cargo::cargo_bin;
+
+/// Runs `eoi args...` in `dir`.
+fn eoi(dir: &Path, args: &[&str]) -> Output {
+    std::process::Command::new(cargo_bin!("eoi"))
+        .args(args)
+        .current_dir(dir)
+        .env("COLUMNS", "100")
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR")
+        .env_remove("CLICOLOR_FORCE")
+        .env_remove("RAYON_NUM_THREADS")
+        .output()
+        .expect("eoi runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8(bytes.to_vec())
+        .expect("output is UTF-8")
+        .replace(env!("CARGO_PKG_VERSION"), "[VERSION]")
+}
+
+/// The standard output of a run that must succeed and print nothing on standard error.
+fn help(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = eoi(dir.path(), args);
+    assert!(output.status.success(), "eoi {args:?} failed");
+    assert!(
+        output.stderr.is_empty(),
+        "eoi {args:?}: {}",
+        text(&output.stderr)
+    );
+    text(&output.stdout)
+}
+
+#[test]
+fn help_texts() {
+    insta::assert_snapshot!("help", help(&["--help"]));
+    insta::assert_snapshot!("help_short", help(&["-h"]));
+    insta::assert_snapshot!("version", help(&["--version"]));
+    for command in ["plan", "generate", "completions", "man", "schema"] {
+        insta::assert_snapshot!(format!("help_{command}"), help(&[command, "--help"]));
+    }
+}
+
+/// A failing run as a transcript: the command, the exit code and both streams.
+fn refused(spec: Option<&str>, args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(spec) = spec {
+        fs::write(dir.path().join("spec.toml"), spec).unwrap();
+    }
+    let output = eoi(dir.path(), args);
+    assert!(!output.status.success(), "eoi {args:?} succeeded");
+    format!(
+        "$ eoi {}\nexit code: {}\n--- stdout\n{}--- stderr\n{}",
+        args.join(" "),
+        output
+            .status
+            .code()
+            .map_or("none".into(), |c| c.to_string()),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+const LAYER: &str = "[[layer]]\nname = \"fc.weight\"\nshape = [4, 100]\n";
+
+#[test]
+fn error_messages() {
+    let cases: &[(&str, Option<String>, &[&str])] = &[
+        (
+            "unknown_key",
+            Some(format!("[sparsity]\ndensty = 0.5\n\n{LAYER}")),
+            &["plan", "spec.toml"],
+        ),
+        (
+            "unknown_value",
+            Some(format!(
+                "[sparsity]\ndensity = 0.5\ndistribution = \"erkk\"\n\n{LAYER}"
+            )),
+            &["plan", "spec.toml"],
+        ),
+        (
+            "density_out_of_range",
+            Some(format!("[sparsity]\ndensity = 1.5\n\n{LAYER}")),
+            &["plan", "spec.toml"],
+        ),
+        (
+            "below_minimum",
+            Some(format!("[sparsity]\ndensity = 0.001\n\n{LAYER}")),
+            &["generate", "spec.toml", "-o", "init.safetensors"],
+        ),
+        (
+            "duplicate_name",
+            Some(format!("[sparsity]\ndensity = 0.5\n\n{LAYER}\n{LAYER}")),
+            &["plan", "spec.toml", "--json"],
+        ),
+        ("missing_file", None, &["plan", "missing.toml"]),
+        (
+            "missing_output_option",
+            Some(format!("[sparsity]\ndensity = 0.5\n\n{LAYER}")),
+            &["generate", "spec.toml"],
+        ),
+    ];
+    for (name, spec, args) in cases {
+        insta::assert_snapshot!(format!("error_{name}"), refused(spec.as_deref(), args));
+    }
+}
