@@ -282,3 +282,47 @@ fn failed_json_runs_print_nothing_on_standard_output() {
         assert!(stderr(&output).contains("error"), "{args:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Versions
+
+#[test]
+fn version_and_json_outputs_name_the_stream_version() {
+    let stream = eoi::stream::STREAM_VERSION;
+    let output = run(&mut eoi(&["--version"]));
+    assert_eq!(
+        stdout(&output),
+        format!(
+            "eoi {} (random streams v{stream})\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    fs::write(
+        &spec,
+        "[sparsity]\ndensity = 0.5\n[[layer]]\nname = \"a\"\nshape = [4, 4]\n",
+    )
+    .unwrap();
+    let spec = spec.to_str().unwrap();
+    let out = dir.path().join("out.safetensors");
+    let runs: &[&[&str]] = &[
+        &["plan", spec, "--json"],
+        &[
+            "generate",
+            spec,
+            "-o",
+            out.to_str().unwrap(),
+            "--json",
+            "-q",
+        ],
+    ];
+    for args in runs {
+        let output = run(&mut eoi(args));
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+        assert_eq!(json["stream_version"], stream, "{args:?}");
+        assert_eq!(json["eoi_version"], env!("CARGO_PKG_VERSION"), "{args:?}");
+    }
+}
