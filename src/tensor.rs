@@ -92,6 +92,21 @@ pub trait RowBlocks: Sync {
 
     /// Appends rows `first..first + count`, row-major, to `out`.
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<Self::Elem>);
+
+    /// Appends rows `first..first + count` encoded as `dtype` to `out`. The default reads
+    /// the rows into `scratch` and encodes them; grids encode straight from their storage.
+    fn encode_rows(
+        &self,
+        first: usize,
+        count: usize,
+        dtype: Dtype,
+        scratch: &mut Vec<Self::Elem>,
+        out: &mut Vec<u8>,
+    ) {
+        scratch.clear();
+        self.rows_into(first, count, scratch);
+        Self::Elem::encode(scratch, dtype, out);
+    }
 }
 
 /// A dense rows x cols matrix.
@@ -178,6 +193,26 @@ impl<T: Element> RowBlocks for Grid<T> {
 
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<T>) {
         self.copy_rows(first, count, out);
+    }
+
+    fn encode_rows(
+        &self,
+        first: usize,
+        count: usize,
+        dtype: Dtype,
+        _: &mut Vec<T>,
+        out: &mut Vec<u8>,
+    ) {
+        match self.order {
+            Order::RowMajor => T::encode(
+                &self.data[first * self.cols..(first + count) * self.cols],
+                dtype,
+                out,
+            ),
+            Order::ColumnMajor => {
+                T::encode_transposed(&self.data, self.rows, self.cols, first, count, dtype, out)
+            }
+        }
     }
 }
 
@@ -306,6 +341,24 @@ impl RowBlocks for Weight {
         }
     }
 
+    fn encode_rows(
+        &self,
+        first: usize,
+        count: usize,
+        dtype: Dtype,
+        scratch: &mut Vec<f64>,
+        out: &mut Vec<u8>,
+    ) {
+        match self {
+            Weight::Matrix(grid) => grid.encode_rows(first, count, dtype, scratch, out),
+            Weight::CentreTap { .. } => {
+                scratch.clear();
+                self.rows_into(first, count, scratch);
+                f64::encode(scratch, dtype, out);
+            }
+        }
+    }
+
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<f64>) {
         match self {
             Weight::Matrix(grid) => grid.copy_rows(first, count, out),
@@ -352,6 +405,24 @@ impl RowBlocks for Mask {
         match self {
             Mask::Bits(bits) => bits.rows_into(first, count, out),
             Mask::Bytes(bytes) => bytes.copy_rows(first, count, out),
+        }
+    }
+
+    fn encode_rows(
+        &self,
+        first: usize,
+        count: usize,
+        dtype: Dtype,
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) {
+        match self {
+            Mask::Bytes(bytes) => bytes.encode_rows(first, count, dtype, scratch, out),
+            Mask::Bits(_) => {
+                scratch.clear();
+                self.rows_into(first, count, scratch);
+                u8::encode(scratch, dtype, out);
+            }
         }
     }
 }
@@ -407,6 +478,41 @@ impl Dtype {
 pub trait Element: Copy + Default + Send + Sync {
     /// Appends `src` encoded as `dtype` to `out`.
     fn encode(src: &[Self], dtype: Dtype, out: &mut Vec<u8>);
+
+    /// Appends rows `first..first + count` of the column-major `rows x cols` matrix `data`,
+    /// encoded as `dtype` in row-major order: transposition and encoding in one pass.
+    fn encode_transposed(
+        data: &[Self],
+        rows: usize,
+        cols: usize,
+        first: usize,
+        count: usize,
+        dtype: Dtype,
+        out: &mut Vec<u8>,
+    );
+}
+
+/// The one transposing encoder: tiles of TILE columns, each tile row written contiguously
+/// while the tile's column runs are read in step, so both sides stay in cache.
+fn transpose_into<T: Copy, const N: usize>(
+    data: &[T],
+    (rows, cols): (usize, usize),
+    (first, count): (usize, usize),
+    out: &mut Vec<u8>,
+    bytes: impl Fn(T) -> [u8; N],
+) {
+    let start = out.len();
+    out.resize(start + count * cols * N, 0);
+    let block = &mut out[start..];
+    for j0 in (0..cols).step_by(TILE) {
+        let width = TILE.min(cols - j0);
+        for i in 0..count {
+            let row = &mut block[(i * cols + j0) * N..(i * cols + j0 + width) * N];
+            for (t, slot) in row.chunks_exact_mut(N).enumerate() {
+                slot.copy_from_slice(&bytes(data[(j0 + t) * rows + first + i]));
+            }
+        }
+    }
 }
 
 /// Appends `src.len() * N` bytes to `out`, each element's bytes from `bytes`.
@@ -428,6 +534,25 @@ impl Element for f64 {
             Dtype::Bool => append(src, out, |x| [u8::from(x != 0.0)]),
         }
     }
+
+    fn encode_transposed(
+        data: &[f64],
+        rows: usize,
+        cols: usize,
+        first: usize,
+        count: usize,
+        dtype: Dtype,
+        out: &mut Vec<u8>,
+    ) {
+        let (shape, range) = ((rows, cols), (first, count));
+        match dtype {
+            Dtype::F32 => transpose_into(data, shape, range, out, |x| {
+                ((x + 0.0) as f32).to_le_bytes()
+            }),
+            Dtype::F64 => transpose_into(data, shape, range, out, |x| (x + 0.0).to_le_bytes()),
+            Dtype::Bool => transpose_into(data, shape, range, out, |x| [u8::from(x != 0.0)]),
+        }
+    }
 }
 
 impl Element for u8 {
@@ -436,6 +561,23 @@ impl Element for u8 {
             Dtype::F32 => append(src, out, |x| f32::from(x).to_le_bytes()),
             Dtype::F64 => append(src, out, |x| f64::from(x).to_le_bytes()),
             Dtype::Bool => append(src, out, |x| [u8::from(x != 0)]),
+        }
+    }
+
+    fn encode_transposed(
+        data: &[u8],
+        rows: usize,
+        cols: usize,
+        first: usize,
+        count: usize,
+        dtype: Dtype,
+        out: &mut Vec<u8>,
+    ) {
+        let (shape, range) = ((rows, cols), (first, count));
+        match dtype {
+            Dtype::F32 => transpose_into(data, shape, range, out, |x| f32::from(x).to_le_bytes()),
+            Dtype::F64 => transpose_into(data, shape, range, out, |x| f64::from(x).to_le_bytes()),
+            Dtype::Bool => transpose_into(data, shape, range, out, |x| [u8::from(x != 0)]),
         }
     }
 }
@@ -451,10 +593,14 @@ pub fn write_all<T: RowBlocks>(tensor: &T, dtype: Dtype, out: &mut dyn Write) ->
     let mut values = Vec::new();
     let mut bytes = Vec::new();
     for first in (0..tensor.rows()).step_by(step) {
-        values.clear();
         bytes.clear();
-        tensor.rows_into(first, step.min(tensor.rows() - first), &mut values);
-        T::Elem::encode(&values, dtype, &mut bytes);
+        tensor.encode_rows(
+            first,
+            step.min(tensor.rows() - first),
+            dtype,
+            &mut values,
+            &mut bytes,
+        );
         out.write_all(&bytes)?;
     }
     out.flush()

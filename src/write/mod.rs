@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::error::Error;
 use crate::provenance::Provenance;
 use crate::spec::Format;
-use crate::tensor::{Dtype, Element, RowBlocks, block_rows};
+use crate::tensor::{Dtype, RowBlocks, block_rows};
 
 /// A tensor of the output, known before its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,10 +122,8 @@ pub fn write_tensor<T: RowBlocks>(
     let encode_block = |buffers: &mut (Vec<T::Elem>, Vec<u8>), block: usize| -> io::Result<()> {
         let (values, bytes) = buffers;
         let first = block * step;
-        values.clear();
         bytes.clear();
-        tensor.rows_into(first, step.min(tensor.rows() - first), values);
-        T::Elem::encode(values, dtype, bytes);
+        tensor.encode_rows(first, step.min(tensor.rows() - first), dtype, values, bytes);
         sink.write_at(first as u64 * row_bytes, bytes)
     };
     let result = if sink.info.nbytes() > PARALLEL_BYTES {
