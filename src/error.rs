@@ -42,6 +42,22 @@ impl Error {
         }
     }
 
+    /// Advice for a failure the message alone does not explain how to fix.
+    pub fn help(&self) -> Option<&'static str> {
+        match self {
+            Error::Io { source, .. } => match source.kind() {
+                io::ErrorKind::FileTooLarge => Some(
+                    "the output is larger than the file-size limit of this process (ulimit -f); raise the limit, or split the output with --max-shard-size",
+                ),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Some(
+                    "the disk (or your quota) is full; free some space or write the output elsewhere",
+                ),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Whether this is a write to a closed pipe (`eoi ... | head`), which ends a run quietly.
     pub fn is_broken_pipe(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)

@@ -20,6 +20,7 @@
 
 pub mod error;
 pub mod generate;
+pub mod interrupt;
 pub mod plan;
 pub mod provenance;
 pub mod schemes;

@@ -5,12 +5,14 @@
 mod cli;
 mod commands;
 mod docs;
+mod signals;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
+    signals::install();
     match commands::run(cli::Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,
@@ -22,6 +24,9 @@ fn main() -> ExitCode {
                     eprintln!("  caused by: {cause}");
                 }
                 source = cause.source();
+            }
+            if let Some(help) = err.help() {
+                eprintln!("  help: {help}");
             }
             ExitCode::from(err.exit_code() as u8)
         }

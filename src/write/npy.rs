@@ -11,6 +11,7 @@ use super::{
     Destination, Output, SinkFile, TensorInfo, TensorSink, display, staging, write_all_at,
 };
 use crate::error::Error;
+use crate::interrupt::{self, Staged};
 use crate::provenance::Provenance;
 
 /// The name of the manifest inside an npy output directory.
@@ -18,6 +19,8 @@ pub const MANIFEST: &str = "manifest.json";
 
 pub struct NpyOutput {
     directory: PathBuf,
+    /// Removes the directory if the run is interrupted.
+    _staged: Staged,
     destination: Destination,
     tensors: Vec<TensorInfo>,
     manifest: Vec<u8>,
@@ -62,6 +65,7 @@ impl NpyOutput {
             .tempdir_in(destination.parent())
             .map_err(|e| Error::io(context(), e))?
             .keep();
+        let staged = interrupt::stage(&directory);
         let mut manifest = match &provenance.document {
             Value::Object(map) => map.clone(),
             other => Map::from_iter([("provenance".to_string(), other.clone())]),
@@ -81,6 +85,7 @@ impl NpyOutput {
         total += manifest.len() as u64;
         Ok(NpyOutput {
             directory,
+            _staged: staged,
             destination: destination.clone(),
             tensors,
             manifest,
@@ -112,7 +117,7 @@ impl Output for NpyOutput {
         let manifest_path = self.directory.join(MANIFEST);
         fs::write(&manifest_path, &self.manifest)
             .map_err(|e| Error::io(format!("cannot write '{}'", display(&manifest_path)), e))?;
-        self.destination.place_directory(&self.directory)
+        interrupt::uninterrupted(|| self.destination.place_directory(&self.directory))
     }
 
     fn bytes(&self) -> u64 {

@@ -15,12 +15,15 @@ use super::{
     Destination, Output, SinkFile, TensorInfo, TensorSink, display, staging, write_all_at,
 };
 use crate::error::Error;
+use crate::interrupt::{self, Staged};
 use crate::provenance::Provenance;
 
 /// One safetensors file being written: a hidden temporary file in the destination's
 /// directory, sized and headed before any tensor data arrives.
 pub struct SafetensorsFile {
     file: NamedTempFile,
+    /// Removes the file if the run is interrupted.
+    _staged: Staged,
     tensors: Vec<TensorInfo>,
     /// Absolute file offset of each tensor's data, in the order of `tensors`.
     offsets: Vec<u64>,
@@ -38,6 +41,7 @@ impl SafetensorsFile {
         let data_start = 8 + header.len() as u64;
         let total = data_start + tensors.iter().map(TensorInfo::nbytes).sum::<u64>();
         let file = staging(0o666).tempfile_in(directory)?;
+        let staged = interrupt::stage(file.path());
         file.as_file().set_len(total)?;
         let mut head = Vec::with_capacity(header.len() + 8);
         head.extend_from_slice(&(header.len() as u64).to_le_bytes());
@@ -45,6 +49,7 @@ impl SafetensorsFile {
         write_all_at(file.as_file(), &head, 0)?;
         Ok(SafetensorsFile {
             file,
+            _staged: staged,
             offsets: relative.iter().map(|r| r + data_start).collect(),
             tensors,
             total,

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use super::safetensors::SafetensorsFile;
 use super::{Destination, Output, TensorInfo, TensorSink, display, staging};
 use crate::error::Error;
+use crate::interrupt::{self, Staged};
 
 /// The index file's name.
 pub const INDEX: &str = "model.safetensors.index.json";
@@ -85,6 +86,8 @@ pub struct ShardedOutput {
     destination: Destination,
     /// The hidden directory of a full run; `None` for a part.
     staged: Option<PathBuf>,
+    /// Removes that directory if the run is interrupted.
+    _registered: Option<Staged>,
     index: Option<Vec<u8>>,
 }
 
@@ -98,7 +101,7 @@ impl ShardedOutput {
         index: Option<Vec<u8>>,
         part: bool,
     ) -> Result<ShardedOutput, Error> {
-        let (directory, staged) = if part {
+        let (directory, staged): (PathBuf, Option<PathBuf>) = if part {
             fs::create_dir_all(&destination.path).map_err(cannot_write(&destination.path))?;
             for name in shards
                 .iter()
@@ -121,23 +124,26 @@ impl ShardedOutput {
                 .keep();
             (staged.clone(), Some(staged))
         };
-        let mut files = Vec::with_capacity(shards.len());
-        let mut places = HashMap::new();
-        for shard in shards {
-            for (local, &global) in shard.global.iter().enumerate() {
-                places.insert(global, (files.len(), local));
-            }
-            let file = SafetensorsFile::create(&directory, shard.tensors, &shard.metadata)
-                .map_err(cannot_write(&directory.join(&shard.name)))?;
-            files.push((shard.name, file));
-        }
-        Ok(ShardedOutput {
-            files,
-            places,
+        let registered = staged.as_deref().map(interrupt::stage);
+        // Built before its files, so that a failure to stage one drops the output and with
+        // it the staged directory and the files already made.
+        let mut output = ShardedOutput {
+            files: Vec::with_capacity(shards.len()),
+            places: HashMap::new(),
             destination: destination.clone(),
             staged,
+            _registered: registered,
             index,
-        })
+        };
+        for shard in shards {
+            for (local, &global) in shard.global.iter().enumerate() {
+                output.places.insert(global, (output.files.len(), local));
+            }
+            let file = SafetensorsFile::create(&directory, shard.tensors, &shard.metadata)
+                .map_err(cannot_write(&destination.path.join(&shard.name)))?;
+            output.files.push((shard.name, file));
+        }
+        Ok(output)
     }
 }
 
@@ -162,6 +168,7 @@ impl Output for ShardedOutput {
             let path = directory.join(INDEX);
             let write = || -> std::io::Result<()> {
                 let staged = staging(0o666).tempfile_in(&directory)?;
+                let _registered = interrupt::stage(staged.path());
                 fs::write(staged.path(), index)?;
                 if replace {
                     staged.persist(&path)?;
@@ -173,7 +180,7 @@ impl Output for ShardedOutput {
             write().map_err(|e| Error::io(format!("cannot write '{}'", display(&path)), e))?;
         }
         match &self.staged {
-            Some(staged) => self.destination.place_directory(staged),
+            Some(staged) => interrupt::uninterrupted(|| self.destination.place_directory(staged)),
             None => Ok(()),
         }
     }
