@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use eoi::generate::Part;
 use eoi::spec::Format;
-use eoi::tensor::Dtype;
+use eoi::tensor::{Dtype, Layout};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -106,6 +106,11 @@ pub struct GenerateArgs {
     /// Weight dtype; overrides the spec's [output] dtype.
     #[arg(long, value_enum, value_name = "DTYPE")]
     pub dtype: Option<DtypeArg>,
+
+    /// Order of the weight dimensions: torch (out, in, k...) or flax (k..., in, out);
+    /// overrides the spec's [output] layout.
+    #[arg(long, value_enum, value_name = "LAYOUT")]
+    pub layout: Option<LayoutArg>,
 
     /// Worker threads (default: all cores, or RAYON_NUM_THREADS). Output bytes do not depend on it.
     #[arg(long, value_name = "N")]
@@ -205,6 +210,21 @@ impl From<DtypeArg> for Dtype {
         match d {
             DtypeArg::F32 => Dtype::F32,
             DtypeArg::F64 => Dtype::F64,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LayoutArg {
+    Torch,
+    Flax,
+}
+
+impl From<LayoutArg> for Layout {
+    fn from(l: LayoutArg) -> Layout {
+        match l {
+            LayoutArg::Torch => Layout::Torch,
+            LayoutArg::Flax => Layout::Flax,
         }
     }
 }

@@ -208,6 +208,7 @@ fn progress_bar(plan: &Plan, quiet: bool) -> Option<ProgressBar> {
 fn generate_command(args: GenerateArgs) -> Result<(), Error> {
     let overrides = Overrides {
         dtype: args.dtype.map(Into::into),
+        layout: args.layout.map(Into::into),
         max_shard_size: args.max_shard_size,
         ..Overrides::default()
     };

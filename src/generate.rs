@@ -17,7 +17,7 @@ use crate::provenance::Provenance;
 use crate::schemes::{self, LayerStats};
 use crate::spec::Format;
 use crate::spec::Kind;
-use crate::tensor;
+use crate::tensor::{self, Dtype, FlaxView, Layout, RowBlocks};
 use crate::write::shards::{ShardFile, ShardedOutput};
 use crate::write::{self, Container, Destination, Output, TensorInfo};
 
@@ -68,7 +68,7 @@ impl Report {
 
 /// The output tensors of a layer: its weight, then its mask.
 pub fn layer_tensors(plan: &Plan, layer: &LayerPlan) -> [TensorInfo; 2] {
-    let shape = layer.shape.dims().to_vec();
+    let shape = plan.output.layout.shape(layer.shape.dims());
     [
         TensorInfo {
             name: layer.name.clone(),
@@ -101,6 +101,22 @@ pub fn shards(plan: &Plan) -> Option<Vec<Vec<usize>>> {
         .map(|l| layer_tensors(plan, l).iter().map(TensorInfo::nbytes).sum())
         .collect();
     Some(write::shards::assign(&bytes, max))
+}
+
+/// Writes a PyTorch-layout tensor of a layer with `taps` spatial taps as tensor `index` of
+/// `output`, in `layout`: the one place where the layout is applied.
+fn write_in_layout<T: RowBlocks>(
+    output: &dyn Output,
+    index: usize,
+    tensor: &T,
+    dtype: Dtype,
+    layout: Layout,
+    taps: usize,
+) -> Result<(), Error> {
+    match layout {
+        Layout::Torch => write::write_tensor(output, index, tensor, dtype),
+        Layout::Flax => write::write_tensor(output, index, &FlaxView::new(tensor, taps), dtype),
+    }
 }
 
 /// Memory the layers in flight may use together; a larger layer runs alone.
@@ -304,16 +320,25 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 let (weight, mask_written) = rayon::join(
                     || prepared.weight(),
                     || {
-                        write::write_tensor(
+                        write_in_layout(
                             output.as_ref(),
                             2 * k + 1,
                             &prepared.mask,
                             plan.output.mask_dtype,
+                            plan.output.layout,
+                            layer.shape.taps(),
                         )
                     },
                 );
                 mask_written?;
-                write::write_tensor(output.as_ref(), 2 * k, &weight, plan.output.dtype)?;
+                write_in_layout(
+                    output.as_ref(),
+                    2 * k,
+                    &weight,
+                    plan.output.dtype,
+                    plan.output.layout,
+                    layer.shape.taps(),
+                )?;
                 tensor::recycle(weight.into_values());
                 if let Some(progress) = &options.progress {
                     progress(

@@ -6,7 +6,7 @@ use crate::schemes::conv::{self, CentreRule};
 use crate::spec::{
     BelowMinimum, Density, Distribution, Format, Gain, Kind, Scheme, Shape, Source, Spec, SpecError,
 };
-use crate::tensor::Dtype;
+use crate::tensor::{Dtype, Layout};
 
 /// Why a layer has its density.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +91,8 @@ pub struct OutputPlan {
     pub mask_suffix: String,
     /// Largest shard in bytes: safetensors output becomes a directory of shards.
     pub max_shard_size: Option<u64>,
+    /// Order of the weight (and mask) dimensions in the output.
+    pub layout: Layout,
 }
 
 impl OutputPlan {
@@ -106,6 +108,7 @@ pub struct Overrides {
     pub format: Option<Format>,
     pub dtype: Option<Dtype>,
     pub max_shard_size: Option<u64>,
+    pub layout: Option<Layout>,
 }
 
 /// Everything generation needs.
@@ -387,6 +390,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
             .clone()
             .unwrap_or_else(|| "_mask".into()),
         max_shard_size: overrides.max_shard_size,
+        layout: overrides.layout.or(spec.output.layout).unwrap_or_default(),
     };
     if output.max_shard_size.is_some() && output.format != Format::Safetensors {
         return Err(SpecError {

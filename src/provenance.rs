@@ -9,6 +9,7 @@ use crate::plan::{LayerPlan, Plan};
 use crate::schemes::LayerStats;
 use crate::spec::Kind;
 use crate::stream::STREAM_VERSION;
+use crate::tensor::Layout;
 
 /// Version of the JSON documents (`plan --json`, `generate --json`, `eoi.layers`).
 pub const SCHEMA_VERSION: u32 = 1;
@@ -71,8 +72,9 @@ impl Provenance {
             .map(|(l, s)| layer_record(l, Some(s)))
             .collect();
         let layers = Value::Array(layers);
+        let flax = plan.output.layout == Layout::Flax;
         let mut metadata = vec![
-            ("format".into(), "pt".into()),
+            ("format".into(), if flax { "flax" } else { "pt" }.into()),
             ("eoi.version".into(), crate::VERSION.into()),
             ("eoi.stream_version".into(), STREAM_VERSION.to_string()),
             ("eoi.schema_version".into(), SCHEMA_VERSION.to_string()),
@@ -81,6 +83,10 @@ impl Provenance {
             ("eoi.spec".into(), plan.source.text.clone()),
             ("eoi.layers".into(), layers.to_string()),
         ];
+        // The default (torch) layout is not recorded, so default artifacts keep their bytes.
+        if flax {
+            metadata.push(("eoi.layout".into(), Layout::Flax.name().into()));
+        }
         if let Some((k, n)) = shard {
             metadata.push(("eoi.shard".into(), format!("{k}/{n}")));
         }
@@ -93,6 +99,9 @@ impl Provenance {
             "spec": plan.source.text,
             "layers": layers,
         });
+        if flax {
+            document["layout"] = json!(Layout::Flax.name());
+        }
         if let Some((k, n)) = shard {
             document["shard"] = json!(format!("{k}/{n}"));
         }

@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::schemes::conv::CentreRule;
-use crate::tensor::Dtype;
+use crate::tensor::{Dtype, Layout};
 
 /// Most layers a spec may expand to; a guard against a `repeat` typo allocating forever.
 pub const MAX_LAYERS: usize = 1_000_000;
@@ -356,6 +356,7 @@ pub struct OutputSpec {
     pub format: Option<Format>,
     pub dtype: Option<Dtype>,
     pub mask_suffix: Option<String>,
+    pub layout: Option<Layout>,
 }
 
 /// One layer after `repeat` expansion.
@@ -471,6 +472,10 @@ struct RawOutput {
     /// Suffix of each weight's mask name (default "_mask").
     #[schemars(with = "Option<String>", length(min = 1))]
     mask_suffix: Option<Spanned<String>>,
+    /// Order of the weight dimensions: "torch" (default; (out, in) and (out, in, k...)) or
+    /// "flax" ((in, out) and (k..., in, out)). Masks follow their weights.
+    #[schemars(with = "Option<String>", extend("enum" = Layout::NAMES))]
+    layout: Option<Spanned<String>>,
 }
 
 /// One `[[layer]]`: a weight tensor, or `repeat` tensors of the same shape.
@@ -1086,6 +1091,20 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 }
                 other => other.as_ref().map(|s| s.get_ref().clone()),
             },
+            layout: ro
+                .layout
+                .as_ref()
+                .map(|v| {
+                    one_of(
+                        errors,
+                        v,
+                        "[output], field `layout`",
+                        "layout",
+                        Layout::NAMES,
+                        Layout::parse,
+                    )
+                })
+                .transpose()?,
         },
     };
 

@@ -90,6 +90,9 @@ pub trait RowBlocks: Sync {
 
     fn row_len(&self) -> usize;
 
+    /// Element (i, j) of the row-major view: row `i`, position `j` within the row.
+    fn get(&self, i: usize, j: usize) -> Self::Elem;
+
     /// Appends rows `first..first + count`, row-major, to `out`.
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<Self::Elem>);
 
@@ -191,6 +194,10 @@ impl<T: Element> RowBlocks for Grid<T> {
         self.cols
     }
 
+    fn get(&self, i: usize, j: usize) -> T {
+        Grid::get(self, i, j)
+    }
+
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<T>) {
         self.copy_rows(first, count, out);
     }
@@ -271,6 +278,10 @@ impl RowBlocks for BitGrid {
         self.cols
     }
 
+    fn get(&self, i: usize, j: usize) -> u8 {
+        u8::from(BitGrid::get(self, i, j))
+    }
+
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<u8>) {
         let start = out.len();
         out.resize(start + count * self.cols, 0);
@@ -341,6 +352,19 @@ impl RowBlocks for Weight {
         }
     }
 
+    fn get(&self, i: usize, j: usize) -> f64 {
+        match self {
+            Weight::Matrix(grid) => grid.get(i, j),
+            Weight::CentreTap { centre, taps, tap } => {
+                if j % taps == *tap {
+                    centre.get(i, j / taps)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
     fn encode_rows(
         &self,
         first: usize,
@@ -401,6 +425,13 @@ impl RowBlocks for Mask {
         }
     }
 
+    fn get(&self, i: usize, j: usize) -> u8 {
+        match self {
+            Mask::Bits(bits) => u8::from(bits.get(i, j)),
+            Mask::Bytes(bytes) => bytes.get(i, j),
+        }
+    }
+
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<u8>) {
         match self {
             Mask::Bits(bits) => bits.rows_into(first, count, out),
@@ -423,6 +454,94 @@ impl RowBlocks for Mask {
                 self.rows_into(first, count, scratch);
                 u8::encode(scratch, dtype, out);
             }
+        }
+    }
+}
+
+/// The order of a weight's dimensions in the output.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// PyTorch: linear (out, in), convolution (out, in, k...). The order the schemes work in.
+    #[default]
+    Torch,
+    /// Flax/JAX: Dense kernels (in, out), convolution kernels (k..., in, out) (HWIO in 2-D).
+    Flax,
+}
+
+impl Layout {
+    pub const NAMES: &'static [&'static str] = &["torch", "flax"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Torch => "torch",
+            Layout::Flax => "flax",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Layout> {
+        match name {
+            "torch" => Some(Layout::Torch),
+            "flax" => Some(Layout::Flax),
+            _ => None,
+        }
+    }
+
+    /// The output shape of a tensor whose PyTorch shape is `dims` ([out, in, k...]).
+    pub fn shape(self, dims: &[usize]) -> Vec<usize> {
+        match self {
+            Layout::Torch => dims.to_vec(),
+            Layout::Flax => {
+                let mut shape = dims[2..].to_vec();
+                shape.extend([dims[1], dims[0]]);
+                shape
+            }
+        }
+    }
+}
+
+/// A PyTorch-layout tensor (out, in, k...), seen as rows of `row_len() = in * taps`, read in
+/// Flax layout (k..., in, out): the same values, permuted. Row `r = t * in + i` of the result
+/// (tap `t`, input `i`) holds element (o, i * taps + t) of the PyTorch tensor for every output
+/// `o`. This wrapper is the only place the layout is changed; the encoding that follows is
+/// the same [`Element::encode`] as for PyTorch layout.
+pub struct FlaxView<'a, T> {
+    inner: &'a T,
+    taps: usize,
+}
+
+impl<'a, T: RowBlocks> FlaxView<'a, T> {
+    /// Wraps `inner`, whose rows are `row_len() / taps` inputs times `taps` spatial taps.
+    pub fn new(inner: &'a T, taps: usize) -> FlaxView<'a, T> {
+        assert!(
+            taps >= 1 && inner.row_len() % taps == 0,
+            "taps do not divide the row"
+        );
+        FlaxView { inner, taps }
+    }
+}
+
+impl<T: RowBlocks> RowBlocks for FlaxView<'_, T> {
+    type Elem = T::Elem;
+
+    fn rows(&self) -> usize {
+        self.inner.row_len()
+    }
+
+    fn row_len(&self) -> usize {
+        self.inner.rows()
+    }
+
+    fn get(&self, r: usize, o: usize) -> T::Elem {
+        let inp = self.inner.row_len() / self.taps;
+        let (t, i) = (r / inp, r % inp);
+        self.inner.get(o, i * self.taps + t)
+    }
+
+    fn rows_into(&self, first: usize, count: usize, out: &mut Vec<T::Elem>) {
+        let outs = self.inner.rows();
+        out.reserve(count * outs);
+        for r in first..first + count {
+            out.extend((0..outs).map(|o| self.get(r, o)));
         }
     }
 }
