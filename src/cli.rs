@@ -135,6 +135,12 @@ pub struct GenerateArgs {
     /// the index.
     #[arg(long, value_name = "K/N", value_parser = parse_part, requires = "max_shard_size")]
     pub shard: Option<Part>,
+
+    /// Refuse to start if generating the largest layer needs more than SIZE of memory (e.g.
+    /// 8GiB); smaller layers are run in parallel only within it. Default: 75% of the memory
+    /// available when the run starts.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
 }
 
 /// Parses a size such as `5GB` (10^9 bytes), `500MB`, `2GiB` (2^30 bytes) or `1048576`.

@@ -219,6 +219,7 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         force: args.force,
         threads: args.threads.map(|n| n.get()),
         part: args.shard,
+        max_memory: args.max_memory,
         progress: bar
             .clone()
             .map(|bar| -> generate::Progress { Arc::new(move |bytes| bar.inc(bytes)) }),

@@ -41,6 +41,9 @@ pub struct Options {
     /// Write only this shard of a sharded output (and the index, for shard 1).
     pub part: Option<Part>,
     pub progress: Option<Progress>,
+    /// Most memory the run may use, in bytes; `None`: [`DEFAULT_MEMORY_SHARE`] of the memory
+    /// available, where that can be read.
+    pub max_memory: Option<u64>,
 }
 
 /// What a run did.
@@ -122,15 +125,18 @@ fn write_in_layout<T: RowBlocks>(
 /// Memory the layers in flight may use together; a larger layer runs alone.
 const MEMORY_BUDGET: u64 = 512 << 20;
 
-/// Splits `layers` (in order) into consecutive groups whose generation memory fits the
-/// budget together, so that memory is bounded by the largest layer, not by the model.
-fn memory_groups(plan: &Plan, layers: &[usize]) -> Vec<Vec<usize>> {
+/// The share of the available memory a run may use when `--max-memory` is not given.
+pub const DEFAULT_MEMORY_SHARE: f64 = 0.75;
+
+/// Splits `layers` (in order) into consecutive groups whose generation memory fits `budget`
+/// together, so that memory is bounded by the largest layer, not by the model.
+fn memory_groups(plan: &Plan, layers: &[usize], budget: u64) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut used = 0;
     for &k in layers {
         let need = layer_memory(&plan.layers[k]);
         match groups.last_mut() {
-            Some(group) if used + need <= MEMORY_BUDGET => group.push(k),
+            Some(group) if used + need <= budget => group.push(k),
             _ => {
                 groups.push(vec![k]);
                 used = 0;
@@ -160,12 +166,44 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Refuses to start when the layers in flight would not fit in available memory.
-fn check_memory(plan: &Plan, layers: &[usize], threads: usize) -> Result<(), Error> {
-    let Some(available) = available_memory() else {
-        return Ok(());
-    };
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+/// A byte count for people: `512 B`, `38.3 MiB`, `1.5 GiB`.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// The memory limit of a run: `--max-memory`, or a share of the memory available now.
+/// `None` when neither is known. The text says where the limit comes from.
+fn memory_limit(max_memory: Option<u64>) -> Option<(u64, String)> {
+    match max_memory {
+        Some(limit) => Some((limit, "--max-memory".into())),
+        None => available_memory().map(|available| {
+            let limit = (available as f64 * DEFAULT_MEMORY_SHARE) as u64;
+            (
+                limit,
+                format!(
+                    "default ({:.0}% of the {} available)",
+                    DEFAULT_MEMORY_SHARE * 100.0,
+                    human_size(available)
+                ),
+            )
+        }),
+    }
+}
+
+/// Refuses to start when generating the largest of `layers` needs more than `limit`. Layers
+/// run in parallel only within the limit (see [`memory_groups`]), so the largest layer
+/// decides what a run needs.
+fn check_memory(plan: &Plan, layers: &[usize], limit: u64, source: &str) -> Result<(), Error> {
     let largest = layers
         .iter()
         .map(|&k| &plan.layers[k])
@@ -173,14 +211,16 @@ fn check_memory(plan: &Plan, layers: &[usize], threads: usize) -> Result<(), Err
     let Some(largest) = largest else {
         return Ok(());
     };
-    let need = layer_memory(largest).max(MEMORY_BUDGET.min(layer_memory(largest) * threads as u64));
-    if need > available {
+    let need = layer_memory(largest);
+    if need > limit {
         return Err(Error::Usage(format!(
-            "layer \"{}\" ({}) needs {:.1} GiB to generate, but only {:.1} GiB of memory is available",
+            "layer \"{}\" ({}) needs {} of memory to generate, more than the {} allowed by {source}; nothing was written\n  \
+             help: pass --max-memory {}MiB or more if the machine has that much free, or run on a machine with more memory",
             largest.name,
             largest.shape,
-            gib(layer_memory(largest)),
-            gib(available)
+            human_size(need),
+            human_size(limit),
+            need.div_ceil(1 << 20),
         )));
     }
     Ok(())
@@ -248,7 +288,13 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             ))
         })?
     };
-    check_memory(plan, &selected, pool.current_num_threads())?;
+    let budget = match memory_limit(options.max_memory) {
+        Some((limit, source)) => {
+            check_memory(plan, &selected, limit, &source)?;
+            MEMORY_BUDGET.min(limit)
+        }
+        None => MEMORY_BUDGET,
+    };
     pool.install(|| {
         let stats: Vec<LayerStats> = selected
             .par_iter()
@@ -306,7 +352,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 (Box::new(output), n)
             }
         };
-        for group in memory_groups(plan, &selected) {
+        for group in memory_groups(plan, &selected, budget) {
             group.par_iter().try_for_each(|&k| -> Result<(), Error> {
                 let layer = &plan.layers[k];
                 let prepared = schemes::prepare(layer, plan.seed);
@@ -361,4 +407,67 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             seconds: started.elapsed().as_secs_f64(),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{self, Overrides};
+    use crate::spec::{self, Source};
+
+    fn plan_of(layers: &[(usize, usize)]) -> Plan {
+        let mut text = String::from("[sparsity]\ndensity = 0.5\n");
+        for (k, (out, inp)) in layers.iter().enumerate() {
+            text.push_str(&format!(
+                "[[layer]]\nname = \"l{k}\"\nshape = [{out}, {inp}]\n"
+            ));
+        }
+        let spec = spec::parse(Source {
+            name: "t.toml".into(),
+            text,
+        })
+        .unwrap();
+        plan::plan(&spec, &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn sizes_read_in_binary_units() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(38 << 20), "38.0 MiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn the_largest_layer_decides_and_the_message_gives_the_figure_and_the_fix() {
+        // 1000 x 1000: 9 MB of f64 matrix and byte mask, and the bitsets.
+        let plan = plan_of(&[(10, 10), (1000, 1000)]);
+        let need = layer_memory(&plan.layers[1]);
+        assert_eq!(need, 1000 * 1000 * 9 + 1000 * 1000 / 8);
+        assert!(check_memory(&plan, &[0, 1], need, "--max-memory X").is_ok());
+        let err = check_memory(&plan, &[0, 1], need - 1, "--max-memory X")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("layer \"l1\" (1000x1000) needs 8.7 MiB"),
+            "{err}"
+        );
+        assert!(err.contains("8.7 MiB allowed by --max-memory X"), "{err}");
+        assert!(err.contains("pass --max-memory 9MiB or more"), "{err}");
+        // A part without the large layer needs only its own.
+        assert!(check_memory(&plan, &[0], 1 << 10, "--max-memory X").is_ok());
+    }
+
+    #[test]
+    fn groups_stay_within_the_budget() {
+        let plan = plan_of(&[(100, 100); 6]);
+        let one = layer_memory(&plan.layers[0]);
+        let all: Vec<usize> = (0..6).collect();
+        assert_eq!(memory_groups(&plan, &all, 6 * one), vec![all.clone()]);
+        assert_eq!(
+            memory_groups(&plan, &all, 2 * one),
+            vec![vec![0, 1], vec![2, 3], vec![4, 5]]
+        );
+        assert_eq!(memory_groups(&plan, &all, 1).len(), 6);
+    }
 }
