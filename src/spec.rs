@@ -625,19 +625,28 @@ pub fn closest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
+/// Edit distance counting insertions, deletions, substitutions and swaps of two adjacent
+/// characters (the optimal string alignment distance), so `gian` is one edit from `gain`.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let substitution = diagonal + usize::from(ca != cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+    // Rows i - 2, i - 1 and i of the table.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut current = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            current[j] = (previous[j - 1] + cost)
+                .min(previous[j] + 1)
+                .min(current[j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                current[j] = current[j].min(before[j - 2] + 1);
+            }
         }
+        before = std::mem::replace(&mut previous, current);
     }
-    row[b.len()]
+    previous[b.len()]
 }
 
 fn quoted_list(names: &[&str]) -> String {
@@ -774,6 +783,16 @@ fn check_keys(doc: &DeTable<'_>, errors: &Errors<'_>) -> Result<(), SpecError> {
             "layer" => fields_of::<RawLayer>(),
             _ => continue,
         };
+        if name == "layer" && !matches!(value.get_ref(), DeValue::Array(_)) {
+            return Err(with_help(
+                errors.at(
+                    &key.span(),
+                    "top level",
+                    "`layer` must be an array of tables, one per weight tensor",
+                ),
+                "write each layer under its own [[layer]] header, with two brackets",
+            ));
+        }
         match value.get_ref() {
             DeValue::Table(table) => {
                 for (field, _) in table.iter() {
@@ -814,15 +833,45 @@ pub fn parse(source: Source) -> Result<Spec, SpecError> {
     }
     let doc = DeTable::parse(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
-        errors.at(&span, "", format!("invalid TOML: {}", e.message()))
+        let mut message = format!("invalid TOML: {}", e.message());
+        let found = text.get(span.clone()).unwrap_or("");
+        if message.ends_with("duplicate key") && !found.is_empty() && !found.contains('\n') {
+            message.push_str(&format!(" `{found}`"));
+        }
+        errors.at(&span, "", message)
     })?;
     check_keys(doc.get_ref(), &errors)?;
     let raw: RawSpec = toml::from_str(text).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
         let context = context_at(doc.get_ref(), span.start);
-        errors.at(&span, context, e.message().to_string())
+        errors.at(&span, context, in_toml_terms(e.message()))
     })?;
     validate(raw, &source, &errors)
+}
+
+/// serde's type errors name Rust types (`expected i64`, `struct RawSparsity`); a spec's
+/// author knows TOML's: integer, number (float), array, table.
+fn in_toml_terms(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("invalid type: integer `")
+        && let Some((number, _)) = rest.split_once("` as i128")
+    {
+        return format!("integer {number} is too large (at most {})", i64::MAX);
+    }
+    let mut text = message.to_string();
+    for (rust, toml) in [
+        ("expected i64", "expected an integer"),
+        ("expected f64", "expected a number"),
+        ("expected a sequence", "expected an array"),
+        ("invalid type: sequence", "invalid type: array"),
+        ("invalid type: map", "invalid type: table"),
+        ("floating point", "float"),
+    ] {
+        text = text.replace(rust, toml);
+    }
+    match text.find("expected struct Raw") {
+        Some(at) => format!("{}expected a table", &text[..at]),
+        None => text,
+    }
 }
 
 fn one_of<T>(
@@ -1288,6 +1337,24 @@ mod tests {
     }
 
     #[test]
+    fn type_errors_speak_toml() {
+        let err = parse_str("seed = 1.5\n[sparsity]\ndensity = 0.5\n").unwrap_err();
+        assert!(err.message.contains("expected an integer"), "{err}");
+        let err =
+            parse_str("seed = 99999999999999999999\n[sparsity]\ndensity = 0.5\n").unwrap_err();
+        assert!(err.message.contains("is too large"), "{err}");
+        let err = parse_str("sparsity = 0.5\n").unwrap_err();
+        assert!(err.message.ends_with("expected a table"), "{err}");
+        let err = parse_str(&format!("{MINIMAL}density = \"0.5\"\n")).unwrap_err();
+        assert!(err.message.contains("expected a number"), "{err}");
+        let err = parse_str("[sparsity]\ndensity = 0.5\n[layer]\nname = 'a'\nshape = [2, 2]\n")
+            .unwrap_err();
+        assert!(err.help.unwrap().contains("[[layer]]"));
+        let err = parse_str("[sparsity]\ndensity = 0.5\ndensity = 0.2\n").unwrap_err();
+        assert!(err.message.contains("duplicate key `density`"), "{err}");
+    }
+
+    #[test]
     fn type_errors_name_the_layer_and_field() {
         let err =
             parse_str("[sparsity]\ndensity = 0.5\n[[layer]]\nname = \"a\"\nshape = [3, 3.5]\n")
@@ -1526,5 +1593,10 @@ mod tests {
     fn suggestions_need_a_close_match() {
         assert_eq!(closest("densty", &["density", "dense"]), Some("density"));
         assert_eq!(closest("zzz", &["density", "dense"]), None);
+        assert_eq!(closest("gian", &["scheme", "gain"]), Some("gain"));
+        assert_eq!(closest("ekr", Distribution::NAMES), Some("erk"));
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", "abc"), 0);
+        assert_eq!(edit_distance("ab", "ba"), 1);
     }
 }

@@ -206,8 +206,13 @@ impl Destination {
     pub fn check(&self, container: Container) -> Result<(), Error> {
         let parent = self.parent();
         if !parent.is_dir() {
+            let what = if parent.exists() {
+                "is not a directory"
+            } else {
+                "does not exist"
+            };
             return Err(Error::Usage(format!(
-                "cannot write '{}': the directory '{}' does not exist",
+                "cannot write '{}': the directory '{}' {what}",
                 self.path.display(),
                 parent.display()
             )));
