@@ -2,56 +2,159 @@
 //! tests/golden/small.toml, per dtype. They freeze the random streams, the stop rule, the
 //! conv rule and density planning: if one changes, output bytes change, which is a breaking
 //! change (new major version, CHANGELOG entry, and new hashes here).
+//!
+//! The hashes are of each tensor's data, not of whole files, so the same table holds for
+//! every container: one safetensors file, an npy directory and sharded safetensors all carry
+//! the same little-endian, C-ordered bytes (masks as one byte per element). They hold too
+//! for any thread count, and with another layer added to the spec, since every tensor draws
+//! from its own stream.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use assert_cmd::Command;
 use safetensors::SafeTensors;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const SPEC: &str = "tests/golden/small.toml";
 
-/// Generates the golden spec with `args` and returns SHA-256 of each tensor's data.
-fn tensor_hashes(dtype: &str) -> BTreeMap<String, String> {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("golden.safetensors");
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs `eoi generate SPEC -q -o OUT ARGS...`.
+fn generate(spec: &Path, out: &Path, args: &[&str]) {
     Command::cargo_bin("eoi")
         .unwrap()
-        .args(["generate", SPEC, "-q", "--dtype", dtype, "-o"])
-        .arg(&out)
+        .env_remove("RAYON_NUM_THREADS")
+        .arg("generate")
+        .arg(spec)
+        .args(["-q", "-o"])
+        .arg(out)
+        .args(args)
         .assert()
         .success();
-    let bytes = std::fs::read(&out).unwrap();
+}
+
+/// SHA-256 of each tensor's data in a safetensors file, read with the safetensors crate.
+fn safetensors_hashes(path: &Path) -> BTreeMap<String, String> {
+    let bytes = std::fs::read(path).unwrap();
     let file = SafeTensors::deserialize(&bytes).unwrap();
     file.tensors()
         .into_iter()
-        .map(|(name, view)| {
-            let digest = Sha256::digest(view.data());
-            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-            (name, hex)
+        .map(|(name, view)| (name, sha256(view.data())))
+        .collect()
+}
+
+/// SHA-256 of each tensor's data in an npy directory: the bytes after each file's header,
+/// whose length the .npy format states (a u16 in version 1, a u32 in versions 2 and 3).
+fn npy_hashes(dir: &Path) -> BTreeMap<String, String> {
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let tensors = manifest["tensors"].as_array().unwrap();
+    tensors
+        .iter()
+        .map(|t| {
+            let bytes = std::fs::read(dir.join(t["file"].as_str().unwrap())).unwrap();
+            assert_eq!(&bytes[..6], b"\x93NUMPY");
+            let data = match bytes[6] {
+                1 => 10 + u16::from_le_bytes([bytes[8], bytes[9]]) as usize,
+                _ => 12 + u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
+            };
+            (
+                t["name"].as_str().unwrap().to_string(),
+                sha256(&bytes[data..]),
+            )
         })
         .collect()
 }
 
-fn check(dtype: &str, expected: &[(&str, &str)]) {
-    assert!(Path::new(SPEC).exists());
-    let actual = tensor_hashes(dtype);
+/// SHA-256 of each tensor's data in a sharded output, every shard the index names.
+fn sharded_hashes(dir: &Path) -> BTreeMap<String, String> {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("model.safetensors.index.json")).unwrap())
+            .unwrap();
+    let mut files: Vec<&str> = index["weight_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    files.sort();
+    files.dedup();
+    assert!(
+        files.len() > 1,
+        "the golden spec should make several shards"
+    );
+    let mut hashes = BTreeMap::new();
+    for file in files {
+        let shard = safetensors_hashes(&dir.join(file));
+        for (name, hash) in shard {
+            assert_eq!(index["weight_map"][&name], file, "{name}");
+            assert!(hashes.insert(name.clone(), hash).is_none(), "{name} twice");
+        }
+    }
+    hashes
+}
+
+/// The container to write the golden spec in.
+#[derive(Clone, Copy, Debug)]
+enum Container {
+    Safetensors,
+    Npy,
+    Sharded,
+}
+
+/// Generates `spec` as `container` with `args` and returns each tensor's data hash.
+fn hashes(spec: &Path, container: Container, args: &[&str]) -> BTreeMap<String, String> {
+    let dir = tempfile::tempdir().unwrap();
+    match container {
+        Container::Safetensors => {
+            let out = dir.path().join("golden.safetensors");
+            generate(spec, &out, args);
+            safetensors_hashes(&out)
+        }
+        Container::Npy => {
+            let out = dir.path().join("golden");
+            generate(spec, &out, &[args, &["--format", "npy"]].concat());
+            npy_hashes(&out)
+        }
+        Container::Sharded => {
+            // About 12 KB per shard: the golden spec's 30 KB of f32 tensors make several.
+            let out = dir.path().join("golden");
+            generate(spec, &out, &[args, &["--max-shard-size", "12KB"]].concat());
+            sharded_hashes(&out)
+        }
+    }
+}
+
+/// Checks `actual` against the table `expected`; on a mismatch, prints the new table.
+fn check_table(what: &str, actual: &BTreeMap<String, String>, expected: &[(&str, &str)]) {
     let expected: BTreeMap<String, String> = expected
         .iter()
         .map(|(n, h)| (n.to_string(), h.to_string()))
         .collect();
-    if actual != expected {
+    if *actual != expected {
         let listing: Vec<String> = actual
             .iter()
             .map(|(n, h)| format!("        (\"{n}\", \"{h}\"),"))
             .collect();
         panic!(
-            "output bytes of {SPEC} ({dtype}) changed: the random streams or the method changed.\n\
+            "output bytes of {what} changed: the random streams or the method changed.\n\
              If that is intended, it is a breaking change; the new hashes are:\n{}",
             listing.join("\n")
         );
     }
+}
+
+fn check(dtype: &str, expected: &[(&str, &str)]) {
+    assert!(Path::new(SPEC).exists());
+    let actual = hashes(Path::new(SPEC), Container::Safetensors, &["--dtype", dtype]);
+    check_table(&format!("{SPEC} ({dtype})"), &actual, expected);
 }
 
 #[test]
@@ -62,6 +165,66 @@ fn f32_output_is_frozen() {
 #[test]
 fn f64_output_is_frozen() {
     check("f64", F64);
+}
+
+#[test]
+fn npy_and_sharded_outputs_hold_the_same_bytes() {
+    let spec = Path::new(SPEC);
+    for (container, dtype, table) in [
+        (Container::Npy, "f32", F32),
+        (Container::Npy, "f64", F64),
+        (Container::Sharded, "f32", F32),
+        (Container::Sharded, "f64", F64),
+    ] {
+        let actual = hashes(spec, container, &["--dtype", dtype]);
+        check_table(&format!("{SPEC} ({container:?}, {dtype})"), &actual, table);
+    }
+}
+
+#[test]
+fn thread_counts_change_no_golden_byte() {
+    let spec = Path::new(SPEC);
+    for (container, threads) in [
+        (Container::Safetensors, "1"),
+        (Container::Npy, "3"),
+        (Container::Sharded, "1"),
+        (Container::Sharded, "5"),
+    ] {
+        let actual = hashes(spec, container, &["--threads", threads]);
+        check_table(
+            &format!("{SPEC} ({container:?}, --threads {threads})"),
+            &actual,
+            F32,
+        );
+    }
+}
+
+#[test]
+fn adding_a_layer_changes_no_golden_tensor() {
+    // The new layer goes first, so every other layer moves in every container. It keeps the
+    // spec's overall density 0.3 itself, so the ERK budget of the other layers (and with it
+    // their densities, to the last bit) stays as it was.
+    let text = std::fs::read_to_string(SPEC).unwrap();
+    let (head, layers) = text.split_once("\n[[layer]]").unwrap();
+    let extended = format!(
+        "{head}\n[[layer]]\nname = \"added.weight\"\nshape = [20, 20]\ndensity = 0.3\n\n[[layer]]{layers}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("extended.toml");
+    std::fs::write(&spec, extended).unwrap();
+    for container in [Container::Safetensors, Container::Npy, Container::Sharded] {
+        let mut actual = hashes(&spec, container, &[]);
+        assert!(actual.remove("added.weight").is_some(), "{container:?}");
+        assert!(
+            actual.remove("added.weight_mask").is_some(),
+            "{container:?}"
+        );
+        check_table(
+            &format!("{SPEC} with a layer added ({container:?})"),
+            &actual,
+            F32,
+        );
+    }
 }
 
 const F32: &[(&str, &str)] = &[
