@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use eoi::generate::Part;
-use eoi::spec::Format;
+use eoi::spec::{Format, Names};
 use eoi::tensor::{Dtype, Layout};
 
 const EXAMPLES: &str = "\
@@ -111,6 +111,11 @@ pub struct GenerateArgs {
     /// overrides the spec's [output] layout.
     #[arg(long, value_enum, value_name = "LAYOUT")]
     pub layout: Option<LayoutArg>,
+
+    /// Tensor names: plain (X and X_mask) or torch-prune (<module>.weight_orig and
+    /// <module>.weight_mask, mask in the weight dtype); overrides the spec's [output] names.
+    #[arg(long, value_enum, value_name = "NAMES")]
+    pub names: Option<NamesArg>,
 
     /// Worker threads (default: all cores, or RAYON_NUM_THREADS). Output bytes do not depend on it.
     #[arg(long, value_name = "N")]
@@ -216,6 +221,21 @@ impl From<DtypeArg> for Dtype {
         match d {
             DtypeArg::F32 => Dtype::F32,
             DtypeArg::F64 => Dtype::F64,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum NamesArg {
+    Plain,
+    TorchPrune,
+}
+
+impl From<NamesArg> for Names {
+    fn from(n: NamesArg) -> Names {
+        match n {
+            NamesArg::Plain => Names::Plain,
+            NamesArg::TorchPrune => Names::TorchPrune,
         }
     }
 }

@@ -209,6 +209,7 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
     let overrides = Overrides {
         dtype: args.dtype.map(Into::into),
         layout: args.layout.map(Into::into),
+        names: args.names.map(Into::into),
         max_shard_size: args.max_shard_size,
         ..Overrides::default()
     };

@@ -74,7 +74,7 @@ pub fn layer_tensors(plan: &Plan, layer: &LayerPlan) -> [TensorInfo; 2] {
     let shape = plan.output.layout.shape(layer.shape.dims());
     [
         TensorInfo {
-            name: layer.name.clone(),
+            name: plan.output.weight_name(&layer.name),
             dtype: plan.output.dtype,
             shape: shape.clone(),
         },

@@ -4,7 +4,8 @@
 
 use crate::schemes::conv::{self, CentreRule};
 use crate::spec::{
-    BelowMinimum, Density, Distribution, Format, Gain, Kind, Scheme, Shape, Source, Spec, SpecError,
+    BelowMinimum, Density, Distribution, Format, Gain, Kind, Names, Scheme, Shape, Source, Spec,
+    SpecError,
 };
 use crate::tensor::{Dtype, Layout};
 
@@ -93,11 +94,24 @@ pub struct OutputPlan {
     pub max_shard_size: Option<u64>,
     /// Order of the weight (and mask) dimensions in the output.
     pub layout: Layout,
+    pub names: Names,
 }
 
 impl OutputPlan {
+    /// The output name of a layer's weight.
+    pub fn weight_name(&self, layer: &str) -> String {
+        match self.names {
+            Names::Plain => layer.to_string(),
+            Names::TorchPrune => format!("{layer}_orig"),
+        }
+    }
+
+    /// The output name of a layer's mask.
     pub fn mask_name(&self, layer: &str) -> String {
-        format!("{layer}{}", self.mask_suffix)
+        match self.names {
+            Names::Plain => format!("{layer}{}", self.mask_suffix),
+            Names::TorchPrune => format!("{layer}_mask"),
+        }
     }
 }
 
@@ -109,6 +123,7 @@ pub struct Overrides {
     pub dtype: Option<Dtype>,
     pub max_shard_size: Option<u64>,
     pub layout: Option<Layout>,
+    pub names: Option<Names>,
 }
 
 /// Everything generation needs.
@@ -377,13 +392,14 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
         });
     }
 
-    let output = OutputPlan {
+    let mut output = OutputPlan {
         format: overrides
             .format
             .or(spec.output.format)
             .unwrap_or(Format::Safetensors),
         dtype: overrides.dtype.or(spec.output.dtype).unwrap_or(Dtype::F32),
         mask_dtype: Dtype::Bool,
+        names: overrides.names.or(spec.output.names).unwrap_or_default(),
         mask_suffix: spec
             .output
             .mask_suffix
@@ -403,6 +419,10 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
             ),
             help: Some("drop --max-shard-size, or use format safetensors".into()),
         });
+    }
+    if output.names == Names::TorchPrune {
+        // torch.nn.utils.prune stores the mask as a buffer of the weight's dtype.
+        output.mask_dtype = output.dtype;
     }
     check_names(&layers, &output, &spec.source.name)?;
 
@@ -425,7 +445,22 @@ fn check_names(layers: &[LayerPlan], output: &OutputPlan, file: &str) -> Result<
         owners.insert(layer.name.as_str(), layer);
     }
     for layer in layers {
+        if output.names == Names::TorchPrune && !layer.name.ends_with(".weight") {
+            return Err(SpecError {
+                file: file.into(),
+                position: Some(layer.position),
+                context: format!("layer \"{}\"", layer.name),
+                message: format!(
+                    "names = \"torch-prune\" needs layer names of the form <module>.weight, got \"{}\"",
+                    layer.name
+                ),
+                help: Some(
+                    "name the layer after its PyTorch parameter, e.g. \"fc1.weight\", or use names = \"plain\"".into(),
+                ),
+            });
+        }
         let mask = output.mask_name(&layer.name);
+        let weight = output.weight_name(&layer.name);
         if let Some(other) = owners.get(mask.as_str()) {
             return Err(SpecError {
                 file: file.into(),
@@ -439,7 +474,7 @@ fn check_names(layers: &[LayerPlan], output: &OutputPlan, file: &str) -> Result<
             });
         }
         if output.format == Format::Npy {
-            for name in [layer.name.as_str(), mask.as_str()] {
+            for name in [weight.as_str(), mask.as_str()] {
                 if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
                     return Err(SpecError {
                         file: file.into(),

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::plan::{LayerPlan, Plan};
 use crate::schemes::LayerStats;
-use crate::spec::Kind;
+use crate::spec::{Kind, Names};
 use crate::stream::STREAM_VERSION;
 use crate::tensor::Layout;
 
@@ -87,6 +87,10 @@ impl Provenance {
         if flax {
             metadata.push(("eoi.layout".into(), Layout::Flax.name().into()));
         }
+        let names = plan.output.names;
+        if names != Names::Plain {
+            metadata.push(("eoi.names".into(), names.name().into()));
+        }
         if let Some((k, n)) = shard {
             metadata.push(("eoi.shard".into(), format!("{k}/{n}")));
         }
@@ -101,6 +105,9 @@ impl Provenance {
         });
         if flax {
             document["layout"] = json!(Layout::Flax.name());
+        }
+        if names != Names::Plain {
+            document["names"] = json!(names.name());
         }
         if let Some((k, n)) = shard {
             document["shard"] = json!(format!("{k}/{n}"));

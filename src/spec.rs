@@ -149,6 +149,36 @@ impl Format {
     }
 }
 
+/// How the output tensors are named.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Names {
+    /// Each weight under its layer's name, its mask under the name plus `mask_suffix`.
+    #[default]
+    Plain,
+    /// What `torch.nn.utils.prune` keeps in a state dict: for a layer `<module>.weight`,
+    /// `<module>.weight_orig` and `<module>.weight_mask` (the mask in the weight's dtype).
+    TorchPrune,
+}
+
+impl Names {
+    pub const NAMES: &'static [&'static str] = &["plain", "torch-prune"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Names::Plain => "plain",
+            Names::TorchPrune => "torch-prune",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Names> {
+        match name {
+            "plain" => Some(Names::Plain),
+            "torch-prune" => Some(Names::TorchPrune),
+            _ => None,
+        }
+    }
+}
+
 /// Weight dtypes a spec may ask for.
 pub const WEIGHT_DTYPES: &[&str] = &["f32", "f64"];
 
@@ -357,6 +387,7 @@ pub struct OutputSpec {
     pub dtype: Option<Dtype>,
     pub mask_suffix: Option<String>,
     pub layout: Option<Layout>,
+    pub names: Option<Names>,
 }
 
 /// One layer after `repeat` expansion.
@@ -476,6 +507,11 @@ struct RawOutput {
     /// "flax" ((in, out) and (k..., in, out)). Masks follow their weights.
     #[schemars(with = "Option<String>", extend("enum" = Layout::NAMES))]
     layout: Option<Spanned<String>>,
+    /// Tensor names: "plain" (default; `X` and `X` + mask_suffix) or "torch-prune"
+    /// (`<module>.weight_orig` and `<module>.weight_mask`, the mask in the weight's dtype, for
+    /// layers named `<module>.weight`), as `torch.nn.utils.prune` stores them.
+    #[schemars(with = "Option<String>", extend("enum" = Names::NAMES))]
+    names: Option<Spanned<String>>,
 }
 
 /// One `[[layer]]`: a weight tensor, or `repeat` tensors of the same shape.
@@ -1151,6 +1187,20 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                         "layout",
                         Layout::NAMES,
                         Layout::parse,
+                    )
+                })
+                .transpose()?,
+            names: ro
+                .names
+                .as_ref()
+                .map(|v| {
+                    one_of(
+                        errors,
+                        v,
+                        "[output], field `names`",
+                        "names",
+                        Names::NAMES,
+                        Names::parse,
                     )
                 })
                 .transpose()?,
