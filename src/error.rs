@@ -2,6 +2,7 @@
 
 use std::io;
 
+use crate::read::ReadError;
 use crate::spec::SpecError;
 
 /// Everything that can stop a run.
@@ -14,6 +15,10 @@ pub enum Error {
     /// that exists without `--force`, a missing output directory): exit 2.
     #[error("{0}")]
     Usage(String),
+    /// An artifact (safetensors file, npy directory) cannot be read: missing, truncated or
+    /// malformed. Exit 2.
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// Reading or writing failed while doing the work: exit 1.
     #[error("{context}: {source}")]
     Io {
@@ -37,7 +42,7 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Spec(_) | Error::Usage(_) => 2,
+            Error::Spec(_) | Error::Usage(_) | Error::Read(_) => 2,
             Error::Io { .. } | Error::Internal(_) => 1,
         }
     }

@@ -23,6 +23,7 @@ pub mod generate;
 pub mod interrupt;
 pub mod plan;
 pub mod provenance;
+pub mod read;
 pub mod schemes;
 pub mod spec;
 pub mod stream;
