@@ -24,6 +24,7 @@ pub mod interrupt;
 pub mod plan;
 pub mod provenance;
 pub mod read;
+pub mod recorded;
 pub mod schemes;
 pub mod spec;
 pub mod stream;
