@@ -21,6 +21,7 @@
 pub mod error;
 pub mod generate;
 pub mod interrupt;
+pub mod measure;
 pub mod plan;
 pub mod provenance;
 pub mod read;
