@@ -12,22 +12,28 @@ use serde_json::{Value, json};
 
 use eoi::error::Error;
 use eoi::generate::{self, Options, Report};
+use eoi::inspect;
 use eoi::plan::{self, Overrides, Plan};
 use eoi::provenance::{SCHEMA_VERSION, layer_record};
 use eoi::spec::{self, Source, SpecError};
 use eoi::stream::STREAM_VERSION;
+use eoi::verify;
 
-use crate::cli::{Cli, Command, GenerateArgs, PlanArgs, SpecArgs};
+use crate::cli::{Cli, Command, GenerateArgs, InspectArgs, PlanArgs, SpecArgs, VerifyArgs};
 use crate::docs;
+use crate::output::{self, Bar};
 
-/// Runs a parsed command line.
-pub fn run(cli: Cli) -> Result<(), Error> {
+/// Runs a parsed command line; the exit code when it ran to the end (0, or 1 when `verify`
+/// finds a failed check).
+pub fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
-        Command::Plan(args) => plan_command(args),
-        Command::Generate(args) => generate_command(args),
-        Command::Completions(args) => print_bytes(&docs::completions(args.shell)),
-        Command::Man => print_bytes(&docs::man_page()),
-        Command::Schema => print_json(&spec::json_schema()),
+        Command::Plan(args) => plan_command(args).map(|()| 0),
+        Command::Generate(args) => generate_command(args).map(|()| 0),
+        Command::Verify(args) => verify_command(args),
+        Command::Inspect(args) => inspect_command(args).map(|()| 0),
+        Command::Completions(args) => print_bytes(&docs::completions(args.shell)).map(|()| 0),
+        Command::Man => print_bytes(&docs::man_page()).map(|()| 0),
+        Command::Schema => print_json(&spec::json_schema()).map(|()| 0),
     }
 }
 
@@ -91,7 +97,7 @@ fn print_json(value: &Value) -> Result<(), Error> {
 }
 
 /// 1234567 -> "1,234,567".
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (k, c) in digits.chars().enumerate() {
@@ -258,6 +264,40 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         print_json(&generate_json(&plan, &report, &args.output))?;
     }
     Ok(())
+}
+
+fn verify_command(args: VerifyArgs) -> Result<u8, Error> {
+    let options = verify::Options {
+        regenerate: args.regenerate,
+    };
+    let report = {
+        let bar = Bar::new("verifying");
+        verify::verify(&args.artifact, &options, &bar)?
+    };
+    if args.json {
+        print_json(&output::verify_json(&report))?;
+    } else {
+        io::stdout()
+            .lock()
+            .write_all(output::verify_text(&report).as_bytes())
+            .map_err(stdout_error)?;
+    }
+    Ok(if report.passed() { 0 } else { 1 })
+}
+
+fn inspect_command(args: InspectArgs) -> Result<(), Error> {
+    let inspection = {
+        let bar = Bar::new("inspecting");
+        inspect::inspect(&args.artifact, &bar)?
+    };
+    if args.json {
+        print_json(&output::inspect_json(&inspection))
+    } else {
+        io::stdout()
+            .lock()
+            .write_all(output::inspect_text(&inspection).as_bytes())
+            .map_err(stdout_error)
+    }
 }
 
 #[cfg(test)]

@@ -20,9 +20,11 @@
 
 pub mod error;
 pub mod generate;
+pub mod inspect;
 pub mod interrupt;
 pub mod measure;
 pub mod plan;
+pub mod progress;
 pub mod provenance;
 pub mod read;
 pub mod recorded;
@@ -30,6 +32,7 @@ pub mod schemes;
 pub mod spec;
 pub mod stream;
 pub mod tensor;
+pub mod verify;
 pub mod write;
 
 /// The tool's version.

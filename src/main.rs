@@ -1,10 +1,12 @@
 //! The `eoi` binary: parse the command line, run the command, print one error and exit with
-//! its code (2 for usage and spec errors, 1 for failures while working). A closed pipe on
-//! standard output ends the run quietly with 0, as Unix tools do.
+//! its code (2 for usage, spec and unreadable-input errors, 1 for failures while working or a
+//! failed `verify`). A closed pipe on standard output ends the run quietly with 0, as Unix
+//! tools do.
 
 mod cli;
 mod commands;
 mod docs;
+mod output;
 mod signals;
 
 use std::process::ExitCode;
@@ -14,7 +16,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     signals::install();
     match commands::run(cli::Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(err) if err.is_broken_pipe() => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

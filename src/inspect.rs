@@ -1,0 +1,229 @@
+//! `inspect`: looks inside any safetensors file or npy directory, eoi's or not. Every tensor
+//! gets its density and nonzeros; every tensor of rank 2 or more is read as the matrix
+//! (out, in * K) (PyTorch layout, K the kernel taps) and gets the spread of nonzeros per row
+//! and column, and, for float tensors, its orthogonality error and extreme singular values
+//! (an exact SVD). Masks are paired with their weights by name (`X` and `X_mask`, or PyTorch
+//! pruning's `X_orig`); a tensor without a mask is simply dense.
+
+use std::path::Path;
+
+use rayon::prelude::*;
+
+use crate::error::Error;
+use crate::measure;
+use crate::progress::Progress;
+use crate::read::{Artifact, Dtype, Format, ReadError, TensorInfo};
+
+/// Minimum, mean and maximum of a count.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub min: u64,
+    pub mean: f64,
+    pub max: u64,
+}
+
+impl Spread {
+    fn of(counts: &[u64]) -> Option<Spread> {
+        let min = *counts.iter().min()?;
+        let max = *counts.iter().max()?;
+        let mean = counts.iter().sum::<u64>() as f64 / counts.len() as f64;
+        Some(Spread { min, mean, max })
+    }
+}
+
+/// The linear algebra of a float matrix.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Spectrum {
+    /// The gain the matrix would have if it were a scaled orthogonal matrix: the square root
+    /// of the mean diagonal of its smaller Gram matrix G.
+    pub gain: f64,
+    /// `max |G - gain^2 I| / gain^2`: 0 for a multiple of an orthogonal matrix, whatever its
+    /// gain; `None` for a zero matrix.
+    pub orthogonality_error: Option<f64>,
+    pub singular_min: f64,
+    pub singular_max: f64,
+}
+
+/// What inspection found in one tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSummary {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub dtype: Dtype,
+    pub numel: usize,
+    /// Nonzero values.
+    pub nnz: u64,
+    /// `nnz / numel`; `None` for an empty tensor.
+    pub density: Option<f64>,
+    /// The mask paired with this tensor, if any.
+    pub mask: Option<String>,
+    /// The weight this tensor is the mask of, if it is one.
+    pub mask_of: Option<String>,
+    /// The (out, in * K) matrix the statistics below are of, for rank 2 and above.
+    pub matrix: Option<(usize, usize)>,
+    pub row_nnz: Option<Spread>,
+    pub col_nnz: Option<Spread>,
+    /// For float matrices with finite values.
+    pub spectrum: Option<Spectrum>,
+    /// Why a float matrix has no spectrum (non-finite values, no convergence).
+    pub note: Option<String>,
+}
+
+/// What inspection found in an artifact.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub path: String,
+    pub format: Format,
+    pub tensors: Vec<TensorSummary>,
+}
+
+/// The mask suffix an artifact records (eoi's metadata or manifest), else `_mask`.
+fn mask_suffix(artifact: &Artifact) -> String {
+    let recorded = match (artifact.metadata(), artifact.manifest()) {
+        (Some(pairs), _) => pairs
+            .iter()
+            .find(|(k, _)| k == "eoi.mask_suffix")
+            .map(|(_, v)| v.clone()),
+        (_, Some(doc)) => doc
+            .get("mask_suffix")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+        _ => None,
+    };
+    recorded
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "_mask".into())
+}
+
+/// The weight that `mask` is the mask of: same shape, named `W` or `W_orig` for `W<suffix>`.
+fn weight_of<'a>(
+    artifact: &'a Artifact,
+    mask: &TensorInfo,
+    suffix: &str,
+) -> Option<&'a TensorInfo> {
+    let base = mask.name.strip_suffix(suffix)?;
+    [base.to_string(), format!("{base}_orig")]
+        .iter()
+        .filter_map(|name| artifact.tensor(name))
+        .find(|w| w.shape == mask.shape && w.name != mask.name)
+}
+
+/// Work units of one tensor, for progress.
+fn work(t: &TensorInfo) -> u64 {
+    let matrix = match t.shape.as_slice() {
+        [out, ..] if t.shape.len() >= 2 && t.dtype.is_float() && *out > 0 => {
+            measure::work(*out, t.numel / out) / 64.0
+        }
+        _ => 0.0,
+    };
+    t.nbytes.max(1) + matrix as u64
+}
+
+/// Inspects the artifact at `path`.
+pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error> {
+    let artifact = Artifact::open(path)?;
+    let suffix = mask_suffix(&artifact);
+    let pairs: Vec<(String, String)> = artifact
+        .tensors()
+        .iter()
+        .filter_map(|m| weight_of(&artifact, m, &suffix).map(|w| (w.name.clone(), m.name.clone())))
+        .collect();
+    progress.start(artifact.tensors().iter().map(work).sum());
+    let tensors = artifact
+        .tensors()
+        .par_iter()
+        .map(|t| {
+            let mut summary = summarize(&artifact, t)?;
+            summary.mask = pairs
+                .iter()
+                .find(|(w, _)| *w == t.name)
+                .map(|(_, m)| m.clone());
+            summary.mask_of = pairs
+                .iter()
+                .find(|(_, m)| *m == t.name)
+                .map(|(w, _)| w.clone());
+            progress.advance(work(t));
+            Ok(summary)
+        })
+        .collect::<Result<Vec<_>, ReadError>>()?;
+    Ok(Inspection {
+        path: path.display().to_string(),
+        format: artifact.format(),
+        tensors,
+    })
+}
+
+fn summarize(artifact: &Artifact, t: &TensorInfo) -> Result<TensorSummary, ReadError> {
+    let values = artifact.read_f64(t)?;
+    let nnz = values.iter().filter(|&&v| v != 0.0).count() as u64;
+    let mut summary = TensorSummary {
+        name: t.name.clone(),
+        shape: t.shape.clone(),
+        dtype: t.dtype,
+        numel: t.numel,
+        nnz,
+        density: (t.numel > 0).then(|| nnz as f64 / t.numel as f64),
+        mask: None,
+        mask_of: None,
+        matrix: None,
+        row_nnz: None,
+        col_nnz: None,
+        spectrum: None,
+        note: None,
+    };
+    if t.shape.len() < 2 || t.numel == 0 {
+        return Ok(summary);
+    }
+    let rows = t.shape[0];
+    let cols = t.numel / rows;
+    summary.matrix = Some((rows, cols));
+    let mut row_counts = vec![0u64; rows];
+    let mut col_counts = vec![0u64; cols];
+    for (k, v) in values.iter().enumerate() {
+        if *v != 0.0 {
+            row_counts[k / cols] += 1;
+            col_counts[k % cols] += 1;
+        }
+    }
+    summary.row_nnz = Spread::of(&row_counts);
+    summary.col_nnz = Spread::of(&col_counts);
+    if !t.dtype.is_float() {
+        return Ok(summary);
+    }
+    if values.iter().any(|v| !v.is_finite()) {
+        summary.note = Some("non-finite values: no orthogonality or singular values".into());
+        return Ok(summary);
+    }
+    let matrix = measure::view(&values, rows, cols);
+    let par = measure::parallelism(rows, cols);
+    let g = measure::gram(matrix, par);
+    let gain_squared = measure::mean_diagonal(&g);
+    let orthogonality_error =
+        (gain_squared > 0.0).then(|| measure::deviation(&g, gain_squared) / gain_squared);
+    drop(g);
+    match measure::singular_values(matrix, par) {
+        Some(s) => {
+            summary.spectrum = Some(Spectrum {
+                gain: gain_squared.sqrt(),
+                orthogonality_error,
+                singular_min: s.last().copied().unwrap_or(0.0),
+                singular_max: s.first().copied().unwrap_or(0.0),
+            });
+        }
+        None => summary.note = Some("the SVD did not converge".into()),
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_summarize_counts() {
+        let s = Spread::of(&[2, 4, 9]).unwrap();
+        assert_eq!((s.min, s.max), (2, 9));
+        assert!((s.mean - 5.0).abs() < 1e-15);
+        assert!(Spread::of(&[]).is_none());
+    }
+}

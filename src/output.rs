@@ -1,0 +1,306 @@
+//! How `verify` and `inspect` results are shown: text for people (one line per failure, a
+//! table per tensor), JSON for programs (schemas in README), and a progress bar on standard
+//! error for long runs at a terminal.
+
+use std::io::{self, IsTerminal};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Value, json};
+
+use eoi::inspect::{Inspection, Spread};
+use eoi::provenance::SCHEMA_VERSION;
+use eoi::stream::STREAM_VERSION;
+use eoi::verify::{self, LayerReport};
+
+use crate::commands::thousands;
+
+/// A progress bar on standard error, drawn only when standard error is a terminal and the
+/// work is large enough to be worth watching (a few seconds).
+pub struct Bar(ProgressBar);
+
+impl Bar {
+    /// Work units (bytes read plus multiply-adds / 64) below which no bar is drawn.
+    const WORTH_SHOWING: u64 = 2_000_000_000;
+
+    pub fn new(message: &'static str) -> Bar {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
+        if let Ok(style) =
+            ProgressStyle::with_template("{msg} [{bar:40}] {percent:>3}% (eta {eta})")
+        {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(message);
+        Bar(bar)
+    }
+}
+
+impl eoi::progress::Progress for Bar {
+    fn start(&self, total: u64) {
+        self.0.set_length(total);
+        if total >= Self::WORTH_SHOWING && io::stderr().is_terminal() {
+            self.0.set_draw_target(ProgressDrawTarget::stderr());
+        }
+    }
+
+    fn advance(&self, done: u64) {
+        self.0.inc(done);
+    }
+}
+
+impl Drop for Bar {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn or_unknown<T: std::fmt::Display>(value: &Option<T>) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "?".to_string(), ToString::to_string)
+}
+
+fn layer_json(layer: &LayerReport) -> Value {
+    json!({
+        "name": layer.name,
+        "shape": layer.shape,
+        "kind": layer.kind.map(|k| k.name()),
+        "dtype": layer.dtype.map(|d| d.name()),
+        "nnz": layer.nnz,
+        "density": layer.density,
+        "gain": layer.gain,
+        "orthogonality_error": layer.orthogonality_error.filter(|e| e.is_finite()),
+        "tolerance": layer.tolerance,
+        "passed": layer.passed(),
+        "failures": layer.failures.iter().map(|f| json!({"check": f.check.name(), "message": f.message})).collect::<Vec<_>>(),
+    })
+}
+
+pub fn verify_json(report: &verify::Report) -> Value {
+    let r = &report.recorded;
+    json!({
+        "schema_version": SCHEMA_VERSION,
+        "eoi_version": eoi::VERSION,
+        "stream_version": STREAM_VERSION,
+        "path": report.path,
+        "format": report.format.name(),
+        "passed": report.passed(),
+        "recorded": {
+            "eoi_version": r.version,
+            "stream_version": r.stream_version,
+            "seed": r.seed,
+            "mask_suffix": r.mask_suffix,
+        },
+        "problems": report.problems,
+        "layers": report.layers.iter().map(layer_json).collect::<Vec<_>>(),
+        "regenerate": report.regenerated.as_ref().map(|g| json!({
+            "passed": g.passed(),
+            "compared": g.compared,
+            "differences": g.differences.iter().map(|d| json!({"tensor": d.tensor, "message": d.message})).collect::<Vec<_>>(),
+            "impossible": g.impossible,
+            "notes": g.notes,
+        })),
+    })
+}
+
+pub fn verify_text(report: &verify::Report) -> String {
+    let r = &report.recorded;
+    let mut text = format!(
+        "{} ({}): made by eoi {} (random streams v{}), seed {}, {} layers\n",
+        report.path,
+        report.format.name(),
+        or_unknown(&r.version),
+        or_unknown(&r.stream_version),
+        or_unknown(&r.seed),
+        report.layers.len(),
+    );
+    for problem in &report.problems {
+        text.push_str(&format!("FAIL  {problem}\n"));
+    }
+    for layer in &report.layers {
+        for f in &layer.failures {
+            text.push_str(&format!(
+                "FAIL  {}  {}: {}\n",
+                layer.name,
+                f.check.name(),
+                f.message
+            ));
+        }
+    }
+    if let Some(g) = &report.regenerated {
+        for note in &g.notes {
+            text.push_str(&format!("note: {note}\n"));
+        }
+        if let Some(why) = &g.impossible {
+            text.push_str(&format!("FAIL  regenerate: cannot regenerate: {why}\n"));
+        }
+        for d in &g.differences {
+            text.push_str(&format!("FAIL  {}  regenerate: {}\n", d.tensor, d.message));
+        }
+        if g.passed() {
+            text.push_str(&format!(
+                "regenerated {} tensors from the embedded spec and seed: bit-identical\n",
+                g.compared
+            ));
+        }
+    }
+    let failing = report.layers.iter().filter(|l| !l.passed()).count();
+    if report.passed() {
+        let worst = report
+            .layers
+            .iter()
+            .filter_map(|l| Some((l.orthogonality_error? / l.tolerance?, l)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        text.push_str(&format!(
+            "ok: {} layers pass every check",
+            report.layers.len()
+        ));
+        if let Some((_, l)) = worst {
+            text.push_str(&format!(
+                " (closest to its tolerance: {}, orthogonality error {:.2e} of {:.2e})",
+                l.name,
+                l.orthogonality_error.unwrap_or(0.0),
+                l.tolerance.unwrap_or(0.0)
+            ));
+        }
+        text.push('\n');
+    } else {
+        let mut parts = vec![format!("{failing} of {} layers fail", report.layers.len())];
+        if !report.problems.is_empty() {
+            parts.push(format!("{} file problems", report.problems.len()));
+        }
+        if let Some(g) = &report.regenerated
+            && !g.passed()
+        {
+            parts.push(format!("{} regeneration differences", g.differences.len()));
+        }
+        text.push_str(&format!("FAILED: {}\n", parts.join(", ")));
+    }
+    text
+}
+
+fn spread_json(spread: &Option<Spread>) -> Value {
+    match spread {
+        Some(s) => json!({"min": s.min, "mean": s.mean, "max": s.max}),
+        None => Value::Null,
+    }
+}
+
+pub fn inspect_json(inspection: &Inspection) -> Value {
+    let tensors: Vec<Value> = inspection
+        .tensors
+        .iter()
+        .map(|t| {
+            let s = t.spectrum.as_ref();
+            json!({
+                "name": t.name,
+                "shape": t.shape,
+                "dtype": t.dtype.name(),
+                "numel": t.numel,
+                "nnz": t.nnz,
+                "density": t.density,
+                "mask": t.mask,
+                "mask_of": t.mask_of,
+                "matrix": t.matrix.map(|(r, c)| [r, c]),
+                "gain": s.map(|s| s.gain),
+                "orthogonality_error": s.and_then(|s| s.orthogonality_error),
+                "singular_min": s.map(|s| s.singular_min),
+                "singular_max": s.map(|s| s.singular_max),
+                "row_nnz": spread_json(&t.row_nnz),
+                "col_nnz": spread_json(&t.col_nnz),
+                "note": t.note,
+            })
+        })
+        .collect();
+    json!({
+        "schema_version": SCHEMA_VERSION,
+        "eoi_version": eoi::VERSION,
+        "path": inspection.path,
+        "format": inspection.format.name(),
+        "tensors": tensors,
+    })
+}
+
+fn spread_text(spread: &Option<Spread>) -> String {
+    spread.map_or_else(
+        || "-".to_string(),
+        |s| format!("{}/{:.1}/{}", s.min, s.mean, s.max),
+    )
+}
+
+pub fn inspect_text(inspection: &Inspection) -> String {
+    let shape = |dims: &[usize]| {
+        if dims.is_empty() {
+            "scalar".to_string()
+        } else {
+            dims.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("x")
+        }
+    };
+    let width = inspection
+        .tensors
+        .iter()
+        .map(|t| t.name.chars().count())
+        .max()
+        .unwrap_or(6)
+        .clamp(6, 60);
+    let shape_width = inspection
+        .tensors
+        .iter()
+        .map(|t| shape(&t.shape).len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let mut text = format!(
+        "{:<width$}  {:<shape_width$}  {:<7}  {:>8}  {:>12}  {:>9}  {:>9}  {:>9}  {:>16}  {:>16}\n",
+        "tensor",
+        "shape",
+        "dtype",
+        "density",
+        "nnz",
+        "orth.err",
+        "sv min",
+        "sv max",
+        "row nnz min/avg/max",
+        "col nnz min/avg/max"
+    );
+    let number = |x: Option<f64>, precision: usize| {
+        x.map_or_else(|| "-".to_string(), |x| format!("{x:.precision$}"))
+    };
+    for t in &inspection.tensors {
+        let s = t.spectrum.as_ref();
+        text.push_str(&format!(
+            "{:<width$}  {:<shape_width$}  {:<7}  {:>8}  {:>12}  {:>9}  {:>9}  {:>9}  {:>16}  {:>16}{}\n",
+            t.name,
+            shape(&t.shape),
+            t.dtype.name(),
+            number(t.density, 5),
+            thousands(t.nnz),
+            s.and_then(|s| s.orthogonality_error)
+                .map_or_else(|| "-".to_string(), |e| format!("{e:.2e}")),
+            number(s.map(|s| s.singular_min), 5),
+            number(s.map(|s| s.singular_max), 5),
+            spread_text(&t.row_nnz),
+            spread_text(&t.col_nnz),
+            match (&t.mask_of, &t.note) {
+                (Some(w), _) => format!("  (mask of {w})"),
+                (None, Some(note)) => format!("  ({note})"),
+                (None, None) => String::new(),
+            }
+        ));
+    }
+    let params: u64 = inspection.tensors.iter().map(|t| t.numel as u64).sum();
+    let masks = inspection
+        .tensors
+        .iter()
+        .filter(|t| t.mask_of.is_some())
+        .count();
+    text.push_str(&format!(
+        "\n{} tensors ({} masks), {} elements; orth.err = max |G - g^2 I| / g^2 with G the smaller Gram matrix of (out, in*K) and g^2 its mean diagonal\n",
+        inspection.tensors.len(),
+        masks,
+        thousands(params)
+    ));
+    text
+}
