@@ -13,13 +13,16 @@ use serde_json::{Value, json};
 use eoi::error::Error;
 use eoi::generate::{self, Options, Report};
 use eoi::inspect;
+use eoi::isometry;
 use eoi::plan::{self, Overrides, Plan};
 use eoi::provenance::{SCHEMA_VERSION, layer_record};
 use eoi::spec::{self, Source, SpecError};
 use eoi::stream::STREAM_VERSION;
 use eoi::verify;
 
-use crate::cli::{Cli, Command, GenerateArgs, InspectArgs, PlanArgs, SpecArgs, VerifyArgs};
+use crate::cli::{
+    Cli, Command, GenerateArgs, InspectArgs, IsometryArgs, PlanArgs, SpecArgs, VerifyArgs,
+};
 use crate::docs;
 use crate::output::{self, Bar};
 
@@ -31,6 +34,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::Generate(args) => generate_command(args).map(|()| 0),
         Command::Verify(args) => verify_command(args),
         Command::Inspect(args) => inspect_command(args).map(|()| 0),
+        Command::Isometry(args) => isometry_command(args).map(|()| 0),
         Command::Completions(args) => print_bytes(&docs::completions(args.shell)).map(|()| 0),
         Command::Man => print_bytes(&docs::man_page()).map(|()| 0),
         Command::Schema => print_json(&spec::json_schema()).map(|()| 0),
@@ -296,6 +300,26 @@ fn inspect_command(args: InspectArgs) -> Result<(), Error> {
         io::stdout()
             .lock()
             .write_all(output::inspect_text(&inspection).as_bytes())
+            .map_err(stdout_error)
+    }
+}
+
+fn isometry_command(args: IsometryArgs) -> Result<(), Error> {
+    let options = isometry::Options {
+        layers: args.layers,
+        nonlinearity: args.nonlinearity.into(),
+        seed: args.seed,
+    };
+    let report = {
+        let bar = Bar::new("measuring");
+        isometry::isometry(&args.artifact, &options, &bar)?
+    };
+    if args.json {
+        print_json(&output::isometry_json(&report))
+    } else {
+        io::stdout()
+            .lock()
+            .write_all(output::isometry_text(&report).as_bytes())
             .map_err(stdout_error)
     }
 }

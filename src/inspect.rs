@@ -78,7 +78,7 @@ pub struct Inspection {
 }
 
 /// The mask suffix an artifact records (eoi's metadata or manifest), else `_mask`.
-fn mask_suffix(artifact: &Artifact) -> String {
+pub(crate) fn mask_suffix(artifact: &Artifact) -> String {
     let recorded = match (artifact.metadata(), artifact.manifest()) {
         (Some(pairs), _) => pairs
             .iter()
@@ -96,7 +96,7 @@ fn mask_suffix(artifact: &Artifact) -> String {
 }
 
 /// The weight that `mask` is the mask of: same shape, named `W` or `W_orig` for `W<suffix>`.
-fn weight_of<'a>(
+pub(crate) fn weight_of<'a>(
     artifact: &'a Artifact,
     mask: &TensorInfo,
     suffix: &str,

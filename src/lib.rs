@@ -22,6 +22,7 @@ pub mod error;
 pub mod generate;
 pub mod inspect;
 pub mod interrupt;
+pub mod isometry;
 pub mod measure;
 pub mod plan;
 pub mod progress;

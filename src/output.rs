@@ -1,4 +1,4 @@
-//! How `verify` and `inspect` results are shown: text for people (one line per failure, a
+//! How `verify`, `inspect` and `isometry` results are shown: text for people (one line per failure, a
 //! table per tensor), JSON for programs (schemas in README), and a progress bar on standard
 //! error for long runs at a terminal.
 
@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 use eoi::inspect::{Inspection, Spread};
+use eoi::isometry;
 use eoi::provenance::SCHEMA_VERSION;
 use eoi::stream::STREAM_VERSION;
 use eoi::verify::{self, LayerReport};
@@ -303,4 +304,135 @@ pub fn inspect_text(inspection: &Inspection) -> String {
         thousands(params)
     ));
     text
+}
+
+pub fn isometry_json(report: &isometry::Report) -> Value {
+    let s = report.singular.as_ref();
+    json!({
+        "schema_version": SCHEMA_VERSION,
+        "eoi_version": eoi::VERSION,
+        "path": report.path,
+        "layers": report.chain.len(),
+        "nonlinearity": report.nonlinearity.name(),
+        "seed": report.seed,
+        "order": report.order.name(),
+        "chain": report.chain.iter().map(|l| json!({"name": l.name, "out": l.out, "in": l.inp, "bias": l.bias})).collect::<Vec<_>>(),
+        "jacobian": {
+            "rows": report.rows,
+            "cols": report.cols,
+            "singular_mean_sq": s.map(|s| s.mean_sq),
+            "singular_std": s.map(|s| s.std),
+            "singular_max": s.map(|s| s.max),
+            "singular_min": s.map(|s| s.min),
+        },
+        "signal_rms": report.signal_rms.iter().enumerate().map(|(depth, rms)| json!({"depth": depth, "rms": rms})).collect::<Vec<_>>(),
+        "note": report.note,
+    })
+}
+
+/// A measurement for people: fixed-point where that is readable, scientific otherwise.
+fn figure(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if (1e-3..1e4).contains(&x.abs()) {
+        format!("{x:.6}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+/// The depths shown in text: all of a short chain; of a long one 0, 1, 2, 5, 10, 20, 50, ...
+/// and the last.
+fn shown_depths(last: usize) -> Vec<usize> {
+    if last <= 20 {
+        return (0..=last).collect();
+    }
+    let mut depths = vec![0];
+    let mut decade = 1;
+    'out: loop {
+        for step in [1, 2, 5] {
+            let d = step * decade;
+            if d >= last {
+                break 'out;
+            }
+            depths.push(d);
+        }
+        decade *= 10;
+    }
+    depths.push(last);
+    depths
+}
+
+pub fn isometry_text(report: &isometry::Report) -> String {
+    let link = |l: &isometry::Link| format!("{} ({}x{})", l.name, l.out, l.inp);
+    let chain = match report.chain.as_slice() {
+        [only] => link(only),
+        [first, second] => format!("{}, {}", link(first), link(second)),
+        [first, .., last] => format!("{} ... {}", link(first), link(last)),
+        [] => String::new(),
+    };
+    let biases = report.chain.iter().filter(|l| l.bias.is_some()).count();
+    let mut text = format!(
+        "{}: a chain of {} layers in {} order: {}\n  phi = {}, biases from {} of {} layers, input seed {}\n\n",
+        report.path,
+        report.chain.len(),
+        report.order.name(),
+        chain,
+        report.nonlinearity.name(),
+        biases,
+        report.chain.len(),
+        report.seed,
+    );
+    text.push_str(&format!(
+        "input-output Jacobian ({} x {}), singular values:\n",
+        report.rows, report.cols
+    ));
+    match (&report.singular, &report.note) {
+        (Some(s), _) => {
+            for (label, value) in [
+                ("mean of squares", s.mean_sq),
+                ("std", s.std),
+                ("max", s.max),
+                ("min", s.min),
+            ] {
+                text.push_str(&format!("  {label:<16} {}\n", figure(value)));
+            }
+        }
+        (None, note) => {
+            text.push_str(&format!(
+                "  none: {}\n",
+                note.as_deref().unwrap_or("unknown")
+            ));
+        }
+    }
+    text.push_str("\nsignal RMS along the depth:\n  depth  rms\n");
+    for depth in shown_depths(report.signal_rms.len().saturating_sub(1)) {
+        text.push_str(&format!(
+            "  {depth:>5}  {}\n",
+            figure(report.signal_rms[depth])
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_chains_show_a_few_depths() {
+        assert_eq!(shown_depths(3), [0, 1, 2, 3]);
+        assert_eq!(
+            shown_depths(998),
+            [0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 998]
+        );
+        assert_eq!(shown_depths(100), [0, 1, 2, 5, 10, 20, 50, 100]);
+    }
+
+    #[test]
+    fn figures_read_well() {
+        assert_eq!(figure(0.0), "0");
+        assert_eq!(figure(0.221345), "0.221345");
+        assert_eq!(figure(5.2e-6), "5.200e-6");
+    }
 }

@@ -1,0 +1,597 @@
+//! `isometry`: dynamical isometry made visible. The rank-2 weights of an artifact are read as
+//! a feed-forward chain `h <- phi(W h + b)`; a seeded input of unit RMS is propagated through
+//! it while the input-output Jacobian `J = D_L W_L ... D_1 W_1` (`D_k` the diagonal of
+//! `phi'` at layer k) is accumulated in f64. A network is dynamically isometric when the
+//! singular values of `J` all sit near 1 (Saxe et al. 2014; Pennington et al. 2017): signals
+//! and gradients then neither vanish nor explode with depth, which is what EOI buys.
+
+use std::cmp::Ordering;
+use std::path::Path;
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat};
+
+use crate::error::Error;
+use crate::inspect::{mask_suffix, weight_of};
+use crate::measure;
+use crate::progress::Progress;
+use crate::read::{Artifact, Format, TensorInfo};
+use crate::recorded::Recorded;
+use crate::spec::Pattern;
+use crate::stream::Stream;
+
+/// The name of the random stream the input is drawn from (with the `--seed`).
+pub const INPUT_STREAM: &str = "eoi-isometry-input";
+
+/// The activation `phi` applied after every layer of the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nonlinearity {
+    Tanh,
+    Linear,
+    /// `max(0, h)`; its derivative at 0 is taken as 0, as PyTorch does.
+    Relu,
+    /// `clamp(h, -1, 1)`; derivative 1 strictly inside, 0 outside and on the corners.
+    HardTanh,
+}
+
+impl Nonlinearity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Nonlinearity::Tanh => "tanh",
+            Nonlinearity::Linear => "linear",
+            Nonlinearity::Relu => "relu",
+            Nonlinearity::HardTanh => "hard-tanh",
+        }
+    }
+
+    /// `(phi(h), phi'(h))`.
+    pub fn apply(self, h: f64) -> (f64, f64) {
+        match self {
+            Nonlinearity::Tanh => {
+                let t = h.tanh();
+                (t, 1.0 - t * t)
+            }
+            Nonlinearity::Linear => (h, 1.0),
+            Nonlinearity::Relu if h > 0.0 => (h, 1.0),
+            Nonlinearity::Relu => (0.0, 0.0),
+            Nonlinearity::HardTanh if h.abs() < 1.0 => (h, 1.0),
+            Nonlinearity::HardTanh => (h.clamp(-1.0, 1.0), 0.0),
+        }
+    }
+}
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Globs (`*` any run, `?` one character) over layer names; empty selects every rank-2
+    /// weight.
+    pub layers: Vec<String>,
+    pub nonlinearity: Nonlinearity,
+    /// Seed of the input vector's stream ([`INPUT_STREAM`]).
+    pub seed: u64,
+}
+
+/// How the chain was ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    /// The order of the layer records of eoi's provenance.
+    Provenance,
+    /// Natural name order: runs of digits compare as numbers, so `hidden.10` follows `hidden.9`.
+    Natural,
+}
+
+impl Order {
+    pub fn name(self) -> &'static str {
+        match self {
+            Order::Provenance => "provenance",
+            Order::Natural => "natural",
+        }
+    }
+}
+
+/// One layer of the chain: the weight read as the matrix (out, in).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// The layer's name (a torch-prune `X_orig` is listed as `X`).
+    pub name: String,
+    /// Outputs and inputs.
+    pub out: usize,
+    pub inp: usize,
+    /// The `.bias` tensor added before the nonlinearity, if the file has one.
+    pub bias: Option<String>,
+}
+
+/// The summary of the Jacobian's singular values (there are `min(rows, cols)` of them).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Singular {
+    /// Mean of the squared singular values: `||J||_F^2 / min(rows, cols)`.
+    pub mean_sq: f64,
+    /// Standard deviation of the singular values (over all of them, not a sample estimate).
+    pub std: f64,
+    pub max: f64,
+    pub min: f64,
+}
+
+/// The outcome.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub path: String,
+    pub nonlinearity: Nonlinearity,
+    pub seed: u64,
+    pub order: Order,
+    pub chain: Vec<Link>,
+    /// The Jacobian's shape: the last layer's outputs by the first layer's inputs.
+    pub rows: usize,
+    pub cols: usize,
+    /// `None` when the Jacobian has non-finite entries (see `note`).
+    pub singular: Option<Singular>,
+    /// Why there are no singular values, when there are none.
+    pub note: Option<String>,
+    /// The RMS of the signal after each depth: index 0 is the input (1), index k the output
+    /// of the k-th layer of the chain.
+    pub signal_rms: Vec<f64>,
+}
+
+/// A weight of the artifact that may join the chain.
+struct Candidate<'a> {
+    name: String,
+    weight: &'a TensorInfo,
+    mask: Option<&'a TensorInfo>,
+}
+
+fn usage(message: String) -> Error {
+    Error::Usage(message)
+}
+
+/// Lists names for a message: the first few, then how many more.
+fn some_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    let shown: Vec<String> = names.iter().take(6).map(|n| format!("\"{n}\"")).collect();
+    match names.len() {
+        0 => "none".into(),
+        n if n > 6 => format!("{}, ... ({n} in all)", shown.join(", ")),
+        _ => shown.join(", "),
+    }
+}
+
+/// Orders names naturally: digit runs compare as numbers (`hidden.9` < `hidden.10`), the
+/// rest byte by byte.
+pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i].is_ascii_digit() && b[j].is_ascii_digit() {
+            let run = |s: &[u8], mut k: usize| {
+                let start = k;
+                while k < s.len() && s[k].is_ascii_digit() {
+                    k += 1;
+                }
+                (start, k)
+            };
+            let ((sa, ea), (sb, eb)) = (run(a, i), run(b, j));
+            let trim = |s: &[u8], start: usize, end: usize| {
+                let mut k = start;
+                while k + 1 < end && s[k] == b'0' {
+                    k += 1;
+                }
+                k
+            };
+            let (ta, tb) = (trim(a, sa, ea), trim(b, sb, eb));
+            let by_value = (ea - ta)
+                .cmp(&(eb - tb))
+                .then_with(|| a[ta..ea].cmp(&b[tb..eb]))
+                .then_with(|| (ea - sa).cmp(&(eb - sb)));
+            if by_value != Ordering::Equal {
+                return by_value;
+            }
+            (i, j) = (ea, eb);
+        } else {
+            if a[i] != b[j] {
+                return a[i].cmp(&b[j]);
+            }
+            i += 1;
+            j += 1;
+        }
+    }
+    (a.len() - i).cmp(&(b.len() - j))
+}
+
+/// Whether the artifact records eoi's flax layout (weights stored (in, out)).
+fn flax_layout(artifact: &Artifact) -> bool {
+    let metadata = artifact
+        .metadata()
+        .and_then(|pairs| pairs.iter().find(|(k, _)| k == "eoi.layout"))
+        .map(|(_, v)| v.as_str());
+    let manifest = artifact
+        .manifest()
+        .and_then(|doc| doc.get("layout"))
+        .and_then(|v| v.as_str());
+    metadata.or(manifest) == Some("flax")
+}
+
+/// The layer names eoi's provenance records, in order, if it records any.
+fn recorded_order(artifact: &Artifact) -> Option<Vec<String>> {
+    let recorded = match (artifact.format(), artifact.metadata(), artifact.manifest()) {
+        (Format::Safetensors, Some(pairs), _) if pairs.iter().any(|(k, _)| k == "eoi.layers") => {
+            Recorded::from_metadata(pairs)
+        }
+        (Format::Npy, _, Some(doc)) if doc.get("layers").is_some() => Recorded::from_manifest(doc),
+        _ => return None,
+    };
+    Some(recorded.layers?.into_iter().map(|l| l.name).collect())
+}
+
+/// The float weights of rank 2 and above that are not masks, with their masks.
+fn candidates(artifact: &Artifact) -> Vec<Candidate<'_>> {
+    let suffix = mask_suffix(artifact);
+    let pairs: Vec<(&TensorInfo, &TensorInfo)> = artifact
+        .tensors()
+        .iter()
+        .filter_map(|m| weight_of(artifact, m, &suffix).map(|w| (w, m)))
+        .collect();
+    artifact
+        .tensors()
+        .iter()
+        .filter(|t| t.dtype.is_float() && t.shape.len() >= 2)
+        .filter(|t| !pairs.iter().any(|(_, m)| m.name == t.name))
+        .map(|t| {
+            let mask = pairs
+                .iter()
+                .find(|(w, _)| w.name == t.name)
+                .map(|(_, m)| *m);
+            // PyTorch pruning keeps the layer `X` as `X_orig` beside `X_mask`.
+            let name = match (mask, t.name.strip_suffix("_orig")) {
+                (Some(_), Some(base)) => base.to_string(),
+                _ => t.name.clone(),
+            };
+            Candidate {
+                name,
+                weight: t,
+                mask,
+            }
+        })
+        .collect()
+}
+
+/// Selects, orders and checks the chain; no tensor data is read.
+fn chain<'a>(
+    artifact: &'a Artifact,
+    options: &Options,
+    path: &str,
+) -> Result<(Vec<Candidate<'a>>, Vec<Link>, Order), Error> {
+    let all = candidates(artifact);
+    let selected: Vec<Candidate> = if options.layers.is_empty() {
+        all
+    } else {
+        let patterns: Vec<Pattern> = options
+            .layers
+            .iter()
+            .map(|g| Pattern {
+                glob: g.clone(),
+                position: (0, 0),
+            })
+            .collect();
+        let matches = |c: &Candidate, p: &Pattern| p.matches(&c.name) || p.matches(&c.weight.name);
+        for p in &patterns {
+            if !all.iter().any(|c| matches(c, p)) {
+                return Err(usage(format!(
+                    "--layers '{}' matches no weight of '{path}' (weights: {})",
+                    p.glob,
+                    some_names(all.iter().map(|c| c.name.as_str()))
+                )));
+            }
+        }
+        all.into_iter()
+            .filter(|c| patterns.iter().any(|p| matches(c, p)))
+            .collect()
+    };
+    if selected.is_empty() {
+        return Err(usage(format!(
+            "'{path}' holds no float weight of rank 2 or more: there is no chain to measure"
+        )));
+    }
+    let convs: Vec<&Candidate> = selected
+        .iter()
+        .filter(|c| c.weight.shape.len() > 2)
+        .collect();
+    if !convs.is_empty() {
+        return Err(usage(format!(
+            "'{path}': {} {} a convolution ({}): eoi isometry follows chains of linear layers \
+             (rank-2 weights) only; convolution chains are not supported yet{}",
+            some_names(convs.iter().map(|c| c.name.as_str())),
+            if convs.len() == 1 { "is" } else { "are" },
+            convs[0]
+                .weight
+                .shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("x"),
+            if options.layers.is_empty() {
+                "; select linear layers with --layers GLOB"
+            } else {
+                ""
+            }
+        )));
+    }
+
+    let mut selected = selected;
+    let recorded = recorded_order(artifact);
+    let order = match &recorded {
+        Some(names) if selected.iter().all(|c| names.contains(&c.name)) => {
+            selected.sort_by_key(|c| names.iter().position(|n| *n == c.name));
+            Order::Provenance
+        }
+        _ => {
+            selected.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+            Order::Natural
+        }
+    };
+
+    let flax = flax_layout(artifact);
+    let mut links: Vec<Link> = Vec::with_capacity(selected.len());
+    for c in &selected {
+        let &[first, second] = c.weight.shape.as_slice() else {
+            return Err(Error::Internal(format!(
+                "layer \"{}\" reached the chain with shape {:?}",
+                c.name, c.weight.shape
+            )));
+        };
+        let (out, inp) = if flax {
+            (second, first)
+        } else {
+            (first, second)
+        };
+        if out == 0 || inp == 0 {
+            return Err(usage(format!(
+                "'{path}': layer \"{}\" has shape {:?}, with no elements",
+                c.name, c.weight.shape
+            )));
+        }
+        if let Some(prev) = links.last()
+            && prev.out != inp
+        {
+            return Err(usage(format!(
+                "'{path}': layers \"{}\" and \"{}\" do not compose: \"{}\" has {} outputs but \"{}\" takes {} inputs (chain order: {}; choose layers with --layers GLOB)",
+                prev.name,
+                c.name,
+                prev.name,
+                prev.out,
+                c.name,
+                inp,
+                order.name()
+            )));
+        }
+        let bias = match c.name.strip_suffix(".weight") {
+            Some(module) => {
+                let name = format!("{module}.bias");
+                match artifact.tensor(&name) {
+                    None => None,
+                    Some(b) if b.shape == [out] && b.dtype.is_float() => Some(name),
+                    Some(b) => {
+                        return Err(usage(format!(
+                            "'{path}': the bias \"{name}\" of layer \"{}\" has shape {:?} and dtype {}, but the layer has {out} outputs: a bias must be a float vector of shape [{out}]",
+                            c.name,
+                            b.shape,
+                            b.dtype.name()
+                        )));
+                    }
+                }
+            }
+            None => None,
+        };
+        links.push(Link {
+            name: c.name.clone(),
+            out,
+            inp,
+            bias,
+        });
+    }
+    Ok((selected, links, order))
+}
+
+/// A standard normal deviate by Box-Muller, from the stream (with `libm`, portable bits).
+fn gaussian(stream: &mut Stream) -> f64 {
+    let u = 1.0 - stream.unit(); // in (0, 1]
+    let angle = stream.angle();
+    libm::sqrt(-2.0 * libm::log(u)) * libm::cos(angle)
+}
+
+/// The root mean square of `x` (0 for an empty vector).
+fn rms(x: &[f64]) -> f64 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    (x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64).sqrt()
+}
+
+/// The seeded input: `n` standard normal values, scaled to an RMS of exactly 1 (up to rounding).
+pub fn input(seed: u64, n: usize) -> Vec<f64> {
+    let mut stream = Stream::derive(seed, INPUT_STREAM);
+    let x: Vec<f64> = (0..n).map(|_| gaussian(&mut stream)).collect();
+    let scale = rms(&x);
+    x.into_iter().map(|v| v / scale).collect()
+}
+
+/// The summary of singular values `s`.
+pub fn summarize(s: &[f64]) -> Singular {
+    let n = s.len().max(1) as f64;
+    let mean = s.iter().sum::<f64>() / n;
+    Singular {
+        mean_sq: s.iter().map(|v| v * v).sum::<f64>() / n,
+        std: (s.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n).sqrt(),
+        max: s.iter().copied().fold(0.0, f64::max),
+        min: s.iter().copied().reduce(f64::min).unwrap_or(0.0),
+    }
+}
+
+/// Measures the chain of the artifact at `path`.
+pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Result<Report, Error> {
+    let artifact = Artifact::open(path)?;
+    let shown = path.display().to_string();
+    let (selected, links, order) = chain(&artifact, options, &shown)?;
+    let flax = flax_layout(&artifact);
+    let cols = links[0].inp;
+    let work = |l: &Link| (l.out * l.inp * cols / 64 + l.out * l.inp) as u64;
+    progress.start(links.iter().map(work).sum());
+
+    let mut x = input(options.seed, cols);
+    let mut signal_rms = vec![rms(&x)];
+    let mut jacobian = Mat::<f64>::identity(cols, cols);
+    let mut non_finite: Option<usize> = None;
+    for (depth, (c, link)) in selected.iter().zip(&links).enumerate() {
+        let (out, inp) = (link.out, link.inp);
+        let mut w = artifact.read_f64(c.weight)?;
+        if let Some(mask) = c.mask {
+            for (w, m) in w.iter_mut().zip(artifact.read_f64(mask)?) {
+                *w *= m;
+            }
+        }
+        let w = if flax {
+            // Stored (in, out): transpose to the (out, in) matrix, row-major.
+            let mut t = vec![0.0; w.len()];
+            for i in 0..inp {
+                for o in 0..out {
+                    t[o * inp + i] = w[i * out + o];
+                }
+            }
+            t
+        } else {
+            w
+        };
+        let bias = match &link.bias {
+            Some(name) => match artifact.tensor(name) {
+                Some(info) => artifact.read_f64(info)?,
+                None => vec![0.0; out],
+            },
+            None => vec![0.0; out],
+        };
+        let mut slope = vec![0.0; out];
+        let mut next = vec![0.0; out];
+        for o in 0..out {
+            let row = &w[o * inp..(o + 1) * inp];
+            let h = row.iter().zip(&x).map(|(a, b)| a * b).sum::<f64>() + bias[o];
+            (next[o], slope[o]) = options.nonlinearity.apply(h);
+        }
+        x = next;
+        signal_rms.push(rms(&x));
+
+        let weight = measure::view(&w, out, inp);
+        let mut product = Mat::<f64>::zeros(out, cols);
+        matmul(
+            product.as_mut(),
+            Accum::Replace,
+            weight,
+            jacobian.as_ref(),
+            1.0,
+            measure::parallelism(out, inp.max(cols)),
+        );
+        for (o, &d) in slope.iter().enumerate() {
+            for k in 0..cols {
+                product[(o, k)] *= d;
+            }
+        }
+        jacobian = product;
+        if non_finite.is_none()
+            && (0..cols).any(|k| (0..out).any(|o| !jacobian[(o, k)].is_finite()))
+        {
+            non_finite = Some(depth + 1);
+        }
+        progress.advance(work(link));
+    }
+
+    let rows = links.last().map_or(cols, |l| l.out);
+    let (singular, note) = match non_finite {
+        Some(depth) => (
+            None,
+            Some(format!(
+                "the Jacobian has non-finite entries from depth {depth} on (overflow, or non-finite weights): no singular values"
+            )),
+        ),
+        None => match measure::singular_values(jacobian.as_ref(), measure::parallelism(rows, cols))
+        {
+            Some(s) => (Some(summarize(&s)), None),
+            None => (
+                None,
+                Some("the SVD of the Jacobian did not converge".into()),
+            ),
+        },
+    };
+    Ok(Report {
+        path: shown,
+        nonlinearity: options.nonlinearity,
+        seed: options.seed,
+        order,
+        chain: links,
+        rows,
+        cols,
+        singular,
+        note,
+        signal_rms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order_compares_numbers_by_value() {
+        let mut names = vec![
+            "hidden.10.weight",
+            "hidden.9.weight",
+            "hidden.100.weight",
+            "hidden.2.weight",
+            "a.weight",
+            "hidden.02.weight",
+        ];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            [
+                "a.weight",
+                "hidden.2.weight",
+                "hidden.02.weight",
+                "hidden.9.weight",
+                "hidden.10.weight",
+                "hidden.100.weight"
+            ]
+        );
+        assert_eq!(natural_cmp("net.2", "net.2"), Ordering::Equal);
+        assert_eq!(natural_cmp("net", "net.0"), Ordering::Less);
+    }
+
+    #[test]
+    fn nonlinearities_and_their_slopes() {
+        let t = Nonlinearity::Tanh.apply(0.5);
+        assert!((t.0 - 0.5f64.tanh()).abs() < 1e-16);
+        assert!((t.1 - (1.0 - 0.5f64.tanh().powi(2))).abs() < 1e-16);
+        assert_eq!(Nonlinearity::Linear.apply(-3.0), (-3.0, 1.0));
+        assert_eq!(Nonlinearity::Relu.apply(-1.0), (0.0, 0.0));
+        assert_eq!(Nonlinearity::Relu.apply(0.0), (0.0, 0.0));
+        assert_eq!(Nonlinearity::Relu.apply(2.0), (2.0, 1.0));
+        assert_eq!(Nonlinearity::HardTanh.apply(0.25), (0.25, 1.0));
+        assert_eq!(Nonlinearity::HardTanh.apply(-4.0), (-1.0, 0.0));
+        assert_eq!(Nonlinearity::HardTanh.apply(1.0), (1.0, 0.0));
+    }
+
+    #[test]
+    fn the_input_has_unit_rms_and_depends_on_the_seed() {
+        let x = input(0, 128);
+        assert!((rms(&x) - 1.0).abs() < 1e-15);
+        assert_eq!(x, input(0, 128));
+        assert_ne!(x, input(1, 128));
+        // Roughly Gaussian: mean near 0, a fair share on each side.
+        let x = input(5, 10_000);
+        let mean = x.iter().sum::<f64>() / x.len() as f64;
+        assert!(mean.abs() < 0.05, "{mean}");
+        let beyond = x.iter().filter(|v| v.abs() > 1.96).count();
+        assert!((400..600).contains(&beyond), "{beyond}");
+    }
+
+    #[test]
+    fn summaries_of_singular_values() {
+        let s = summarize(&[3.0, 1.0]);
+        assert_eq!((s.mean_sq, s.std, s.max, s.min), (5.0, 1.0, 3.0, 1.0));
+    }
+}

@@ -1,0 +1,391 @@
+//! End-to-end tests of `eoi isometry` on real files. The Jacobian of a linear chain is
+//! checked against an independent NumPy computation from the same file
+//! (`tests/python/isometry_reference.py`, run with `$EOI_PYTHON` as tests/python_interop.rs
+//! does: without numpy and safetensors these tests fail, they do not skip); an EOI chain of
+//! gain 1 must be an exact isometry; bad chains must be refused with the layers named.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use assert_cmd::Command;
+use assert_cmd::assert::Assert;
+use safetensors::tensor::TensorView;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const REFERENCE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/python/isometry_reference.py"
+);
+
+/// Runs the reference script with `$EOI_PYTHON` (default python3) and parses its JSON output.
+fn reference(args: &[&str]) -> Value {
+    let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = StdCommand::new(&python)
+        .arg(REFERENCE)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the Python interpreter `{python}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{python} isometry_reference.py {args:?}` failed (it needs numpy and safetensors: run \
+         the tests with scripts/test, or set EOI_PYTHON):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the reference prints JSON")
+}
+
+struct Sandbox {
+    dir: TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("cannot create a temporary directory"),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn eoi(&self, args: &[&str]) -> Assert {
+        Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+            .current_dir(self.dir.path())
+            .args(args)
+            .assert()
+    }
+
+    /// Writes `spec` and generates it to `out` with extra `args`.
+    fn generate(&self, spec: &str, out: &str, args: &[&str]) {
+        fs::write(self.path("spec.toml"), spec).unwrap();
+        let mut all = vec!["generate", "spec.toml", "-o", out, "-q"];
+        all.extend_from_slice(args);
+        self.eoi(&all).success();
+    }
+
+    /// `eoi isometry FILE ARGS... --json`, which must succeed.
+    fn isometry(&self, file: &str, args: &[&str]) -> Value {
+        let mut all = vec!["isometry", file, "--json"];
+        all.extend_from_slice(args);
+        let assert = self.eoi(&all).success();
+        serde_json::from_slice(&assert.get_output().stdout).expect("isometry --json prints JSON")
+    }
+
+    /// `eoi isometry ARGS...`, which must fail with exit 2; its standard error.
+    fn refused(&self, args: &[&str]) -> String {
+        let mut all = vec!["isometry"];
+        all.extend_from_slice(args);
+        let assert = self.eoi(&all).code(2);
+        let out = assert.get_output();
+        assert!(out.stdout.is_empty(), "nothing on stdout when refused");
+        String::from_utf8(out.stderr.clone()).unwrap()
+    }
+}
+
+fn number(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("{v} is not a number"))
+}
+
+fn assert_relative(ours: &Value, numpy: &Value, key: &str, tolerance: f64) {
+    let (a, b) = (number(&ours[key]), number(&numpy[key]));
+    assert!(
+        (a - b).abs() <= tolerance * b.abs(),
+        "{key}: eoi {a} vs NumPy {b} (relative {:e})",
+        (a - b).abs() / b.abs()
+    );
+}
+
+fn chain_names(report: &Value) -> Vec<String> {
+    report["chain"]
+        .as_array()
+        .expect("chain")
+        .iter()
+        .map(|l| l["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+#[test]
+fn a_linear_chain_matches_numpy_in_natural_order() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.path("chain.safetensors");
+    let file = file.to_str().unwrap();
+    let names: Vec<String> = serde_json::from_value(reference(&["write-chain", file])).unwrap();
+    let mut args = vec!["jacobian", file];
+    args.extend(names.iter().map(String::as_str));
+    let numpy = reference(&args);
+
+    // No provenance: natural name order puts net.10 after net.8; lexical order would not
+    // compose.
+    let ours = sandbox.isometry("chain.safetensors", &["--nonlinearity", "linear"]);
+    assert_eq!(ours["order"], "natural");
+    assert_eq!(chain_names(&ours), names);
+    assert_eq!(ours["layers"], names.len());
+    assert_eq!(ours["nonlinearity"], "linear");
+    let jacobian = &ours["jacobian"];
+    assert_eq!(jacobian["rows"], numpy["rows"]);
+    assert_eq!(jacobian["cols"], numpy["cols"]);
+    for key in [
+        "singular_mean_sq",
+        "singular_max",
+        "singular_min",
+        "singular_std",
+    ] {
+        assert_relative(jacobian, &numpy, key, 1e-9);
+    }
+    // A Gaussian chain is far from an isometry; the test would notice a constant answer.
+    assert!(number(&jacobian["singular_std"]) > 0.1);
+    let rms = ours["signal_rms"].as_array().unwrap();
+    assert_eq!(rms.len(), names.len() + 1);
+    assert_eq!(rms[0]["depth"], 0);
+    assert!((number(&rms[0]["rms"]) - 1.0).abs() < 1e-12);
+}
+
+#[test]
+fn an_eoi_chain_matches_numpy_in_provenance_order() {
+    // Recorded order b, a, c; in name order the shapes would not compose.
+    let spec = "seed = 5\n[sparsity]\ndensity = 0.3\n[init]\ngain = 1.3\n\
+        [[layer]]\nname = \"b.weight\"\nshape = [40, 24]\n\
+        [[layer]]\nname = \"a.weight\"\nshape = [32, 40]\n\
+        [[layer]]\nname = \"c.weight\"\nshape = [16, 32]\n";
+    let sandbox = Sandbox::new();
+    sandbox.generate(spec, "eoi.safetensors", &[]);
+    let file = sandbox.path("eoi.safetensors");
+    let numpy = reference(&[
+        "jacobian",
+        file.to_str().unwrap(),
+        "b.weight",
+        "a.weight",
+        "c.weight",
+    ]);
+    let ours = sandbox.isometry("eoi.safetensors", &["--nonlinearity", "linear"]);
+    assert_eq!(ours["order"], "provenance");
+    assert_eq!(chain_names(&ours), ["b.weight", "a.weight", "c.weight"]);
+    assert_eq!(ours["jacobian"]["rows"], 16);
+    assert_eq!(ours["jacobian"]["cols"], 24);
+    for key in [
+        "singular_mean_sq",
+        "singular_max",
+        "singular_min",
+        "singular_std",
+    ] {
+        assert_relative(&ours["jacobian"], &numpy, key, 1e-9);
+    }
+}
+
+const SQUARE: &str = "seed = 2\n[sparsity]\ndensity = 0.2\n[init]\ngain = 1.0\n\
+    [[layer]]\nname = \"hidden.{i}.weight\"\nshape = [48, 48]\nrepeat = 12\n";
+
+#[test]
+fn an_eoi_chain_of_gain_one_is_an_exact_isometry() {
+    let sandbox = Sandbox::new();
+    sandbox.generate(SQUARE, "square.safetensors", &["--dtype", "f64"]);
+    let ours = sandbox.isometry("square.safetensors", &["--nonlinearity", "linear"]);
+    let jacobian = &ours["jacobian"];
+    for key in ["singular_max", "singular_min", "singular_mean_sq"] {
+        let s = number(&jacobian[key]);
+        assert!((s - 1.0).abs() < 1e-9, "{key} = {s}");
+    }
+    assert!(number(&jacobian["singular_std"]) < 1e-9);
+    for entry in ours["signal_rms"].as_array().unwrap() {
+        assert!((number(&entry["rms"]) - 1.0).abs() < 1e-9, "{entry}");
+    }
+    // With tanh the singular values shrink below 1 but stay far from 0 at this depth.
+    let tanh = sandbox.isometry("square.safetensors", &[]);
+    let mean_sq = number(&tanh["jacobian"]["singular_mean_sq"]);
+    assert!(mean_sq < 1.0 && mean_sq > 0.05, "{mean_sq}");
+}
+
+#[test]
+fn flax_layout_and_torch_prune_names_give_the_same_chain() {
+    let sandbox = Sandbox::new();
+    sandbox.generate(SQUARE, "plain.safetensors", &[]);
+    sandbox.generate(SQUARE, "flax.safetensors", &["--layout", "flax"]);
+    sandbox.generate(SQUARE, "prune.safetensors", &["--names", "torch-prune"]);
+    sandbox.generate(SQUARE, "npy", &["--format", "npy"]);
+    let plain = sandbox.isometry("plain.safetensors", &[]);
+    for other in ["flax.safetensors", "prune.safetensors", "npy"] {
+        let report = sandbox.isometry(other, &[]);
+        assert_eq!(report["jacobian"], plain["jacobian"], "{other}");
+        assert_eq!(report["signal_rms"], plain["signal_rms"], "{other}");
+        assert_eq!(chain_names(&report), chain_names(&plain), "{other}");
+    }
+}
+
+#[test]
+fn a_tanh_chain_adds_its_biases_as_numpy_does() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.path("zero.safetensors");
+    let file = file.to_str().unwrap();
+    let names: Vec<String> =
+        serde_json::from_value(reference(&["write-chain", file, "zero-first"])).unwrap();
+    // The first weight is zero, so the signal after it is tanh(bias), whatever the input.
+    let mut args = vec!["signal", file];
+    args.extend(names.iter().map(String::as_str));
+    let numpy = reference(&args);
+    let ours = sandbox.isometry("zero.safetensors", &["--seed", "9"]);
+    assert!(
+        ours["chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["bias"].is_string())
+    );
+    let rms = ours["signal_rms"].as_array().unwrap();
+    for (k, expected) in numpy.as_array().unwrap().iter().enumerate() {
+        let (a, b) = (number(&rms[k + 1]["rms"]), number(expected));
+        assert!((a - b).abs() <= 1e-12 * b, "depth {}: {a} vs {b}", k + 1);
+    }
+    // The Jacobian passes through the zero weight.
+    assert_eq!(number(&ours["jacobian"]["singular_max"]), 0.0);
+}
+
+#[test]
+fn layers_selects_by_glob_and_the_seed_changes_only_the_signal() {
+    let spec = "[sparsity]\ndensity = 0.25\ndense = [\"input.weight\", \"output.weight\"]\n\
+        [init]\ngain = 1.0247\n\
+        [[layer]]\nname = \"input.weight\"\nshape = [32, 20]\n\
+        [[layer]]\nname = \"hidden.{i}.weight\"\nshape = [32, 32]\nrepeat = 11\n\
+        [[layer]]\nname = \"output.weight\"\nshape = [5, 32]\n";
+    let sandbox = Sandbox::new();
+    sandbox.generate(spec, "mlp.safetensors", &[]);
+    let all = sandbox.isometry("mlp.safetensors", &[]);
+    assert_eq!(all["layers"], 13);
+    assert_eq!(all["jacobian"]["cols"], 20);
+    let hidden = sandbox.isometry("mlp.safetensors", &["--layers", "hidden.*"]);
+    assert_eq!(hidden["layers"], 11);
+    let names = chain_names(&hidden);
+    assert_eq!(names[0], "hidden.0.weight");
+    assert_eq!(names[10], "hidden.10.weight");
+    let two = sandbox.isometry(
+        "mlp.safetensors",
+        &["--layers", "input.weight", "--layers", "hidden.0.*"],
+    );
+    assert_eq!(chain_names(&two), ["input.weight", "hidden.0.weight"]);
+
+    let other_seed = sandbox.isometry("mlp.safetensors", &["--seed", "1"]);
+    assert_ne!(other_seed["signal_rms"], all["signal_rms"]);
+    assert_eq!(
+        sandbox.isometry("mlp.safetensors", &["--seed", "1"])["signal_rms"],
+        other_seed["signal_rms"]
+    );
+    let linear = |seed: &str| {
+        sandbox.isometry(
+            "mlp.safetensors",
+            &["--nonlinearity", "linear", "--seed", seed],
+        )["jacobian"]
+            .clone()
+    };
+    assert_eq!(linear("0"), linear("1"));
+}
+
+#[test]
+fn text_output_summarises_the_jacobian_and_the_depth() {
+    let sandbox = Sandbox::new();
+    sandbox.generate(SQUARE, "square.safetensors", &[]);
+    let assert = sandbox
+        .eoi(&["isometry", "square.safetensors", "--nonlinearity", "relu"])
+        .success();
+    let text = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    for needle in [
+        "a chain of 12 layers in provenance order: hidden.0.weight (48x48) ... hidden.11.weight (48x48)",
+        "phi = relu",
+        "input-output Jacobian (48 x 48)",
+        "mean of squares",
+        "signal RMS along the depth",
+    ] {
+        assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+    }
+}
+
+#[test]
+fn an_overflowing_jacobian_is_reported_not_summarised() {
+    let spec = "[sparsity]\ndensity = 0.5\n[init]\ngain = 8.0\n\
+        [[layer]]\nname = \"l{i}.weight\"\nshape = [4, 4]\nrepeat = 400\n";
+    let sandbox = Sandbox::new();
+    sandbox.generate(spec, "big.safetensors", &[]);
+    let report = sandbox.isometry("big.safetensors", &["--nonlinearity", "linear"]);
+    assert!(report["jacobian"]["singular_max"].is_null());
+    let note = report["note"].as_str().unwrap();
+    assert!(note.contains("non-finite entries from depth"), "{note}");
+}
+
+#[test]
+fn chains_that_do_not_compose_name_both_layers() {
+    let spec = "[sparsity]\ndensity = 0.5\n\
+        [[layer]]\nname = \"enc.weight\"\nshape = [8, 16]\n\
+        [[layer]]\nname = \"dec.weight\"\nshape = [16, 4]\n";
+    let sandbox = Sandbox::new();
+    sandbox.generate(spec, "bad.safetensors", &[]);
+    let message = sandbox.refused(&["bad.safetensors"]);
+    assert!(
+        message.contains(
+            "layers \"enc.weight\" and \"dec.weight\" do not compose: \"enc.weight\" has 8 outputs but \"dec.weight\" takes 4 inputs"
+        ),
+        "{message}"
+    );
+    assert!(message.contains("bad.safetensors"), "{message}");
+}
+
+#[test]
+fn convolution_chains_are_refused_with_a_reason() {
+    let spec = "[sparsity]\ndensity = 0.5\n\
+        [[layer]]\nname = \"conv.weight\"\nshape = [8, 4, 3, 3]\n\
+        [[layer]]\nname = \"fc.weight\"\nshape = [10, 8]\n";
+    let sandbox = Sandbox::new();
+    sandbox.generate(spec, "cnn.safetensors", &[]);
+    let message = sandbox.refused(&["cnn.safetensors"]);
+    assert!(
+        message.contains("\"conv.weight\" is a convolution (8x4x3x3)"),
+        "{message}"
+    );
+    assert!(
+        message.contains("convolution chains are not supported yet"),
+        "{message}"
+    );
+    assert!(message.contains("--layers"), "{message}");
+    // Selecting the linear part works.
+    let fc = sandbox.isometry("cnn.safetensors", &["--layers", "fc.*"]);
+    assert_eq!(fc["layers"], 1);
+}
+
+#[test]
+fn unknown_globs_missing_files_and_bad_biases_are_refused() {
+    let sandbox = Sandbox::new();
+    sandbox.generate(SQUARE, "square.safetensors", &[]);
+    let message = sandbox.refused(&["square.safetensors", "--layers", "decoder.*"]);
+    assert!(
+        message.contains("--layers 'decoder.*' matches no weight of 'square.safetensors'"),
+        "{message}"
+    );
+    assert!(message.contains("\"hidden.0.weight\""), "{message}");
+
+    let message = sandbox.refused(&["absent.safetensors"]);
+    assert!(message.contains("absent.safetensors"), "{message}");
+
+    // A bias whose length is not the layer's outputs.
+    let weight: Vec<u8> = (0..12).flat_map(|k| f64::from(k).to_le_bytes()).collect();
+    let bias: Vec<u8> = [0.5f64; 3].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tensors = [
+        (
+            "fc.weight",
+            TensorView::new(safetensors::Dtype::F64, vec![4, 3], &weight).unwrap(),
+        ),
+        (
+            "fc.bias",
+            TensorView::new(safetensors::Dtype::F64, vec![3], &bias).unwrap(),
+        ),
+    ];
+    let path = sandbox.path("bias.safetensors");
+    safetensors::serialize_to_file(tensors, None, &path).unwrap();
+    let message = sandbox.refused(&["bias.safetensors"]);
+    assert!(
+        message.contains(
+            "the bias \"fc.bias\" of layer \"fc.weight\" has shape [3] and dtype f64, but the layer has 4 outputs"
+        ),
+        "{message}"
+    );
+    assert!(Path::new(&path).exists());
+}
