@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use eoi::generate::Part;
 use eoi::isometry::Nonlinearity;
-use eoi::spec::{Format, Names};
+use eoi::spec::{Format, Names, Scheme};
 use eoi::tensor::{Dtype, Layout};
 
 const EXAMPLES: &str = "\
@@ -42,7 +42,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Generate EOI weights and masks from a spec.
     #[command(
-        after_help = "Examples:\n  eoi generate specs/mlp-1000-tanh.toml -o mlp1000.safetensors\n  eoi generate spec.toml -o init --format npy --seed 7 --force\n  eoi generate spec.toml -o init.safetensors --json > summary.json"
+        after_help = "Examples:\n  eoi generate specs/mlp-1000-tanh.toml -o mlp1000.safetensors\n  eoi generate spec.toml -o init --format npy --seed 7 --force\n  eoi generate specs/mlp-1000-tanh.toml -o kaiming.safetensors --scheme kaiming\n  eoi generate spec.toml -o init.safetensors --json > summary.json"
     )]
     Generate(GenerateArgs),
     /// Check that an artifact eoi wrote is what it claims: masks, orthogonality, densities.
@@ -124,6 +124,11 @@ pub struct SpecArgs {
     /// Output format; overrides the spec's [output] format.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<FormatArg>,
+
+    /// Initialization scheme of every layer, over the spec's [init] and per-layer `scheme`:
+    /// eoi, or a baseline over a random mask.
+    #[arg(long, value_enum, value_name = "SCHEME")]
+    pub scheme: Option<SchemeArg>,
 }
 
 #[derive(Debug, Args)]
@@ -304,6 +309,25 @@ impl From<FormatArg> for Format {
         match f {
             FormatArg::Safetensors => Format::Safetensors,
             FormatArg::Npy => Format::Npy,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SchemeArg {
+    Eoi,
+    Kaiming,
+    ScaledKaiming,
+    Orthogonal,
+}
+
+impl From<SchemeArg> for Scheme {
+    fn from(s: SchemeArg) -> Scheme {
+        match s {
+            SchemeArg::Eoi => Scheme::Eoi,
+            SchemeArg::Kaiming => Scheme::Kaiming,
+            SchemeArg::ScaledKaiming => Scheme::ScaledKaiming,
+            SchemeArg::Orthogonal => Scheme::Orthogonal,
         }
     }
 }

@@ -76,6 +76,7 @@ fn load_plan(args: &SpecArgs, overrides: Overrides) -> Result<Plan, Error> {
     let spec = spec::parse(source)?;
     let overrides = Overrides {
         seed: args.seed,
+        scheme: args.scheme.map(Into::into),
         format: args.format.map(Into::into),
         ..overrides
     };
@@ -148,17 +149,25 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
         .max()
         .unwrap_or(5)
         .max(5);
+    let scheme_width = plan
+        .layers
+        .iter()
+        .map(|l| l.scheme.name().len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let mut out = io::stdout().lock();
     let mut text = format!(
-        "{:<width$}  {:<shape_width$}  {:<6}  {:>8}  {:<11}  {:>12}  {:>12}\n",
-        "layer", "shape", "kind", "density", "origin", "params", "nnz"
+        "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8}  {:<11}  {:>12}  {:>12}\n",
+        "layer", "shape", "kind", "scheme", "density", "origin", "params", "nnz"
     );
     for l in &plan.layers {
         text.push_str(&format!(
-            "{:<width$}  {:<shape_width$}  {:<6}  {:>8.5}  {:<11}  {:>12}  {:>12}\n",
+            "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8.5}  {:<11}  {:>12}  {:>12}\n",
             l.name,
             l.shape.to_string(),
             l.kind().name(),
+            l.scheme.name(),
             l.density,
             l.origin.name(),
             thousands(l.shape.numel()),

@@ -16,7 +16,7 @@ use crate::plan::{LayerPlan, Plan};
 use crate::provenance::Provenance;
 use crate::schemes::{self, LayerStats};
 use crate::spec::Format;
-use crate::spec::Kind;
+use crate::spec::{Kind, Scheme};
 use crate::tensor::{self, Dtype, FlaxView, Layout, RowBlocks};
 use crate::write::shards::{ShardFile, ShardedOutput};
 use crate::write::{self, Container, Destination, Output, TensorInfo};
@@ -147,14 +147,22 @@ fn memory_groups(plan: &Plan, layers: &[usize], budget: u64) -> Vec<Vec<usize>> 
     groups
 }
 
-/// Bytes a layer needs while it is generated: its f64 working matrix, the byte mask and the
-/// support bitsets.
+/// Bytes a layer needs while it is generated. EOI: its f64 working matrix, the byte mask and
+/// the support bitsets. A random-mask baseline: the byte mask and the f64 weight of the
+/// whole tensor, and for `orthogonal` the Gaussian matrix and its Q.
 pub fn layer_memory(layer: &LayerPlan) -> u64 {
     let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
-    let matrix = out * inp * (8 + 1) + out * inp / 8;
-    match layer.kind() {
-        Kind::Linear => matrix,
-        Kind::Conv => matrix + layer.shape.numel(),
+    let numel = layer.shape.numel();
+    match layer.scheme {
+        Scheme::Eoi => {
+            let matrix = out * inp * (8 + 1) + out * inp / 8;
+            match layer.kind() {
+                Kind::Linear => matrix,
+                Kind::Conv => matrix + numel,
+            }
+        }
+        Scheme::Kaiming | Scheme::ScaledKaiming => numel * (8 + 1),
+        Scheme::Orthogonal => numel * (8 + 1) + 3 * out * inp * 8,
     }
 }
 

@@ -65,6 +65,7 @@ fn layer_json(layer: &LayerReport) -> Value {
         "name": layer.name,
         "shape": layer.shape,
         "kind": layer.kind.map(|k| k.name()),
+        "scheme": layer.scheme.map(|s| s.name()),
         "dtype": layer.dtype.map(|d| d.name()),
         "nnz": layer.nnz,
         "density": layer.density,
@@ -164,6 +165,22 @@ pub fn verify_text(report: &verify::Report) -> String {
             ));
         }
         text.push('\n');
+        let unjudged: Vec<&str> = report
+            .layers
+            .iter()
+            .filter(|l| !l.promises_orthogonality)
+            .map(|l| l.scheme.map_or("?", |s| s.name()))
+            .collect();
+        if !unjudged.is_empty() {
+            let mut schemes = unjudged.clone();
+            schemes.sort_unstable();
+            schemes.dedup();
+            text.push_str(&format!(
+                "note: orthogonality is not checked for {} layers whose scheme ({}) does not promise it at their density; --json gives their errors\n",
+                unjudged.len(),
+                schemes.join(", ")
+            ));
+        }
     } else {
         let mut parts = vec![format!("{failing} of {} layers fail", report.layers.len())];
         if !report.problems.is_empty() {

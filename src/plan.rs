@@ -2,7 +2,10 @@
 //! patterns, EOI's minimum), gain, centre rule and scheme, and the output choices, resolved
 //! from a [`Spec`] into a [`Plan`]. Generation executes the plan and never looks at the spec.
 
-use crate::schemes::conv::{self, CentreRule};
+use crate::schemes::{
+    self,
+    conv::{self, CentreRule},
+};
 use crate::spec::{
     BelowMinimum, Density, Distribution, Format, Gain, Kind, Names, Scheme, Shape, Source, Spec,
     SpecError,
@@ -63,8 +66,12 @@ impl LayerPlan {
     }
 
     /// The nonzeros the plan expects: `round(d * numel)` for a matrix (EOI lands within one
-    /// rotation of it), `ceil(d * numel)` for a kernel (its mask is topped up to exactly that).
+    /// rotation of it) and for a random mask (exactly), `ceil(d * numel)` for an EOI kernel
+    /// (its mask is topped up to exactly that).
     pub fn expected_nnz(&self) -> u64 {
+        if self.scheme.random_mask() {
+            return schemes::mask::ones(self.density, self.shape.numel());
+        }
         let exact = self.density * self.shape.numel() as f64;
         let nnz = match self.kind() {
             Kind::Linear => exact.round(),
@@ -74,13 +81,34 @@ impl LayerPlan {
     }
 }
 
-/// The smallest density EOI can make for a shape: the identity's `1/max(out, in)` for a
-/// matrix; for a kernel, the density whose centre matrix reaches that.
-pub fn minimum_density(shape: &Shape, rule: CentreRule) -> f64 {
+/// The smallest density a scheme can make for a shape. EOI: the identity's `1/max(out, in)`
+/// for a matrix; for a kernel, the density whose centre matrix reaches that. A random mask:
+/// one weight, `1/numel`.
+pub fn minimum_density(shape: &Shape, rule: CentreRule, scheme: Scheme) -> f64 {
+    if scheme.random_mask() {
+        return 1.0 / shape.numel() as f64;
+    }
     match shape.kind() {
         Kind::Linear => 1.0 / shape.out().max(shape.inp()) as f64,
         Kind::Conv => conv::minimum_density(shape.out(), shape.inp(), shape.taps(), rule),
     }
+}
+
+/// Why a scheme's minimum density is what it is, for messages.
+fn minimum_reason(shape: &Shape, scheme: Scheme) -> String {
+    if scheme.random_mask() {
+        return format!("one weight of {}", shape.numel());
+    }
+    format!(
+        "the identity: 1/max({}, {}){}",
+        shape.out(),
+        shape.inp(),
+        if shape.kind() == Kind::Conv {
+            " for the centre matrix"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Output choices after the command line and the spec have had their say.
@@ -119,6 +147,8 @@ impl OutputPlan {
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub seed: Option<u64>,
+    /// Every layer's scheme, over the spec's `[init]` and per-layer `scheme`.
+    pub scheme: Option<Scheme>,
     pub format: Option<Format>,
     pub dtype: Option<Dtype>,
     pub max_shard_size: Option<u64>,
@@ -134,6 +164,9 @@ pub struct Plan {
     /// The overall density the spec asked for.
     pub requested_density: Density,
     pub distribution: Distribution,
+    /// The scheme the command line imposed on every layer, if it did (the provenance
+    /// records it, since the spec text does not say it).
+    pub scheme_override: Option<Scheme>,
     pub layers: Vec<LayerPlan>,
     pub output: OutputPlan,
     /// Things the user should know that do not stop the run.
@@ -247,11 +280,17 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
         .iter()
         .map(|l| l.conv_center.unwrap_or(spec.init.conv_center))
         .collect();
+    let layer_schemes: Vec<Scheme> = spec
+        .layers
+        .iter()
+        .map(|l| overrides.scheme.or(l.scheme).unwrap_or(spec.init.scheme))
+        .collect();
     let minima: Vec<f64> = spec
         .layers
         .iter()
         .zip(&rules)
-        .map(|(l, &rule)| minimum_density(&l.shape, rule))
+        .zip(&layer_schemes)
+        .map(|((l, &rule), &scheme)| minimum_density(&l.shape, rule, scheme))
         .collect();
     let clamp = sparsity.below_minimum == BelowMinimum::Clamp;
     // A density counts as below the minimum only beyond rounding noise.
@@ -356,28 +395,38 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
             }
             None => (free_density[k], Origin::Distributed),
         };
+        let scheme = layer_schemes[k];
         if below(density, minima[k]) {
-            let (out, inp) = (layer.shape.out(), layer.shape.inp());
             let how = match origin {
                 Origin::Fixed => "its density".to_string(),
                 _ => format!("distribution \"{}\" gives it", sparsity.distribution.name()),
+            };
+            let maker = match scheme {
+                Scheme::Eoi => "EOI".to_string(),
+                other => format!("scheme \"{}\"", other.name()),
             };
             return Err(error(
                 Some(layer.position),
                 format!("layer \"{}\"", layer.name),
                 format!(
-                    "{how} {density:.6}, below the {:.6} that EOI can make for shape {} (the identity: 1/max({out}, {inp}){})",
+                    "{how} {density:.6}, below the {:.6} that {maker} can make for shape {} ({})",
                     minima[k],
                     layer.shape,
-                    if layer.shape.kind() == Kind::Conv { " for the centre matrix" } else { "" },
+                    minimum_reason(&layer.shape, scheme),
                 ),
                 Some("raise the density, or set below_minimum = \"clamp\" in [sparsity] to use the minimum".into()),
             ));
         }
         if origin == Origin::Clamped {
             warnings.push(format!(
-                "layer \"{}\": density raised to EOI's minimum {:.6} for shape {}",
-                layer.name, density, layer.shape
+                "layer \"{}\": density raised to {} minimum {:.6} for shape {}",
+                layer.name,
+                match scheme {
+                    Scheme::Eoi => "EOI's".to_string(),
+                    other => format!("scheme \"{}\"'s", other.name()),
+                },
+                density,
+                layer.shape
             ));
         }
         layers.push(LayerPlan {
@@ -385,7 +434,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
             shape: layer.shape.clone(),
             density,
             origin,
-            scheme: spec.init.scheme,
+            scheme,
             gain: layer.gain.clone().unwrap_or_else(|| spec.init.gain.clone()),
             conv_center: rules[k],
             position: layer.position,
@@ -431,6 +480,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
         seed: overrides.seed.unwrap_or(spec.seed),
         requested_density: sparsity.density,
         distribution: sparsity.distribution,
+        scheme_override: overrides.scheme,
         layers,
         output,
         warnings,
@@ -632,10 +682,18 @@ mod tests {
     #[test]
     fn conv_minimum_follows_the_centre_rule() {
         let shape = Shape::new(&[64, 32, 3, 3]).unwrap();
-        assert_eq!(minimum_density(&shape, CentreRule::Same), 1.0 / 64.0);
         assert_eq!(
-            minimum_density(&shape, CentreRule::Sqrt),
+            minimum_density(&shape, CentreRule::Same, Scheme::Eoi),
+            1.0 / 64.0
+        );
+        assert_eq!(
+            minimum_density(&shape, CentreRule::Sqrt, Scheme::Eoi),
             1.0 / (64.0 * 9.0)
+        );
+        // A random mask needs one weight, whatever the rule.
+        assert_eq!(
+            minimum_density(&shape, CentreRule::Same, Scheme::Kaiming),
+            1.0 / (64.0 * 32.0 * 9.0)
         );
     }
 }

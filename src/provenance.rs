@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::plan::{LayerPlan, Plan};
 use crate::schemes::LayerStats;
-use crate::spec::{Kind, Names};
+use crate::spec::{Kind, Names, Scheme};
 use crate::stream::STREAM_VERSION;
 use crate::tensor::Layout;
 
@@ -25,7 +25,8 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
     record.insert("origin".into(), json!(layer.origin.name()));
     record.insert("params".into(), json!(layer.shape.numel()));
     record.insert("gain".into(), json!(layer.gain.value));
-    if layer.kind() == Kind::Conv {
+    let eoi = layer.scheme == Scheme::Eoi;
+    if layer.kind() == Kind::Conv && eoi {
         record.insert("conv_center".into(), json!(layer.conv_center.name()));
         record.insert("centre_density".into(), json!(layer.centre_density()));
     }
@@ -36,7 +37,9 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
         Some(s) => {
             record.insert("achieved_density".into(), json!(s.density()));
             record.insert("nnz".into(), json!(s.nnz));
-            record.insert("rotations".into(), json!(s.rotations));
+            if eoi {
+                record.insert("rotations".into(), json!(s.rotations));
+            }
             if let Some(c) = s.centre_nnz {
                 record.insert("centre_nnz".into(), json!(c));
             }
@@ -91,6 +94,11 @@ impl Provenance {
         if names != Names::Plain {
             metadata.push(("eoi.names".into(), names.name().into()));
         }
+        // The command line's --scheme is not in the spec text: record it so that the file
+        // can be made again (only when given, so other artifacts keep their bytes).
+        if let Some(scheme) = plan.scheme_override {
+            metadata.push(("eoi.scheme".into(), scheme.name().into()));
+        }
         if let Some((k, n)) = shard {
             metadata.push(("eoi.shard".into(), format!("{k}/{n}")));
         }
@@ -108,6 +116,9 @@ impl Provenance {
         }
         if names != Names::Plain {
             document["names"] = json!(names.name());
+        }
+        if let Some(scheme) = plan.scheme_override {
+            document["scheme"] = json!(scheme.name());
         }
         if let Some((k, n)) = shard {
             document["shard"] = json!(format!("{k}/{n}"));

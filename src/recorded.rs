@@ -6,6 +6,7 @@
 use serde_json::Value;
 
 use crate::provenance::VERSION_KEY;
+use crate::spec::Scheme;
 /// One layer as an artifact records it (an entry of `eoi.layers`), read back.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerRecord {
@@ -13,6 +14,8 @@ pub struct LayerRecord {
     pub shape: Vec<usize>,
     /// Target density of the whole tensor.
     pub density: f64,
+    /// The layer's scheme; records without one are EOI's.
+    pub scheme: Scheme,
     pub gain: f64,
     pub achieved_density: f64,
     /// Ones in the mask.
@@ -34,6 +37,8 @@ pub struct Recorded {
     pub seed: Option<u64>,
     pub mask_suffix: Option<String>,
     pub spec: Option<String>,
+    /// The scheme `--scheme` imposed on every layer, if it was given.
+    pub scheme_override: Option<Scheme>,
     pub layers: Option<Vec<LayerRecord>>,
     /// Each key that is missing or malformed, in words.
     pub problems: Vec<String>,
@@ -84,6 +89,14 @@ impl Recorded {
                 None => recorded
                     .problems
                     .push(format!("metadata key \"{key}\" is missing")),
+            }
+        }
+        if let Some(name) = get("eoi.scheme") {
+            recorded.scheme_override = Scheme::parse(name);
+            if recorded.scheme_override.is_none() {
+                recorded.problems.push(format!(
+                    "metadata key \"eoi.scheme\" is \"{name}\", not a scheme this eoi knows"
+                ));
             }
         }
         match get("eoi.layers") {
@@ -147,6 +160,15 @@ impl Recorded {
         recorded.schema_version =
             whole(schema_version, "schema_version").and_then(|n| u32::try_from(n).ok());
         recorded.seed = whole(seed, "seed");
+        match doc.get("scheme") {
+            None => {}
+            Some(Value::String(name)) if Scheme::parse(name).is_some() => {
+                recorded.scheme_override = Scheme::parse(name);
+            }
+            Some(other) => problems.push(format!(
+                "manifest key \"scheme\" is {other}, not a scheme this eoi knows"
+            )),
+        }
         recorded.problems = problems;
         if let Some(layers) = layers {
             recorded.layers = read_layers(&layers, &mut recorded.problems);
@@ -208,6 +230,13 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
                 .collect::<Option<Vec<usize>>>()
         })
         .ok_or("has a \"shape\" that is not a list of dimensions")?;
+    let scheme = match raw.get("scheme") {
+        None => Scheme::Eoi,
+        Some(value) => value
+            .as_str()
+            .and_then(Scheme::parse)
+            .ok_or_else(|| format!("has \"scheme\" {value}, not a scheme this eoi knows"))?,
+    };
     let centre_nnz = match raw.get("centre_nnz") {
         None => None,
         Some(_) => Some(whole("centre_nnz")?),
@@ -216,6 +245,7 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
         name,
         shape,
         density: number("density")?,
+        scheme,
         gain: number("gain")?,
         achieved_density: number("achieved_density")?,
         nnz: whole("nnz")?,

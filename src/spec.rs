@@ -105,19 +105,61 @@ impl BelowMinimum {
 /// Names of the rules for a convolution's centre density (`conv_center`).
 pub const CONV_CENTERS: &[&str] = &["sqrt", "same"];
 
-/// The initialization scheme.
+/// The initialization scheme of a layer: EOI, or one of the baselines the paper compares
+/// it with (see [`crate::schemes`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
+    /// Exact Orthogonal Initialization (the default).
     Eoi,
+    /// A random mask over normal weights with std `gain / sqrt(fan_in)`.
+    Kaiming,
+    /// A random mask over normal weights with std `gain / sqrt(fan_in * d)`.
+    ScaledKaiming,
+    /// A random mask over a dense orthogonal matrix (delta-orthogonal for convolutions).
+    Orthogonal,
 }
 
 impl Scheme {
-    pub const NAMES: &'static [&'static str] = &["eoi"];
+    pub const NAMES: &'static [&'static str] = &["eoi", "kaiming", "scaled-kaiming", "orthogonal"];
 
     pub fn name(self) -> &'static str {
         match self {
             Scheme::Eoi => "eoi",
+            Scheme::Kaiming => "kaiming",
+            Scheme::ScaledKaiming => "scaled-kaiming",
+            Scheme::Orthogonal => "orthogonal",
         }
+    }
+
+    pub fn parse(name: &str) -> Option<Scheme> {
+        match name {
+            "eoi" => Some(Scheme::Eoi),
+            "kaiming" => Some(Scheme::Kaiming),
+            "scaled-kaiming" => Some(Scheme::ScaledKaiming),
+            "orthogonal" => Some(Scheme::Orthogonal),
+            _ => None,
+        }
+    }
+
+    /// Whether the mask is drawn uniformly at random, with exactly `round(d * numel)` ones.
+    pub fn random_mask(self) -> bool {
+        !matches!(self, Scheme::Eoi)
+    }
+
+    /// Whether the weight (of a convolution: its centre tap, every other tap zero) is
+    /// orthogonal times the gain at `density`: EOI always, a dense orthogonal matrix only
+    /// unmasked.
+    pub fn promises_orthogonality(self, density: f64) -> bool {
+        match self {
+            Scheme::Eoi => true,
+            Scheme::Orthogonal => density == 1.0,
+            Scheme::Kaiming | Scheme::ScaledKaiming => false,
+        }
+    }
+
+    /// Whether a convolution's weight is zero off the centre tap.
+    pub fn delta(self) -> bool {
+        matches!(self, Scheme::Eoi | Scheme::Orthogonal)
     }
 }
 
@@ -310,6 +352,12 @@ impl Shape {
         self.0.iter().map(|&d| d as u64).product()
     }
 
+    /// The fan-in `in * K` (K taps; 1 for linear layers), as Kaiming's std uses it: the one
+    /// place it is computed.
+    pub fn fan_in(&self) -> usize {
+        self.inp() * self.taps()
+    }
+
     pub fn kind(&self) -> Kind {
         if self.0.len() == 2 {
             Kind::Linear
@@ -375,6 +423,7 @@ pub struct Sparsity {
 /// The `[init]` table.
 #[derive(Clone, Debug)]
 pub struct Init {
+    /// The scheme of every layer that does not set its own.
     pub scheme: Scheme,
     pub gain: Gain,
     pub conv_center: CentreRule,
@@ -398,6 +447,7 @@ pub struct LayerSpec {
     pub density: Option<Density>,
     pub gain: Option<Gain>,
     pub conv_center: Option<CentreRule>,
+    pub scheme: Option<Scheme>,
     /// Where the layer's `name` stands in the spec (1-based line, column).
     pub position: (usize, usize),
 }
@@ -477,7 +527,10 @@ struct RawSparsity {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Init")]
 struct RawInit {
-    /// The initialization scheme: "eoi" (the default, and the only one).
+    /// The initialization scheme of every layer: "eoi" (the default; exact orthogonal), or a
+    /// baseline: "kaiming", "scaled-kaiming" or "orthogonal" (a random mask over normal
+    /// weights of std gain / sqrt(fan_in), gain / sqrt(fan_in * density), or a dense
+    /// orthogonal matrix). `--scheme` overrides it.
     #[schemars(with = "Option<String>", extend("enum" = Scheme::NAMES))]
     scheme: Option<Spanned<String>>,
     /// Factor the orthogonal weights are multiplied by (default 1).
@@ -542,6 +595,9 @@ struct RawLayer {
     /// This layer's centre rule, overriding `[init]`'s: "sqrt" or "same".
     #[schemars(with = "Option<String>", extend("enum" = CONV_CENTERS))]
     conv_center: Option<Spanned<String>>,
+    /// This layer's initialization scheme, overriding `[init]`'s.
+    #[schemars(with = "Option<String>", extend("enum" = Scheme::NAMES))]
+    scheme: Option<Spanned<String>>,
 }
 
 /// The schema of a gain as a spec writes it (the parser reads a `toml::Value`).
@@ -1114,7 +1170,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                     "[init], field `scheme`",
                     "scheme",
                     Scheme::NAMES,
-                    |s| (s == "eoi").then_some(Scheme::Eoi),
+                    Scheme::parse,
                 )?,
             },
             gain: match &ri.gain {
@@ -1259,6 +1315,20 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 )
             })
             .transpose()?;
+        let layer_scheme = raw_layer
+            .scheme
+            .as_ref()
+            .map(|v| {
+                one_of(
+                    errors,
+                    v,
+                    &field("scheme"),
+                    "scheme",
+                    Scheme::NAMES,
+                    Scheme::parse,
+                )
+            })
+            .transpose()?;
         let has_index = name.contains("{i}");
         let names: Vec<String> = match &raw_layer.repeat {
             None if has_index => {
@@ -1315,6 +1385,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 density: layer_density,
                 gain: layer_gain.clone(),
                 conv_center,
+                scheme: layer_scheme,
                 position,
             });
         }
@@ -1504,7 +1575,15 @@ mod tests {
     fn field_lists_come_from_the_structs() {
         assert_eq!(
             fields_of::<RawLayer>(),
-            &["name", "shape", "density", "repeat", "gain", "conv_center"]
+            &[
+                "name",
+                "shape",
+                "density",
+                "repeat",
+                "gain",
+                "conv_center",
+                "scheme"
+            ]
         );
         assert!(fields_of::<RawSpec>().contains(&"sparsity"));
     }

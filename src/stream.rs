@@ -19,6 +19,8 @@ pub const STREAM_VERSION: u32 = 1;
 /// Sampling is done here on the raw 64-bit output of ChaCha20 rather than through
 /// `rand`'s distributions, whose algorithms are not promised to stay value-stable
 /// across releases: our output bytes must not depend on a dependency's minor version.
+/// A clone continues from the same position, independently of the original.
+#[derive(Clone)]
 pub struct Stream {
     rng: ChaCha20Rng,
 }
@@ -64,6 +66,39 @@ impl Stream {
     /// A uniform angle in `[0, 2*pi)`.
     pub fn angle(&mut self) -> f64 {
         self.unit() * std::f64::consts::TAU
+    }
+
+    /// Two independent standard normal values by the Box-Muller transform: `u1 = 1 - unit()`
+    /// (in `(0, 1]`, so the logarithm is finite), then `u2 = unit()`, and
+    /// `r = sqrt(-2 ln u1)`, `(r cos(2 pi u2), r sin(2 pi u2))`. The logarithm and the
+    /// trigonometry are libm's, not the platform's, so the values are the same to the last
+    /// bit everywhere.
+    pub fn normal_pair(&mut self) -> (f64, f64) {
+        let u1 = 1.0 - self.unit();
+        let theta = self.angle();
+        let r = (-2.0 * libm::log(u1)).sqrt();
+        (r * libm::cos(theta), r * libm::sin(theta))
+    }
+
+    /// Standard normal values in order: pair k of [`Stream::normal_pair`] gives values 2k
+    /// and 2k + 1. When the iterator is dropped after an odd number of values, the second
+    /// value of the last pair has been drawn and is lost.
+    pub fn normals(&mut self) -> impl Iterator<Item = f64> + '_ {
+        let mut spare = None;
+        std::iter::from_fn(move || {
+            Some(spare.take().unwrap_or_else(|| {
+                let (a, b) = self.normal_pair();
+                spare = Some(b);
+                a
+            }))
+        })
+    }
+
+    /// Fills `out` with [`Stream::normals`] in order.
+    pub fn fill_normal(&mut self, out: &mut [f64]) {
+        for (slot, z) in out.iter_mut().zip(self.normals()) {
+            *slot = z;
+        }
     }
 }
 
@@ -112,6 +147,28 @@ mod tests {
         // Each bucket expects 1000; 5 sigma is about 150.
         assert!(seen.iter().all(|&c| (850..1150).contains(&c)), "{seen:?}");
         assert_eq!(s.below(1), 0);
+    }
+
+    #[test]
+    fn normals_have_the_moments_of_a_standard_normal() {
+        let mut s = Stream::derive(5, "normal");
+        let mut values = vec![0.0; 100_001];
+        s.fill_normal(&mut values);
+        let n = values.len() as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+        let fourth = values.iter().map(|v| v.powi(4)).sum::<f64>() / n;
+        // Standard errors: mean 1/sqrt(n) = 0.0032, variance sqrt(2/n) = 0.0045,
+        // fourth moment sqrt(96/n) = 0.031; the bounds are about 5 of them.
+        assert!(mean.abs() < 0.016, "{mean}");
+        assert!((var - 1.0).abs() < 0.023, "{var}");
+        assert!((fourth - 3.0).abs() < 0.16, "{fourth}");
+        // An odd fill uses whole pairs: the next draw is the same as after n + 1 values.
+        let mut a = Stream::derive(5, "odd");
+        let mut b = Stream::derive(5, "odd");
+        a.fill_normal(&mut [0.0; 3]);
+        b.fill_normal(&mut [0.0; 4]);
+        assert_eq!(a.next_u64(), b.next_u64());
     }
 
     #[test]

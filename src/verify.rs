@@ -1,8 +1,9 @@
 //! `verify`: proves that an artifact is what it claims, without trusting it. Every layer
 //! recorded in the provenance is checked against its weight and mask: shapes, no nonzero
-//! weight outside the mask, exact orthogonality up to the rounding of the stored dtype (for
-//! convolutions: of the centre tap, with every other tap zero), and the mask's nonzeros and
-//! density against the record. With `regenerate`, the embedded spec is planned and generated
+//! weight outside the mask, exact orthogonality up to the rounding of the stored dtype where
+//! the layer's scheme promises it (EOI, and `orthogonal` unmasked; for convolutions: of the
+//! centre tap, with every other tap zero), and the mask's nonzeros and density against the
+//! record. With `regenerate`, the embedded spec is planned and generated
 //! again and every tensor is compared byte for byte with the file, a chunk at a time.
 
 use std::io::{self, Write};
@@ -19,7 +20,7 @@ use crate::provenance::layer_record;
 use crate::read::{Artifact, Dtype, Format, ReadError, TensorInfo};
 use crate::recorded::{LayerRecord, Recorded};
 use crate::schemes::{self, conv};
-use crate::spec::{self, Kind, Source};
+use crate::spec::{self, Kind, Scheme, Source};
 use crate::stream::STREAM_VERSION;
 use crate::tensor;
 
@@ -89,6 +90,10 @@ pub struct LayerReport {
     /// The weight's shape as stored (the record's when the weight is missing).
     pub shape: Vec<usize>,
     pub kind: Option<Kind>,
+    /// The scheme the record names (EOI without a record).
+    pub scheme: Option<Scheme>,
+    /// Whether the scheme promises orthogonality at this density, so that it is judged.
+    pub promises_orthogonality: bool,
     /// The weight's stored dtype.
     pub dtype: Option<Dtype>,
     /// Ones in the mask.
@@ -458,13 +463,20 @@ fn check_layer(
         }
     }
 
-    // Orthogonality of the matrix (linear) or the centre tap (conv), and zero off-centre taps.
+    // Orthogonality of the matrix (linear) or the centre tap (conv), and zero off-centre
+    // taps, where the scheme promises them; the other schemes' orthogonality error (of the
+    // (out, in * K) flattening) is reported, not judged.
+    let scheme = record.map_or(Scheme::Eoi, |r| r.scheme);
+    let promised = record.is_none_or(|r| r.scheme.promises_orthogonality(r.density));
+    report.scheme = Some(scheme);
+    report.promises_orthogonality = promised;
     if let (Some(values), Some(w)) = (&values, weight) {
         let (out, inp) = (w.shape[0], w.shape[1]);
         let kernel = &w.shape[2..];
         let taps: usize = kernel.iter().product();
-        let centre: Vec<f64> = if taps == 1 {
-            values.clone()
+        let delta = taps > 1 && scheme.delta();
+        let (matrix, rows, cols): (std::borrow::Cow<'_, [f64]>, usize, usize) = if !delta {
+            (values.as_slice().into(), out, inp * taps)
         } else {
             let tap = conv::centre_tap(kernel);
             let off = values
@@ -485,24 +497,25 @@ fn check_layer(
                     ),
                 );
             }
-            values.iter().skip(tap).step_by(taps).copied().collect()
+            let centre: Vec<f64> = values.iter().skip(tap).step_by(taps).copied().collect();
+            (centre.into(), out, inp)
         };
-        let matrix = measure::view(&centre, out, inp);
-        let g = measure::gram(matrix, measure::parallelism(out, inp));
+        let view = measure::view(&matrix, rows, cols);
+        let g = measure::gram(view, measure::parallelism(rows, cols));
         let (gain, estimated) = match record {
             Some(r) => (r.gain, false),
             None => (measure::mean_diagonal(&g).sqrt(), true),
         };
         let error = measure::deviation(&g, gain * gain);
-        let tol = tolerance(w.dtype, gain, out.max(inp));
+        let tol = tolerance(w.dtype, gain, rows.max(cols)).filter(|_| promised);
         report.gain = Some(gain);
         report.orthogonality_error = Some(error);
         report.tolerance = tol;
         if let Some(tol) = tol
             && (error.is_nan() || error > tol)
         {
-            let what = if taps == 1 { "W" } else { "the centre tap H" };
-            let product = if out <= inp {
+            let what = if !delta { "W" } else { "the centre tap H" };
+            let product = if rows <= cols {
                 format!("{what} {what}^T")
             } else {
                 format!("{what}^T {what}")
@@ -550,6 +563,16 @@ fn check_density(
             "the mask's density is {density}, the record says achieved_density = {}",
             record.achieved_density
         ));
+    }
+    if record.scheme.random_mask() {
+        let want = schemes::mask::ones(record.density, numel);
+        if want != nnz {
+            fail(format!(
+                "a random mask at density {} over {numel} weights has round(d * numel) = {want} ones, this one {nnz}",
+                record.density
+            ));
+        }
+        return;
     }
     match (shape.len(), record.centre_nnz) {
         (2, _) => {
@@ -743,6 +766,7 @@ fn regenerate(
             &spec,
             &Overrides {
                 seed: Some(seed),
+                scheme: recorded.scheme_override,
                 format: None,
                 dtype: Some(dtype),
                 ..Overrides::default()

@@ -1,6 +1,6 @@
 //! Golden hashes: the SHA-256 of every tensor that the real binary writes for
-//! tests/golden/small.toml, per dtype. They freeze the random streams, the stop rule, the
-//! conv rule and density planning: if one changes, output bytes change, which is a breaking
+//! tests/golden/small.toml, per dtype and per scheme. They freeze the random streams, the stop
+//! rule, the conv rule, the baselines' masks and values, and density planning: if one changes, output bytes change, which is a breaking
 //! change (new major version, CHANGELOG entry, and new hashes here).
 //!
 //! The hashes are of each tensor's data, not of whole files, so the same table holds for
@@ -227,6 +227,26 @@ fn adding_a_layer_changes_no_golden_tensor() {
     }
 }
 
+#[test]
+fn every_baseline_scheme_is_frozen_for_any_thread_count_and_container() {
+    // The baselines' random masks and values are part of the same contract as EOI's bytes.
+    let spec = Path::new(SPEC);
+    for (scheme, table) in [
+        ("kaiming", KAIMING),
+        ("scaled-kaiming", SCALED_KAIMING),
+        ("orthogonal", ORTHOGONAL),
+    ] {
+        for (container, threads) in [(Container::Safetensors, "1"), (Container::Npy, "3")] {
+            let actual = hashes(spec, container, &["--scheme", scheme, "--threads", threads]);
+            check_table(
+                &format!("{SPEC} (--scheme {scheme}, {container:?}, --threads {threads})"),
+                &actual,
+                table,
+            );
+        }
+    }
+}
+
 const F32: &[(&str, &str)] = &[
     (
         "blocks.0.weight",
@@ -357,5 +377,203 @@ const F64: &[(&str, &str)] = &[
     (
         "volume.weight_mask",
         "42693a576d9e073dc32b39c396b424b2a00ee22fc8335ce65ae32613d1a3d896",
+    ),
+];
+const KAIMING: &[(&str, &str)] = &[
+    (
+        "blocks.0.weight",
+        "ba82bfa9ed8ddade10420c172f370d6824e71dbed06c77d21e1eb1b96f7a7ba0",
+    ),
+    (
+        "blocks.0.weight_mask",
+        "86d9f6c502ae40d9547f4d44fc094b2254d3627dc9069f2dfc6863f62f6dcfb8",
+    ),
+    (
+        "blocks.1.weight",
+        "fdc9642e7d0cee953c6366e5b83ffd397215c8f0ef804014f8d3c4155ff73a80",
+    ),
+    (
+        "blocks.1.weight_mask",
+        "487d9e9dca9d77d231bc1763dd2b8c383d411f3bf8bff9525d4db065ce66a028",
+    ),
+    (
+        "fc1.weight",
+        "061ed31c2b20e910c1245ff3c9f09b15b17fbd64e8da98be6437d8d898935e16",
+    ),
+    (
+        "fc1.weight_mask",
+        "9a15704781181fd57831492d5666d1fef0a6cb4ecee089bf6c7e93ecdc5b3061",
+    ),
+    (
+        "fc2.weight",
+        "4564002f4ac9ecafc868062b6c55b98f227e6f1fafdf60bd503d74a7ce9f3159",
+    ),
+    (
+        "fc2.weight_mask",
+        "e5a46007df72d5383fb89bcfc90a404653184871708fce8948638d0c316060d2",
+    ),
+    (
+        "head.weight",
+        "620006140fdf3e32d70351941048004f9f6eef958ac0767d1ae06940bcea28d8",
+    ),
+    (
+        "head.weight_mask",
+        "893c172baa019a7bc919e5b8255d39258346a9953f305d0b115076f2cc26cbed",
+    ),
+    (
+        "stem.weight",
+        "f53e6e066219a51a01693bd2810dc0db3f2bae4eb8d94847a13b1ba585fc9382",
+    ),
+    (
+        "stem.weight_mask",
+        "b044c372f565b7151c5c744b3a05c32eb71895eb87a59c0136146ea4ae241e0b",
+    ),
+    (
+        "temporal.weight",
+        "2ca2784b758a7cd4390a75ea10c572a252a4e28fa4a29e5deb1494fef3657ef0",
+    ),
+    (
+        "temporal.weight_mask",
+        "0abdb5127d1cb43ac25d3431433fa2938a7d3b69b704a7c90d2707a0dcdb4869",
+    ),
+    (
+        "volume.weight",
+        "3bdf6cfe832957461b10eff16e9abcba6605e80f45402d47c7ecba733bdafd32",
+    ),
+    (
+        "volume.weight_mask",
+        "4e6ba4a128458d678b6ecdcb64936f22c2094e4338117811efc7c3632c202b99",
+    ),
+];
+const SCALED_KAIMING: &[(&str, &str)] = &[
+    (
+        "blocks.0.weight",
+        "8f11b670485b9622604a4ba06ec2f46a8f90c1c85f0811f2ed1183aa3eceb932",
+    ),
+    (
+        "blocks.0.weight_mask",
+        "86d9f6c502ae40d9547f4d44fc094b2254d3627dc9069f2dfc6863f62f6dcfb8",
+    ),
+    (
+        "blocks.1.weight",
+        "4416a8ae0970a1ed44301f009433a66ca32306b785f6798353e64d1baaac125d",
+    ),
+    (
+        "blocks.1.weight_mask",
+        "487d9e9dca9d77d231bc1763dd2b8c383d411f3bf8bff9525d4db065ce66a028",
+    ),
+    (
+        "fc1.weight",
+        "78e511807f6c6346ab256ef8e38e1f1dfa91009601cdcf96925a06ae39ce69d4",
+    ),
+    (
+        "fc1.weight_mask",
+        "9a15704781181fd57831492d5666d1fef0a6cb4ecee089bf6c7e93ecdc5b3061",
+    ),
+    (
+        "fc2.weight",
+        "438fafd5ece53bcc44baf59d188741592611677a8c3e2207fe92865088ac1fc7",
+    ),
+    (
+        "fc2.weight_mask",
+        "e5a46007df72d5383fb89bcfc90a404653184871708fce8948638d0c316060d2",
+    ),
+    (
+        "head.weight",
+        "620006140fdf3e32d70351941048004f9f6eef958ac0767d1ae06940bcea28d8",
+    ),
+    (
+        "head.weight_mask",
+        "893c172baa019a7bc919e5b8255d39258346a9953f305d0b115076f2cc26cbed",
+    ),
+    (
+        "stem.weight",
+        "cbd88e81ec4ecb14415a5cc99abc351b2ab11d52ea8cb2d87c1210efac5c0797",
+    ),
+    (
+        "stem.weight_mask",
+        "b044c372f565b7151c5c744b3a05c32eb71895eb87a59c0136146ea4ae241e0b",
+    ),
+    (
+        "temporal.weight",
+        "d6e55f5621217def5137a181a1dacaa2a8644687423a3300c30e1985bb98ed26",
+    ),
+    (
+        "temporal.weight_mask",
+        "0abdb5127d1cb43ac25d3431433fa2938a7d3b69b704a7c90d2707a0dcdb4869",
+    ),
+    (
+        "volume.weight",
+        "759b682ad5f9efade376a04f6a9c4fbd4f41210a0046df618e232823a8892a1c",
+    ),
+    (
+        "volume.weight_mask",
+        "4e6ba4a128458d678b6ecdcb64936f22c2094e4338117811efc7c3632c202b99",
+    ),
+];
+const ORTHOGONAL: &[(&str, &str)] = &[
+    (
+        "blocks.0.weight",
+        "48848e5c652a8439de3ac22c24bff64227918205f16993ee964eefdf41adcbfe",
+    ),
+    (
+        "blocks.0.weight_mask",
+        "86d9f6c502ae40d9547f4d44fc094b2254d3627dc9069f2dfc6863f62f6dcfb8",
+    ),
+    (
+        "blocks.1.weight",
+        "5930ed57217211345dc06086fac2f2dea7d9a2dbe1148f385ed19d7f1bcd5374",
+    ),
+    (
+        "blocks.1.weight_mask",
+        "487d9e9dca9d77d231bc1763dd2b8c383d411f3bf8bff9525d4db065ce66a028",
+    ),
+    (
+        "fc1.weight",
+        "ef9d79603e879e59ffccd09ba1bb6ac856a2895244dbd6ee8ad75fe6eca3c524",
+    ),
+    (
+        "fc1.weight_mask",
+        "9a15704781181fd57831492d5666d1fef0a6cb4ecee089bf6c7e93ecdc5b3061",
+    ),
+    (
+        "fc2.weight",
+        "12ce2fddc17aee3d2edbd690de3b9518bca0e1dd3ae2213b4af042c9c720d8cf",
+    ),
+    (
+        "fc2.weight_mask",
+        "e5a46007df72d5383fb89bcfc90a404653184871708fce8948638d0c316060d2",
+    ),
+    (
+        "head.weight",
+        "a6e03b5eea22a27bb476143116d6caac95e8326fc3ec61d7e78894195e3102a4",
+    ),
+    (
+        "head.weight_mask",
+        "893c172baa019a7bc919e5b8255d39258346a9953f305d0b115076f2cc26cbed",
+    ),
+    (
+        "stem.weight",
+        "67ef0ac7c95a93d804af2e193b9fd83f15ee64a8c32166281e6719276f183f14",
+    ),
+    (
+        "stem.weight_mask",
+        "b044c372f565b7151c5c744b3a05c32eb71895eb87a59c0136146ea4ae241e0b",
+    ),
+    (
+        "temporal.weight",
+        "a10f312e982e3d31b6950c10219f8a6a8877c9ab9b2f7cc6d1532d9d5157849e",
+    ),
+    (
+        "temporal.weight_mask",
+        "0abdb5127d1cb43ac25d3431433fa2938a7d3b69b704a7c90d2707a0dcdb4869",
+    ),
+    (
+        "volume.weight",
+        "1fb11c798ab767ca993aa4867ccf40a92bd093ffbd559c858062d353df82901a",
+    ),
+    (
+        "volume.weight_mask",
+        "4e6ba4a128458d678b6ecdcb64936f22c2094e4338117811efc7c3632c202b99",
     ),
 ];

@@ -1,24 +1,30 @@
 //! Initialization schemes: a layer's plan and its random stream in, the weight, the mask and
-//! the statistics the provenance records out. EOI's maths lives in [`eoi`]; [`conv`] wraps it
-//! with the delta-orthogonal centre-tap rule for kernels.
+//! the statistics the provenance records out. Every scheme has the same shape: [`prepare`]
+//! draws what the mask needs and fixes the statistics, [`Prepared::weight`] computes the
+//! values. EOI's maths lives in [`eoi`], and [`conv`] wraps it with the delta-orthogonal
+//! centre-tap rule for kernels. The baselines keep a random [`mask`] over [`kaiming`]
+//! normal weights or a dense [`orthogonal`] matrix.
 
 pub mod conv;
 pub mod eoi;
+pub mod kaiming;
+pub mod mask;
+pub mod orthogonal;
 
 use crate::plan::LayerPlan;
 use crate::spec::{Kind, Scheme};
 use crate::stream::Stream;
-use crate::tensor::{Mask, Weight};
+use crate::tensor::{Grid, Mask, Order, RowBlocks, Weight};
 
 /// What a layer's generation achieved.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LayerStats {
     pub numel: u64,
     /// Ones in the mask.
     pub nnz: u64,
-    /// Givens rotations applied.
+    /// Givens rotations applied (EOI; 0 for the other schemes).
     pub rotations: u64,
-    /// Nonzeros of the centre matrix, for convolutions.
+    /// Nonzeros of the centre matrix, for EOI convolutions.
     pub centre_nnz: Option<u64>,
 }
 
@@ -38,11 +44,9 @@ pub struct Generated {
 
 fn centre_schedule(layer: &LayerPlan, stream: &mut Stream) -> eoi::Schedule {
     let shape = &layer.shape;
-    match (layer.scheme, shape.kind()) {
-        (Scheme::Eoi, Kind::Linear) => {
-            eoi::schedule(shape.out(), shape.inp(), layer.density, stream)
-        }
-        (Scheme::Eoi, Kind::Conv) => conv::schedule(
+    match shape.kind() {
+        Kind::Linear => eoi::schedule(shape.out(), shape.inp(), layer.density, stream),
+        Kind::Conv => conv::schedule(
             shape.out(),
             shape.inp(),
             shape.taps(),
@@ -53,7 +57,7 @@ fn centre_schedule(layer: &LayerPlan, stream: &mut Stream) -> eoi::Schedule {
     }
 }
 
-fn stats_of(layer: &LayerPlan, schedule: &eoi::Schedule) -> LayerStats {
+fn eoi_stats(layer: &LayerPlan, schedule: &eoi::Schedule) -> LayerStats {
     let numel = layer.shape.numel();
     let rotations = schedule.rotations().len() as u64;
     match layer.kind() {
@@ -72,50 +76,131 @@ fn stats_of(layer: &LayerPlan, schedule: &eoi::Schedule) -> LayerStats {
     }
 }
 
-/// The statistics of a layer's generation, computed from the support alone (cheap: no
-/// weight values), so they can go into a file header before any weight exists.
-pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
-    let mut stream = Stream::derive(seed, &layer.name);
-    let schedule = centre_schedule(layer, &mut stream);
-    stats_of(layer, &schedule)
+/// The statistics of a random-mask layer: they follow from the plan alone.
+fn random_mask_stats(layer: &LayerPlan) -> LayerStats {
+    let numel = layer.shape.numel();
+    LayerStats {
+        numel,
+        nnz: mask::ones(layer.density, numel),
+        rotations: 0,
+        centre_nnz: None,
+    }
 }
 
-/// A layer whose randomness is all drawn: its mask and statistics are final, and its weight
-/// values follow deterministically from the rotations (see [`Prepared::weight`]). The mask
-/// can be written while the values are computed.
+/// The statistics of a layer's generation, computed without weight values where the scheme
+/// allows it (EOI: from the support alone), so they can go into a file header before any
+/// weight exists.
+pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
+    match layer.scheme {
+        Scheme::Eoi => {
+            let mut stream = Stream::derive(seed, &layer.name);
+            let schedule = centre_schedule(layer, &mut stream);
+            eoi_stats(layer, &schedule)
+        }
+        Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal => random_mask_stats(layer),
+    }
+}
+
+/// How a prepared layer's values are made.
+enum Recipe {
+    /// EOI: the rotations to apply.
+    Eoi(eoi::Schedule),
+    /// A baseline over a random mask: the values are drawn from the layer's stream where the
+    /// mask left it.
+    Drawn(Stream),
+}
+
+/// A layer whose mask and statistics are final; its weight values follow deterministically
+/// (see [`Prepared::weight`]). The mask can be written while the values are computed.
 pub struct Prepared<'a> {
     layer: &'a LayerPlan,
-    schedule: eoi::Schedule,
+    recipe: Recipe,
     pub mask: Mask,
     pub stats: LayerStats,
 }
 
 impl Prepared<'_> {
-    /// Applies the rotations: the layer's weight values.
+    /// The layer's weight values.
     pub fn weight(&self) -> Weight {
-        let gain = self.layer.gain.value;
-        match self.layer.kind() {
-            Kind::Linear => Weight::Matrix(self.schedule.matrix(gain)),
-            Kind::Conv => conv::weight(&self.schedule, self.layer.shape.kernel(), gain),
+        let layer = self.layer;
+        let gain = layer.gain.value;
+        match &self.recipe {
+            Recipe::Eoi(schedule) => match layer.kind() {
+                Kind::Linear => Weight::Matrix(schedule.matrix(gain)),
+                Kind::Conv => conv::weight(schedule, layer.shape.kernel(), gain),
+            },
+            Recipe::Drawn(stream) => {
+                let mut stream = stream.clone();
+                match layer.scheme {
+                    Scheme::Orthogonal => masked_orthogonal(layer, &self.mask, &mut stream),
+                    scheme => {
+                        let scaled = scheme == Scheme::ScaledKaiming;
+                        let std = kaiming::std(&layer.shape, layer.density, gain, scaled);
+                        Weight::Matrix(kaiming::weight(&self.mask, std, &mut stream))
+                    }
+                }
+            }
         }
     }
 }
 
-/// Draws all of a layer's randomness from its own stream: the rotations, then (for
-/// convolutions) the mask top-up.
+/// The `orthogonal` baseline: a dense orthogonal (out, in) matrix times the gain, at the
+/// centre tap for convolutions, kept where the mask is 1.
+fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) -> Weight {
+    let (out, inp) = (layer.shape.out(), layer.shape.inp());
+    let q = orthogonal::matrix(out, inp, stream);
+    let taps = layer.shape.taps();
+    let tap = conv::centre_tap(layer.shape.kernel());
+    let gain = layer.gain.value;
+    let mut values = Vec::with_capacity(out * inp);
+    let mut row = Vec::with_capacity(inp * taps);
+    for i in 0..out {
+        row.clear();
+        mask.rows_into(i, 1, &mut row);
+        for j in 0..inp {
+            let kept = row[j * taps + tap] != 0;
+            values.push(if kept { gain * q.get(i, j) } else { 0.0 });
+        }
+    }
+    let centre = Grid::new(out, inp, Order::RowMajor, values);
+    match layer.kind() {
+        Kind::Linear => Weight::Matrix(centre),
+        Kind::Conv => Weight::CentreTap { centre, taps, tap },
+    }
+}
+
+/// Draws what a layer's mask needs from its own stream. EOI: the rotations, then (for
+/// convolutions) the mask top-up. The baselines: the random mask ([`mask::random`]), then,
+/// in [`Prepared::weight`], the values.
 pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
     let mut stream = Stream::derive(seed, &layer.name);
-    let schedule = centre_schedule(layer, &mut stream);
-    let stats = stats_of(layer, &schedule);
-    let mask = match layer.kind() {
-        Kind::Linear => Mask::Bits(schedule.mask()),
-        Kind::Conv => conv::mask(&schedule, layer.shape.kernel(), layer.density, &mut stream),
-    };
-    Prepared {
-        layer,
-        schedule,
-        mask,
-        stats,
+    match layer.scheme {
+        Scheme::Eoi => {
+            let schedule = centre_schedule(layer, &mut stream);
+            let stats = eoi_stats(layer, &schedule);
+            let mask = match layer.kind() {
+                Kind::Linear => Mask::Bits(schedule.mask()),
+                Kind::Conv => {
+                    conv::mask(&schedule, layer.shape.kernel(), layer.density, &mut stream)
+                }
+            };
+            Prepared {
+                layer,
+                recipe: Recipe::Eoi(schedule),
+                mask,
+                stats,
+            }
+        }
+        Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal => {
+            let shape = &layer.shape;
+            let mask = mask::random(shape.out(), shape.fan_in(), layer.density, &mut stream);
+            Prepared {
+                layer,
+                recipe: Recipe::Drawn(stream),
+                mask,
+                stats: random_mask_stats(layer),
+            }
+        }
     }
 }
 

@@ -1,0 +1,361 @@
+//! The baseline schemes on the real binary: each writes what its formula says (mask counts
+//! exact, kept-weight statistics within sampling error, orthogonality where promised), the
+//! command line's `--scheme` is recorded so `verify --regenerate` reproduces it, and bad
+//! scheme names are spec errors.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use assert_cmd::Command;
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+struct Tensor {
+    shape: Vec<usize>,
+    values: Vec<f64>,
+}
+
+struct Artifact {
+    tensors: HashMap<String, Tensor>,
+    metadata: HashMap<String, String>,
+}
+
+impl Artifact {
+    fn weight(&self, name: &str) -> &Tensor {
+        &self.tensors[name]
+    }
+
+    fn mask(&self, name: &str) -> Vec<bool> {
+        self.tensors[&format!("{name}_mask")]
+            .values
+            .iter()
+            .map(|&v| v != 0.0)
+            .collect()
+    }
+
+    fn record(&self, name: &str) -> Value {
+        let layers: Value = serde_json::from_str(&self.metadata["eoi.layers"]).unwrap();
+        layers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap()
+            .clone()
+    }
+}
+
+fn eoi() -> Command {
+    let mut command = Command::cargo_bin("eoi").unwrap();
+    command.env_remove("RAYON_NUM_THREADS");
+    command
+}
+
+/// Writes `spec` and generates it as f64 safetensors with `args`; the artifact's path too.
+fn generate_in(dir: &Path, spec: &str, args: &[&str]) -> (Artifact, std::path::PathBuf) {
+    let spec_path = dir.join("spec.toml");
+    std::fs::write(&spec_path, spec).unwrap();
+    let out = dir.join("out.safetensors");
+    eoi()
+        .arg("generate")
+        .arg(&spec_path)
+        .args(["-q", "--force", "--dtype", "f64", "-o"])
+        .arg(&out)
+        .args(args)
+        .assert()
+        .success();
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let tensors = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let values = match view.dtype() {
+                safetensors::Dtype::F64 => view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                    .collect(),
+                safetensors::Dtype::BOOL => view.data().iter().map(|&b| f64::from(b)).collect(),
+                other => panic!("unexpected dtype {other:?}"),
+            };
+            let shape = view.shape().to_vec();
+            (name, Tensor { shape, values })
+        })
+        .collect();
+    (Artifact { tensors, metadata }, out)
+}
+
+fn generate(spec: &str, args: &[&str]) -> Artifact {
+    let dir = tempfile::tempdir().unwrap();
+    generate_in(dir.path(), spec, args).0
+}
+
+fn spec_of(density: f64, gain: f64, layers: &[(&str, &[usize])]) -> String {
+    let mut text = format!("seed = 11\n[sparsity]\ndensity = {density}\n[init]\ngain = {gain}\n");
+    for (name, shape) in layers {
+        text.push_str(&format!(
+            "[[layer]]\nname = \"{name}\"\nshape = {shape:?}\n"
+        ));
+    }
+    text
+}
+
+/// Mean and standard deviation of the kept weights.
+fn kept_moments(weight: &Tensor, mask: &[bool]) -> (f64, f64, usize) {
+    let kept: Vec<f64> = weight
+        .values
+        .iter()
+        .zip(mask)
+        .filter(|(_, m)| **m)
+        .map(|(v, _)| *v)
+        .collect();
+    let n = kept.len() as f64;
+    let mean = kept.iter().sum::<f64>() / n;
+    let var = kept.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
+    (mean, var.sqrt(), kept.len())
+}
+
+/// Every weight outside the mask is exactly zero; the mask holds exactly `want` ones.
+fn check_mask(a: &Artifact, name: &str, want: usize) {
+    let mask = a.mask(name);
+    let ones = mask.iter().filter(|&&m| m).count();
+    assert_eq!(ones, want, "{name}: mask ones");
+    let outside = a
+        .weight(name)
+        .values
+        .iter()
+        .zip(&mask)
+        .filter(|(v, m)| !**m && **v != 0.0)
+        .count();
+    assert_eq!(outside, 0, "{name}: nonzero weights outside the mask");
+    assert_eq!(a.record(name)["nnz"], want as u64);
+}
+
+/// The max deviation of the smaller Gram matrix of an (r, c) row-major matrix from g^2 I.
+fn gram_deviation(values: &[f64], r: usize, c: usize, gain: f64) -> f64 {
+    let at = |i: usize, k: usize| {
+        if r <= c {
+            values[i * c + k]
+        } else {
+            values[k * c + i]
+        }
+    };
+    let (n, m) = (r.min(c), r.max(c));
+    let mut worst: f64 = 0.0;
+    for i in 0..n {
+        for j in 0..n {
+            let dot: f64 = (0..m).map(|k| at(i, k) * at(j, k)).sum();
+            let want = if i == j { gain * gain } else { 0.0 };
+            worst = worst.max((dot - want).abs());
+        }
+    }
+    worst
+}
+
+const LINEAR: (&str, &[usize]) = ("fc.weight", &[256, 192]);
+const CONV: (&str, &[usize]) = ("conv.weight", &[64, 32, 3, 3]);
+
+#[test]
+fn kaiming_keeps_round_d_numel_normal_weights_of_std_gain_over_root_fan_in() {
+    let (density, gain) = (0.3, 1.5);
+    for (scheme, scaled) in [("kaiming", false), ("scaled-kaiming", true)] {
+        let a = generate(
+            &spec_of(density, gain, &[LINEAR, CONV]),
+            &["--scheme", scheme],
+        );
+        for (name, shape, fan_in) in [(LINEAR.0, LINEAR.1, 192.0), (CONV.0, CONV.1, 32.0 * 9.0)] {
+            let numel: usize = shape.iter().product();
+            let want = (density * numel as f64).round() as usize;
+            check_mask(&a, name, want);
+            assert_eq!(a.weight(name).shape, shape);
+            let fan: f64 = if scaled { fan_in * density } else { fan_in };
+            let std = gain / fan.sqrt();
+            let (mean, sample_std, n) = kept_moments(a.weight(name), &a.mask(name));
+            // Standard errors: mean std/sqrt(n), std about std/sqrt(2n); bounds of 5 of them.
+            let n = n as f64;
+            assert!(
+                mean.abs() < 5.0 * std / n.sqrt(),
+                "{scheme} {name}: mean {mean}"
+            );
+            assert!(
+                (sample_std / std - 1.0).abs() < 5.0 / (2.0 * n).sqrt(),
+                "{scheme} {name}: std {sample_std}, formula {std}"
+            );
+            let record = a.record(name);
+            assert_eq!(record["scheme"], scheme);
+            assert!(record.get("rotations").is_none(), "{record}");
+        }
+    }
+}
+
+#[test]
+fn orthogonal_is_exactly_orthogonal_unmasked_and_delta_for_convolutions() {
+    let gain = 1.25;
+    let a = generate(
+        &spec_of(1.0, gain, &[LINEAR, ("wide.weight", &[40, 100]), CONV]),
+        &["--scheme", "orthogonal"],
+    );
+    for (name, r, c) in [(LINEAR.0, 256, 192), ("wide.weight", 40, 100)] {
+        check_mask(&a, name, r * c);
+        let dev = gram_deviation(&a.weight(name).values, r, c, gain);
+        assert!(dev < 1e-13, "{name}: {dev}");
+    }
+    // The conv kernel: an orthogonal matrix at the centre tap (index 4 of 3x3), zero elsewhere.
+    let w = &a.weight(CONV.0).values;
+    let centre: Vec<f64> = w.iter().skip(4).step_by(9).copied().collect();
+    assert!(w.iter().enumerate().all(|(k, v)| k % 9 == 4 || *v == 0.0));
+    let dev = gram_deviation(&centre, 64, 32, gain);
+    assert!(dev < 1e-13, "conv centre: {dev}");
+}
+
+#[test]
+fn masked_orthogonal_keeps_entries_of_an_orthogonal_matrix() {
+    // The entries of a Haar orthogonal 256 x 192 matrix have variance 1/256 (columns of
+    // unit norm); the kept ones are a uniform sample of them.
+    let (density, gain) = (0.25, 2.0);
+    let a = generate(
+        &spec_of(density, gain, &[LINEAR, CONV]),
+        &["--scheme", "orthogonal"],
+    );
+    check_mask(&a, LINEAR.0, (density * 256.0 * 192.0) as usize);
+    check_mask(&a, CONV.0, (density * 64.0 * 32.0 * 9.0) as usize);
+    let (mean, std, n) = kept_moments(a.weight(LINEAR.0), &a.mask(LINEAR.0));
+    let want = gain / 256f64.sqrt();
+    let n = n as f64;
+    assert!(mean.abs() < 5.0 * want / n.sqrt(), "{mean}");
+    assert!(
+        (std / want - 1.0).abs() < 5.0 / (2.0 * n).sqrt(),
+        "{std} vs {want}"
+    );
+    // Conv: only centre-tap weights can be nonzero; off-centre mask ones hold zeros.
+    let w = &a.weight(CONV.0).values;
+    assert!(w.iter().enumerate().all(|(k, v)| k % 9 == 4 || *v == 0.0));
+}
+
+#[test]
+fn every_scheme_verifies_and_regenerates_bit_for_bit() {
+    let spec = spec_of(0.4, 1.0, &[LINEAR, CONV, ("tall.weight", &[50, 20])]);
+    for scheme in ["eoi", "kaiming", "scaled-kaiming", "orthogonal"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, out) = generate_in(dir.path(), &spec, &["--scheme", scheme]);
+        assert_eq!(a.metadata["eoi.scheme"], scheme);
+        let assert = eoi()
+            .args(["verify", "--regenerate", "--json"])
+            .arg(&out)
+            .assert()
+            .success();
+        let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+        assert_eq!(report["regenerate"]["passed"], true, "{scheme}: {report}");
+        assert_eq!(report["regenerate"]["compared"], 6, "{scheme}");
+        for layer in report["layers"].as_array().unwrap() {
+            assert_eq!(layer["scheme"], scheme);
+            // Only EOI promises orthogonality at density 0.4: only it gets a tolerance.
+            assert_eq!(layer["tolerance"].is_number(), scheme == "eoi", "{layer}");
+        }
+    }
+}
+
+#[test]
+fn a_masked_orthogonal_matrix_that_claims_density_one_fails_verify() {
+    // Rewrite the record of a masked orthogonal layer to claim d = 1 (and the mask to all
+    // ones): verify must then judge, and reject, its orthogonality.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_of(1.0, 1.0, &[("fc.weight", &[32, 32])]);
+    let (a, out) = generate_in(dir.path(), &spec, &["--scheme", "orthogonal"]);
+    assert!(gram_deviation(&a.weight("fc.weight").values, 32, 32, 1.0) < 1e-13);
+    eoi().arg("verify").arg(&out).assert().success();
+    // Now a kaiming layer whose record is edited to say it is orthogonal at d = 1.
+    let spec = spec_of(1.0, 1.0, &[("fc.weight", &[32, 32])]);
+    let (_, out) = generate_in(dir.path(), &spec, &["--scheme", "kaiming"]);
+    let bytes = std::fs::read(&out).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    let new_header = header.replacen(
+        "\\\"scheme\\\":\\\"kaiming\\\"",
+        "\\\"scheme\\\":\\\"orthogonal\\\"",
+        1,
+    );
+    let mut rebuilt = (new_header.len() as u64).to_le_bytes().to_vec();
+    rebuilt.extend_from_slice(new_header.as_bytes());
+    rebuilt.extend_from_slice(&bytes[8 + header_len..]);
+    assert_ne!(new_header, header, "the record should name the scheme");
+    std::fs::write(&out, rebuilt).unwrap();
+    let assert = eoi().arg("verify").arg(&out).assert().code(1);
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(stdout.contains("orthogonality"), "{stdout}");
+}
+
+#[test]
+fn per_layer_schemes_mix_and_the_plan_names_them() {
+    let spec = "[sparsity]\ndensity = 0.5\n[init]\nscheme = \"kaiming\"\n[[layer]]\nname = \"a\"\nshape = [8, 8]\n[[layer]]\nname = \"b\"\nshape = [8, 8]\nscheme = \"eoi\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.toml");
+    std::fs::write(&path, spec).unwrap();
+    let assert = eoi()
+        .arg("plan")
+        .arg(&path)
+        .arg("--json")
+        .assert()
+        .success();
+    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(plan["layers"][0]["scheme"], "kaiming");
+    assert_eq!(plan["layers"][1]["scheme"], "eoi");
+    let assert = eoi().arg("plan").arg(&path).assert().success();
+    let text = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("a ") && l.contains("kaiming")),
+        "{text}"
+    );
+    // --scheme overrides both.
+    let assert = eoi()
+        .arg("plan")
+        .arg(&path)
+        .args(["--json", "--scheme", "orthogonal"])
+        .assert()
+        .success();
+    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(plan["layers"][0]["scheme"], "orthogonal");
+    assert_eq!(plan["layers"][1]["scheme"], "orthogonal");
+}
+
+#[test]
+fn a_random_mask_may_go_below_eois_minimum() {
+    // 1/max(64, 64) is EOI's floor; a random mask can keep a single weight.
+    let spec = spec_of(0.001, 1.0, &[("fc.weight", &[64, 64])]);
+    let a = generate(&spec, &["--scheme", "kaiming"]);
+    check_mask(&a, "fc.weight", 4);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(&path, &spec).unwrap();
+    let assert = eoi()
+        .arg("generate")
+        .arg(&path)
+        .args(["-o"])
+        .arg(dir.path().join("o.safetensors"))
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(stderr.contains("that EOI can make"), "{stderr}");
+    let tiny = spec_of(1e-6, 1.0, &[("fc.weight", &[64, 64])]);
+    std::fs::write(&path, tiny).unwrap();
+    let assert = eoi()
+        .arg("plan")
+        .arg(&path)
+        .args(["--scheme", "kaiming"])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("that scheme \"kaiming\" can make for shape 64x64 (one weight of 4096)"),
+        "{stderr}"
+    );
+}
