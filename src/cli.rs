@@ -45,6 +45,20 @@ pub enum Command {
         after_help = "Examples:\n  eoi generate specs/mlp-1000-tanh.toml -o mlp1000.safetensors\n  eoi generate spec.toml -o init --format npy --seed 7 --force\n  eoi generate specs/mlp-1000-tanh.toml -o kaiming.safetensors --scheme kaiming\n  eoi generate spec.toml -o init.safetensors --json > summary.json"
     )]
     Generate(GenerateArgs),
+    /// Write a spec for a model you already have, from its checkpoint or a list of shapes.
+    ///
+    /// Reads the tensor names and shapes of a safetensors file, a sharded checkpoint
+    /// (model.safetensors.index.json, or its directory) or a JSON shape list, never tensor
+    /// data, and writes a complete, commented spec: every tensor of rank 2 or more becomes a
+    /// [[layer]] with its exact name and shape; biases, norm parameters and other rank-1
+    /// tensors are left out and listed in a comment. Runs of layers that differ only in one
+    /// index 0..n-1 (same shape) are folded into `repeat` with "{i}". A JSON shape list is
+    /// {"name": [shape...], ...} or [{"name": ..., "shape": [...]}, ...];
+    /// examples/shapes_from_torch.py and examples/shapes_from_flax.py print one for a model.
+    #[command(
+        after_help = "Examples:\n  eoi spec --from model.safetensors --density 0.1 --distribution erk -o spec.toml\n  eoi spec --from checkpoint/ --exclude '*embed*' --dense lm_head.weight\n  python examples/shapes_from_torch.py | eoi spec --from - --density 0.1 > resnet18.toml\n  eoi spec --from flax_shapes.json --layout flax --gain relu"
+    )]
+    Spec(SpecFromArgs),
     /// Check that an artifact eoi wrote is what it claims: masks, orthogonality, densities.
     ///
     /// For every layer recorded in the file's metadata: the weight and its mask exist with the
@@ -190,6 +204,80 @@ pub struct IsometryArgs {
     /// Print the measurements as JSON on standard output (schema in README).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SpecFromArgs {
+    /// A safetensors file, a sharded checkpoint's model.safetensors.index.json (or the
+    /// directory holding it), a JSON shape list, or - for a JSON shape list on standard input.
+    #[arg(long, value_name = "SOURCE")]
+    pub from: PathBuf,
+
+    /// Where to write the spec (default: standard output). Written to a temporary name
+    /// beside it and renamed into place when complete.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+
+    /// Replace FILE if it exists.
+    #[arg(long, requires = "output")]
+    pub force: bool,
+
+    /// The overall density, 0 < D <= 1 ([sparsity] density).
+    #[arg(long, value_name = "D", default_value_t = 0.1)]
+    pub density: f64,
+
+    /// How the density is spread over the layers ([sparsity] distribution).
+    #[arg(long, value_enum, value_name = "DISTRIBUTION", default_value_t = DistributionArg::Uniform)]
+    pub distribution: DistributionArg,
+
+    /// The gain: a number, or a nonlinearity (linear, tanh, relu, leaky_relu, selu, ...)
+    /// ([init] gain).
+    #[arg(long, value_name = "GAIN")]
+    pub gain: Option<String>,
+
+    /// Seed of the random streams (default 0).
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+
+    /// The initialization scheme ([init] scheme).
+    #[arg(long, value_name = "SCHEME", value_parser = clap::builder::PossibleValuesParser::new(eoi::spec::Scheme::NAMES))]
+    pub scheme: Option<String>,
+
+    /// Leave out the tensors whose names match GLOB (* any run, ? one character);
+    /// repeatable, e.g. --exclude '*embed*'.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// Keep the layers whose names match GLOB dense ([sparsity] dense); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub dense: Vec<String>,
+
+    /// The layout of the source's shapes: torch (out, in, k...) or flax (in, out) and
+    /// (k..., in, out). The spec's shapes are PyTorch's; flax adds layout = "flax" to [output],
+    /// so generate writes Flax shapes again.
+    #[arg(long, value_enum, value_name = "LAYOUT", default_value_t = LayoutArg::Torch)]
+    pub layout: LayoutArg,
+
+    /// Write every layer as its own [[layer]] table instead of folding runs into `repeat`.
+    #[arg(long)]
+    pub no_fold: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DistributionArg {
+    Uniform,
+    Erk,
+    Er,
+}
+
+impl From<DistributionArg> for eoi::spec::Distribution {
+    fn from(d: DistributionArg) -> eoi::spec::Distribution {
+        match d {
+            DistributionArg::Uniform => eoi::spec::Distribution::Uniform,
+            DistributionArg::Erk => eoi::spec::Distribution::Erk,
+            DistributionArg::Er => eoi::spec::Distribution::Er,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -16,12 +16,15 @@ use eoi::inspect;
 use eoi::isometry;
 use eoi::plan::{self, Overrides, Plan};
 use eoi::provenance::{SCHEMA_VERSION, layer_record};
-use eoi::spec::{self, Source, SpecError};
+use eoi::spec::{self, Gain, Source, SpecError};
+use eoi::spec_from;
 use eoi::stream::STREAM_VERSION;
 use eoi::verify;
+use eoi::write::{self, Container, Destination};
 
 use crate::cli::{
-    Cli, Command, GenerateArgs, InspectArgs, IsometryArgs, PlanArgs, SpecArgs, VerifyArgs,
+    Cli, Command, GenerateArgs, InspectArgs, IsometryArgs, PlanArgs, SpecArgs, SpecFromArgs,
+    VerifyArgs,
 };
 use crate::docs;
 use crate::output::{self, Bar};
@@ -32,6 +35,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
     match cli.command {
         Command::Plan(args) => plan_command(args).map(|()| 0),
         Command::Generate(args) => generate_command(args).map(|()| 0),
+        Command::Spec(args) => spec_from_command(args).map(|()| 0),
         Command::Verify(args) => verify_command(args),
         Command::Inspect(args) => inspect_command(args).map(|()| 0),
         Command::Isometry(args) => isometry_command(args).map(|()| 0),
@@ -277,6 +281,79 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         print_json(&generate_json(&plan, &report, &args.output))?;
     }
     Ok(())
+}
+
+fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {
+    let density = spec::Density::new(args.density).ok_or_else(|| {
+        Error::Usage(format!(
+            "--density {}: a density must be in (0, 1]",
+            args.density
+        ))
+    })?;
+    let gain = args
+        .gain
+        .as_deref()
+        .map(|text| {
+            Gain::named(text)
+                .or_else(|| text.parse::<f64>().ok().and_then(Gain::number))
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "--gain {text}: a gain is a number > 0 or one of {}",
+                        Gain::NAMES.join(", ")
+                    ))
+                })
+        })
+        .transpose()?;
+    for (flag, globs) in [("--exclude", &args.exclude), ("--dense", &args.dense)] {
+        if globs.iter().any(String::is_empty) {
+            return Err(Error::Usage(format!("{flag}: a pattern must not be empty")));
+        }
+    }
+    if let Some(output) = &args.output {
+        Destination {
+            path: output.clone(),
+            force: args.force,
+        }
+        .check(Container::File)?;
+    }
+    let shapes = if args.from.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        io::stdin()
+            .take(spec_from::MAX_JSON + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::Usage(format!("cannot read standard input: {e}")))?;
+        if bytes.len() as u64 > spec_from::MAX_JSON {
+            return Err(Error::Usage(format!(
+                "the shape list on standard input exceeds the limit of {} bytes",
+                spec_from::MAX_JSON
+            )));
+        }
+        spec_from::shapes_from_json("<stdin>", &bytes)?
+    } else {
+        spec_from::read_shapes(&args.from)?
+    };
+    let options = spec_from::Options {
+        density,
+        distribution: args.distribution.into(),
+        gain,
+        seed: args.seed,
+        scheme: args.scheme,
+        exclude: args.exclude,
+        dense: args.dense,
+        layout: args.layout.into(),
+        fold: !args.no_fold,
+    };
+    let text = spec_from::spec_from(&shapes, &options)?;
+    match &args.output {
+        None => print_bytes(text.as_bytes()),
+        Some(path) => write::place_file(
+            &Destination {
+                path: path.clone(),
+                force: args.force,
+            },
+            text.as_bytes(),
+        ),
+    }
 }
 
 fn verify_command(args: VerifyArgs) -> Result<u8, Error> {

@@ -31,6 +31,7 @@ pub mod read;
 pub mod recorded;
 pub mod schemes;
 pub mod spec;
+pub mod spec_from;
 pub mod stream;
 pub mod tensor;
 pub mod verify;

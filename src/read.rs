@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// Largest safetensors header accepted (the `safetensors` crate's limit).
 pub const MAX_HEADER: u64 = 100_000_000;
@@ -176,9 +177,20 @@ pub enum ReadError {
     /// A `manifest.json` that is not what an npy output's manifest must be.
     #[error("'{path}': bad manifest: {message}")]
     Manifest { path: String, message: String },
+    /// A sharded checkpoint's `model.safetensors.index.json` that cannot be used.
+    #[error("'{path}': bad sharded index: {message}")]
+    Index { path: String, message: String },
+    /// A file that is not a safetensors checkpoint where one is needed.
+    #[error("'{path}' is not a safetensors file ({found})")]
+    NotSafetensors { path: String, found: &'static str },
     /// A tensor's data cannot be converted to numbers.
     #[error("tensor \"{name}\" has dtype {dtype}, which is not numeric")]
     NotNumeric { name: String, dtype: &'static str },
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn io_error(path: &Path, source: io::Error) -> ReadError {
@@ -450,6 +462,8 @@ pub struct Artifact {
     manifest: Option<Value>,
     /// The safetensors file, kept open so every read sees the file that was validated.
     file: Option<File>,
+    /// SHA-256 of the safetensors header (the JSON text after the 8-byte length).
+    header_sha256: Option<[u8; 32]>,
 }
 
 impl Artifact {
@@ -481,6 +495,7 @@ impl Artifact {
                 metadata: None,
                 manifest: None,
                 file: None,
+                header_sha256: None,
             });
         }
         open_safetensors(path, file, size)
@@ -513,6 +528,43 @@ impl Artifact {
     /// An npy directory's `manifest.json` (`None` when there is none, and for safetensors).
     pub fn manifest(&self) -> Option<&Value> {
         self.manifest.as_ref()
+    }
+
+    /// The SHA-256 of a safetensors file's header (the JSON text after the 8-byte length, as
+    /// stored, padding included), in hex; `None` for npy.
+    pub fn header_sha256(&self) -> Option<String> {
+        self.header_sha256.map(|h| hex(&h))
+    }
+
+    /// Where the data of a safetensors tensor starts in its file (`None` for npy), so it can
+    /// be copied byte for byte.
+    pub fn data_start(&self, info: &TensorInfo) -> Option<u64> {
+        (self.format == Format::Safetensors).then_some(info.start)
+    }
+
+    /// The open safetensors file that was validated (`None` for npy).
+    pub fn file(&self) -> Option<&File> {
+        self.file.as_ref()
+    }
+
+    /// The number of nonzero elements of a tensor (any dtype; a float -0.0 is zero, a NaN is
+    /// not), read a chunk at a time in bounded memory.
+    pub fn count_nonzero(&self, info: &TensorInfo) -> Result<u64, ReadError> {
+        let size = info.dtype.size();
+        let mut buf = vec![0u8; CHUNK.min(info.nbytes as usize)];
+        let mut offset = 0u64;
+        let mut nonzero = 0u64;
+        while offset < info.nbytes {
+            let len = (info.nbytes - offset).min(CHUNK as u64) as usize;
+            let chunk = &mut buf[..len];
+            self.read_at(info, offset, chunk)?;
+            nonzero += chunk
+                .chunks_exact(size)
+                .filter(|b| info.dtype.decode(b) != 0.0)
+                .count() as u64;
+            offset += len as u64;
+        }
+        Ok(nonzero)
     }
 
     /// Total bytes of tensor data.
@@ -828,6 +880,7 @@ fn open_safetensors(path: &Path, file: File, size: u64) -> Result<Artifact, Read
         metadata: raw.metadata,
         manifest: None,
         file: Some(file),
+        header_sha256: Some(Sha256::digest(&header).into()),
     })
 }
 
@@ -1238,6 +1291,204 @@ fn open_npy_directory(dir: &Path) -> Result<Artifact, ReadError> {
         metadata: None,
         manifest,
         file: None,
+        header_sha256: None,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// checkpoints: one safetensors file, or shards with a Hugging Face index
+
+/// The index file of a sharded checkpoint.
+pub const INDEX: &str = "model.safetensors.index.json";
+
+/// A safetensors checkpoint: one file, or the shards a `model.safetensors.index.json` lists.
+/// Every file is validated as [`Artifact::open`] does, and for shards the index must agree
+/// with them exactly: every listed tensor is in its shard, every tensor of a shard is listed
+/// with that shard, and no name appears in two shards.
+#[derive(Debug)]
+pub struct Checkpoint {
+    path: PathBuf,
+    /// The files in index order (file names relative to the index's directory), or the one
+    /// file under its own path.
+    files: Vec<(String, Artifact)>,
+    /// The index's `metadata` object, for a sharded checkpoint.
+    index_metadata: Option<Value>,
+    /// SHA-256 of the header of a single file, or of the whole index file.
+    sha256: String,
+}
+
+impl Checkpoint {
+    /// Opens a safetensors file, an index file (`*.index.json`), or a directory holding
+    /// [`INDEX`]. Only headers and the index are read.
+    pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
+        let meta = fs::metadata(path).map_err(|e| io_error(path, e))?;
+        if meta.is_dir() {
+            let index = path.join(INDEX);
+            if index.is_file() {
+                return open_index(&index);
+            }
+            return Err(ReadError::NotSafetensors {
+                path: path.display().to_string(),
+                found: "a directory without model.safetensors.index.json",
+            });
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        if name.as_deref().is_some_and(|n| n.ends_with(".index.json")) {
+            return open_index(path);
+        }
+        let artifact = Artifact::open(path)?;
+        if artifact.format() != Format::Safetensors {
+            return Err(ReadError::NotSafetensors {
+                path: path.display().to_string(),
+                found: "an .npy file",
+            });
+        }
+        let sha256 = artifact.header_sha256().unwrap_or_default();
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            files: vec![(path.display().to_string(), artifact)],
+            index_metadata: None,
+            sha256,
+        })
+    }
+
+    /// The path it was opened from (the file, or the index file).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether it is sharded (opened from an index).
+    pub fn is_sharded(&self) -> bool {
+        self.index_metadata.is_some()
+    }
+
+    /// The files, each with its name (relative to the index for shards).
+    pub fn files(&self) -> &[(String, Artifact)] {
+        &self.files
+    }
+
+    /// The index's `metadata` object (sharded checkpoints only).
+    pub fn index_metadata(&self) -> Option<&Value> {
+        self.index_metadata.as_ref()
+    }
+
+    /// SHA-256 (hex) of the header of a single file, or of the index file of a sharded one.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Every tensor with the file that holds it, file by file in data order.
+    pub fn tensors(&self) -> impl Iterator<Item = (&Artifact, &TensorInfo)> {
+        self.files
+            .iter()
+            .flat_map(|(_, a)| a.tensors().iter().map(move |t| (a, t)))
+    }
+
+    /// A tensor by name, with the file that holds it.
+    pub fn tensor(&self, name: &str) -> Option<(&Artifact, &TensorInfo)> {
+        self.files
+            .iter()
+            .find_map(|(_, a)| a.tensor(name).map(|t| (a, t)))
+    }
+}
+
+/// The parts of an index that matter: `metadata` and `weight_map` (tensor -> shard file),
+/// with duplicate tensor names rejected.
+#[derive(Deserialize)]
+struct RawIndex {
+    #[serde(default)]
+    metadata: Option<Value>,
+    weight_map: StringPairs,
+}
+
+fn open_index(path: &Path) -> Result<Checkpoint, ReadError> {
+    let bad = |message: String| ReadError::Index {
+        path: path.display().to_string(),
+        message,
+    };
+    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let size = file.metadata().map_err(|e| io_error(path, e))?.len();
+    if size > MAX_MANIFEST {
+        return Err(bad(format!(
+            "{size} bytes, over the limit of {MAX_MANIFEST}"
+        )));
+    }
+    let mut bytes = vec![0u8; size as usize];
+    read_exact_at(&file, &mut bytes, 0).map_err(|e| io_error(path, e))?;
+    let raw: RawIndex = serde_json::from_slice(&bytes).map_err(|e| {
+        bad(format!(
+            "{e} (expected {{\"metadata\": {{...}}, \"weight_map\": {{tensor: file}}}})"
+        ))
+    })?;
+    if raw.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+        return Err(bad("\"metadata\" is not an object".into()));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut order: Vec<String> = Vec::new();
+    let mut listed: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for (tensor, file) in &raw.weight_map.0 {
+        if !plain_file_name(file) {
+            return Err(bad(format!(
+                "tensor \"{tensor}\" is mapped to \"{file}\", not a plain file name beside the index"
+            )));
+        }
+        if !order.contains(file) {
+            order.push(file.clone());
+        }
+        listed.insert(tensor, file);
+    }
+    if order.is_empty() {
+        return Err(bad("the weight_map lists no tensor".into()));
+    }
+    let mut files = Vec::with_capacity(order.len());
+    for name in order {
+        let artifact = Artifact::open(&dir.join(&name))?;
+        if artifact.format() != Format::Safetensors {
+            return Err(ReadError::NotSafetensors {
+                path: dir.join(&name).display().to_string(),
+                found: "an .npy file",
+            });
+        }
+        for t in artifact.tensors() {
+            match listed.get(t.name.as_str()) {
+                Some(&f) if f == name => {}
+                Some(&f) => {
+                    return Err(bad(format!(
+                        "tensor \"{}\" is in shard \"{name}\" but the index maps it to \"{f}\"",
+                        t.name
+                    )));
+                }
+                None => {
+                    return Err(bad(format!(
+                        "tensor \"{}\" of shard \"{name}\" is not in the weight_map",
+                        t.name
+                    )));
+                }
+            }
+        }
+        files.push((name, artifact));
+    }
+    for (tensor, file) in &raw.weight_map.0 {
+        let present = files
+            .iter()
+            .any(|(n, a)| n == file && a.tensor(tensor).is_some());
+        if !present {
+            return Err(bad(format!(
+                "the weight_map puts tensor \"{tensor}\" in \"{file}\", which does not hold it"
+            )));
+        }
+    }
+    Ok(Checkpoint {
+        path: path.to_path_buf(),
+        files,
+        index_metadata: Some(
+            raw.metadata
+                .unwrap_or_else(|| Value::Object(Default::default())),
+        ),
+        sha256: hex(&Sha256::digest(&bytes)),
     })
 }
 

@@ -497,6 +497,21 @@ impl Layout {
             }
         }
     }
+
+    /// The PyTorch shape ([out, in, k...]) of a tensor stored as `dims` in this layout: the
+    /// inverse of [`Layout::shape`], for shapes read from a checkpoint. `dims` has at least
+    /// two dimensions.
+    pub fn torch_shape(self, dims: &[usize]) -> Vec<usize> {
+        match self {
+            Layout::Torch => dims.to_vec(),
+            Layout::Flax => {
+                let n = dims.len();
+                let mut shape = vec![dims[n - 1], dims[n - 2]];
+                shape.extend_from_slice(&dims[..n - 2]);
+                shape
+            }
+        }
+    }
 }
 
 /// A PyTorch-layout tensor (out, in, k...), seen as rows of `row_len() = in * taps`, read in
@@ -743,6 +758,23 @@ mod tests {
         let mut flat = Vec::new();
         t.rows_into(0, t.rows(), &mut flat);
         flat.chunks(t.row_len()).map(|r| r.to_vec()).collect()
+    }
+
+    #[test]
+    fn torch_shape_inverts_the_flax_shape() {
+        assert_eq!(Layout::Flax.shape(&[64, 3, 7, 5]), [7, 5, 3, 64]);
+        assert_eq!(Layout::Flax.torch_shape(&[7, 5, 3, 64]), [64, 3, 7, 5]);
+        assert_eq!(Layout::Flax.torch_shape(&[784, 300]), [300, 784]);
+        for dims in [
+            vec![3, 4],
+            vec![8, 2, 3],
+            vec![6, 5, 3, 3],
+            vec![2, 3, 4, 5, 6],
+        ] {
+            for layout in [Layout::Torch, Layout::Flax] {
+                assert_eq!(layout.torch_shape(&layout.shape(&dims)), dims);
+            }
+        }
     }
 
     #[test]

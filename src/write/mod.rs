@@ -296,6 +296,24 @@ pub fn create(
     }
 }
 
+/// Writes a small file (a spec, an index) atomically: staged beside the destination and
+/// renamed into place, never over an existing file unless the destination allows it.
+pub fn place_file(destination: &Destination, bytes: &[u8]) -> Result<(), Error> {
+    let path = &destination.path;
+    let cannot = |e| Error::io(format!("cannot write '{}'", display(path)), e);
+    let staged = staging(0o666)
+        .tempfile_in(destination.parent())
+        .map_err(cannot)?;
+    let _registered = crate::interrupt::stage(staged.path());
+    fs::write(staged.path(), bytes).map_err(cannot)?;
+    let placed = if destination.force {
+        staged.persist(path).map(|_| ())
+    } else {
+        staged.persist_noclobber(path).map(|_| ())
+    };
+    placed.map_err(|e| cannot(e.error))
+}
+
 /// A builder for the hidden temporary file or directory that an output is staged in. It gets
 /// the permissions of an ordinary new file (`mode` less the umask), not tempfile's 0600.
 fn staging(

@@ -1,0 +1,503 @@
+//! `eoi spec --from`: specs written from a model's own tensors. The models are ResNet-18 and a
+//! small GPT-2 style transformer with their real parameter names and shapes, written by these
+//! tests as safetensors files (headers and zero data) and JSON shape lists; nothing is
+//! downloaded. Each spec is generated and the output compared with the source.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+use serde_json::{Value, json};
+
+/// (name, shape) in PyTorch's state-dict order.
+type ShapeList = Vec<(String, Vec<usize>)>;
+
+/// torchvision's resnet18 state dict: names and shapes.
+fn resnet18() -> ShapeList {
+    let mut list: ShapeList = Vec::new();
+    let bn = |list: &mut ShapeList, prefix: &str, c: usize| {
+        for p in ["weight", "bias", "running_mean", "running_var"] {
+            list.push((format!("{prefix}.{p}"), vec![c]));
+        }
+        list.push((format!("{prefix}.num_batches_tracked"), vec![]));
+    };
+    list.push(("conv1.weight".into(), vec![64, 3, 7, 7]));
+    bn(&mut list, "bn1", 64);
+    let mut inp = 64;
+    for (l, c) in [(1, 64), (2, 128), (3, 256), (4, 512)] {
+        for b in 0..2 {
+            let p = format!("layer{l}.{b}");
+            let first_in = if b == 0 { inp } else { c };
+            list.push((format!("{p}.conv1.weight"), vec![c, first_in, 3, 3]));
+            bn(&mut list, &format!("{p}.bn1"), c);
+            list.push((format!("{p}.conv2.weight"), vec![c, c, 3, 3]));
+            bn(&mut list, &format!("{p}.bn2"), c);
+            if b == 0 && l > 1 {
+                list.push((format!("{p}.downsample.0.weight"), vec![c, inp, 1, 1]));
+                bn(&mut list, &format!("{p}.downsample.1"), c);
+            }
+        }
+        inp = c;
+    }
+    list.push(("fc.weight".into(), vec![1000, 512]));
+    list.push(("fc.bias".into(), vec![1000]));
+    list
+}
+
+/// A GPT-2 style transformer (Hugging Face names; Conv1D weights are (in, out)).
+fn gpt2(blocks: usize, d: usize, vocab: usize, context: usize) -> ShapeList {
+    let mut list: ShapeList = vec![
+        ("wte.weight".into(), vec![vocab, d]),
+        ("wpe.weight".into(), vec![context, d]),
+    ];
+    for i in 0..blocks {
+        let p = format!("h.{i}");
+        for (name, shape) in [
+            ("ln_1.weight", vec![d]),
+            ("ln_1.bias", vec![d]),
+            ("attn.c_attn.weight", vec![d, 3 * d]),
+            ("attn.c_attn.bias", vec![3 * d]),
+            ("attn.c_proj.weight", vec![d, d]),
+            ("attn.c_proj.bias", vec![d]),
+            ("ln_2.weight", vec![d]),
+            ("ln_2.bias", vec![d]),
+            ("mlp.c_fc.weight", vec![d, 4 * d]),
+            ("mlp.c_fc.bias", vec![4 * d]),
+            ("mlp.c_proj.weight", vec![4 * d, d]),
+            ("mlp.c_proj.bias", vec![d]),
+        ] {
+            list.push((format!("{p}.{name}"), shape));
+        }
+    }
+    list.push(("ln_f.weight".into(), vec![d]));
+    list.push(("ln_f.bias".into(), vec![d]));
+    list
+}
+
+/// Writes a valid safetensors file holding `list` as F32 tensors whose data is all zero (a
+/// sparse file: only the header takes disk space).
+fn write_safetensors(path: &Path, list: &ShapeList) {
+    let mut header = serde_json::Map::new();
+    let mut at = 0u64;
+    for (name, shape) in list {
+        let bytes = 4 * shape.iter().product::<usize>() as u64;
+        header.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [at, at + bytes]}),
+        );
+        at += bytes;
+    }
+    let text = Value::Object(header).to_string();
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(text.as_bytes());
+    fs::write(path, &bytes).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_len(bytes.len() as u64 + at).unwrap();
+}
+
+fn json_object(list: &ShapeList) -> String {
+    let map: serde_json::Map<String, Value> =
+        list.iter().map(|(n, s)| (n.clone(), json!(s))).collect();
+    Value::Object(map).to_string()
+}
+
+fn eoi() -> Command {
+    Command::cargo_bin("eoi").unwrap()
+}
+
+/// Runs `eoi spec --from SOURCE ARGS` and returns the spec text.
+fn spec_from(source: &Path, args: &[&str]) -> String {
+    let out = eoi()
+        .arg("spec")
+        .arg("--from")
+        .arg(source)
+        .args(args)
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    String::from_utf8(out).unwrap()
+}
+
+/// Generates `spec` into `dir/out.safetensors` and returns its tensors' shapes by name.
+fn generate(dir: &Path, spec: &str, args: &[&str]) -> (PathBuf, BTreeMap<String, Vec<usize>>) {
+    let spec_path = dir.join("spec.toml");
+    fs::write(&spec_path, spec).unwrap();
+    let out = dir.join("out.safetensors");
+    eoi()
+        .arg("generate")
+        .arg(&spec_path)
+        .args(["-q", "--force", "-o"])
+        .arg(&out)
+        .args(args)
+        .assert()
+        .success();
+    (out.clone(), shapes_of(&out))
+}
+
+fn shapes_of(path: &Path) -> BTreeMap<String, Vec<usize>> {
+    let bytes = fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec()))
+        .collect()
+}
+
+/// The source's tensors of rank >= 2, by name.
+fn weights(list: &ShapeList) -> BTreeMap<String, Vec<usize>> {
+    list.iter().filter(|(_, s)| s.len() >= 2).cloned().collect()
+}
+
+/// The output's weights (every tensor but the masks), checking each has its mask.
+fn weights_of(out: &BTreeMap<String, Vec<usize>>) -> BTreeMap<String, Vec<usize>> {
+    let weights: BTreeMap<String, Vec<usize>> = out
+        .iter()
+        .filter(|(n, _)| !n.ends_with("_mask"))
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect();
+    for (name, shape) in &weights {
+        assert_eq!(out.get(&format!("{name}_mask")), Some(shape), "{name}");
+    }
+    assert_eq!(out.len(), 2 * weights.len());
+    weights
+}
+
+#[test]
+fn resnet18_round_trips_from_a_safetensors_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("resnet18.safetensors");
+    let list = resnet18();
+    write_safetensors(&source, &list);
+    let spec = spec_from(&source, &["--density", "0.1", "--distribution", "erk"]);
+    // 21 weights: conv1, 16 block convolutions, 3 downsamples, fc; the rest is left out.
+    assert!(spec.contains("# 21 tensors of rank >= 2"), "{spec}");
+    assert!(
+        spec.contains("# Left out, rank < 2 (biases, norm parameters, counters): 101"),
+        "{spec}"
+    );
+    assert!(spec.contains("#   \"fc.bias\" [1000]"), "{spec}");
+    // layer1's two blocks have the same shapes and fold; layer2's first block differs.
+    assert!(
+        spec.contains("name = \"layer1.{i}.conv1.weight\"\nshape = [64, 64, 3, 3]\nrepeat = 2\n"),
+        "{spec}"
+    );
+    let header_len = u64::from_le_bytes(fs::read(&source).unwrap()[..8].try_into().unwrap());
+    let header = &fs::read(&source).unwrap()[8..8 + header_len as usize];
+    let digest = sha256_hex(header);
+    assert!(
+        spec.contains(&format!("sha256 of its safetensors header: {digest}")),
+        "{spec}"
+    );
+    let (_, out) = generate(dir.path(), &spec, &[]);
+    assert_eq!(weights_of(&out), weights(&list));
+    // The same spec, unfolded, and again from a JSON shape list on standard input.
+    let unfolded = spec_from(
+        &source,
+        &["--density", "0.1", "--distribution", "erk", "--no-fold"],
+    );
+    assert!(!unfolded.contains("repeat"), "{unfolded}");
+    assert_eq!(unfolded.matches("\n[[layer]]\n").count(), 21);
+    let (_, out) = generate(dir.path(), &unfolded, &[]);
+    assert_eq!(weights_of(&out), weights(&list));
+    let from_stdin = eoi()
+        .args(["spec", "--from", "-", "--density", "0.1"])
+        .write_stdin(json_object(&list))
+        .assert()
+        .success();
+    let text = String::from_utf8(from_stdin.get_output().stdout.clone()).unwrap();
+    assert!(text.starts_with("# eoi spec of \"<stdin>\""), "{text}");
+    let (_, out) = generate(dir.path(), &text, &[]);
+    assert_eq!(weights_of(&out), weights(&list));
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn gpt2_folds_every_block_and_excludes_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("gpt2.safetensors");
+    let list = gpt2(6, 64, 500, 128);
+    write_safetensors(&source, &list);
+    let spec = spec_from(
+        &source,
+        &[
+            "--exclude",
+            "wte.*",
+            "--exclude",
+            "wpe.*",
+            "--gain",
+            "1.0",
+            "--seed",
+            "7",
+        ],
+    );
+    assert_eq!(spec.matches("\n[[layer]]\n").count(), 4, "{spec}");
+    assert_eq!(spec.matches("repeat = 6").count(), 4, "{spec}");
+    assert!(
+        spec.contains("name = \"h.{i}.mlp.c_fc.weight\"\nshape = [64, 256]\n"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("seed = 7\n") && spec.contains("gain = 1.0\n"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains(
+            "# Left out, --exclude: 2\n#   \"wpe.weight\" [128, 64]\n#   \"wte.weight\" [500, 64]\n"
+        ),
+        "{spec}"
+    );
+    let (_, out) = generate(dir.path(), &spec, &[]);
+    let mut expected = weights(&list);
+    expected.remove("wte.weight");
+    expected.remove("wpe.weight");
+    assert_eq!(weights_of(&out), expected);
+}
+
+#[test]
+fn flax_shapes_round_trip_to_flax_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Flax parameter names and shapes: Conv (kh, kw, in, out), Dense (in, out).
+    let list: ShapeList = vec![
+        ("params.Conv_0.kernel".into(), vec![3, 3, 3, 32]),
+        ("params.Conv_0.bias".into(), vec![32]),
+        ("params.Conv_1.kernel".into(), vec![5, 3, 32, 64]),
+        ("params.Dense_0.kernel".into(), vec![1024, 256]),
+        ("params.Dense_1.kernel".into(), vec![256, 10]),
+    ];
+    let source = dir.path().join("flax.json");
+    fs::write(&source, json_object(&list)).unwrap();
+    let spec = spec_from(&source, &["--layout", "flax", "--density", "0.2"]);
+    assert!(spec.contains("[output]\nlayout = \"flax\"\n"), "{spec}");
+    assert!(
+        spec.contains("name = \"params.Conv_1.kernel\"\nshape = [64, 32, 5, 3]\n"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("name = \"params.Dense_0.kernel\"\nshape = [256, 1024]\n"),
+        "{spec}"
+    );
+    let (_, out) = generate(dir.path(), &spec, &[]);
+    assert_eq!(weights_of(&out), weights(&list));
+}
+
+#[test]
+fn the_array_form_carries_groups_of_one_and_refuses_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("list.json");
+    fs::write(
+        &source,
+        r#"[{"name": "a.weight", "shape": [8, 4, 3, 3], "groups": 1}, {"name": "b.weight", "shape": [8, 8]}]"#,
+    )
+    .unwrap();
+    let spec = spec_from(&source, &[]);
+    assert_eq!(spec.matches("\n[[layer]]\n").count(), 2);
+    fs::write(
+        &source,
+        r#"[{"name": "dw.weight", "shape": [8, 1, 3, 3], "groups": 8}]"#,
+    )
+    .unwrap();
+    eoi()
+        .args(["spec", "--from"])
+        .arg(&source)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "tensor \"dw.weight\" is a grouped convolution (groups = 8)",
+        ));
+}
+
+#[test]
+fn a_sharded_checkpoint_is_read_through_its_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = gpt2(2, 32, 100, 16);
+    let (first, second) = list.split_at(list.len() / 2);
+    let ckpt = dir.path().join("ckpt");
+    fs::create_dir(&ckpt).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        write_safetensors(&ckpt.join(file), &part.to_vec());
+        for (name, _) in part {
+            weight_map.insert(name.clone(), json!(file));
+        }
+    }
+    let index = json!({"metadata": {"total_size": 0}, "weight_map": weight_map}).to_string();
+    fs::write(ckpt.join("model.safetensors.index.json"), &index).unwrap();
+    let by_file = spec_from(&ckpt.join("model.safetensors.index.json"), &[]);
+    let by_dir = spec_from(&ckpt, &[]);
+    assert_eq!(
+        by_file.lines().skip(1).collect::<Vec<_>>(),
+        by_dir.lines().skip(1).collect::<Vec<_>>()
+    );
+    assert!(
+        by_file.contains(&format!(
+            "sha256 of its index file: {}",
+            sha256_hex(index.as_bytes())
+        )),
+        "{by_file}"
+    );
+    let (_, out) = generate(dir.path(), &by_file, &[]);
+    assert_eq!(weights_of(&out), weights(&list));
+}
+
+#[test]
+#[cfg(unix)]
+fn a_checkpoint_of_256_gib_is_specced_from_its_header_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("big.safetensors");
+    // 16 layers of 65536 x 65536 in F32: 256 GiB of data, all of it a hole in a sparse file.
+    let mut list: ShapeList = (0..16)
+        .map(|i| (format!("blocks.{i}.weight"), vec![65536, 65536]))
+        .collect();
+    list.push(("blocks.norm".into(), vec![65536]));
+    write_safetensors(&source, &list);
+    assert!(fs::metadata(&source).unwrap().len() > 256 << 30);
+    // Reading 256 GiB, even of holes, takes far more than 5 seconds of CPU time; the header
+    // takes milliseconds. Past the limit the kernel stops the process and the test fails.
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -t 5 && exec \"$0\" spec --from \"$1\"")
+        .arg(assert_cmd::cargo::cargo_bin("eoi"))
+        .arg(&source)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let spec = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        spec.contains("name = \"blocks.{i}.weight\"\nshape = [65536, 65536]\nrepeat = 16\n"),
+        "{spec}"
+    );
+}
+
+/// Runs `eoi spec --from ARGS` expecting exit 2 with `message` on standard error, no stdout
+/// and no output file.
+fn refused(args: &[&str], stdin: Option<&str>, message: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("spec.toml");
+    let mut cmd = eoi();
+    cmd.arg("spec").args(args).arg("-o").arg(&out);
+    if let Some(input) = stdin {
+        cmd.write_stdin(input);
+    }
+    cmd.assert()
+        .code(2)
+        .stdout("")
+        .stderr(predicates::str::contains(message));
+    assert!(!out.exists());
+}
+
+#[test]
+fn bad_sources_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.txt");
+    fs::write(&text, "hello, not a model\n").unwrap();
+    let text = text.to_str().unwrap();
+    refused(
+        &["--from", text],
+        None,
+        "(not a safetensors file, or a forged header)",
+    );
+    let json = dir.path().join("list.json");
+    fs::write(&json, "{\"a\": [3, 3],}").unwrap();
+    refused(
+        &["--from", json.to_str().unwrap()],
+        None,
+        "is not a safetensors file, a sharded index or a JSON shape list: trailing comma",
+    );
+    let garbage = dir.path().join("garbage.safetensors");
+    fs::write(&garbage, [0xffu8, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1, 2, 3]).unwrap();
+    refused(
+        &["--from", garbage.to_str().unwrap()],
+        None,
+        "exceeds the limit",
+    );
+    refused(
+        &["--from", "-"],
+        Some("[1, 2, 3]"),
+        "entry 0 is not an object",
+    );
+    refused(
+        &["--from", "-"],
+        Some(r#"{"a": [3, 0]}"#),
+        "tensor \"a\" has shape [3, 0], with a zero dimension",
+    );
+    refused(
+        &["--from", "-"],
+        Some(r#"{"a": [3, 3], "a": [3, 3]}"#),
+        "tensor \"a\" is listed twice",
+    );
+    refused(
+        &["--from", "-"],
+        Some(r#"{"a": [3]}"#),
+        "has no tensor of rank 2 or more",
+    );
+    refused(
+        &["--from", "-", "--density", "0"],
+        Some(r#"{"a": [3, 3]}"#),
+        "--density 0: a density must be in (0, 1]",
+    );
+    refused(
+        &["--from", "-", "--gain", "rleu"],
+        Some(r#"{"a": [3, 3]}"#),
+        "--gain rleu",
+    );
+    refused(
+        &["--from", "missing.safetensors"],
+        None,
+        "cannot read 'missing.safetensors'",
+    );
+    // An existing output is not replaced without --force.
+    let existing = dir.path().join("spec.toml");
+    fs::write(&existing, "keep me").unwrap();
+    eoi()
+        .args(["spec", "--from", "-", "-o"])
+        .arg(&existing)
+        .write_stdin(r#"{"a": [3, 3]}"#)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("already exists; pass --force"));
+    assert_eq!(fs::read_to_string(&existing).unwrap(), "keep me");
+    eoi()
+        .args(["spec", "--from", "-", "--force", "-o"])
+        .arg(&existing)
+        .write_stdin(r#"{"a": [3, 3]}"#)
+        .assert()
+        .success();
+    assert!(
+        fs::read_to_string(&existing)
+            .unwrap()
+            .contains("name = \"a\"")
+    );
+}
+
+#[test]
+fn output_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("resnet18.safetensors");
+    write_safetensors(&source, &resnet18());
+    let a = spec_from(
+        &source,
+        &["--density", "0.3", "--dense", "fc.*", "--scheme", "eoi"],
+    );
+    let b = spec_from(
+        &source,
+        &["--density", "0.3", "--dense", "fc.*", "--scheme", "eoi"],
+    );
+    assert_eq!(a, b);
+    assert!(
+        a.contains("dense = [\"fc.*\"]\n") && a.contains("scheme = \"eoi\"\n"),
+        "{a}"
+    );
+}
