@@ -261,6 +261,13 @@ pub struct SpecFromArgs {
     /// Write every layer as its own [[layer]] table instead of folding runs into `repeat`.
     #[arg(long)]
     pub no_fold: bool,
+
+    /// Set each layer's density to the fraction of nonzeros of its mask in MASKS, a
+    /// safetensors file or sharded checkpoint of masks of any dtype, named as the weights or
+    /// with the suffix _mask. For masks chosen by a pruning method (SNIP, GraSP, SynFlow):
+    /// EOI then builds weights and masks at exactly those densities.
+    #[arg(long, value_name = "MASKS")]
+    pub densities_from: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -343,7 +343,12 @@ fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {
         layout: args.layout.into(),
         fold: !args.no_fold,
     };
-    let text = spec_from::spec_from(&shapes, &options)?;
+    let masks = args
+        .densities_from
+        .as_deref()
+        .map(eoi::read::Checkpoint::open)
+        .transpose()?;
+    let text = spec_from::spec_from(&shapes, &options, masks.as_ref())?;
     match &args.output {
         None => print_bytes(text.as_bytes()),
         Some(path) => write::place_file(

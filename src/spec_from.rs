@@ -334,6 +334,59 @@ pub struct Options {
     pub fold: bool,
 }
 
+/// The suffix a mask's name may carry (`X_mask` for layer `X`; torch-prune's
+/// `<module>.weight_mask` is the same).
+pub const MASK_SUFFIX: &str = "_mask";
+
+/// Sets each layer's density to the fraction of nonzeros in its mask: the tensor named as
+/// the layer plus [`MASK_SUFFIX`], or else as the layer itself. Layers matching a `dense`
+/// glob keep density 1 and are not looked up. The masks are read a chunk at a time.
+fn densities_from(
+    masks: &Checkpoint,
+    layers: &mut [Layer],
+    stored: &HashMap<String, Vec<usize>>,
+    options: &Options,
+) -> Result<(), Error> {
+    let dense: Vec<Pattern> = options.dense.iter().map(|g| glob(g)).collect();
+    let shown = masks.path().display().to_string();
+    for layer in layers.iter_mut() {
+        if dense.iter().any(|p| p.matches(&layer.name)) {
+            continue;
+        }
+        let suffixed = format!("{}{MASK_SUFFIX}", layer.name);
+        let Some((file, info)) = masks
+            .tensor(&suffixed)
+            .or_else(|| masks.tensor(&layer.name))
+        else {
+            continue;
+        };
+        let same = info.shape.as_slice() == layer.shape.dims()
+            || stored.get(&layer.name) == Some(&info.shape);
+        if !same {
+            return Err(usage(format!(
+                "'{shown}': mask {} has shape {:?}, but layer {} has shape {:?}",
+                quoted(&info.name),
+                info.shape,
+                quoted(&layer.name),
+                stored
+                    .get(&layer.name)
+                    .map_or(layer.shape.dims(), |s| s.as_slice()),
+            )));
+        }
+        let nnz = file.count_nonzero(info)?;
+        if nnz == 0 {
+            return Err(usage(format!(
+                "'{shown}': mask {} of layer {} has no nonzero element, so the layer would have no weights\n  help: leave the layer out with --exclude {}",
+                quoted(&info.name),
+                quoted(&layer.name),
+                quoted(&layer.name),
+            )));
+        }
+        layer.mask = Some((nnz, info.numel as u64, info.name.clone()));
+    }
+    Ok(())
+}
+
 /// A tensor that becomes a layer.
 #[derive(Clone, Debug)]
 struct Layer {
@@ -383,7 +436,14 @@ fn glob(pattern: &str) -> Pattern {
 }
 
 /// Writes the spec for `shapes`.
-pub fn spec_from(shapes: &Shapes, options: &Options) -> Result<String, Error> {
+///
+/// With `masks` (`--densities-from`), each layer with a mask gets its density from it (see
+/// [`densities_from`]); the others keep the distribution's.
+pub fn spec_from(
+    shapes: &Shapes,
+    options: &Options,
+    masks: Option<&Checkpoint>,
+) -> Result<String, Error> {
     let excluded: Vec<Pattern> = options.exclude.iter().map(|g| glob(g)).collect();
     let mut layers: Vec<Layer> = Vec::new();
     let mut left_out: Vec<(LeftOut, &Entry)> = Vec::new();
@@ -438,6 +498,14 @@ pub fn spec_from(shapes: &Shapes, options: &Options) -> Result<String, Error> {
             left_out.len()
         )));
     }
+    if let Some(masks) = masks {
+        let stored: HashMap<String, Vec<usize>> = shapes
+            .entries
+            .iter()
+            .map(|e| (e.name.clone(), e.shape.clone()))
+            .collect();
+        densities_from(masks, &mut layers, &stored, options)?;
+    }
     let tables = if options.fold {
         fold(&layers)
     } else {
@@ -449,7 +517,7 @@ pub fn spec_from(shapes: &Shapes, options: &Options) -> Result<String, Error> {
             })
             .collect()
     };
-    let text = render(shapes, options, &layers, &tables, &left_out);
+    let text = render(shapes, options, masks, &layers, &tables, &left_out);
     check(&text, &layers)?;
     Ok(text)
 }
@@ -551,6 +619,7 @@ fn thousands(n: u64) -> String {
 fn render(
     shapes: &Shapes,
     options: &Options,
+    masks: Option<&Checkpoint>,
     layers: &[Layer],
     tables: &[Table],
     left_out: &[(LeftOut, &Entry)],
@@ -581,6 +650,30 @@ fn render(
         "# {} tensors are left out and listed at the end.",
         left_out.len()
     );
+    if let Some(masks) = masks {
+        let with = layers.iter().filter(|l| l.mask.is_some()).count();
+        let _ = writeln!(
+            t,
+            "# Densities from the masks in {} (sha256 of its {}: {}):",
+            quoted(&masks.path().display().to_string()),
+            if masks.is_sharded() {
+                "index file"
+            } else {
+                "safetensors header"
+            },
+            masks.sha256()
+        );
+        let _ = writeln!(
+            t,
+            "# {with} layers have a mask and its fraction of nonzeros as their density; {} keep the distribution's{}.",
+            layers.len() - with,
+            if options.dense.is_empty() {
+                ""
+            } else {
+                " (or are dense)"
+            }
+        );
+    }
     if options.layout == Layout::Flax {
         t.push_str("# The source is in Flax layout; shapes here are PyTorch's (out, in, k...), and\n# layout = \"flax\" writes them back as (in, out) and (k..., in, out).\n");
     }
@@ -617,6 +710,26 @@ fn render(
         let _ = writeln!(t, "shape = [{}]", dims.join(", "));
         if let Some(n) = table.repeat {
             let _ = writeln!(t, "repeat = {n}");
+        }
+        if masks.is_some() {
+            match &first.mask {
+                Some((nnz, numel, mask)) => {
+                    let _ = writeln!(
+                        t,
+                        "density = {}  # {} of {} nonzero in mask {}{}",
+                        float(*nnz as f64 / *numel as f64),
+                        thousands(*nnz),
+                        thousands(*numel),
+                        quoted(mask),
+                        if table.members.len() > 1 {
+                            " (and alike for every {i})"
+                        } else {
+                            ""
+                        },
+                    );
+                }
+                None => t.push_str("# no mask used: the density comes from [sparsity]\n"),
+            }
         }
     }
     for (reason, heading) in [
@@ -718,6 +831,7 @@ mod tests {
                 ("b.01.w", &[4, 4]),
             ]),
             &options(),
+            None,
         )
         .unwrap();
         assert!(
@@ -743,6 +857,7 @@ mod tests {
                 ("odd\u{7f}\"\n", &[5]),
             ]),
             &options(),
+            None,
         )
         .unwrap();
         assert!(text.contains("name = \"b\\t#{i}\"\n"), "{text}");

@@ -501,3 +501,144 @@ fn output_is_deterministic() {
         "{a}"
     );
 }
+
+/// Writes a safetensors file of `(name, dtype, shape, data)`.
+fn write_tensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let at = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.to_string(),
+            json!({"dtype": dtype, "shape": shape, "data_offsets": [at, data.len()]}),
+        );
+    }
+    let text = Value::Object(header).to_string();
+    let mut file = (text.len() as u64).to_le_bytes().to_vec();
+    file.extend(text.as_bytes());
+    file.extend(data);
+    fs::write(path, file).unwrap();
+}
+
+#[test]
+fn densities_come_from_the_masks_of_a_pruning_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let shapes = dir.path().join("shapes.json");
+    fs::write(
+        &shapes,
+        r#"{"a.weight": [4, 6], "b.weight": [8, 8], "c.weight": [5, 5], "h.0.w": [4, 4], "h.1.w": [4, 4], "d.weight": [6, 6]}"#,
+    )
+    .unwrap();
+    // a: a bool mask with 6 of 24 set; b: an f32 tensor named as the weight, 16 of 64
+    // nonzero (a -0.0 is zero); h.0 and h.1: u8 masks with 8 of 16 set; c: none; d: dense.
+    let mut a = vec![0u8; 24];
+    for k in [0, 5, 7, 11, 20, 23] {
+        a[k] = 1;
+    }
+    let b: Vec<u8> = (0..64)
+        .flat_map(|k| {
+            let v: f32 = if k % 4 == 0 {
+                0.5
+            } else if k == 1 {
+                -0.0
+            } else {
+                0.0
+            };
+            v.to_le_bytes()
+        })
+        .collect();
+    let half: Vec<u8> = (0..16).map(|k| (k % 2) as u8 * 3).collect();
+    let masks = dir.path().join("masks.safetensors");
+    write_tensors(
+        &masks,
+        &[
+            ("a.weight_mask", "BOOL", vec![4, 6], a),
+            ("b.weight", "F32", vec![8, 8], b),
+            ("h.0.w_mask", "U8", vec![4, 4], half.clone()),
+            ("h.1.w_mask", "U8", vec![4, 4], half),
+            ("d.weight_mask", "U8", vec![6, 6], vec![1; 36]),
+        ],
+    );
+    let spec = spec_from(
+        &shapes,
+        &[
+            "--densities-from",
+            masks.to_str().unwrap(),
+            "--dense",
+            "d.*",
+            "--density",
+            "0.3",
+        ],
+    );
+    assert!(spec.contains("name = \"a.weight\"\nshape = [4, 6]\ndensity = 0.25  # 6 of 24 nonzero in mask \"a.weight_mask\"\n"), "{spec}");
+    assert!(spec.contains("name = \"b.weight\"\nshape = [8, 8]\ndensity = 0.25  # 16 of 64 nonzero in mask \"b.weight\"\n"), "{spec}");
+    assert!(
+        spec.contains("name = \"h.{i}.w\"\nshape = [4, 4]\nrepeat = 2\ndensity = 0.5"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("name = \"c.weight\"\nshape = [5, 5]\n# no mask used"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("name = \"d.weight\"\nshape = [6, 6]\n# no mask used"),
+        "{spec}"
+    );
+    assert!(spec.contains("# 4 layers have a mask"), "{spec}");
+    let path = dir.path().join("spec.toml");
+    fs::write(&path, &spec).unwrap();
+    let plan = eoi()
+        .arg("plan")
+        .arg(&path)
+        .arg("--json")
+        .assert()
+        .success();
+    let plan: Value = serde_json::from_slice(&plan.get_output().stdout).unwrap();
+    let density = |name: &str| {
+        let layer = plan["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap();
+        (
+            layer["density"].as_f64().unwrap(),
+            layer["origin"].as_str().unwrap().to_string(),
+        )
+    };
+    assert_eq!(density("a.weight"), (0.25, "fixed".into()));
+    assert_eq!(density("h.1.w"), (0.5, "fixed".into()));
+    assert_eq!(density("d.weight"), (1.0, "dense".into()));
+    assert_eq!(density("c.weight"), (0.3, "distributed".into()));
+
+    // A mask of the wrong shape, and an empty one, are refused naming both.
+    write_tensors(
+        &masks,
+        &[("a.weight_mask", "BOOL", vec![6, 4], vec![1; 24])],
+    );
+    refused(
+        &[
+            "--from",
+            shapes.to_str().unwrap(),
+            "--densities-from",
+            masks.to_str().unwrap(),
+        ],
+        None,
+        "mask \"a.weight_mask\" has shape [6, 4], but layer \"a.weight\" has shape [4, 6]",
+    );
+    write_tensors(
+        &masks,
+        &[("a.weight_mask", "BOOL", vec![4, 6], vec![0; 24])],
+    );
+    refused(
+        &[
+            "--from",
+            shapes.to_str().unwrap(),
+            "--densities-from",
+            masks.to_str().unwrap(),
+        ],
+        None,
+        "mask \"a.weight_mask\" of layer \"a.weight\" has no nonzero element",
+    );
+}
