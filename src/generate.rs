@@ -130,11 +130,11 @@ pub const DEFAULT_MEMORY_SHARE: f64 = 0.75;
 
 /// Splits `layers` (in order) into consecutive groups whose generation memory fits `budget`
 /// together, so that memory is bounded by the largest layer, not by the model.
-fn memory_groups(plan: &Plan, layers: &[usize], budget: u64) -> Vec<Vec<usize>> {
+fn memory_groups(plan: &Plan, layers: &[usize], budget: u64, threads: usize) -> Vec<Vec<usize>> {
     let mut groups: Vec<Vec<usize>> = Vec::new();
     let mut used = 0;
     for &k in layers {
-        let need = layer_memory(&plan.layers[k]);
+        let need = layer_memory(&plan.layers[k], plan.output.layout, threads);
         match groups.last_mut() {
             Some(group) if used + need <= budget => group.push(k),
             _ => {
@@ -147,16 +147,22 @@ fn memory_groups(plan: &Plan, layers: &[usize], budget: u64) -> Vec<Vec<usize>> 
     groups
 }
 
-/// Bytes a layer needs while it is generated. EOI: its f64 working matrix, the byte mask and
-/// the support bitsets. A random-mask baseline: the byte mask and the f64 weight of the
-/// whole tensor, and for `orthogonal` the Gaussian matrix and its Q.
-pub fn layer_memory(layer: &LayerPlan) -> u64 {
+/// Bytes a layer needs while it is generated in `layout`. EOI: its f64 working matrix, the
+/// byte mask and the support bitsets; or, for a matrix computed a block of rows at a time
+/// (see [`schemes::Prepared::weight_for`]), the bitsets and one block of 64 rows per thread.
+/// A random-mask baseline: the byte mask and the f64 weight of the whole tensor, and for
+/// `orthogonal` the Gaussian matrix and its Q.
+pub fn layer_memory(layer: &LayerPlan, layout: Layout, threads: usize) -> u64 {
     let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
     let numel = layer.shape.numel();
     match layer.scheme {
         Scheme::Eoi => {
-            let matrix = out * inp * (8 + 1) + out * inp / 8;
+            let bits = out * inp / 8;
+            let matrix = out * inp * (8 + 1) + bits;
             match layer.kind() {
+                Kind::Linear if layout == Layout::Torch && out <= inp => {
+                    2 * bits + threads as u64 * 64 * inp * (8 + 8 + 1)
+                }
                 Kind::Linear => matrix,
                 Kind::Conv => matrix + numel,
             }
@@ -211,15 +217,21 @@ fn memory_limit(max_memory: Option<u64>) -> Option<(u64, String)> {
 /// Refuses to start when generating the largest of `layers` needs more than `limit`. Layers
 /// run in parallel only within the limit (see [`memory_groups`]), so the largest layer
 /// decides what a run needs.
-fn check_memory(plan: &Plan, layers: &[usize], limit: u64, source: &str) -> Result<(), Error> {
+fn check_memory(
+    plan: &Plan,
+    layers: &[usize],
+    threads: usize,
+    limit: u64,
+    source: &str,
+) -> Result<(), Error> {
     let largest = layers
         .iter()
         .map(|&k| &plan.layers[k])
-        .max_by_key(|l| layer_memory(l));
+        .max_by_key(|l| layer_memory(l, plan.output.layout, threads));
     let Some(largest) = largest else {
         return Ok(());
     };
-    let need = layer_memory(largest);
+    let need = layer_memory(largest, plan.output.layout, threads);
     if need > limit {
         return Err(Error::Usage(format!(
             "layer \"{}\" ({}) needs {} of memory to generate, more than the {} allowed by {source}; nothing was written\n  \
@@ -298,7 +310,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
     };
     let budget = match memory_limit(options.max_memory) {
         Some((limit, source)) => {
-            check_memory(plan, &selected, limit, &source)?;
+            check_memory(plan, &selected, pool.current_num_threads(), limit, &source)?;
             MEMORY_BUDGET.min(limit)
         }
         None => MEMORY_BUDGET,
@@ -360,7 +372,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 (Box::new(output), n)
             }
         };
-        for group in memory_groups(plan, &selected, budget) {
+        for group in memory_groups(plan, &selected, budget, rayon::current_num_threads()) {
             group.par_iter().try_for_each(|&k| -> Result<(), Error> {
                 let layer = &plan.layers[k];
                 let prepared = schemes::prepare(layer, plan.seed);
@@ -372,7 +384,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 }
                 // The mask is final before the values exist: write it while they are computed.
                 let (weight, mask_written) = rayon::join(
-                    || prepared.weight(),
+                    || prepared.weight_for(plan.output.layout),
                     || {
                         write_in_layout(
                             output.as_ref(),
@@ -448,12 +460,14 @@ mod tests {
 
     #[test]
     fn the_largest_layer_decides_and_the_message_gives_the_figure_and_the_fix() {
-        // 1000 x 1000: 9 MB of f64 matrix and byte mask, and the bitsets.
-        let plan = plan_of(&[(10, 10), (1000, 1000)]);
-        let need = layer_memory(&plan.layers[1]);
+        // 1000 x 1000 computed whole (as for flax layout): 9 MB of f64 matrix and byte mask,
+        // and the bitsets.
+        let mut plan = plan_of(&[(10, 10), (1000, 1000)]);
+        plan.output.layout = Layout::Flax;
+        let need = layer_memory(&plan.layers[1], Layout::Flax, 2);
         assert_eq!(need, 1000 * 1000 * 9 + 1000 * 1000 / 8);
-        assert!(check_memory(&plan, &[0, 1], need, "--max-memory X").is_ok());
-        let err = check_memory(&plan, &[0, 1], need - 1, "--max-memory X")
+        assert!(check_memory(&plan, &[0, 1], 2, need, "--max-memory X").is_ok());
+        let err = check_memory(&plan, &[0, 1], 2, need - 1, "--max-memory X")
             .unwrap_err()
             .to_string();
         assert!(
@@ -463,19 +477,36 @@ mod tests {
         assert!(err.contains("8.7 MiB allowed by --max-memory X"), "{err}");
         assert!(err.contains("pass --max-memory 9MiB or more"), "{err}");
         // A part without the large layer needs only its own.
-        assert!(check_memory(&plan, &[0], 1 << 10, "--max-memory X").is_ok());
+        assert!(check_memory(&plan, &[0], 2, 1 << 10, "--max-memory X").is_ok());
+    }
+
+    #[test]
+    fn a_matrix_computed_in_row_blocks_needs_its_bitsets_and_a_block_per_thread() {
+        let plan = plan_of(&[(4096, 4096), (8192, 4096)]);
+        let wide = layer_memory(&plan.layers[0], Layout::Torch, 3);
+        assert_eq!(wide, 2 * 4096 * 4096 / 8 + 3 * 64 * 4096 * 17);
+        assert!(wide < 4096 * 4096 * 8 / 4);
+        // Tall matrices and flax layout are computed whole.
+        assert_eq!(
+            layer_memory(&plan.layers[1], Layout::Torch, 3),
+            8192 * 4096 * 9 + 8192 * 4096 / 8
+        );
+        assert_eq!(
+            layer_memory(&plan.layers[0], Layout::Flax, 3),
+            4096 * 4096 * 9 + 4096 * 4096 / 8
+        );
     }
 
     #[test]
     fn groups_stay_within_the_budget() {
         let plan = plan_of(&[(100, 100); 6]);
-        let one = layer_memory(&plan.layers[0]);
+        let one = layer_memory(&plan.layers[0], Layout::Torch, 2);
         let all: Vec<usize> = (0..6).collect();
-        assert_eq!(memory_groups(&plan, &all, 6 * one), vec![all.clone()]);
+        assert_eq!(memory_groups(&plan, &all, 6 * one, 2), vec![all.clone()]);
         assert_eq!(
-            memory_groups(&plan, &all, 2 * one),
+            memory_groups(&plan, &all, 2 * one, 2),
             vec![vec![0, 1], vec![2, 3], vec![4, 5]]
         );
-        assert_eq!(memory_groups(&plan, &all, 1).len(), 6);
+        assert_eq!(memory_groups(&plan, &all, 1, 2).len(), 6);
     }
 }

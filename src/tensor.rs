@@ -6,6 +6,8 @@
 use std::io::{self, Write};
 use std::sync::Mutex;
 
+use crate::schemes::eoi::RotatedRows;
+
 /// How a [`Grid`] or [`BitGrid`] stores its elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Order {
@@ -95,6 +97,11 @@ pub trait RowBlocks: Sync {
 
     /// Appends rows `first..first + count`, row-major, to `out`.
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<Self::Elem>);
+
+    /// How many rows to encode at a time as `dtype`: about 1 MiB of output by default.
+    fn block_rows(&self, dtype: Dtype) -> usize {
+        ((1 << 20) / (self.row_len() * dtype.size()).max(1)).max(1)
+    }
 
     /// Appends rows `first..first + count` encoded as `dtype` to `out`. The default reads
     /// the rows into `scratch` and encodes them; grids encode straight from their storage.
@@ -296,15 +303,21 @@ impl RowBlocks for BitGrid {
                 }
             }
             Order::ColumnMajor => {
-                for j0 in (0..self.cols).step_by(TILE) {
-                    let width = TILE.min(self.cols - j0);
-                    for i in 0..count {
-                        let k = first + i;
-                        let (word, bit) = (k / 64, k % 64);
-                        let row = &mut block[i * self.cols + j0..i * self.cols + j0 + width];
-                        for (t, slot) in row.iter_mut().enumerate() {
-                            *slot = (self.bits[(j0 + t) * self.words + word] >> bit & 1) as u8;
-                        }
+                // The word that holds row k in every column, gathered once per 64 rows: each
+                // row is then one shift and mask per column, which the compiler vectorises.
+                let mut column_words = Vec::with_capacity(self.cols);
+                let mut current = usize::MAX;
+                for (i, row) in block.chunks_exact_mut(self.cols).enumerate() {
+                    let k = first + i;
+                    let (word, bit) = (k / 64, k % 64);
+                    if word != current {
+                        column_words.clear();
+                        column_words
+                            .extend((0..self.cols).map(|j| self.bits[j * self.words + word]));
+                        current = word;
+                    }
+                    for (b, &w) in row.iter_mut().zip(&column_words) {
+                        *b = (w >> bit & 1) as u8;
                     }
                 }
             }
@@ -324,6 +337,8 @@ pub enum Weight {
         taps: usize,
         tap: usize,
     },
+    /// A wide or square EOI matrix, computed a block of rows at a time as it is encoded.
+    Rotated(RotatedRows),
 }
 
 impl Weight {
@@ -331,6 +346,7 @@ impl Weight {
     pub fn into_values(self) -> Vec<f64> {
         match self {
             Weight::Matrix(grid) | Weight::CentreTap { centre: grid, .. } => grid.data,
+            Weight::Rotated(_) => Vec::new(),
         }
     }
 }
@@ -341,6 +357,7 @@ impl RowBlocks for Weight {
     fn rows(&self) -> usize {
         match self {
             Weight::Matrix(grid) | Weight::CentreTap { centre: grid, .. } => grid.rows,
+            Weight::Rotated(rows) => rows.rows(),
         }
     }
 
@@ -349,6 +366,7 @@ impl RowBlocks for Weight {
         match self {
             Weight::Matrix(grid) => grid.cols,
             Weight::CentreTap { centre, taps, .. } => centre.cols * taps,
+            Weight::Rotated(rows) => rows.cols(),
         }
     }
 
@@ -362,6 +380,21 @@ impl RowBlocks for Weight {
                     0.0
                 }
             }
+            Weight::Rotated(rows) => {
+                let mut row = Vec::new();
+                rows.compute(i, 1, &mut row);
+                row[j]
+            }
+        }
+    }
+
+    /// Blocks of whole 64-row words for a rotated matrix, which replays every rotation once
+    /// per block; about 1 MiB of output otherwise.
+    fn block_rows(&self, dtype: Dtype) -> usize {
+        let rows = ((1 << 20) / (self.row_len() * dtype.size()).max(1)).max(1);
+        match self {
+            Weight::Rotated(_) => rows.next_multiple_of(64),
+            _ => rows,
         }
     }
 
@@ -375,6 +408,10 @@ impl RowBlocks for Weight {
     ) {
         match self {
             Weight::Matrix(grid) => grid.encode_rows(first, count, dtype, scratch, out),
+            Weight::Rotated(rows) => {
+                rows.compute(first, count, scratch);
+                f64::encode_transposed(scratch, count, rows.cols(), 0, count, dtype, out);
+            }
             Weight::CentreTap { .. } => {
                 scratch.clear();
                 self.rows_into(first, count, scratch);
@@ -386,6 +423,11 @@ impl RowBlocks for Weight {
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<f64>) {
         match self {
             Weight::Matrix(grid) => grid.copy_rows(first, count, out),
+            Weight::Rotated(rows) => {
+                let mut block = Vec::new();
+                rows.compute(first, count, &mut block);
+                Grid::new(count, rows.cols(), Order::ColumnMajor, block).copy_rows(0, count, out);
+            }
             Weight::CentreTap { centre, taps, tap } => {
                 let mut h = Vec::with_capacity(count * centre.cols);
                 centre.copy_rows(first, count, &mut h);
@@ -716,14 +758,9 @@ impl Element for u8 {
     }
 }
 
-/// How many rows make a block of about 1 MiB of output.
-pub fn block_rows(tensor: &impl RowBlocks, dtype: Dtype) -> usize {
-    ((1 << 20) / (tensor.row_len() * dtype.size()).max(1)).max(1)
-}
-
 /// Writes a whole tensor as `dtype` bytes in row-major order to `out`, a block at a time.
 pub fn write_all<T: RowBlocks>(tensor: &T, dtype: Dtype, out: &mut dyn Write) -> io::Result<()> {
-    let step = block_rows(tensor, dtype);
+    let step = tensor.block_rows(dtype);
     let mut values = Vec::new();
     let mut bytes = Vec::new();
     for first in (0..tensor.rows()).step_by(step) {

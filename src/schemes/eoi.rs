@@ -239,6 +239,18 @@ impl Schedule {
         Grid::new(self.rows, self.cols, self.output_order(), values)
     }
 
+    /// The same matrix as [`Schedule::matrix`], computed a block of rows at a time when it
+    /// is wide or square (its rows are the working matrix's rows); `None` for a tall matrix,
+    /// whose rows are the working matrix's columns.
+    pub fn rotated_rows(&self, gain: f64) -> Option<RotatedRows> {
+        (!self.tall()).then(|| RotatedRows {
+            n: self.support.n,
+            m: self.support.m,
+            rotations: self.rotations.clone(),
+            gain,
+        })
+    }
+
     /// The mask, the structural support, in the same layout as [`Schedule::matrix`].
     pub fn mask(&self) -> BitGrid {
         let s = &self.support;
@@ -249,6 +261,92 @@ impl Schedule {
             s.words,
             s.bits.clone(),
         )
+    }
+}
+
+/// A wide or square EOI matrix (gain included) whose rows are computed on demand.
+///
+/// A Givens rotation of columns i and j changes each row on its own: entry (k, i) and (k, j)
+/// after the rotation depend only on the same two entries before it. So any block of rows can
+/// be computed alone by replaying every rotation on just those rows, with the same operations
+/// on every entry as [`Schedule::matrix`], hence the same bits. A block of 64 rows of a
+/// 4096-column matrix is 2 MiB: it stays in cache while it is rotated, transposed and
+/// encoded, and the layer never needs its whole n x m matrix in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RotatedRows {
+    n: usize,
+    m: usize,
+    rotations: Vec<Rotation>,
+    gain: f64,
+}
+
+impl RotatedRows {
+    /// Rows of the matrix.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Columns of the matrix.
+    pub fn cols(&self) -> usize {
+        self.m
+    }
+
+    /// Computes rows `first..first + count` into `block`, column-major: entry (first + t, j)
+    /// at `j * count + t`.
+    ///
+    /// Each row starts as its row of `[I_n | 0]`; the block keeps one support bitset per
+    /// column (bit t for row first + t), so a rotation whose two columns are zero on these
+    /// rows costs a few word operations, a sparse one visits only the union of the supports,
+    /// and a dense one sweeps both column segments with the vectorised kernel.
+    pub fn compute(&self, first: usize, count: usize, block: &mut Vec<f64>) {
+        let m = self.m;
+        block.clear();
+        block.resize(count * m, 0.0);
+        let words = count.div_ceil(64);
+        let mut support = vec![0u64; words * m];
+        for t in 0..count {
+            let k = first + t;
+            block[k * count + t] = 1.0;
+            support[k * words + t / 64] |= 1u64 << (t % 64);
+        }
+        let mut union = vec![0u64; words];
+        for r in &self.rotations {
+            let mut size = 0;
+            for (w, u) in union.iter_mut().enumerate() {
+                *u = support[r.i * words + w] | support[r.j * words + w];
+                size += u.count_ones() as usize;
+            }
+            if size == 0 {
+                continue;
+            }
+            let (lo, hi) = (r.i.min(r.j), r.i.max(r.j));
+            let (head, tail) = block.split_at_mut(hi * count);
+            let low = &mut head[lo * count..(lo + 1) * count];
+            let high = &mut tail[..count];
+            let (a, b) = if r.i < r.j { (low, high) } else { (high, low) };
+            let (c, s) = (r.cos, r.sin);
+            if size * 4 >= count {
+                rotate_columns(a, b, c, s);
+            } else {
+                for (w, &word) in union.iter().enumerate() {
+                    let mut bits = word;
+                    while bits != 0 {
+                        let k = w * 64 + bits.trailing_zeros() as usize;
+                        let (xi, yj) = (a[k], b[k]);
+                        a[k] = c * xi + s * yj;
+                        b[k] = c * yj - s * xi;
+                        bits &= bits - 1;
+                    }
+                }
+            }
+            support[r.i * words..(r.i + 1) * words].copy_from_slice(&union);
+            support[r.j * words..(r.j + 1) * words].copy_from_slice(&union);
+        }
+        if self.gain != 1.0 {
+            for v in block.iter_mut() {
+                *v *= self.gain;
+            }
+        }
     }
 }
 
@@ -405,6 +503,48 @@ mod tests {
             }
             assert_eq!(ones, s.nnz());
         }
+    }
+
+    #[test]
+    fn rows_computed_in_blocks_have_the_whole_matrix_bits() {
+        // Blocks of every size, aligned or not, sparse and dense phases, gain or none.
+        for &(rows, cols, d, gain) in &[
+            (200, 200, 0.3, 1.0),
+            (130, 300, 0.05, 1.7),
+            (64, 64, 1.0, 0.5),
+            (1, 9, 1.0, 1.0),
+            (70, 71, 0.02, 1.0),
+        ] {
+            let mut stream = Stream::derive(4, "blocks");
+            let s = schedule(rows, cols, d, &mut stream);
+            let whole = s.matrix(gain);
+            let lazy = s.rotated_rows(gain).expect("a wide or square matrix");
+            assert_eq!((lazy.rows(), lazy.cols()), (rows, cols));
+            for step in [1, 3, 64, 100, 128, rows] {
+                let mut block = Vec::new();
+                for first in (0..rows).step_by(step) {
+                    let count = step.min(rows - first);
+                    lazy.compute(first, count, &mut block);
+                    for t in 0..count {
+                        for j in 0..cols {
+                            // Zeros may differ in sign, which encoding normalises.
+                            assert_eq!(
+                                (block[j * count + t] + 0.0).to_bits(),
+                                (whole.get(first + t, j) + 0.0).to_bits(),
+                                "{rows}x{cols} d={d}: row {} column {j}, blocks of {step}",
+                                first + t
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let mut stream = Stream::derive(4, "tall");
+        assert!(
+            schedule(30, 10, 0.5, &mut stream)
+                .rotated_rows(1.0)
+                .is_none()
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod orthogonal;
 use crate::plan::LayerPlan;
 use crate::spec::{Kind, Scheme};
 use crate::stream::Stream;
-use crate::tensor::{Grid, Mask, Order, RowBlocks, Weight};
+use crate::tensor::{Grid, Layout, Mask, Order, RowBlocks, Weight};
 
 /// What a layer's generation achieved.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,6 +141,21 @@ impl Prepared<'_> {
                 }
             }
         }
+    }
+
+    /// The weight as it is best written in `layout`: the same values as [`Prepared::weight`],
+    /// but for a wide or square linear layer in PyTorch layout computed a block of rows at a
+    /// time while it is encoded ([`Weight::Rotated`]), so the layer's whole f64 matrix never
+    /// exists. Other layers are computed whole first.
+    pub fn weight_for(&self, layout: Layout) -> Weight {
+        if let Recipe::Eoi(schedule) = &self.recipe {
+            if layout == Layout::Torch && self.layer.kind() == Kind::Linear {
+                if let Some(rows) = schedule.rotated_rows(self.layer.gain.value) {
+                    return Weight::Rotated(rows);
+                }
+            }
+        }
+        self.weight()
     }
 }
 

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::error::Error;
 use crate::provenance::Provenance;
 use crate::spec::Format;
-use crate::tensor::{Dtype, RowBlocks, block_rows};
+use crate::tensor::{Dtype, RowBlocks};
 
 /// A tensor of the output, known before its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub fn write_tensor<T: RowBlocks>(
     dtype: Dtype,
 ) -> Result<(), Error> {
     let sink = output.tensor(index)?;
-    let step = block_rows(tensor, dtype);
+    let step = tensor.block_rows(dtype);
     let row_bytes = (tensor.row_len() * dtype.size()) as u64;
     let blocks = tensor.rows().div_ceil(step);
     let encode_block = |buffers: &mut (Vec<T::Elem>, Vec<u8>), block: usize| -> io::Result<()> {
