@@ -301,9 +301,15 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub force: bool,
 
-    /// Weight dtype; overrides the spec's [output] dtype.
+    /// Weight dtype: f32, f64, f16 or bf16 (bf16 only as safetensors); overrides the spec's
+    /// [output] dtype. Computed in f64, rounded once to nearest-even.
     #[arg(long, value_enum, value_name = "DTYPE")]
     pub dtype: Option<DtypeArg>,
+
+    /// Mask dtype: bool, u8 or f32 (holding 0 and 1); overrides the spec's [output]
+    /// mask_dtype. torch-prune names keep the mask in the weight's dtype.
+    #[arg(long, value_enum, value_name = "DTYPE")]
+    pub mask_dtype: Option<MaskDtypeArg>,
 
     /// Order of the weight dimensions: torch (out, in, k...) or flax (k..., in, out);
     /// overrides the spec's [output] layout.
@@ -431,6 +437,8 @@ impl From<SchemeArg> for Scheme {
 pub enum DtypeArg {
     F32,
     F64,
+    F16,
+    Bf16,
 }
 
 impl From<DtypeArg> for Dtype {
@@ -438,6 +446,25 @@ impl From<DtypeArg> for Dtype {
         match d {
             DtypeArg::F32 => Dtype::F32,
             DtypeArg::F64 => Dtype::F64,
+            DtypeArg::F16 => Dtype::F16,
+            DtypeArg::Bf16 => Dtype::BF16,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum MaskDtypeArg {
+    Bool,
+    U8,
+    F32,
+}
+
+impl From<MaskDtypeArg> for Dtype {
+    fn from(d: MaskDtypeArg) -> Dtype {
+        match d {
+            MaskDtypeArg::Bool => Dtype::Bool,
+            MaskDtypeArg::U8 => Dtype::U8,
+            MaskDtypeArg::F32 => Dtype::F32,
         }
     }
 }

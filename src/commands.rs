@@ -199,6 +199,7 @@ fn generate_json(plan: &Plan, report: &Report, output: &Path) -> Value {
         "output": output.display().to_string(),
         "format": plan.output.format.name(),
         "dtype": plan.output.dtype.name(),
+        "mask_dtype": plan.output.mask_dtype.name(),
         "seed": plan.seed,
         "distribution": plan.distribution.name(),
         "target_density": plan.requested_density.get(),
@@ -231,6 +232,7 @@ fn progress_bar(plan: &Plan, quiet: bool) -> Option<ProgressBar> {
 fn generate_command(args: GenerateArgs) -> Result<(), Error> {
     let overrides = Overrides {
         dtype: args.dtype.map(Into::into),
+        mask_dtype: args.mask_dtype.map(Into::into),
         layout: args.layout.map(Into::into),
         names: args.names.map(Into::into),
         max_shard_size: args.max_shard_size,

@@ -151,6 +151,7 @@ pub struct Overrides {
     pub scheme: Option<Scheme>,
     pub format: Option<Format>,
     pub dtype: Option<Dtype>,
+    pub mask_dtype: Option<Dtype>,
     pub max_shard_size: Option<u64>,
     pub layout: Option<Layout>,
     pub names: Option<Names>,
@@ -441,14 +442,39 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
         });
     }
 
-    let mut output = OutputPlan {
+    let names = overrides.names.or(spec.output.names).unwrap_or_default();
+    let dtype = overrides.dtype.or(spec.output.dtype).unwrap_or(Dtype::F32);
+    let output_error = |message: String, help: &str| SpecError {
+        file: spec.source.name.clone(),
+        position: None,
+        context: "[output]".into(),
+        message,
+        help: Some(help.into()),
+    };
+    let mask_dtype = match (names, overrides.mask_dtype.or(spec.output.mask_dtype)) {
+        // torch.nn.utils.prune stores the mask as a buffer of the weight's dtype.
+        (Names::TorchPrune, None) => dtype,
+        (Names::TorchPrune, Some(m)) if m == dtype => dtype,
+        (Names::TorchPrune, Some(m)) => {
+            return Err(output_error(
+                format!(
+                    "mask_dtype \"{}\" does not go with names = \"torch-prune\", whose masks take the weight's dtype (\"{}\")",
+                    m.name(),
+                    dtype.name()
+                ),
+                "drop mask_dtype (or --mask-dtype), or use names = \"plain\"",
+            ));
+        }
+        (Names::Plain, m) => m.unwrap_or(Dtype::Bool),
+    };
+    let output = OutputPlan {
         format: overrides
             .format
             .or(spec.output.format)
             .unwrap_or(Format::Safetensors),
-        dtype: overrides.dtype.or(spec.output.dtype).unwrap_or(Dtype::F32),
-        mask_dtype: Dtype::Bool,
-        names: overrides.names.or(spec.output.names).unwrap_or_default(),
+        dtype,
+        mask_dtype,
+        names,
         mask_suffix: spec
             .output
             .mask_suffix
@@ -469,9 +495,18 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
             help: Some("drop --max-shard-size, or use format safetensors".into()),
         });
     }
-    if output.names == Names::TorchPrune {
-        // torch.nn.utils.prune stores the mask as a buffer of the weight's dtype.
-        output.mask_dtype = output.dtype;
+    for (what, d) in [("dtype", output.dtype), ("mask dtype", output.mask_dtype)] {
+        if output.format != Format::Safetensors && d.npy_descr().is_none() {
+            return Err(output_error(
+                format!(
+                    "{what} \"{}\" cannot be stored in {} output: NumPy has no {} type",
+                    d.name(),
+                    output.format.name(),
+                    d.name()
+                ),
+                "use format = \"safetensors\" (or --format safetensors), which stores bf16 natively, or dtype = \"f16\" or \"f32\"",
+            ));
+        }
     }
     check_names(&layers, &output, &spec.source.name)?;
 

@@ -222,16 +222,10 @@ impl Names {
 }
 
 /// Weight dtypes a spec may ask for.
-pub const WEIGHT_DTYPES: &[&str] = &["f32", "f64"];
+pub const WEIGHT_DTYPES: &[&str] = Dtype::WEIGHT_NAMES;
 
-/// Parses a weight dtype name.
-pub fn weight_dtype(name: &str) -> Option<Dtype> {
-    match name {
-        "f32" => Some(Dtype::F32),
-        "f64" => Some(Dtype::F64),
-        _ => None,
-    }
-}
+/// Mask dtypes a spec may ask for (plain names; torch-prune masks take the weight's dtype).
+pub const MASK_DTYPES: &[&str] = Dtype::MASK_NAMES;
 
 /// A gain: the factor the orthogonal matrix is multiplied by.
 #[derive(Clone, Debug, PartialEq)]
@@ -434,6 +428,7 @@ pub struct Init {
 pub struct OutputSpec {
     pub format: Option<Format>,
     pub dtype: Option<Dtype>,
+    pub mask_dtype: Option<Dtype>,
     pub mask_suffix: Option<String>,
     pub layout: Option<Layout>,
     pub names: Option<Names>,
@@ -550,9 +545,14 @@ struct RawOutput {
     /// "safetensors" (one file, the default) or "npy" (a directory of .npy files).
     #[schemars(with = "Option<String>", extend("enum" = Format::NAMES))]
     format: Option<Spanned<String>>,
-    /// Weight dtype: "f32" (default) or "f64". Masks are always bool.
+    /// Weight dtype: "f32" (default), "f64", "f16" or "bf16" (bf16 needs safetensors: NumPy
+    /// has no bfloat16). Values are computed in f64 and rounded once, to nearest-even.
     #[schemars(with = "Option<String>", extend("enum" = WEIGHT_DTYPES))]
     dtype: Option<Spanned<String>>,
+    /// Mask dtype: "bool" (default), "u8" or "f32", holding 0 and 1. With names =
+    /// "torch-prune" the mask takes the weight's dtype instead.
+    #[schemars(with = "Option<String>", extend("enum" = MASK_DTYPES))]
+    mask_dtype: Option<Spanned<String>>,
     /// Suffix of each weight's mask name (default "_mask").
     #[schemars(with = "Option<String>", length(min = 1))]
     mask_suffix: Option<Spanned<String>>,
@@ -1218,7 +1218,21 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                         "[output], field `dtype`",
                         "dtype",
                         WEIGHT_DTYPES,
-                        weight_dtype,
+                        Dtype::weight,
+                    )
+                })
+                .transpose()?,
+            mask_dtype: ro
+                .mask_dtype
+                .as_ref()
+                .map(|v| {
+                    one_of(
+                        errors,
+                        v,
+                        "[output], field `mask_dtype`",
+                        "mask_dtype",
+                        MASK_DTYPES,
+                        Dtype::mask,
                     )
                 })
                 .transpose()?,
@@ -1641,6 +1655,7 @@ mod tests {
             ("init", "conv_center"),
             ("output", "format"),
             ("output", "dtype"),
+            ("output", "mask_dtype"),
             ("layer", "conv_center"),
         ];
         for (table, field) in fields {

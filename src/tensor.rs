@@ -608,16 +608,30 @@ impl<T: RowBlocks> RowBlocks for FlaxView<'_, T> {
 pub enum Dtype {
     F32,
     F64,
+    /// IEEE 754 binary16.
+    F16,
+    /// bfloat16: the top half of an f32 (8 exponent bits, 7 fraction bits).
+    BF16,
+    /// One byte, 0 or 1 (masks).
     Bool,
+    /// One byte, 0 or 1 (masks).
+    U8,
 }
 
 impl Dtype {
+    /// Weight dtypes, as named in specs and on the command line.
+    pub const WEIGHT_NAMES: &'static [&'static str] = &["f32", "f64", "f16", "bf16"];
+
+    /// Mask dtypes of plain names, as named in specs and on the command line.
+    pub const MASK_NAMES: &'static [&'static str] = &["bool", "u8", "f32"];
+
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             Dtype::F32 => 4,
             Dtype::F64 => 8,
-            Dtype::Bool => 1,
+            Dtype::F16 | Dtype::BF16 => 2,
+            Dtype::Bool | Dtype::U8 => 1,
         }
     }
 
@@ -626,7 +640,31 @@ impl Dtype {
         match self {
             Dtype::F32 => "f32",
             Dtype::F64 => "f64",
+            Dtype::F16 => "f16",
+            Dtype::BF16 => "bf16",
             Dtype::Bool => "bool",
+            Dtype::U8 => "u8",
+        }
+    }
+
+    /// A weight dtype by its name.
+    pub fn weight(name: &str) -> Option<Dtype> {
+        match name {
+            "f32" => Some(Dtype::F32),
+            "f64" => Some(Dtype::F64),
+            "f16" => Some(Dtype::F16),
+            "bf16" => Some(Dtype::BF16),
+            _ => None,
+        }
+    }
+
+    /// A mask dtype (of plain names) by its name.
+    pub fn mask(name: &str) -> Option<Dtype> {
+        match name {
+            "bool" => Some(Dtype::Bool),
+            "u8" => Some(Dtype::U8),
+            "f32" => Some(Dtype::F32),
+            _ => None,
         }
     }
 
@@ -635,16 +673,22 @@ impl Dtype {
         match self {
             Dtype::F32 => "F32",
             Dtype::F64 => "F64",
+            Dtype::F16 => "F16",
+            Dtype::BF16 => "BF16",
             Dtype::Bool => "BOOL",
+            Dtype::U8 => "U8",
         }
     }
 
-    /// The `descr` of a NumPy .npy header.
-    pub fn npy_descr(self) -> &'static str {
+    /// The `descr` of a NumPy .npy header; `None` for bf16, which NumPy has no type for.
+    pub fn npy_descr(self) -> Option<&'static str> {
         match self {
-            Dtype::F32 => "<f4",
-            Dtype::F64 => "<f8",
-            Dtype::Bool => "|b1",
+            Dtype::F32 => Some("<f4"),
+            Dtype::F64 => Some("<f8"),
+            Dtype::F16 => Some("<f2"),
+            Dtype::BF16 => None,
+            Dtype::Bool => Some("|b1"),
+            Dtype::U8 => Some("|u1"),
         }
     }
 }
@@ -700,15 +744,80 @@ fn append<T: Copy, const N: usize>(src: &[T], out: &mut Vec<u8>, bytes: impl Fn(
     }
 }
 
+/// `x` rounded to f32 "to odd": truncated toward zero, and when that was inexact the last
+/// bit of the significand set. Rounding to odd first and to nearest-even second gives the
+/// correctly rounded result whenever the first format has at least two more significand bits
+/// than the second (Boldo and Melquiond, 2008): f32 has 24 bits, f16 11 and bf16 8, over the
+/// whole range of both, subnormals included. This is how f64 values reach f16 and bf16 with
+/// one rounding, not two.
+///
+/// Why not `half::f16::from_f64` and `half::bf16::from_f64` (half 2.7): on x86 with F16C,
+/// `f16::from_f64` converts through `f as f32` (rounding twice), and the portable code of
+/// both drops the low 32 bits of the f64 significand before rounding, so a value just above
+/// a halfway point rounds down. Their `from_f32` conversions are correctly rounded, in
+/// software and in hardware alike.
+fn f32_round_to_odd(x: f64) -> f32 {
+    let nearest = x as f32;
+    if !nearest.is_finite() || f64::from(nearest) == x {
+        // Exact, or beyond f32's range: beyond every f16 and bf16 value too, where
+        // rounding to nearest gives the same infinity.
+        return nearest;
+    }
+    let bits = nearest.to_bits();
+    if bits & 1 == 1 {
+        return nearest;
+    }
+    // An even, inexact result: its odd neighbour on x's side is the truncation with the
+    // last bit set (the magnitude is the low 31 bits, so +-1 steps by one unit in the last
+    // place, across binades too).
+    if f64::from(nearest).abs() > x.abs() {
+        f32::from_bits(bits - 1)
+    } else {
+        f32::from_bits(bits + 1)
+    }
+}
+
+/// `x` as IEEE binary16 bits, rounded to nearest, ties to even.
+fn f16_bits(x: f64) -> [u8; 2] {
+    half::f16::from_f32(f32_round_to_odd(x)).to_le_bytes()
+}
+
+/// `x` as bfloat16 bits, rounded to nearest, ties to even.
+fn bf16_bits(x: f64) -> [u8; 2] {
+    half::bf16::from_f32(f32_round_to_odd(x)).to_le_bytes()
+}
+
+/// A weight value's bytes as `dtype`. Adding +0.0 turns -0.0 into +0.0: a zero is stored as
+/// all-zero bytes whichever way the arithmetic reached it. Bool and u8 store whether the
+/// value is nonzero.
+macro_rules! encode_f64 {
+    ($dtype:expr, $apply:ident, $($args:expr),*) => {
+        match $dtype {
+            Dtype::F32 => $apply($($args,)* |x: f64| ((x + 0.0) as f32).to_le_bytes()),
+            Dtype::F64 => $apply($($args,)* |x: f64| (x + 0.0).to_le_bytes()),
+            Dtype::F16 => $apply($($args,)* |x: f64| f16_bits(x + 0.0)),
+            Dtype::BF16 => $apply($($args,)* |x: f64| bf16_bits(x + 0.0)),
+            Dtype::Bool | Dtype::U8 => $apply($($args,)* |x: f64| [u8::from(x != 0.0)]),
+        }
+    };
+}
+
+/// A mask value's (0 or 1) bytes as `dtype`; any nonzero byte counts as 1.
+macro_rules! encode_u8 {
+    ($dtype:expr, $apply:ident, $($args:expr),*) => {
+        match $dtype {
+            Dtype::F32 => $apply($($args,)* |x: u8| f32::from(u8::from(x != 0)).to_le_bytes()),
+            Dtype::F64 => $apply($($args,)* |x: u8| f64::from(u8::from(x != 0)).to_le_bytes()),
+            Dtype::F16 => $apply($($args,)* |x: u8| f16_bits(f64::from(u8::from(x != 0)))),
+            Dtype::BF16 => $apply($($args,)* |x: u8| bf16_bits(f64::from(u8::from(x != 0)))),
+            Dtype::Bool | Dtype::U8 => $apply($($args,)* |x: u8| [u8::from(x != 0)]),
+        }
+    };
+}
+
 impl Element for f64 {
     fn encode(src: &[f64], dtype: Dtype, out: &mut Vec<u8>) {
-        // Adding +0.0 turns -0.0 into +0.0: a zero is stored as all-zero bytes whichever way
-        // the arithmetic reached it.
-        match dtype {
-            Dtype::F32 => append(src, out, |x| ((x + 0.0) as f32).to_le_bytes()),
-            Dtype::F64 => append(src, out, |x| (x + 0.0).to_le_bytes()),
-            Dtype::Bool => append(src, out, |x| [u8::from(x != 0.0)]),
-        }
+        encode_f64!(dtype, append, src, out)
     }
 
     fn encode_transposed(
@@ -721,23 +830,13 @@ impl Element for f64 {
         out: &mut Vec<u8>,
     ) {
         let (shape, range) = ((rows, cols), (first, count));
-        match dtype {
-            Dtype::F32 => transpose_into(data, shape, range, out, |x| {
-                ((x + 0.0) as f32).to_le_bytes()
-            }),
-            Dtype::F64 => transpose_into(data, shape, range, out, |x| (x + 0.0).to_le_bytes()),
-            Dtype::Bool => transpose_into(data, shape, range, out, |x| [u8::from(x != 0.0)]),
-        }
+        encode_f64!(dtype, transpose_into, data, shape, range, out)
     }
 }
 
 impl Element for u8 {
     fn encode(src: &[u8], dtype: Dtype, out: &mut Vec<u8>) {
-        match dtype {
-            Dtype::F32 => append(src, out, |x| f32::from(x).to_le_bytes()),
-            Dtype::F64 => append(src, out, |x| f64::from(x).to_le_bytes()),
-            Dtype::Bool => append(src, out, |x| [u8::from(x != 0)]),
-        }
+        encode_u8!(dtype, append, src, out)
     }
 
     fn encode_transposed(
@@ -750,11 +849,7 @@ impl Element for u8 {
         out: &mut Vec<u8>,
     ) {
         let (shape, range) = ((rows, cols), (first, count));
-        match dtype {
-            Dtype::F32 => transpose_into(data, shape, range, out, |x| f32::from(x).to_le_bytes()),
-            Dtype::F64 => transpose_into(data, shape, range, out, |x| f64::from(x).to_le_bytes()),
-            Dtype::Bool => transpose_into(data, shape, range, out, |x| [u8::from(x != 0)]),
-        }
+        encode_u8!(dtype, transpose_into, data, shape, range, out)
     }
 }
 
@@ -868,6 +963,115 @@ mod tests {
                 vec![0.0, 3.0, 0.0, 0.0, 4.0, 0.0]
             ]
         );
+    }
+
+    /// The correctly rounded binary16 / bfloat16 bits of `x` by brute force: among every
+    /// finite value of the format (decoded exactly to f64 by `half`), the nearest, ties to
+    /// the even bit pattern; beyond the largest finite value plus half a step, infinity.
+    fn nearest_bits(x: f64, decode: impl Fn(u16) -> f64, max_finite: u16) -> u16 {
+        let top = decode(max_finite);
+        let step = top - decode(max_finite - 1);
+        if x.abs() >= top + step / 2.0 {
+            let inf = max_finite + 1;
+            return if x < 0.0 { inf | 0x8000 } else { inf };
+        }
+        let mut best: Option<(f64, u16)> = None;
+        for magnitude in 0..=max_finite {
+            let bits = if x < 0.0 {
+                magnitude | 0x8000
+            } else {
+                magnitude
+            };
+            let d = (decode(bits) - x).abs();
+            best = match best {
+                Some((bd, bb)) if bd < d || (bd == d && bb & 1 == 0) => Some((bd, bb)),
+                _ => Some((d, bits)),
+            };
+        }
+        best.map(|(_, b)| b).unwrap_or(0)
+    }
+
+    fn f16_of(x: f64) -> u16 {
+        u16::from_le_bytes(f16_bits(x))
+    }
+
+    fn bf16_of(x: f64) -> u16 {
+        u16::from_le_bytes(bf16_bits(x))
+    }
+
+    #[test]
+    fn half_precision_rounds_once_to_nearest_even() {
+        // 1 + 2^-11 is halfway between the f16 values 1 and 1 + 2^-10: a tie, to even (1).
+        // A hair above it, the nearest is 1 + 2^-10; f32 cannot hold that hair, so a
+        // conversion through f32 (half's from_f64 with F16C) or one that drops the low bits
+        // of the f64 (half's portable from_f64) sees a tie and rounds down.
+        let tie = 1.0 + libm::ldexp(1.0, -11);
+        let above = tie + libm::ldexp(1.0, -40);
+        assert_eq!(f16_of(tie), 0x3C00);
+        assert_eq!(f16_of(above), 0x3C01);
+        assert_eq!(f16_of(tie - libm::ldexp(1.0, -40)), 0x3C00);
+        assert_eq!(
+            half::f16::from_f64(above).to_bits(),
+            0x3C00,
+            "half rounds twice"
+        );
+        // The same for bf16 (7 fraction bits).
+        let tie = 1.0 + libm::ldexp(1.0, -8);
+        let above = tie + libm::ldexp(1.0, -40);
+        assert_eq!(bf16_of(tie), 0x3F80);
+        assert_eq!(bf16_of(above), 0x3F81);
+        assert_eq!(
+            half::bf16::from_f64(above).to_bits(),
+            0x3F80,
+            "half rounds twice"
+        );
+        // Odd ties round up to even; exact values stay; signs, zero, subnormals, overflow.
+        assert_eq!(f16_of(1.0 + 3.0 * libm::ldexp(1.0, -11)), 0x3C02);
+        assert_eq!(f16_of(-0.5), 0xB800);
+        assert_eq!(f16_of(0.0), 0);
+        assert_eq!(f16_of(libm::ldexp(1.0, -24)), 0x0001);
+        assert_eq!(f16_of(libm::ldexp(1.0, -25)), 0x0000);
+        assert_eq!(f16_of(libm::ldexp(1.0, -25) * (1.0 + 1e-12)), 0x0001);
+        assert_eq!(f16_of(65504.0), 0x7BFF);
+        assert_eq!(f16_of(65519.99), 0x7BFF);
+        assert_eq!(f16_of(65520.0), 0x7C00);
+        assert_eq!(bf16_of(f64::MAX), 0x7F80);
+        assert_eq!(bf16_of(-1e300), 0xFF80);
+    }
+
+    #[test]
+    fn half_precision_matches_brute_force_nearest() {
+        let f16 = |b: u16| half::f16::from_bits(b).to_f64();
+        let bf16 = |b: u16| half::bf16::from_bits(b).to_f64();
+        // Every halfway point between neighbours, and one f64 step either side of it, plus
+        // a spread of ordinary values; magnitudes from subnormal to the largest finite.
+        let mut xs = Vec::new();
+        for (decode, max) in [(&f16 as &dyn Fn(u16) -> f64, 0x7BFFu16), (&bf16, 0x7F7F)] {
+            for b in (0..max)
+                .step_by(401)
+                .chain([0, 1, 2, 0x3FF, 0x400, max - 1])
+            {
+                let mid = (decode(b) + decode(b + 1)) / 2.0;
+                let (up, down) = (
+                    f64::from_bits(mid.to_bits() + 1),
+                    f64::from_bits(mid.to_bits() - 1),
+                );
+                xs.extend([mid, up, down, -mid, -up]);
+            }
+        }
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..300 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mantissa = (state >> 11) as f64 / (1u64 << 53) as f64;
+            let exponent = (state % 60) as i32 - 40;
+            xs.push(libm::ldexp(mantissa - 0.5, exponent));
+        }
+        for &x in &xs {
+            assert_eq!(f16_of(x), nearest_bits(x, f16, 0x7BFF), "f16 of {x:e}");
+            assert_eq!(bf16_of(x), nearest_bits(x, bf16, 0x7F7F), "bf16 of {x:e}");
+        }
     }
 
     #[test]

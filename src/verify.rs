@@ -390,11 +390,14 @@ fn check_layer(
     }
     let mut mask_ok = mask.is_some();
     if let Some(m) = mask {
-        if m.dtype != Dtype::Bool {
+        if !(matches!(m.dtype, Dtype::Bool | Dtype::U8) || m.dtype.is_float()) {
             fail(
                 &mut report,
                 Check::Shape,
-                format!("the mask has dtype {}; eoi writes masks as bool", m.dtype),
+                format!(
+                    "the mask has dtype {}; eoi writes masks as bool, u8 or floating-point 0 and 1",
+                    m.dtype
+                ),
             );
             mask_ok = false;
         }
@@ -415,7 +418,7 @@ fn check_layer(
         _ => None,
     };
     let bits = match mask {
-        Some(m) if mask_ok => Some(artifact.read_bytes(m)?),
+        Some(m) if mask_ok => Some(mask_bytes(artifact, m)?),
         _ => None,
     };
 
@@ -429,7 +432,7 @@ fn check_layer(
                 &mut report,
                 Check::Mask,
                 format!(
-                    "{invalid} mask bytes are neither 0 nor 1, first at {}",
+                    "{invalid} mask values are neither 0 nor 1, first at {}",
                     position(shape, first)
                 ),
             );
@@ -716,6 +719,37 @@ fn compare(
     }))
 }
 
+/// The dtype eoi writes that is stored as `dtype`, if eoi writes it.
+fn written_dtype(dtype: Dtype) -> Option<tensor::Dtype> {
+    match dtype {
+        Dtype::F32 => Some(tensor::Dtype::F32),
+        Dtype::F64 => Some(tensor::Dtype::F64),
+        Dtype::F16 => Some(tensor::Dtype::F16),
+        Dtype::BF16 => Some(tensor::Dtype::BF16),
+        Dtype::Bool => Some(tensor::Dtype::Bool),
+        Dtype::U8 => Some(tensor::Dtype::U8),
+        _ => None,
+    }
+}
+
+/// A mask as one byte per element: bool and u8 as stored, floating-point masks as 0 for 0.0,
+/// 1 for 1.0 and 2 (invalid) for anything else.
+fn mask_bytes(artifact: &Artifact, mask: &TensorInfo) -> Result<Vec<u8>, ReadError> {
+    if mask.dtype.is_float() {
+        let values = artifact.read_f64(mask)?;
+        Ok(values
+            .iter()
+            .map(|&v| match v {
+                0.0 => 0,
+                1.0 => 1,
+                _ => 2,
+            })
+            .collect())
+    } else {
+        artifact.read_bytes(mask)
+    }
+}
+
 /// Regenerates every layer from the embedded spec and compares bytes.
 fn regenerate(
     artifact: &Artifact,
@@ -746,17 +780,32 @@ fn regenerate(
         .flatten()
         .find_map(|r| artifact.tensor(&r.name))
         .map(|w| w.dtype);
-    let dtype = match dtype {
-        Some(Dtype::F32) => tensor::Dtype::F32,
-        Some(Dtype::F64) => tensor::Dtype::F64,
+    let dtype = match dtype.map(|d| (d, written_dtype(d))) {
+        Some((
+            _,
+            Some(
+                d @ (tensor::Dtype::F32
+                | tensor::Dtype::F64
+                | tensor::Dtype::F16
+                | tensor::Dtype::BF16),
+            ),
+        )) => d,
         other => {
             result.impossible = Some(match other {
-                Some(d) => format!("eoi writes weights as f32 or f64, not {d}"),
+                Some((d, _)) => format!("eoi writes weights as f32, f64, f16 or bf16, not {d}"),
                 None => "no recorded weight is in the file".into(),
             });
             return Ok(result);
         }
     };
+    // The mask dtype of the first recorded mask; a plan with another one (torch-prune names
+    // with a mismatched mask) is reported by the plan.
+    let mask_dtype = recorded
+        .layers
+        .iter()
+        .flatten()
+        .find_map(|r| artifact.tensor(&format!("{}{suffix}", r.name)))
+        .and_then(|m| written_dtype(m.dtype));
     let source = Source {
         name: format!("{} (eoi.spec)", artifact.path().display()),
         text: text.clone(),
@@ -769,6 +818,7 @@ fn regenerate(
                 scheme: recorded.scheme_override,
                 format: None,
                 dtype: Some(dtype),
+                mask_dtype,
                 ..Overrides::default()
             },
         )
@@ -844,15 +894,21 @@ fn regenerate_layer(
     }
     match artifact.tensor(&mask_name) {
         None => differ(&mask_name, "the file has no such tensor".into()),
-        Some(info) if info.shape != layer.shape.dims() || info.dtype != Dtype::Bool => differ(
-            &mask_name,
-            format!(
-                "the file holds {:?} {}, regeneration gives {:?} bool",
-                info.shape,
-                info.dtype,
-                layer.shape.dims()
-            ),
-        ),
+        Some(info)
+            if info.shape != layer.shape.dims()
+                || written_dtype(info.dtype) != Some(plan.output.mask_dtype) =>
+        {
+            differ(
+                &mask_name,
+                format!(
+                    "the file holds {:?} {}, regeneration gives {:?} {}",
+                    info.shape,
+                    info.dtype,
+                    layer.shape.dims(),
+                    plan.output.mask_dtype.name()
+                ),
+            )
+        }
         Some(info) => {
             compared += 1;
             let mask_dtype = plan.output.mask_dtype;

@@ -247,6 +247,205 @@ fn every_baseline_scheme_is_frozen_for_any_thread_count_and_container() {
     }
 }
 
+#[test]
+fn half_precision_output_is_frozen() {
+    check("f16", F16);
+    check("bf16", BF16);
+    // f16 has a NumPy type (<f2): an npy directory holds the same bytes.
+    let actual = hashes(Path::new(SPEC), Container::Npy, &["--dtype", "f16"]);
+    check_table(&format!("{SPEC} (Npy, f16)"), &actual, F16);
+}
+
+#[test]
+fn mask_dtypes_are_frozen() {
+    let spec = Path::new(SPEC);
+    // u8 masks hold the bytes of bool masks, 0 and 1: the f32 table itself.
+    let actual = hashes(spec, Container::Safetensors, &["--mask-dtype", "u8"]);
+    check_table(&format!("{SPEC} (--mask-dtype u8)"), &actual, F32);
+    // f32 masks: the f32 weights, and masks of 0.0 and 1.0.
+    let expected: Vec<(&str, &str)> = F32
+        .iter()
+        .filter(|(name, _)| !name.ends_with("_mask"))
+        .chain(MASKS_F32)
+        .copied()
+        .collect();
+    for container in [Container::Safetensors, Container::Npy] {
+        let actual = hashes(spec, container, &["--mask-dtype", "f32"]);
+        check_table(
+            &format!("{SPEC} ({container:?}, --mask-dtype f32)"),
+            &actual,
+            &expected,
+        );
+    }
+}
+
+const F16: &[(&str, &str)] = &[
+    (
+        "blocks.0.weight",
+        "de9f57b70d0f4d9e0cf2617219fc1fcc0aa83c30aaacaa0d4cc8bd8f592d3d69",
+    ),
+    (
+        "blocks.0.weight_mask",
+        "7c9dfdec78c708b73b64c76316ee51d096c342fa6c53ffd0f5f0ea24210046d5",
+    ),
+    (
+        "blocks.1.weight",
+        "1ede364b3bf73cbe6d87a0037b5bf9df64e1c82744272977a2ae4e4a8c865d83",
+    ),
+    (
+        "blocks.1.weight_mask",
+        "012def827fdb62c7073640c9d433a673c5c458d4941809ac6c08057c9644d3a2",
+    ),
+    (
+        "fc1.weight",
+        "c4429e2e064165fe12cd099dc1e3f45879db9d336c181232a9fe1aed21b4a2be",
+    ),
+    (
+        "fc1.weight_mask",
+        "b9febf9876542f81f1ac59a0de4ac89bf49d72d1b346fbba12e261c1ead5b9ad",
+    ),
+    (
+        "fc2.weight",
+        "5eabf8889fe4613ed2400943e7a02baad3fb9688b175334e9306db223fbf0f95",
+    ),
+    (
+        "fc2.weight_mask",
+        "8b29db1cc0591aa0168236319a625a0000c7df904118b4c9437823b214939126",
+    ),
+    (
+        "head.weight",
+        "23317b7a7c021b0b690f867299e91dee1e9dd3d635a5733f86cfd5b5826253b9",
+    ),
+    (
+        "head.weight_mask",
+        "893c172baa019a7bc919e5b8255d39258346a9953f305d0b115076f2cc26cbed",
+    ),
+    (
+        "stem.weight",
+        "87fc498f0df74102977e74f6e0b11f433e63259c2adc68abfb795bb4e4e05fb0",
+    ),
+    (
+        "stem.weight_mask",
+        "806c4d5052f802cba8cfe3b1b5d860b4fcfa3949bfe5cae8aa05d584124b697e",
+    ),
+    (
+        "temporal.weight",
+        "2af6ae821914be8569785e7f64ac307be2928a22d247621b7b512b073bf0d3f2",
+    ),
+    (
+        "temporal.weight_mask",
+        "3eb492dc843f26a65ccfe24eb20aebb7f29f11d90436e798b3bdc15b63c389c0",
+    ),
+    (
+        "volume.weight",
+        "202e8732882bdf5e3a1ad517b726103bc8eb995bfd71e4941cbf0d3774ef8874",
+    ),
+    (
+        "volume.weight_mask",
+        "42693a576d9e073dc32b39c396b424b2a00ee22fc8335ce65ae32613d1a3d896",
+    ),
+];
+const BF16: &[(&str, &str)] = &[
+    (
+        "blocks.0.weight",
+        "c88b34e2c531a0bb0eb9be5e3d37e6c0ec1c08e82e99fc195f0921937c2b2cbd",
+    ),
+    (
+        "blocks.0.weight_mask",
+        "7c9dfdec78c708b73b64c76316ee51d096c342fa6c53ffd0f5f0ea24210046d5",
+    ),
+    (
+        "blocks.1.weight",
+        "a6a1ba19a447f800b2c9565a5e9910c5cb01a1957b13eec9a978309e7b7a9757",
+    ),
+    (
+        "blocks.1.weight_mask",
+        "012def827fdb62c7073640c9d433a673c5c458d4941809ac6c08057c9644d3a2",
+    ),
+    (
+        "fc1.weight",
+        "2487b13012009132c19e3ad0cc5855b2c7dd28886c55bebc379fe95a164e465b",
+    ),
+    (
+        "fc1.weight_mask",
+        "b9febf9876542f81f1ac59a0de4ac89bf49d72d1b346fbba12e261c1ead5b9ad",
+    ),
+    (
+        "fc2.weight",
+        "1db1e135d56663206c88975ad997bdabb55a7b218550badb80b444d18b94db3b",
+    ),
+    (
+        "fc2.weight_mask",
+        "8b29db1cc0591aa0168236319a625a0000c7df904118b4c9437823b214939126",
+    ),
+    (
+        "head.weight",
+        "8605471d2029819de672e7690f2692bece4f7e84c2f1d40bafafed5e5e528d16",
+    ),
+    (
+        "head.weight_mask",
+        "893c172baa019a7bc919e5b8255d39258346a9953f305d0b115076f2cc26cbed",
+    ),
+    (
+        "stem.weight",
+        "6908ae4d2a5321c4da8f5d4158e9b4ddc13879b617d5398329d6ff15a8779ec0",
+    ),
+    (
+        "stem.weight_mask",
+        "806c4d5052f802cba8cfe3b1b5d860b4fcfa3949bfe5cae8aa05d584124b697e",
+    ),
+    (
+        "temporal.weight",
+        "0bad78bbcb2d5955ca3ca8971d9ea880a639c170afca69c4156a8593c9a11789",
+    ),
+    (
+        "temporal.weight_mask",
+        "3eb492dc843f26a65ccfe24eb20aebb7f29f11d90436e798b3bdc15b63c389c0",
+    ),
+    (
+        "volume.weight",
+        "9fcb06d270a51d2944be627a80dec1808f2b43cc71bc65416939c5648e95308d",
+    ),
+    (
+        "volume.weight_mask",
+        "42693a576d9e073dc32b39c396b424b2a00ee22fc8335ce65ae32613d1a3d896",
+    ),
+];
+const MASKS_F32: &[(&str, &str)] = &[
+    (
+        "blocks.0.weight_mask",
+        "317de15d47752d31b0e434cfeba17a2b90280db4fc37953616c9f4aac21ce906",
+    ),
+    (
+        "blocks.1.weight_mask",
+        "484fb75aced465d25450c2ed7b96a88612f059c9adb76b048261aa89d368d735",
+    ),
+    (
+        "fc1.weight_mask",
+        "c75b9d44a84def5807e10314e2447990a4aa7828cee30a054daeaeb8fb020e45",
+    ),
+    (
+        "fc2.weight_mask",
+        "4f7014ef7e081944d42c5a79622771179a001072184356ef403b31b786e50535",
+    ),
+    (
+        "head.weight_mask",
+        "9daebe2966c6a8065d691f81625f3cc8ba345f05f44b143fc2e31e5c59d72b5c",
+    ),
+    (
+        "stem.weight_mask",
+        "97a8deb84f7a9f374f2f6584e7e4d7d8a4b419be0f17fbd84166fda0342194fb",
+    ),
+    (
+        "temporal.weight_mask",
+        "d4dc7dc05962cc57224a1fa4b5d393b6db7bac933f71a827cf8599c65681eb31",
+    ),
+    (
+        "volume.weight_mask",
+        "3855626b97c595702a3534077434f0e282c84fc56e0e047dd22822cc056e94a6",
+    ),
+];
+
 const F32: &[(&str, &str)] = &[
     (
         "blocks.0.weight",

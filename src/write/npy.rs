@@ -28,8 +28,17 @@ pub struct NpyOutput {
 }
 
 /// The .npy header for a C-ordered array: magic, version 1.0, header length, and the
-/// dictionary padded with spaces and a newline to a multiple of 64 bytes.
-pub fn header(info: &TensorInfo) -> Vec<u8> {
+/// dictionary padded with spaces and a newline to a multiple of 64 bytes. bf16 has no NumPy
+/// type and is refused (the plan refuses it first, naming the option).
+pub fn header(info: &TensorInfo) -> Result<Vec<u8>, Error> {
+    let descr = info.dtype.npy_descr().ok_or_else(|| {
+        Error::Usage(format!(
+            "tensor \"{}\": NumPy has no {} type; write {} as safetensors",
+            info.name,
+            info.dtype.name(),
+            info.dtype.name()
+        ))
+    })?;
     let shape = match info.shape.as_slice() {
         [one] => format!("({one},)"),
         dims => format!(
@@ -42,8 +51,7 @@ pub fn header(info: &TensorInfo) -> Vec<u8> {
     };
     let mut dict = format!(
         "{{'descr': '{}', 'fortran_order': False, 'shape': {}, }}",
-        info.dtype.npy_descr(),
-        shape
+        descr, shape
     );
     let unpadded = 10 + dict.len() + 1;
     dict.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
@@ -51,7 +59,7 @@ pub fn header(info: &TensorInfo) -> Vec<u8> {
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
     out.extend_from_slice(dict.as_bytes());
-    out
+    Ok(out)
 }
 
 impl NpyOutput {
@@ -61,6 +69,10 @@ impl NpyOutput {
         provenance: &Provenance,
     ) -> Result<NpyOutput, Error> {
         let context = || format!("cannot write '{}'", display(&destination.path));
+        let mut total = 0;
+        for t in &tensors {
+            total += header(t)?.len() as u64 + t.nbytes();
+        }
         let directory = staging(0o777)
             .tempdir_in(destination.parent())
             .map_err(|e| Error::io(context(), e))?
@@ -70,11 +82,9 @@ impl NpyOutput {
             Value::Object(map) => map.clone(),
             other => Map::from_iter([("provenance".to_string(), other.clone())]),
         };
-        let mut total = 0;
         let files: Vec<Value> = tensors
             .iter()
             .map(|t| {
-                total += header(t).len() as u64 + t.nbytes();
                 json!({"name": t.name, "file": format!("{}.npy", t.name), "dtype": t.dtype.name(), "shape": t.shape})
             })
             .collect();
@@ -98,7 +108,7 @@ impl Output for NpyOutput {
     fn tensor(&self, index: usize) -> Result<TensorSink<'_>, Error> {
         let info = &self.tensors[index];
         let path = self.directory.join(format!("{}.npy", info.name));
-        let header = header(info);
+        let header = header(info)?;
         let opened = File::create(&path).and_then(|file| {
             write_all_at(&file, &header, 0)?;
             Ok(file)
@@ -145,7 +155,7 @@ mod tests {
                 dtype: Dtype::F32,
                 shape,
             };
-            let h = header(&info);
+            let h = header(&info).unwrap();
             assert_eq!(h.len() % 64, 0);
             assert_eq!(&h[..8], b"\x93NUMPY\x01\x00");
             assert_eq!(u16::from_le_bytes([h[8], h[9]]) as usize, h.len() - 10);
@@ -156,7 +166,8 @@ mod tests {
                 name: "x".into(),
                 dtype: Dtype::Bool,
                 shape: vec![5],
-            })[10..],
+            })
+            .unwrap()[10..],
         )
         .into_owned();
         assert!(

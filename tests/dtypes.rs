@@ -1,0 +1,210 @@
+//! Weight dtypes f16 and bf16 and mask dtypes u8 and f32, on the real binary: the values are
+//! EOI's f64 values rounded once (checked by tests/python/check_dtypes.py with NumPy's own
+//! casts and an independent bf16 rounding), `eoi verify --regenerate` accepts every
+//! combination, and the combinations that cannot be written are refused before any work.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+use std::sync::OnceLock;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/small.toml");
+const CHECKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/check_dtypes.py");
+
+/// The Python interpreter, once it is known to import numpy and safetensors.
+fn python() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
+        let out = StdCommand::new(&python)
+            .args(["-c", "import numpy, safetensors"])
+            .output();
+        match out {
+            Ok(out) if out.status.success() => python,
+            _ => panic!(
+                "these tests need Python with numpy and safetensors: run them with scripts/test, or set EOI_PYTHON"
+            ),
+        }
+    })
+}
+
+fn eoi() -> Command {
+    Command::cargo_bin("eoi").unwrap()
+}
+
+/// `eoi generate SPEC -q -o DIR/NAME ARGS...`, required to succeed; the output path.
+fn generate(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    eoi()
+        .arg("generate")
+        .arg(SPEC)
+        .args(["-q", "-o"])
+        .arg(&out)
+        .args(args)
+        .assert()
+        .success();
+    out
+}
+
+/// Runs check_dtypes.py; its exit status and last JSON line.
+fn check(reference: &Path, candidate: &Path) -> (bool, Value, String) {
+    let out = StdCommand::new(python())
+        .arg(CHECKER)
+        .arg(reference)
+        .arg(candidate)
+        .output()
+        .expect("the checker runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let json = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON line from the checker:\n{stdout}\n{stderr}"));
+    (out.status.success(), json, stderr)
+}
+
+#[test]
+fn half_precision_weights_are_the_f64_values_rounded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let reference = generate(dir.path(), "f64.safetensors", &["--dtype", "f64"]);
+    for (name, args, dtypes) in [
+        (
+            "f16.safetensors",
+            vec!["--dtype", "f16"],
+            vec!["bool", "f16"],
+        ),
+        (
+            "bf16.safetensors",
+            vec!["--dtype", "bf16"],
+            vec!["bf16", "bool"],
+        ),
+        (
+            "f16-u8",
+            vec!["--dtype", "f16", "--mask-dtype", "u8", "--format", "npy"],
+            vec!["f16", "u8"],
+        ),
+        (
+            "f32-f32.safetensors",
+            vec!["--mask-dtype", "f32"],
+            vec!["f32"],
+        ),
+        (
+            "f64-u8.safetensors",
+            vec!["--dtype", "f64", "--mask-dtype", "u8"],
+            vec!["f64", "u8"],
+        ),
+    ] {
+        let candidate = generate(dir.path(), name, &args);
+        let (ok, json, stderr) = check(&reference, &candidate);
+        assert!(ok, "{name}: {stderr}");
+        assert_eq!(json["failures"], 0, "{name}");
+        assert_eq!(json["tensors"], 16, "{name}");
+        assert_eq!(json["dtypes"], serde_json::json!(dtypes), "{name}");
+    }
+    // The checker can fail: other weights (another seed) are not these f64 values rounded.
+    let other = generate(
+        dir.path(),
+        "other.safetensors",
+        &["--dtype", "bf16", "--seed", "5"],
+    );
+    let (ok, json, stderr) = check(&reference, &other);
+    assert!(!ok, "a bf16 file of another seed passed");
+    assert!(json["failures"].as_u64().unwrap() > 0);
+    assert!(
+        stderr.contains("not the f64 values rounded once"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn verify_regenerates_every_dtype_bit_for_bit() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, args) in [
+        ("f16.safetensors", vec!["--dtype", "f16"]),
+        (
+            "bf16.safetensors",
+            vec!["--dtype", "bf16", "--mask-dtype", "u8"],
+        ),
+        ("f32-mask", vec!["--mask-dtype", "f32", "--format", "npy"]),
+    ] {
+        let out = generate(dir.path(), name, &args);
+        let assert = eoi()
+            .arg("verify")
+            .arg(&out)
+            .args(["--regenerate", "--json"])
+            .assert()
+            .success();
+        let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+        assert_eq!(report["passed"], true, "{name}: {report}");
+        assert_eq!(report["regenerate"]["compared"], 16, "{name}");
+    }
+    // A bf16 weight with one changed element fails both the regeneration and the checks.
+    let file = dir.path().join("bf16.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    // The first tensor in the data is a weight (weights come before the 1-byte masks).
+    bytes[8 + header + 1] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    let assert = eoi()
+        .arg("verify")
+        .arg(&file)
+        .args(["--regenerate", "--json"])
+        .assert()
+        .code(1);
+    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(report["regenerate"]["passed"], false, "{report}");
+}
+
+#[test]
+fn bf16_is_refused_for_npy_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("init");
+    let assert = eoi()
+        .arg("generate")
+        .arg(SPEC)
+        .arg("-o")
+        .arg(&out)
+        .args(["--format", "npy", "--dtype", "bf16"])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert!(stderr.contains("NumPy has no bf16 type"), "{stderr}");
+    assert!(stderr.contains("safetensors"), "{stderr}");
+    assert!(!out.exists());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn torch_prune_masks_keep_the_weight_dtype() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = generate(
+        dir.path(),
+        "prune.safetensors",
+        &["--names", "torch-prune", "--dtype", "bf16"],
+    );
+    let bytes = std::fs::read(out).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mask = file.tensor("fc1.weight_mask").unwrap();
+    assert_eq!(mask.dtype(), safetensors::Dtype::BF16);
+    // bf16 1.0 is 0x3F80.
+    assert!(
+        mask.data()
+            .chunks_exact(2)
+            .all(|c| c == [0, 0] || c == [0x80, 0x3F])
+    );
+    // Asking for another mask dtype with torch-prune names is a contradiction.
+    let assert = eoi()
+        .arg("generate")
+        .arg(SPEC)
+        .arg("-o")
+        .arg(dir.path().join("bad.safetensors"))
+        .args(["--names", "torch-prune", "--mask-dtype", "u8"])
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    assert!(stderr.contains("mask_dtype \"u8\""), "{stderr}");
+    assert!(stderr.contains("torch-prune"), "{stderr}");
+}
