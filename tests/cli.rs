@@ -1009,7 +1009,7 @@ fn bad_command_lines_are_usage_errors() {
         .generate(MODEL, "init.safetensors", &["--threads", "0"])
         .code(2);
     sandbox
-        .generate(MODEL, "init.safetensors", &["--dtype", "f16"])
+        .generate(MODEL, "init.safetensors", &["--dtype", "f8"])
         .code(2);
     sandbox
         .run(MODEL, &["generate", SPEC])
