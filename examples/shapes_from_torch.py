@@ -4,8 +4,16 @@
     python examples/shapes_from_torch.py | eoi spec --from - --density 0.1 --distribution erk > resnet18.toml
     python examples/shapes_from_torch.py --model torchvision.models.resnet50 > resnet50.json
 
+The three commands from a model to a complete EOI-initialized checkpoint (README):
+
+    python examples/shapes_from_torch.py --save resnet18.safetensors > resnet18.json
+    eoi spec --from resnet18.json --density 0.1 --distribution erk -o resnet18.toml
+    eoi generate resnet18.toml --base resnet18.safetensors -o resnet18-eoi.safetensors
+
 The model is built without pretrained weights on PyTorch's "meta" device, so nothing is
-downloaded, allocated or initialized: only names and shapes exist. Every entry of its
+downloaded, allocated or initialized: only names and shapes exist. With --save FILE it is
+built on the CPU instead (PyTorch's own initialization) and its state_dict() is written to
+FILE with safetensors, the base checkpoint that `eoi generate --base` completes. Every entry of its
 state_dict() is listed in order (weights, biases and buffers such as BatchNorm's running
 statistics: eoi keeps the rank >= 2 tensors and names the rest in a comment), as
 [{"name": ..., "shape": [...]}, ...], with "groups" for convolution weights.
@@ -40,13 +48,13 @@ def shapes(model: torch.nn.Module) -> list:
     return entries
 
 
-def build(factory_path: str) -> torch.nn.Module:
+def build(factory_path: str, device: str) -> torch.nn.Module:
     module_name, _, attribute = factory_path.rpartition(".")
     factory = getattr(importlib.import_module(module_name), attribute)
     kwargs = {}
     if "weights" in inspect.signature(factory).parameters:
         kwargs["weights"] = None
-    with torch.device("meta"):
+    with torch.device(device):
         return factory(**kwargs)
 
 
@@ -57,8 +65,18 @@ def main() -> int:
         default="torchvision.models.resnet18",
         help="dotted path of a function returning an nn.Module (default: %(default)s)",
     )
+    parser.add_argument(
+        "--save",
+        metavar="FILE",
+        help="also write the model's state_dict() (built on the CPU) to FILE as safetensors",
+    )
     args = parser.parse_args()
-    json.dump(shapes(build(args.model)), sys.stdout, indent=1)
+    model = build(args.model, "cpu" if args.save else "meta")
+    if args.save:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.save)
+    json.dump(shapes(model), sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0
 

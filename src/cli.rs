@@ -42,7 +42,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Generate EOI weights and masks from a spec.
     #[command(
-        after_help = "Examples:\n  eoi generate specs/mlp-1000-tanh.toml -o mlp1000.safetensors\n  eoi generate spec.toml -o init --format npy --seed 7 --force\n  eoi generate specs/mlp-1000-tanh.toml -o kaiming.safetensors --scheme kaiming\n  eoi generate spec.toml -o init.safetensors --json > summary.json"
+        after_help = "Examples:\n  eoi generate specs/mlp-1000-tanh.toml -o mlp1000.safetensors\n  eoi generate resnet18.toml --base resnet18.safetensors -o resnet18-eoi.safetensors\n  eoi generate spec.toml -o init --format npy --seed 7 --force\n  eoi generate specs/mlp-1000-tanh.toml -o kaiming.safetensors --scheme kaiming\n  eoi generate spec.toml -o init.safetensors --json > summary.json"
     )]
     Generate(GenerateArgs),
     /// Write a spec for a model you already have, from its checkpoint or a list of shapes.
@@ -344,6 +344,13 @@ pub struct GenerateArgs {
     /// the index.
     #[arg(long, value_name = "K/N", value_parser = parse_part, requires = "max_shard_size")]
     pub shard: Option<Part>,
+
+    /// Complete this checkpoint (a safetensors file, or a sharded checkpoint's
+    /// model.safetensors.index.json or its directory): every tensor the spec does not name is
+    /// copied unchanged, every tensor it names is replaced by its initialization and mask.
+    /// OUT mirrors the base: one file, or a directory of the same shards with an index.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub base: Option<PathBuf>,
 
     /// Refuse to start if generating the largest layer needs more than SIZE of memory (e.g.
     /// 8GiB); smaller layers are run in parallel only within it. Default: 75% of the memory

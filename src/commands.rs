@@ -239,6 +239,12 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         ..Overrides::default()
     };
     let plan = load_plan(&args.spec, overrides)?;
+    let base = args
+        .base
+        .as_deref()
+        .map(eoi::read::Checkpoint::open)
+        .transpose()?
+        .map(Arc::new);
     let bar = progress_bar(&plan, args.quiet);
     let options = Options {
         output: args.output.clone(),
@@ -246,6 +252,7 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         threads: args.threads.map(|n| n.get()),
         part: args.shard,
         max_memory: args.max_memory,
+        base,
         progress: bar
             .clone()
             .map(|bar| -> generate::Progress { Arc::new(move |bytes| bar.inc(bytes)) }),

@@ -11,9 +11,11 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::base::{self, BaseFile};
 use crate::error::Error;
 use crate::plan::{LayerPlan, Plan};
 use crate::provenance::Provenance;
+use crate::read::Checkpoint;
 use crate::schemes::{self, LayerStats};
 use crate::spec::Format;
 use crate::spec::{Kind, Scheme};
@@ -44,6 +46,9 @@ pub struct Options {
     /// Most memory the run may use, in bytes; `None`: [`DEFAULT_MEMORY_SHARE`] of the memory
     /// available, where that can be read.
     pub max_memory: Option<u64>,
+    /// A checkpoint to complete (`--base`): its other tensors are copied into the output,
+    /// which mirrors its files.
+    pub base: Option<Arc<Checkpoint>>,
 }
 
 /// What a run did.
@@ -246,6 +251,81 @@ fn check_memory(
     Ok(())
 }
 
+/// The output of a `--base` run: one file holding the plan's tensors and the base's others,
+/// or a sharded output whose shards mirror the base's, with a matching index. The
+/// provenance records the base; the base's own metadata keys other than `format` and
+/// `eoi.*` are kept after eoi's.
+fn base_output(
+    plan: &Plan,
+    destination: &Destination,
+    assembly: Vec<BaseFile>,
+    checkpoint: Option<&Checkpoint>,
+    stats_of: &HashMap<usize, &LayerStats>,
+) -> Result<(Box<dyn Output>, usize), Error> {
+    let Some(checkpoint) = checkpoint else {
+        return Err(Error::Internal("a base assembly without a base".into()));
+    };
+    let recorded = base::provenance(checkpoint);
+    let n = assembly.len();
+    if !checkpoint.is_sharded() {
+        let Some(file) = assembly.into_iter().next() else {
+            return Err(Error::Internal("a base without a file".into()));
+        };
+        let layers: Vec<(&LayerPlan, &LayerStats)> = (0..plan.layers.len())
+            .map(|k| (&plan.layers[k], stats_of[&k]))
+            .collect();
+        let mut provenance = Provenance::new(plan, &layers, None);
+        provenance.metadata.extend(recorded);
+        provenance.metadata.extend(file.kept_metadata);
+        let output = crate::write::safetensors::SafetensorsOutput::create(
+            destination,
+            tensors(plan),
+            file.copies,
+            &provenance,
+        )?;
+        return Ok((Box::new(output), 1));
+    }
+    let mut index: Vec<(String, Vec<(String, u64)>)> = Vec::with_capacity(n);
+    let mut shard_files = Vec::with_capacity(n);
+    for (s, file) in assembly.into_iter().enumerate() {
+        let records: Vec<(&LayerPlan, &LayerStats)> = file
+            .layers
+            .iter()
+            .map(|&k| (&plan.layers[k], stats_of[&k]))
+            .collect();
+        let mut metadata = Provenance::new(plan, &records, Some((s + 1, n))).metadata;
+        metadata.extend(recorded.iter().cloned());
+        metadata.extend(file.kept_metadata);
+        let tensors: Vec<TensorInfo> = file
+            .layers
+            .iter()
+            .flat_map(|&k| layer_tensors(plan, &plan.layers[k]))
+            .collect();
+        index.push((
+            file.name.clone(),
+            tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.nbytes()))
+                .chain(file.copies.iter().map(|c| (c.name.clone(), c.nbytes)))
+                .collect(),
+        ));
+        shard_files.push(ShardFile {
+            name: file.name,
+            tensors,
+            global: file
+                .layers
+                .iter()
+                .flat_map(|&k| [2 * k, 2 * k + 1])
+                .collect(),
+            copies: file.copies,
+            metadata,
+        });
+    }
+    let index = write::shards::index(&index);
+    let output = ShardedOutput::create(destination, shard_files, Some(index), false)?;
+    Ok((Box::new(output), n))
+}
+
 /// Generates the plan into `options.output`: one file, an npy directory, all shards, or the
 /// shards of one part.
 pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
@@ -253,6 +333,30 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
     let destination = Destination {
         path: options.output.clone(),
         force: options.force,
+    };
+    let assembly: Option<Vec<BaseFile>> = match &options.base {
+        None => None,
+        Some(checkpoint) => {
+            if options.part.is_some() || plan.output.max_shard_size.is_some() {
+                return Err(Error::Usage(
+                    "--base writes the base's own files (one, or its shards): drop --max-shard-size and --shard".into(),
+                ));
+            }
+            if plan.output.format != Format::Safetensors {
+                return Err(Error::Usage(format!(
+                    "--base writes safetensors, not {}",
+                    plan.output.format.name()
+                )));
+            }
+            let files = base::assemble(plan, checkpoint)?;
+            let container = if checkpoint.is_sharded() {
+                Container::Directory
+            } else {
+                Container::File
+            };
+            destination.check(container)?;
+            Some(files)
+        }
     };
     let shards = shards(plan);
     let selected: Vec<usize> = match (&shards, options.part) {
@@ -282,6 +386,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
         }
     };
     match (plan.output.format, &shards, options.part) {
+        _ if assembly.is_some() => {}
         (_, Some(_), Some(_)) => {
             if destination.path.exists() && !destination.path.is_dir() {
                 return Err(Error::Usage(format!(
@@ -321,8 +426,15 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             .map(|&k| schemes::stats(&plan.layers[k], plan.seed))
             .collect();
         let stats_of: HashMap<usize, &LayerStats> = selected.iter().copied().zip(&stats).collect();
-        let (output, files): (Box<dyn Output>, usize) = match &shards {
-            None => {
+        let (output, files): (Box<dyn Output>, usize) = match (&shards, assembly) {
+            (_, Some(assembly)) => base_output(
+                plan,
+                &destination,
+                assembly,
+                options.base.as_deref(),
+                &stats_of,
+            )?,
+            (None, None) => {
                 let layers: Vec<(&LayerPlan, &LayerStats)> =
                     plan.layers.iter().zip(&stats).collect();
                 let provenance = Provenance::new(plan, &layers, None);
@@ -331,7 +443,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                     1,
                 )
             }
-            Some(shards) => {
+            (Some(shards), None) => {
                 let n = shards.len();
                 let files: Vec<ShardFile> = shards
                     .iter()
@@ -349,18 +461,20 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                                 .flat_map(|&k| layer_tensors(plan, &plan.layers[k]))
                                 .collect(),
                             global: layers.iter().flat_map(|&k| [2 * k, 2 * k + 1]).collect(),
+                            copies: Vec::new(),
                             metadata: Provenance::new(plan, &records, Some((s + 1, n))).metadata,
                         }
                     })
                     .collect();
                 let index = options.part.is_none_or(|p| p.index == 1).then(|| {
-                    let all: Vec<(String, Vec<TensorInfo>)> = shards
+                    let all: Vec<(String, Vec<(String, u64)>)> = shards
                         .iter()
                         .enumerate()
                         .map(|(s, layers)| {
                             let tensors = layers
                                 .iter()
                                 .flat_map(|&k| layer_tensors(plan, &plan.layers[k]))
+                                .map(|t| (t.name.clone(), t.nbytes()))
                                 .collect();
                             (write::shards::shard_name(s + 1, n), tensors)
                         })

@@ -18,6 +18,7 @@
 //! assert!((16..=48).contains(&layer.stats.nnz));
 //! ```
 
+pub mod base;
 pub mod error;
 pub mod generate;
 pub mod inspect;

@@ -33,6 +33,20 @@ impl TensorInfo {
     }
 }
 
+/// A tensor copied byte for byte from a validated safetensors file (`generate --base`): its
+/// name, dtype and shape as stored there, and where its data lies.
+#[derive(Debug)]
+pub struct Copied {
+    pub name: String,
+    pub dtype: crate::read::Dtype,
+    pub shape: Vec<usize>,
+    pub nbytes: u64,
+    /// The file it is read from (a handle on the file that was validated).
+    pub source: std::sync::Arc<File>,
+    /// Where its data starts in that file.
+    pub start: u64,
+}
+
 /// An output being written.
 pub trait Output: Sync {
     /// Where tensor `index` (in the order given to [`create`]) goes.
@@ -136,6 +150,26 @@ pub fn write_tensor<T: RowBlocks>(
     };
     result.map_err(|e| Error::io(format!("cannot write tensor \"{}\"", sink.info.name), e))?;
     sink.finish()
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        let n = file.seek_read(buf, offset)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf = &mut buf[n..];
+        offset += n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(unix)]
@@ -286,6 +320,7 @@ pub fn create(
         Format::Safetensors => Ok(Box::new(safetensors::SafetensorsOutput::create(
             destination,
             tensors,
+            Vec::new(),
             provenance,
         )?)),
         Format::Npy => Ok(Box::new(npy::NpyOutput::create(

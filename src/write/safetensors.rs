@@ -12,7 +12,8 @@ use serde_json::{Map, Value, json};
 use tempfile::NamedTempFile;
 
 use super::{
-    Destination, Output, SinkFile, TensorInfo, TensorSink, display, staging, write_all_at,
+    Copied, Destination, Output, SinkFile, TensorInfo, TensorSink, display, read_exact_at, staging,
+    write_all_at,
 };
 use crate::error::Error;
 use crate::interrupt::{self, Staged};
@@ -27,19 +28,52 @@ pub struct SafetensorsFile {
     tensors: Vec<TensorInfo>,
     /// Absolute file offset of each tensor's data, in the order of `tensors`.
     offsets: Vec<u64>,
+    /// Tensors copied from another file, each with its absolute offset here.
+    copies: Vec<(Copied, u64)>,
     total: u64,
 }
 
+/// Bytes copied at a time from a base checkpoint.
+const COPY_BUFFER: usize = 1 << 20;
+
+/// One tensor of the header: what `layout` needs of a generated or a copied tensor.
+struct Entry<'a> {
+    name: &'a str,
+    dtype: &'static str,
+    size: usize,
+    shape: &'a [usize],
+    nbytes: u64,
+}
+
 impl SafetensorsFile {
-    /// Stages a file in `directory` holding `tensors`, with `metadata` in its header.
+    /// Stages a file in `directory` holding `tensors` and then the `copies`, with
+    /// `metadata` in its header. The copies' bytes are copied in by [`Self::copy_in`].
     pub fn create(
         directory: &Path,
         tensors: Vec<TensorInfo>,
+        copies: Vec<Copied>,
         metadata: &[(String, String)],
     ) -> io::Result<SafetensorsFile> {
-        let (header, relative) = layout(&tensors, metadata);
+        let entries: Vec<Entry<'_>> = tensors
+            .iter()
+            .map(|t| Entry {
+                name: &t.name,
+                dtype: t.dtype.safetensors_name(),
+                size: t.dtype.size(),
+                shape: &t.shape,
+                nbytes: t.nbytes(),
+            })
+            .chain(copies.iter().map(|c| Entry {
+                name: &c.name,
+                dtype: c.dtype.safetensors_name(),
+                size: c.dtype.size(),
+                shape: &c.shape,
+                nbytes: c.nbytes,
+            }))
+            .collect();
+        let (header, relative) = layout_entries(&entries, metadata);
         let data_start = 8 + header.len() as u64;
-        let total = data_start + tensors.iter().map(TensorInfo::nbytes).sum::<u64>();
+        let total = data_start + entries.iter().map(|e| e.nbytes).sum::<u64>();
         let file = staging(0o666).tempfile_in(directory)?;
         let staged = interrupt::stage(file.path());
         file.as_file().set_len(total)?;
@@ -47,13 +81,38 @@ impl SafetensorsFile {
         head.extend_from_slice(&(header.len() as u64).to_le_bytes());
         head.extend_from_slice(&header);
         write_all_at(file.as_file(), &head, 0)?;
+        let mut offsets: Vec<u64> = relative.iter().map(|r| r + data_start).collect();
+        let copy_offsets = offsets.split_off(tensors.len());
         Ok(SafetensorsFile {
             file,
             _staged: staged,
-            offsets: relative.iter().map(|r| r + data_start).collect(),
+            offsets,
             tensors,
+            copies: copies.into_iter().zip(copy_offsets).collect(),
             total,
         })
+    }
+
+    /// Copies every copied tensor's bytes from its source, a bounded buffer at a time.
+    pub fn copy_in(&self) -> Result<(), Error> {
+        let mut buffer = vec![0u8; COPY_BUFFER];
+        for (copy, at) in &self.copies {
+            let mut done = 0u64;
+            while done < copy.nbytes {
+                let len = (copy.nbytes - done).min(COPY_BUFFER as u64) as usize;
+                let chunk = &mut buffer[..len];
+                read_exact_at(&copy.source, chunk, copy.start + done)
+                    .and_then(|()| write_all_at(self.file.as_file(), chunk, at + done))
+                    .map_err(|e| {
+                        Error::io(
+                            format!("cannot copy tensor \"{}\" from the base", copy.name),
+                            e,
+                        )
+                    })?;
+                done += len as u64;
+            }
+        }
+        Ok(())
     }
 
     /// Where tensor `index` (in the order given to `create`) goes.
@@ -93,9 +152,25 @@ pub struct SafetensorsOutput {
 
 /// The header bytes (without the length prefix) and each tensor's offset within the data.
 pub fn layout(tensors: &[TensorInfo], metadata: &[(String, String)]) -> (Vec<u8>, Vec<u64>) {
-    let mut order: Vec<usize> = (0..tensors.len()).collect();
-    order.sort_by_key(|&k| std::cmp::Reverse(tensors[k].dtype.size()));
-    let mut offsets = vec![0u64; tensors.len()];
+    let entries: Vec<Entry<'_>> = tensors
+        .iter()
+        .map(|t| Entry {
+            name: &t.name,
+            dtype: t.dtype.safetensors_name(),
+            size: t.dtype.size(),
+            shape: &t.shape,
+            nbytes: t.nbytes(),
+        })
+        .collect();
+    layout_entries(&entries, metadata)
+}
+
+/// Orders the entries by element size, largest first (stable), so every tensor starts at a
+/// multiple of its element size.
+fn layout_entries(entries: &[Entry<'_>], metadata: &[(String, String)]) -> (Vec<u8>, Vec<u64>) {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&k| std::cmp::Reverse(entries[k].size));
+    let mut offsets = vec![0u64; entries.len()];
     let mut header = Map::new();
     let meta: Map<String, Value> = metadata
         .iter()
@@ -104,12 +179,12 @@ pub fn layout(tensors: &[TensorInfo], metadata: &[(String, String)]) -> (Vec<u8>
     header.insert("__metadata__".into(), Value::Object(meta));
     let mut at = 0u64;
     for &k in &order {
-        let t = &tensors[k];
+        let t = &entries[k];
         offsets[k] = at;
-        let end = at + t.nbytes();
+        let end = at + t.nbytes;
         header.insert(
-            t.name.clone(),
-            json!({"dtype": t.dtype.safetensors_name(), "shape": t.shape, "data_offsets": [at, end]}),
+            t.name.to_string(),
+            json!({"dtype": t.dtype, "shape": t.shape, "data_offsets": [at, end]}),
         );
         at = end;
     }
@@ -120,13 +195,20 @@ pub fn layout(tensors: &[TensorInfo], metadata: &[(String, String)]) -> (Vec<u8>
 }
 
 impl SafetensorsOutput {
+    /// Starts the output; `copies` are copied from their sources at commit.
     pub fn create(
         destination: &Destination,
         tensors: Vec<TensorInfo>,
+        copies: Vec<Copied>,
         provenance: &Provenance,
     ) -> Result<SafetensorsOutput, Error> {
-        let file = SafetensorsFile::create(&destination.parent(), tensors, &provenance.metadata)
-            .map_err(|e| Error::io(format!("cannot write '{}'", display(&destination.path)), e))?;
+        let file = SafetensorsFile::create(
+            &destination.parent(),
+            tensors,
+            copies,
+            &provenance.metadata,
+        )
+        .map_err(|e| Error::io(format!("cannot write '{}'", display(&destination.path)), e))?;
         Ok(SafetensorsOutput {
             file,
             destination: destination.clone(),
@@ -140,6 +222,7 @@ impl Output for SafetensorsOutput {
     }
 
     fn commit(self: Box<Self>) -> Result<(), Error> {
+        self.file.copy_in()?;
         self.file
             .persist(&self.destination.path, self.destination.force)
     }

@@ -42,14 +42,15 @@ pub fn assign(layer_bytes: &[u64], max_bytes: u64) -> Vec<Vec<usize>> {
     shards
 }
 
-/// The index document: every tensor of every shard, in order, and the total tensor bytes.
-pub fn index(files: &[(String, Vec<TensorInfo>)]) -> Vec<u8> {
+/// The index document: every tensor (name and bytes) of every shard, in order, and the
+/// total tensor bytes.
+pub fn index(files: &[(String, Vec<(String, u64)>)]) -> Vec<u8> {
     let mut weight_map = Map::new();
     let mut total = 0;
     for (file, tensors) in files {
-        for t in tensors {
-            weight_map.insert(t.name.clone(), json!(file));
-            total += t.nbytes();
+        for (name, nbytes) in tensors {
+            weight_map.insert(name.clone(), json!(file));
+            total += nbytes;
         }
     }
     let key = crate::provenance::VERSION_KEY;
@@ -73,6 +74,8 @@ pub struct ShardFile {
     pub tensors: Vec<TensorInfo>,
     /// The index of each tensor in the whole output (as `Output::tensor` is called).
     pub global: Vec<usize>,
+    /// Tensors copied unchanged from a base checkpoint's shard (`generate --base`).
+    pub copies: Vec<super::Copied>,
     pub metadata: Vec<(String, String)>,
 }
 
@@ -139,8 +142,9 @@ impl ShardedOutput {
             for (local, &global) in shard.global.iter().enumerate() {
                 output.places.insert(global, (output.files.len(), local));
             }
-            let file = SafetensorsFile::create(&directory, shard.tensors, &shard.metadata)
-                .map_err(cannot_write(&destination.path.join(&shard.name)))?;
+            let file =
+                SafetensorsFile::create(&directory, shard.tensors, shard.copies, &shard.metadata)
+                    .map_err(cannot_write(&destination.path.join(&shard.name)))?;
             output.files.push((shard.name, file));
         }
         Ok(output)
@@ -162,6 +166,7 @@ impl Output for ShardedOutput {
             .unwrap_or_else(|| self.destination.path.clone());
         let replace = self.staged.is_none() && self.destination.force;
         for (name, file) in std::mem::take(&mut self.files) {
+            file.copy_in()?;
             file.persist(&directory.join(&name), replace)?;
         }
         if let Some(index) = &self.index {

@@ -1,0 +1,152 @@
+//! `generate --base`: a complete checkpoint. Every tensor of the base checkpoint that the
+//! plan does not name is copied unchanged (bytes, dtype, name) into the output file that
+//! mirrors its own; every tensor the plan names is replaced by its initialization and its
+//! mask, in the same file. Everything is checked against the base before anything is
+//! written, and each disagreement names the tensor.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::plan::Plan;
+use crate::read::Checkpoint;
+use crate::write::Copied;
+
+/// One file of the output: the base file it mirrors, the plan's layers placed in it (their
+/// base tensors are replaced), the tensors copied from it, and the keys of its
+/// `__metadata__` that are kept.
+#[derive(Debug)]
+pub struct BaseFile {
+    /// The base file's name: its path for a single file, its name beside the index for a
+    /// shard (the output shard gets the same name).
+    pub name: String,
+    pub layers: Vec<usize>,
+    pub copies: Vec<Copied>,
+    pub kept_metadata: Vec<(String, String)>,
+}
+
+/// The provenance keys that record the base: its file name and the SHA-256 of its header
+/// (of its index file, when sharded).
+pub fn provenance(base: &Checkpoint) -> Vec<(String, String)> {
+    let name = base
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    vec![
+        ("eoi.base".into(), name),
+        ("eoi.base_sha256".into(), base.sha256().to_string()),
+    ]
+}
+
+/// Places the plan's layers in the base's files and lists what is copied, or says which
+/// tensor disagrees.
+pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> {
+    let shown = base.path().display().to_string();
+    let mut file_of: HashMap<&str, usize> = HashMap::new();
+    for (f, (_, artifact)) in base.files().iter().enumerate() {
+        for t in artifact.tensors() {
+            file_of.insert(t.name.as_str(), f);
+        }
+    }
+    let mut files: Vec<BaseFile> = base
+        .files()
+        .iter()
+        .map(|(name, artifact)| BaseFile {
+            name: name.clone(),
+            layers: Vec::new(),
+            copies: Vec::new(),
+            kept_metadata: artifact
+                .metadata()
+                .unwrap_or_default()
+                .iter()
+                .filter(|(k, _)| k != "format" && !k.starts_with("eoi."))
+                .cloned()
+                .collect(),
+        })
+        .collect();
+    // Base tensors the output replaces: each layer's own, and an existing tensor named like
+    // its mask (a base that is itself an eoi output).
+    let mut replaced: HashSet<&str> = HashSet::new();
+    for (k, layer) in plan.layers.iter().enumerate() {
+        let Some((_, info)) = base.tensor(&layer.name) else {
+            return Err(Error::Usage(format!(
+                "layer \"{}\" of the spec is not a tensor of the base '{shown}'; --base replaces tensors the base has\n  help: check the name (eoi spec --from '{shown}' lists the base's tensors), or drop the layer from the spec",
+                layer.name
+            )));
+        };
+        let shape = plan.output.layout.shape(layer.shape.dims());
+        if info.shape != shape {
+            return Err(Error::Usage(format!(
+                "tensor \"{}\": the spec makes shape {shape:?} ({} layout) but the base '{shown}' has {:?}",
+                layer.name,
+                plan.output.layout.name(),
+                info.shape
+            )));
+        }
+        let dtype = plan.output.dtype.safetensors_name();
+        if info.dtype.safetensors_name() != dtype {
+            return Err(Error::Usage(format!(
+                "tensor \"{}\": the base '{shown}' stores it as {} but the spec writes {}\n  help: pass --dtype {} (or set dtype in [output]) to keep the base's dtype",
+                layer.name,
+                info.dtype.safetensors_name(),
+                dtype,
+                info.dtype.name()
+            )));
+        }
+        replaced.insert(info.name.as_str());
+        let f = file_of[info.name.as_str()];
+        files[f].layers.push(k);
+        let weight = plan.output.weight_name(&layer.name);
+        let mask = plan.output.mask_name(&layer.name);
+        for (output_name, is_mask) in [(weight, false), (mask, true)] {
+            if output_name == layer.name {
+                continue;
+            }
+            if let Some((_, existing)) = base.tensor(&output_name) {
+                if !is_mask
+                    || existing.shape != shape
+                    || plan.layers.iter().any(|l| l.name == output_name)
+                {
+                    return Err(Error::Usage(format!(
+                        "tensor \"{output_name}\" of the base '{shown}' has the name the output gives to the {} of layer \"{}\"; rename one of them",
+                        if is_mask { "mask" } else { "weight" },
+                        layer.name
+                    )));
+                }
+                replaced.insert(existing.name.as_str());
+                if file_of[existing.name.as_str()] != f {
+                    return Err(Error::Usage(format!(
+                        "tensor \"{output_name}\" of the base '{shown}' is in another shard than layer \"{}\", whose mask replaces it",
+                        layer.name
+                    )));
+                }
+            }
+        }
+    }
+    for (f, (_, artifact)) in base.files().iter().enumerate() {
+        let source = match artifact.file() {
+            Some(file) => Arc::new(file.try_clone().map_err(|e| {
+                Error::io(format!("cannot read '{}'", artifact.path().display()), e)
+            })?),
+            None => continue,
+        };
+        for t in artifact.tensors() {
+            if replaced.contains(t.name.as_str()) {
+                continue;
+            }
+            let Some(start) = artifact.data_start(t) else {
+                continue;
+            };
+            files[f].copies.push(Copied {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                nbytes: t.nbytes,
+                source: Arc::clone(&source),
+                start,
+            });
+        }
+    }
+    Ok(files)
+}
