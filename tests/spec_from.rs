@@ -423,6 +423,22 @@ fn bad_sources_are_refused_with_the_reason() {
         None,
         "exceeds the limit",
     );
+    // Duplicate names in a safetensors header are refused by the reader, and an index must
+    // point at shards that exist.
+    let twice = dir.path().join("twice.safetensors");
+    let header = r#"{"w":{"dtype":"U8","shape":[2,2],"data_offsets":[0,4]},"w":{"dtype":"U8","shape":[2,2],"data_offsets":[0,4]}}"#;
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    bytes.extend([1, 2, 3, 4]);
+    fs::write(&twice, bytes).unwrap();
+    refused(
+        &["--from", twice.to_str().unwrap()],
+        None,
+        "\"w\" appears twice",
+    );
+    let index = dir.path().join("model.safetensors.index.json");
+    fs::write(&index, r#"{"weight_map": {"x": "missing.safetensors"}}"#).unwrap();
+    refused(&["--from", index.to_str().unwrap()], None, "cannot read");
     refused(
         &["--from", "-"],
         Some("[1, 2, 3]"),
