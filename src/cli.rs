@@ -427,6 +427,7 @@ pub enum SchemeArg {
     Kaiming,
     ScaledKaiming,
     Orthogonal,
+    Sao,
 }
 
 impl From<SchemeArg> for Scheme {
@@ -436,6 +437,7 @@ impl From<SchemeArg> for Scheme {
             SchemeArg::Kaiming => Scheme::Kaiming,
             SchemeArg::ScaledKaiming => Scheme::ScaledKaiming,
             SchemeArg::Orthogonal => Scheme::Orthogonal,
+            SchemeArg::Sao => Scheme::Sao,
         }
     }
 }

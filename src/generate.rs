@@ -174,6 +174,7 @@ pub fn layer_memory(layer: &LayerPlan, layout: Layout, threads: usize) -> u64 {
         }
         Scheme::Kaiming | Scheme::ScaledKaiming => numel * (8 + 1),
         Scheme::Orthogonal => numel * (8 + 1) + 3 * out * inp * 8,
+        Scheme::Sao => numel + 2 * out * inp * 8,
     }
 }
 

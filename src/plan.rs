@@ -5,6 +5,7 @@
 use crate::schemes::{
     self,
     conv::{self, CentreRule},
+    sao,
 };
 use crate::spec::{
     BelowMinimum, Density, Distribution, Format, Gain, Kind, Names, Scheme, Shape, Source, Spec,
@@ -83,10 +84,13 @@ impl LayerPlan {
 
 /// The smallest density a scheme can make for a shape. EOI: the identity's `1/max(out, in)`
 /// for a matrix; for a kernel, the density whose centre matrix reaches that. A random mask:
-/// one weight, `1/numel`.
+/// one weight, `1/numel`. SAO: its smallest degree over `max(out, in)`.
 pub fn minimum_density(shape: &Shape, rule: CentreRule, scheme: Scheme) -> f64 {
     if scheme.random_mask() {
         return 1.0 / shape.numel() as f64;
+    }
+    if scheme == Scheme::Sao {
+        return sao::minimum_density(shape.out(), shape.inp());
     }
     match shape.kind() {
         Kind::Linear => 1.0 / shape.out().max(shape.inp()) as f64,
@@ -98,6 +102,15 @@ pub fn minimum_density(shape: &Shape, rule: CentreRule, scheme: Scheme) -> f64 {
 fn minimum_reason(shape: &Shape, scheme: Scheme) -> String {
     if scheme.random_mask() {
         return format!("one weight of {}", shape.numel());
+    }
+    if scheme == Scheme::Sao {
+        let (n, m) = (shape.out().min(shape.inp()), shape.out().max(shape.inp()));
+        return format!(
+            "its smallest degree {} over max({}, {}): the degree must divide {m} and make {n} * degree / {m} whole",
+            (sao::minimum_density(shape.out(), shape.inp()) * m as f64).round(),
+            shape.out(),
+            shape.inp()
+        );
     }
     format!(
         "the identity: 1/max({}, {}){}",
@@ -416,6 +429,33 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
                     minimum_reason(&layer.shape, scheme),
                 ),
                 Some("raise the density, or set below_minimum = \"clamp\" in [sparsity] to use the minimum".into()),
+            ));
+        }
+        if scheme == Scheme::Sao
+            && sao::degree(layer.shape.out(), layer.shape.inp(), density).is_none()
+        {
+            let (out, inp) = (layer.shape.out(), layer.shape.inp());
+            let m = out.max(inp);
+            let (lower, upper) = sao::nearest(out, inp, density);
+            let show = |d: Option<f64>| match d {
+                Some(d) => format!("{d} (degree {})", (d * m as f64).round()),
+                None => "none".into(),
+            };
+            let how = match origin {
+                Origin::Fixed => "its density".to_string(),
+                _ => format!("distribution \"{}\" gives it", sparsity.distribution.name()),
+            };
+            return Err(error(
+                Some(layer.position),
+                format!("layer \"{}\"", layer.name),
+                format!(
+                    "{how} {density}, which scheme \"sao\" cannot make for shape {}: SAO makes densities degree / {m} with the degree dividing {m} and {} * degree / {m} whole; the nearest are {} below and {} above",
+                    layer.shape,
+                    out.min(inp),
+                    show(lower),
+                    show(upper),
+                ),
+                Some("give the layer one of those densities (its own `density`, or the [sparsity] density with distribution = \"uniform\"); erk and er rarely land on one".into()),
             ));
         }
         if origin == Origin::Clamped {

@@ -6,7 +6,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::plan::{LayerPlan, Plan};
-use crate::schemes::LayerStats;
+use crate::schemes::{LayerStats, sao};
 use crate::spec::{Kind, Names, Scheme};
 use crate::stream::STREAM_VERSION;
 use crate::tensor::Layout;
@@ -26,6 +26,11 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
     record.insert("params".into(), json!(layer.shape.numel()));
     record.insert("gain".into(), json!(layer.gain.value));
     let eoi = layer.scheme == Scheme::Eoi;
+    if layer.scheme == Scheme::Sao
+        && let Some(k) = sao::degree(layer.shape.out(), layer.shape.inp(), layer.density)
+    {
+        record.insert("degree".into(), json!(k));
+    }
     if layer.kind() == Kind::Conv && eoi {
         record.insert("conv_center".into(), json!(layer.conv_center.name()));
         record.insert("centre_density".into(), json!(layer.centre_density()));

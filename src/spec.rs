@@ -117,10 +117,14 @@ pub enum Scheme {
     ScaledKaiming,
     /// A random mask over a dense orthogonal matrix (delta-orthogonal for convolutions).
     Orthogonal,
+    /// Sparsity-Aware Orthogonal initialization (Esguerra et al. 2023): exactly orthogonal
+    /// on a regular bipartite structure, for densities `k / max(out, in)` only.
+    Sao,
 }
 
 impl Scheme {
-    pub const NAMES: &'static [&'static str] = &["eoi", "kaiming", "scaled-kaiming", "orthogonal"];
+    pub const NAMES: &'static [&'static str] =
+        &["eoi", "kaiming", "scaled-kaiming", "orthogonal", "sao"];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -128,6 +132,7 @@ impl Scheme {
             Scheme::Kaiming => "kaiming",
             Scheme::ScaledKaiming => "scaled-kaiming",
             Scheme::Orthogonal => "orthogonal",
+            Scheme::Sao => "sao",
         }
     }
 
@@ -137,21 +142,22 @@ impl Scheme {
             "kaiming" => Some(Scheme::Kaiming),
             "scaled-kaiming" => Some(Scheme::ScaledKaiming),
             "orthogonal" => Some(Scheme::Orthogonal),
+            "sao" => Some(Scheme::Sao),
             _ => None,
         }
     }
 
     /// Whether the mask is drawn uniformly at random, with exactly `round(d * numel)` ones.
     pub fn random_mask(self) -> bool {
-        !matches!(self, Scheme::Eoi)
+        !matches!(self, Scheme::Eoi | Scheme::Sao)
     }
 
     /// Whether the weight (of a convolution: its centre tap, every other tap zero) is
-    /// orthogonal times the gain at `density`: EOI always, a dense orthogonal matrix only
-    /// unmasked.
+    /// orthogonal times the gain at `density`: EOI and SAO always, a dense orthogonal matrix
+    /// only unmasked.
     pub fn promises_orthogonality(self, density: f64) -> bool {
         match self {
-            Scheme::Eoi => true,
+            Scheme::Eoi | Scheme::Sao => true,
             Scheme::Orthogonal => density == 1.0,
             Scheme::Kaiming | Scheme::ScaledKaiming => false,
         }
@@ -159,7 +165,7 @@ impl Scheme {
 
     /// Whether a convolution's weight is zero off the centre tap.
     pub fn delta(self) -> bool {
-        matches!(self, Scheme::Eoi | Scheme::Orthogonal)
+        matches!(self, Scheme::Eoi | Scheme::Orthogonal | Scheme::Sao)
     }
 }
 
@@ -525,7 +531,8 @@ struct RawInit {
     /// The initialization scheme of every layer: "eoi" (the default; exact orthogonal), or a
     /// baseline: "kaiming", "scaled-kaiming" or "orthogonal" (a random mask over normal
     /// weights of std gain / sqrt(fan_in), gain / sqrt(fan_in * density), or a dense
-    /// orthogonal matrix). `--scheme` overrides it.
+    /// orthogonal matrix), or "sao" (sparsity-aware orthogonal, densities k / max(out, in)
+    /// only). `--scheme` overrides it.
     #[schemars(with = "Option<String>", extend("enum" = Scheme::NAMES))]
     scheme: Option<Spanned<String>>,
     /// Factor the orthogonal weights are multiplied by (default 1).

@@ -567,11 +567,12 @@ fn check_density(
             record.achieved_density
         ));
     }
-    if record.scheme.random_mask() {
+    if record.scheme != Scheme::Eoi {
         let want = schemes::mask::ones(record.density, numel);
         if want != nnz {
             fail(format!(
-                "a random mask at density {} over {numel} weights has round(d * numel) = {want} ones, this one {nnz}",
+                "a {} mask at density {} over {numel} weights has round(d * numel) = {want} ones, this one {nnz}",
+                record.scheme.name(),
                 record.density
             ));
         }

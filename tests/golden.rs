@@ -1,5 +1,5 @@
 //! Golden hashes: the SHA-256 of every tensor that the real binary writes for
-//! tests/golden/small.toml, per dtype and per scheme. They freeze the random streams, the stop
+//! tests/golden/small.toml (and tests/golden/sao.toml), per dtype and per scheme. They freeze the random streams, the stop
 //! rule, the conv rule, the baselines' masks and values, and density planning: if one changes, output bytes change, which is a breaking
 //! change (new major version, CHANGELOG entry, and new hashes here).
 //!
@@ -446,6 +446,19 @@ const MASKS_F32: &[(&str, &str)] = &[
     ),
 ];
 
+#[test]
+fn sao_is_frozen_for_any_thread_count_and_container() {
+    let spec = Path::new("tests/golden/sao.toml");
+    for (container, threads) in [(Container::Safetensors, "1"), (Container::Npy, "3")] {
+        let actual = hashes(spec, container, &["--threads", threads]);
+        check_table(
+            &format!("tests/golden/sao.toml ({container:?}, --threads {threads})"),
+            &actual,
+            SAO,
+        );
+    }
+}
+
 const F32: &[(&str, &str)] = &[
     (
         "blocks.0.weight",
@@ -774,5 +787,55 @@ const ORTHOGONAL: &[(&str, &str)] = &[
     (
         "volume.weight_mask",
         "4e6ba4a128458d678b6ecdcb64936f22c2094e4338117811efc7c3632c202b99",
+    ),
+];
+const SAO: &[(&str, &str)] = &[
+    (
+        "blocks.0.weight",
+        "19e21b63cfeb7019686a5ab2846ff839ebc628f02f9b794c701a1900e91b02e0",
+    ),
+    (
+        "blocks.0.weight_mask",
+        "c15ef32d402e93cdcde8dcddcbceae2f8b9baf334b6386df0684c79c28a3c7a5",
+    ),
+    (
+        "blocks.1.weight",
+        "bec21c5a201eceb02958e2c19b91ed8934c697fa9b2f15c9711df3774827357e",
+    ),
+    (
+        "blocks.1.weight_mask",
+        "f4f8e0b99b4fc32ccc33964c87590d51b0d8222a3947bc1182506d5d24247853",
+    ),
+    (
+        "fc1.weight",
+        "7e5a7be9d4249a87f13e075b795dd8be33a8161d529bfe6e1b1bab950e8c0a57",
+    ),
+    (
+        "fc1.weight_mask",
+        "9cc3045431d9595d4d79a8be0be745d430823a9db120cc68e4a253b2351465b4",
+    ),
+    (
+        "fc2.weight",
+        "bcd0989480c327d3a5c71ba287560bbe948381e959f5b4a10c63c33bd95f6458",
+    ),
+    (
+        "fc2.weight_mask",
+        "8701b32a82100ecc94c2454e16b7bfa2b6311e0ab59c7edc3c4a29b3b72b28e0",
+    ),
+    (
+        "head.weight",
+        "4ad37ac390fd333570c345a8039b685a8352fea6deb028dd0a25054e14b25844",
+    ),
+    (
+        "head.weight_mask",
+        "e87ebab060beb7c66837da91b9d2295d637d1fca348b1864ac0281ed0fe77274",
+    ),
+    (
+        "stem.weight",
+        "45d5a25d9700d9781586ee745bb56b3bfc196b0ad78808671a7d64553eb49b3e",
+    ),
+    (
+        "stem.weight_mask",
+        "4d76a8e07293ab0f0f03fdfac009845631cde02c427e14dc7c4cfc9419a1b3cc",
     ),
 ];

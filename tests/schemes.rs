@@ -359,3 +359,123 @@ fn a_random_mask_may_go_below_eois_minimum() {
         "{stderr}"
     );
 }
+
+/// Nonzeros per row and per column of an (r, c) row-major matrix.
+fn degrees(values: &[f64], r: usize, c: usize) -> (Vec<usize>, Vec<usize>) {
+    let rows = (0..r)
+        .map(|i| (0..c).filter(|&j| values[i * c + j] != 0.0).count())
+        .collect();
+    let cols = (0..c)
+        .map(|j| (0..r).filter(|&i| values[i * c + j] != 0.0).count())
+        .collect();
+    (rows, cols)
+}
+
+#[test]
+fn sao_is_orthogonal_with_regular_degrees_and_whole_kernel_slices() {
+    let gain = 1.5;
+    let spec = format!(
+        "{}[[layer]]\nname = \"wide.weight\"\nshape = [12, 128]\ndensity = 0.5\n",
+        spec_of(
+            0.25,
+            gain,
+            &[("tall.weight", &[64, 32]), ("conv.weight", &[16, 8, 3, 3])]
+        )
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (a, out) = generate_in(dir.path(), &spec, &["--scheme", "sao"]);
+    // tall 64 x 32 at 0.25: degree k = 16 of m = 64; each of the 32 columns (the short side)
+    // has 16 nonzeros, each of the 64 rows a = 32 * 16 / 64 = 8.
+    // wide 12 x 128 at 0.5: k = 64, a = 6.
+    for (name, r, c, row_degree, col_degree) in [
+        ("tall.weight", 64, 32, 8, 16),
+        ("wide.weight", 12, 128, 64, 6),
+    ] {
+        let w = &a.weight(name).values;
+        check_mask(&a, name, r * row_degree);
+        let (rows, cols) = degrees(w, r, c);
+        assert!(
+            rows.iter().all(|&d| d == row_degree),
+            "{name} rows {rows:?}"
+        );
+        assert!(
+            cols.iter().all(|&d| d == col_degree),
+            "{name} cols {cols:?}"
+        );
+        let dev = gram_deviation(w, r, c, gain);
+        assert!(dev < 1e-13, "{name}: {dev}");
+        // The mask is exactly the support.
+        let mask = a.mask(name);
+        assert!(w.iter().zip(&mask).all(|(v, m)| (*v != 0.0) == *m));
+        assert_eq!(a.record(name)["degree"], if r > c { 16 } else { 64 });
+    }
+    // conv 16 x 8 x 3 x 3 at 0.25: k = 4 of m = 16, a = 2. The centre tap holds the SAO
+    // matrix; the mask holds all 9 taps of every connected channel pair.
+    let w = &a.weight("conv.weight").values;
+    let mask = a.mask("conv.weight");
+    check_mask(&a, "conv.weight", 8 * 4 * 9);
+    let centre: Vec<f64> = w.iter().skip(4).step_by(9).copied().collect();
+    assert!(w.iter().enumerate().all(|(k, v)| k % 9 == 4 || *v == 0.0));
+    assert!(gram_deviation(&centre, 16, 8, gain) < 1e-13);
+    for (pair, taps) in mask.chunks(9).enumerate() {
+        let connected = centre[pair] != 0.0;
+        assert!(taps.iter().all(|&m| m == connected), "pair {pair}");
+    }
+    assert_eq!(a.record("conv.weight")["centre_nnz"], 8 * 4);
+    let assert = eoi()
+        .args(["verify", "--regenerate", "--json"])
+        .arg(&out)
+        .assert()
+        .success();
+    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(report["regenerate"]["passed"], true, "{report}");
+    assert!(
+        report["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["tolerance"].is_number()),
+        "SAO promises orthogonality: {report}"
+    );
+}
+
+#[test]
+fn sao_refuses_densities_it_cannot_make_and_names_the_nearest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    let run = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let assert = eoi()
+            .arg("plan")
+            .arg(&path)
+            .args(["--scheme", "sao"])
+            .assert()
+            .code(2);
+        String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+    };
+    let stderr = run(&spec_of(0.1, 1.0, &[("fc.weight", &[128, 128])]));
+    assert!(stderr.contains("layer \"fc.weight\""), "{stderr}");
+    assert!(
+        stderr.contains("the nearest are 0.0625 (degree 8) below and 0.125 (degree 16) above"),
+        "{stderr}"
+    );
+    // 10 x 128 needs 10 k / 128 whole: only k = 64 and 128.
+    let stderr = run(&spec_of(0.3, 1.0, &[("fc.weight", &[10, 128])]));
+    assert!(stderr.contains("below the 0.500000"), "{stderr}");
+    // ERK densities are continuous: refused with the layer named.
+    let stderr = run(
+        "[sparsity]\ndensity = 0.25\ndistribution = \"erk\"\n[[layer]]\nname = \"a.weight\"\nshape = [64, 64]\n[[layer]]\nname = \"b.weight\"\nshape = [32, 64]\n",
+    );
+    assert!(stderr.contains("distribution \"erk\" gives it"), "{stderr}");
+    // Valid densities plan fine, with the degree in the record.
+    std::fs::write(&path, spec_of(0.125, 1.0, &[("fc.weight", &[128, 128])])).unwrap();
+    let assert = eoi()
+        .arg("plan")
+        .arg(&path)
+        .args(["--scheme", "sao", "--json"])
+        .assert()
+        .success();
+    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(plan["layers"][0]["degree"], 16);
+    assert_eq!(plan["layers"][0]["expected_nnz"], 128 * 16);
+}

@@ -3,13 +3,14 @@
 //! draws what the mask needs and fixes the statistics, [`Prepared::weight`] computes the
 //! values. EOI's maths lives in [`eoi`], and [`conv`] wraps it with the delta-orthogonal
 //! centre-tap rule for kernels. The baselines keep a random [`mask`] over [`kaiming`]
-//! normal weights or a dense [`orthogonal`] matrix.
+//! normal weights or a dense [`orthogonal`] matrix, or build [`sao`]'s structured matrix.
 
 pub mod conv;
 pub mod eoi;
 pub mod kaiming;
 pub mod mask;
 pub mod orthogonal;
+pub mod sao;
 
 use crate::plan::LayerPlan;
 use crate::spec::{Kind, Scheme};
@@ -24,7 +25,7 @@ pub struct LayerStats {
     pub nnz: u64,
     /// Givens rotations applied (EOI; 0 for the other schemes).
     pub rotations: u64,
-    /// Nonzeros of the centre matrix, for EOI convolutions.
+    /// Nonzeros of the centre matrix, for EOI and SAO convolutions.
     pub centre_nnz: Option<u64>,
 }
 
@@ -98,6 +99,27 @@ pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
             eoi_stats(layer, &schedule)
         }
         Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal => random_mask_stats(layer),
+        Scheme::Sao => sao_stats(layer, sao_degree(layer)),
+    }
+}
+
+/// A SAO layer's degree; the plan admits only densities that have one.
+fn sao_degree(layer: &LayerPlan) -> usize {
+    let (out, inp) = (layer.shape.out(), layer.shape.inp());
+    // The plan refuses other densities; the nearest degree keeps this total regardless.
+    sao::degree(out, inp, layer.density)
+        .unwrap_or_else(|| ((layer.density * out.max(inp) as f64).round() as usize).max(1))
+}
+
+/// The statistics of a SAO layer: `n k` nonzeros in the matrix, on every tap of a kernel.
+fn sao_stats(layer: &LayerPlan, degree: usize) -> LayerStats {
+    let shape = &layer.shape;
+    let centre = shape.out().min(shape.inp()) as u64 * degree as u64;
+    LayerStats {
+        numel: shape.numel(),
+        nnz: centre * shape.taps() as u64,
+        rotations: 0,
+        centre_nnz: (layer.kind() == Kind::Conv).then_some(centre),
     }
 }
 
@@ -108,6 +130,8 @@ enum Recipe {
     /// A baseline over a random mask: the values are drawn from the layer's stream where the
     /// mask left it.
     Drawn(Stream),
+    /// SAO: its structure, and the stream where drawing it left off (for the values).
+    Sao(sao::Structure, Stream),
 }
 
 /// A layer whose mask and statistics are final; its weight values follow deterministically
@@ -129,6 +153,17 @@ impl Prepared<'_> {
                 Kind::Linear => Weight::Matrix(schedule.matrix(gain)),
                 Kind::Conv => conv::weight(schedule, layer.shape.kernel(), gain),
             },
+            Recipe::Sao(structure, stream) => {
+                let matrix = structure.matrix(gain, &mut stream.clone());
+                match layer.kind() {
+                    Kind::Linear => Weight::Matrix(matrix),
+                    Kind::Conv => Weight::CentreTap {
+                        centre: matrix,
+                        taps: layer.shape.taps(),
+                        tap: conv::centre_tap(layer.shape.kernel()),
+                    },
+                }
+            }
             Recipe::Drawn(stream) => {
                 let mut stream = stream.clone();
                 match layer.scheme {
@@ -185,8 +220,9 @@ fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) -> Wei
 }
 
 /// Draws what a layer's mask needs from its own stream. EOI: the rotations, then (for
-/// convolutions) the mask top-up. The baselines: the random mask ([`mask::random`]), then,
-/// in [`Prepared::weight`], the values.
+/// convolutions) the mask top-up. The random-mask baselines: the mask ([`mask::random`]),
+/// then, in [`Prepared::weight`], the values. SAO: the groups ([`sao::Structure::draw`]),
+/// then the values ([`sao::Structure::matrix`]).
 pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
     let mut stream = Stream::derive(seed, &layer.name);
     match layer.scheme {
@@ -214,6 +250,18 @@ pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
                 recipe: Recipe::Drawn(stream),
                 mask,
                 stats: random_mask_stats(layer),
+            }
+        }
+        Scheme::Sao => {
+            let shape = &layer.shape;
+            let degree = sao_degree(layer);
+            let structure = sao::Structure::draw(shape.out(), shape.inp(), degree, &mut stream);
+            let mask = structure.mask(shape.taps());
+            Prepared {
+                layer,
+                recipe: Recipe::Sao(structure, stream),
+                mask,
+                stats: sao_stats(layer, degree),
             }
         }
     }
