@@ -16,6 +16,11 @@ use crate::tensor::{Dtype, Layout};
 /// Most layers a spec may expand to; a guard against a `repeat` typo allocating forever.
 pub const MAX_LAYERS: usize = 1_000_000;
 
+/// Most bytes all layer names may take together after `repeat` expansion: a guard against a
+/// long name repeated many times. Each name is stored three times in a safetensors header
+/// (weight, mask and record), and readers refuse headers over 100 MB.
+pub const MAX_NAME_BYTES: u64 = 32_000_000;
+
 /// The text of a spec and the name to show for it in messages (a path, or `<stdin>`).
 #[derive(Clone, Debug)]
 pub struct Source {
@@ -1293,6 +1298,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
     let mut layers: Vec<LayerSpec> = Vec::new();
     let mut first_seen: std::collections::HashMap<String, (usize, usize)> =
         std::collections::HashMap::new();
+    let mut name_bytes: u64 = 0;
     for raw_layer in &raw.layer {
         let name = raw_layer.name.get_ref();
         let label = format!("layer \"{name}\"");
@@ -1385,6 +1391,22 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                         format!("repeat = {count} makes the spec longer than {MAX_LAYERS} layers, the most eoi supports"),
                     ));
                 }
+                let longest = name.replace("{i}", &(count - 1).to_string()).len() as u64;
+                let total = name_bytes + count as u64 * longest;
+                if total > MAX_NAME_BYTES {
+                    return Err(with_help(
+                        errors.at(
+                            &r.span(),
+                            field("repeat"),
+                            format!(
+                                "repeat = {count} makes {:.1} MB of layer names, more than the {} MB eoi supports",
+                                total as f64 / 1e6,
+                                MAX_NAME_BYTES / 1_000_000
+                            ),
+                        ),
+                        "use a shorter name: every name is stored three times in a safetensors header, which readers limit to 100 MB",
+                    ));
+                }
                 (0..count)
                     .map(|i| name.replace("{i}", &i.to_string()))
                     .collect()
@@ -1400,6 +1422,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 ));
             }
             first_seen.insert(expanded.clone(), position);
+            name_bytes += expanded.len() as u64;
             layers.push(LayerSpec {
                 name: expanded,
                 shape: shape.clone(),
