@@ -870,34 +870,31 @@ fn regenerate_layer(
             message,
         })
     };
-    let generated = schemes::generate(layer, plan.seed);
-    let mut compared = 0;
-    let weight_dtype = plan.output.dtype;
-    match artifact.tensor(&layer.name) {
-        None => differ(&layer.name, "the file has no such tensor".into()),
-        Some(info) if info.shape != layer.shape.dims() => differ(
-            &layer.name,
-            format!(
-                "the file's shape is {:?}, the spec's {:?}",
-                info.shape,
-                layer.shape.dims()
-            ),
-        ),
-        Some(info) => {
-            compared += 1;
-            let diff = compare(artifact, info, |w| {
-                tensor::write_weight(&generated.weight, weight_dtype, w)
-            })?;
-            if let Some(message) = diff {
-                differ(&layer.name, message);
-            }
+    let dims = layer.shape.dims();
+    let weight = match artifact.tensor(&layer.name) {
+        None => {
+            differ(&layer.name, "the file has no such tensor".into());
+            None
         }
-    }
-    match artifact.tensor(&mask_name) {
-        None => differ(&mask_name, "the file has no such tensor".into()),
+        Some(info) if info.shape != dims => {
+            differ(
+                &layer.name,
+                format!(
+                    "the file's shape is {:?}, the spec's {:?}",
+                    info.shape, dims
+                ),
+            );
+            None
+        }
+        Some(info) => Some(info),
+    };
+    let mask = match artifact.tensor(&mask_name) {
+        None => {
+            differ(&mask_name, "the file has no such tensor".into());
+            None
+        }
         Some(info)
-            if info.shape != layer.shape.dims()
-                || written_dtype(info.dtype) != Some(plan.output.mask_dtype) =>
+            if info.shape != dims || written_dtype(info.dtype) != Some(plan.output.mask_dtype) =>
         {
             differ(
                 &mask_name,
@@ -905,20 +902,40 @@ fn regenerate_layer(
                     "the file holds {:?} {}, regeneration gives {:?} {}",
                     info.shape,
                     info.dtype,
-                    layer.shape.dims(),
+                    dims,
                     plan.output.mask_dtype.name()
                 ),
-            )
+            );
+            None
         }
-        Some(info) => {
-            compared += 1;
-            let mask_dtype = plan.output.mask_dtype;
-            let diff = compare(artifact, info, |w| {
-                tensor::write_mask(&generated.mask, mask_dtype, w)
-            })?;
-            if let Some(message) = diff {
-                differ(&mask_name, message);
-            }
+        Some(info) => Some(info),
+    };
+    // Only a layer the file holds at its planned shape is generated: the embedded spec is
+    // not trusted, and a forged one naming a huge layer must not make verify allocate more
+    // than the file's own tensors call for.
+    if weight.is_none() && mask.is_none() {
+        return Ok((0, differences));
+    }
+    let generated = schemes::generate(layer, plan.seed);
+    let mut compared = 0;
+    let weight_dtype = plan.output.dtype;
+    if let Some(info) = weight {
+        compared += 1;
+        let diff = compare(artifact, info, |w| {
+            tensor::write_weight(&generated.weight, weight_dtype, w)
+        })?;
+        if let Some(message) = diff {
+            differ(&layer.name, message);
+        }
+    }
+    if let Some(info) = mask {
+        compared += 1;
+        let mask_dtype = plan.output.mask_dtype;
+        let diff = compare(artifact, info, |w| {
+            tensor::write_mask(&generated.mask, mask_dtype, w)
+        })?;
+        if let Some(message) = diff {
+            differ(&mask_name, message);
         }
     }
     let fresh = layer_record(layer, Some(&generated.stats));

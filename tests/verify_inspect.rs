@@ -585,6 +585,40 @@ fn regeneration_says_when_another_major_version_made_the_file() {
     );
 }
 
+#[test]
+fn regeneration_does_not_trust_a_forged_spec_with_a_huge_layer() {
+    // Found while fuzzing verify: the embedded spec is the file's claim, not the file. A 1e6 x
+    // 1e6 layer (8 TB to generate) must be reported as absent from the file, not generated.
+    let sandbox = Sandbox::new();
+    let bytes = sandbox.model();
+    let (entries, mut metadata) = take_apart(&bytes);
+    for (k, v) in &mut metadata {
+        if k == "eoi.spec" {
+            assert!(v.contains("shape = [20, 8]"));
+            *v = v.replace("shape = [20, 8]", "shape = [1000000, 1000000]");
+        }
+    }
+    fs::write(
+        sandbox.path("forged.safetensors"),
+        put_together(&entries, &metadata),
+    )
+    .unwrap();
+    let (out, _) = verify(&sandbox, &["forged.safetensors", "--regenerate"], 1);
+    assert!(
+        out.contains(
+            "FAIL  tall.weight  regenerate: the file's shape is [20, 8], the spec's [1000000, 1000000]"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("FAIL  tall.weight_mask  regenerate: the file holds [20, 8] bool"),
+        "{out}"
+    );
+    // The other layers are still generated and compared bit for bit.
+    assert!(!out.contains("FAIL  fc.weight"), "{out}");
+    assert!(out.contains(", 2 regeneration differences"), "{out}");
+}
+
 // ---------------------------------------------------------------------------------------
 // Unreadable input: exit 2 with the reason, for verify and inspect alike
 
