@@ -14,7 +14,7 @@
 //! # Ok::<(), eoi::read::ReadError>(())
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
@@ -1315,9 +1315,36 @@ pub struct Checkpoint {
     index_metadata: Option<Value>,
     /// SHA-256 of the header of a single file, or of the whole index file.
     sha256: String,
+    /// Tensor name -> (file, tensor) indices, for lookups by name.
+    by_name: HashMap<String, (usize, usize)>,
 }
 
 impl Checkpoint {
+    fn new(
+        path: &Path,
+        files: Vec<(String, Artifact)>,
+        index_metadata: Option<Value>,
+        sha256: String,
+    ) -> Checkpoint {
+        let by_name = files
+            .iter()
+            .enumerate()
+            .flat_map(|(f, (_, a))| {
+                a.tensors()
+                    .iter()
+                    .enumerate()
+                    .map(move |(t, info)| (info.name.clone(), (f, t)))
+            })
+            .collect();
+        Checkpoint {
+            path: path.to_path_buf(),
+            files,
+            index_metadata,
+            sha256,
+            by_name,
+        }
+    }
+
     /// Opens a safetensors file, an index file (`*.index.json`), or a directory holding
     /// [`INDEX`]. Only headers and the index are read.
     pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
@@ -1344,12 +1371,12 @@ impl Checkpoint {
             });
         }
         let sha256 = artifact.header_sha256().unwrap_or_default();
-        Ok(Checkpoint {
-            path: path.to_path_buf(),
-            files: vec![(path.display().to_string(), artifact)],
-            index_metadata: None,
+        Ok(Checkpoint::new(
+            path,
+            vec![(path.display().to_string(), artifact)],
+            None,
             sha256,
-        })
+        ))
     }
 
     /// The path it was opened from (the file, or the index file).
@@ -1386,9 +1413,9 @@ impl Checkpoint {
 
     /// A tensor by name, with the file that holds it.
     pub fn tensor(&self, name: &str) -> Option<(&Artifact, &TensorInfo)> {
-        self.files
-            .iter()
-            .find_map(|(_, a)| a.tensor(name).map(|t| (a, t)))
+        let &(f, t) = self.by_name.get(name)?;
+        let artifact = &self.files[f].1;
+        Some((artifact, &artifact.tensors()[t]))
     }
 }
 
@@ -1471,25 +1498,26 @@ fn open_index(path: &Path) -> Result<Checkpoint, ReadError> {
         }
         files.push((name, artifact));
     }
+    let held: HashSet<(&str, &str)> = files
+        .iter()
+        .flat_map(|(n, a)| {
+            a.tensors()
+                .iter()
+                .map(move |t| (n.as_str(), t.name.as_str()))
+        })
+        .collect();
     for (tensor, file) in &raw.weight_map.0 {
-        let present = files
-            .iter()
-            .any(|(n, a)| n == file && a.tensor(tensor).is_some());
-        if !present {
+        if !held.contains(&(file.as_str(), tensor.as_str())) {
             return Err(bad(format!(
                 "the weight_map puts tensor \"{tensor}\" in \"{file}\", which does not hold it"
             )));
         }
     }
-    Ok(Checkpoint {
-        path: path.to_path_buf(),
-        files,
-        index_metadata: Some(
-            raw.metadata
-                .unwrap_or_else(|| Value::Object(Default::default())),
-        ),
-        sha256: hex(&Sha256::digest(&bytes)),
-    })
+    let metadata = raw
+        .metadata
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let sha256 = hex(&Sha256::digest(&bytes));
+    Ok(Checkpoint::new(path, files, Some(metadata), sha256))
 }
 
 #[cfg(test)]
@@ -1583,6 +1611,59 @@ mod tests {
         for (header, data, expected) in cases {
             let err = open_bytes(&header, &data).unwrap_err().to_string();
             assert!(err.contains(expected), "{header}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_sharded_index_must_agree_with_its_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let shard = |name: &str, tensors: &[&str]| {
+            let entries: Vec<String> = tensors
+                .iter()
+                .enumerate()
+                .map(|(k, t)| {
+                    format!(
+                        r#""{t}":{{"dtype":"U8","shape":[1],"data_offsets":[{k},{}]}}"#,
+                        k + 1
+                    )
+                })
+                .collect();
+            let header = format!("{{{}}}", entries.join(","));
+            let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+            bytes.extend(header.as_bytes());
+            bytes.extend(vec![7u8; tensors.len()]);
+            fs::write(dir.path().join(name), bytes).unwrap();
+        };
+        shard("a.safetensors", &["x", "y"]);
+        shard("b.safetensors", &["z"]);
+        let index = dir.path().join(INDEX);
+        let open = |map: &str| {
+            fs::write(&index, format!(r#"{{"metadata":{{}},"weight_map":{map}}}"#)).unwrap();
+            Checkpoint::open(dir.path())
+        };
+        let good =
+            open(r#"{"x":"a.safetensors","y":"a.safetensors","z":"b.safetensors"}"#).unwrap();
+        assert!(good.is_sharded());
+        assert_eq!(good.tensors().count(), 3);
+        assert_eq!(good.tensor("z").unwrap().1.name, "z");
+        for (map, expected) in [
+            (
+                r#"{"x":"a.safetensors","z":"b.safetensors"}"#,
+                "\"y\" of shard \"a.safetensors\" is not in the weight_map",
+            ),
+            (
+                r#"{"x":"a.safetensors","y":"b.safetensors","z":"b.safetensors"}"#,
+                "is in shard \"a.safetensors\" but the index maps it to \"b.safetensors\"",
+            ),
+            (r#"{"x":"../a.safetensors"}"#, "not a plain file name"),
+            (
+                r#"{"x":"a.safetensors","x":"a.safetensors"}"#,
+                "appears twice",
+            ),
+            (r#"{}"#, "lists no tensor"),
+        ] {
+            let err = open(map).unwrap_err().to_string();
+            assert!(err.contains(expected), "{map}: {err}");
         }
     }
 
