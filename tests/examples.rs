@@ -1,0 +1,115 @@
+//! The examples in examples/, run as a user runs them, with the real `eoi` binary and the
+//! Python of `$EOI_PYTHON` (scripts/test makes it a venv with tests/python/requirements.txt:
+//! JAX, Flax, optax, scikit-learn, matplotlib). Without those packages these tests fail, they
+//! do not skip. `examples/load_torch.py` needs PyTorch, too large for CI: it is run by hand
+//! (README, "Loading the output").
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+
+/// The Python interpreter, once it is known to import what the examples need.
+fn python() -> &'static str {
+    static PYTHON: OnceLock<String> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
+        let imports = "import numpy, safetensors, jax, flax, optax, sklearn, matplotlib";
+        let help = "run the tests with `scripts/test` (it creates .venv with tests/python/requirements.txt and sets EOI_PYTHON), or set EOI_PYTHON to a Python with those packages";
+        match Command::new(&python).args(["-c", imports]).output() {
+            Ok(out) if out.status.success() => python,
+            Ok(out) => panic!(
+                "the example tests need `{imports}`, which failed with `{python}`:\n{}\n{help}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            Err(e) => panic!("cannot run the Python interpreter `{python}`: {e}\n{help}"),
+        }
+    })
+}
+
+/// Runs `python examples/SCRIPT ARGS...` in `dir` with the eoi under test; requires success.
+fn run_example(dir: &Path, script: &str, args: &[&str]) -> Output {
+    let out = Command::new(python())
+        .arg(Path::new(EXAMPLES).join(script))
+        .arg("--eoi")
+        .arg(assert_cmd::cargo::cargo_bin!("eoi"))
+        .args(args)
+        .current_dir(dir)
+        // CPU only (no probing for accelerators); plots without a display.
+        .env("JAX_PLATFORMS", "cpu")
+        .env("MPLBACKEND", "Agg")
+        .output()
+        .expect("the example runs");
+    assert!(
+        out.status.success(),
+        "examples/{script} {args:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn deep_mlp_trains_from_eoi_at_depth_200() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_example(
+        dir.path(),
+        "deep_mlp.py",
+        &[
+            "--schemes",
+            "eoi",
+            "--depth",
+            "200",
+            "--steps",
+            "150",
+            "--json",
+            "results.json",
+            "--plot",
+            "curve.png",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("| scheme | test accuracy |"),
+        "no table:\n{stdout}"
+    );
+    let results: Value =
+        serde_json::from_slice(&fs::read(dir.path().join("results.json")).unwrap()).unwrap();
+    let accuracy = |scheme: &str| {
+        results["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["scheme"] == scheme)
+            .and_then(|r| r["test_accuracy"].as_f64())
+            .unwrap_or_else(|| panic!("no result for {scheme}:\n{results}"))
+    };
+    let eoi = accuracy("eoi");
+    assert!(
+        eoi >= 0.85,
+        "EOI reached only {eoi} test accuracy at depth 200:\n{stdout}"
+    );
+    let png = fs::read(dir.path().join("curve.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "--plot wrote no PNG");
+}
+
+#[test]
+fn load_jax_loads_the_flax_layout_and_keeps_masked_weights_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_example(dir.path(), "load_jax.py", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "ok    the file's safetensors format is 'flax'",
+        "ok    flax kernels are the torch layout's (out, in) weights, transposed",
+        "ok    weights outside the masks are still exactly zero after 3 AdamW steps",
+        "into a 7-layer Flax MLP and trained it with fixed masks",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
