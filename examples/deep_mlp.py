@@ -91,9 +91,7 @@ def spec_text(path, depth):
 
 def generate(eoi, text, scheme, seed, out):
     """Runs `eoi generate - -o OUT --scheme SCHEME --seed SEED` with the spec on stdin."""
-    command = [eoi, "generate", "-", "-o", out, "--seed", str(seed), "--force", "-q"]
-    if scheme != "eoi":
-        command += ["--scheme", scheme]
+    command = [eoi, "generate", "-", "-o", out, "--scheme", scheme, "--seed", str(seed), "--force", "-q"]
     started = time.perf_counter()
     try:
         done = subprocess.run(command, input=text, text=True, capture_output=True)
@@ -185,17 +183,19 @@ def plot(results, args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for r in results:
+    fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=120)
+    styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
+    for k, r in enumerate(results):
         steps, acc = zip(*r["curve"])
-        ax.plot(steps, acc, label=f"{r['scheme']} ({r['test_accuracy']:.1%})", linewidth=2 if r["scheme"] == "eoi" else 1.4)
+        ax.plot(steps, acc, linestyle=styles[k % len(styles)], linewidth=2.2 if r["scheme"] == "eoi" else 1.6,
+                label=f"{r['scheme']} ({r['test_accuracy']:.1%})")
     ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (10%)")
     ax.set_xlabel("SGD step")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{args.depth}-layer tanh MLP on digits, density 0.125, lr {args.lr}, batch {args.batch}")
+    ax.set_title(f"{args.depth}-layer tanh MLP on digits, density 0.125, SGD lr {args.lr}, batch {args.batch}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="center right")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="scheme (final)")
     fig.tight_layout()
     fig.savefig(args.plot)
 

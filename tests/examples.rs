@@ -54,15 +54,17 @@ fn run_example(dir: &Path, script: &str, args: &[&str]) -> Output {
     out
 }
 
+/// The 1000-layer proof at a fifth of the depth (so CI can afford it): from the same spec,
+/// seed and training, EOI trains and masked Kaiming stays near chance (10 classes).
 #[test]
-fn deep_mlp_trains_from_eoi_at_depth_200() {
+fn deep_mlp_trains_from_eoi_but_not_from_masked_kaiming_at_depth_200() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_example(
         dir.path(),
         "deep_mlp.py",
         &[
             "--schemes",
-            "eoi",
+            "eoi,kaiming",
             "--depth",
             "200",
             "--steps",
@@ -93,6 +95,11 @@ fn deep_mlp_trains_from_eoi_at_depth_200() {
     assert!(
         eoi >= 0.85,
         "EOI reached only {eoi} test accuracy at depth 200:\n{stdout}"
+    );
+    let kaiming = accuracy("kaiming");
+    assert!(
+        kaiming <= 0.3,
+        "masked Kaiming reached {kaiming} test accuracy at depth 200:\n{stdout}"
     );
     let png = fs::read(dir.path().join("curve.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "--plot wrote no PNG");
