@@ -73,7 +73,7 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Show every tensor of any checkpoint: density, orthogonality, singular values.
     ///
-    /// For each tensor of a safetensors file, npy directory or .npy file: dtype, shape, density,
+    /// For each tensor of a safetensors file, npy directory, .npz archive or .npy file: dtype, shape, density,
     /// nonzeros, and for matrices the orthogonality error, the smallest and largest singular
     /// value and the nonzeros per row and column. Works on any checkpoint, not only eoi's: tensors of rank 2 or more are read as the
     /// matrix (out, in * K) in PyTorch layout. The orthogonality error is
@@ -135,7 +135,8 @@ pub struct SpecArgs {
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
 
-    /// Output format; overrides the spec's [output] format.
+    /// Output format: safetensors (one file), npy (a directory of .npy files) or npz (one
+    /// NumPy archive); overrides the spec's [output] format.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<FormatArg>,
 
@@ -157,7 +158,7 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// A safetensors file or an npy directory written by eoi.
+    /// A safetensors file, an npy directory or an .npz archive written by eoi.
     #[arg(value_name = "FILE|DIR")]
     pub artifact: PathBuf,
 
@@ -173,7 +174,7 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A safetensors file, an npy directory, or one .npy file.
+    /// A safetensors file, an npy directory, an .npz archive, or one .npy file.
     #[arg(value_name = "FILE|DIR")]
     pub artifact: PathBuf,
 
@@ -292,7 +293,7 @@ pub struct GenerateArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
 
-    /// Where to write: a .safetensors file, or a directory for --format npy. Written to a
+    /// Where to write: a .safetensors or .npz file, or a directory for --format npy. Written to a
     /// temporary name beside it and renamed into place when complete.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
@@ -410,6 +411,7 @@ pub fn parse_part(text: &str) -> Result<Part, String> {
 pub enum FormatArg {
     Safetensors,
     Npy,
+    Npz,
 }
 
 impl From<FormatArg> for Format {
@@ -417,6 +419,7 @@ impl From<FormatArg> for Format {
         match f {
             FormatArg::Safetensors => Format::Safetensors,
             FormatArg::Npy => Format::Npy,
+            FormatArg::Npz => Format::Npz,
         }
     }
 }

@@ -399,7 +399,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 destination.check(Container::Directory)?;
             }
         }
-        (Format::Safetensors, None, _) => destination.check(Container::File)?,
+        (Format::Safetensors | Format::Npz, None, _) => destination.check(Container::File)?,
         _ => destination.check(Container::Directory)?,
     }
     let pool = {

@@ -215,7 +215,9 @@ fn recorded_order(artifact: &Artifact) -> Option<Vec<String>> {
         (Format::Safetensors, Some(pairs), _) if pairs.iter().any(|(k, _)| k == "eoi.layers") => {
             Recorded::from_metadata(pairs)
         }
-        (Format::Npy, _, Some(doc)) if doc.get("layers").is_some() => Recorded::from_manifest(doc),
+        (Format::Npy | Format::Npz, _, Some(doc)) if doc.get("layers").is_some() => {
+            Recorded::from_manifest(doc)
+        }
         _ => return None,
     };
     Some(recorded.layers?.into_iter().map(|l| l.name).collect())

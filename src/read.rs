@@ -174,6 +174,9 @@ pub enum ReadError {
         expected: u64,
         actual: u64,
     },
+    /// An .npz archive whose zip records cannot be read.
+    #[error("'{path}': not a readable .npz archive: {message}")]
+    Zip { path: String, message: String },
     /// A `manifest.json` that is not what an npy output's manifest must be.
     #[error("'{path}': bad manifest: {message}")]
     Manifest { path: String, message: String },
@@ -425,6 +428,8 @@ pub enum Format {
     Safetensors,
     /// A directory of .npy files (with eoi's `manifest.json`, or without one), or one .npy file.
     Npy,
+    /// One .npz archive: stored .npy members (with eoi's `manifest.json` member, or without).
+    Npz,
 }
 
 impl Format {
@@ -432,6 +437,7 @@ impl Format {
         match self {
             Format::Safetensors => "safetensors",
             Format::Npy => "npy",
+            Format::Npz => "npz",
         }
     }
 }
@@ -485,6 +491,9 @@ impl Artifact {
         let mut magic = [0u8; 6];
         if size >= 6 {
             read_exact_at(&file, &mut magic, 0).map_err(|e| io_error(path, e))?;
+        }
+        if &magic[..4] == b"PK\x03\x04" || &magic[..4] == b"PK\x05\x06" {
+            return open_npz(path, file, size);
         }
         if &magic == NPY_MAGIC {
             let info = npy_tensor(path, npy_stem(path))?;
@@ -1048,7 +1057,15 @@ fn parse_npy_dict(text: &str) -> Result<Vec<(String, PyValue)>, String> {
 }
 
 /// Reads and checks an .npy file's header; returns it with the byte where the data starts.
-fn read_npy_header(path: &Path, file: &File, size: u64) -> Result<(NpyHeader, u64), ReadError> {
+/// Reads and checks the header of the .npy bytes at `base` (a file, or a member of an
+/// archive) of `size` bytes; the offset of the data from `base` comes with it.
+fn read_npy_header(
+    path: &Path,
+    file: &File,
+    base: u64,
+    size: u64,
+) -> Result<(NpyHeader, u64), ReadError> {
+    let read_exact_at = |file: &File, buf: &mut [u8], at: u64| read_exact_at(file, buf, base + at);
     let shown = || path.display().to_string();
     let bad = |message: String| ReadError::NpyHeader {
         path: shown(),
@@ -1140,7 +1157,18 @@ fn read_npy_header(path: &Path, file: &File, size: u64) -> Result<(NpyHeader, u6
 fn npy_tensor(path: &Path, name: String) -> Result<TensorInfo, ReadError> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let size = file.metadata().map_err(|e| io_error(path, e))?.len();
-    let (header, data_start) = read_npy_header(path, &file, size)?;
+    let (header, data_start) = read_npy_header(path, &file, 0, size)?;
+    npy_info(path, name, header, data_start, size)
+}
+
+/// The tensor of .npy bytes of `size` with `header`, its data `data_start` bytes in.
+fn npy_info(
+    path: &Path,
+    name: String,
+    header: NpyHeader,
+    data_start: u64,
+    size: u64,
+) -> Result<TensorInfo, ReadError> {
     let overflow = || ReadError::ShapeOverflow {
         path: path.display().to_string(),
         name: name.clone(),
@@ -1182,6 +1210,65 @@ fn plain_file_name(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
 }
 
+/// The tensors a manifest lists, in its order: tensor `k`, named `name`, is found by
+/// `resolve(k, name, file)` and checked against the manifest's dtype and shape.
+fn manifest_order(
+    manifest_path: &Path,
+    doc: &Value,
+    mut resolve: impl FnMut(usize, &str, &str) -> Result<TensorInfo, ReadError>,
+) -> Result<Vec<TensorInfo>, ReadError> {
+    let bad = |message: String| ReadError::Manifest {
+        path: manifest_path.display().to_string(),
+        message,
+    };
+    let list = doc
+        .get("tensors")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("no \"tensors\" array".into()))?;
+    let mut seen = HashSet::new();
+    let mut tensors = Vec::with_capacity(list.len());
+    for (k, entry) in list.iter().enumerate() {
+        let field = |key: &str| {
+            entry
+                .get(key)
+                .ok_or_else(|| bad(format!("tensors[{k}] has no \"{key}\"")))
+        };
+        let name = field("name")?
+            .as_str()
+            .ok_or_else(|| bad(format!("tensors[{k}].name is not a string")))?;
+        let file = field("file")?
+            .as_str()
+            .ok_or_else(|| bad(format!("tensors[{k}].file is not a string")))?;
+        if !seen.insert(name.to_string()) {
+            return Err(bad(format!("tensor \"{name}\" is listed twice")));
+        }
+        let info = resolve(k, name, file)?;
+        let dtype = field("dtype")?.as_str();
+        if dtype != Some(info.dtype.name()) {
+            return Err(bad(format!(
+                "tensor \"{name}\": the manifest says dtype {}, the file holds {}",
+                field("dtype")?,
+                info.dtype.name()
+            )));
+        }
+        let shape: Option<Vec<u64>> = field("shape")?
+            .as_array()
+            .and_then(|dims| dims.iter().map(Value::as_u64).collect());
+        let matches = shape.as_ref().is_some_and(|s| {
+            s.len() == info.shape.len() && s.iter().zip(&info.shape).all(|(&a, &b)| a == b as u64)
+        });
+        if !matches {
+            return Err(bad(format!(
+                "tensor \"{name}\": the manifest says shape {}, the file holds {:?}",
+                field("shape")?,
+                info.shape
+            )));
+        }
+        tensors.push(info);
+    }
+    Ok(tensors)
+}
+
 fn open_npy_directory(dir: &Path) -> Result<Artifact, ReadError> {
     let manifest_path = dir.join(MANIFEST);
     let bad = |message: String| ReadError::Manifest {
@@ -1211,56 +1298,14 @@ fn open_npy_directory(dir: &Path) -> Result<Artifact, ReadError> {
     let mut tensors = Vec::new();
     match &manifest {
         Some(doc) => {
-            let list = doc
-                .get("tensors")
-                .and_then(Value::as_array)
-                .ok_or_else(|| bad("no \"tensors\" array".into()))?;
-            let mut seen = HashSet::new();
-            for (k, entry) in list.iter().enumerate() {
-                let field = |key: &str| {
-                    entry
-                        .get(key)
-                        .ok_or_else(|| bad(format!("tensors[{k}] has no \"{key}\"")))
-                };
-                let name = field("name")?
-                    .as_str()
-                    .ok_or_else(|| bad(format!("tensors[{k}].name is not a string")))?;
-                let file = field("file")?
-                    .as_str()
-                    .ok_or_else(|| bad(format!("tensors[{k}].file is not a string")))?;
+            tensors = manifest_order(&manifest_path, doc, |k, name, file| {
                 if !plain_file_name(file) {
                     return Err(bad(format!(
                         "tensors[{k}].file \"{file}\" is not a plain file name inside the directory"
                     )));
                 }
-                if !seen.insert(name.to_string()) {
-                    return Err(bad(format!("tensor \"{name}\" is listed twice")));
-                }
-                let info = npy_tensor(&dir.join(file), name.to_string())?;
-                let dtype = field("dtype")?.as_str();
-                if dtype != Some(info.dtype.name()) {
-                    return Err(bad(format!(
-                        "tensor \"{name}\": the manifest says dtype {}, the file holds {}",
-                        field("dtype")?,
-                        info.dtype.name()
-                    )));
-                }
-                let shape: Option<Vec<u64>> = field("shape")?
-                    .as_array()
-                    .and_then(|dims| dims.iter().map(Value::as_u64).collect());
-                let matches = shape.as_ref().is_some_and(|s| {
-                    s.len() == info.shape.len()
-                        && s.iter().zip(&info.shape).all(|(&a, &b)| a == b as u64)
-                });
-                if !matches {
-                    return Err(bad(format!(
-                        "tensor \"{name}\": the manifest says shape {}, the file holds {:?}",
-                        field("shape")?,
-                        info.shape
-                    )));
-                }
-                tensors.push(info);
-            }
+                npy_tensor(&dir.join(file), name.to_string())
+            })?;
         }
         None => {
             let mut files = Vec::new();
@@ -1518,6 +1563,247 @@ fn open_index(path: &Path) -> Result<Checkpoint, ReadError> {
         .unwrap_or_else(|| Value::Object(Default::default()));
     let sha256 = hex(&Sha256::digest(&bytes));
     Ok(Checkpoint::new(path, files, Some(metadata), sha256))
+}
+
+// ---------------------------------------------------------------------------------------
+// npz
+
+/// The zip end-of-central-directory signature, and its record's fixed length.
+const ZIP_END: u32 = 0x0605_4b50;
+const ZIP_END_LEN: u64 = 22;
+
+/// Largest npz central directory accepted (eoi writes about 60 bytes per tensor).
+pub const MAX_ZIP_DIRECTORY: u64 = 100_000_000;
+
+fn le16(b: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(eight(&b[at..at + 8]))
+}
+
+/// A stored member of a zip archive: its name and where its data lies.
+struct ZipMember {
+    name: String,
+    data_at: u64,
+    size: u64,
+}
+
+/// Reads the members of a zip archive (an .npz file), checking every record, size and
+/// offset against the file before use. Only stored (uncompressed) members can be read in
+/// place; a compressed one (numpy.savez_compressed) is refused with the reason.
+fn zip_members(path: &Path, file: &File, size: u64) -> Result<Vec<ZipMember>, ReadError> {
+    let bad = |message: String| ReadError::Zip {
+        path: path.display().to_string(),
+        message,
+    };
+    let read = |at: u64, len: u64| -> Result<Vec<u8>, ReadError> {
+        let end = at.checked_add(len).filter(|&e| e <= size);
+        if end.is_none() {
+            return Err(bad(format!(
+                "a record at byte {at} of {len} bytes runs past the end of the file (truncated?)"
+            )));
+        }
+        let mut buf = vec![0u8; len as usize];
+        read_exact_at(file, &mut buf, at).map_err(|e| io_error(path, e))?;
+        Ok(buf)
+    };
+    // The end record: the last signature whose comment runs exactly to the end of the file.
+    let tail_len = size.min(ZIP_END_LEN + 0xFFFF);
+    let tail = read(size - tail_len, tail_len)?;
+    let end = (0..tail.len().saturating_sub(ZIP_END_LEN as usize - 1))
+        .rev()
+        .find(|&k| {
+            le32(&tail, k) == u64::from(ZIP_END)
+                && k + ZIP_END_LEN as usize + le16(&tail, k + 20) as usize == tail.len()
+        })
+        .ok_or_else(|| {
+            bad("no end-of-central-directory record (not a zip archive, or truncated)".into())
+        })?;
+    let end_at = size - tail_len + end as u64;
+    let e = &tail[end..];
+    let (mut count, mut dir_len, mut dir_at) = (le16(e, 10), le32(e, 12), le32(e, 16));
+    if count == 0xFFFF || dir_len == 0xFFFF_FFFF || dir_at == 0xFFFF_FFFF {
+        // Zip64: the locator just before the end record points at the zip64 end record.
+        let locator_at = end_at
+            .checked_sub(20)
+            .ok_or_else(|| bad("zip64 fields but no zip64 locator".into()))?;
+        let locator = read(locator_at, 20)?;
+        if le32(&locator, 0) != 0x0706_4b50 {
+            return Err(bad("zip64 fields but no zip64 locator".into()));
+        }
+        let record = read(le64(&locator, 8), 56)?;
+        if le32(&record, 0) != 0x0606_4b50 {
+            return Err(bad("the zip64 locator points at no zip64 end record".into()));
+        }
+        (count, dir_len, dir_at) = (le64(&record, 32), le64(&record, 40), le64(&record, 48));
+    }
+    if dir_len > MAX_ZIP_DIRECTORY {
+        return Err(bad(format!(
+            "a central directory of {dir_len} bytes, over the limit of {MAX_ZIP_DIRECTORY}"
+        )));
+    }
+    if dir_at.checked_add(dir_len).is_none_or(|e| e > end_at) {
+        return Err(bad("the central directory runs past its end record".into()));
+    }
+    let dir = read(dir_at, dir_len)?;
+    // Each central header takes at least 46 bytes: a count beyond that is forged.
+    if count > dir_len / 46 {
+        return Err(bad(format!(
+            "{count} members claimed in a {dir_len}-byte directory"
+        )));
+    }
+    let mut members = Vec::with_capacity(count as usize);
+    let mut at = 0usize;
+    for k in 0..count {
+        let header = dir
+            .get(at..at + 46)
+            .filter(|h| le32(h, 0) == 0x0201_4b50)
+            .ok_or_else(|| bad(format!("central directory entry {k} is malformed")))?;
+        let (flags, method) = (le16(header, 8), le16(header, 10));
+        let (name_len, extra_len, comment_len) = (
+            le16(header, 28) as usize,
+            le16(header, 30) as usize,
+            le16(header, 32) as usize,
+        );
+        let (mut compressed, mut size_, mut offset) =
+            (le32(header, 20), le32(header, 24), le32(header, 42));
+        let rest = dir
+            .get(at + 46..at + 46 + name_len + extra_len + comment_len)
+            .ok_or_else(|| {
+                bad(format!(
+                    "central directory entry {k} runs past the directory"
+                ))
+            })?;
+        let name = std::str::from_utf8(&rest[..name_len])
+            .map_err(|_| bad(format!("member {k} has a name that is not UTF-8")))?
+            .to_string();
+        // Zip64 extra field: the 64-bit values of the fields that are all ones, in order.
+        let mut extra = &rest[name_len..name_len + extra_len];
+        while extra.len() >= 4 {
+            let (id, len) = (le16(extra, 0), le16(extra, 2) as usize);
+            let body = extra
+                .get(4..4 + len)
+                .ok_or_else(|| bad(format!("member \"{name}\" has a malformed extra field")))?;
+            if id == 1 {
+                let mut values = body.chunks_exact(8).map(|c| le64(c, 0));
+                for slot in [&mut size_, &mut compressed, &mut offset] {
+                    if *slot == 0xFFFF_FFFF {
+                        *slot = values.next().ok_or_else(|| {
+                            bad(format!("member \"{name}\" has a short zip64 extra field"))
+                        })?;
+                    }
+                }
+            }
+            extra = &extra[4 + len..];
+        }
+        at += 46 + name_len + extra_len + comment_len;
+        if flags & 1 != 0 {
+            return Err(bad(format!("member \"{name}\" is encrypted")));
+        }
+        if method != 0 || compressed != size_ {
+            return Err(bad(format!(
+                "member \"{name}\" is compressed (method {method}); only stored members can be read in place: write the archive with numpy.savez, not savez_compressed"
+            )));
+        }
+        let local = read(offset, 30)?;
+        if le32(&local, 0) != u64::from(LOCAL_ZIP) {
+            return Err(bad(format!(
+                "member \"{name}\" has no local header at byte {offset}"
+            )));
+        }
+        let data_at = offset + 30 + le16(&local, 26) + le16(&local, 28);
+        if data_at.checked_add(size_).is_none_or(|e| e > dir_at) {
+            return Err(bad(format!(
+                "member \"{name}\" ({size_} bytes at byte {data_at}) runs into the central directory"
+            )));
+        }
+        members.push(ZipMember {
+            name,
+            data_at,
+            size: size_,
+        });
+    }
+    Ok(members)
+}
+
+const LOCAL_ZIP: u32 = 0x0403_4b50;
+
+fn open_npz(path: &Path, file: File, size: u64) -> Result<Artifact, ReadError> {
+    let members = zip_members(path, &file, size)?;
+    let shown = |member: &str| PathBuf::from(format!("{}:{member}", path.display()));
+    let mut manifest = None;
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    for m in &members {
+        if !seen.insert(m.name.as_str()) {
+            return Err(ReadError::Zip {
+                path: path.display().to_string(),
+                message: format!("member \"{}\" appears twice", m.name),
+            });
+        }
+        if m.name == MANIFEST {
+            let member_path = shown(MANIFEST);
+            if m.size > MAX_MANIFEST {
+                return Err(ReadError::Manifest {
+                    path: member_path.display().to_string(),
+                    message: format!("{} bytes, over the limit of {MAX_MANIFEST}", m.size),
+                });
+            }
+            let mut bytes = vec![0u8; m.size as usize];
+            read_exact_at(&file, &mut bytes, m.data_at).map_err(|e| io_error(path, e))?;
+            manifest =
+                Some(
+                    serde_json::from_slice::<Value>(&bytes).map_err(|e| ReadError::Manifest {
+                        path: member_path.display().to_string(),
+                        message: format!("not JSON: {e}"),
+                    })?,
+                );
+        } else if let Some(name) = m.name.strip_suffix(".npy") {
+            let member_path = shown(&m.name);
+            let (header, start) = read_npy_header(&member_path, &file, m.data_at, m.size)?;
+            let info = npy_info(&member_path, name.to_string(), header, start, m.size)?;
+            found.push(TensorInfo {
+                file: path.to_path_buf(),
+                start: m.data_at + info.start,
+                ..info
+            });
+        }
+    }
+    let tensors = match &manifest {
+        Some(doc) => manifest_order(&shown(MANIFEST), doc, |k, name, file| {
+            let bad = |message: String| ReadError::Manifest {
+                path: shown(MANIFEST).display().to_string(),
+                message,
+            };
+            let wanted = format!("{name}.npy");
+            if file != wanted {
+                return Err(bad(format!(
+                    "tensors[{k}].file is \"{file}\", the member of \"{name}\" is \"{wanted}\""
+                )));
+            }
+            found
+                .iter()
+                .find(|t| t.name == name)
+                .cloned()
+                .ok_or_else(|| bad(format!("tensor \"{name}\" has no member {wanted}")))
+        })?,
+        None => found,
+    };
+    Ok(Artifact {
+        path: path.to_path_buf(),
+        format: Format::Npz,
+        tensors,
+        metadata: None,
+        manifest,
+        file: Some(file),
+        header_sha256: None,
+    })
 }
 
 #[cfg(test)]

@@ -181,15 +181,18 @@ pub enum Format {
     Safetensors,
     /// A directory of .npy files and a manifest.
     Npy,
+    /// One .npz archive (stored .npy members and a manifest), for `numpy.load`.
+    Npz,
 }
 
 impl Format {
-    pub const NAMES: &'static [&'static str] = &["safetensors", "npy"];
+    pub const NAMES: &'static [&'static str] = &["safetensors", "npy", "npz"];
 
     pub fn name(self) -> &'static str {
         match self {
             Format::Safetensors => "safetensors",
             Format::Npy => "npy",
+            Format::Npz => "npz",
         }
     }
 
@@ -197,6 +200,7 @@ impl Format {
         match name {
             "safetensors" => Some(Format::Safetensors),
             "npy" => Some(Format::Npy),
+            "npz" => Some(Format::Npz),
             _ => None,
         }
     }
@@ -554,7 +558,8 @@ struct RawInit {
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "Output")]
 struct RawOutput {
-    /// "safetensors" (one file, the default) or "npy" (a directory of .npy files).
+    /// "safetensors" (one file, the default), "npy" (a directory of .npy files) or "npz" (one
+    /// NumPy archive of .npy members, for `numpy.load`).
     #[schemars(with = "Option<String>", extend("enum" = Format::NAMES))]
     format: Option<Spanned<String>>,
     /// Weight dtype: "f32" (default), "f64", "f16" or "bf16" (bf16 needs safetensors: NumPy

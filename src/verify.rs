@@ -186,14 +186,19 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
     let mut problems = Vec::new();
     let recorded = match (artifact.format(), artifact.metadata(), artifact.manifest()) {
         (Format::Safetensors, Some(pairs), _) => Recorded::from_metadata(pairs),
-        (Format::Npy, _, Some(doc)) => Recorded::from_manifest(doc),
+        (Format::Npy | Format::Npz, _, Some(doc)) => Recorded::from_manifest(doc),
         (Format::Safetensors, None, _) => {
             problems.push("the file has no __metadata__: eoi did not write it".to_string());
             Recorded::default()
         }
-        (Format::Npy, _, None) => {
+        (format @ (Format::Npy | Format::Npz), _, None) => {
+            let container = if format == Format::Npz {
+                "archive"
+            } else {
+                "directory"
+            };
             problems.push(format!(
-                "the directory has no {}: eoi did not write it",
+                "the {container} has no {}: eoi did not write it",
                 crate::read::MANIFEST
             ));
             Recorded::default()

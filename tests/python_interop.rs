@@ -471,6 +471,46 @@ fn npy_directory_matches_safetensors_bytes() {
 }
 
 #[test]
+fn npz_archive_loads_with_numpy_and_matches_safetensors_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
+    let npz = dir.path().join("linear.npz");
+    let st = dir.path().join("linear.safetensors");
+    generate(&spec, &npz, &["--format", "npz"]);
+    generate(&spec, &st, &[]);
+    // numpy.load reads the archive and the checker finds every layer orthogonal and masked.
+    let report = check(&npz);
+    assert_eq!((report.tensors, report.layers), (10, 5), "{report:?}");
+    assert_eq!(python_view(&npz), rust_view_safetensors(&st));
+}
+
+#[test]
+fn npz_with_more_than_65535_members_uses_zip64_and_loads() {
+    // 33,000 layers make 66,001 members: past the 16-bit member count of a plain zip.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write_spec(
+        &dir,
+        "many.toml",
+        "[sparsity]\ndensity = 1.0\n[[layer]]\nname = \"l{i}.weight\"\nshape = [1, 2]\nrepeat = 33000\n",
+    );
+    let npz = dir.path().join("many.npz");
+    generate(&spec, &npz, &["--format", "npz"]);
+    let bytes = fs::read(&npz).unwrap();
+    // The zip64 end record's signature sits 98 bytes from the end (56 + 20 + 22).
+    assert_eq!(&bytes[bytes.len() - 98..bytes.len() - 94], b"PK\x06\x06");
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import sys, numpy as np\nz = np.load(sys.argv[1])\nprint(len(z.files), float(abs(z['l32999.weight']).sum() > 0), int(z['l0.weight_mask'].sum()))",
+        ])
+        .arg(&npz)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "66001 1.0 2");
+}
+
+#[test]
 fn conv_kernels_1d_2d_3d_are_delta_orthogonal() {
     let dir = tempfile::tempdir().unwrap();
     let spec = write_spec(&dir, "conv.toml", CONV_SPEC);

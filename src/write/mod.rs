@@ -4,6 +4,7 @@
 //! whole under its name, or not at all, and a failed run leaves an existing output untouched.
 
 pub mod npy;
+pub mod npz;
 pub mod safetensors;
 pub mod shards;
 
@@ -11,6 +12,7 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 
@@ -73,6 +75,18 @@ pub struct TensorSink<'a> {
     base: u64,
     info: &'a TensorInfo,
     written: AtomicU64,
+    /// For a zip member: the CRC-32 of the bytes so far, taken block by block.
+    crc: Option<BlockCrcs<'a>>,
+}
+
+/// The CRC-32 of a member written in blocks, in any order, from any thread: each block's CRC
+/// with its offset and length, combined in order when the tensor is complete.
+struct BlockCrcs<'a> {
+    blocks: Mutex<Vec<(u64, u64, crc32fast::Hasher)>>,
+    /// The CRC of the member's bytes before the tensor (its .npy header).
+    prefix: crc32fast::Hasher,
+    /// Where the member's CRC goes.
+    result: &'a OnceLock<u32>,
 }
 
 impl<'a> TensorSink<'a> {
@@ -82,7 +96,19 @@ impl<'a> TensorSink<'a> {
             base,
             info,
             written: AtomicU64::new(0),
+            crc: None,
         }
+    }
+
+    /// Also computes the CRC-32 of `prefix` followed by the tensor's bytes, into `result`
+    /// when the tensor is finished.
+    fn with_crc(mut self, prefix: crc32fast::Hasher, result: &'a OnceLock<u32>) -> TensorSink<'a> {
+        self.crc = Some(BlockCrcs {
+            blocks: Mutex::new(Vec::new()),
+            prefix,
+            result,
+        });
+        self
     }
 
     /// Writes `bytes` at byte `offset` of the tensor.
@@ -98,6 +124,15 @@ impl<'a> TensorSink<'a> {
             SinkFile::Owned(f) => f,
         };
         write_all_at(file, bytes, self.base + offset)?;
+        if let Some(crc) = &self.crc {
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(bytes);
+            crc.blocks.lock().unwrap_or_else(|e| e.into_inner()).push((
+                offset,
+                bytes.len() as u64,
+                hasher,
+            ));
+        }
         self.written
             .fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -112,6 +147,24 @@ impl<'a> TensorSink<'a> {
                 self.info.name,
                 self.info.nbytes()
             )));
+        }
+        if let Some(crc) = self.crc {
+            let mut blocks = crc.blocks.into_inner().unwrap_or_else(|e| e.into_inner());
+            blocks.sort_by_key(|b| b.0);
+            let mut hasher = crc.prefix;
+            let mut at = 0;
+            for (offset, len, block) in blocks {
+                if offset != at {
+                    return Err(Error::Internal(format!(
+                        "tensor \"{}\" was written in overlapping blocks",
+                        self.info.name
+                    )));
+                }
+                hasher.combine(&block);
+                at += len;
+            }
+            // A sink is finished once; a second value would be a bug, and is ignored.
+            let _ = crc.result.set(hasher.finalize());
         }
         Ok(())
     }
@@ -324,6 +377,11 @@ pub fn create(
             provenance,
         )?)),
         Format::Npy => Ok(Box::new(npy::NpyOutput::create(
+            destination,
+            tensors,
+            provenance,
+        )?)),
+        Format::Npz => Ok(Box::new(npz::NpzOutput::create(
             destination,
             tensors,
             provenance,

@@ -62,6 +62,26 @@ pub fn header(info: &TensorInfo) -> Result<Vec<u8>, Error> {
     Ok(out)
 }
 
+/// The manifest of an npy directory or an npz archive: the provenance document with the
+/// list of tensors (name, file or member name, dtype, shape), as pretty JSON.
+pub fn manifest(provenance: &Provenance, tensors: &[TensorInfo]) -> Vec<u8> {
+    let mut manifest = match &provenance.document {
+        Value::Object(map) => map.clone(),
+        other => Map::from_iter([("provenance".to_string(), other.clone())]),
+    };
+    let files: Vec<Value> = tensors
+        .iter()
+        .map(|t| {
+            json!({"name": t.name, "file": format!("{}.npy", t.name), "dtype": t.dtype.name(), "shape": t.shape})
+        })
+        .collect();
+    manifest.insert("tensors".into(), Value::Array(files));
+    let mut bytes =
+        serde_json::to_vec_pretty(&Value::Object(manifest)).expect("JSON values serialize");
+    bytes.push(b'\n');
+    bytes
+}
+
 impl NpyOutput {
     pub fn create(
         destination: &Destination,
@@ -78,20 +98,7 @@ impl NpyOutput {
             .map_err(|e| Error::io(context(), e))?
             .keep();
         let staged = interrupt::stage(&directory);
-        let mut manifest = match &provenance.document {
-            Value::Object(map) => map.clone(),
-            other => Map::from_iter([("provenance".to_string(), other.clone())]),
-        };
-        let files: Vec<Value> = tensors
-            .iter()
-            .map(|t| {
-                json!({"name": t.name, "file": format!("{}.npy", t.name), "dtype": t.dtype.name(), "shape": t.shape})
-            })
-            .collect();
-        manifest.insert("tensors".into(), Value::Array(files));
-        let mut manifest =
-            serde_json::to_vec_pretty(&Value::Object(manifest)).expect("JSON values serialize");
-        manifest.push(b'\n');
+        let manifest = manifest(provenance, &tensors);
         total += manifest.len() as u64;
         Ok(NpyOutput {
             directory,

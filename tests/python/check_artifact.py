@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Independent checker of an eoi artifact, from the user's side.
 
-Loads a .safetensors file (with the official `safetensors` package) or an npy output
-directory (with `numpy`), and checks every layer its metadata describes:
+Loads a .safetensors file (with the official `safetensors` package), an npy output
+directory or an .npz archive (with `numpy`), and checks every layer its metadata describes:
 
   * the weight X and its mask X<mask_suffix> exist and have the layer's shape;
   * the mask is bool, the weight float32 or float64, finite;
@@ -50,6 +50,9 @@ class Artifact:
         if os.path.isdir(path):
             self.kind = "npy"
             self._load_npy(path)
+        elif path.endswith(".npz"):
+            self.kind = "npz"
+            self._load_npz(path)
         else:
             self.kind = "safetensors"
             self._load_safetensors(path)
@@ -103,6 +106,23 @@ class Artifact:
         for file in sorted(os.listdir(path)):
             if file.endswith(".npy") and file not in listed:
                 self.problems.append((file, "an .npy file that manifest.json does not list"))
+
+
+    def _load_npz(self, path):
+        with np.load(path, allow_pickle=False) as z:
+            manifest = json.loads(z["manifest.json"]) if "manifest.json" in z.files else {}
+            self.tensors = {name: z[name] for name in z.files if name != "manifest.json"}
+        self.metadata = manifest
+        for key in ("eoi_version", "stream_version", "seed", "spec", "layers", "tensors"):
+            if key not in manifest:
+                self.problems.append(("manifest.json", f"key {key!r} is missing"))
+        self.version = manifest.get("eoi_version")
+        self.seed = manifest.get("seed")
+        self.mask_suffix = manifest.get("mask_suffix", "_mask")
+        self.layers = manifest.get("layers", [])
+        listed = [t["name"] for t in manifest.get("tensors", [])]
+        if listed != list(self.tensors):
+            self.problems.append(("manifest.json", "its tensors are not the archive's .npy members in order"))
 
 
 def orthogonality_error(matrix, gain):
