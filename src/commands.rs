@@ -131,6 +131,13 @@ fn plan_json(plan: &Plan) -> Value {
         "expected_nnz": plan.expected_nnz(),
         "layers": plan.layers.iter().map(|l| layer_record(l, None)).collect::<Vec<_>>(),
         "warnings": plan.warnings,
+        "format": plan.output.format.name(),
+        "dtype": plan.output.dtype.name(),
+        "mask_dtype": plan.output.mask_dtype.name(),
+        "layout": plan.output.layout.name(),
+        "names": plan.output.names.name(),
+        "mask_suffix": plan.output.mask_suffix,
+        "tensors": generate::tensors(plan).iter().map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape})).collect::<Vec<_>>(),
     })
 }
 
@@ -200,6 +207,9 @@ fn generate_json(plan: &Plan, report: &Report, output: &Path) -> Value {
         "format": plan.output.format.name(),
         "dtype": plan.output.dtype.name(),
         "mask_dtype": plan.output.mask_dtype.name(),
+        "layout": plan.output.layout.name(),
+        "names": plan.output.names.name(),
+        "mask_suffix": plan.output.mask_suffix,
         "seed": plan.seed,
         "distribution": plan.distribution.name(),
         "target_density": plan.requested_density.get(),

@@ -208,3 +208,48 @@ fn torch_prune_masks_keep_the_weight_dtype() {
     assert!(stderr.contains("mask_dtype \"u8\""), "{stderr}");
     assert!(stderr.contains("torch-prune"), "{stderr}");
 }
+
+#[test]
+fn plan_and_generate_json_name_the_output_choices_and_tensors() {
+    let assert = eoi()
+        .args(["plan", "--json", "--format", "npz"])
+        .arg(SPEC)
+        .assert()
+        .success();
+    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(plan["schema_version"], 1);
+    assert_eq!(plan["format"], "npz");
+    assert_eq!(plan["dtype"], "f32");
+    assert_eq!(plan["mask_dtype"], "bool");
+    assert_eq!(plan["layout"], "torch");
+    assert_eq!(plan["names"], "plain");
+    let tensors = plan["tensors"].as_array().unwrap();
+    assert_eq!(tensors.len(), 16);
+    assert_eq!(
+        tensors[1],
+        serde_json::json!({"name": "stem.weight_mask", "dtype": "bool", "shape": [16, 3, 3, 3]})
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let assert = eoi()
+        .arg("generate")
+        .arg(SPEC)
+        .arg("-o")
+        .arg(dir.path().join("x.safetensors"))
+        .args([
+            "-q",
+            "--json",
+            "--dtype",
+            "bf16",
+            "--names",
+            "torch-prune",
+            "--layout",
+            "flax",
+        ])
+        .assert()
+        .success();
+    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(report["dtype"], "bf16");
+    assert_eq!(report["mask_dtype"], "bf16");
+    assert_eq!(report["layout"], "flax");
+    assert_eq!(report["names"], "torch-prune");
+}
