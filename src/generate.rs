@@ -422,9 +422,30 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
         None => MEMORY_BUDGET,
     };
     pool.install(|| {
+        // A run whose layers fit the budget together prepares them all now and takes their
+        // statistics from that, drawing each layer's randomness once. A larger run computes
+        // the statistics alone first and prepares each layer when its group comes, so its
+        // memory stays bounded; the bytes are the same either way.
+        let threads = rayon::current_num_threads();
+        let all_fit = selected
+            .iter()
+            .map(|&k| layer_memory(&plan.layers[k], plan.output.layout, threads))
+            .sum::<u64>()
+            <= budget;
+        let mut early: HashMap<usize, schemes::Prepared> = if all_fit {
+            selected
+                .par_iter()
+                .map(|&k| (k, schemes::prepare(&plan.layers[k], plan.seed)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let stats: Vec<LayerStats> = selected
             .par_iter()
-            .map(|&k| schemes::stats(&plan.layers[k], plan.seed))
+            .map(|&k| match early.get(&k) {
+                Some(prepared) => prepared.stats.clone(),
+                None => schemes::stats(&plan.layers[k], plan.seed),
+            })
             .collect();
         let stats_of: HashMap<usize, &LayerStats> = selected.iter().copied().zip(&stats).collect();
         let (output, files): (Box<dyn Output>, usize) = match (&shards, assembly) {
@@ -487,50 +508,53 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 (Box::new(output), n)
             }
         };
-        for group in memory_groups(plan, &selected, budget, rayon::current_num_threads()) {
-            group.par_iter().try_for_each(|&k| -> Result<(), Error> {
-                let layer = &plan.layers[k];
-                let prepared = schemes::prepare(layer, plan.seed);
-                if &prepared.stats != stats_of[&k] {
-                    return Err(Error::Internal(format!(
-                        "layer \"{}\": generation disagrees with its planned statistics",
-                        layer.name
-                    )));
-                }
-                // The mask is final before the values exist: write it while they are computed.
-                let (weight, mask_written) = rayon::join(
-                    || prepared.weight_for(plan.output.layout),
-                    || {
-                        write_in_layout(
-                            output.as_ref(),
-                            2 * k + 1,
-                            &prepared.mask,
-                            plan.output.mask_dtype,
-                            plan.output.layout,
-                            layer.shape.taps(),
-                        )
-                    },
-                );
-                mask_written?;
-                write_in_layout(
-                    output.as_ref(),
-                    2 * k,
-                    &weight,
-                    plan.output.dtype,
-                    plan.output.layout,
-                    layer.shape.taps(),
-                )?;
-                tensor::recycle(weight.into_values());
-                if let Some(progress) = &options.progress {
-                    progress(
-                        layer_tensors(plan, layer)
-                            .iter()
-                            .map(TensorInfo::nbytes)
-                            .sum(),
+        for group in memory_groups(plan, &selected, budget, threads) {
+            let group: Vec<_> = group.into_iter().map(|k| (k, early.remove(&k))).collect();
+            group
+                .into_par_iter()
+                .try_for_each(|(k, prepared)| -> Result<(), Error> {
+                    let layer = &plan.layers[k];
+                    let prepared = prepared.unwrap_or_else(|| schemes::prepare(layer, plan.seed));
+                    if &prepared.stats != stats_of[&k] {
+                        return Err(Error::Internal(format!(
+                            "layer \"{}\": generation disagrees with its planned statistics",
+                            layer.name
+                        )));
+                    }
+                    // The mask is final before the values exist: write it while they are computed.
+                    let (weight, mask_written) = rayon::join(
+                        || prepared.weight_for(plan.output.layout),
+                        || {
+                            write_in_layout(
+                                output.as_ref(),
+                                2 * k + 1,
+                                &prepared.mask,
+                                plan.output.mask_dtype,
+                                plan.output.layout,
+                                layer.shape.taps(),
+                            )
+                        },
                     );
-                }
-                Ok(())
-            })?;
+                    mask_written?;
+                    write_in_layout(
+                        output.as_ref(),
+                        2 * k,
+                        &weight,
+                        plan.output.dtype,
+                        plan.output.layout,
+                        layer.shape.taps(),
+                    )?;
+                    tensor::recycle(weight.into_values());
+                    if let Some(progress) = &options.progress {
+                        progress(
+                            layer_tensors(plan, layer)
+                                .iter()
+                                .map(TensorInfo::nbytes)
+                                .sum(),
+                        );
+                    }
+                    Ok(())
+                })?;
         }
         let bytes = output.bytes();
         output.commit()?;

@@ -766,8 +766,10 @@ fn transpose_to_f32_avx2(
     let element = |i: usize, j: usize| ((data[j * rows + first + i] + 0.0) as f32).to_le_bytes();
     let (whole_rows, whole_cols) = (count / 4 * 4, cols / 4 * 4);
     let zero = _mm256_setzero_pd();
-    for i0 in (0..whole_rows).step_by(4) {
-        for j0 in (0..whole_cols).step_by(4) {
+    // Columns outside, rows inside: the four column runs are read front to back, and the
+    // tile rows written land in the same few dozen cache lines of the output until they fill.
+    for j0 in (0..whole_cols).step_by(4) {
+        for i0 in (0..whole_rows).step_by(4) {
             // Columns j0..j0+4 of rows i0..i0+4: four contiguous runs of four doubles.
             let mut c = [_mm_setzero_ps(); 4];
             for (k, v) in c.iter_mut().enumerate() {
@@ -794,14 +796,10 @@ fn transpose_to_f32_avx2(
                 unsafe { _mm_storeu_ps(slot.as_mut_ptr().cast(), *row) };
             }
         }
-        for i in i0..i0 + 4 {
-            for j in whole_cols..cols {
-                out[(i * cols + j) * 4..][..4].copy_from_slice(&element(i, j));
-            }
-        }
     }
-    for i in whole_rows..count {
-        for j in 0..cols {
+    for i in 0..count {
+        let ragged = if i < whole_rows { whole_cols } else { 0 };
+        for j in ragged..cols {
             out[(i * cols + j) * 4..][..4].copy_from_slice(&element(i, j));
         }
     }
