@@ -325,6 +325,13 @@ impl RowBlocks for BitGrid {
     }
 }
 
+thread_local! {
+    /// Each thread's block of a [`Weight::Rotated`] matrix, kept from block to block and layer
+    /// to layer: a fresh megabyte-sized buffer would be mapped, zeroed by the kernel page by
+    /// page and unmapped again every time.
+    static BLOCK: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A layer's weight values, in PyTorch layout, as the scheme made them.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Weight {
@@ -408,10 +415,10 @@ impl RowBlocks for Weight {
     ) {
         match self {
             Weight::Matrix(grid) => grid.encode_rows(first, count, dtype, scratch, out),
-            Weight::Rotated(rows) => {
-                rows.compute(first, count, scratch);
-                f64::encode_transposed(scratch, count, rows.cols(), 0, count, dtype, out);
-            }
+            Weight::Rotated(rows) => BLOCK.with_borrow_mut(|block| {
+                rows.compute(first, count, block);
+                f64::encode_transposed(block, count, rows.cols(), 0, count, dtype, out);
+            }),
             Weight::CentreTap { .. } => {
                 scratch.clear();
                 self.rows_into(first, count, scratch);
@@ -491,6 +498,10 @@ impl RowBlocks for Mask {
     ) {
         match self {
             Mask::Bytes(bytes) => bytes.encode_rows(first, count, dtype, scratch, out),
+            // Rows of 0/1 bytes are already the BOOL and U8 encodings.
+            Mask::Bits(bits) if matches!(dtype, Dtype::Bool | Dtype::U8) => {
+                bits.rows_into(first, count, out)
+            }
             Mask::Bits(_) => {
                 scratch.clear();
                 self.rows_into(first, count, scratch);

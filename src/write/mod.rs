@@ -170,6 +170,12 @@ impl<'a> TensorSink<'a> {
     }
 }
 
+thread_local! {
+    /// Each thread's encoded block, kept from block to block and tensor to tensor so that the
+    /// kernel does not map and zero a fresh megabyte for every block.
+    static ENCODED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Tensors larger than this are encoded by several threads at once.
 const PARALLEL_BYTES: u64 = 8 << 20;
 
@@ -186,20 +192,21 @@ pub fn write_tensor<T: RowBlocks>(
     let step = tensor.block_rows(dtype);
     let row_bytes = (tensor.row_len() * dtype.size()) as u64;
     let blocks = tensor.rows().div_ceil(step);
-    let encode_block = |buffers: &mut (Vec<T::Elem>, Vec<u8>), block: usize| -> io::Result<()> {
-        let (values, bytes) = buffers;
-        let first = block * step;
-        bytes.clear();
-        tensor.encode_rows(first, step.min(tensor.rows() - first), dtype, values, bytes);
-        sink.write_at(first as u64 * row_bytes, bytes)
+    let encode_block = |values: &mut Vec<T::Elem>, block: usize| -> io::Result<()> {
+        ENCODED.with_borrow_mut(|bytes| {
+            let first = block * step;
+            bytes.clear();
+            tensor.encode_rows(first, step.min(tensor.rows() - first), dtype, values, bytes);
+            sink.write_at(first as u64 * row_bytes, bytes)
+        })
     };
     let result = if sink.info.nbytes() > PARALLEL_BYTES {
         (0..blocks)
             .into_par_iter()
-            .try_for_each_init(|| (Vec::new(), Vec::new()), encode_block)
+            .try_for_each_init(Vec::new, encode_block)
     } else {
-        let mut buffers = (Vec::new(), Vec::new());
-        (0..blocks).try_for_each(|b| encode_block(&mut buffers, b))
+        let mut values = Vec::new();
+        (0..blocks).try_for_each(|b| encode_block(&mut values, b))
     };
     result.map_err(|e| Error::io(format!("cannot write tensor \"{}\"", sink.info.name), e))?;
     sink.finish()
