@@ -178,6 +178,21 @@ pub fn layer_memory(layer: &LayerPlan, layout: Layout, threads: usize) -> u64 {
     }
 }
 
+/// Memory that prepared layers waiting to be written may hold together: a constant, so that
+/// a run's memory never grows with the model.
+const PREPARED_BUDGET: u64 = 4 << 20;
+
+/// Bytes a prepared layer holds until it is written: EOI's support and mask bitsets (and a
+/// convolution's byte mask), or a baseline's byte mask.
+fn prepared_memory(layer: &LayerPlan) -> u64 {
+    let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
+    match (layer.scheme, layer.kind()) {
+        (Scheme::Eoi, Kind::Linear) => out * inp / 4,
+        (Scheme::Eoi, Kind::Conv) => out * inp / 8 + layer.shape.numel(),
+        _ => layer.shape.numel(),
+    }
+}
+
 /// Memory the machine has available, where it can be read.
 fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -422,16 +437,16 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
         None => MEMORY_BUDGET,
     };
     pool.install(|| {
-        // A run whose layers fit the budget together prepares them all now and takes their
-        // statistics from that, drawing each layer's randomness once. A larger run computes
+        // A small run (its prepared layers fit PREPARED_BUDGET together) prepares them all now
+        // and takes their statistics from that, drawing each layer's randomness once. A larger run computes
         // the statistics alone first and prepares each layer when its group comes, so its
         // memory stays bounded; the bytes are the same either way.
         let threads = rayon::current_num_threads();
         let all_fit = selected
             .iter()
-            .map(|&k| layer_memory(&plan.layers[k], plan.output.layout, threads))
+            .map(|&k| prepared_memory(&plan.layers[k]))
             .sum::<u64>()
-            <= budget;
+            <= PREPARED_BUDGET;
         let mut early: HashMap<usize, schemes::Prepared> = if all_fit {
             selected
                 .par_iter()
