@@ -209,26 +209,7 @@ impl Schedule {
         let mut union = vec![0u64; support.words];
         for r in &self.rotations {
             let count = support.union_into(r.i, r.j, &mut union);
-            let (lo, hi) = (r.i.min(r.j), r.i.max(r.j));
-            let (head, tail) = values.split_at_mut(hi * n);
-            let low = &mut head[lo * n..(lo + 1) * n];
-            let high = &mut tail[..n];
-            let (a, b) = if r.i < r.j { (low, high) } else { (high, low) };
-            let (c, s) = (r.cos, r.sin);
-            if count as usize * 4 >= n {
-                rotate_columns(a, b, c, s);
-            } else {
-                for (w, &word) in union.iter().enumerate() {
-                    let mut bits = word;
-                    while bits != 0 {
-                        let k = w * 64 + bits.trailing_zeros() as usize;
-                        let (xi, yj) = (a[k], b[k]);
-                        a[k] = c * xi + s * yj;
-                        b[k] = c * yj - s * xi;
-                        bits &= bits - 1;
-                    }
-                }
-            }
+            rotate_pair(&mut values, n, r, &union, count as usize);
             support.set_both(r.i, r.j, &union, count);
         }
         if gain != 1.0 {
@@ -319,26 +300,7 @@ impl RotatedRows {
             if size == 0 {
                 continue;
             }
-            let (lo, hi) = (r.i.min(r.j), r.i.max(r.j));
-            let (head, tail) = block.split_at_mut(hi * count);
-            let low = &mut head[lo * count..(lo + 1) * count];
-            let high = &mut tail[..count];
-            let (a, b) = if r.i < r.j { (low, high) } else { (high, low) };
-            let (c, s) = (r.cos, r.sin);
-            if size * 4 >= count {
-                rotate_columns(a, b, c, s);
-            } else {
-                for (w, &word) in union.iter().enumerate() {
-                    let mut bits = word;
-                    while bits != 0 {
-                        let k = w * 64 + bits.trailing_zeros() as usize;
-                        let (xi, yj) = (a[k], b[k]);
-                        a[k] = c * xi + s * yj;
-                        b[k] = c * yj - s * xi;
-                        bits &= bits - 1;
-                    }
-                }
-            }
+            rotate_pair(block, count, r, &union, size);
             support[r.i * words..(r.i + 1) * words].copy_from_slice(&union);
             support[r.j * words..(r.j + 1) * words].copy_from_slice(&union);
         }
@@ -346,6 +308,34 @@ impl RotatedRows {
             for v in block.iter_mut() {
                 *v *= self.gain;
             }
+        }
+    }
+}
+
+/// Applies rotation `r` to columns `r.i` and `r.j` of `values` (columns of `len` entries,
+/// stored one after another) on the rows in `union`, which holds `size` rows: just those rows
+/// while they are few, the whole columns with the vectorised kernel once they cover a
+/// quarter. Both compute the same products on the same entries; rows outside the union are
+/// zero in both columns and stay zero.
+fn rotate_pair(values: &mut [f64], len: usize, r: &Rotation, union: &[u64], size: usize) {
+    let (lo, hi) = (r.i.min(r.j), r.i.max(r.j));
+    let (head, tail) = values.split_at_mut(hi * len);
+    let low = &mut head[lo * len..(lo + 1) * len];
+    let high = &mut tail[..len];
+    let (a, b) = if r.i < r.j { (low, high) } else { (high, low) };
+    let (c, s) = (r.cos, r.sin);
+    if size * 4 >= len {
+        rotate_columns(a, b, c, s);
+        return;
+    }
+    for (w, &word) in union.iter().enumerate() {
+        let mut bits = word;
+        while bits != 0 {
+            let k = w * 64 + bits.trailing_zeros() as usize;
+            let (xi, yj) = (a[k], b[k]);
+            a[k] = c * xi + s * yj;
+            b[k] = c * yj - s * xi;
+            bits &= bits - 1;
         }
     }
 }
