@@ -12,12 +12,12 @@ use serde_json::{Map, Value, json};
 use tempfile::NamedTempFile;
 
 use super::{
-    Copied, Destination, Output, SinkFile, TensorInfo, TensorSink, display, read_exact_at, staging,
-    write_all_at,
+    Copied, Destination, Output, SinkFile, TensorInfo, TensorSink, display, staging, write_all_at,
 };
 use crate::error::Error;
 use crate::interrupt::{self, Staged};
 use crate::provenance::Provenance;
+use crate::read::read_exact_at;
 
 /// One safetensors file being written: a hidden temporary file in the destination's
 /// directory, sized and headed before any tensor data arrives.
