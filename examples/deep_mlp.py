@@ -16,6 +16,7 @@ first layers through 1000 tanh layers.
     python examples/deep_mlp.py                                 # every scheme, full size
     python examples/deep_mlp.py --schemes eoi,kaiming --depth 200 --steps 150
     python examples/deep_mlp.py --plot docs/deep-mlp.png --artifacts runs/
+    python examples/deep_mlp.py --schemes sao --include earlier.json --plot all.png
 
 Needs jax, numpy, safetensors, scikit-learn (and matplotlib for --plot), and the eoi
 binary (--eoi, default $EOI or `eoi` on the PATH).
@@ -54,6 +55,9 @@ def parse_args(argv):
     p.add_argument("--artifacts", metavar="DIR", help="keep the generated artifacts here (default: a temporary directory)")
     p.add_argument("--plot", metavar="FILE.png", help="draw test accuracy against step for every scheme")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--include", metavar="FILE", action="append", default=[],
+                   help="results of an earlier run (its --json) with the same depth, steps, lr, batch and seed: "
+                        "their schemes join the table and the plot without being trained again (repeatable)")
     args = p.parse_args(argv)
     args.schemes = [s.strip() for s in args.schemes.split(",") if s.strip()]
     unknown = [s for s in args.schemes if s not in SCHEMES]
@@ -64,6 +68,31 @@ def parse_args(argv):
     if args.steps < 1 or args.batch < 1 or args.eval_every < 1:
         p.error("--steps, --batch and --eval-every must be positive")
     return args
+
+
+SETTINGS = ("depth", "steps", "lr", "batch", "seed")
+
+
+def included(args):
+    """The results of earlier runs named by --include, checked to share this run's settings."""
+    results = []
+    for path in args.include:
+        try:
+            with open(path, encoding="utf-8") as f:
+                earlier = json.load(f)
+        except (OSError, ValueError) as e:
+            sys.exit(f"--include {path}: cannot read it as an earlier run's --json: {e}")
+        if not isinstance(earlier, dict) or not isinstance(earlier.get("results"), list):
+            sys.exit(f"--include {path}: not the --json of an earlier run (no \"results\" list)")
+        differ = [k for k in SETTINGS if earlier.get(k) != getattr(args, k)]
+        if differ:
+            sys.exit(f"--include {path}: its " + ", ".join(f"{k} {earlier.get(k)!r}" for k in differ)
+                     + " differ from this run's (" + ", ".join(f"{k} {getattr(args, k)!r}" for k in differ) + ")")
+        for r in earlier["results"]:
+            if r.get("scheme") in args.schemes or any(r.get("scheme") == o["scheme"] for o in results):
+                sys.exit(f"--include {path}: scheme {r.get('scheme')!r} is already trained here or included twice")
+            results.append(r)
+    return results
 
 
 def digits(seed):
@@ -202,6 +231,7 @@ def plot(results, args):
 
 def main(argv=None):
     args = parse_args(argv)
+    earlier = included(args)
     data = digits(args.seed)
     text = spec_text(args.spec, args.depth)
     keep = args.artifacts
@@ -231,6 +261,8 @@ def main(argv=None):
         if scratch:
             scratch.cleanup()
 
+    order = {s: k for k, s in enumerate(SCHEMES)}
+    results = sorted(earlier + results, key=lambda r: order.get(r["scheme"], len(SCHEMES)))
     print()
     print("| scheme | test accuracy | final train loss |")
     print("|---|---|---|")

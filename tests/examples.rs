@@ -105,6 +105,78 @@ fn deep_mlp_trains_from_eoi_but_not_from_masked_kaiming_at_depth_200() {
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "--plot wrote no PNG");
 }
 
+/// `--include` merges an earlier run's results (same settings) into the table, the plot and
+/// the JSON without training those schemes again, and refuses a run with other settings.
+#[test]
+fn deep_mlp_includes_an_earlier_runs_results_only_with_the_same_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = ["--depth", "4", "--steps", "2", "--eval-every", "1"];
+    fn with<'a>(small: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [small, extra].concat()
+    }
+    run_example(
+        dir.path(),
+        "deep_mlp.py",
+        &with(&small, &["--schemes", "kaiming", "--json", "first.json"]),
+    );
+    let out = run_example(
+        dir.path(),
+        "deep_mlp.py",
+        &with(
+            &small,
+            &[
+                "--schemes",
+                "eoi",
+                "--include",
+                "first.json",
+                "--json",
+                "both.json",
+                "--plot",
+                "both.png",
+            ],
+        ),
+    );
+    let first: Value =
+        serde_json::from_slice(&fs::read(dir.path().join("first.json")).unwrap()).unwrap();
+    let both: Value =
+        serde_json::from_slice(&fs::read(dir.path().join("both.json")).unwrap()).unwrap();
+    let schemes: Vec<&str> = both["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["scheme"].as_str().unwrap())
+        .collect();
+    assert_eq!(schemes, ["eoi", "kaiming"], "{both}");
+    assert_eq!(
+        both["results"][1], first["results"][0],
+        "the included result changed"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("| kaiming |"), "{stdout}");
+    assert!(
+        fs::read(dir.path().join("both.png"))
+            .unwrap()
+            .starts_with(b"\x89PNG")
+    );
+
+    let refused = Command::new(python())
+        .arg(Path::new(EXAMPLES).join("deep_mlp.py"))
+        .arg("--eoi")
+        .arg(assert_cmd::cargo::cargo_bin!("eoi"))
+        .args(["--depth", "5", "--steps", "2", "--schemes", "eoi"])
+        .args(["--include", "first.json"])
+        .current_dir(dir.path())
+        .env("JAX_PLATFORMS", "cpu")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--include first.json: its depth 4 differ"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn load_jax_loads_the_flax_layout_and_keeps_masked_weights_at_zero() {
     let dir = tempfile::tempdir().unwrap();
