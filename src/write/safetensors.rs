@@ -5,7 +5,6 @@
 //! element size. The header is built from the plan before any data exists, so its bytes are
 //! deterministic and layers can be written at their offsets as they are generated.
 
-use std::io;
 use std::path::Path;
 
 use serde_json::{Map, Value, json};
@@ -17,7 +16,7 @@ use super::{
 use crate::error::Error;
 use crate::interrupt::{self, Staged};
 use crate::provenance::Provenance;
-use crate::read::read_exact_at;
+use crate::read::{MAX_HEADER, read_exact_at};
 
 /// One safetensors file being written: a hidden temporary file in the destination's
 /// directory, sized and headed before any tensor data arrives.
@@ -48,12 +47,15 @@ struct Entry<'a> {
 impl SafetensorsFile {
     /// Stages a file in `directory` holding `tensors` and then the `copies`, with
     /// `metadata` in its header. The copies' bytes are copied in by [`Self::copy_in`].
+    /// Refuses, before anything is written, a header that readers would refuse
+    /// ([`MAX_HEADER`]); `shown` is the destination the messages name.
     pub fn create(
         directory: &Path,
+        shown: &Path,
         tensors: Vec<TensorInfo>,
         copies: Vec<Copied>,
         metadata: &[(String, String)],
-    ) -> io::Result<SafetensorsFile> {
+    ) -> Result<SafetensorsFile, Error> {
         let entries: Vec<Entry<'_>> = tensors
             .iter()
             .map(|t| Entry {
@@ -72,15 +74,17 @@ impl SafetensorsFile {
             }))
             .collect();
         let (header, relative) = layout_entries(&entries, metadata);
+        check_header(header.len(), entries.len(), shown)?;
         let data_start = 8 + header.len() as u64;
         let total = data_start + entries.iter().map(|e| e.nbytes).sum::<u64>();
-        let file = staging(0o666).tempfile_in(directory)?;
+        let cannot = |e| Error::io(format!("cannot write '{}'", display(shown)), e);
+        let file = staging(0o666).tempfile_in(directory).map_err(cannot)?;
         let staged = interrupt::stage(file.path());
-        file.as_file().set_len(total)?;
+        file.as_file().set_len(total).map_err(cannot)?;
         let mut head = Vec::with_capacity(header.len() + 8);
         head.extend_from_slice(&(header.len() as u64).to_le_bytes());
         head.extend_from_slice(&header);
-        write_all_at(file.as_file(), &head, 0)?;
+        write_all_at(file.as_file(), &head, 0).map_err(cannot)?;
         let mut offsets: Vec<u64> = relative.iter().map(|r| r + data_start).collect();
         let copy_offsets = offsets.split_off(tensors.len());
         Ok(SafetensorsFile {
@@ -150,6 +154,20 @@ pub struct SafetensorsOutput {
     destination: Destination,
 }
 
+/// Refuses a header of `length` bytes over [`MAX_HEADER`], the limit of the safetensors
+/// readers (the official one and ours): a file no one could read is not worth writing.
+pub fn check_header(length: usize, tensors: usize, shown: &Path) -> Result<(), Error> {
+    if length as u64 <= MAX_HEADER {
+        return Ok(());
+    }
+    Err(Error::Usage(format!(
+        "'{}' would have a safetensors header of {length} bytes ({tensors} tensors and the \
+         provenance), over the {MAX_HEADER} bytes that safetensors readers accept: shard \
+         the output (--max-shard-size) or write --format npy or npz",
+        display(shown)
+    )))
+}
+
 /// The header bytes (without the length prefix) and each tensor's offset within the data.
 pub fn layout(tensors: &[TensorInfo], metadata: &[(String, String)]) -> (Vec<u8>, Vec<u64>) {
     let entries: Vec<Entry<'_>> = tensors
@@ -204,11 +222,11 @@ impl SafetensorsOutput {
     ) -> Result<SafetensorsOutput, Error> {
         let file = SafetensorsFile::create(
             &destination.parent(),
+            &destination.path,
             tensors,
             copies,
             &provenance.metadata,
-        )
-        .map_err(|e| Error::io(format!("cannot write '{}'", display(&destination.path)), e))?;
+        )?;
         Ok(SafetensorsOutput {
             file,
             destination: destination.clone(),
@@ -268,6 +286,43 @@ mod tests {
         assert!(
             text.starts_with("{\"__metadata__\":{\"k\":\"v\"},\"a\":"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_header_readers_would_refuse_is_refused_before_anything_is_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let shown = dir.path().join("out.safetensors");
+        let tensor = || TensorInfo {
+            name: "w".into(),
+            dtype: Dtype::F32,
+            shape: vec![2, 2],
+        };
+        // The provenance is what grows with the model; one big metadata value stands in.
+        let big = |n: usize| vec![("eoi.layers".to_string(), "x".repeat(n))];
+        let refused = SafetensorsFile::create(
+            dir.path(),
+            &shown,
+            vec![tensor()],
+            Vec::new(),
+            &big(100_000_000),
+        );
+        match refused {
+            Err(Error::Usage(message)) => assert!(
+                message.contains("out.safetensors' would have a safetensors header of 1000000")
+                    && message.contains("--max-shard-size"),
+                "{message}"
+            ),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a header over 100 MB was accepted"),
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        // Just under the limit is written.
+        let (header, _) = layout(&[tensor()], &big(0));
+        let fits = MAX_HEADER as usize - header.len();
+        assert!(
+            SafetensorsFile::create(dir.path(), &shown, vec![tensor()], Vec::new(), &big(fits))
+                .is_ok()
         );
     }
 }

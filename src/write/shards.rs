@@ -142,9 +142,13 @@ impl ShardedOutput {
             for (local, &global) in shard.global.iter().enumerate() {
                 output.places.insert(global, (output.files.len(), local));
             }
-            let file =
-                SafetensorsFile::create(&directory, shard.tensors, shard.copies, &shard.metadata)
-                    .map_err(cannot_write(&destination.path.join(&shard.name)))?;
+            let file = SafetensorsFile::create(
+                &directory,
+                &destination.path.join(&shard.name),
+                shard.tensors,
+                shard.copies,
+                &shard.metadata,
+            )?;
             output.files.push((shard.name, file));
         }
         Ok(output)
