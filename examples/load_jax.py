@@ -4,8 +4,9 @@
 Builds a Flax (linen) MLP from a spec in specs/ (every layer a Dense, tanh between them),
 generates the spec's initialization with `eoi generate --layout flax` (Dense kernels stored
 (in, out), as Flax keeps them), loads it with the official `safetensors.flax` loader into
-the model's parameters (every parameter must come from the file, and every weight in the
-file must be used), checks that the values are the default torch layout's, transposed, and
+the model's parameters (every kernel must come from the file, and every tensor in the file
+must be used; a Dense bias is the file's `<module>.bias` when the spec has `bias_std`, else
+zeros), checks that the values are the default torch layout's, transposed, and
 takes optimizer steps (AdamW) whose updates are multiplied by the masks, so the weights
 outside the masks stay exactly zero.
 
@@ -124,10 +125,13 @@ def main(argv=None):
         expected = params[module]["kernel"].shape
         check(kernel.shape == expected == (inp, out), f"{module}: kernel {kernel.shape} fits Dense({out}) on {inp} inputs")
         bias = tensors.get(f"{module}.bias", jnp.zeros(out, kernel.dtype))
+        check(bias.shape == params[module]["bias"].shape == (out,), f"{module}: bias {bias.shape} fits Dense({out})")
         params[module] = {"kernel": kernel, "bias": bias}
         masks[module] = {"kernel": mask.astype(kernel.dtype), "bias": jnp.ones_like(bias)}
         used |= {f"{module}.weight", f"{module}.weight_mask", f"{module}.bias"}
     check(set(tensors) <= used, f"all {len(tensors)} tensors of the file are used")
+    biases = sum(f"{m}.bias" in tensors for m, _, _ in layers)
+    check(True, f"{biases} of {len(layers)} Dense biases from the file (bias_std in the spec), the others zero")
     check(
         all(np.array_equal(np.asarray(tensors[f"{m}.weight"]), np.asarray(reference[f"{m}.weight"]).T) for m, _, _ in layers),
         "flax kernels are the torch layout's (out, in) weights, transposed",

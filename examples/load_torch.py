@@ -14,6 +14,8 @@ spec's initialization with eoi twice and loads both with the official
     load_state_dict(strict=True) takes the file as it is, and PyTorch's pruning keeps
     weight = weight_orig * weight_mask.
 
+A layer whose artifact has `<module>.bias` (the spec sets `bias_std`) gets an nn.Linear with
+a bias, loaded from the file; the others have none, so strict loading takes every tensor.
 Both models compute the same function, and after a few optimizer steps every weight outside
 its mask is still exactly zero.
 
@@ -140,7 +142,7 @@ def main(argv=None):
     model = MLP(layers, biases)
     masks = {f"{path}.weight": plain.pop(f"{path}.weight_mask") for path, _, _ in layers}
     model.load_state_dict(plain, strict=True)
-    check(True, f"plain names: load_state_dict(strict=True) took all {len(plain)} weights")
+    check(True, f"plain names: load_state_dict(strict=True) took all {len(plain)} weights and biases ({len(biases)} biases)")
     for path, _, _ in layers:
         weight = model.get_submodule(path).weight
         mask = masks[f"{path}.weight"].to(weight.dtype)

@@ -1,8 +1,8 @@
 //! `generate --base`: a complete checkpoint. Every tensor of the base checkpoint that the
 //! plan does not name is copied unchanged (bytes, dtype, name) into the output file that
 //! mirrors its own; every tensor the plan names is replaced by its initialization and its
-//! mask, in the same file. Everything is checked against the base before anything is
-//! written, and each disagreement names the tensor.
+//! mask (and its bias, for a layer with `bias_std`), in the same file. Everything is checked
+//! against the base before anything is written, and each disagreement names the tensor.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -122,6 +122,29 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
                     )));
                 }
             }
+        }
+        // A layer with a bias_std replaces the base's `<module>.bias`, which must then be the
+        // bias the spec makes: shape (out,), the weight's dtype, in the layer's shard. Without
+        // bias_std the base's bias is copied unchanged like any other tensor.
+        if let Some(bias) = layer.bias_name()
+            && let Some((_, existing)) = base.tensor(&bias)
+        {
+            let out = layer.shape.out();
+            if existing.shape != [out] || existing.dtype.safetensors_name() != dtype {
+                return Err(Error::Usage(format!(
+                    "tensor \"{bias}\": the spec's bias_std makes it a bias of shape [{out}] in {dtype} for layer \"{}\", but the base '{shown}' has {:?} in {}\n  help: remove bias_std for this layer to keep the base's tensor",
+                    layer.name,
+                    existing.shape,
+                    existing.dtype.safetensors_name()
+                )));
+            }
+            if file_of[existing.name.as_str()] != f {
+                return Err(Error::Usage(format!(
+                    "tensor \"{bias}\" of the base '{shown}' is in another shard than layer \"{}\", whose generated bias replaces it",
+                    layer.name
+                )));
+            }
+            replaced.insert(existing.name.as_str());
         }
     }
     for (f, (_, artifact)) in base.files().iter().enumerate() {

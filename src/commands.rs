@@ -168,13 +168,34 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
         .unwrap_or(6)
         .max(6);
     let mut out = io::stdout().lock();
+    // The bias column appears only when a layer has a bias, so plans without keep their text.
+    let biases = plan.layers.iter().any(|l| l.bias_name().is_some());
+    let bias_column = |std: String| {
+        if biases {
+            format!("  {std:>9}")
+        } else {
+            String::new()
+        }
+    };
     let mut text = format!(
-        "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8}  {:<11}  {:>12}  {:>12}\n",
-        "layer", "shape", "kind", "scheme", "density", "origin", "params", "nnz"
+        "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8}  {:<11}  {:>12}  {:>12}{}\n",
+        "layer",
+        "shape",
+        "kind",
+        "scheme",
+        "density",
+        "origin",
+        "params",
+        "nnz",
+        bias_column("bias_std".into())
     );
     for l in &plan.layers {
+        let std = match (l.bias_name(), l.bias_std) {
+            (Some(_), Some(std)) => format!("{std}"),
+            _ => "-".into(),
+        };
         text.push_str(&format!(
-            "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8.5}  {:<11}  {:>12}  {:>12}\n",
+            "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8.5}  {:<11}  {:>12}  {:>12}{}\n",
             l.name,
             l.shape.to_string(),
             l.kind().name(),
@@ -183,10 +204,21 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
             l.origin.name(),
             thousands(l.shape.numel()),
             thousands(l.expected_nnz()),
+            bias_column(std),
         ));
     }
+    let bias_count = plan
+        .layers
+        .iter()
+        .filter(|l| l.bias_name().is_some())
+        .count();
+    let bias_note = if bias_count > 0 {
+        format!(", {bias_count} biases")
+    } else {
+        String::new()
+    };
     text.push_str(&format!(
-        "\n{} layers, {} weights, density {:.5} (target {}, {}), {} expected nonzeros, seed {}\n",
+        "\n{} layers{bias_note}, {} weights, density {:.5} (target {}, {}), {} expected nonzeros, seed {}\n",
         plan.layers.len(),
         thousands(plan.params()),
         plan.density(),

@@ -74,10 +74,11 @@ impl Report {
     }
 }
 
-/// The output tensors of a layer: its weight, then its mask.
-pub fn layer_tensors(plan: &Plan, layer: &LayerPlan) -> [TensorInfo; 2] {
+/// The output tensors of a layer: its weight, its mask, and its bias if it has one (in the
+/// weight's dtype; a bias has shape (out,) in every layout).
+pub fn layer_tensors(plan: &Plan, layer: &LayerPlan) -> Vec<TensorInfo> {
     let shape = plan.output.layout.shape(layer.shape.dims());
-    [
+    let mut tensors = vec![
         TensorInfo {
             name: plan.output.weight_name(&layer.name),
             dtype: plan.output.dtype,
@@ -88,15 +89,37 @@ pub fn layer_tensors(plan: &Plan, layer: &LayerPlan) -> [TensorInfo; 2] {
             dtype: plan.output.mask_dtype,
             shape,
         },
-    ]
+    ];
+    if let Some(bias) = layer.bias_name() {
+        tensors.push(TensorInfo {
+            name: bias,
+            dtype: plan.output.dtype,
+            shape: vec![layer.shape.out()],
+        });
+    }
+    tensors
 }
 
-/// The output tensors of a plan, in order: each layer's weight, then its mask. Layer `k`'s
-/// tensors have indices `2k` and `2k + 1`.
+/// The output tensors of a plan, in order: each layer's weight, mask and bias (see
+/// [`layer_tensors`]). Layer `k`'s tensors have the indices `tensor_indices(plan)[k]`.
 pub fn tensors(plan: &Plan) -> Vec<TensorInfo> {
     plan.layers
         .iter()
         .flat_map(|layer| layer_tensors(plan, layer))
+        .collect()
+}
+
+/// The indices in [`tensors`] of each layer's tensors: the weight first, then the mask, then
+/// the bias if there is one.
+pub fn tensor_indices(plan: &Plan) -> Vec<std::ops::Range<usize>> {
+    let mut next = 0;
+    plan.layers
+        .iter()
+        .map(|layer| {
+            let count = 2 + usize::from(layer.bias_name().is_some());
+            next += count;
+            next - count..next
+        })
         .collect()
 }
 
@@ -156,11 +179,16 @@ fn memory_groups(plan: &Plan, layers: &[usize], budget: u64, threads: usize) -> 
 /// byte mask and the support bitsets; or, for a matrix computed a block of rows at a time
 /// (see [`schemes::Prepared::weight_for`]), the bitsets and one block of 64 rows per thread.
 /// A random-mask baseline: the byte mask and the f64 weight of the whole tensor, and for
-/// `orthogonal` the Gaussian matrix and its Q.
+/// `orthogonal` the Gaussian matrix and its Q. A bias adds its `out` f64 values.
 pub fn layer_memory(layer: &LayerPlan, layout: Layout, threads: usize) -> u64 {
     let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
     let numel = layer.shape.numel();
-    match layer.scheme {
+    let bias = if layer.bias_name().is_some() {
+        out * 8
+    } else {
+        0
+    };
+    bias + match layer.scheme {
         Scheme::Eoi => {
             let bits = out * inp / 8;
             let matrix = out * inp * (8 + 1) + bits;
@@ -282,6 +310,7 @@ fn base_output(
         return Err(Error::Internal("a base assembly without a base".into()));
     };
     let recorded = base::provenance(checkpoint);
+    let indices = tensor_indices(plan);
     let n = assembly.len();
     if !checkpoint.is_sharded() {
         let Some(file) = assembly.into_iter().next() else {
@@ -331,7 +360,7 @@ fn base_output(
             global: file
                 .layers
                 .iter()
-                .flat_map(|&k| [2 * k, 2 * k + 1])
+                .flat_map(|&k| indices[k].clone())
                 .collect(),
             copies: file.copies,
             metadata,
@@ -463,6 +492,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             })
             .collect();
         let stats_of: HashMap<usize, &LayerStats> = selected.iter().copied().zip(&stats).collect();
+        let indices = tensor_indices(plan);
         let (output, files): (Box<dyn Output>, usize) = match (&shards, assembly) {
             (_, Some(assembly)) => base_output(
                 plan,
@@ -497,7 +527,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                                 .iter()
                                 .flat_map(|&k| layer_tensors(plan, &plan.layers[k]))
                                 .collect(),
-                            global: layers.iter().flat_map(|&k| [2 * k, 2 * k + 1]).collect(),
+                            global: layers.iter().flat_map(|&k| indices[k].clone()).collect(),
                             copies: Vec::new(),
                             metadata: Provenance::new(plan, &records, Some((s + 1, n))).metadata,
                         }
@@ -529,6 +559,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 .into_par_iter()
                 .try_for_each(|(k, prepared)| -> Result<(), Error> {
                     let layer = &plan.layers[k];
+                    let first = indices[k].start;
                     let prepared = prepared.unwrap_or_else(|| schemes::prepare(layer, plan.seed));
                     if &prepared.stats != stats_of[&k] {
                         return Err(Error::Internal(format!(
@@ -542,7 +573,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                         || {
                             write_in_layout(
                                 output.as_ref(),
-                                2 * k + 1,
+                                first + 1,
                                 &prepared.mask,
                                 plan.output.mask_dtype,
                                 plan.output.layout,
@@ -553,13 +584,17 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                     mask_written?;
                     write_in_layout(
                         output.as_ref(),
-                        2 * k,
+                        first,
                         &weight,
                         plan.output.dtype,
                         plan.output.layout,
                         layer.shape.taps(),
                     )?;
                     tensor::recycle(weight.into_values());
+                    // A bias is one-dimensional: the same in every layout.
+                    if let Some(bias) = schemes::bias(layer, plan.seed) {
+                        write::write_tensor(output.as_ref(), first + 2, &bias, plan.output.dtype)?;
+                    }
                     if let Some(progress) = &options.progress {
                         progress(
                             layer_tensors(plan, layer)

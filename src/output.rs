@@ -72,6 +72,8 @@ fn layer_json(layer: &LayerReport) -> Value {
         "gain": layer.gain,
         "orthogonality_error": layer.orthogonality_error.filter(|e| e.is_finite()),
         "tolerance": layer.tolerance,
+        "bias": layer.bias,
+        "bias_std": layer.bias_std,
         "passed": layer.passed(),
         "failures": layer.failures.iter().map(|f| json!({"check": f.check.name(), "message": f.message})).collect::<Vec<_>>(),
     })

@@ -51,6 +51,8 @@ pub struct LayerPlan {
     pub scheme: Scheme,
     pub gain: Gain,
     pub conv_center: CentreRule,
+    /// The std of the layer's bias, when it has one (only layers named `<module>.weight`).
+    pub bias_std: Option<f64>,
     /// Where the layer stands in the spec (line, column).
     pub position: (usize, usize),
 }
@@ -58,6 +60,15 @@ pub struct LayerPlan {
 impl LayerPlan {
     pub fn kind(&self) -> Kind {
         self.shape.kind()
+    }
+
+    /// The name of the layer's bias, `<module>.bias` for a layer `<module>.weight`, when the
+    /// layer has one. It is the same under every layout and naming.
+    pub fn bias_name(&self) -> Option<String> {
+        self.bias_std?;
+        self.name
+            .strip_suffix(".weight")
+            .map(|module| format!("{module}.bias"))
     }
 
     /// The density of the centre matrix, for convolutions.
@@ -478,6 +489,12 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
             scheme,
             gain: layer.gain.clone().unwrap_or_else(|| spec.init.gain.clone()),
             conv_center: rules[k],
+            // [init]'s bias_std applies to the layers named <module>.weight only; a layer's
+            // own bias_std is refused by the spec on any other name.
+            bias_std: layer.bias_std.or(spec
+                .init
+                .bias_std
+                .filter(|_| layer.name.ends_with(".weight"))),
             position: layer.position,
         });
     }
@@ -616,6 +633,35 @@ fn check_names(layers: &[LayerPlan], output: &OutputPlan, file: &str) -> Result<
             }
         }
     }
+    // Biases: `<module>.bias` may be no other output tensor's name.
+    if layers.iter().any(|l| l.bias_std.is_some()) {
+        let mut taken: std::collections::HashMap<String, &LayerPlan> =
+            std::collections::HashMap::new();
+        for layer in layers {
+            taken.insert(output.weight_name(&layer.name), layer);
+            taken.insert(output.mask_name(&layer.name), layer);
+        }
+        for layer in layers {
+            let Some(bias) = layer.bias_name() else {
+                continue;
+            };
+            if let Some(other) = taken.get(&bias) {
+                return Err(SpecError {
+                    file: file.into(),
+                    position: Some(layer.position),
+                    context: format!("layer \"{}\", field `bias_std`", layer.name),
+                    message: format!(
+                        "the layer's bias \"{bias}\" has the name of a tensor of layer \"{}\"",
+                        other.name
+                    ),
+                    help: Some(
+                        "rename one of the layers, or remove bias_std from this layer (or from [init])".into(),
+                    ),
+                });
+            }
+            taken.insert(bias, layer);
+        }
+    }
     Ok(())
 }
 
@@ -746,6 +792,42 @@ mod tests {
     fn mask_names_may_not_collide_with_layers() {
         let e = plan_of("[sparsity]\ndensity=0.5\n[[layer]]\nname='a'\nshape=[4, 4]\n[[layer]]\nname='a_mask'\nshape=[4, 4]\n").unwrap_err();
         assert!(e.message.contains("also the mask name"), "{e}");
+    }
+
+    #[test]
+    fn biases_follow_init_and_the_layers_own_bias_std() {
+        let p = plan_of("[sparsity]\ndensity=0.5\n[init]\nbias_std=0.1\n[[layer]]\nname='a.weight'\nshape=[4, 4]\n[[layer]]\nname='b.weight'\nshape=[3, 4]\nbias_std=0\n[[layer]]\nname='c'\nshape=[4, 3]\n").unwrap();
+        let biases: Vec<(Option<String>, Option<f64>)> = p
+            .layers
+            .iter()
+            .map(|l| (l.bias_name(), l.bias_std))
+            .collect();
+        assert_eq!(
+            biases,
+            [
+                (Some("a.bias".into()), Some(0.1)),
+                (Some("b.bias".into()), Some(0.0)),
+                (None, None)
+            ]
+        );
+        // Without bias_std anywhere, no layer has a bias.
+        let p = plan_of(&format!("[sparsity]\ndensity=0.3\n{TWO}")).unwrap();
+        assert!(p.layers.iter().all(|l| l.bias_name().is_none()));
+    }
+
+    #[test]
+    fn a_bias_may_not_take_another_tensors_name() {
+        let e = plan_of("[sparsity]\ndensity=0.5\n[[layer]]\nname='fc.weight'\nshape=[4, 4]\nbias_std=0.1\n[[layer]]\nname='fc.bias'\nshape=[4, 4]\n").unwrap_err();
+        assert_eq!(e.context, "layer \"fc.weight\", field `bias_std`");
+        assert!(
+            e.message
+                .contains("bias \"fc.bias\" has the name of a tensor of layer \"fc.bias\""),
+            "{e}"
+        );
+        assert_eq!(e.position, Some((4, 6)));
+        // A mask name counts too.
+        let e = plan_of("[sparsity]\ndensity=0.5\n[init]\nbias_std=0.1\n[output]\nmask_suffix='.bias'\n[[layer]]\nname='fc.weight'\nshape=[4, 4]\n[[layer]]\nname='fc'\nshape=[4, 4]\n").unwrap_err();
+        assert!(e.message.contains("of layer \"fc\""), "{e}");
     }
 
     #[test]

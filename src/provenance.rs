@@ -35,6 +35,11 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
         record.insert("conv_center".into(), json!(layer.conv_center.name()));
         record.insert("centre_density".into(), json!(layer.centre_density()));
     }
+    // Only layers with a bias have these fields, so records without biases keep their bytes.
+    if let (Some(bias), Some(std)) = (layer.bias_name(), layer.bias_std) {
+        record.insert("bias".into(), json!(bias));
+        record.insert("bias_std".into(), json!(std));
+    }
     match stats {
         None => {
             record.insert("expected_nnz".into(), json!(layer.expected_nnz()));

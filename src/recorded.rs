@@ -22,6 +22,8 @@ pub struct LayerRecord {
     pub nnz: u64,
     /// Nonzeros of the centre matrix, for convolutions.
     pub centre_nnz: Option<u64>,
+    /// The layer's bias tensor and the std it was drawn with, when it has one.
+    pub bias: Option<(String, f64)>,
     /// The record as written, to compare with a regenerated one field by field.
     pub raw: Value,
 }
@@ -241,9 +243,23 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
         None => None,
         Some(_) => Some(whole("centre_nnz")?),
     };
+    let bias = match raw.get("bias_std") {
+        None => None,
+        Some(_) => {
+            let std = number("bias_std")?;
+            if std < 0.0 {
+                return Err(format!("has \"bias_std\" {std}, below 0"));
+            }
+            let tensor = field("bias")?
+                .as_str()
+                .ok_or("has a \"bias\" that is not a string")?;
+            Some((tensor.to_string(), std))
+        }
+    };
     Ok(LayerRecord {
         name,
         shape,
+        bias,
         density: number("density")?,
         scheme,
         gain: number("gain")?,

@@ -436,6 +436,9 @@ pub struct Init {
     pub scheme: Scheme,
     pub gain: Gain,
     pub conv_center: CentreRule,
+    /// The std of the biases of every layer named `<module>.weight` (`<module>.bias`, drawn
+    /// N(0, bias_std^2)); `None`: no biases unless a layer sets its own.
+    pub bias_std: Option<f64>,
 }
 
 /// The `[output]` table; what it leaves out, the command line or the defaults decide.
@@ -458,6 +461,8 @@ pub struct LayerSpec {
     pub gain: Option<Gain>,
     pub conv_center: Option<CentreRule>,
     pub scheme: Option<Scheme>,
+    /// This layer's bias std, overriding `[init]`'s; only for layers named `<module>.weight`.
+    pub bias_std: Option<f64>,
     /// Where the layer's `name` stands in the spec (1-based line, column).
     pub position: (usize, usize),
 }
@@ -551,6 +556,11 @@ struct RawInit {
     /// taps) or "same" (the layer's density d).
     #[schemars(with = "Option<String>", extend("enum" = CONV_CENTERS))]
     conv_center: Option<Spanned<String>>,
+    /// Std of the biases, >= 0: every layer named `<module>.weight` also gets `<module>.bias`,
+    /// shape (out,), drawn N(0, bias_std^2) (exactly zeros for 0). Without it anywhere, no
+    /// biases are written. Layers named otherwise get no bias.
+    #[schemars(with = "Option<f64>", range(min = 0))]
+    bias_std: Option<Spanned<f64>>,
 }
 
 /// The `[output]` table; the command line overrides each field.
@@ -615,6 +625,10 @@ struct RawLayer {
     /// This layer's initialization scheme, overriding `[init]`'s.
     #[schemars(with = "Option<String>", extend("enum" = Scheme::NAMES))]
     scheme: Option<Spanned<String>>,
+    /// This layer's bias std (>= 0), overriding `[init]`'s; the layer must be named
+    /// `<module>.weight`, and its bias is `<module>.bias`.
+    #[schemars(with = "Option<f64>", range(min = 0))]
+    bias_std: Option<Spanned<f64>>,
 }
 
 /// The schema of a gain as a spec writes it (the parser reads a `toml::Value`).
@@ -1062,6 +1076,19 @@ fn gain(
     })
 }
 
+fn bias_std(errors: &Errors<'_>, value: &Spanned<f64>, context: &str) -> Result<f64, SpecError> {
+    let std = *value.get_ref();
+    if std.is_finite() && std >= 0.0 {
+        Ok(std)
+    } else {
+        Err(errors.at(
+            &value.span(),
+            context,
+            format!("bias_std must be a finite number >= 0, got {std}"),
+        ))
+    }
+}
+
 fn centre_rule(name: &str) -> Option<CentreRule> {
     match name {
         "same" => Some(CentreRule::Same),
@@ -1177,6 +1204,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
             scheme: Scheme::Eoi,
             gain: Gain::number(1.0).expect("1 is a valid gain"),
             conv_center: CentreRule::Sqrt,
+            bias_std: None,
         },
         Some(ri) => Init {
             scheme: match &ri.scheme {
@@ -1205,6 +1233,11 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                     centre_rule,
                 )?,
             },
+            bias_std: ri
+                .bias_std
+                .as_ref()
+                .map(|v| bias_std(errors, v, "[init], field `bias_std`"))
+                .transpose()?,
         },
     };
 
@@ -1361,6 +1394,22 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 )
             })
             .transpose()?;
+        let layer_bias_std = match &raw_layer.bias_std {
+            None => None,
+            Some(v) if !name.ends_with(".weight") => {
+                return Err(with_help(
+                    errors.at(
+                        &v.span(),
+                        field("bias_std"),
+                        format!(
+                            "bias_std needs a layer named <module>.weight (its bias is <module>.bias), got \"{name}\""
+                        ),
+                    ),
+                    "name the layer after its PyTorch parameter, e.g. \"fc1.weight\", or remove bias_std",
+                ));
+            }
+            Some(v) => Some(bias_std(errors, v, &field("bias_std"))?),
+        };
         let has_index = name.contains("{i}");
         let names: Vec<String> = match &raw_layer.repeat {
             None if has_index => {
@@ -1435,6 +1484,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 gain: layer_gain.clone(),
                 conv_center,
                 scheme: layer_scheme,
+                bias_std: layer_bias_std,
                 position,
             });
         }
@@ -1621,6 +1671,45 @@ mod tests {
     }
 
     #[test]
+    fn bias_std_is_a_number_at_least_zero_on_weight_layers() {
+        let spec = parse_str(
+            "[sparsity]\ndensity = 0.5\n[init]\nbias_std = 0.25\n[[layer]]\nname = 'a.weight'\nshape = [2, 2]\nbias_std = 0\n[[layer]]\nname = 'b'\nshape = [2, 2]\n",
+        )
+        .unwrap();
+        assert_eq!(spec.init.bias_std, Some(0.25));
+        assert_eq!(spec.layers[0].bias_std, Some(0.0));
+        assert_eq!(spec.layers[1].bias_std, None);
+        for (value, message) in [
+            ("-0.1", "bias_std must be a finite number >= 0, got -0.1"),
+            ("nan", "bias_std must be a finite number >= 0"),
+            ("inf", "bias_std must be a finite number >= 0"),
+        ] {
+            let err = parse_str(&format!(
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname = 'a.weight'\nshape = [2, 2]\nbias_std = {value}\n"
+            ))
+            .unwrap_err();
+            assert!(err.message.contains(message), "{err}");
+            assert_eq!(err.context, "layer \"a.weight\", field `bias_std`");
+            assert_eq!(err.position, Some((6, 12)));
+            let err = parse_str(&format!(
+                "[sparsity]\ndensity = 0.5\n[init]\nbias_std = {value}\n[[layer]]\nname = 'a.weight'\nshape = [2, 2]\n"
+            ))
+            .unwrap_err();
+            assert_eq!(err.context, "[init], field `bias_std`");
+        }
+        let err = parse_str(
+            "[sparsity]\ndensity = 0.5\n[[layer]]\nname = 'fc'\nshape = [2, 2]\nbias_std = 0.1\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.context, "layer \"fc\", field `bias_std`");
+        assert!(
+            err.message.contains("needs a layer named <module>.weight"),
+            "{err}"
+        );
+        assert_eq!(err.position, Some((6, 12)));
+    }
+
+    #[test]
     fn field_lists_come_from_the_structs() {
         assert_eq!(
             fields_of::<RawLayer>(),
@@ -1631,7 +1720,8 @@ mod tests {
                 "repeat",
                 "gain",
                 "conv_center",
-                "scheme"
+                "scheme",
+                "bias_std"
             ]
         );
         assert!(fields_of::<RawSpec>().contains(&"sparsity"));

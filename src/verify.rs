@@ -48,6 +48,8 @@ pub enum Check {
     Density,
     /// The record itself.
     Metadata,
+    /// A bias: present, of shape (out,) in the weight's dtype, its std as recorded.
+    Bias,
     /// Bytes of a regenerated tensor.
     Regenerate,
 }
@@ -62,6 +64,7 @@ impl Check {
             Check::OffCentre => "off-centre",
             Check::Density => "density",
             Check::Metadata => "metadata",
+            Check::Bias => "bias",
             Check::Regenerate => "regenerate",
         }
     }
@@ -107,6 +110,10 @@ pub struct LayerReport {
     pub orthogonality_error: Option<f64>,
     /// The largest orthogonality error the stored dtype allows: [`tolerance`].
     pub tolerance: Option<f64>,
+    /// The layer's bias tensor, when the record names one.
+    pub bias: Option<String>,
+    /// The bias's measured std, `sqrt(mean(b^2))` (its mean is 0 by construction).
+    pub bias_std: Option<f64>,
     pub failures: Vec<Failure>,
 }
 
@@ -248,9 +255,12 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
             .collect(),
     };
     let mut known = std::collections::HashSet::new();
-    for (name, _) in &layers {
+    for (name, record) in &layers {
         known.insert(name.clone());
         known.insert(format!("{name}{suffix}"));
+        if let Some((bias, _)) = record.and_then(|r| r.bias.as_ref()) {
+            known.insert(bias.clone());
+        }
     }
     for t in artifact.tensors() {
         if !known.contains(&t.name) {
@@ -543,7 +553,98 @@ fn check_layer(
             );
         }
     }
+    if let Some((bias, std)) = record.and_then(|r| r.bias.as_ref()) {
+        check_bias(&mut report, artifact, weight, bias, *std)?;
+    }
     Ok(report)
+}
+
+/// Log-probability bound of the bias std check: a correct bias fails it with probability
+/// below `2 e^-20` (about 4e-9).
+const BIAS_TAIL: f64 = 20.0;
+
+/// The range the mean square of `n` draws of N(0, std^2), over `std^2`, lies in except with
+/// probability `2 e^-x`: `n` times it is chi-square with `n` degrees of freedom, and by
+/// Laurent and Massart (2000) `P(X - n >= 2 sqrt(n x) + 2 x) <= e^-x` and
+/// `P(n - X >= 2 sqrt(n x)) <= e^-x`.
+pub fn bias_range(n: usize, x: f64) -> (f64, f64) {
+    let n = n as f64;
+    (
+        (1.0 - 2.0 * (x / n).sqrt()).max(0.0),
+        1.0 + 2.0 * (x / n).sqrt() + 2.0 * x / n,
+    )
+}
+
+/// Checks a recorded bias: present, shape (out,), the weight's dtype, and values drawn with
+/// the recorded std (exactly zero for 0; otherwise a mean square within [`bias_range`]).
+fn check_bias(
+    report: &mut LayerReport,
+    artifact: &Artifact,
+    weight: Option<&TensorInfo>,
+    bias: &str,
+    std: f64,
+) -> Result<(), ReadError> {
+    report.bias = Some(bias.to_string());
+    let mut fail = |message: String| report.failures.push(Failure::new(Check::Bias, message));
+    let Some(info) = artifact.tensor(bias) else {
+        fail(format!("the bias \"{bias}\" is missing"));
+        return Ok(());
+    };
+    let out = report.shape.first().copied();
+    if out.is_none_or(|out| info.shape != [out]) {
+        fail(format!(
+            "the bias \"{bias}\" has shape {:?}; the layer's bias has shape [{}]",
+            info.shape,
+            or_unknown(out)
+        ));
+        return Ok(());
+    }
+    if !info.dtype.is_float() || weight.is_some_and(|w| w.dtype != info.dtype) {
+        fail(format!(
+            "the bias \"{bias}\" has dtype {}; eoi writes a bias in its weight's dtype{}",
+            info.dtype,
+            weight.map_or(String::new(), |w| format!(" ({})", w.dtype))
+        ));
+        return Ok(());
+    }
+    let values = artifact.read_f64(info)?;
+    let measured = (values.iter().map(|v| v * v).sum::<f64>() / values.len() as f64).sqrt();
+    report.bias_std = Some(measured);
+    if std == 0.0 {
+        if let Some(first) = values.iter().position(|&v| v != 0.0) {
+            fail(format!(
+                "the bias \"{bias}\" is recorded with std 0 but {} values are nonzero, first at ({first}) (value {})",
+                values.iter().filter(|&&v| v != 0.0).count(),
+                figure(values[first])
+            ));
+        }
+        return Ok(());
+    }
+    let (low, high) = bias_range(values.len(), BIAS_TAIL);
+    let ratio = (measured / std).powi(2);
+    if ratio.is_nan() || ratio < low || ratio > high {
+        fail(format!(
+            "the bias \"{bias}\" has std {}, the record says {std}: the std of {} such draws lies within [{}, {}] except with probability 4e-9",
+            figure(measured),
+            values.len(),
+            figure(low.sqrt() * std),
+            figure(high.sqrt() * std)
+        ));
+    }
+    Ok(())
+}
+
+/// Four significant digits, in scientific notation only for very small or large values.
+fn figure(x: f64) -> String {
+    if x == 0.0 || (1e-3..1e4).contains(&x.abs()) {
+        format!("{:.4}", x)
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+fn or_unknown(value: Option<usize>) -> String {
+    value.map_or_else(|| "?".into(), |v| v.to_string())
 }
 
 /// The mask's nonzeros and density against the record: the count and the achieved density
@@ -943,6 +1044,18 @@ fn regenerate_layer(
             differ(&mask_name, message);
         }
     }
+    if let (Some(name), Some(bias)) = (layer.bias_name(), &generated.bias) {
+        match artifact.tensor(&name) {
+            None => differ(&name, "the file has no such tensor".into()),
+            Some(info) => {
+                compared += 1;
+                let diff = compare(artifact, info, |w| tensor::write_all(bias, weight_dtype, w))?;
+                if let Some(message) = diff {
+                    differ(&name, message);
+                }
+            }
+        }
+    }
     let fresh = layer_record(layer, Some(&generated.stats));
     let stored = recorded
         .layers
@@ -990,6 +1103,31 @@ mod tests {
         let scaled = tolerance(Dtype::F32, 2.0, 128).unwrap();
         assert!((scaled - 4.0 * f32_tol).abs() < 1e-20);
         assert!(tolerance(Dtype::Bool, 1.0, 4).is_none());
+    }
+
+    #[test]
+    fn the_bias_range_holds_a_chi_square_sample() {
+        // n = 1000, x = 20: 1 - 2 sqrt(0.02) and 1 + 2 sqrt(0.02) + 0.04.
+        let (low, high) = bias_range(1000, 20.0);
+        assert!((low - 0.717_157).abs() < 1e-6, "{low}");
+        assert!((high - 1.322_843).abs() < 1e-6, "{high}");
+        // Few values bound the std from above only.
+        assert_eq!(bias_range(10, 20.0).0, 0.0);
+        // Draws of N(0, 1) land inside, for many sizes; a doubled std (ratio 4) does not
+        // from 100 values on.
+        for n in [1usize, 10, 100, 1000, 10_000] {
+            let mut z = vec![0.0; n];
+            crate::stream::Stream::derive(n as u64, "range").fill_normal(&mut z);
+            let ratio = z.iter().map(|v| v * v).sum::<f64>() / n as f64;
+            let (low, high) = bias_range(n, 20.0);
+            assert!(
+                low <= ratio && ratio <= high,
+                "{n}: {ratio} in [{low}, {high}]"
+            );
+            if n >= 100 {
+                assert!(4.0 * ratio > high, "{n}");
+            }
+        }
     }
 
     #[test]

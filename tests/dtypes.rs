@@ -253,3 +253,41 @@ fn plan_and_generate_json_name_the_output_choices_and_tensors() {
     assert_eq!(report["layout"], "flax");
     assert_eq!(report["names"], "torch-prune");
 }
+
+#[test]
+fn biases_are_rounded_once_like_the_weights() {
+    // A bias is written in its weight's dtype by the same conversion: its f16 and bf16
+    // values are its f64 values rounded once, in a safetensors file and an npy directory.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(SPEC).unwrap().replacen(
+        "[init]\n",
+        "[init]\nbias_std = 0.00448\n",
+        1,
+    );
+    let spec = dir.path().join("biases.toml");
+    std::fs::write(&spec, text).unwrap();
+    let run = |name: &str, args: &[&str]| {
+        let out = dir.path().join(name);
+        eoi()
+            .arg("generate")
+            .arg(&spec)
+            .args(["-q", "-o"])
+            .arg(&out)
+            .args(args)
+            .assert()
+            .success();
+        out
+    };
+    let reference = run("f64.safetensors", &["--dtype", "f64"]);
+    for (name, args) in [
+        ("f16.safetensors", vec!["--dtype", "f16"]),
+        ("bf16.safetensors", vec!["--dtype", "bf16"]),
+        ("f32", vec!["--format", "npy"]),
+    ] {
+        let candidate = run(name, &args);
+        let (ok, json, stderr) = check(&reference, &candidate);
+        assert!(ok, "{name}: {stderr}");
+        // 8 layers: weight, mask and bias each.
+        assert_eq!(json["tensors"], 24, "{name}");
+    }
+}

@@ -279,6 +279,123 @@ fn mask_dtypes_are_frozen() {
     }
 }
 
+/// The golden spec with biases: `bias_std = 0.00448` (the paper's sigma_b) in `[init]`, and
+/// `bias_std = 0` for `head.weight`.
+fn spec_with_biases(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(SPEC).unwrap();
+    let text = text.replacen("[init]\n", "[init]\nbias_std = 0.00448\n", 1);
+    let text = text.replacen(
+        "name = \"head.weight\"\n",
+        "name = \"head.weight\"\nbias_std = 0\n",
+        1,
+    );
+    let spec = dir.join("biases.toml");
+    std::fs::write(&spec, text).unwrap();
+    spec
+}
+
+#[test]
+fn biases_are_frozen_and_change_no_weight_or_mask() {
+    // Each bias draws from its own stream (seed, "<module>.bias"): the weights and masks
+    // keep the golden bytes, and the biases have their own, in every container and for any
+    // thread count.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_with_biases(dir.path());
+    for (dtype, weights, biases) in [("f32", F32, BIASES_F32), ("bf16", BF16, BIASES_BF16)] {
+        let expected: Vec<(&str, &str)> = weights.iter().chain(biases).copied().collect();
+        let containers: &[(Container, &str)] = if dtype == "bf16" {
+            &[(Container::Safetensors, "1"), (Container::Sharded, "3")]
+        } else {
+            &[
+                (Container::Safetensors, "1"),
+                (Container::Npy, "3"),
+                (Container::Sharded, "2"),
+            ]
+        };
+        for &(container, threads) in containers {
+            let actual = hashes(&spec, container, &["--dtype", dtype, "--threads", threads]);
+            check_table(
+                &format!("{SPEC} with biases ({container:?}, {dtype}, --threads {threads})"),
+                &actual,
+                &expected,
+            );
+        }
+    }
+    // The zero bias is 10 f32 zeros: an independent value for its hash.
+    let zeros = sha256(&[0u8; 40]);
+    assert!(BIASES_F32.contains(&("head.bias", zeros.as_str())));
+}
+
+const BIASES_F32: &[(&str, &str)] = &[
+    (
+        "blocks.0.bias",
+        "dc5d490045a423c3bfa4db6f882cd324da4eca82342f913e0587a57f83ceccca",
+    ),
+    (
+        "blocks.1.bias",
+        "b0adb3ff188d7b55e99223c4dde86cbf72091e10a40afcffd817649e63c31792",
+    ),
+    (
+        "fc1.bias",
+        "be81ae46cf63352c9648eaa7cfea585592e01e2b3923a5a5bb6618c4d9392dd3",
+    ),
+    (
+        "fc2.bias",
+        "30cdfb9e99f5eb2dbd3fb8c3cc1a96ddcb217d2c0e303bfcdf1146002feee3a0",
+    ),
+    (
+        "head.bias",
+        "2c34ce1df23b838c5abf2a7f6437cca3d3067ed509ff25f11df6b11b582b51eb",
+    ),
+    (
+        "stem.bias",
+        "343389c0243d95864c56d5cf54b577b260a1b8234f414e6f0982e7646688d9b1",
+    ),
+    (
+        "temporal.bias",
+        "657326c76410ac6c3b9cb1cdf0a8ef17289dc849e743f7f79d6a402e6ac3ee93",
+    ),
+    (
+        "volume.bias",
+        "44647ddfa4a7ad1b1dd806bf600c16a9447bdca2a6de4b2e70f75404359e395b",
+    ),
+];
+
+const BIASES_BF16: &[(&str, &str)] = &[
+    (
+        "blocks.0.bias",
+        "ff019483d467a09a8c89e9583fdc995f6021f2f0c47c3aa785dc24ea810e203d",
+    ),
+    (
+        "blocks.1.bias",
+        "a1f4a3b3273bccd6937d5222749a83751d5d68a60aee1da3e085ad1a8cc98474",
+    ),
+    (
+        "fc1.bias",
+        "4df2d9a1afc103f6472979de0751dc725f8b7a09f424246e0f94dc328f600f8b",
+    ),
+    (
+        "fc2.bias",
+        "41e453d7022730091a02469d2709d99539a81822ada7327be087bc2efbca1029",
+    ),
+    (
+        "head.bias",
+        "de47c9b27eb8d300dbb5f2c353e632c393262cf06340c4fa7f1b40c4cbd36f90",
+    ),
+    (
+        "stem.bias",
+        "64fd94853caf0697977aeaf16c7c9e5ce45910795be02ac271aa6a5b163e2e65",
+    ),
+    (
+        "temporal.bias",
+        "1ca200c6b3d5c90f8d046154953f054709449dadc4c1015be09672ca311bcc44",
+    ),
+    (
+        "volume.bias",
+        "454dbaee91fc78853debcca18cd0f402789aa3da6592b29603e7fe421ee73fd8",
+    ),
+];
+
 const F16: &[(&str, &str)] = &[
     (
         "blocks.0.weight",

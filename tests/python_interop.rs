@@ -680,3 +680,69 @@ fn the_checker_rejects_broken_artifacts() {
         "{err}"
     );
 }
+
+const BIAS_CHECKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/check_biases.py");
+
+/// Runs check_biases.py on `artifact` with the expected biases; its exit status and stderr.
+fn check_biases(artifact: &Path, expected: &Value) -> (bool, String) {
+    let out = Command::new(python())
+        .arg(BIAS_CHECKER)
+        .arg(artifact)
+        .arg(expected.to_string())
+        .output()
+        .expect("the bias checker runs");
+    (out.status.success(), text(&out.stderr))
+}
+
+#[test]
+fn biases_load_with_numpy_in_every_container() {
+    // fc1 and fc2 draw biases of std 0.05 and 2 ([init] and their own); fc3 asks for 0.
+    let spec_text = "seed = 11\n[sparsity]\ndensity = 0.3\n[init]\nbias_std = 0.05\n\
+        [[layer]]\nname = \"fc1.weight\"\nshape = [600, 100]\n\
+        [[layer]]\nname = \"fc2.weight\"\nshape = [300, 600]\nbias_std = 2\n\
+        [[layer]]\nname = \"fc3.weight\"\nshape = [10, 300]\nbias_std = 0\n";
+    let dir = TempDir::new().unwrap();
+    let spec = dir.path().join("biases.toml");
+    fs::write(&spec, spec_text).unwrap();
+    let expected = |dtype: &str| {
+        serde_json::json!({
+            "fc1.bias": {"shape": [600], "dtype": dtype, "std": 0.05},
+            "fc2.bias": {"shape": [300], "dtype": dtype, "std": 2.0},
+            "fc3.bias": {"shape": [10], "dtype": dtype, "std": 0.0},
+        })
+    };
+    for (name, args, dtype) in [
+        ("b.safetensors", vec![], "float32"),
+        ("b16.safetensors", vec!["--dtype", "f16"], "float16"),
+        (
+            "flax.safetensors",
+            vec!["--layout", "flax", "--names", "torch-prune"],
+            "float32",
+        ),
+        ("sharded", vec!["--max-shard-size", "300KB"], "float32"),
+        ("npy", vec!["--format", "npy", "--dtype", "f64"], "float64"),
+        ("b.npz", vec!["--format", "npz"], "float32"),
+    ] {
+        let out = dir.path().join(name);
+        generate(&spec, &out, &args);
+        let (ok, stderr) = check_biases(&out, &expected(dtype));
+        assert!(ok, "{name}: {stderr}");
+    }
+    // The checker can fail: a bias of another std, a missing bias, a nonzero "zero" bias.
+    let out = dir.path().join("b.safetensors");
+    let mut wrong = expected("float32");
+    wrong["fc1.bias"]["std"] = serde_json::json!(0.1);
+    wrong["fc2.bias"]["std"] = serde_json::json!(0.0);
+    wrong["fc4.bias"] = serde_json::json!({"shape": [1], "dtype": "float32", "std": 1.0});
+    let (ok, stderr) = check_biases(&out, &wrong);
+    assert!(!ok);
+    assert!(
+        stderr.contains("FAIL fc1.bias: mean square / std^2 = 0.2"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("FAIL fc2.bias: std 0 but not all values are +0.0"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("FAIL fc4.bias: missing"), "{stderr}");
+}

@@ -40,7 +40,28 @@ pub struct Generated {
     pub weight: Weight,
     /// The mask in the weight's shape, flattened to (out, in * taps).
     pub mask: Mask,
+    /// The bias, one row of `out` values, when the layer has one ([`bias`]).
+    pub bias: Option<Grid<f64>>,
     pub stats: LayerStats,
+}
+
+/// A layer's bias `<module>.bias`, when it has one: `out` values `bias_std * z` with `z` the
+/// standard normals ([`Stream::normals`]) of the bias's own stream, keyed by (seed,
+/// `"<module>.bias"`), so the weight's stream and bytes are the same with or without a bias.
+/// A std of 0 gives exactly +0.0 everywhere (no draws; `0 * z` would give -0.0 for
+/// negative z). One row of `out` values, so it encodes like every tensor.
+pub fn bias(layer: &LayerPlan, seed: u64) -> Option<Grid<f64>> {
+    let name = layer.bias_name()?;
+    let std = layer.bias_std?;
+    let out = layer.shape.out();
+    let mut values = vec![0.0; out];
+    if std > 0.0 {
+        Stream::derive(seed, &name).fill_normal(&mut values);
+        for value in &mut values {
+            *value *= std;
+        }
+    }
+    Some(Grid::new(1, out, Order::RowMajor, values))
 }
 
 fn centre_schedule(layer: &LayerPlan, stream: &mut Stream) -> eoi::Schedule {
@@ -273,6 +294,77 @@ pub fn generate(layer: &LayerPlan, seed: u64) -> Generated {
     Generated {
         weight: prepared.weight(),
         mask: prepared.mask,
+        bias: bias(layer, seed),
         stats: prepared.stats,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{self, Overrides, Plan};
+    use crate::spec::{self, Source};
+    use crate::tensor::Dtype;
+
+    fn plan_of(init: &str) -> Plan {
+        let text = format!(
+            "[sparsity]\ndensity = 0.5\n[init]\n{init}\n[[layer]]\nname = \"fc.weight\"\nshape = [600, 40]\n"
+        );
+        let spec = spec::parse(Source {
+            name: "t.toml".into(),
+            text,
+        })
+        .unwrap();
+        plan::plan(&spec, &Overrides::default()).unwrap()
+    }
+
+    fn values(grid: &Grid<f64>) -> Vec<f64> {
+        let mut out = Vec::new();
+        grid.rows_into(0, grid.rows(), &mut out);
+        out
+    }
+
+    #[test]
+    fn a_bias_is_its_own_streams_normals_times_the_std() {
+        let plan = plan_of("bias_std = 0.00448");
+        let bias = bias(&plan.layers[0], 7).unwrap();
+        assert_eq!((bias.rows(), bias.cols()), (1, 600));
+        let mut expected = vec![0.0; 600];
+        Stream::derive(7, "fc.bias").fill_normal(&mut expected);
+        let got = values(&bias);
+        for (g, z) in got.iter().zip(&expected) {
+            assert_eq!(*g, 0.00448 * z);
+        }
+        // Its mean square is the std's square, within sampling error (chi-square, 600
+        // degrees of freedom: standard error sqrt(2/600) = 0.058 of it; bound 5 of them).
+        let ms = got.iter().map(|v| v * v).sum::<f64>() / 600.0;
+        assert!((ms / (0.00448 * 0.00448) - 1.0).abs() < 0.29, "{ms}");
+        // Another seed, another bias.
+        assert_ne!(values(&super::bias(&plan.layers[0], 8).unwrap()), got);
+    }
+
+    #[test]
+    fn a_zero_std_gives_positive_zeros_and_no_std_no_bias() {
+        let plan = plan_of("bias_std = 0");
+        let zeros = values(&bias(&plan.layers[0], 7).unwrap());
+        assert!(
+            zeros.iter().all(|v| v.to_bits() == 0),
+            "every value is +0.0"
+        );
+        assert!(bias(&plan_of("").layers[0], 7).is_none());
+    }
+
+    #[test]
+    fn a_bias_leaves_the_weight_and_mask_unchanged() {
+        let with = generate(&plan_of("bias_std = 1").layers[0], 3);
+        let without = generate(&plan_of("").layers[0], 3);
+        let bytes = |w: &Weight| {
+            let mut out = Vec::new();
+            crate::tensor::write_weight(w, Dtype::F64, &mut out).unwrap();
+            out
+        };
+        assert_eq!(bytes(&with.weight), bytes(&without.weight));
+        assert_eq!(with.mask, without.mask);
+        assert!(with.bias.is_some() && without.bias.is_none());
     }
 }
