@@ -42,7 +42,7 @@ pub enum Command {
     Plan(PlanArgs),
     /// Generate EOI weights and masks from a spec.
     #[command(
-        after_help = "Examples:\n  eoi generate specs/mlp-1000-tanh.toml -o mlp1000.safetensors\n  eoi generate resnet18.toml --base resnet18.safetensors -o resnet18-eoi.safetensors\n  eoi generate spec.toml -o init --format npy --seed 7 --force\n  eoi generate specs/mlp-1000-tanh.toml -o kaiming.safetensors --scheme kaiming\n  eoi generate spec.toml -o init.safetensors --json > summary.json"
+        after_help = "Examples:\n  eoi generate specs/mlp-1000-tanh.toml -o mlp1000.safetensors\n  eoi generate resnet18.toml --base resnet18.safetensors -o resnet18-eoi.safetensors\n  eoi generate spec.toml -o init --format npy --seed 7 --force\n  eoi generate specs/mlp-1000-tanh.toml -o kaiming.safetensors --scheme kaiming\n  eoi generate spec.toml -o init.safetensors --json > summary.json\n  eoi generate spec.toml -o - | ssh gpu-node 'cat > init.safetensors'"
     )]
     Generate(GenerateArgs),
     /// Write a spec for a model you already have, from its checkpoint or a list of shapes.
@@ -294,7 +294,11 @@ pub struct GenerateArgs {
     pub spec: SpecArgs,
 
     /// Where to write: a .safetensors or .npz file, or a directory for --format npy. Written to a
-    /// temporary name beside it and renamed into place when complete.
+    /// temporary name beside it and renamed into place when complete. `-` streams one
+    /// safetensors file to standard output as it is generated: no temporary file and no
+    /// atomic rename, so a failed run leaves a truncated stream (and exits non-zero). Not
+    /// with npy/npz, sharding, --base or --json, nor to a terminal. A file named `-` is
+    /// written as `./-`.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
 

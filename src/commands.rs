@@ -272,6 +272,17 @@ fn progress_bar(plan: &Plan, quiet: bool) -> Option<ProgressBar> {
 }
 
 fn generate_command(args: GenerateArgs) -> Result<(), Error> {
+    let stream = generate::is_stdout(&args.output);
+    if stream && args.json {
+        return Err(Error::Usage(
+            "--json prints to standard output, which -o - fills with the safetensors bytes; drop --json (eoi plan SPEC --json describes the output beforehand)".into(),
+        ));
+    }
+    if stream && io::stdout().is_terminal() {
+        return Err(Error::Usage(
+            "-o - writes binary safetensors data to standard output, which is a terminal; redirect it to a file or a pipe (eoi generate SPEC -o - > init.safetensors)".into(),
+        ));
+    }
     let overrides = Overrides {
         dtype: args.dtype.map(Into::into),
         mask_dtype: args.mask_dtype.map(Into::into),
@@ -315,9 +326,13 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
             (n, None) => format!("{n} shards, {}", plan.output.dtype.name()),
         };
         let weights: u64 = report.stats.iter().map(|s| s.numel).sum();
+        let shown = if stream {
+            "standard output".to_string()
+        } else {
+            args.output.display().to_string()
+        };
         eprintln!(
-            "wrote {} ({what}): {} layers, {} weights, density {:.5} (target {}, {}), {} nonzeros, {:.1} MB in {:.2} s",
-            args.output.display(),
+            "wrote {shown} ({what}): {} layers, {} weights, density {:.5} (target {}, {}), {} nonzeros, {:.1} MB in {:.2} s",
             report.layers.len(),
             thousands(weights),
             report.density(),

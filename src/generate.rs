@@ -21,6 +21,7 @@ use crate::spec::Format;
 use crate::spec::{Kind, Scheme};
 use crate::tensor::{self, Dtype, FlaxView, Layout, RowBlocks};
 use crate::write::shards::{ShardFile, ShardedOutput};
+use crate::write::stream::StreamOutput;
 use crate::write::{self, Container, Destination, Output, TensorInfo};
 
 /// One of the N parts of a sharded output: shard `index` (1-based) of `count`.
@@ -371,6 +372,75 @@ fn base_output(
     Ok((Box::new(output), n))
 }
 
+/// Which of a layer's tensors a pass over the layers writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pieces {
+    /// The weight, its mask and its bias.
+    All,
+    /// The weight and its bias.
+    Values,
+    /// The mask.
+    Masks,
+}
+
+/// Writes `pieces` of a prepared layer whose tensors start at index `first` of `output`;
+/// returns the bytes written.
+fn write_layer(
+    plan: &Plan,
+    output: &dyn Output,
+    first: usize,
+    layer: &LayerPlan,
+    prepared: &schemes::Prepared<'_>,
+    pieces: Pieces,
+) -> Result<u64, Error> {
+    let layout = plan.output.layout;
+    let taps = layer.shape.taps();
+    let tensors = layer_tensors(plan, layer);
+    let write_mask = || {
+        write_in_layout(
+            output,
+            first + 1,
+            &prepared.mask,
+            plan.output.mask_dtype,
+            layout,
+            taps,
+        )
+    };
+    let weight = match pieces {
+        Pieces::Masks => {
+            write_mask()?;
+            return Ok(tensors[1].nbytes());
+        }
+        Pieces::Values => prepared.weight_for(layout),
+        Pieces::All => {
+            // The mask is final before the values exist: write it while they are computed.
+            let (weight, mask_written) = rayon::join(|| prepared.weight_for(layout), write_mask);
+            mask_written?;
+            weight
+        }
+    };
+    write_in_layout(output, first, &weight, plan.output.dtype, layout, taps)?;
+    tensor::recycle(weight.into_values());
+    // A bias is one-dimensional: the same in every layout.
+    if let Some(bias) = schemes::bias(layer, plan.seed) {
+        write::write_tensor(output, first + 2, &bias, plan.output.dtype)?;
+    }
+    Ok(tensors
+        .iter()
+        .enumerate()
+        .filter(|&(t, _)| pieces == Pieces::All || t != 1)
+        .map(|(_, t)| t.nbytes())
+        .sum())
+}
+
+/// The output path that means standard output (`-o -`): one safetensors stream.
+pub const STDOUT: &str = "-";
+
+/// Whether `path` is [`STDOUT`].
+pub fn is_stdout(path: &std::path::Path) -> bool {
+    path.as_os_str() == STDOUT
+}
+
 /// Generates the plan into `options.output`: one file, an npy directory, all shards, or the
 /// shards of one part.
 pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
@@ -379,6 +449,28 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
         path: options.output.clone(),
         force: options.force,
     };
+    let stream = is_stdout(&options.output);
+    if stream {
+        let refuse = |what: String| {
+            Err(Error::Usage(format!(
+                "-o - writes one safetensors file to standard output; {what}"
+            )))
+        };
+        if plan.output.format != Format::Safetensors {
+            return refuse(format!(
+                "{} output is written to a path: -o DIR for npy, -o FILE.npz for npz",
+                plan.output.format.name()
+            ));
+        }
+        if plan.output.max_shard_size.is_some() || options.part.is_some() {
+            return refuse(
+                "sharded output (--max-shard-size, --shard) is a directory: give it a path".into(),
+            );
+        }
+        if options.base.is_some() {
+            return refuse("--base writes the base's files: give the output a path".into());
+        }
+    }
     let assembly: Option<Vec<BaseFile>> = match &options.base {
         None => None,
         Some(checkpoint) => {
@@ -431,7 +523,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
         }
     };
     match (plan.output.format, &shards, options.part) {
-        _ if assembly.is_some() => {}
+        _ if assembly.is_some() || stream => {}
         (_, Some(_), Some(_)) => {
             if destination.path.exists() && !destination.path.is_dir() {
                 return Err(Error::Usage(format!(
@@ -493,6 +585,17 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             .collect();
         let stats_of: HashMap<usize, &LayerStats> = selected.iter().copied().zip(&stats).collect();
         let indices = tensor_indices(plan);
+        // A file takes each layer's tensors at once. A stream takes them in data order,
+        // weights (and biases) and masks apart when their element sizes differ: then the
+        // layers are prepared twice, once for each.
+        let passes = match (
+            stream,
+            plan.output.mask_dtype.size().cmp(&plan.output.dtype.size()),
+        ) {
+            (false, _) | (true, std::cmp::Ordering::Equal) => vec![Pieces::All],
+            (true, std::cmp::Ordering::Less) => vec![Pieces::Values, Pieces::Masks],
+            (true, std::cmp::Ordering::Greater) => vec![Pieces::Masks, Pieces::Values],
+        };
         let (output, files): (Box<dyn Output>, usize) = match (&shards, assembly) {
             (_, Some(assembly)) => base_output(
                 plan,
@@ -505,10 +608,19 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 let layers: Vec<(&LayerPlan, &LayerStats)> =
                     plan.layers.iter().zip(&stats).collect();
                 let provenance = Provenance::new(plan, &layers, None);
-                (
-                    write::create(plan.output.format, &destination, tensors(plan), &provenance)?,
-                    1,
-                )
+                let output: Box<dyn Output> = if stream {
+                    // No staging and no rename: the bytes go out as they are ready.
+                    let stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+                    Box::new(StreamOutput::create(
+                        Box::new(stdout),
+                        tensors(plan),
+                        &provenance,
+                        std::path::Path::new("standard output"),
+                    )?)
+                } else {
+                    write::create(plan.output.format, &destination, tensors(plan), &provenance)?
+                };
+                (output, 1)
             }
             (Some(shards), None) => {
                 let n = shards.len();
@@ -553,58 +665,35 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                 (Box::new(output), n)
             }
         };
-        for group in memory_groups(plan, &selected, budget, threads) {
-            let group: Vec<_> = group.into_iter().map(|k| (k, early.remove(&k))).collect();
-            group
-                .into_par_iter()
-                .try_for_each(|(k, prepared)| -> Result<(), Error> {
-                    let layer = &plan.layers[k];
-                    let first = indices[k].start;
-                    let prepared = prepared.unwrap_or_else(|| schemes::prepare(layer, plan.seed));
-                    if &prepared.stats != stats_of[&k] {
-                        return Err(Error::Internal(format!(
-                            "layer \"{}\": generation disagrees with its planned statistics",
-                            layer.name
-                        )));
-                    }
-                    // The mask is final before the values exist: write it while they are computed.
-                    let (weight, mask_written) = rayon::join(
-                        || prepared.weight_for(plan.output.layout),
-                        || {
-                            write_in_layout(
-                                output.as_ref(),
-                                first + 1,
-                                &prepared.mask,
-                                plan.output.mask_dtype,
-                                plan.output.layout,
-                                layer.shape.taps(),
-                            )
-                        },
-                    );
-                    mask_written?;
-                    write_in_layout(
-                        output.as_ref(),
-                        first,
-                        &weight,
-                        plan.output.dtype,
-                        plan.output.layout,
-                        layer.shape.taps(),
-                    )?;
-                    tensor::recycle(weight.into_values());
-                    // A bias is one-dimensional: the same in every layout.
-                    if let Some(bias) = schemes::bias(layer, plan.seed) {
-                        write::write_tensor(output.as_ref(), first + 2, &bias, plan.output.dtype)?;
-                    }
-                    if let Some(progress) = &options.progress {
-                        progress(
-                            layer_tensors(plan, layer)
-                                .iter()
-                                .map(TensorInfo::nbytes)
-                                .sum(),
-                        );
-                    }
-                    Ok(())
-                })?;
+        for &pieces in &passes {
+            for group in memory_groups(plan, &selected, budget, threads) {
+                let group: Vec<_> = group.into_iter().map(|k| (k, early.remove(&k))).collect();
+                group
+                    .into_par_iter()
+                    .try_for_each(|(k, prepared)| -> Result<(), Error> {
+                        let layer = &plan.layers[k];
+                        let prepared =
+                            prepared.unwrap_or_else(|| schemes::prepare(layer, plan.seed));
+                        if &prepared.stats != stats_of[&k] {
+                            return Err(Error::Internal(format!(
+                                "layer \"{}\": generation disagrees with its planned statistics",
+                                layer.name
+                            )));
+                        }
+                        let bytes = write_layer(
+                            plan,
+                            output.as_ref(),
+                            indices[k].start,
+                            layer,
+                            &prepared,
+                            pieces,
+                        )?;
+                        if let Some(progress) = &options.progress {
+                            progress(bytes);
+                        }
+                        Ok(())
+                    })?;
+            }
         }
         let bytes = output.bytes();
         output.commit()?;

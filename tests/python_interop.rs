@@ -746,3 +746,50 @@ fn biases_load_with_numpy_in_every_container() {
     );
     assert!(stderr.contains("FAIL fc4.bias: missing"), "{stderr}");
 }
+
+#[test]
+fn a_stream_on_standard_output_loads_with_safetensors_load() {
+    // `eoi generate SPEC -o - | python ...`: the official safetensors.numpy.load reads the
+    // piped bytes, which equal the file `-o FILE` writes, byte for byte and tensor for tensor.
+    let dir = TempDir::new().unwrap();
+    let spec = dir.path().join("biases.toml");
+    let spec_text = fs::read_to_string(Path::new(SPECS).join("mlp-mnist.toml"))
+        .unwrap()
+        .replacen("[init]\n", "[init]\nbias_std = 0.01\n", 1);
+    fs::write(&spec, spec_text).unwrap();
+    let file = dir.path().join("file.safetensors");
+    generate(&spec, &file, &[]);
+    let mut producer = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+        .arg("generate")
+        .arg(&spec)
+        .args(["-o", "-", "-q"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("eoi runs");
+    let script = "import json, sys\n\
+        import numpy as np\n\
+        from safetensors.numpy import load, load_file\n\
+        data = sys.stdin.buffer.read()\n\
+        streamed, written = load(data), load_file(sys.argv[1])\n\
+        assert data == open(sys.argv[1], 'rb').read(), 'the bytes differ'\n\
+        assert sorted(streamed) == sorted(written), 'the names differ'\n\
+        for name in written:\n\
+        \x20   a, b = streamed[name], written[name]\n\
+        \x20   assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), name\n\
+        print(json.dumps({'tensors': len(streamed), 'bytes': len(data), 'biases': sum(n.endswith('.bias') for n in streamed)}))\n";
+    let consumer = Command::new(python())
+        .args(["-c", script])
+        .arg(&file)
+        .stdin(producer.stdout.take().unwrap())
+        .output()
+        .expect("python runs");
+    assert!(producer.wait().unwrap().success());
+    assert!(consumer.status.success(), "{}", text(&consumer.stderr));
+    let report: Value = serde_json::from_slice(&consumer.stdout).unwrap();
+    assert_eq!(
+        report["tensors"], 21,
+        "7 layers: weight, mask and bias each"
+    );
+    assert_eq!(report["biases"], 7);
+    assert_eq!(report["bytes"], fs::metadata(&file).unwrap().len());
+}

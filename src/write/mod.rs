@@ -7,6 +7,7 @@ pub mod npy;
 pub mod npz;
 pub mod safetensors;
 pub mod shards;
+pub mod stream;
 
 use std::fs::{self, File};
 use std::io;
@@ -64,6 +65,8 @@ pub trait Output: Sync {
 enum SinkFile<'a> {
     Shared(&'a File),
     Owned(File),
+    /// A stream written in order ([`stream::StreamOutput`]).
+    Stream(&'a Mutex<stream::StreamState>),
 }
 
 /// Where one tensor's bytes go: positional writes within the tensor's region of a file, from
@@ -119,11 +122,14 @@ impl<'a> TensorSink<'a> {
                 self.info.name
             )));
         }
-        let file = match &self.file {
-            SinkFile::Shared(f) => f,
-            SinkFile::Owned(f) => f,
-        };
-        write_all_at(file, bytes, self.base + offset)?;
+        match &self.file {
+            SinkFile::Shared(f) => write_all_at(f, bytes, self.base + offset)?,
+            SinkFile::Owned(f) => write_all_at(f, bytes, self.base + offset)?,
+            SinkFile::Stream(state) => state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_at(self.base + offset, bytes)?,
+        }
         if let Some(crc) = &self.crc {
             let mut hasher = crc32fast::Hasher::new();
             hasher.update(bytes);
