@@ -59,6 +59,11 @@ pub struct TensorSummary {
     pub mask: Option<String>,
     /// The weight this tensor is the mask of, if it is one.
     pub mask_of: Option<String>,
+    /// The weight this tensor is the bias of: a rank-1 `<module>.bias` beside
+    /// `<module>.weight` (or torch-prune's `<module>.weight_orig`).
+    pub bias_of: Option<String>,
+    /// For a bias: the root mean square of its values (its std, for a bias drawn around 0).
+    pub rms: Option<f64>,
     /// The (out, in * K) matrix the statistics below are of, for rank 2 and above.
     pub matrix: Option<(usize, usize)>,
     pub row_nnz: Option<Spread>,
@@ -142,6 +147,12 @@ pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error
                 .iter()
                 .find(|(_, m)| *m == t.name)
                 .map(|(w, _)| w.clone());
+            summary.bias_of = bias_of(&artifact, t);
+            if summary.bias_of.is_some() && t.dtype.is_float() && t.numel > 0 {
+                let values = artifact.read_f64(t)?;
+                summary.rms =
+                    Some((values.iter().map(|v| v * v).sum::<f64>() / t.numel as f64).sqrt());
+            }
             progress.advance(work(t));
             Ok(summary)
         })
@@ -151,6 +162,18 @@ pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error
         format: artifact.format(),
         tensors,
     })
+}
+
+/// The weight a rank-1 tensor `<module>.bias` belongs to: `<module>.weight`, or torch-prune's
+/// `<module>.weight_orig`, when the artifact has it.
+fn bias_of(artifact: &Artifact, t: &TensorInfo) -> Option<String> {
+    let module = t
+        .name
+        .strip_suffix(".bias")
+        .filter(|_| t.shape.len() == 1)?;
+    [format!("{module}.weight"), format!("{module}.weight_orig")]
+        .into_iter()
+        .find(|name| artifact.tensor(name).is_some())
 }
 
 fn summarize(artifact: &Artifact, t: &TensorInfo) -> Result<TensorSummary, ReadError> {
@@ -165,6 +188,8 @@ fn summarize(artifact: &Artifact, t: &TensorInfo) -> Result<TensorSummary, ReadE
         density: (t.numel > 0).then(|| nnz as f64 / t.numel as f64),
         mask: None,
         mask_of: None,
+        bias_of: None,
+        rms: None,
         matrix: None,
         row_nnz: None,
         col_nnz: None,

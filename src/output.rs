@@ -220,6 +220,8 @@ pub fn inspect_json(inspection: &Inspection) -> Value {
                 "density": t.density,
                 "mask": t.mask,
                 "mask_of": t.mask_of,
+                "bias_of": t.bias_of,
+                "rms": t.rms,
                 "matrix": t.matrix.map(|(r, c)| [r, c]),
                 "gain": s.map(|s| s.gain),
                 "orthogonality_error": s.and_then(|s| s.orthogonality_error),
@@ -303,10 +305,14 @@ pub fn inspect_text(inspection: &Inspection) -> String {
             number(s.map(|s| s.singular_max), 5),
             spread_text(&t.row_nnz),
             spread_text(&t.col_nnz),
-            match (&t.mask_of, &t.note) {
-                (Some(w), _) => format!("  (mask of {w})"),
-                (None, Some(note)) => format!("  ({note})"),
-                (None, None) => String::new(),
+            match (&t.mask_of, &t.bias_of, &t.note) {
+                (Some(w), _, _) => format!("  (mask of {w})"),
+                (None, Some(w), _) => match t.rms {
+                    Some(rms) => format!("  (bias of {w}, rms {})", figure(rms)),
+                    None => format!("  (bias of {w})"),
+                },
+                (None, None, Some(note)) => format!("  ({note})"),
+                (None, None, None) => String::new(),
             }
         ));
     }

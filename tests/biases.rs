@@ -334,6 +334,20 @@ fn inspect_lists_the_biases() {
         .unwrap();
     assert_eq!(bias["shape"], json!([400]));
     assert_eq!(bias["dtype"], "f32");
+    assert_eq!(bias["bias_of"], "fc1.weight");
+    let rms = bias["rms"].as_f64().unwrap();
+    assert!((rms - 0.5).abs() < 0.1, "{rms}");
+    let weight = report["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "fc1.weight")
+        .unwrap();
+    assert!(weight["bias_of"].is_null() && weight["rms"].is_null());
+    let out = sandbox.eoi(&["inspect", "b.safetensors"]).success();
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let line = text.lines().find(|l| l.starts_with("fc2.bias")).unwrap();
+    assert!(line.ends_with("(bias of fc2.weight, rms 0)"), "{text}");
 }
 
 /// A base checkpoint: `fc1.weight` [400, 64] and `fc1.bias` of `bias_len` values 7.0, and an
