@@ -5,6 +5,7 @@
 //! (an exact SVD). Masks are paired with their weights by name (`X` and `X_mask`, or PyTorch
 //! pruning's `X_orig`); a tensor without a mask is simply dense.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rayon::prelude::*;
@@ -133,20 +134,21 @@ pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error
         .iter()
         .filter_map(|m| weight_of(&artifact, m, &suffix).map(|w| (w.name.clone(), m.name.clone())))
         .collect();
+    // The first pairing of each name, as a search in `pairs` would find it.
+    let mut mask_of_weight: HashMap<&str, &str> = HashMap::with_capacity(pairs.len());
+    let mut weight_of_mask: HashMap<&str, &str> = HashMap::with_capacity(pairs.len());
+    for (w, m) in &pairs {
+        mask_of_weight.entry(w).or_insert(m);
+        weight_of_mask.entry(m).or_insert(w);
+    }
     progress.start(artifact.tensors().iter().map(work).sum());
     let tensors = artifact
         .tensors()
         .par_iter()
         .map(|t| {
             let mut summary = summarize(&artifact, t)?;
-            summary.mask = pairs
-                .iter()
-                .find(|(w, _)| *w == t.name)
-                .map(|(_, m)| m.clone());
-            summary.mask_of = pairs
-                .iter()
-                .find(|(_, m)| *m == t.name)
-                .map(|(w, _)| w.clone());
+            summary.mask = mask_of_weight.get(t.name.as_str()).map(|m| m.to_string());
+            summary.mask_of = weight_of_mask.get(t.name.as_str()).map(|w| w.to_string());
             summary.bias_of = bias_of(&artifact, t);
             if summary.bias_of.is_some() && t.dtype.is_float() && t.numel > 0 {
                 let values = artifact.read_f64(t)?;

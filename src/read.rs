@@ -19,6 +19,7 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
@@ -470,6 +471,8 @@ pub struct Artifact {
     file: Option<File>,
     /// SHA-256 of the safetensors header (the JSON text after the 8-byte length).
     header_sha256: Option<[u8; 32]>,
+    /// Index of each name's first tensor, built on the first lookup by name.
+    by_name: OnceLock<HashMap<String, usize>>,
 }
 
 impl Artifact {
@@ -505,6 +508,7 @@ impl Artifact {
                 manifest: None,
                 file: None,
                 header_sha256: None,
+                by_name: OnceLock::new(),
             });
         }
         open_safetensors(path, file, size)
@@ -524,8 +528,17 @@ impl Artifact {
         &self.tensors
     }
 
+    /// The first tensor named `name`, found through an index so that looking up every
+    /// tensor of a large artifact stays linear.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        let by_name = self.by_name.get_or_init(|| {
+            let mut by_name = HashMap::with_capacity(self.tensors.len());
+            for (k, t) in self.tensors.iter().enumerate() {
+                by_name.entry(t.name.clone()).or_insert(k);
+            }
+            by_name
+        });
+        by_name.get(name).map(|&k| &self.tensors[k])
     }
 
     /// The safetensors `__metadata__` pairs in header order (`None` when the header has none,
@@ -890,6 +903,7 @@ fn open_safetensors(path: &Path, file: File, size: u64) -> Result<Artifact, Read
         manifest: None,
         file: Some(file),
         header_sha256: Some(Sha256::digest(&header).into()),
+        by_name: OnceLock::new(),
     })
 }
 
@@ -1337,6 +1351,7 @@ fn open_npy_directory(dir: &Path) -> Result<Artifact, ReadError> {
         manifest,
         file: None,
         header_sha256: None,
+        by_name: OnceLock::new(),
     })
 }
 
@@ -1803,6 +1818,7 @@ fn open_npz(path: &Path, file: File, size: u64) -> Result<Artifact, ReadError> {
         manifest,
         file: Some(file),
         header_sha256: None,
+        by_name: OnceLock::new(),
     })
 }
 

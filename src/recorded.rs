@@ -3,6 +3,8 @@
 //! is written), parsed without trusting it. A missing or malformed key is described, not
 //! fatal, so `verify` can report it beside everything else.
 
+use std::collections::HashSet;
+
 use serde_json::Value;
 
 use crate::provenance::VERSION_KEY;
@@ -186,10 +188,11 @@ fn read_layers(layers: &Value, problems: &mut Vec<String>) -> Option<Vec<LayerRe
         return None;
     };
     let mut records: Vec<LayerRecord> = Vec::with_capacity(list.len());
+    let mut seen: HashSet<String> = HashSet::with_capacity(list.len());
     for (k, raw) in list.iter().enumerate() {
         match read_layer(raw) {
             Ok(record) => {
-                if records.iter().any(|r| r.name == record.name) {
+                if !seen.insert(record.name.clone()) {
                     problems.push(format!("layer \"{}\" is recorded twice", record.name));
                 } else {
                     records.push(record);

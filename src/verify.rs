@@ -6,6 +6,7 @@
 //! record. With `regenerate`, the embedded spec is planned and generated
 //! again and every tensor is compared byte for byte with the file, a chunk at a time.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -949,10 +950,15 @@ fn regenerate(
             });
         }
     }
+    // The first record of each name, as a search would find it.
+    let mut records: HashMap<&str, &LayerRecord> = HashMap::new();
+    for r in recorded.layers.iter().flatten() {
+        records.entry(r.name.as_str()).or_insert(r);
+    }
     let outcomes: Vec<(usize, Vec<Difference>)> = plan
         .layers
         .par_iter()
-        .map(|layer| regenerate_layer(artifact, recorded, &plan, layer))
+        .map(|layer| regenerate_layer(artifact, &records, &plan, layer))
         .collect::<Result<_, Error>>()?;
     for (compared, differences) in outcomes {
         result.compared += compared;
@@ -964,7 +970,7 @@ fn regenerate(
 /// Regenerates one layer and compares its weight, its mask and its record with the file's.
 fn regenerate_layer(
     artifact: &Artifact,
-    recorded: &Recorded,
+    records: &HashMap<&str, &LayerRecord>,
     plan: &Plan,
     layer: &LayerPlan,
 ) -> Result<(usize, Vec<Difference>), Error> {
@@ -1057,11 +1063,7 @@ fn regenerate_layer(
         }
     }
     let fresh = layer_record(layer, Some(&generated.stats));
-    let stored = recorded
-        .layers
-        .iter()
-        .flatten()
-        .find(|r| r.name == layer.name);
+    let stored = records.get(layer.name.as_str());
     if let Some(stored) = stored
         && let Some(field) = differing_field(&fresh, &stored.raw)
     {
