@@ -349,6 +349,26 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_recorded_twice_is_described_and_kept_once() {
+        let mut pairs = metadata();
+        for (k, v) in &mut pairs {
+            if k == "eoi.layers" {
+                let mut list: Vec<Value> = serde_json::from_str(v).unwrap();
+                list.push(list[0].clone());
+                *v = serde_json::to_string(&list).unwrap();
+            }
+        }
+        let r = Recorded::from_metadata(&pairs);
+        let layers = r.layers.as_ref().unwrap();
+        assert_eq!(layers.len(), 2);
+        let text = r.problems.join("\n");
+        assert!(
+            text.contains(&format!("layer \"{}\" is recorded twice", layers[0].name)),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn missing_and_malformed_keys_are_described() {
         let mut pairs = metadata();
         pairs.retain(|(k, _)| k != "eoi.spec");
