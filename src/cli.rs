@@ -435,6 +435,7 @@ pub enum SchemeArg {
     ScaledKaiming,
     Orthogonal,
     Sao,
+    ApproxIsometry,
 }
 
 impl From<SchemeArg> for Scheme {
@@ -445,6 +446,7 @@ impl From<SchemeArg> for Scheme {
             SchemeArg::ScaledKaiming => Scheme::ScaledKaiming,
             SchemeArg::Orthogonal => Scheme::Orthogonal,
             SchemeArg::Sao => Scheme::Sao,
+            SchemeArg::ApproxIsometry => Scheme::ApproxIsometry,
         }
     }
 }

@@ -16,7 +16,7 @@ use eoi::inspect;
 use eoi::isometry;
 use eoi::plan::{self, Overrides, Plan};
 use eoi::provenance::{SCHEMA_VERSION, layer_record};
-use eoi::spec::{self, Gain, Source, SpecError};
+use eoi::spec::{self, Gain, Scheme, Source, SpecError};
 use eoi::spec_from;
 use eoi::stream::STREAM_VERSION;
 use eoi::verify;
@@ -227,6 +227,16 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
         thousands(plan.expected_nnz()),
         plan.seed,
     ));
+    if let Some(l) = plan
+        .layers
+        .iter()
+        .find(|l| l.scheme == Scheme::ApproxIsometry)
+    {
+        text.push_str(&format!(
+            "approx-isometry: up to {} gradient steps per layer at learning rate {} (ai_steps, ai_lr in [init]); generate records the error each layer reaches\n",
+            l.isometry.steps, l.isometry.lr
+        ));
+    }
     out.write_all(text.as_bytes()).map_err(stdout_error)
 }
 

@@ -204,6 +204,13 @@ pub fn layer_memory(layer: &LayerPlan, layout: Layout, threads: usize) -> u64 {
         Scheme::Kaiming | Scheme::ScaledKaiming => numel * (8 + 1),
         Scheme::Orthogonal => numel * (8 + 1) + 3 * out * inp * 8,
         Scheme::Sao => numel + 2 * out * inp * 8,
+        Scheme::ApproxIsometry => {
+            // The byte mask and the output matrix; while the descent runs, the Gaussian
+            // matrix and its Q (at most), two Gram matrices and the kept values.
+            let n = out.min(inp);
+            let kept = out * inp;
+            numel + out * inp * 8 + (3 * out * inp * 8).max(2 * n * n * 8 + kept * 28)
+        }
     }
 }
 
@@ -212,12 +219,16 @@ pub fn layer_memory(layer: &LayerPlan, layout: Layout, threads: usize) -> u64 {
 const PREPARED_BUDGET: u64 = 4 << 20;
 
 /// Bytes a prepared layer holds until it is written: EOI's support and mask bitsets (and a
-/// convolution's byte mask), or a baseline's byte mask.
+/// convolution's byte mask), or a baseline's byte mask (and approximate isometry's optimised
+/// values, 8 bytes per kept centre weight).
 fn prepared_memory(layer: &LayerPlan) -> u64 {
     let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
     match (layer.scheme, layer.kind()) {
         (Scheme::Eoi, Kind::Linear) => out * inp / 4,
         (Scheme::Eoi, Kind::Conv) => out * inp / 8 + layer.shape.numel(),
+        (Scheme::ApproxIsometry, _) => {
+            layer.shape.numel() + 8 * schemes::mask::ones(layer.density, out * inp)
+        }
         _ => layer.shape.numel(),
     }
 }

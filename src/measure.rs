@@ -73,6 +73,21 @@ pub fn deviation(g: &Mat<f64>, target: f64) -> f64 {
     worst
 }
 
+/// `||G - target I||_F / ||target I||_F` of a Gram matrix from [`gram`] (its lower triangle
+/// counted twice off the diagonal): approximate isometry's error measure.
+pub fn relative_frobenius(g: &Mat<f64>, target: f64) -> f64 {
+    let n = g.nrows();
+    let mut sum = 0.0;
+    for j in 0..g.ncols() {
+        let d = g[(j, j)] - target;
+        sum += d * d;
+        for i in j + 1..n {
+            sum += 2.0 * g[(i, j)] * g[(i, j)];
+        }
+    }
+    sum.sqrt() / (target * (n as f64).sqrt())
+}
+
 /// The mean of the diagonal: the squared gain of a matrix whose rows (or columns) are
 /// orthogonal with equal norms.
 pub fn mean_diagonal(g: &Mat<f64>) -> f64 {

@@ -74,6 +74,8 @@ fn layer_json(layer: &LayerReport) -> Value {
         "tolerance": layer.tolerance,
         "bias": layer.bias,
         "bias_std": layer.bias_std,
+        "isometry_error": layer.isometry_error.filter(|e| e.is_finite()),
+        "recorded_isometry_error": layer.recorded_isometry_error,
         "passed": layer.passed(),
         "failures": layer.failures.iter().map(|f| json!({"check": f.check.name(), "message": f.message})).collect::<Vec<_>>(),
     })
@@ -181,6 +183,22 @@ pub fn verify_text(report: &verify::Report) -> String {
                 "note: orthogonality is not checked for {} layers whose scheme ({}) does not promise it at their density; --json gives their errors\n",
                 unjudged.len(),
                 schemes.join(", ")
+            ));
+        }
+        let optimised = report
+            .layers
+            .iter()
+            .filter_map(|l| Some((l.recorded_isometry_error?, l)))
+            .max_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some((worst, l)) = optimised {
+            let count = report
+                .layers
+                .iter()
+                .filter(|l| l.recorded_isometry_error.is_some())
+                .count();
+            text.push_str(&format!(
+                "note: {count} approx-isometry layers hold the isometry error ||G - g^2 I||_F / ||g^2 I||_F their records state; the largest is {}'s, {worst:.3e}\n",
+                l.name
             ));
         }
     } else {

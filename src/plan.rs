@@ -3,7 +3,7 @@
 //! from a [`Spec`] into a [`Plan`]. Generation executes the plan and never looks at the spec.
 
 use crate::schemes::{
-    self,
+    self, approx_isometry,
     conv::{self, CentreRule},
     sao,
 };
@@ -53,6 +53,8 @@ pub struct LayerPlan {
     pub conv_center: CentreRule,
     /// The std of the layer's bias, when it has one (only layers named `<module>.weight`).
     pub bias_std: Option<f64>,
+    /// The descent of scheme "approx-isometry" (every layer carries `[init]`'s).
+    pub isometry: approx_isometry::Settings,
     /// Where the layer stands in the spec (line, column).
     pub position: (usize, usize),
 }
@@ -495,6 +497,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
                 .init
                 .bias_std
                 .filter(|_| layer.name.ends_with(".weight"))),
+            isometry: spec.init.isometry,
             position: layer.position,
         });
     }

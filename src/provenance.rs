@@ -1,5 +1,6 @@
 //! Provenance: what an artifact records about how it was made (tool and stream version, seed,
-//! the spec text, every layer's target and achieved density and rotation count), and the
+//! the spec text, every layer's target and achieved density, rotation count and, for
+//! approximate isometry, descent settings and error), and the
 //! per-layer JSON records shared by `plan --json`, `generate --json`, safetensors metadata and
 //! the npy manifest. Records hold no time or path, so the bytes stay reproducible.
 
@@ -31,6 +32,10 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
     {
         record.insert("degree".into(), json!(k));
     }
+    if layer.scheme == Scheme::ApproxIsometry {
+        record.insert("ai_steps".into(), json!(layer.isometry.steps));
+        record.insert("ai_lr".into(), json!(layer.isometry.lr));
+    }
     if layer.kind() == Kind::Conv && eoi {
         record.insert("conv_center".into(), json!(layer.conv_center.name()));
         record.insert("centre_density".into(), json!(layer.centre_density()));
@@ -52,6 +57,9 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
             }
             if let Some(c) = s.centre_nnz {
                 record.insert("centre_nnz".into(), json!(c));
+            }
+            if let Some(e) = s.isometry_error {
+                record.insert("isometry_error".into(), json!(e));
             }
         }
     }

@@ -26,6 +26,8 @@ pub struct LayerRecord {
     pub centre_nnz: Option<u64>,
     /// The layer's bias tensor and the std it was drawn with, when it has one.
     pub bias: Option<(String, f64)>,
+    /// Approximate isometry: the relative Frobenius error its descent reached.
+    pub isometry_error: Option<f64>,
     /// The record as written, to compare with a regenerated one field by field.
     pub raw: Value,
 }
@@ -259,6 +261,10 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
             Some((tensor.to_string(), std))
         }
     };
+    let isometry_error = match raw.get("isometry_error") {
+        None => None,
+        Some(_) => Some(number("isometry_error")?),
+    };
     Ok(LayerRecord {
         name,
         shape,
@@ -269,6 +275,7 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
         achieved_density: number("achieved_density")?,
         nnz: whole("nnz")?,
         centre_nnz,
+        isometry_error,
         raw: raw.clone(),
     })
 }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::schemes::approx_isometry;
 use crate::schemes::conv::CentreRule;
 use crate::tensor::{Dtype, Layout};
 
@@ -125,11 +126,20 @@ pub enum Scheme {
     /// Sparsity-Aware Orthogonal initialization (Esguerra et al. 2023): exactly orthogonal
     /// on a regular bipartite structure, for densities `k / max(out, in)` only.
     Sao,
+    /// Approximate isometry (Lee et al. 2020): the `orthogonal` baseline's masked matrix,
+    /// then gradient descent on the kept weights towards an orthogonal Gram matrix.
+    ApproxIsometry,
 }
 
 impl Scheme {
-    pub const NAMES: &'static [&'static str] =
-        &["eoi", "kaiming", "scaled-kaiming", "orthogonal", "sao"];
+    pub const NAMES: &'static [&'static str] = &[
+        "eoi",
+        "kaiming",
+        "scaled-kaiming",
+        "orthogonal",
+        "sao",
+        "approx-isometry",
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -138,6 +148,7 @@ impl Scheme {
             Scheme::ScaledKaiming => "scaled-kaiming",
             Scheme::Orthogonal => "orthogonal",
             Scheme::Sao => "sao",
+            Scheme::ApproxIsometry => "approx-isometry",
         }
     }
 
@@ -148,6 +159,7 @@ impl Scheme {
             "scaled-kaiming" => Some(Scheme::ScaledKaiming),
             "orthogonal" => Some(Scheme::Orthogonal),
             "sao" => Some(Scheme::Sao),
+            "approx-isometry" => Some(Scheme::ApproxIsometry),
             _ => None,
         }
     }
@@ -159,18 +171,21 @@ impl Scheme {
 
     /// Whether the weight (of a convolution: its centre tap, every other tap zero) is
     /// orthogonal times the gain at `density`: EOI and SAO always, a dense orthogonal matrix
-    /// only unmasked.
+    /// (and approximate isometry, which starts from it) only unmasked.
     pub fn promises_orthogonality(self, density: f64) -> bool {
         match self {
             Scheme::Eoi | Scheme::Sao => true,
-            Scheme::Orthogonal => density == 1.0,
+            Scheme::Orthogonal | Scheme::ApproxIsometry => density == 1.0,
             Scheme::Kaiming | Scheme::ScaledKaiming => false,
         }
     }
 
     /// Whether a convolution's weight is zero off the centre tap.
     pub fn delta(self) -> bool {
-        matches!(self, Scheme::Eoi | Scheme::Orthogonal | Scheme::Sao)
+        matches!(
+            self,
+            Scheme::Eoi | Scheme::Orthogonal | Scheme::Sao | Scheme::ApproxIsometry
+        )
     }
 }
 
@@ -439,6 +454,8 @@ pub struct Init {
     /// The std of the biases of every layer named `<module>.weight` (`<module>.bias`, drawn
     /// N(0, bias_std^2)); `None`: no biases unless a layer sets its own.
     pub bias_std: Option<f64>,
+    /// The descent of scheme "approx-isometry" (`ai_steps`, `ai_lr`).
+    pub isometry: approx_isometry::Settings,
 }
 
 /// The `[output]` table; what it leaves out, the command line or the defaults decide.
@@ -545,8 +562,9 @@ struct RawInit {
     /// The initialization scheme of every layer: "eoi" (the default; exact orthogonal), or a
     /// baseline: "kaiming", "scaled-kaiming" or "orthogonal" (a random mask over normal
     /// weights of std gain / sqrt(fan_in), gain / sqrt(fan_in * density), or a dense
-    /// orthogonal matrix), or "sao" (sparsity-aware orthogonal, densities k / max(out, in)
-    /// only). `--scheme` overrides it.
+    /// orthogonal matrix), "sao" (sparsity-aware orthogonal, densities k / max(out, in)
+    /// only), or "approx-isometry" (the orthogonal baseline, then gradient descent on the kept
+    /// weights towards orthogonality). `--scheme` overrides it.
     #[schemars(with = "Option<String>", extend("enum" = Scheme::NAMES))]
     scheme: Option<Spanned<String>>,
     /// Factor the orthogonal weights are multiplied by (default 1).
@@ -561,6 +579,14 @@ struct RawInit {
     /// biases are written. Layers named otherwise get no bias.
     #[schemars(with = "Option<f64>", range(min = 0))]
     bias_std: Option<Spanned<f64>>,
+    /// Scheme "approx-isometry": the most gradient steps per layer, an integer >= 0 (default
+    /// 100; 0 keeps the masked orthogonal start).
+    #[schemars(with = "Option<u32>", range(min = 0, max = 4294967295u32))]
+    ai_steps: Option<Spanned<i64>>,
+    /// Scheme "approx-isometry": the learning rate, a number > 0 (default 1; a step that does
+    /// not lower the error is undone and the rate halved).
+    #[schemars(with = "Option<f64>", extend("exclusiveMinimum" = 0))]
+    ai_lr: Option<Spanned<f64>>,
 }
 
 /// The `[output]` table; the command line overrides each field.
@@ -1205,6 +1231,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
             gain: Gain::number(1.0).expect("1 is a valid gain"),
             conv_center: CentreRule::Sqrt,
             bias_std: None,
+            isometry: approx_isometry::DEFAULT,
         },
         Some(ri) => Init {
             scheme: match &ri.scheme {
@@ -1238,6 +1265,42 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 .as_ref()
                 .map(|v| bias_std(errors, v, "[init], field `bias_std`"))
                 .transpose()?,
+            isometry: approx_isometry::Settings {
+                steps: match &ri.ai_steps {
+                    None => approx_isometry::DEFAULT.steps,
+                    Some(v) => u32::try_from(*v.get_ref()).map_err(|_| {
+                        errors.at(
+                            &v.span(),
+                            "[init], field `ai_steps`",
+                            format!(
+                                "ai_steps must be an integer from 0 to {}, got {}",
+                                u32::MAX,
+                                v.get_ref()
+                            ),
+                        )
+                    })?,
+                },
+                lr: match &ri.ai_lr {
+                    None => approx_isometry::DEFAULT.lr,
+                    Some(v) => {
+                        let lr = *v.get_ref();
+                        if !(lr.is_finite() && lr > 0.0) {
+                            return Err(with_help(
+                                errors.at(
+                                    &v.span(),
+                                    "[init], field `ai_lr`",
+                                    format!("ai_lr must be a number > 0, got {lr}"),
+                                ),
+                                format!(
+                                    "the default is {}; a rate too large for a layer is halved until a step lowers its error",
+                                    approx_isometry::DEFAULT.lr
+                                ),
+                            ));
+                        }
+                        lr
+                    }
+                },
+            },
         },
     };
 

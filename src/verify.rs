@@ -115,6 +115,11 @@ pub struct LayerReport {
     pub bias: Option<String>,
     /// The bias's measured std, `sqrt(mean(b^2))` (its mean is 0 by construction).
     pub bias_std: Option<f64>,
+    /// Approximate isometry: `||G - gain^2 I||_F / ||gain^2 I||_F` of the stored weight (of
+    /// its centre tap), which must match the recorded error to [`isometry_tolerance`].
+    pub isometry_error: Option<f64>,
+    /// The error the record states.
+    pub recorded_isometry_error: Option<f64>,
     pub failures: Vec<Failure>,
 }
 
@@ -185,6 +190,19 @@ impl Report {
 pub fn tolerance(dtype: Dtype, gain: f64, m: usize) -> Option<f64> {
     let u = dtype.unit_roundoff()?;
     Some(gain * gain * (4.0 * u + 8.0 * m as f64 * f64::EPSILON))
+}
+
+/// How far the isometry error of an approximate-isometry weight stored as `dtype` may lie
+/// from the f64 error its record states, `e`, with `n x m` the smaller Gram matrix's
+/// dimensions: `sqrt(n) (4 u (1 + e) + 8 m eps)`.
+///
+/// Why: rounding to the stored dtype moves the Gram matrix by at most `(2u + u^2) r r^T`
+/// entrywise, with `r` the row norms, whose Frobenius norm is `trace G <= gain^2 n (1 + e)`;
+/// f64 sums add `m eps gain^2` per entry. Relative to `||gain^2 I||_F = gain^2 sqrt(n)`, and
+/// with the factors doubled and multiplied by 8 for margin as in [`tolerance`].
+pub fn isometry_tolerance(dtype: Dtype, recorded: f64, n: usize, m: usize) -> Option<f64> {
+    let u = dtype.unit_roundoff()?;
+    Some((n as f64).sqrt() * (4.0 * u * (1.0 + recorded) + 8.0 * m as f64 * f64::EPSILON))
 }
 
 /// Verifies the artifact at `path`. An artifact that cannot be read is an `Err` (exit 2);
@@ -530,6 +548,24 @@ fn check_layer(
         report.gain = Some(gain);
         report.orthogonality_error = Some(error);
         report.tolerance = tol;
+        if let Some(recorded) = record.and_then(|r| r.isometry_error) {
+            let measured = measure::relative_frobenius(&g, gain * gain);
+            report.isometry_error = Some(measured);
+            report.recorded_isometry_error = Some(recorded);
+            if let Some(allowed) =
+                isometry_tolerance(w.dtype, recorded, rows.min(cols), rows.max(cols))
+                && !((measured - recorded).abs() <= allowed)
+            {
+                fail(
+                    &mut report,
+                    Check::Orthogonality,
+                    format!(
+                        "the isometry error ||G - gain^2 I||_F / ||gain^2 I||_F of the stored weight is {measured:.6e}, but the record says {recorded:.6e} (tolerance {allowed:.2e} for {})",
+                        w.dtype
+                    ),
+                );
+            }
+        }
         if let Some(tol) = tol
             && (error.is_nan() || error > tol)
         {

@@ -1,6 +1,6 @@
 //! Golden hashes: the SHA-256 of every tensor that the real binary writes for
 //! tests/golden/small.toml (and tests/golden/sao.toml), per dtype and per scheme. They freeze the random streams, the stop
-//! rule, the conv rule, the baselines' masks and values, and density planning: if one changes, output bytes change, which is a breaking
+//! rule, the conv rule, the baselines' masks and values (approximate isometry's descent too), and density planning: if one changes, output bytes change, which is a breaking
 //! change (new major version, CHANGELOG entry, and new hashes here).
 //!
 //! The hashes are of each tensor's data, not of whole files, so the same table holds for
@@ -235,6 +235,7 @@ fn every_baseline_scheme_is_frozen_for_any_thread_count_and_container() {
         ("kaiming", KAIMING),
         ("scaled-kaiming", SCALED_KAIMING),
         ("orthogonal", ORTHOGONAL),
+        ("approx-isometry", APPROX_ISOMETRY),
     ] {
         for (container, threads) in [(Container::Safetensors, "1"), (Container::Npy, "3")] {
             let actual = hashes(spec, container, &["--scheme", scheme, "--threads", threads]);
@@ -840,6 +841,74 @@ const SCALED_KAIMING: &[(&str, &str)] = &[
         "4e6ba4a128458d678b6ecdcb64936f22c2094e4338117811efc7c3632c202b99",
     ),
 ];
+/// Approximate isometry: the orthogonal baseline's masks (the same draws), optimised values.
+const APPROX_ISOMETRY: &[(&str, &str)] = &[
+    (
+        "blocks.0.weight",
+        "264c8652f589cb1a7edc4ecee4bb5136d4d0ad99c2416d6f00dc817fd2edb598",
+    ),
+    (
+        "blocks.0.weight_mask",
+        "86d9f6c502ae40d9547f4d44fc094b2254d3627dc9069f2dfc6863f62f6dcfb8",
+    ),
+    (
+        "blocks.1.weight",
+        "7763aef68d145b9533e7245b459f59c1f1c9e617d35fe34e60c61838ab33e4ca",
+    ),
+    (
+        "blocks.1.weight_mask",
+        "487d9e9dca9d77d231bc1763dd2b8c383d411f3bf8bff9525d4db065ce66a028",
+    ),
+    (
+        "fc1.weight",
+        "61f8ef0c3d8f27d1fb02ef53463931ff29f644f7e6fc685b0294b73b274d828d",
+    ),
+    (
+        "fc1.weight_mask",
+        "9a15704781181fd57831492d5666d1fef0a6cb4ecee089bf6c7e93ecdc5b3061",
+    ),
+    (
+        "fc2.weight",
+        "bb9b5cfde03add9feae1a811a5dced880a8c199044708175e9283f417e013547",
+    ),
+    (
+        "fc2.weight_mask",
+        "e5a46007df72d5383fb89bcfc90a404653184871708fce8948638d0c316060d2",
+    ),
+    (
+        "head.weight",
+        "a6e03b5eea22a27bb476143116d6caac95e8326fc3ec61d7e78894195e3102a4",
+    ),
+    (
+        "head.weight_mask",
+        "893c172baa019a7bc919e5b8255d39258346a9953f305d0b115076f2cc26cbed",
+    ),
+    (
+        "stem.weight",
+        "51c31c504e62b9c05f4f25b8bb6d929c4439594002ecd401565a5f458907efb6",
+    ),
+    (
+        "stem.weight_mask",
+        "b044c372f565b7151c5c744b3a05c32eb71895eb87a59c0136146ea4ae241e0b",
+    ),
+    (
+        "temporal.weight",
+        "d20fc0693a392b2e66d488fbed9ef0dd12379e94ab14f431b8faad992c60a3bd",
+    ),
+    (
+        "temporal.weight_mask",
+        "0abdb5127d1cb43ac25d3431433fa2938a7d3b69b704a7c90d2707a0dcdb4869",
+    ),
+    (
+        "volume.weight",
+        "1b2abd66cfbee9cf21a24b38481e2deae3caeed205e4b518f0fdc1afa1c14687",
+    ),
+    (
+        "volume.weight_mask",
+        "4e6ba4a128458d678b6ecdcb64936f22c2094e4338117811efc7c3632c202b99",
+    ),
+];
+
 const ORTHOGONAL: &[(&str, &str)] = &[
     (
         "blocks.0.weight",

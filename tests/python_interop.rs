@@ -86,6 +86,8 @@ struct Report {
     tensors: u64,
     layers: u64,
     max_orthogonality_error: f64,
+    /// Approximate-isometry layers whose error NumPy recomputed and found as recorded.
+    isometry_layers: u64,
 }
 
 /// Runs the checker on `artifact`, requires it to pass and returns its final JSON line.
@@ -113,6 +115,7 @@ fn check(artifact: &Path) -> Report {
         max_orthogonality_error: json["max_orthogonality_error"]
             .as_f64()
             .expect("max_orthogonality_error"),
+        isometry_layers: json["isometry_layers"].as_u64().expect("isometry_layers"),
     }
 }
 
@@ -792,4 +795,49 @@ fn a_stream_on_standard_output_loads_with_safetensors_load() {
     );
     assert_eq!(report["biases"], 7);
     assert_eq!(report["bytes"], fs::metadata(&file).unwrap().len());
+}
+
+#[test]
+fn approx_isometry_errors_are_what_numpy_computes_from_the_file() {
+    // Linear layers (wide, tall, square, a row, a column) and convolutions (the centre
+    // matrix), in f32 and f64: NumPy's ||G - gain^2 I||_F / ||gain^2 I||_F of each stored
+    // weight equals the record's isometry_error to the stored dtype's rounding.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, body, layers) in [("linear", LINEAR_SPEC, 5), ("conv", CONV_SPEC, 7)] {
+        let spec = write_spec(&dir, &format!("{name}.toml"), body);
+        for dtype in ["f32", "f64"] {
+            let out = dir.path().join(format!("{name}-{dtype}.safetensors"));
+            generate(
+                &spec,
+                &out,
+                &["--scheme", "approx-isometry", "--dtype", dtype],
+            );
+            let report = check(&out);
+            assert_eq!(report.isometry_layers, layers, "{name} {dtype}: {report:?}");
+            let records = layer_records(&out);
+            assert!(
+                records
+                    .values()
+                    .all(|r| r["isometry_error"].as_f64().is_some_and(|e| e < 1.0)),
+                "{records:?}"
+            );
+        }
+    }
+    // A weight moved by one part in a thousand no longer has the recorded error.
+    let good = dir.path().join("linear-f64.safetensors");
+    let bad = dir.path().join("moved.safetensors");
+    let at = first_mask_element(&good, "square.weight_mask", true);
+    let bytes = fs::read(&good).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let data = st.tensor("square.weight").unwrap().data().to_vec();
+    let value = f64::from_le_bytes(data[at * 8..at * 8 + 8].try_into().unwrap());
+    corrupt(
+        &good,
+        &bad,
+        "square.weight",
+        at,
+        &(value * 1.001).to_le_bytes(),
+    );
+    let stderr = check_fails(&bad);
+    assert!(stderr.contains("square.weight: isometry error"), "{stderr}");
 }

@@ -243,7 +243,13 @@ fn masked_orthogonal_keeps_entries_of_an_orthogonal_matrix() {
 #[test]
 fn every_scheme_verifies_and_regenerates_bit_for_bit() {
     let spec = spec_of(0.4, 1.0, &[LINEAR, CONV, ("tall.weight", &[50, 20])]);
-    for scheme in ["eoi", "kaiming", "scaled-kaiming", "orthogonal"] {
+    for scheme in [
+        "eoi",
+        "kaiming",
+        "scaled-kaiming",
+        "orthogonal",
+        "approx-isometry",
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let (a, out) = generate_in(dir.path(), &spec, &["--scheme", scheme]);
         assert_eq!(a.metadata["eoi.scheme"], scheme);
@@ -478,4 +484,194 @@ fn sao_refuses_densities_it_cannot_make_and_names_the_nearest() {
     let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
     assert_eq!(plan["layers"][0]["degree"], 16);
     assert_eq!(plan["layers"][0]["expected_nnz"], 128 * 16);
+}
+
+/// `||G - g^2 I||_F / ||g^2 I||_F` of the smaller Gram matrix of an (r, c) row-major matrix.
+fn isometry_error(values: &[f64], r: usize, c: usize, gain: f64) -> f64 {
+    let at = |i: usize, k: usize| {
+        if r <= c {
+            values[i * c + k]
+        } else {
+            values[k * c + i]
+        }
+    };
+    let (n, m) = (r.min(c), r.max(c));
+    let mut sum = 0.0;
+    for i in 0..n {
+        for j in 0..n {
+            let dot: f64 = (0..m).map(|k| at(i, k) * at(j, k)).sum();
+            let want = if i == j { gain * gain } else { 0.0 };
+            sum += (dot - want) * (dot - want);
+        }
+    }
+    sum.sqrt() / (gain * gain * (n as f64).sqrt())
+}
+
+/// The centre tap of a (out, in, 3, 3) kernel as an (out, in) matrix.
+fn centre_of(values: &[f64]) -> Vec<f64> {
+    values.iter().skip(4).step_by(9).copied().collect()
+}
+
+#[test]
+fn approx_isometry_optimises_the_masked_orthogonal_start_and_records_its_error() {
+    let (density, gain) = (0.3, 1.3);
+    let layers: &[(&str, &[usize])] = &[
+        ("wide.weight", &[48, 80]),
+        ("tall.weight", &[80, 48]),
+        ("conv.weight", &[32, 16, 3, 3]),
+    ];
+    let spec = spec_of(density, gain, layers);
+    let start = generate(&spec, &["--scheme", "orthogonal"]);
+    let none = generate(
+        &spec.replace("[init]\n", "[init]\nai_steps = 0\n"),
+        &["--scheme", "approx-isometry"],
+    );
+    let a = generate(&spec, &["--scheme", "approx-isometry"]);
+    for &(name, shape) in layers {
+        let numel: usize = shape.iter().product();
+        check_mask(&a, name, (density * numel as f64).round() as usize);
+        // The same mask as `orthogonal`, and with no steps the same weights, bit for bit.
+        assert_eq!(a.mask(name), start.mask(name), "{name}");
+        assert_eq!(
+            none.weight(name).values,
+            start.weight(name).values,
+            "{name}"
+        );
+        let (r, c) = (shape[0], shape[1]);
+        let (matrix, begun) = if shape.len() == 4 {
+            let w = &a.weight(name).values;
+            assert!(
+                w.iter().enumerate().all(|(k, v)| k % 9 == 4 || *v == 0.0),
+                "{name}: off-centre"
+            );
+            (centre_of(w), centre_of(&start.weight(name).values))
+        } else {
+            (
+                a.weight(name).values.clone(),
+                start.weight(name).values.clone(),
+            )
+        };
+        let error = isometry_error(&matrix, r, c, gain);
+        let initial = isometry_error(&begun, r, c, gain);
+        let record = a.record(name);
+        let recorded = record["isometry_error"].as_f64().unwrap();
+        assert!(
+            (error - recorded).abs() <= 1e-12,
+            "{name}: {error} vs record {recorded}"
+        );
+        assert!(error < 0.1 * initial, "{name}: {error} from {initial}");
+        assert_eq!(record["ai_steps"], 100, "{record}");
+        assert_eq!(record["ai_lr"], 1.0, "{record}");
+        let unoptimised = none.record(name)["isometry_error"].as_f64().unwrap();
+        assert!(
+            (unoptimised - initial).abs() <= 1e-12,
+            "{name}: {unoptimised} vs {initial}"
+        );
+    }
+}
+
+#[test]
+fn approx_isometry_bytes_do_not_depend_on_the_thread_count() {
+    let spec = spec_of(
+        0.2,
+        1.0,
+        &[("a.weight", &[64, 96]), ("b.weight", &[96, 64]), CONV],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for threads in ["1", "3"] {
+        let sub = dir.path().join(threads);
+        std::fs::create_dir(&sub).unwrap();
+        let (_, out) = generate_in(
+            &sub,
+            &spec,
+            &["--scheme", "approx-isometry", "--threads", threads],
+        );
+        files.push(std::fs::read(out).unwrap());
+    }
+    assert!(
+        files[0] == files[1],
+        "--threads 1 and 3 wrote different bytes"
+    );
+}
+
+#[test]
+fn a_moved_approx_isometry_weight_fails_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_of(0.3, 1.0, &[("fc.weight", &[24, 40])]);
+    let (a, out) = generate_in(dir.path(), &spec, &["--scheme", "approx-isometry"]);
+    let assert = eoi().arg("verify").arg(&out).assert().success();
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(
+        stdout.contains("1 approx-isometry layers hold the isometry error"),
+        "{stdout}"
+    );
+    // Scale the first kept weight by 1.001: the stored matrix no longer has the recorded error.
+    let first = a.mask("fc.weight").iter().position(|&m| m).unwrap();
+    let bytes = std::fs::read(&out).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+    let at = 8 + header_len + meta.info("fc.weight").unwrap().data_offsets.0 + 8 * first;
+    let value = f64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    let mut moved = bytes.clone();
+    moved[at..at + 8].copy_from_slice(&(value * 1.001).to_le_bytes());
+    std::fs::write(&out, moved).unwrap();
+    let assert = eoi().arg("verify").arg(&out).assert().code(1);
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(
+        stdout.contains("fc.weight  orthogonality: the isometry error"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_ai_steps_and_ai_lr_are_spec_errors_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ai.toml");
+    for (line, field, says) in [
+        (
+            "ai_steps = -1",
+            "ai_steps",
+            "ai_steps must be an integer from 0 to 4294967295, got -1",
+        ),
+        ("ai_steps = 5000000000", "ai_steps", "got 5000000000"),
+        ("ai_lr = 0.0", "ai_lr", "ai_lr must be a number > 0, got 0"),
+        ("ai_lr = -0.5", "ai_lr", "got -0.5"),
+        ("ai_lr = inf", "ai_lr", "got inf"),
+        ("ai_lr = nan", "ai_lr", "got NaN"),
+        ("ai_steps = 1.5", "ai_steps", ""),
+        ("ai_lr = \"fast\"", "ai_lr", ""),
+    ] {
+        std::fs::write(
+            &path,
+            format!("[sparsity]\ndensity = 0.5\n[init]\nscheme = \"approx-isometry\"\n{line}\n[[layer]]\nname = \"a\"\nshape = [8, 8]\n"),
+        )
+        .unwrap();
+        let assert = eoi().arg("plan").arg(&path).assert().code(2);
+        let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+        assert!(stderr.contains("ai.toml"), "{line}: {stderr}");
+        assert!(stderr.contains(&format!("`{field}`")), "{line}: {stderr}");
+        assert!(stderr.contains(says), "{line}: {stderr}");
+    }
+    // Valid settings reach the plan.
+    std::fs::write(
+        &path,
+        "[sparsity]\ndensity = 0.5\n[init]\nscheme = \"approx-isometry\"\nai_steps = 7\nai_lr = 0.25\n[[layer]]\nname = \"a\"\nshape = [8, 8]\n",
+    )
+    .unwrap();
+    let assert = eoi()
+        .arg("plan")
+        .arg(&path)
+        .arg("--json")
+        .assert()
+        .success();
+    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    assert_eq!(plan["layers"][0]["ai_steps"], 7);
+    assert_eq!(plan["layers"][0]["ai_lr"], 0.25);
+    let assert = eoi().arg("plan").arg(&path).assert().success();
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(
+        stdout.contains("approx-isometry: up to 7 gradient steps per layer at learning rate 0.25"),
+        "{stdout}"
+    );
 }

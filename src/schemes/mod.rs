@@ -3,8 +3,10 @@
 //! draws what the mask needs and fixes the statistics, [`Prepared::weight`] computes the
 //! values. EOI's maths lives in [`eoi`], and [`conv`] wraps it with the delta-orthogonal
 //! centre-tap rule for kernels. The baselines keep a random [`mask`] over [`kaiming`]
-//! normal weights or a dense [`orthogonal`] matrix, or build [`sao`]'s structured matrix.
+//! normal weights or a dense [`orthogonal`] matrix, or build [`sao`]'s structured matrix;
+//! [`approx_isometry`] optimises the masked orthogonal matrix towards orthogonality.
 
+pub mod approx_isometry;
 pub mod conv;
 pub mod eoi;
 pub mod kaiming;
@@ -27,6 +29,9 @@ pub struct LayerStats {
     pub rotations: u64,
     /// Nonzeros of the centre matrix, for EOI and SAO convolutions.
     pub centre_nnz: Option<u64>,
+    /// Approximate isometry: `||G - gain^2 I||_F / ||gain^2 I||_F` of the optimised matrix
+    /// (its centre tap for convolutions), in f64 (see [`approx_isometry`]).
+    pub isometry_error: Option<f64>,
 }
 
 impl LayerStats {
@@ -88,12 +93,14 @@ fn eoi_stats(layer: &LayerPlan, schedule: &eoi::Schedule) -> LayerStats {
             nnz: schedule.nnz(),
             rotations,
             centre_nnz: None,
+            isometry_error: None,
         },
         Kind::Conv => LayerStats {
             numel,
             nnz: conv::mask_ones(layer.density, numel, schedule.nnz()),
             rotations,
             centre_nnz: Some(schedule.nnz()),
+            isometry_error: None,
         },
     }
 }
@@ -106,12 +113,14 @@ fn random_mask_stats(layer: &LayerPlan) -> LayerStats {
         nnz: mask::ones(layer.density, numel),
         rotations: 0,
         centre_nnz: None,
+        isometry_error: None,
     }
 }
 
 /// The statistics of a layer's generation, computed without weight values where the scheme
 /// allows it (EOI: from the support alone), so they can go into a file header before any
-/// weight exists.
+/// weight exists. Approximate isometry records the error its descent reaches, so its
+/// statistics cost the whole descent.
 pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
     match layer.scheme {
         Scheme::Eoi => {
@@ -121,6 +130,7 @@ pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
         }
         Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal => random_mask_stats(layer),
         Scheme::Sao => sao_stats(layer, sao_degree(layer)),
+        Scheme::ApproxIsometry => prepare(layer, seed).stats,
     }
 }
 
@@ -141,6 +151,7 @@ fn sao_stats(layer: &LayerPlan, degree: usize) -> LayerStats {
         nnz: centre * shape.taps() as u64,
         rotations: 0,
         centre_nnz: (layer.kind() == Kind::Conv).then_some(centre),
+        isometry_error: None,
     }
 }
 
@@ -153,6 +164,9 @@ enum Recipe {
     Drawn(Stream),
     /// SAO: its structure, and the stream where drawing it left off (for the values).
     Sao(sao::Structure, Stream),
+    /// Approximate isometry: the optimised kept values of the (centre) matrix, row-major
+    /// over the mask's kept (centre) positions.
+    Optimised(Vec<f64>),
 }
 
 /// A layer whose mask and statistics are final; its weight values follow deterministically
@@ -185,6 +199,7 @@ impl Prepared<'_> {
                     },
                 }
             }
+            Recipe::Optimised(values) => optimised_weight(layer, &self.mask, values),
             Recipe::Drawn(stream) => {
                 let mut stream = stream.clone();
                 match layer.scheme {
@@ -240,10 +255,40 @@ fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) -> Wei
     }
 }
 
+/// Whether the (centre) matrix entry (i, j) is kept by a random mask over (out, in * taps).
+fn centre_kept(mask: &Mask, taps: usize, tap: usize) -> impl Fn(usize, usize) -> bool + '_ {
+    move |i, j| mask.get(i, j * taps + tap) != 0
+}
+
+/// The approximate-isometry weight: `values` at the mask's kept (centre) positions, zero
+/// elsewhere.
+fn optimised_weight(layer: &LayerPlan, mask: &Mask, values: &[f64]) -> Weight {
+    let (out, inp) = (layer.shape.out(), layer.shape.inp());
+    let taps = layer.shape.taps();
+    let tap = conv::centre_tap(layer.shape.kernel());
+    let kept = centre_kept(mask, taps, tap);
+    let mut matrix = crate::tensor::zeroed(out * inp);
+    let mut next = values.iter();
+    for i in 0..out {
+        for j in 0..inp {
+            if kept(i, j) {
+                matrix[i * inp + j] = next.next().copied().unwrap_or(0.0);
+            }
+        }
+    }
+    let centre = Grid::new(out, inp, Order::RowMajor, matrix);
+    match layer.kind() {
+        Kind::Linear => Weight::Matrix(centre),
+        Kind::Conv => Weight::CentreTap { centre, taps, tap },
+    }
+}
+
 /// Draws what a layer's mask needs from its own stream. EOI: the rotations, then (for
 /// convolutions) the mask top-up. The random-mask baselines: the mask ([`mask::random`]),
 /// then, in [`Prepared::weight`], the values. SAO: the groups ([`sao::Structure::draw`]),
-/// then the values ([`sao::Structure::matrix`]).
+/// then the values ([`sao::Structure::matrix`]). Approximate isometry: the mask, the
+/// orthogonal matrix (the draws of `orthogonal`), then the descent, here, so that its error
+/// is in the statistics.
 pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
     let mut stream = Stream::derive(seed, &layer.name);
     match layer.scheme {
@@ -283,6 +328,23 @@ pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
                 recipe: Recipe::Sao(structure, stream),
                 mask,
                 stats: sao_stats(layer, degree),
+            }
+        }
+        Scheme::ApproxIsometry => {
+            let shape = &layer.shape;
+            let mask = mask::random(shape.out(), shape.fan_in(), layer.density, &mut stream);
+            let q = orthogonal::matrix(shape.out(), shape.inp(), &mut stream);
+            let kept = centre_kept(&mask, shape.taps(), conv::centre_tap(shape.kernel()));
+            let optimised = approx_isometry::optimise(&q, kept, layer.gain.value, layer.isometry);
+            drop(q);
+            Prepared {
+                layer,
+                recipe: Recipe::Optimised(optimised.values),
+                mask,
+                stats: LayerStats {
+                    isometry_error: Some(optimised.error),
+                    ..random_mask_stats(layer)
+                },
             }
         }
     }

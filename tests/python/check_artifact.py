@@ -11,6 +11,10 @@ directory or an .npz archive (with `numpy`), and checks every layer its metadata
   * conv (rank 3 to 5, PyTorch layout (out, in, k...)): every tap other than the centre
     ((k - 1) // 2 in every spatial dimension) is exactly zero, and the centre matrix is
     orthogonal as above;
+  * scheme "approx-isometry" (not orthogonal: optimised towards it): the matrix (or centre
+    matrix) has the relative Frobenius error ||G - gain^2 I||_F / ||gain^2 I||_F that the
+    record's isometry_error states, to sqrt(n) * 4 u (1 + e) + 1e-12 with u the dtype's
+    unit roundoff and n = min(rows, cols);
   * the record's nnz equals the number of ones in the mask (and its achieved_density is
     nnz / numel);
   * every tensor is a layer's weight or mask.
@@ -19,7 +23,8 @@ The orthogonality error is max |G - gain^2 I| computed in float64; it must not e
 1e-5 (float32 weights) or 1e-12 (float64 weights), times max(1, gain^2).
 
 Prints a short report, then one JSON line
-  {"tensors": N, "layers": L, "max_orthogonality_error": x, "failures": F}
+  {"tensors": N, "layers": L, "max_orthogonality_error": x, "isometry_layers": A,
+   "failures": F}
 on stdout, and exits 1 if anything failed (each failure names its tensor on stderr).
 
   check_artifact.py ARTIFACT [-v]        check, -v lists every layer
@@ -38,6 +43,7 @@ import numpy as np
 from safetensors import safe_open
 
 TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+UNIT_ROUNDOFF = {np.dtype(np.float32): 2.0**-24, np.dtype(np.float64): 2.0**-53}
 TRANSFORMERS_FORMATS = {"pt", "tf", "flax", "mlx"}
 
 
@@ -47,6 +53,7 @@ class Artifact:
     def __init__(self, path):
         self.path = path
         self.problems = []  # (subject, message) found while loading
+        self.isometry_layers = 0  # approx-isometry layers checked against their records
         if os.path.isdir(path):
             self.kind = "npy"
             self._load_npy(path)
@@ -134,6 +141,15 @@ def orthogonality_error(matrix, gain):
     return float(np.max(np.abs(gram))) if gram.size else 0.0
 
 
+def isometry_error(matrix, gain):
+    """||G - gain^2 I||_F / ||gain^2 I||_F with G the Gram matrix of the shorter side."""
+    m = np.ascontiguousarray(matrix, dtype=np.float64)
+    rows, cols = m.shape
+    gram = m @ m.T if rows <= cols else m.T @ m
+    gram[np.diag_indices_from(gram)] -= gain * gain
+    return float(np.linalg.norm(gram) / (gain * gain * np.sqrt(min(rows, cols))))
+
+
 def check_layer(art, record, fail):
     """Checks one layer; returns its orthogonality error (None if it could not be measured)."""
     name = record.get("name")
@@ -207,6 +223,19 @@ def check_layer(art, record, fail):
         fail(name, f"rank {w.ndim}; a weight has rank 2 (linear) or 3 to 5 (conv)")
         return None
 
+    if record.get("scheme") == "approx-isometry":
+        recorded = record.get("isometry_error")
+        if not isinstance(recorded, (int, float)):
+            fail(name, f"an approx-isometry record without a numeric isometry_error ({recorded!r})")
+            return None
+        err = isometry_error(matrix, float(gain))
+        n = min(matrix.shape)
+        tol = np.sqrt(n) * 4 * UNIT_ROUNDOFF[w.dtype] * (1 + recorded) + 1e-12
+        if not abs(err - recorded) <= tol:
+            fail(name, f"isometry error {err:.6e}, the record says {recorded:.6e} (tolerance {tol:.1e})")
+        art.isometry_layers += 1
+        return None
+
     err = orthogonality_error(matrix, float(gain))
     tol = TOLERANCE[w.dtype] * max(1.0, float(gain) ** 2)
     if not err <= tol:
@@ -258,6 +287,7 @@ def check(path, verbose):
         "tensors": len(art.tensors),
         "layers": len(art.layers),
         "max_orthogonality_error": max_err,
+        "isometry_layers": art.isometry_layers,
         "failures": len(failures),
     }))
     return 1 if failures else 0
