@@ -554,7 +554,7 @@ fn check_layer(
             report.recorded_isometry_error = Some(recorded);
             if let Some(allowed) =
                 isometry_tolerance(w.dtype, recorded, rows.min(cols), rows.max(cols))
-                && !((measured - recorded).abs() <= allowed)
+                && ((measured - recorded).abs() > allowed || measured.is_nan())
             {
                 fail(
                     &mut report,
