@@ -233,6 +233,47 @@ fn prepared_memory(layer: &LayerPlan) -> u64 {
     }
 }
 
+/// Approximate-isometry values kept on disk between the statistics pass, which descends so
+/// that the header can hold each layer's error, and the layer's turn to be written: the
+/// descent runs once per layer while memory stays bounded by the layers in flight. A
+/// private temporary file beside the output (removed when dropped); any I/O failure just
+/// means the layer descends again, which gives the same bits.
+struct Spill {
+    file: std::fs::File,
+    end: std::sync::atomic::AtomicU64,
+}
+
+impl Spill {
+    fn create(dir: &std::path::Path) -> Option<Spill> {
+        let file = tempfile::tempfile_in(dir).ok()?;
+        Some(Spill {
+            file,
+            end: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    /// Stores `values`; where they went.
+    fn put(&self, values: &[f64]) -> Option<(u64, usize)> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let at = self
+            .end
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        write::write_all_at(&self.file, &bytes, at).ok()?;
+        Some((at, values.len()))
+    }
+
+    fn take(&self, (at, len): (u64, usize)) -> Option<Vec<f64>> {
+        let mut bytes = vec![0u8; len * 8];
+        crate::read::read_exact_at(&self.file, &mut bytes, at).ok()?;
+        Some(
+            bytes
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+                .collect(),
+        )
+    }
+}
+
 /// Memory the machine has available, where it can be read.
 fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -587,12 +628,35 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
         } else {
             HashMap::new()
         };
-        let stats: Vec<LayerStats> = selected
-            .par_iter()
-            .map(|&k| match early.get(&k) {
-                Some(prepared) => prepared.stats.clone(),
-                None => schemes::stats(&plan.layers[k], plan.seed),
+        // Approximate isometry's statistics cost its descent: keep the result on disk.
+        let spill = selected
+            .iter()
+            .any(|&k| !early.contains_key(&k) && plan.layers[k].scheme == Scheme::ApproxIsometry)
+            .then(|| {
+                let dir = if stream {
+                    std::env::temp_dir()
+                } else {
+                    destination.parent()
+                };
+                Spill::create(&dir)
             })
+            .flatten();
+        let (stats, spilled): (Vec<LayerStats>, Vec<Option<(u64, usize)>>) = selected
+            .par_iter()
+            .map(|&k| match (early.get(&k), &spill) {
+                (Some(prepared), _) => (prepared.stats.clone(), None),
+                (None, Some(spill)) if plan.layers[k].scheme == Scheme::ApproxIsometry => {
+                    let prepared = schemes::prepare(&plan.layers[k], plan.seed);
+                    let at = prepared.optimised().and_then(|v| spill.put(v));
+                    (prepared.stats, at)
+                }
+                (None, _) => (schemes::stats(&plan.layers[k], plan.seed), None),
+            })
+            .unzip();
+        let spilled_of: HashMap<usize, (u64, usize)> = selected
+            .iter()
+            .zip(&spilled)
+            .filter_map(|(&k, at)| Some((k, (*at)?)))
             .collect();
         let stats_of: HashMap<usize, &LayerStats> = selected.iter().copied().zip(&stats).collect();
         let indices = tensor_indices(plan);
@@ -683,8 +747,17 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                     .into_par_iter()
                     .try_for_each(|(k, prepared)| -> Result<(), Error> {
                         let layer = &plan.layers[k];
-                        let prepared =
-                            prepared.unwrap_or_else(|| schemes::prepare(layer, plan.seed));
+                        let prepared = prepared
+                            .or_else(|| {
+                                let values = spill.as_ref()?.take(*spilled_of.get(&k)?)?;
+                                schemes::prepare_optimised(
+                                    layer,
+                                    plan.seed,
+                                    values,
+                                    stats_of[&k].clone(),
+                                )
+                            })
+                            .unwrap_or_else(|| schemes::prepare(layer, plan.seed));
                         if &prepared.stats != stats_of[&k] {
                             return Err(Error::Internal(format!(
                                 "layer \"{}\": generation disagrees with its planned statistics",

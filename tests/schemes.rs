@@ -675,3 +675,54 @@ fn bad_ai_steps_and_ai_lr_are_spec_errors_naming_the_field() {
         "{stdout}"
     );
 }
+
+#[test]
+fn approx_isometry_writes_the_same_bytes_when_its_values_wait_on_disk() {
+    // Alone, the two layers are prepared at once (their masks and values fit eoi's 4 MiB
+    // budget for prepared layers); beside a 4.3-million-weight layer they do not, so their
+    // descended values wait in a temporary file until written. Same bytes either way, and
+    // for any thread count.
+    let small = "seed = 4\n[sparsity]\ndensity = 0.25\n[init]\nscheme = \"approx-isometry\"\ngain = 1.1\n\
+        [[layer]]\nname = \"a.weight\"\nshape = [64, 96]\n[[layer]]\nname = \"b.weight\"\nshape = [96, 64]\n";
+    let large = format!(
+        "{small}[[layer]]\nname = \"big.weight\"\nshape = [2048, 2100]\nscheme = \"kaiming\"\ndensity = 0.01\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, text: &str, threads: &str| {
+        let spec = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&spec, text).unwrap();
+        let out = dir.path().join(format!("{name}-{threads}.safetensors"));
+        eoi()
+            .arg("generate")
+            .arg(&spec)
+            .args(["-q", "--dtype", "f16", "--threads", threads, "-o"])
+            .arg(&out)
+            .assert()
+            .success();
+        let bytes = std::fs::read(&out).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let layers: Value =
+            serde_json::from_str(&header.metadata().as_ref().unwrap()["eoi.layers"]).unwrap();
+        let errors: Vec<Value> = layers
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["scheme"] == "approx-isometry")
+            .map(|r| r["isometry_error"].clone())
+            .collect();
+        let tensors: Vec<Vec<u8>> = ["a.weight", "a.weight_mask", "b.weight", "b.weight_mask"]
+            .iter()
+            .map(|t| file.tensor(t).unwrap().data().to_vec())
+            .collect();
+        (tensors, errors)
+    };
+    let alone = run("small", small, "2");
+    assert_eq!(alone.1.len(), 2);
+    for threads in ["1", "3"] {
+        assert!(
+            run("large", &large, threads) == alone,
+            "--threads {threads}"
+        );
+    }
+}

@@ -214,6 +214,15 @@ impl Prepared<'_> {
         }
     }
 
+    /// Approximate isometry's optimised values (see [`prepare_optimised`]); `None` for the
+    /// other schemes.
+    pub fn optimised(&self) -> Option<&[f64]> {
+        match &self.recipe {
+            Recipe::Optimised(values) => Some(values),
+            _ => None,
+        }
+    }
+
     /// The weight as it is best written in `layout`: the same values as [`Prepared::weight`],
     /// but for a wide or square linear layer in PyTorch layout computed a block of rows at a
     /// time while it is encoded ([`Weight::Rotated`]), so the layer's whole f64 matrix never
@@ -348,6 +357,29 @@ pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
             }
         }
     }
+}
+
+/// An approximate-isometry layer prepared again from the `values` and `stats` an earlier
+/// [`prepare`] of it gave ([`Prepared::optimised`]): the mask is drawn again (cheap), the
+/// orthogonal start and the descent are not. `None` for the other schemes.
+pub fn prepare_optimised(
+    layer: &LayerPlan,
+    seed: u64,
+    values: Vec<f64>,
+    stats: LayerStats,
+) -> Option<Prepared<'_>> {
+    if layer.scheme != Scheme::ApproxIsometry {
+        return None;
+    }
+    let mut stream = Stream::derive(seed, &layer.name);
+    let shape = &layer.shape;
+    let mask = mask::random(shape.out(), shape.fan_in(), layer.density, &mut stream);
+    Some(Prepared {
+        layer,
+        recipe: Recipe::Optimised(values),
+        mask,
+        stats,
+    })
 }
 
 /// Generates a layer's weight and mask from its own stream.
