@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::measure;
 use crate::progress::Progress;
 use crate::read::{Artifact, Dtype, Format, ReadError, TensorInfo};
+use crate::recorded::Recorded;
 
 /// Minimum, mean and maximum of a count.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -73,6 +74,9 @@ pub struct TensorSummary {
     pub spectrum: Option<Spectrum>,
     /// Why a float matrix has no spectrum (non-finite values, no convergence).
     pub note: Option<String>,
+    /// For an approx-isometry weight of an eoi artifact: the isometry error its record states
+    /// (`||G - gain^2 I||_F / ||gain^2 I||_F` after the descent).
+    pub recorded_isometry_error: Option<f64>,
 }
 
 /// What inspection found in an artifact.
@@ -141,6 +145,19 @@ pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error
         mask_of_weight.entry(w).or_insert(m);
         weight_of_mask.entry(m).or_insert(w);
     }
+    // Approximate isometry's recorded errors, by weight name (eoi's records, when present).
+    let recorded = match (artifact.metadata(), artifact.manifest()) {
+        (Some(pairs), _) => Some(Recorded::from_metadata(pairs)),
+        (_, Some(doc)) => Some(Recorded::from_manifest(doc)),
+        _ => None,
+    };
+    let isometry_errors: HashMap<&str, f64> = recorded
+        .as_ref()
+        .and_then(|r| r.layers.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|l| Some((l.name.as_str(), l.isometry_error?)))
+        .collect();
     progress.start(artifact.tensors().iter().map(work).sum());
     let tensors = artifact
         .tensors()
@@ -150,6 +167,7 @@ pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error
             summary.mask = mask_of_weight.get(t.name.as_str()).map(|m| m.to_string());
             summary.mask_of = weight_of_mask.get(t.name.as_str()).map(|w| w.to_string());
             summary.bias_of = bias_of(&artifact, t);
+            summary.recorded_isometry_error = isometry_errors.get(t.name.as_str()).copied();
             if summary.bias_of.is_some() && t.dtype.is_float() && t.numel > 0 {
                 let values = artifact.read_f64(t)?;
                 summary.rms =
@@ -197,6 +215,7 @@ fn summarize(artifact: &Artifact, t: &TensorInfo) -> Result<TensorSummary, ReadE
         col_nnz: None,
         spectrum: None,
         note: None,
+        recorded_isometry_error: None,
     };
     if t.shape.len() < 2 || t.numel == 0 {
         return Ok(summary);

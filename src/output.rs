@@ -248,6 +248,7 @@ pub fn inspect_json(inspection: &Inspection) -> Value {
                 "row_nnz": spread_json(&t.row_nnz),
                 "col_nnz": spread_json(&t.col_nnz),
                 "note": t.note,
+                "recorded_isometry_error": t.recorded_isometry_error,
             })
         })
         .collect();
@@ -330,7 +331,10 @@ pub fn inspect_text(inspection: &Inspection) -> String {
                     None => format!("  (bias of {w})"),
                 },
                 (None, None, Some(note)) => format!("  ({note})"),
-                (None, None, None) => String::new(),
+                (None, None, None) => match t.recorded_isometry_error {
+                    Some(e) => format!("  (approx-isometry, recorded isometry error {e:.2e})"),
+                    None => String::new(),
+                },
             }
         ));
     }

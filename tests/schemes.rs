@@ -726,3 +726,35 @@ fn approx_isometry_writes_the_same_bytes_when_its_values_wait_on_disk() {
         );
     }
 }
+
+#[test]
+fn inspect_shows_the_recorded_isometry_error_of_approx_isometry_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_of(0.3, 1.0, &[("fc.weight", &[24, 40]), CONV]);
+    let (a, out) = generate_in(dir.path(), &spec, &["--scheme", "approx-isometry"]);
+    let assert = eoi()
+        .args(["inspect", "--json"])
+        .arg(&out)
+        .assert()
+        .success();
+    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    for t in report["tensors"].as_array().unwrap() {
+        let name = t["name"].as_str().unwrap();
+        if name.ends_with("_mask") {
+            assert!(t["recorded_isometry_error"].is_null(), "{t}");
+        } else {
+            assert_eq!(
+                t["recorded_isometry_error"],
+                a.record(name)["isometry_error"],
+                "{t}"
+            );
+        }
+    }
+    let assert = eoi().arg("inspect").arg(&out).assert().success();
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let want = format!(
+        "(approx-isometry, recorded isometry error {:.2e})",
+        a.record("fc.weight")["isometry_error"].as_f64().unwrap()
+    );
+    assert!(stdout.contains(&want), "{stdout}");
+}
