@@ -436,6 +436,7 @@ pub enum SchemeArg {
     Orthogonal,
     Sao,
     ApproxIsometry,
+    ConvOrthogonal,
 }
 
 impl From<SchemeArg> for Scheme {
@@ -447,6 +448,7 @@ impl From<SchemeArg> for Scheme {
             SchemeArg::Orthogonal => Scheme::Orthogonal,
             SchemeArg::Sao => Scheme::Sao,
             SchemeArg::ApproxIsometry => Scheme::ApproxIsometry,
+            SchemeArg::ConvOrthogonal => Scheme::ConvOrthogonal,
         }
     }
 }

@@ -180,7 +180,8 @@ fn memory_groups(plan: &Plan, layers: &[usize], budget: u64, threads: usize) -> 
 /// byte mask and the support bitsets; or, for a matrix computed a block of rows at a time
 /// (see [`schemes::Prepared::weight_for`]), the bitsets and one block of 64 rows per thread.
 /// A random-mask baseline: the byte mask and the f64 weight of the whole tensor, and for
-/// `orthogonal` the Gaussian matrix and its Q. A bias adds its `out` f64 values.
+/// `orthogonal` the Gaussian matrix and its Q; `conv-orthogonal` also the kernel's
+/// coefficients and its projections. A bias adds its `out` f64 values.
 pub fn layer_memory(layer: &LayerPlan, layout: Layout, threads: usize) -> u64 {
     let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
     let numel = layer.shape.numel();
@@ -210,6 +211,11 @@ pub fn layer_memory(layer: &LayerPlan, layout: Layout, threads: usize) -> u64 {
             let n = out.min(inp);
             let kept = out * inp;
             numel + out * inp * 8 + (3 * out * inp * 8).max(2 * n * n * 8 + kept * 28)
+        }
+        // The byte mask, the kernel's coefficients and the output, and m x m work matrices.
+        Scheme::ConvOrthogonal => {
+            let m = out.max(inp);
+            numel * (8 + 8 + 1) + 4 * m * m * 8
         }
     }
 }

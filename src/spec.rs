@@ -129,6 +129,10 @@ pub enum Scheme {
     /// Approximate isometry (Lee et al. 2020): the `orthogonal` baseline's masked matrix,
     /// then gradient descent on the kept weights towards an orthogonal Gram matrix.
     ApproxIsometry,
+    /// A random mask over a dense block-orthogonal kernel (Xiao et al. 2018, Algorithm 1),
+    /// orthogonal as a periodic convolution on every tap; a dense orthogonal matrix for
+    /// linear layers.
+    ConvOrthogonal,
 }
 
 impl Scheme {
@@ -139,6 +143,7 @@ impl Scheme {
         "orthogonal",
         "sao",
         "approx-isometry",
+        "conv-orthogonal",
     ];
 
     pub fn name(self) -> &'static str {
@@ -149,6 +154,7 @@ impl Scheme {
             Scheme::Orthogonal => "orthogonal",
             Scheme::Sao => "sao",
             Scheme::ApproxIsometry => "approx-isometry",
+            Scheme::ConvOrthogonal => "conv-orthogonal",
         }
     }
 
@@ -160,6 +166,7 @@ impl Scheme {
             "orthogonal" => Some(Scheme::Orthogonal),
             "sao" => Some(Scheme::Sao),
             "approx-isometry" => Some(Scheme::ApproxIsometry),
+            "conv-orthogonal" => Some(Scheme::ConvOrthogonal),
             _ => None,
         }
     }
@@ -171,11 +178,12 @@ impl Scheme {
 
     /// Whether the weight (of a convolution: its centre tap, every other tap zero) is
     /// orthogonal times the gain at `density`: EOI and SAO always, a dense orthogonal matrix
-    /// (and approximate isometry, which starts from it) only unmasked.
+    /// (and approximate isometry, which starts from it) only unmasked, and a block-orthogonal
+    /// kernel (orthogonal as a convolution) likewise.
     pub fn promises_orthogonality(self, density: f64) -> bool {
         match self {
             Scheme::Eoi | Scheme::Sao => true,
-            Scheme::Orthogonal | Scheme::ApproxIsometry => density == 1.0,
+            Scheme::Orthogonal | Scheme::ApproxIsometry | Scheme::ConvOrthogonal => density == 1.0,
             Scheme::Kaiming | Scheme::ScaledKaiming => false,
         }
     }
@@ -563,8 +571,10 @@ struct RawInit {
     /// baseline: "kaiming", "scaled-kaiming" or "orthogonal" (a random mask over normal
     /// weights of std gain / sqrt(fan_in), gain / sqrt(fan_in * density), or a dense
     /// orthogonal matrix), "sao" (sparsity-aware orthogonal, densities k / max(out, in)
-    /// only), or "approx-isometry" (the orthogonal baseline, then gradient descent on the kept
-    /// weights towards orthogonality). `--scheme` overrides it.
+    /// only), "approx-isometry" (the orthogonal baseline, then gradient descent on the kept
+    /// weights towards orthogonality), or "conv-orthogonal" (a random mask over a
+    /// block-orthogonal kernel, dense on every tap and orthogonal as a periodic convolution).
+    /// `--scheme` overrides it.
     #[schemars(with = "Option<String>", extend("enum" = Scheme::NAMES))]
     scheme: Option<Spanned<String>>,
     /// Factor the orthogonal weights are multiplied by (default 1).

@@ -512,7 +512,21 @@ fn check_layer(
         let kernel = &w.shape[2..];
         let taps: usize = kernel.iter().product();
         let delta = taps > 1 && scheme.delta();
-        let (matrix, rows, cols): (std::borrow::Cow<'_, [f64]>, usize, usize) = if !delta {
+        // A block-orthogonal kernel is orthogonal as a convolution; of that, what a Gram
+        // matrix shows is the zero lag, `sum_t W_t^T W_t = gain^2 I` (out >= in) or
+        // `sum_t W_t W_t^T = gain^2 I` (out < in): the Gram of the (in, out * K) or the
+        // (out, in * K) flattening.
+        let stacked = taps > 1 && scheme == Scheme::ConvOrthogonal && out > inp;
+        let (matrix, rows, cols): (std::borrow::Cow<'_, [f64]>, usize, usize) = if stacked {
+            let mut by_input = Vec::with_capacity(values.len());
+            for i in 0..inp {
+                for o in 0..out {
+                    let start = (o * inp + i) * taps;
+                    by_input.extend_from_slice(&values[start..start + taps]);
+                }
+            }
+            (by_input.into(), inp, out * taps)
+        } else if !delta {
             (values.as_slice().into(), out, inp * taps)
         } else {
             let tap = conv::centre_tap(kernel);
@@ -570,7 +584,9 @@ fn check_layer(
             && (error.is_nan() || error > tol)
         {
             let what = if !delta { "W" } else { "the centre tap H" };
-            let product = if rows <= cols {
+            let product = if stacked {
+                "sum over taps of W_t^T W_t".to_string()
+            } else if rows <= cols {
                 format!("{what} {what}^T")
             } else {
                 format!("{what}^T {what}")

@@ -236,6 +236,7 @@ fn every_baseline_scheme_is_frozen_for_any_thread_count_and_container() {
         ("scaled-kaiming", SCALED_KAIMING),
         ("orthogonal", ORTHOGONAL),
         ("approx-isometry", APPROX_ISOMETRY),
+        ("conv-orthogonal", CONV_ORTHOGONAL),
     ] {
         for (container, threads) in [(Container::Safetensors, "1"), (Container::Npy, "3")] {
             let actual = hashes(spec, container, &["--scheme", scheme, "--threads", threads]);
@@ -1023,5 +1024,73 @@ const SAO: &[(&str, &str)] = &[
     (
         "stem.weight_mask",
         "4d76a8e07293ab0f0f03fdfac009845631cde02c427e14dc7c4cfc9419a1b3cc",
+    ),
+];
+
+/// `--scheme conv-orthogonal`: its linear layers (fc1, fc2, head) are `orthogonal`'s bytes.
+const CONV_ORTHOGONAL: &[(&str, &str)] = &[
+    (
+        "blocks.0.weight",
+        "a320c1b5cb4e6e4af85de1e3f1cc764ebe5811d8e31197c44215dd8e36caa9ef",
+    ),
+    (
+        "blocks.0.weight_mask",
+        "86d9f6c502ae40d9547f4d44fc094b2254d3627dc9069f2dfc6863f62f6dcfb8",
+    ),
+    (
+        "blocks.1.weight",
+        "5514cc07e1880eb8857c2ae1c277a7b912360cc6d8572f47751ec7507a81658b",
+    ),
+    (
+        "blocks.1.weight_mask",
+        "487d9e9dca9d77d231bc1763dd2b8c383d411f3bf8bff9525d4db065ce66a028",
+    ),
+    (
+        "fc1.weight",
+        "ef9d79603e879e59ffccd09ba1bb6ac856a2895244dbd6ee8ad75fe6eca3c524",
+    ),
+    (
+        "fc1.weight_mask",
+        "9a15704781181fd57831492d5666d1fef0a6cb4ecee089bf6c7e93ecdc5b3061",
+    ),
+    (
+        "fc2.weight",
+        "12ce2fddc17aee3d2edbd690de3b9518bca0e1dd3ae2213b4af042c9c720d8cf",
+    ),
+    (
+        "fc2.weight_mask",
+        "e5a46007df72d5383fb89bcfc90a404653184871708fce8948638d0c316060d2",
+    ),
+    (
+        "head.weight",
+        "a6e03b5eea22a27bb476143116d6caac95e8326fc3ec61d7e78894195e3102a4",
+    ),
+    (
+        "head.weight_mask",
+        "893c172baa019a7bc919e5b8255d39258346a9953f305d0b115076f2cc26cbed",
+    ),
+    (
+        "stem.weight",
+        "3e6471284725105c7f778e61843ffab416abbad2d39c4c0c460c6e68387a82c9",
+    ),
+    (
+        "stem.weight_mask",
+        "b044c372f565b7151c5c744b3a05c32eb71895eb87a59c0136146ea4ae241e0b",
+    ),
+    (
+        "temporal.weight",
+        "517d86c43c3737504548704c8b70bc69999aa428cb7fa7438d1e6f8cea90dd84",
+    ),
+    (
+        "temporal.weight_mask",
+        "0abdb5127d1cb43ac25d3431433fa2938a7d3b69b704a7c90d2707a0dcdb4869",
+    ),
+    (
+        "volume.weight",
+        "3d41613073f40fb8182feb7e4148df7e5f52b929ecffc79e02b41084922e3953",
+    ),
+    (
+        "volume.weight_mask",
+        "4e6ba4a128458d678b6ecdcb64936f22c2094e4338117811efc7c3632c202b99",
     ),
 ];

@@ -249,6 +249,7 @@ fn every_scheme_verifies_and_regenerates_bit_for_bit() {
         "scaled-kaiming",
         "orthogonal",
         "approx-isometry",
+        "conv-orthogonal",
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (a, out) = generate_in(dir.path(), &spec, &["--scheme", scheme]);
@@ -757,4 +758,173 @@ fn inspect_shows_the_recorded_isometry_error_of_approx_isometry_weights() {
         a.record("fc.weight")["isometry_error"].as_f64().unwrap()
     );
     assert!(stdout.contains(&want), "{stdout}");
+}
+
+/// `||T x|| / ||x||` for a random x on the periodic N^D grid, T the periodic
+/// cross-correlation with kernel `w` (out, in, k...) as PyTorch's `Conv` computes it with
+/// circular padding, `y[o, p] = sum_{i, t} w[o, i, t] x[i, p + t]`, computed directly in f64;
+/// with `adjoint`, its transpose `x[i, p + t] += w[o, i, t] y[o, p]` (the transposed
+/// convolution), from out to in channels.
+fn periodic_gain(w: &Tensor, n: usize, adjoint: bool, seed: u64) -> f64 {
+    let (out, inp, kernel) = (w.shape[0], w.shape[1], &w.shape[2..]);
+    let dims = kernel.len();
+    let cells = n.pow(dims as u32);
+    let taps: usize = kernel.iter().product();
+    let (from, to) = if adjoint { (out, inp) } else { (inp, out) };
+    // A simple xorshift generator and Box-Muller: independent of eoi's streams.
+    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut uniform = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let x: Vec<f64> = (0..from * cells)
+        .map(|_| (-2.0 * uniform().ln()).sqrt() * (std::f64::consts::TAU * uniform()).cos())
+        .collect();
+    let coords = |mut index: usize, sizes: &[usize]| {
+        let mut c = vec![0; sizes.len()];
+        for d in (0..sizes.len()).rev() {
+            c[d] = index % sizes[d];
+            index /= sizes[d];
+        }
+        c
+    };
+    let grid = vec![n; dims];
+    let mut y = vec![0.0; to * cells];
+    for cell in 0..cells {
+        let p = coords(cell, &grid);
+        for t in 0..taps {
+            let s = coords(t, kernel);
+            let q = (0..dims).fold(0, |acc, d| acc * n + (p[d] + s[d]) % n);
+            for o in 0..out {
+                for i in 0..inp {
+                    let v = w.values[(o * inp + i) * taps + t];
+                    if adjoint {
+                        y[i * cells + q] += v * x[o * cells + cell];
+                    } else {
+                        y[o * cells + cell] += v * x[i * cells + q];
+                    }
+                }
+            }
+        }
+    }
+    let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
+    norm(&y) / norm(&x)
+}
+
+#[test]
+fn conv_orthogonal_kernels_preserve_the_norm_as_periodic_convolutions() {
+    let gain = 1.5;
+    let layers: &[(&str, &[usize])] = &[
+        ("square.weight", &[12, 12, 3, 3]),
+        ("tall.weight", &[16, 6, 3, 3]),
+        ("wide.weight", &[5, 12, 3, 3]),
+        ("even.weight", &[8, 8, 2, 4]),
+        ("line.weight", &[6, 4, 5]),
+        ("volume.weight", &[4, 6, 3, 3, 3]),
+        ("fc.weight", &[20, 30]),
+    ];
+    let a = generate(
+        &spec_of(1.0, gain, layers),
+        &["--scheme", "conv-orthogonal"],
+    );
+    for &(name, shape) in layers {
+        let w = a.weight(name);
+        check_mask(&a, name, shape.iter().product());
+        if shape.len() == 2 {
+            // A linear layer: a dense orthogonal matrix times the gain.
+            let dev = gram_deviation(&w.values, shape[0], shape[1], gain);
+            assert!(dev < 1e-13, "{name}: {dev}");
+            continue;
+        }
+        let kernel = &shape[2..];
+        let taps: usize = kernel.iter().product();
+        for t in 0..taps {
+            assert!(
+                w.values.iter().skip(t).step_by(taps).any(|v| *v != 0.0),
+                "{name}: tap {t} unused"
+            );
+        }
+        // More outputs than inputs: an isometry; fewer: its transpose is one.
+        let adjoint = shape[0] < shape[1];
+        for n in [*kernel.iter().max().unwrap(), 6] {
+            let ratio = periodic_gain(w, n, adjoint, n as u64);
+            assert!(
+                (ratio - gain).abs() < 1e-10,
+                "{name} on a {n}-grid: |Tx|/|x| = {ratio}, gain {gain}"
+            );
+        }
+        // Not a delta kernel: its (out, in * K) matrix is not orthogonal when out > in.
+        if shape[0] > shape[1] {
+            let r = shape[0];
+            let dev = gram_deviation(&w.values, r, w.values.len() / r, gain);
+            assert!(dev > 1e-3, "{name}: {dev}");
+        }
+    }
+}
+
+#[test]
+fn conv_orthogonal_masks_and_matches_orthogonal_on_matrices() {
+    let layers: &[(&str, &[usize])] = &[
+        ("conv.weight", &[16, 8, 3, 3]),
+        ("point.weight", &[16, 8, 1, 1]),
+        ("fc.weight", &[30, 20]),
+    ];
+    let spec = spec_of(0.3, 2.0, layers);
+    let a = generate(&spec, &["--scheme", "conv-orthogonal"]);
+    let b = generate(&spec, &["--scheme", "orthogonal"]);
+    for &(name, shape) in layers {
+        let numel: usize = shape.iter().product();
+        check_mask(&a, name, (0.3 * numel as f64).round() as usize);
+        assert_eq!(a.record(name)["scheme"], "conv-orthogonal");
+        let same = a.weight(name).values == b.weight(name).values && a.mask(name) == b.mask(name);
+        // A matrix and a 1 x 1 kernel are the orthogonal scheme's, bit for bit; a 3 x 3
+        // kernel uses every tap, so its kept weights lie off the centre too.
+        assert_eq!(same, name != "conv.weight", "{name}");
+    }
+    let w = &a.weight("conv.weight").values;
+    assert!(w.iter().enumerate().any(|(k, v)| k % 9 != 4 && *v != 0.0));
+}
+
+#[test]
+fn conv_orthogonal_at_density_one_verifies_and_a_broken_kernel_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_of(
+        1.0,
+        1.0,
+        &[
+            ("tall.weight", &[12, 4, 3, 3]),
+            ("wide.weight", &[4, 12, 3]),
+        ],
+    );
+    let (_, out) = generate_in(dir.path(), &spec, &["--scheme", "conv-orthogonal"]);
+    let assert = eoi()
+        .args(["verify", "--regenerate", "--json"])
+        .arg(&out)
+        .assert()
+        .success();
+    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    for layer in report["layers"].as_array().unwrap() {
+        assert!(layer["tolerance"].is_number(), "{layer}");
+        assert!(
+            layer["orthogonality_error"].as_f64().unwrap() < 1e-13,
+            "{layer}"
+        );
+    }
+    // Scale one weight: the zero-lag Gram is no longer gain^2 I.
+    let bytes = std::fs::read(&out).unwrap();
+    let file = SafeTensors::deserialize(&bytes).unwrap();
+    let view = file.tensor("tall.weight").unwrap();
+    let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut broken = bytes.clone();
+    let old = f64::from_le_bytes(broken[start..start + 8].try_into().unwrap());
+    broken[start..start + 8].copy_from_slice(&(old * 1.5 + 0.1).to_le_bytes());
+    std::fs::write(&out, broken).unwrap();
+    let assert = eoi().arg("verify").arg(&out).assert().code(1);
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    assert!(
+        stdout.contains("tall.weight") && stdout.contains("orthogonality"),
+        "{stdout}"
+    );
 }

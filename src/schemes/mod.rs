@@ -3,11 +3,13 @@
 //! draws what the mask needs and fixes the statistics, [`Prepared::weight`] computes the
 //! values. EOI's maths lives in [`eoi`], and [`conv`] wraps it with the delta-orthogonal
 //! centre-tap rule for kernels. The baselines keep a random [`mask`] over [`kaiming`]
-//! normal weights or a dense [`orthogonal`] matrix, or build [`sao`]'s structured matrix;
-//! [`approx_isometry`] optimises the masked orthogonal matrix towards orthogonality.
+//! normal weights, a dense [`orthogonal`] matrix or a block-orthogonal kernel
+//! ([`conv_orthogonal`]), or build [`sao`]'s structured matrix; [`approx_isometry`]
+//! optimises the masked orthogonal matrix towards orthogonality.
 
 pub mod approx_isometry;
 pub mod conv;
+pub mod conv_orthogonal;
 pub mod eoi;
 pub mod kaiming;
 pub mod mask;
@@ -128,7 +130,9 @@ pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
             let schedule = centre_schedule(layer, &mut stream);
             eoi_stats(layer, &schedule)
         }
-        Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal => random_mask_stats(layer),
+        Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal | Scheme::ConvOrthogonal => {
+            random_mask_stats(layer)
+        }
         Scheme::Sao => sao_stats(layer, sao_degree(layer)),
         Scheme::ApproxIsometry => prepare(layer, seed).stats,
     }
@@ -204,6 +208,9 @@ impl Prepared<'_> {
                 let mut stream = stream.clone();
                 match layer.scheme {
                     Scheme::Orthogonal => masked_orthogonal(layer, &self.mask, &mut stream),
+                    Scheme::ConvOrthogonal => {
+                        masked_block_orthogonal(layer, &self.mask, &mut stream)
+                    }
                     scheme => {
                         let scaled = scheme == Scheme::ScaledKaiming;
                         let std = kaiming::std(&layer.shape, layer.density, gain, scaled);
@@ -292,6 +299,29 @@ fn optimised_weight(layer: &LayerPlan, mask: &Mask, values: &[f64]) -> Weight {
     }
 }
 
+/// The `conv-orthogonal` baseline: a block-orthogonal kernel times the gain (a dense
+/// orthogonal matrix for linear layers), kept where the mask is 1.
+fn masked_block_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) -> Weight {
+    let shape = &layer.shape;
+    let kernel = conv_orthogonal::kernel(shape.out(), shape.inp(), shape.kernel(), stream);
+    let gain = layer.gain.value;
+    let row_len = shape.fan_in();
+    let mut values = Vec::with_capacity(shape.out() * row_len);
+    let mut row = Vec::with_capacity(row_len);
+    for i in 0..shape.out() {
+        row.clear();
+        mask.rows_into(i, 1, &mut row);
+        for (j, &kept) in row.iter().enumerate() {
+            values.push(if kept != 0 {
+                gain * kernel.get(i, j)
+            } else {
+                0.0
+            });
+        }
+    }
+    Weight::Matrix(Grid::new(shape.out(), row_len, Order::RowMajor, values))
+}
+
 /// Draws what a layer's mask needs from its own stream. EOI: the rotations, then (for
 /// convolutions) the mask top-up. The random-mask baselines: the mask ([`mask::random`]),
 /// then, in [`Prepared::weight`], the values. SAO: the groups ([`sao::Structure::draw`]),
@@ -317,7 +347,7 @@ pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
                 stats,
             }
         }
-        Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal => {
+        Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal | Scheme::ConvOrthogonal => {
             let shape = &layer.shape;
             let mask = mask::random(shape.out(), shape.fan_in(), layer.density, &mut stream);
             Prepared {
