@@ -141,7 +141,7 @@ pub struct SpecArgs {
     pub format: Option<FormatArg>,
 
     /// Initialization scheme of every layer, over the spec's [init] and per-layer `scheme`:
-    /// eoi, or a baseline over a random mask.
+    /// eoi, or a baseline the paper compares it with (README, "Schemes").
     #[arg(long, value_enum, value_name = "SCHEME")]
     pub scheme: Option<SchemeArg>,
 }
