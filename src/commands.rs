@@ -153,10 +153,15 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
         .max()
         .unwrap_or(5)
         .clamp(5, 60);
+    // A grouped convolution's shape is followed by its groups, as PyTorch's Conv2d names them.
+    let shape = |l: &plan::LayerPlan| match l.groups {
+        1 => l.shape.to_string(),
+        g => format!("{} groups={g}", l.shape),
+    };
     let shape_width = plan
         .layers
         .iter()
-        .map(|l| l.shape.to_string().len())
+        .map(|l| shape(l).len())
         .max()
         .unwrap_or(5)
         .max(5);
@@ -197,7 +202,7 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
         text.push_str(&format!(
             "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8.5}  {:<11}  {:>12}  {:>12}{}\n",
             l.name,
-            l.shape.to_string(),
+            shape(l),
             l.kind().name(),
             l.scheme.name(),
             l.density,

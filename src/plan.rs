@@ -55,6 +55,9 @@ pub struct LayerPlan {
     pub bias_std: Option<f64>,
     /// The descent of scheme "approx-isometry" (every layer carries `[init]`'s).
     pub isometry: approx_isometry::Settings,
+    /// Convolution groups G: the kernel is G independent blocks of (out/G, in/G) (see
+    /// [`LayerPlan::block`]); 1 for linear layers and ordinary convolutions.
+    pub groups: usize,
     /// Where the layer stands in the spec (line, column).
     pub position: (usize, usize),
 }
@@ -71,6 +74,12 @@ impl LayerPlan {
         self.name
             .strip_suffix(".weight")
             .map(|module| format!("{module}.bias"))
+    }
+
+    /// The shape (out/G, in/G) of one of the G blocks of the centre matrix; the whole
+    /// (out, in/G) matrix for G = 1. The tensor's second dimension is in/G already.
+    pub fn block(&self) -> (usize, usize) {
+        (self.shape.out() / self.groups, self.shape.inp())
     }
 
     /// The density of the centre matrix, for convolutions.
@@ -95,10 +104,12 @@ impl LayerPlan {
     }
 }
 
-/// The smallest density a scheme can make for a shape. EOI: the identity's `1/max(out, in)`
-/// for a matrix; for a kernel, the density whose centre matrix reaches that. A random mask:
-/// one weight, `1/numel`. SAO: its smallest degree over `max(out, in)`.
-pub fn minimum_density(shape: &Shape, rule: CentreRule, scheme: Scheme) -> f64 {
+/// The smallest density a scheme can make for a shape with `groups` groups. EOI: the
+/// identity's `1/max(out, in)` for a matrix; for a kernel, the density whose centre matrix
+/// reaches that, per block: `1/max(out/G, in/G)` for each block's centre (so a depthwise
+/// layer, whose blocks are 1 x 1, can only be dense). A random mask: one weight, `1/numel`.
+/// SAO: its smallest degree over `max(out, in)`.
+pub fn minimum_density(shape: &Shape, groups: usize, rule: CentreRule, scheme: Scheme) -> f64 {
     if scheme.random_mask() {
         return 1.0 / shape.numel() as f64;
     }
@@ -107,12 +118,12 @@ pub fn minimum_density(shape: &Shape, rule: CentreRule, scheme: Scheme) -> f64 {
     }
     match shape.kind() {
         Kind::Linear => 1.0 / shape.out().max(shape.inp()) as f64,
-        Kind::Conv => conv::minimum_density(shape.out(), shape.inp(), shape.taps(), rule),
+        Kind::Conv => conv::minimum_density(shape.out() / groups, shape.inp(), shape.taps(), rule),
     }
 }
 
 /// Why a scheme's minimum density is what it is, for messages.
-fn minimum_reason(shape: &Shape, scheme: Scheme) -> String {
+fn minimum_reason(shape: &Shape, groups: usize, scheme: Scheme) -> String {
     if scheme.random_mask() {
         return format!("one weight of {}", shape.numel());
     }
@@ -123,6 +134,18 @@ fn minimum_reason(shape: &Shape, scheme: Scheme) -> String {
             (sao::minimum_density(shape.out(), shape.inp()) * m as f64).round(),
             shape.out(),
             shape.inp()
+        );
+    }
+    if groups > 1 {
+        let out = shape.out() / groups;
+        return format!(
+            "the identity: 1/max({out}, {}) for each of the {groups} blocks of the centre matrix{}",
+            shape.inp(),
+            if out.max(shape.inp()) == 1 {
+                "; the blocks of a depthwise convolution are 1 x 1, so EOI makes it dense"
+            } else {
+                ""
+            }
         );
     }
     format!(
@@ -228,6 +251,13 @@ struct Slot {
 }
 
 /// Resolves a spec into a plan.
+///
+/// Grouped convolutions (`groups = G`) enter the densities through the tensor's real shape
+/// only, (out, in/G, k...) as PyTorch stores it: ERK's raw density is
+/// `((out + in/G + sum k) / (out * in/G * prod k))^p`, ER's `(out + in/G) / (out * in/G)`, and
+/// N_l is the tensor's numel, so a grouped layer weighs in with the parameters it has. Its
+/// density applies to the whole tensor; EOI's minimum is per block (see [`minimum_density`]);
+/// the centre density d_H (`conv_center`) is each block's density.
 pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
     let file = spec.source.name.clone();
     let error = |position: Option<(usize, usize)>,
@@ -317,7 +347,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
         .iter()
         .zip(&rules)
         .zip(&layer_schemes)
-        .map(|((l, &rule), &scheme)| minimum_density(&l.shape, rule, scheme))
+        .map(|((l, &rule), &scheme)| minimum_density(&l.shape, l.groups, rule, scheme))
         .collect();
     let clamp = sparsity.below_minimum == BelowMinimum::Clamp;
     // A density counts as below the minimum only beyond rounding noise.
@@ -439,9 +469,35 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
                     "{how} {density:.6}, below the {:.6} that {maker} can make for shape {} ({})",
                     minima[k],
                     layer.shape,
-                    minimum_reason(&layer.shape, scheme),
+                    minimum_reason(&layer.shape, layer.groups, scheme),
                 ),
-                Some("raise the density, or set below_minimum = \"clamp\" in [sparsity] to use the minimum".into()),
+                Some(
+                    if scheme == Scheme::Eoi
+                        && layer.groups > 1
+                        && layer.shape.out() == layer.groups
+                        && layer.shape.inp() == 1
+                    {
+                        "under EOI a depthwise layer is dense: set below_minimum = \"clamp\" in [sparsity] (erk and er then re-balance the other layers), or match it with a `dense` pattern".into()
+                    } else {
+                        "raise the density, or set below_minimum = \"clamp\" in [sparsity] to use the minimum".into()
+                    },
+                ),
+            ));
+        }
+        if matches!(
+            scheme,
+            Scheme::Sao | Scheme::ApproxIsometry | Scheme::ConvOrthogonal
+        ) && layer.groups > 1
+        {
+            return Err(error(
+                Some(layer.position),
+                format!("layer \"{}\", field `groups`", layer.name),
+                format!(
+                    "scheme \"{}\" is not made for grouped convolutions (groups = {})",
+                    scheme.name(),
+                    layer.groups
+                ),
+                Some("use scheme \"eoi\" or \"orthogonal\" for this layer (they build each group's block on its own), or groups = 1".into()),
             ));
         }
         if scheme == Scheme::Sao
@@ -498,6 +554,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
                 .bias_std
                 .filter(|_| layer.name.ends_with(".weight"))),
             isometry: spec.init.isometry,
+            groups: layer.groups,
             position: layer.position,
         });
     }
@@ -840,19 +897,72 @@ mod tests {
     }
 
     #[test]
+    fn grouped_layers_use_their_real_shape_and_a_per_block_minimum() {
+        // (32, 4, 3, 3) with groups = 8 is in = 32, eight blocks of 4 x 4. ERK and ER see the
+        // tensor's shape: raw_c = (32 + 4 + 3 + 3) / (32 * 4 * 9) = 42/1152 (N 1152),
+        // raw_l = 80/1024 (N 1024); eps = 0.2 * 2176 / (42 + 80).
+        let layers = "[[layer]]\nname='c'\nshape=[32, 4, 3, 3]\ngroups=8\n[[layer]]\nname='l'\nshape=[16, 64]\n";
+        let p = plan_of(&format!(
+            "[sparsity]\ndensity=0.2\ndistribution='erk'\n{layers}"
+        ))
+        .unwrap();
+        let eps = 0.2 * 2176.0 / 122.0;
+        assert!((p.layers[0].density - 42.0 / 1152.0 * eps).abs() < 1e-12);
+        assert!((p.layers[1].density - 80.0 / 1024.0 * eps).abs() < 1e-12);
+        assert_eq!((p.layers[0].groups, p.layers[0].block()), (8, (4, 4)));
+        assert_eq!((p.layers[1].groups, p.layers[1].block()), (1, (16, 64)));
+        // ER: (out + in/G) / (out * in/G) = 36/128.
+        let p = plan_of(&format!(
+            "[sparsity]\ndensity=0.2\ndistribution='er'\n{layers}"
+        ))
+        .unwrap();
+        let eps = 0.2 * 2176.0 / (36.0 / 128.0 * 1152.0 + 80.0);
+        assert!((p.layers[0].density - 36.0 / 128.0 * eps).abs() < 1e-12);
+        // EOI's minimum is the block's: 1/max(4, 4) for the centre, not 1/32.
+        let shape = Shape::new(&[32, 4, 3, 3]).unwrap();
+        assert_eq!(
+            minimum_density(&shape, 8, CentreRule::Same, Scheme::Eoi),
+            0.25
+        );
+        assert_eq!(
+            minimum_density(&shape, 8, CentreRule::Sqrt, Scheme::Eoi),
+            1.0 / 16.0
+        );
+        assert_eq!(
+            minimum_density(&shape, 1, CentreRule::Same, Scheme::Eoi),
+            1.0 / 32.0
+        );
+        // A depthwise layer's 1 x 1 blocks make it dense, under either rule; a random mask
+        // still needs only one weight.
+        let depthwise = Shape::new(&[96, 1, 3, 3]).unwrap();
+        for rule in [CentreRule::Same, CentreRule::Sqrt] {
+            assert_eq!(minimum_density(&depthwise, 96, rule, Scheme::Eoi), 1.0);
+        }
+        assert_eq!(
+            minimum_density(&depthwise, 96, CentreRule::Same, Scheme::Kaiming),
+            1.0 / 864.0
+        );
+        // Clamped, a depthwise layer is dense and ERK re-balances the rest.
+        let text = "[sparsity]\ndensity=0.3\ndistribution='erk'\nbelow_minimum='clamp'\n[[layer]]\nname='dw'\nshape=[96, 1, 3, 3]\ngroups=96\n[[layer]]\nname='pw'\nshape=[96, 96, 1, 1]\n";
+        let p = plan_of(text).unwrap();
+        assert_eq!(p.layers[0].density, 1.0);
+        assert!((p.density() - 0.3).abs() < 1e-12, "{}", p.density());
+    }
+
+    #[test]
     fn conv_minimum_follows_the_centre_rule() {
         let shape = Shape::new(&[64, 32, 3, 3]).unwrap();
         assert_eq!(
-            minimum_density(&shape, CentreRule::Same, Scheme::Eoi),
+            minimum_density(&shape, 1, CentreRule::Same, Scheme::Eoi),
             1.0 / 64.0
         );
         assert_eq!(
-            minimum_density(&shape, CentreRule::Sqrt, Scheme::Eoi),
+            minimum_density(&shape, 1, CentreRule::Sqrt, Scheme::Eoi),
             1.0 / (64.0 * 9.0)
         );
         // A random mask needs one weight, whatever the rule.
         assert_eq!(
-            minimum_density(&shape, CentreRule::Same, Scheme::Kaiming),
+            minimum_density(&shape, 1, CentreRule::Same, Scheme::Kaiming),
             1.0 / (64.0 * 32.0 * 9.0)
         );
     }

@@ -26,6 +26,10 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
     record.insert("origin".into(), json!(layer.origin.name()));
     record.insert("params".into(), json!(layer.shape.numel()));
     record.insert("gain".into(), json!(layer.gain.value));
+    // Recorded only for grouped convolutions, so that other records keep their bytes.
+    if layer.groups != 1 {
+        record.insert("groups".into(), json!(layer.groups));
+    }
     let eoi = layer.scheme == Scheme::Eoi;
     if layer.scheme == Scheme::Sao
         && let Some(k) = sao::degree(layer.shape.out(), layer.shape.inp(), layer.density)

@@ -28,6 +28,8 @@ pub struct LayerRecord {
     pub bias: Option<(String, f64)>,
     /// Approximate isometry: the relative Frobenius error its descent reached.
     pub isometry_error: Option<f64>,
+    /// Convolution groups; 1 when the record has none (every layer before groups existed).
+    pub groups: usize,
     /// The record as written, to compare with a regenerated one field by field.
     pub raw: Value,
 }
@@ -265,10 +267,24 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
         None => None,
         Some(_) => Some(number("isometry_error")?),
     };
+    let groups = match raw.get("groups") {
+        None => 1,
+        Some(_) => {
+            let g = whole("groups")?;
+            let out = shape.first().copied().unwrap_or(0) as u64;
+            if g == 0 || out % g != 0 || (g > 1 && shape.len() < 3) {
+                return Err(format!(
+                    "has \"groups\" {g}, which is not a number of groups of shape {shape:?}"
+                ));
+            }
+            g as usize
+        }
+    };
     Ok(LayerRecord {
         name,
         shape,
         bias,
+        groups,
         density: number("density")?,
         scheme,
         gain: number("gain")?,

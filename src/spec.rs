@@ -385,7 +385,8 @@ impl Shape {
     }
 
     /// The fan-in `in * K` (K taps; 1 for linear layers), as Kaiming's std uses it: the one
-    /// place it is computed.
+    /// place it is computed. `in` is the shape's second dimension, which for a grouped
+    /// convolution is already in/G (PyTorch's storage): the inputs one output sees.
     pub fn fan_in(&self) -> usize {
         self.inp() * self.taps()
     }
@@ -488,6 +489,9 @@ pub struct LayerSpec {
     pub scheme: Option<Scheme>,
     /// This layer's bias std, overriding `[init]`'s; only for layers named `<module>.weight`.
     pub bias_std: Option<f64>,
+    /// Convolution groups G (1 unless the spec says otherwise): the kernel is G independent
+    /// blocks of (out/G, in/G), and `shape[1]` is in/G, as PyTorch stores the weight.
+    pub groups: usize,
     /// Where the layer's `name` stands in the spec (1-based line, column).
     pub position: (usize, usize),
 }
@@ -665,6 +669,11 @@ struct RawLayer {
     /// `<module>.weight`, and its bias is `<module>.bias`.
     #[schemars(with = "Option<f64>", range(min = 0))]
     bias_std: Option<Spanned<f64>>,
+    /// Convolution groups G >= 1 (default 1), PyTorch's `groups`: the weight's shape is then
+    /// [out, in / G, k...] as PyTorch stores it, `out` divisible by G; depthwise is G = out
+    /// with shape [out, 1, k...]. Convolutions only.
+    #[schemars(with = "Option<u64>", range(min = 1))]
+    groups: Option<Spanned<i64>>,
 }
 
 /// The schema of a gain as a spec writes it (the parser reads a `toml::Value`).
@@ -1483,6 +1492,10 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
             }
             Some(v) => Some(bias_std(errors, v, &field("bias_std"))?),
         };
+        let groups = match &raw_layer.groups {
+            None => 1,
+            Some(g) => layer_groups(errors, g, &shape, &field("groups"))?,
+        };
         let has_index = name.contains("{i}");
         let names: Vec<String> = match &raw_layer.repeat {
             None if has_index => {
@@ -1558,6 +1571,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 conv_center,
                 scheme: layer_scheme,
                 bias_std: layer_bias_std,
+                groups,
                 position,
             });
         }
@@ -1571,6 +1585,89 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
         output,
         layers,
     })
+}
+
+/// Validates a layer's `groups` against its shape: an integer >= 1, 1 for a linear layer,
+/// and dividing `out` (the tensor's second dimension is already in/G, so it needs no check).
+fn layer_groups(
+    errors: &Errors<'_>,
+    value: &Spanned<i64>,
+    shape: &Shape,
+    context: &str,
+) -> Result<usize, SpecError> {
+    let g = *value.get_ref();
+    if g < 1 {
+        return Err(errors.at(
+            &value.span(),
+            context,
+            format!("groups must be an integer >= 1, got {g}"),
+        ));
+    }
+    if g == 1 {
+        return Ok(1);
+    }
+    if shape.kind() == Kind::Linear {
+        return Err(with_help(
+            errors.at(
+                &value.span(),
+                context,
+                format!(
+                    "groups = {g} applies to convolutions, but shape {shape} is a linear layer's (out, in)"
+                ),
+            ),
+            "remove groups (a linear layer has one group), or give the kernel's spatial dimensions in shape",
+        ));
+    }
+    let g = usize::try_from(g).unwrap_or(usize::MAX);
+    if shape.out() % g != 0 {
+        let divisors: Vec<String> = divisors(shape.out())
+            .into_iter()
+            .filter(|&d| d > 1)
+            .map(|d| d.to_string())
+            .collect();
+        return Err(with_help(
+            errors.at(
+                &value.span(),
+                context,
+                format!(
+                    "groups = {g} does not divide out = {} (shape {shape}): each group has out / groups output channels",
+                    shape.out()
+                ),
+            ),
+            format!(
+                "groups must divide {}: {}; shape is [out, in / groups, k...] as PyTorch stores a grouped convolution's weight",
+                shape.out(),
+                shorten(&divisors)
+            ),
+        ));
+    }
+    Ok(g)
+}
+
+/// The divisors of `n`, in increasing order (trial division up to sqrt(n)).
+fn divisors(n: usize) -> Vec<usize> {
+    let (mut small, mut large) = (Vec::new(), Vec::new());
+    let mut d = 1;
+    while d <= n / d {
+        if n % d == 0 {
+            small.push(d);
+            if d != n / d {
+                large.push(n / d);
+            }
+        }
+        d += 1;
+    }
+    small.extend(large.into_iter().rev());
+    small
+}
+
+/// A list for a message, at most ten items and an ellipsis.
+fn shorten(items: &[String]) -> String {
+    if items.len() <= 10 {
+        items.join(", ")
+    } else {
+        format!("{}, ...", items[..10].join(", "))
+    }
 }
 
 /// `hidden.weight` -> `hidden.{i}.weight`: a likely indexed form of a name.
@@ -1605,6 +1702,34 @@ mod tests {
         assert_eq!(spec.layers.len(), 1);
         assert_eq!(spec.layers[0].shape.dims(), &[4, 6]);
         assert_eq!(spec.layers[0].position, (5, 8));
+    }
+
+    #[test]
+    fn groups_default_to_one_and_must_divide_out() {
+        let spec = parse_str(MINIMAL).unwrap();
+        assert_eq!(spec.layers[0].groups, 1);
+        let conv = |shape: &str, groups: &str| {
+            parse_str(&format!(
+                "[sparsity]\ndensity = 0.5\n[[layer]]\nname = \"c\"\nshape = {shape}\ngroups = {groups}\n"
+            ))
+        };
+        let spec = conv("[96, 1, 3, 3]", "96").unwrap();
+        assert_eq!(spec.layers[0].groups, 96);
+        assert_eq!(conv("[4, 6]", "1").unwrap().layers[0].groups, 1);
+        for (shape, groups, excerpt) in [
+            ("[32, 4, 3, 3]", "3", "groups = 3 does not divide out = 32"),
+            ("[4, 6]", "2", "applies to convolutions"),
+            ("[8, 4, 3]", "0", "groups must be an integer >= 1, got 0"),
+            ("[8, 4, 3]", "-2", "groups must be an integer >= 1, got -2"),
+        ] {
+            let err = conv(shape, groups).unwrap_err();
+            assert_eq!(err.context, "layer \"c\", field `groups`");
+            assert_eq!(err.position, Some((6, 10)));
+            assert!(err.message.contains(excerpt), "{err}");
+        }
+        assert_eq!(divisors(12), [1, 2, 3, 4, 6, 12]);
+        assert_eq!(divisors(1), [1]);
+        assert_eq!(divisors(49), [1, 7, 49]);
     }
 
     #[test]
@@ -1794,7 +1919,8 @@ mod tests {
                 "gain",
                 "conv_center",
                 "scheme",
-                "bias_std"
+                "bias_std",
+                "groups"
             ]
         );
         assert!(fields_of::<RawSpec>().contains(&"sparsity"));

@@ -551,19 +551,43 @@ fn check_layer(
             let centre: Vec<f64> = values.iter().skip(tap).step_by(taps).copied().collect();
             (centre.into(), out, inp)
         };
-        let view = measure::view(&matrix, rows, cols);
-        let g = measure::gram(view, measure::parallelism(rows, cols));
+        // A grouped convolution is block diagonal as an operator: each group's block of
+        // rows (out/G of them, over the group's own inputs) is judged on its own.
+        // (A record whose groups do not fit the file's shape is judged as one block; the
+        // shape check has failed it already.)
+        let groups = record.map_or(1, |r| r.groups).max(1).min(rows.max(1));
+        let groups = if rows % groups == 0 { groups } else { 1 };
+        let rows = rows / groups;
+        let grams: Vec<_> = (0..groups)
+            .map(|b| {
+                let block = &matrix[b * rows * cols..(b + 1) * rows * cols];
+                measure::gram(
+                    measure::view(block, rows, cols),
+                    measure::parallelism(rows, cols),
+                )
+            })
+            .collect();
         let (gain, estimated) = match record {
             Some(r) => (r.gain, false),
-            None => (measure::mean_diagonal(&g).sqrt(), true),
+            None => (measure::mean_diagonal(&grams[0]).sqrt(), true),
         };
-        let error = measure::deviation(&g, gain * gain);
+        let error = grams
+            .iter()
+            .map(|g| measure::deviation(g, gain * gain))
+            .fold(0.0, |worst: f64, e| {
+                if worst.is_nan() || e.is_nan() {
+                    f64::NAN
+                } else {
+                    worst.max(e)
+                }
+            });
         let tol = tolerance(w.dtype, gain, rows.max(cols)).filter(|_| promised);
         report.gain = Some(gain);
         report.orthogonality_error = Some(error);
         report.tolerance = tol;
         if let Some(recorded) = record.and_then(|r| r.isometry_error) {
-            let measured = measure::relative_frobenius(&g, gain * gain);
+            // (approx-isometry has one group: the plan refuses it for grouped layers.)
+            let measured = measure::relative_frobenius(&grams[0], gain * gain);
             report.isometry_error = Some(measured);
             report.recorded_isometry_error = Some(recorded);
             if let Some(allowed) =
@@ -584,6 +608,14 @@ fn check_layer(
             && (error.is_nan() || error > tol)
         {
             let what = if !delta { "W" } else { "the centre tap H" };
+            let (what, over) = if groups > 1 {
+                (
+                    "B",
+                    format!(" over each of the {groups} groups' blocks B of {what}"),
+                )
+            } else {
+                (what, String::new())
+            };
             let product = if stacked {
                 "sum over taps of W_t^T W_t".to_string()
             } else if rows <= cols {
@@ -595,7 +627,7 @@ fn check_layer(
                 &mut report,
                 Check::Orthogonality,
                 format!(
-                    "max |{product} - gain^2 I| = {error:.3e} exceeds the tolerance {tol:.3e} for {} (gain {gain}{})",
+                    "max |{product} - gain^2 I|{over} = {error:.3e} exceeds the tolerance {tol:.3e} for {} (gain {gain}{})",
                     w.dtype,
                     if estimated {
                         ", estimated: no record"

@@ -1,5 +1,5 @@
 //! Golden hashes: the SHA-256 of every tensor that the real binary writes for
-//! tests/golden/small.toml (and tests/golden/sao.toml), per dtype and per scheme. They freeze the random streams, the stop
+//! tests/golden/small.toml (and tests/golden/sao.toml, tests/golden/groups.toml), per dtype and per scheme. They freeze the random streams, the stop
 //! rule, the conv rule, the baselines' masks and values (approximate isometry's descent too), and density planning: if one changes, output bytes change, which is a breaking
 //! change (new major version, CHANGELOG entry, and new hashes here).
 //!
@@ -577,6 +577,134 @@ fn sao_is_frozen_for_any_thread_count_and_container() {
         );
     }
 }
+
+#[test]
+fn grouped_and_depthwise_convolutions_are_frozen() {
+    // EOI's blocks draw from block streams, the baselines' blocks likewise; the top-up and
+    // the random masks from the tensor's stream.
+    let spec = Path::new("tests/golden/groups.toml");
+    for (scheme, table) in [
+        ("eoi", GROUPS_EOI),
+        ("orthogonal", GROUPS_ORTHOGONAL),
+        ("kaiming", GROUPS_KAIMING),
+    ] {
+        for (container, threads) in [(Container::Safetensors, "1"), (Container::Npy, "3")] {
+            let actual = hashes(spec, container, &["--scheme", scheme, "--threads", threads]);
+            check_table(
+                &format!(
+                    "tests/golden/groups.toml (--scheme {scheme}, {container:?}, --threads {threads})"
+                ),
+                &actual,
+                table,
+            );
+        }
+    }
+}
+
+const GROUPS_EOI: &[(&str, &str)] = &[
+    (
+        "depthwise.weight",
+        "60dd4efc39608ba1536ad5e6719133590781cffd7cfa5b5e4265bfa0f4fa3d69",
+    ),
+    (
+        "depthwise.weight_mask",
+        "761136e30319b547b806f3753bb0237dcf74194a44f77561bcc360ba1a5b7adb",
+    ),
+    (
+        "grouped.weight",
+        "d259e3974376e8e39447d3fe3b98ef681233c8090ba1d0ba6bbf8d187213fddf",
+    ),
+    (
+        "grouped.weight_mask",
+        "76192b53de87556daac8469639fe1f7ca44429a26adcccc31638479456909bbc",
+    ),
+    (
+        "multiplier.weight",
+        "126b0979551e2471cf84074ff360cd7366bf3f967dea2f08b2696be5cf10a749",
+    ),
+    (
+        "multiplier.weight_mask",
+        "7f30277b1a058f94ddde086d5e845c92c16b48c0bc5fbe28dfcce969fb770cc9",
+    ),
+    (
+        "wide.weight",
+        "d1597942e47fe80f462df49d4627dff4fd8ccdbb34494f00bf3c525e4dd95ecd",
+    ),
+    (
+        "wide.weight_mask",
+        "0185aaa11b2ab10b5eed30cec6bad4d06d8c1d0ac398374f636f6509433e93ef",
+    ),
+];
+
+const GROUPS_ORTHOGONAL: &[(&str, &str)] = &[
+    (
+        "depthwise.weight",
+        "6277ca24a17555ee305ce6a356c60b637fddab36b916ab654e6dac1cf5238577",
+    ),
+    (
+        "depthwise.weight_mask",
+        "381495a25bf4dc8afd12dff5fe6d5e74cb216bbac676fcbbeb6a810c88cf0ee2",
+    ),
+    (
+        "grouped.weight",
+        "35d04a4ff9a40cf3a93c8b73b392206a86824dfe4c3737e1082bbfab9fde68ed",
+    ),
+    (
+        "grouped.weight_mask",
+        "35fb84daf8f72653d52211cacfe6afabee7656d34f6d81a18823b2efeb5f88d6",
+    ),
+    (
+        "multiplier.weight",
+        "be3e1d7889ccdcff538caf3bf566f432277756614dbbe5a37019865262a3462a",
+    ),
+    (
+        "multiplier.weight_mask",
+        "5e117cdc884327bab45d715fbabde9cb16829c867578d3097352d3ca2478cd7e",
+    ),
+    (
+        "wide.weight",
+        "91a87e17cf8c2d38929e747164352768a034e4858b3f63d2f4396cfeddd109a8",
+    ),
+    (
+        "wide.weight_mask",
+        "5ebf53669b3fe71897fcec2ecff6dc975ea61bb2fb3db461a3ecc32c6bc0618b",
+    ),
+];
+
+const GROUPS_KAIMING: &[(&str, &str)] = &[
+    (
+        "depthwise.weight",
+        "9173fa9aa794133b4d8e4fabd9985a9eaaff280bfa29d4f576703bdbc7b52869",
+    ),
+    (
+        "depthwise.weight_mask",
+        "381495a25bf4dc8afd12dff5fe6d5e74cb216bbac676fcbbeb6a810c88cf0ee2",
+    ),
+    (
+        "grouped.weight",
+        "7c9e2e990d86ec97ff9a94d45793469a65584010df51e1261f2903cb5d74ddb3",
+    ),
+    (
+        "grouped.weight_mask",
+        "35fb84daf8f72653d52211cacfe6afabee7656d34f6d81a18823b2efeb5f88d6",
+    ),
+    (
+        "multiplier.weight",
+        "9d2a707156a7d49300a2191cbcdf36b981b23cda36afe80c05fe4641a0643831",
+    ),
+    (
+        "multiplier.weight_mask",
+        "5e117cdc884327bab45d715fbabde9cb16829c867578d3097352d3ca2478cd7e",
+    ),
+    (
+        "wide.weight",
+        "24d7f7f59e0b326d089aa515a9589ec579403598027990638daaa425ada53fb4",
+    ),
+    (
+        "wide.weight_mask",
+        "5ebf53669b3fe71897fcec2ecff6dc975ea61bb2fb3db461a3ecc32c6bc0618b",
+    ),
+];
 
 const F32: &[(&str, &str)] = &[
     (

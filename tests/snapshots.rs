@@ -128,6 +128,16 @@ fn error_messages() {
             Some(format!("[sparsity]\ndensity = 0.5\n\n{LAYER}\n{LAYER}")),
             &["plan", "spec.toml", "--json"],
         ),
+        (
+            "groups_not_dividing_out",
+            Some("[sparsity]\ndensity = 0.5\n\n[[layer]]\nname = \"conv.weight\"\nshape = [32, 4, 3, 3]\ngroups = 3\n".into()),
+            &["plan", "spec.toml"],
+        ),
+        (
+            "depthwise_below_minimum",
+            Some("[sparsity]\ndensity = 0.5\n\n[[layer]]\nname = \"dw.weight\"\nshape = [96, 1, 3, 3]\ngroups = 96\n".into()),
+            &["plan", "spec.toml"],
+        ),
         ("missing_file", None, &["plan", "missing.toml"]),
         (
             "missing_output_option",

@@ -1,6 +1,8 @@
 //! Delta-orthogonal EOI for convolutions: an EOI matrix H of shape (out, in) sits at the
 //! spatial centre tap of the kernel and every other tap is zero, so the kernel is orthogonal
-//! as a convolution. The mask starts as the support of H at the centre tap and is topped up
+//! as a convolution. A grouped convolution (G groups, weight (out, in/G, k...)) gets G
+//! independent EOI blocks of (out/G, in/G), one per group, each from its own stream
+//! ([`Centre`]); a depthwise one (1 x 1 blocks) a centre of +-gain per channel. The mask starts as the support of H at the centre tap and is topped up
 //! with uniformly chosen positions, anywhere in the tensor, to `ceil(d * numel)` ones; those
 //! weights start at zero but are trainable.
 
@@ -63,35 +65,126 @@ pub fn mask_ones(density: f64, numel: u64, centre_nnz: u64) -> u64 {
     target.max(centre_nnz)
 }
 
-/// The centre matrix's schedule: the first draws of the layer's stream.
-pub fn schedule(
+/// The centre matrix of a kernel with G groups: G EOI blocks of shape (out/G, in/G), stacked
+/// along `out` (block b holds output channels `b out/G .. (b + 1) out/G`, which see only their
+/// group's in/G input channels, the tensor's second dimension). As an operator the grouped
+/// convolution's centre is block diagonal, so it is orthogonal exactly when every block is.
+#[derive(Clone, Debug)]
+pub struct Centre {
+    blocks: Vec<eoi::Schedule>,
+    /// Each block's sign: -1 or +1 for a 1 x 1 block of a grouped kernel (which has no two
+    /// columns to rotate), +1 otherwise.
+    signs: Vec<f64>,
+}
+
+impl Centre {
+    /// The blocks' schedules, in order.
+    pub fn blocks(&self) -> &[eoi::Schedule] {
+        &self.blocks
+    }
+
+    /// Rows of the whole centre matrix (`out`).
+    pub fn rows(&self) -> usize {
+        self.blocks.iter().map(eoi::Schedule::rows).sum()
+    }
+
+    /// Columns of the centre matrix (in/G).
+    pub fn cols(&self) -> usize {
+        self.blocks[0].cols()
+    }
+
+    /// Nonzeros of the centre matrix: the blocks' supports together.
+    pub fn nnz(&self) -> u64 {
+        self.blocks.iter().map(eoi::Schedule::nnz).sum()
+    }
+
+    /// Givens rotations of all blocks.
+    pub fn rotations(&self) -> u64 {
+        self.blocks.iter().map(|b| b.rotations().len() as u64).sum()
+    }
+
+    /// The (out, in/G) centre matrix times `gain`: each block's EOI matrix (times its sign).
+    pub fn matrix(&self, gain: f64) -> Grid<f64> {
+        if let [only] = self.blocks.as_slice() {
+            return only.matrix(gain * self.signs[0]);
+        }
+        let (rows, cols) = (self.rows(), self.cols());
+        let mut values = Vec::with_capacity(rows * cols);
+        for (block, &sign) in self.blocks.iter().zip(&self.signs) {
+            let m = block.matrix(gain * sign);
+            for r in 0..block.rows() {
+                values.extend((0..cols).map(|c| m.get(r, c)));
+            }
+        }
+        Grid::new(rows, cols, Order::RowMajor, values)
+    }
+}
+
+/// The centre matrix's schedules at the layer's centre density (see [`centre_density`]),
+/// each block at that density.
+///
+/// With one group the single block draws its rotations first from the tensor's `stream`
+/// (which the mask's top-up then continues), as before groups existed. With G > 1 block b
+/// draws from its own stream [`Stream::derive_block`]`(seed, name, b)`: its rotations (see
+/// [`eoi::schedule`]), or, for a 1 x 1 block (a depthwise convolution's), one
+/// [`Stream::below`]`(2)` for its sign (1: negative); the tensor's stream is left for the
+/// top-up alone.
+#[allow(clippy::too_many_arguments)]
+pub fn centre(
     out: usize,
     inp: usize,
     taps: usize,
+    groups: usize,
     density: f64,
     rule: CentreRule,
     stream: &mut Stream,
-) -> eoi::Schedule {
-    eoi::schedule(out, inp, centre_density(density, taps, rule), stream)
+    (seed, name): (u64, &str),
+) -> Centre {
+    let d = centre_density(density, taps, rule);
+    if groups <= 1 {
+        return Centre {
+            blocks: vec![eoi::schedule(out, inp, d, stream)],
+            signs: vec![1.0],
+        };
+    }
+    let rows = out / groups;
+    let mut blocks = Vec::with_capacity(groups);
+    let mut signs = Vec::with_capacity(groups);
+    for b in 0..groups {
+        let mut own = Stream::derive_block(seed, name, b as u64);
+        if rows == 1 && inp == 1 {
+            signs.push(if own.below(2) == 1 { -1.0 } else { 1.0 });
+        } else {
+            signs.push(1.0);
+        }
+        blocks.push(eoi::schedule(rows, inp, d, &mut own));
+    }
+    Centre { blocks, signs }
 }
 
 /// The kernel's mask: the centre matrix's support at the centre tap, topped up by drawing
-/// from `stream` (which continues after the centre's rotations).
+/// from `stream` (which continues after the centre's rotations for one group, and is the
+/// tensor's fresh stream for several).
 ///
-/// Top-up draws: positions `p` uniform in `0..numel` (row-major over (out, in, k...)); a
-/// position whose mask is 0 is set to 1, one that is already 1 is drawn again, until the mask
-/// holds [`mask_ones`] ones. When every position must be 1, no draw is made.
-pub fn mask(centre: &eoi::Schedule, kernel: &[usize], density: f64, stream: &mut Stream) -> Mask {
-    let support = centre.mask();
+/// Top-up draws: positions `p` uniform in `0..numel` (row-major over (out, in, k...), the whole
+/// tensor whatever its groups); a position whose mask is 0 is set to 1, one that is already
+/// 1 is drawn again, until the mask holds [`mask_ones`] ones. When every position must be 1,
+/// no draw is made.
+pub fn mask(centre: &Centre, kernel: &[usize], density: f64, stream: &mut Stream) -> Mask {
     let (out, inp) = (centre.rows(), centre.cols());
     let taps: usize = kernel.iter().product();
     let tap = centre_tap(kernel);
     let numel = out * inp * taps;
     let mut mask = vec![0u8; numel];
-    for o in 0..out {
-        for i in 0..inp {
-            mask[(o * inp + i) * taps + tap] = u8::from(support.get(o, i));
+    let mut first = 0;
+    for block in centre.blocks() {
+        let support = block.mask();
+        for o in 0..block.rows() {
+            for i in 0..inp {
+                mask[((first + o) * inp + i) * taps + tap] = u8::from(support.get(o, i));
+            }
         }
+        first += block.rows();
     }
     let want = mask_ones(density, numel as u64, centre.nnz());
     if want == numel as u64 {
@@ -110,7 +203,7 @@ pub fn mask(centre: &eoi::Schedule, kernel: &[usize], density: f64, stream: &mut
 }
 
 /// The kernel: the centre matrix (times `gain`) at the centre tap, zero elsewhere.
-pub fn weight(centre: &eoi::Schedule, kernel: &[usize], gain: f64) -> Weight {
+pub fn weight(centre: &Centre, kernel: &[usize], gain: f64) -> Weight {
     Weight::CentreTap {
         centre: centre.matrix(gain),
         taps: kernel.iter().product(),

@@ -71,39 +71,44 @@ pub fn bias(layer: &LayerPlan, seed: u64) -> Option<Grid<f64>> {
     Some(Grid::new(1, out, Order::RowMajor, values))
 }
 
-fn centre_schedule(layer: &LayerPlan, stream: &mut Stream) -> eoi::Schedule {
+/// A linear layer's EOI schedule: the first draws of its stream.
+fn linear_schedule(layer: &LayerPlan, stream: &mut Stream) -> eoi::Schedule {
+    eoi::schedule(layer.shape.out(), layer.shape.inp(), layer.density, stream)
+}
+
+/// A kernel's EOI centre, block by block (one block unless the layer has groups).
+fn kernel_centre(layer: &LayerPlan, seed: u64, stream: &mut Stream) -> conv::Centre {
     let shape = &layer.shape;
-    match shape.kind() {
-        Kind::Linear => eoi::schedule(shape.out(), shape.inp(), layer.density, stream),
-        Kind::Conv => conv::schedule(
-            shape.out(),
-            shape.inp(),
-            shape.taps(),
-            layer.density,
-            layer.conv_center,
-            stream,
-        ),
+    conv::centre(
+        shape.out(),
+        shape.inp(),
+        shape.taps(),
+        layer.groups,
+        layer.density,
+        layer.conv_center,
+        stream,
+        (seed, &layer.name),
+    )
+}
+
+fn linear_stats(layer: &LayerPlan, schedule: &eoi::Schedule) -> LayerStats {
+    LayerStats {
+        numel: layer.shape.numel(),
+        nnz: schedule.nnz(),
+        rotations: schedule.rotations().len() as u64,
+        centre_nnz: None,
+        isometry_error: None,
     }
 }
 
-fn eoi_stats(layer: &LayerPlan, schedule: &eoi::Schedule) -> LayerStats {
+fn kernel_stats(layer: &LayerPlan, centre: &conv::Centre) -> LayerStats {
     let numel = layer.shape.numel();
-    let rotations = schedule.rotations().len() as u64;
-    match layer.kind() {
-        Kind::Linear => LayerStats {
-            numel,
-            nnz: schedule.nnz(),
-            rotations,
-            centre_nnz: None,
-            isometry_error: None,
-        },
-        Kind::Conv => LayerStats {
-            numel,
-            nnz: conv::mask_ones(layer.density, numel, schedule.nnz()),
-            rotations,
-            centre_nnz: Some(schedule.nnz()),
-            isometry_error: None,
-        },
+    LayerStats {
+        numel,
+        nnz: conv::mask_ones(layer.density, numel, centre.nnz()),
+        rotations: centre.rotations(),
+        centre_nnz: Some(centre.nnz()),
+        isometry_error: None,
     }
 }
 
@@ -127,8 +132,10 @@ pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
     match layer.scheme {
         Scheme::Eoi => {
             let mut stream = Stream::derive(seed, &layer.name);
-            let schedule = centre_schedule(layer, &mut stream);
-            eoi_stats(layer, &schedule)
+            match layer.kind() {
+                Kind::Linear => linear_stats(layer, &linear_schedule(layer, &mut stream)),
+                Kind::Conv => kernel_stats(layer, &kernel_centre(layer, seed, &mut stream)),
+            }
         }
         Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal | Scheme::ConvOrthogonal => {
             random_mask_stats(layer)
@@ -161,8 +168,10 @@ fn sao_stats(layer: &LayerPlan, degree: usize) -> LayerStats {
 
 /// How a prepared layer's values are made.
 enum Recipe {
-    /// EOI: the rotations to apply.
+    /// EOI of a matrix: the rotations to apply.
     Eoi(eoi::Schedule),
+    /// EOI of a kernel: the centre's blocks.
+    EoiKernel(conv::Centre),
     /// A baseline over a random mask: the values are drawn from the layer's stream where the
     /// mask left it.
     Drawn(Stream),
@@ -177,6 +186,7 @@ enum Recipe {
 /// (see [`Prepared::weight`]). The mask can be written while the values are computed.
 pub struct Prepared<'a> {
     layer: &'a LayerPlan,
+    seed: u64,
     recipe: Recipe,
     pub mask: Mask,
     pub stats: LayerStats,
@@ -188,10 +198,8 @@ impl Prepared<'_> {
         let layer = self.layer;
         let gain = layer.gain.value;
         match &self.recipe {
-            Recipe::Eoi(schedule) => match layer.kind() {
-                Kind::Linear => Weight::Matrix(schedule.matrix(gain)),
-                Kind::Conv => conv::weight(schedule, layer.shape.kernel(), gain),
-            },
+            Recipe::Eoi(schedule) => Weight::Matrix(schedule.matrix(gain)),
+            Recipe::EoiKernel(centre) => conv::weight(centre, layer.shape.kernel(), gain),
             Recipe::Sao(structure, stream) => {
                 let matrix = structure.matrix(gain, &mut stream.clone());
                 match layer.kind() {
@@ -207,7 +215,9 @@ impl Prepared<'_> {
             Recipe::Drawn(stream) => {
                 let mut stream = stream.clone();
                 match layer.scheme {
-                    Scheme::Orthogonal => masked_orthogonal(layer, &self.mask, &mut stream),
+                    Scheme::Orthogonal => {
+                        masked_orthogonal(layer, &self.mask, &mut stream, self.seed)
+                    }
                     Scheme::ConvOrthogonal => {
                         masked_block_orthogonal(layer, &self.mask, &mut stream)
                     }
@@ -236,7 +246,7 @@ impl Prepared<'_> {
     /// exists. Other layers are computed whole first.
     pub fn weight_for(&self, layout: Layout) -> Weight {
         if let Recipe::Eoi(schedule) = &self.recipe {
-            if layout == Layout::Torch && self.layer.kind() == Kind::Linear {
+            if layout == Layout::Torch {
                 if let Some(rows) = schedule.rotated_rows(self.layer.gain.value) {
                     return Weight::Rotated(rows);
                 }
@@ -247,10 +257,23 @@ impl Prepared<'_> {
 }
 
 /// The `orthogonal` baseline: a dense orthogonal (out, in) matrix times the gain, at the
-/// centre tap for convolutions, kept where the mask is 1.
-fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) -> Weight {
+/// centre tap for convolutions, kept where the mask is 1. A grouped kernel gets one dense
+/// orthogonal (out/G, in/G) block per group: with one group from the layer's stream after
+/// the mask, with G > 1 block b from [`Stream::derive_block`]`(seed, name, b)`.
+fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream, seed: u64) -> Weight {
     let (out, inp) = (layer.shape.out(), layer.shape.inp());
-    let q = orthogonal::matrix(out, inp, stream);
+    let groups = layer.groups.max(1);
+    let rows = out / groups;
+    let blocks: Vec<Grid<f64>> = if groups == 1 {
+        vec![orthogonal::matrix(out, inp, stream)]
+    } else {
+        (0..groups)
+            .map(|b| {
+                let mut own = Stream::derive_block(seed, &layer.name, b as u64);
+                orthogonal::matrix(rows, inp, &mut own)
+            })
+            .collect()
+    };
     let taps = layer.shape.taps();
     let tap = conv::centre_tap(layer.shape.kernel());
     let gain = layer.gain.value;
@@ -259,9 +282,10 @@ fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) -> Wei
     for i in 0..out {
         row.clear();
         mask.rows_into(i, 1, &mut row);
+        let q = &blocks[i / rows];
         for j in 0..inp {
             let kept = row[j * taps + tap] != 0;
-            values.push(if kept { gain * q.get(i, j) } else { 0.0 });
+            values.push(if kept { gain * q.get(i % rows, j) } else { 0.0 });
         }
     }
     let centre = Grid::new(out, inp, Order::RowMajor, values);
@@ -323,7 +347,8 @@ fn masked_block_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) 
 }
 
 /// Draws what a layer's mask needs from its own stream. EOI: the rotations, then (for
-/// convolutions) the mask top-up. The random-mask baselines: the mask ([`mask::random`]),
+/// convolutions) the mask top-up; a grouped kernel's blocks draw from their own streams
+/// (see [`conv::centre`]). The random-mask baselines: the mask ([`mask::random`]),
 /// then, in [`Prepared::weight`], the values. SAO: the groups ([`sao::Structure::draw`]),
 /// then the values ([`sao::Structure::matrix`]). Approximate isometry: the mask, the
 /// orthogonal matrix (the draws of `orthogonal`), then the descent, here, so that its error
@@ -331,27 +356,35 @@ fn masked_block_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) 
 pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
     let mut stream = Stream::derive(seed, &layer.name);
     match layer.scheme {
-        Scheme::Eoi => {
-            let schedule = centre_schedule(layer, &mut stream);
-            let stats = eoi_stats(layer, &schedule);
-            let mask = match layer.kind() {
-                Kind::Linear => Mask::Bits(schedule.mask()),
-                Kind::Conv => {
-                    conv::mask(&schedule, layer.shape.kernel(), layer.density, &mut stream)
+        Scheme::Eoi => match layer.kind() {
+            Kind::Linear => {
+                let schedule = linear_schedule(layer, &mut stream);
+                Prepared {
+                    layer,
+                    seed,
+                    stats: linear_stats(layer, &schedule),
+                    mask: Mask::Bits(schedule.mask()),
+                    recipe: Recipe::Eoi(schedule),
                 }
-            };
-            Prepared {
-                layer,
-                recipe: Recipe::Eoi(schedule),
-                mask,
-                stats,
             }
-        }
+            Kind::Conv => {
+                let centre = kernel_centre(layer, seed, &mut stream);
+                let mask = conv::mask(&centre, layer.shape.kernel(), layer.density, &mut stream);
+                Prepared {
+                    layer,
+                    seed,
+                    stats: kernel_stats(layer, &centre),
+                    mask,
+                    recipe: Recipe::EoiKernel(centre),
+                }
+            }
+        },
         Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal | Scheme::ConvOrthogonal => {
             let shape = &layer.shape;
             let mask = mask::random(shape.out(), shape.fan_in(), layer.density, &mut stream);
             Prepared {
                 layer,
+                seed,
                 recipe: Recipe::Drawn(stream),
                 mask,
                 stats: random_mask_stats(layer),
@@ -364,6 +397,7 @@ pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
             let mask = structure.mask(shape.taps());
             Prepared {
                 layer,
+                seed,
                 recipe: Recipe::Sao(structure, stream),
                 mask,
                 stats: sao_stats(layer, degree),
@@ -378,6 +412,7 @@ pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
             drop(q);
             Prepared {
                 layer,
+                seed,
                 recipe: Recipe::Optimised(optimised.values),
                 mask,
                 stats: LayerStats {
@@ -406,6 +441,7 @@ pub fn prepare_optimised(
     let mask = mask::random(shape.out(), shape.fan_in(), layer.density, &mut stream);
     Some(Prepared {
         layer,
+        seed,
         recipe: Recipe::Optimised(values),
         mask,
         stats,
