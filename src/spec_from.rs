@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use crate::error::Error;
 use crate::isometry::natural_cmp;
 use crate::read::{self, Checkpoint};
-use crate::spec::{self, Distribution, Gain, Pattern, Shape, Source};
+use crate::spec::{self, Distribution, Gain, Kind, Pattern, Shape, Source};
 use crate::tensor::Layout;
 
 /// Largest JSON shape list accepted.
@@ -392,6 +392,8 @@ fn densities_from(
 struct Layer {
     name: String,
     shape: Shape,
+    /// Convolution groups (1 unless the source says otherwise).
+    groups: usize,
     /// Density from a mask: (nnz, numel, mask name).
     mask: Option<(u64, u64, String)>,
 }
@@ -475,19 +477,23 @@ pub fn spec_from(
                 shapes.name, entry.shape
             )));
         }
-        if entry.groups != 1 {
-            return Err(usage(format!(
-                "'{}': tensor {tensor} is a grouped convolution (groups = {}), which eoi's specs cannot describe yet\n  help: leave it out with --exclude {tensor}",
-                shapes.name, entry.groups
-            )));
-        }
         let torch = options.layout.torch_shape(&entry.shape);
         let dims: Vec<i64> = torch.iter().map(|&d| d as i64).collect();
         let shape = Shape::new(&dims)
             .map_err(|m| usage(format!("'{}': tensor {tensor}: {m}", shapes.name)))?;
+        let groups = usize::try_from(entry.groups).unwrap_or(usize::MAX);
+        if groups != 1 && (shape.kind() != Kind::Conv || shape.out() % groups != 0) {
+            return Err(usage(format!(
+                "'{}': tensor {tensor} has groups = {groups}, which its shape {:?} cannot have: groups applies to convolutions (rank 3 to 5) and must divide their output channels ({})\n  help: give the groups of the convolution this weight belongs to, or leave it out with --exclude {tensor}",
+                shapes.name,
+                entry.shape,
+                shape.out()
+            )));
+        }
         layers.push(Layer {
             name: entry.name.clone(),
             shape,
+            groups,
             mask: None,
         });
     }
@@ -526,7 +532,7 @@ pub fn spec_from(
 /// into `repeat` tables, largest runs first; the tables come in the order of their first
 /// layer.
 fn fold(layers: &[Layer]) -> Vec<Table> {
-    type Key = (String, Vec<usize>, Option<(u64, u64)>);
+    type Key = (String, Vec<usize>, usize, Option<(u64, u64)>);
     let mut candidates: HashMap<Key, Vec<(usize, usize)>> = HashMap::new();
     for (k, layer) in layers.iter().enumerate() {
         let name = layer.name.as_bytes();
@@ -550,14 +556,14 @@ fn fold(layers: &[Layer]) -> Vec<Table> {
             let template = format!("{}{{i}}{}", &layer.name[..start], &layer.name[at..]);
             let density = layer.mask.as_ref().map(|(nnz, numel, _)| (*nnz, *numel));
             candidates
-                .entry((template, layer.shape.dims().to_vec(), density))
+                .entry((template, layer.shape.dims().to_vec(), layer.groups, density))
                 .or_default()
                 .push((value, k));
         }
     }
     let mut runs: Vec<(String, Vec<usize>)> = candidates
         .into_iter()
-        .filter_map(|((template, _, _), mut members)| {
+        .filter_map(|((template, _, _, _), mut members)| {
             members.sort_unstable();
             let n = members.len();
             let complete = n >= 2 && members.iter().enumerate().all(|(i, &(v, _))| v == i);
@@ -708,8 +714,17 @@ fn render(
         let _ = writeln!(t, "name = {}", quoted(&table.name));
         let dims: Vec<String> = first.shape.dims().iter().map(|d| d.to_string()).collect();
         let _ = writeln!(t, "shape = [{}]", dims.join(", "));
+        if first.groups != 1 {
+            let _ = writeln!(t, "groups = {}", first.groups);
+        }
         if let Some(n) = table.repeat {
             let _ = writeln!(t, "repeat = {n}");
+        }
+        let depthwise = depthwise_dense(table.members.iter().map(|&k| &layers[k]), options);
+        if depthwise {
+            t.push_str(
+                "density = 1.0  # depthwise: EOI's blocks are 1 x 1 (+-gain each), with no sparser form\n",
+            );
         }
         if masks.is_some() {
             match &first.mask {
@@ -728,6 +743,7 @@ fn render(
                         },
                     );
                 }
+                None if depthwise => {}
                 None => t.push_str("# no mask used: the density comes from [sparsity]\n"),
             }
         }
@@ -756,6 +772,21 @@ fn render(
     t
 }
 
+/// Whether a table's layers get `density = 1.0` of their own: depthwise convolutions (1 x 1
+/// blocks, which EOI can only make dense) under EOI, without a mask's density or a `dense`
+/// glob (which would then contradict it).
+fn depthwise_dense<'a>(mut members: impl Iterator<Item = &'a Layer>, options: &Options) -> bool {
+    let eoi = options.scheme.as_deref().is_none_or(|s| s == "eoi");
+    let dense: Vec<Pattern> = options.dense.iter().map(|g| glob(g)).collect();
+    eoi && members.all(|layer| {
+        layer.groups > 1
+            && layer.groups == layer.shape.out()
+            && layer.shape.inp() == 1
+            && layer.mask.is_none()
+            && !dense.iter().any(|p| p.matches(&layer.name))
+    })
+}
+
 /// Parses the written spec back and checks that it expands to exactly the layers.
 fn check(text: &str, layers: &[Layer]) -> Result<(), Error> {
     let spec = spec::parse(Source {
@@ -763,14 +794,14 @@ fn check(text: &str, layers: &[Layer]) -> Result<(), Error> {
         text: text.to_string(),
     })
     .map_err(|e| Error::Internal(format!("the written spec does not parse: {e}")))?;
-    let mut want: Vec<(&str, &[usize])> = layers
+    let mut want: Vec<(&str, &[usize], usize)> = layers
         .iter()
-        .map(|l| (l.name.as_str(), l.shape.dims()))
+        .map(|l| (l.name.as_str(), l.shape.dims(), l.groups))
         .collect();
-    let mut got: Vec<(&str, &[usize])> = spec
+    let mut got: Vec<(&str, &[usize], usize)> = spec
         .layers
         .iter()
-        .map(|l| (l.name.as_str(), l.shape.dims()))
+        .map(|l| (l.name.as_str(), l.shape.dims(), l.groups))
         .collect();
     want.sort_unstable();
     got.sort_unstable();

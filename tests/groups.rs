@@ -380,3 +380,46 @@ fn verify_judges_each_block_and_catches_a_broken_one() {
     );
     assert_eq!(text.matches("FAIL  ").count(), 1, "{text}");
 }
+
+#[test]
+fn efficientnet_b0_is_layer_wise_orthogonal_with_plus_minus_gain_depthwise_centres() {
+    // The bundled ImageNet spec, as it is (82 layers, 5.2M weights, f32): every layer passes
+    // verify (each block of each centre orthogonal), and each of the 16 depthwise layers has
+    // exactly +-1 (sigma_w = 1) at every channel's centre tap and zero elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b0.safetensors");
+    eoi()
+        .args(["generate", "specs/efficientnet-b0.toml", "-q", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    eoi().arg("verify").arg(&out).assert().code(0);
+    let (bytes, tensors) = read(&out);
+    let records = records(&bytes);
+    let depthwise: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["groups"].as_u64().is_some_and(|g| g > 1))
+        .collect();
+    assert_eq!(depthwise.len(), 16);
+    for record in depthwise {
+        let name = record["name"].as_str().unwrap();
+        let w = tensor(&tensors, name);
+        assert_eq!(record["groups"], w.shape[0], "{name}");
+        assert_eq!(w.shape[1], 1, "{name}");
+        let (taps, tap) = (w.shape[2] * w.shape[3], (w.shape[2] * w.shape[3]) / 2);
+        let mut negative = 0;
+        for (k, v) in w.values.iter().enumerate() {
+            if k % taps == tap {
+                assert_eq!(v.abs(), 1.0, "{name}[{k}]");
+                negative += usize::from(*v < 0.0);
+            } else {
+                assert_eq!(*v, 0.0, "{name}[{k}]");
+            }
+        }
+        assert!(
+            negative > 0 && negative < w.shape[0],
+            "{name}: {negative} negative"
+        );
+        assert_eq!(record["density"], 1.0, "{name}");
+    }
+}

@@ -841,3 +841,47 @@ fn approx_isometry_errors_are_what_numpy_computes_from_the_file() {
     let stderr = check_fails(&bad);
     assert!(stderr.contains("square.weight: isometry error"), "{stderr}");
 }
+
+const SPECTRUM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/conv_spectrum.py");
+
+/// Runs examples/conv_spectrum.py on `layer` of `file` and returns its JSON.
+fn spectrum(file: &Path, layer: &str, groups: usize) -> Value {
+    let output = Command::new(python())
+        .arg(SPECTRUM)
+        .arg(file)
+        .arg(layer)
+        .args(["--groups", &groups.to_string(), "--grid", "6", "--json"])
+        .output()
+        .expect("conv_spectrum.py runs");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn a_depthwise_layer_is_an_isometry_where_the_single_column_treatment_is_not() {
+    // The same depthwise weight (144, 1, 3, 3) twice: declared with groups = 144 (each
+    // channel's centre +-gain), and as the reference code sees it, one (144, 1) matrix whose
+    // centre is a single unit-norm column. numpy's 2-D FFT gives the singular values of each
+    // as a periodic convolution operator (examples/conv_spectrum.py).
+    let dir = TempDir::new().unwrap();
+    let spec = write_spec(
+        &dir,
+        "depthwise.toml",
+        "[sparsity]\ndensity = 1.0\n[[layer]]\nname = \"grouped.weight\"\nshape = [144, 1, 3, 3]\ngroups = 144\n[[layer]]\nname = \"column.weight\"\nshape = [144, 1, 3, 3]\n",
+    );
+    let file = dir.path().join("depthwise.safetensors");
+    generate(&spec, &file, &["--dtype", "f64"]);
+    let grouped = spectrum(&file, "grouped.weight", 144);
+    assert_eq!(grouped["count"], 144 * 36);
+    for key in ["min", "mean", "max"] {
+        let s = grouped[key].as_f64().unwrap();
+        assert!((s - 1.0).abs() < 1e-12, "{key} {s}");
+    }
+    let column = spectrum(&file, "column.weight", 144);
+    let (mean, max) = (
+        column["mean"].as_f64().unwrap(),
+        column["max"].as_f64().unwrap(),
+    );
+    // A unit vector of 144 entries: their mean magnitude is at most 1/sqrt(144) = 0.083.
+    assert!(mean <= 1.0 / 12.0 + 1e-12 && max < 0.6, "{column}");
+}

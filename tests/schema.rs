@@ -148,6 +148,11 @@ gain = 1.5
 conv_center = "same"
 
 [[layer]]
+name = "dw.weight"
+shape = [16, 1, 3, 3]
+groups = 16
+
+[[layer]]
 name = "head.weight"
 shape = [10, 16]
 density = 0.5
@@ -189,6 +194,7 @@ fn the_schema_accepts_every_key_and_refuses_what_the_parser_refuses() {
         ("shape-rank.toml", "[10, 16]", "[10]"),
         ("shape-zero.toml", "[10, 16]", "[10, 0]"),
         ("repeat.toml", "repeat = 3", "repeat = 0"),
+        ("groups.toml", "groups = 16", "groups = 0"),
         ("seed.toml", "seed = 42", "seed = -1"),
     ];
     let mut paths = Vec::new();

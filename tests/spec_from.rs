@@ -291,29 +291,103 @@ fn flax_shapes_round_trip_to_flax_shapes() {
 }
 
 #[test]
-fn the_array_form_carries_groups_of_one_and_refuses_others() {
+fn groups_go_into_the_spec_and_depthwise_layers_are_dense() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("list.json");
     fs::write(
         &source,
-        r#"[{"name": "a.weight", "shape": [8, 4, 3, 3], "groups": 1}, {"name": "b.weight", "shape": [8, 8]}]"#,
+        r#"[{"name": "a.weight", "shape": [8, 4, 3, 3], "groups": 1},
+            {"name": "g.weight", "shape": [8, 2, 3, 3], "groups": 4},
+            {"name": "blocks.0.dw.weight", "shape": [8, 1, 3, 3], "groups": 8},
+            {"name": "blocks.1.dw.weight", "shape": [8, 1, 3, 3], "groups": 8},
+            {"name": "blocks.2.dw.weight", "shape": [8, 1, 3, 3]},
+            {"name": "b.weight", "shape": [8, 8]}]"#,
     )
     .unwrap();
-    let spec = spec_from(&source, &[]);
-    assert_eq!(spec.matches("\n[[layer]]\n").count(), 2);
-    fs::write(
-        &source,
-        r#"[{"name": "dw.weight", "shape": [8, 1, 3, 3], "groups": 8}]"#,
-    )
-    .unwrap();
-    eoi()
-        .args(["spec", "--from"])
-        .arg(&source)
-        .assert()
-        .code(2)
-        .stderr(predicates::str::contains(
-            "tensor \"dw.weight\" is a grouped convolution (groups = 8)",
-        ));
+    let spec = spec_from(&source, &["--distribution", "erk", "--density", "0.5"]);
+    assert!(
+        spec.contains("name = \"a.weight\"\nshape = [8, 4, 3, 3]\n\n"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("name = \"g.weight\"\nshape = [8, 2, 3, 3]\ngroups = 4\n\n"),
+        "{spec}"
+    );
+    // Only the layers with the same groups fold; a depthwise table is dense under EOI.
+    assert!(
+        spec.contains("name = \"blocks.{i}.dw.weight\"\nshape = [8, 1, 3, 3]\ngroups = 8\nrepeat = 2\ndensity = 1.0  # depthwise"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("name = \"blocks.2.dw.weight\"\nshape = [8, 1, 3, 3]\n\n"),
+        "{spec}"
+    );
+    let (out, shapes) = generate(dir.path(), &spec, &[]);
+    assert_eq!(shapes["g.weight"], [8, 2, 3, 3]);
+    eoi().arg("verify").arg(&out).assert().code(0);
+    // A baseline scheme needs no dense depthwise layers; a dense glob keeps them dense itself.
+    let spec = spec_from(&source, &["--scheme", "kaiming"]);
+    assert!(!spec.contains("density = 1.0"), "{spec}");
+    let spec = spec_from(&source, &["--dense", "*.dw.weight", "--density", "0.5"]);
+    assert!(!spec.contains("density = 1.0"), "{spec}");
+    generate(dir.path(), &spec, &[]);
+    // Groups that a shape cannot have are refused, naming the tensor.
+    for (list, excerpt) in [
+        (
+            r#"[{"name": "fc.weight", "shape": [8, 4], "groups": 2}]"#,
+            "tensor \"fc.weight\" has groups = 2, which its shape [8, 4] cannot have",
+        ),
+        (
+            r#"[{"name": "c.weight", "shape": [8, 4, 3], "groups": 3}]"#,
+            "tensor \"c.weight\" has groups = 3, which its shape [8, 4, 3] cannot have",
+        ),
+    ] {
+        fs::write(&source, list).unwrap();
+        eoi()
+            .args(["spec", "--from"])
+            .arg(&source)
+            .assert()
+            .code(2)
+            .stderr(predicates::str::contains(excerpt));
+    }
+}
+
+#[test]
+fn torchvisions_efficientnet_b0_gives_the_bundled_spec_layers() {
+    // tests/fixtures/efficientnet-b0-shapes.json is examples/shapes_from_torch.py's output for
+    // torchvision 0.29.2's efficientnet_b0 (run by hand; torch is not installed in CI).
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_from(
+        Path::new("tests/fixtures/efficientnet-b0-shapes.json"),
+        &["--distribution", "erk", "--no-fold"],
+    );
+    let layers = |text: &str| -> Vec<(String, Value, i64)> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        table["layer"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                (
+                    l["name"].as_str().unwrap().to_string(),
+                    json!(
+                        l["shape"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|d| d.as_integer().unwrap())
+                            .collect::<Vec<_>>()
+                    ),
+                    l.get("groups").map_or(1, |g| g.as_integer().unwrap()),
+                )
+            })
+            .collect()
+    };
+    let bundled = fs::read_to_string("specs/efficientnet-b0.toml").unwrap();
+    assert_eq!(layers(&spec), layers(&bundled));
+    assert_eq!(spec.matches("density = 1.0  # depthwise").count(), 16);
+    let (out, _) = generate(dir.path(), &spec, &[]);
+    eoi().arg("verify").arg(&out).assert().code(0);
 }
 
 #[test]
