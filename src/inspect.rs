@@ -68,6 +68,10 @@ pub struct TensorSummary {
     pub rms: Option<f64>,
     /// The (out, in * K) matrix the statistics below are of, for rank 2 and above.
     pub matrix: Option<(usize, usize)>,
+    /// Convolution groups, when eoi's records give the tensor more than one: the
+    /// orthogonality error and singular values are then of the block-diagonal operator, each
+    /// group's (out/G, in/G * K) block on its own.
+    pub groups: Option<usize>,
     pub row_nnz: Option<Spread>,
     pub col_nnz: Option<Spread>,
     /// For float matrices with finite values.
@@ -158,12 +162,26 @@ pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error
         .flatten()
         .filter_map(|l| Some((l.name.as_str(), l.isometry_error?)))
         .collect();
+    // Grouped convolutions' groups, by weight name: each is measured block by block.
+    let groups: HashMap<&str, usize> = recorded
+        .as_ref()
+        .and_then(|r| r.layers.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|l| l.groups > 1)
+        .map(|l| (l.name.as_str(), l.groups))
+        .collect();
     progress.start(artifact.tensors().iter().map(work).sum());
     let tensors = artifact
         .tensors()
         .par_iter()
         .map(|t| {
-            let mut summary = summarize(&artifact, t)?;
+            let base = t.name.strip_suffix("_orig").unwrap_or(&t.name);
+            let g = groups
+                .get(t.name.as_str())
+                .or_else(|| groups.get(base))
+                .copied();
+            let mut summary = summarize(&artifact, t, g)?;
             summary.mask = mask_of_weight.get(t.name.as_str()).map(|m| m.to_string());
             summary.mask_of = weight_of_mask.get(t.name.as_str()).map(|w| w.to_string());
             summary.bias_of = bias_of(&artifact, t);
@@ -196,7 +214,11 @@ fn bias_of(artifact: &Artifact, t: &TensorInfo) -> Option<String> {
         .find(|name| artifact.tensor(name).is_some())
 }
 
-fn summarize(artifact: &Artifact, t: &TensorInfo) -> Result<TensorSummary, ReadError> {
+fn summarize(
+    artifact: &Artifact,
+    t: &TensorInfo,
+    groups: Option<usize>,
+) -> Result<TensorSummary, ReadError> {
     let values = artifact.read_f64(t)?;
     let nnz = values.iter().filter(|&&v| v != 0.0).count() as u64;
     let mut summary = TensorSummary {
@@ -211,6 +233,7 @@ fn summarize(artifact: &Artifact, t: &TensorInfo) -> Result<TensorSummary, ReadE
         bias_of: None,
         rms: None,
         matrix: None,
+        groups: None,
         row_nnz: None,
         col_nnz: None,
         spectrum: None,
@@ -240,24 +263,52 @@ fn summarize(artifact: &Artifact, t: &TensorInfo) -> Result<TensorSummary, ReadE
         summary.note = Some("non-finite values: no orthogonality or singular values".into());
         return Ok(summary);
     }
-    let matrix = measure::view(&values, rows, cols);
+    // A grouped convolution is block diagonal as an operator: group b's rows see only its
+    // own inputs, so each block is measured on its own (a record whose groups do not fit the
+    // shape is ignored).
+    let groups = groups
+        .filter(|&g| t.shape.len() >= 3 && g > 1 && rows % g == 0)
+        .unwrap_or(1);
+    summary.groups = (groups > 1).then_some(groups);
+    let rows = rows / groups;
+    let blocks: Vec<_> = (0..groups)
+        .map(|b| measure::view(&values[b * rows * cols..(b + 1) * rows * cols], rows, cols))
+        .collect();
     let par = measure::parallelism(rows, cols);
-    let g = measure::gram(matrix, par);
-    let gain_squared = measure::mean_diagonal(&g);
-    let orthogonality_error =
-        (gain_squared > 0.0).then(|| measure::deviation(&g, gain_squared) / gain_squared);
-    drop(g);
-    match measure::singular_values(matrix, par) {
-        Some(s) => {
-            summary.spectrum = Some(Spectrum {
-                gain: gain_squared.sqrt(),
-                orthogonality_error,
-                singular_min: s.last().copied().unwrap_or(0.0),
-                singular_max: s.first().copied().unwrap_or(0.0),
-            });
+    let grams: Vec<_> = blocks.iter().map(|&m| measure::gram(m, par)).collect();
+    let gain_squared = grams.iter().map(measure::mean_diagonal).sum::<f64>() / grams.len() as f64;
+    let orthogonality_error = (gain_squared > 0.0).then(|| {
+        grams
+            .iter()
+            .map(|g| measure::deviation(g, gain_squared) / gain_squared)
+            .fold(0.0, |worst: f64, e| {
+                if worst.is_nan() || e.is_nan() {
+                    f64::NAN
+                } else {
+                    worst.max(e)
+                }
+            })
+    });
+    drop(grams);
+    let (mut low, mut high) = (f64::INFINITY, 0.0f64);
+    for &block in &blocks {
+        match measure::singular_values(block, par) {
+            Some(s) => {
+                low = low.min(s.last().copied().unwrap_or(0.0));
+                high = high.max(s.first().copied().unwrap_or(0.0));
+            }
+            None => {
+                summary.note = Some("the SVD did not converge".into());
+                return Ok(summary);
+            }
         }
-        None => summary.note = Some("the SVD did not converge".into()),
     }
+    summary.spectrum = Some(Spectrum {
+        gain: gain_squared.sqrt(),
+        orthogonality_error,
+        singular_min: if low.is_finite() { low } else { 0.0 },
+        singular_max: high,
+    });
     Ok(summary)
 }
 

@@ -7,7 +7,7 @@ use std::io::{self, IsTerminal};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
-use eoi::inspect::{Inspection, Spread};
+use eoi::inspect::{Inspection, Spread, TensorSummary};
 use eoi::isometry;
 use eoi::provenance::SCHEMA_VERSION;
 use eoi::stream::STREAM_VERSION;
@@ -241,6 +241,7 @@ pub fn inspect_json(inspection: &Inspection) -> Value {
                 "bias_of": t.bias_of,
                 "rms": t.rms,
                 "matrix": t.matrix.map(|(r, c)| [r, c]),
+                "groups": t.groups,
                 "gain": s.map(|s| s.gain),
                 "orthogonality_error": s.and_then(|s| s.orthogonality_error),
                 "singular_min": s.map(|s| s.singular_min),
@@ -269,14 +270,20 @@ fn spread_text(spread: &Option<Spread>) -> String {
 }
 
 pub fn inspect_text(inspection: &Inspection) -> String {
-    let shape = |dims: &[usize]| {
-        if dims.is_empty() {
+    // A grouped convolution's groups follow its shape, as in `eoi plan`.
+    let shape = |t: &TensorSummary| {
+        let dims = if t.shape.is_empty() {
             "scalar".to_string()
         } else {
-            dims.iter()
+            t.shape
+                .iter()
                 .map(usize::to_string)
                 .collect::<Vec<_>>()
                 .join("x")
+        };
+        match t.groups {
+            Some(g) => format!("{dims} groups={g}"),
+            None => dims,
         }
     };
     let width = inspection
@@ -289,7 +296,7 @@ pub fn inspect_text(inspection: &Inspection) -> String {
     let shape_width = inspection
         .tensors
         .iter()
-        .map(|t| shape(&t.shape).len())
+        .map(|t| shape(t).len())
         .max()
         .unwrap_or(5)
         .max(5);
@@ -314,7 +321,7 @@ pub fn inspect_text(inspection: &Inspection) -> String {
         text.push_str(&format!(
             "{:<width$}  {:<shape_width$}  {:<7}  {:>8}  {:>12}  {:>9}  {:>9}  {:>9}  {:>16}  {:>16}{}\n",
             t.name,
-            shape(&t.shape),
+            shape(t),
             t.dtype.name(),
             number(t.density, 5),
             thousands(t.nnz),
