@@ -4,7 +4,7 @@
 
 use crate::schemes::{
     self, approx_isometry,
-    conv::{self, CentreRule},
+    conv::{self, CentreRule, ConvMask},
     sao,
 };
 use crate::spec::{
@@ -50,7 +50,10 @@ pub struct LayerPlan {
     pub origin: Origin,
     pub scheme: Scheme,
     pub gain: Gain,
+    /// The centre rule in force: `Same` under a structured mask, whatever `conv_center` says.
     pub conv_center: CentreRule,
+    /// The kernel's mask rule (EOI convolutions; `TopUp` for every other layer).
+    pub conv_mask: ConvMask,
     /// The std of the layer's bias, when it has one (only layers named `<module>.weight`).
     pub bias_std: Option<f64>,
     /// The descent of scheme "approx-isometry" (every layer carries `[init]`'s).
@@ -90,15 +93,17 @@ impl LayerPlan {
 
     /// The nonzeros the plan expects: `round(d * numel)` for a matrix (EOI lands within one
     /// rotation of it) and for a random mask (exactly), `ceil(d * numel)` for an EOI kernel
-    /// (its mask is topped up to exactly that).
+    /// (its mask is topped up to exactly that); for a structured kernel `round(d * numel)`,
+    /// which its `centre_nnz * K` ones land near.
     pub fn expected_nnz(&self) -> u64 {
         if self.scheme.random_mask() {
             return schemes::mask::ones(self.density, self.shape.numel());
         }
         let exact = self.density * self.shape.numel() as f64;
-        let nnz = match self.kind() {
-            Kind::Linear => exact.round(),
-            Kind::Conv => exact.ceil(),
+        let nnz = match (self.kind(), self.conv_mask) {
+            // A structured kernel keeps K taps per centre nonzero: within one rotation's slices.
+            (Kind::Linear, _) | (Kind::Conv, ConvMask::Structured) => exact.round(),
+            (Kind::Conv, ConvMask::TopUp) => exact.ceil(),
         };
         (nnz as u64).min(self.shape.numel())
     }
@@ -332,16 +337,43 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
         }
     }
 
-    let rules: Vec<CentreRule> = spec
-        .layers
-        .iter()
-        .map(|l| l.conv_center.unwrap_or(spec.init.conv_center))
-        .collect();
     let layer_schemes: Vec<Scheme> = spec
         .layers
         .iter()
         .map(|l| overrides.scheme.or(l.scheme).unwrap_or(spec.init.scheme))
         .collect();
+    // A structured mask is for EOI convolutions; it sets d_H = d.
+    let masks: Vec<ConvMask> = spec
+        .layers
+        .iter()
+        .zip(&layer_schemes)
+        .map(|(l, &scheme)| {
+            if scheme == Scheme::Eoi && l.shape.kind() == Kind::Conv {
+                l.conv_mask.unwrap_or(spec.init.conv_mask)
+            } else {
+                ConvMask::TopUp
+            }
+        })
+        .collect();
+    let rules: Vec<CentreRule> = spec
+        .layers
+        .iter()
+        .zip(&masks)
+        .map(|(l, &mask)| match mask {
+            ConvMask::Structured => CentreRule::Same,
+            ConvMask::TopUp => l.conv_center.unwrap_or(spec.init.conv_center),
+        })
+        .collect();
+    // Under a structured mask, a convolution reading the input image stays dense, as in the
+    // reference code (its `in` is the image's channel count).
+    for ((slot, layer), &mask) in slots.iter_mut().zip(&spec.layers).zip(&masks) {
+        if mask == ConvMask::Structured
+            && layer.shape.inp() * layer.groups == spec.init.image_channels
+            && layer.density.is_none()
+        {
+            slot.fixed = Some((1.0, Origin::Dense));
+        }
+    }
     let minima: Vec<f64> = spec
         .layers
         .iter()
@@ -547,6 +579,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
             scheme,
             gain: layer.gain.clone().unwrap_or_else(|| spec.init.gain.clone()),
             conv_center: rules[k],
+            conv_mask: masks[k],
             // [init]'s bias_std applies to the layers named <module>.weight only; a layer's
             // own bias_std is refused by the spec on any other name.
             bias_std: layer.bias_std.or(spec

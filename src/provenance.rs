@@ -7,6 +7,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::plan::{LayerPlan, Plan};
+use crate::schemes::conv::ConvMask;
 use crate::schemes::{LayerStats, sao};
 use crate::spec::{Kind, Names, Scheme};
 use crate::stream::STREAM_VERSION;
@@ -42,6 +43,10 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
     }
     if layer.kind() == Kind::Conv && eoi {
         record.insert("conv_center".into(), json!(layer.conv_center.name()));
+        // Only structured kernels carry it, so top-up records keep their bytes.
+        if layer.conv_mask == ConvMask::Structured {
+            record.insert("conv_mask".into(), json!(layer.conv_mask.name()));
+        }
         record.insert("centre_density".into(), json!(layer.centre_density()));
     }
     // Only layers with a bias have these fields, so records without biases keep their bytes.

@@ -8,6 +8,7 @@ use std::collections::HashSet;
 use serde_json::Value;
 
 use crate::provenance::VERSION_KEY;
+use crate::schemes::conv::ConvMask;
 use crate::spec::Scheme;
 /// One layer as an artifact records it (an entry of `eoi.layers`), read back.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,6 +25,8 @@ pub struct LayerRecord {
     pub nnz: u64,
     /// Nonzeros of the centre matrix, for convolutions.
     pub centre_nnz: Option<u64>,
+    /// The kernel's mask rule; top-up when the record has none (as before structured masks).
+    pub conv_mask: ConvMask,
     /// The layer's bias tensor and the std it was drawn with, when it has one.
     pub bias: Option<(String, f64)>,
     /// Approximate isometry: the relative Frobenius error its descent reached.
@@ -250,6 +253,13 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
         None => None,
         Some(_) => Some(whole("centre_nnz")?),
     };
+    let conv_mask = match raw.get("conv_mask") {
+        None => ConvMask::TopUp,
+        Some(value) => value
+            .as_str()
+            .and_then(ConvMask::parse)
+            .ok_or_else(|| format!("has \"conv_mask\" {value}, not a mask rule this eoi knows"))?,
+    };
     let bias = match raw.get("bias_std") {
         None => None,
         Some(_) => {
@@ -291,6 +301,7 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
         achieved_density: number("achieved_density")?,
         nnz: whole("nnz")?,
         centre_nnz,
+        conv_mask,
         isometry_error,
         raw: raw.clone(),
     })

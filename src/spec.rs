@@ -11,7 +11,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::schemes::approx_isometry;
-use crate::schemes::conv::CentreRule;
+use crate::schemes::conv::{CentreRule, ConvMask};
 use crate::tensor::{Dtype, Layout};
 
 /// Most layers a spec may expand to; a guard against a `repeat` typo allocating forever.
@@ -460,6 +460,11 @@ pub struct Init {
     pub scheme: Scheme,
     pub gain: Gain,
     pub conv_center: CentreRule,
+    /// The mask rule of every EOI convolution that does not set its own (`conv_mask`).
+    pub conv_mask: ConvMask,
+    /// The input image's channel count: under `conv_mask = "structured"`, an EOI convolution
+    /// whose `in` equals it stays dense.
+    pub image_channels: usize,
     /// The std of the biases of every layer named `<module>.weight` (`<module>.bias`, drawn
     /// N(0, bias_std^2)); `None`: no biases unless a layer sets its own.
     pub bias_std: Option<f64>,
@@ -486,6 +491,7 @@ pub struct LayerSpec {
     pub density: Option<Density>,
     pub gain: Option<Gain>,
     pub conv_center: Option<CentreRule>,
+    pub conv_mask: Option<ConvMask>,
     pub scheme: Option<Scheme>,
     /// This layer's bias std, overriding `[init]`'s; only for layers named `<module>.weight`.
     pub bias_std: Option<f64>,
@@ -588,6 +594,16 @@ struct RawInit {
     /// taps) or "same" (the layer's density d).
     #[schemars(with = "Option<String>", extend("enum" = CONV_CENTERS))]
     conv_center: Option<Spanned<String>>,
+    /// Mask of an EOI convolution: "top-up" (default; the centre matrix's support at the centre
+    /// tap, topped up with uniform positions to the density) or "structured" (all taps of every
+    /// channel pair the centre matrix connects, with centre density d; layers whose `in` is
+    /// `image_channels` stay dense). Linear layers and other schemes ignore it.
+    #[schemars(with = "Option<String>", extend("enum" = ConvMask::NAMES))]
+    conv_mask: Option<Spanned<String>>,
+    /// The input image's channel count, an integer >= 1 (default 3): under conv_mask =
+    /// "structured" a convolution whose `in` equals it stays dense.
+    #[schemars(with = "Option<u64>", range(min = 1))]
+    image_channels: Option<Spanned<i64>>,
     /// Std of the biases, >= 0: every layer named `<module>.weight` also gets `<module>.bias`,
     /// shape (out,), drawn N(0, bias_std^2) (exactly zeros for 0). Without it anywhere, no
     /// biases are written. Layers named otherwise get no bias.
@@ -662,6 +678,10 @@ struct RawLayer {
     /// This layer's centre rule, overriding `[init]`'s: "sqrt" or "same".
     #[schemars(with = "Option<String>", extend("enum" = CONV_CENTERS))]
     conv_center: Option<Spanned<String>>,
+    /// This layer's conv mask rule, overriding `[init]`'s: "top-up" or "structured"
+    /// (convolutions only).
+    #[schemars(with = "Option<String>", extend("enum" = ConvMask::NAMES))]
+    conv_mask: Option<Spanned<String>>,
     /// This layer's initialization scheme, overriding `[init]`'s.
     #[schemars(with = "Option<String>", extend("enum" = Scheme::NAMES))]
     scheme: Option<Spanned<String>>,
@@ -1249,6 +1269,8 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
             scheme: Scheme::Eoi,
             gain: Gain::number(1.0).expect("1 is a valid gain"),
             conv_center: CentreRule::Sqrt,
+            conv_mask: ConvMask::TopUp,
+            image_channels: 3,
             bias_std: None,
             isometry: approx_isometry::DEFAULT,
         },
@@ -1278,6 +1300,33 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                     CONV_CENTERS,
                     centre_rule,
                 )?,
+            },
+            conv_mask: match &ri.conv_mask {
+                None => ConvMask::TopUp,
+                Some(v) => one_of(
+                    errors,
+                    v,
+                    "[init], field `conv_mask`",
+                    "conv_mask",
+                    ConvMask::NAMES,
+                    ConvMask::parse,
+                )?,
+            },
+            image_channels: match &ri.image_channels {
+                None => 3,
+                Some(v) => usize::try_from(*v.get_ref())
+                    .ok()
+                    .filter(|&c| c >= 1)
+                    .ok_or_else(|| {
+                        errors.at(
+                            &v.span(),
+                            "[init], field `image_channels`",
+                            format!(
+                                "image_channels must be an integer >= 1 (the input image's channel count), got {}",
+                                v.get_ref()
+                            ),
+                        )
+                    })?,
             },
             bias_std: ri
                 .bias_std
@@ -1462,6 +1511,29 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 )
             })
             .transpose()?;
+        let conv_mask = match &raw_layer.conv_mask {
+            None => None,
+            Some(v) => {
+                let rule = one_of(
+                    errors,
+                    v,
+                    &field("conv_mask"),
+                    "conv_mask",
+                    ConvMask::NAMES,
+                    ConvMask::parse,
+                )?;
+                if shape.kind() != Kind::Conv {
+                    return Err(errors.at(
+                        &v.span(),
+                        field("conv_mask"),
+                        format!(
+                            "conv_mask applies to convolutions, but shape {shape} is a linear layer"
+                        ),
+                    ));
+                }
+                Some(rule)
+            }
+        };
         let layer_scheme = raw_layer
             .scheme
             .as_ref()
@@ -1569,6 +1641,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 density: layer_density,
                 gain: layer_gain.clone(),
                 conv_center,
+                conv_mask,
                 scheme: layer_scheme,
                 bias_std: layer_bias_std,
                 groups,
@@ -1918,6 +1991,7 @@ mod tests {
                 "repeat",
                 "gain",
                 "conv_center",
+                "conv_mask",
                 "scheme",
                 "bias_std",
                 "groups"
@@ -1977,6 +2051,7 @@ mod tests {
             ("sparsity", "below_minimum"),
             ("init", "scheme"),
             ("init", "conv_center"),
+            ("init", "conv_mask"),
             ("output", "format"),
             ("output", "dtype"),
             ("output", "mask_dtype"),

@@ -20,6 +20,7 @@ use crate::progress::Progress;
 use crate::provenance::layer_record;
 use crate::read::{Artifact, Dtype, Format, ReadError, TensorInfo};
 use crate::recorded::{LayerRecord, Recorded};
+use crate::schemes::conv::ConvMask;
 use crate::schemes::{self, conv};
 use crate::spec::{self, Kind, Scheme, Source};
 use crate::stream::STREAM_VERSION;
@@ -777,6 +778,27 @@ fn check_density(
                 fail(format!(
                     "{nnz} ones is more than one rotation ({slack} entries) from the target density {} ({target:.1} ones)",
                     record.density
+                ));
+            }
+        }
+        (_, Some(centre)) if record.conv_mask == ConvMask::Structured => {
+            let taps: usize = shape[2..].iter().product::<usize>().max(1);
+            let want = centre * taps as u64;
+            if want != nnz {
+                fail(format!(
+                    "a structured kernel with {centre} centre nonzeros and {taps} taps has {want} mask ones, this one {nnz}"
+                ));
+            }
+            let partial = bits
+                .chunks(taps)
+                .filter(|slice| {
+                    let ones = slice.iter().filter(|&&b| b != 0).count();
+                    ones != 0 && ones != taps
+                })
+                .count();
+            if partial > 0 {
+                fail(format!(
+                    "{partial} kernel slices of a structured mask are partly kept; each must keep all {taps} taps or none"
                 ));
             }
         }

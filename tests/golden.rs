@@ -1,5 +1,5 @@
 //! Golden hashes: the SHA-256 of every tensor that the real binary writes for
-//! tests/golden/small.toml (and tests/golden/sao.toml, tests/golden/groups.toml), per dtype and per scheme. They freeze the random streams, the stop
+//! tests/golden/small.toml (and tests/golden/sao.toml, tests/golden/groups.toml, tests/golden/structured.toml), per dtype and per scheme. They freeze the random streams, the stop
 //! rule, the conv rule, the baselines' masks and values (approximate isometry's descent too), and density planning: if one changes, output bytes change, which is a breaking
 //! change (new major version, CHANGELOG entry, and new hashes here).
 //!
@@ -600,6 +600,71 @@ fn grouped_and_depthwise_convolutions_are_frozen() {
         }
     }
 }
+
+#[test]
+fn structured_conv_masks_are_frozen() {
+    // The centre matrices draw as under top-up at d_H = d; the slices draw nothing more.
+    let spec = Path::new("tests/golden/structured.toml");
+    for (container, threads) in [(Container::Safetensors, "1"), (Container::Npy, "3")] {
+        let actual = hashes(spec, container, &["--threads", threads]);
+        check_table(
+            &format!("tests/golden/structured.toml ({container:?}, --threads {threads})"),
+            &actual,
+            STRUCTURED,
+        );
+    }
+}
+
+const STRUCTURED: &[(&str, &str)] = &[
+    (
+        "fc.weight",
+        "d2fe5ebeed96dd035a3f062ea4e39c07548c30510e9742ae89a3fa9c019e4c9b",
+    ),
+    (
+        "fc.weight_mask",
+        "ddff0b35671404c02764db4921b68fa8cef3287ec6cd4a80bed6ffc32f2811c7",
+    ),
+    (
+        "grouped.weight",
+        "cc49235c81216265cbddd9811a1c797753d0c44a1677e4eb9f53edb00e71fd75",
+    ),
+    (
+        "grouped.weight_mask",
+        "f62ad58a1276c63c930b11be8143f690b3c1857f1641c40445e828ab9f376ad7",
+    ),
+    (
+        "square.weight",
+        "da2a09e7a0a3394ef53f4b7918abe1ea6cabb76d91d21ca5fd01b81c9f415c29",
+    ),
+    (
+        "square.weight_mask",
+        "2d63683b6ae0bb8dfd6167f1b527fd2116453dbc519477a058a923e5db6c5cfd",
+    ),
+    (
+        "stem.weight",
+        "ff5ea1b4a62ad782b670370353433f16dbfd162479a4a0f978cf2fc7ff82cb91",
+    ),
+    (
+        "stem.weight_mask",
+        "9cd41b3d52e4f7c43807cfbe3b0ad6346f9c99337a895cef31d84d294007deea",
+    ),
+    (
+        "tall.weight",
+        "fd90c7b1a711f62a208167c6b055f1bb63bc2bac8bbdffe3e25f0ca2a6cfa203",
+    ),
+    (
+        "tall.weight_mask",
+        "d3d5a715f7cca55577a423992598208bac61b93c90edaf8447c5263f0abb6cad",
+    ),
+    (
+        "topup.weight",
+        "604bce591b040b81c5ba1c23397191187bebda25b61fe72d7b09bed6d098f485",
+    ),
+    (
+        "topup.weight_mask",
+        "3c0f74294c02ce4c5b69e8f930ca1bddf62cb7f1fdabb058e155d70cb72e7ee0",
+    ),
+];
 
 const GROUPS_EOI: &[(&str, &str)] = &[
     (

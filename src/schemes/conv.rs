@@ -28,6 +28,37 @@ impl CentreRule {
     }
 }
 
+/// Which positions of a kernel its mask keeps besides the centre matrix's support
+/// (`conv_mask`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvMask {
+    /// The centre's support at the centre tap, topped up with uniform positions anywhere in
+    /// the tensor to the layer's density (see [`mask`]).
+    TopUp,
+    /// The whole kernel slice (all K taps) of every channel pair the centre matrix connects,
+    /// with `d_H = d` so that the tensor keeps `centre_nnz * K` ones (see [`structured_mask`]).
+    Structured,
+}
+
+impl ConvMask {
+    pub const NAMES: &'static [&'static str] = &["top-up", "structured"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvMask::TopUp => "top-up",
+            ConvMask::Structured => "structured",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<ConvMask> {
+        match name {
+            "top-up" => Some(ConvMask::TopUp),
+            "structured" => Some(ConvMask::Structured),
+            _ => None,
+        }
+    }
+}
+
 /// The density of the centre matrix H for a layer of density `density` with `taps` taps.
 pub fn centre_density(density: f64, taps: usize, rule: CentreRule) -> f64 {
     match rule {
@@ -198,6 +229,29 @@ pub fn mask(centre: &Centre, kernel: &[usize], density: f64, stream: &mut Stream
                 have += 1;
             }
         }
+    }
+    Mask::Bytes(Grid::new(out, inp * taps, Order::RowMajor, mask))
+}
+
+/// The structured mask of a kernel: for every (o, i) the centre matrix connects, all K taps
+/// of the slice `[o, i, ..]` are 1; every other slice is all 0. It draws nothing, so the
+/// mask has exactly `centre.nnz() * K` ones.
+pub fn structured_mask(centre: &Centre, kernel: &[usize]) -> Mask {
+    let (out, inp) = (centre.rows(), centre.cols());
+    let taps: usize = kernel.iter().product();
+    let mut mask = vec![0u8; out * inp * taps];
+    let mut first = 0;
+    for block in centre.blocks() {
+        let support = block.mask();
+        for o in 0..block.rows() {
+            for i in 0..inp {
+                if support.get(o, i) {
+                    let at = ((first + o) * inp + i) * taps;
+                    mask[at..at + taps].fill(1);
+                }
+            }
+        }
+        first += block.rows();
     }
     Mask::Bytes(Grid::new(out, inp * taps, Order::RowMajor, mask))
 }

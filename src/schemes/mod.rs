@@ -105,7 +105,10 @@ fn kernel_stats(layer: &LayerPlan, centre: &conv::Centre) -> LayerStats {
     let numel = layer.shape.numel();
     LayerStats {
         numel,
-        nnz: conv::mask_ones(layer.density, numel, centre.nnz()),
+        nnz: match layer.conv_mask {
+            conv::ConvMask::TopUp => conv::mask_ones(layer.density, numel, centre.nnz()),
+            conv::ConvMask::Structured => centre.nnz() * layer.shape.taps() as u64,
+        },
         rotations: centre.rotations(),
         centre_nnz: Some(centre.nnz()),
         isometry_error: None,
@@ -369,7 +372,14 @@ pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
             }
             Kind::Conv => {
                 let centre = kernel_centre(layer, seed, &mut stream);
-                let mask = conv::mask(&centre, layer.shape.kernel(), layer.density, &mut stream);
+                let mask = match layer.conv_mask {
+                    conv::ConvMask::TopUp => {
+                        conv::mask(&centre, layer.shape.kernel(), layer.density, &mut stream)
+                    }
+                    conv::ConvMask::Structured => {
+                        conv::structured_mask(&centre, layer.shape.kernel())
+                    }
+                };
                 Prepared {
                     layer,
                     seed,
