@@ -28,6 +28,7 @@ use crate::cli::{
 };
 use crate::docs;
 use crate::output::{self, Bar};
+use eoi::schemes::conv::ConvMask;
 
 /// Runs a parsed command line; the exit code when it ran to the end (0, or 1 when `verify`
 /// finds a failed check).
@@ -153,10 +154,17 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
         .max()
         .unwrap_or(5)
         .clamp(5, 60);
-    // A grouped convolution's shape is followed by its groups, as PyTorch's Conv2d names them.
-    let shape = |l: &plan::LayerPlan| match l.groups {
-        1 => l.shape.to_string(),
-        g => format!("{} groups={g}", l.shape),
+    // A grouped convolution's shape is followed by its groups, as PyTorch's Conv2d names them,
+    // and a structured kernel's by its mask rule (top-up, the default, is not shown).
+    let shape = |l: &plan::LayerPlan| {
+        let mut text = match l.groups {
+            1 => l.shape.to_string(),
+            g => format!("{} groups={g}", l.shape),
+        };
+        if l.conv_mask == ConvMask::Structured {
+            text.push_str(" conv_mask=structured");
+        }
+        text
     };
     let shape_width = plan
         .layers

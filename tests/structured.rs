@@ -186,6 +186,39 @@ fn masks_are_whole_slices_of_the_centre_support_with_an_orthogonal_centre() {
 }
 
 #[test]
+fn plan_shows_the_mask_rule_of_structured_kernels() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    fs::write(&spec, SPEC).unwrap();
+    let assert = eoi().arg("plan").arg(&spec).assert().success();
+    let text = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap()
+            .to_string()
+    };
+    assert!(
+        line("mid.weight").contains("conv_mask=structured"),
+        "{text}"
+    );
+    assert!(
+        line("grouped.weight").contains("groups=4 conv_mask=structured"),
+        "{text}"
+    );
+    assert!(!line("fc.weight").contains("conv_mask"), "{text}");
+    let json = eoi()
+        .arg("plan")
+        .arg(&spec)
+        .arg("--json")
+        .assert()
+        .success();
+    let json: Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
+    let layers = json["layers"].as_array().unwrap();
+    assert_eq!(record(layers, "mid.weight")["conv_mask"], "structured");
+}
+
+#[test]
 fn verify_passes_and_regenerate_reproduces() {
     let dir = tempfile::tempdir().unwrap();
     let out = generate(dir.path(), SPEC);

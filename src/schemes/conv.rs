@@ -4,7 +4,8 @@
 //! independent EOI blocks of (out/G, in/G), one per group, each from its own stream
 //! ([`Centre`]); a depthwise one (1 x 1 blocks) a centre of +-gain per channel. The mask starts as the support of H at the centre tap and is topped up
 //! with uniformly chosen positions, anywhere in the tensor, to `ceil(d * numel)` ones; those
-//! weights start at zero but are trainable.
+//! weights start at zero but are trainable. With `conv_mask = "structured"` ([`ConvMask`])
+//! the mask is instead every tap of each channel pair the centre connects, at `d_H = d`.
 
 use super::eoi;
 use crate::stream::Stream;
