@@ -1361,6 +1361,9 @@ fn open_npy_directory(dir: &Path) -> Result<Artifact, ReadError> {
 /// The index file of a sharded checkpoint.
 pub const INDEX: &str = "model.safetensors.index.json";
 
+/// The one file of an unsharded Hugging Face `save_pretrained` directory.
+pub const SINGLE: &str = "model.safetensors";
+
 /// A safetensors checkpoint: one file, or the shards a `model.safetensors.index.json` lists.
 /// Every file is validated as [`Artifact::open`] does, and for shards the index must agree
 /// with them exactly: every listed tensor is in its shard, every tensor of a shard is listed
@@ -1406,7 +1409,7 @@ impl Checkpoint {
     }
 
     /// Opens a safetensors file, an index file (`*.index.json`), or a directory holding
-    /// [`INDEX`]. Only headers and the index are read.
+    /// [`INDEX`] (or, unsharded, [`SINGLE`]). Only headers and the index are read.
     pub fn open(path: &Path) -> Result<Checkpoint, ReadError> {
         let meta = fs::metadata(path).map_err(|e| io_error(path, e))?;
         if meta.is_dir() {
@@ -1414,9 +1417,14 @@ impl Checkpoint {
             if index.is_file() {
                 return open_index(&index);
             }
+            // An unsharded `save_pretrained` directory holds one `model.safetensors`.
+            let single = path.join(SINGLE);
+            if single.is_file() {
+                return Checkpoint::open(&single);
+            }
             return Err(ReadError::NotSafetensors {
                 path: path.display().to_string(),
-                found: "a directory without model.safetensors.index.json",
+                found: "a directory without model.safetensors.index.json or model.safetensors",
             });
         }
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
