@@ -17,6 +17,14 @@ parameter paths joined with ".", e.g. "Conv_0.kernel"; load the output with
 and merge them into the params of model.init (biases stay as Flax made them). The model is
 traced with jax.eval_shape, so no parameter is computed. The example model is a small CNN;
 import this file and call shapes(model, example_input) for your own. Needs jax and flax.
+
+The output is a list [{"name": ..., "shape": [...], "module": ..., "kind": ...}, ...]:
+"module" is the class of the Flax module holding the parameter, and "kind" what eoi makes
+of it: "linear" (the kernel of Dense, or of DenseGeneral when it is a matrix), "conv" (the
+kernel of Conv or ConvTranspose), "embedding" (Embed), "norm" (BatchNorm, LayerNorm,
+GroupNorm, RMSNorm and any class with "Norm" in its name), "bias", or "other" (anything
+else, e.g. a DenseGeneral kernel of rank 3, which eoi cannot read as a matrix).
+`eoi spec --from` proposes only the linear and conv kernels as layers.
 """
 
 import json
@@ -40,11 +48,52 @@ class CNN(nn.Module):
         return nn.Dense(10)(x)
 
 
-def shapes(model: nn.Module, example_input) -> dict:
-    """{name: shape} of every parameter of `model`, names joined with "."."""
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), example_input))
-    flat = flatten_dict(variables["params"], sep=".")
-    return {name: list(leaf.shape) for name, leaf in flat.items()}
+NORMS = (nn.BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
+
+
+def kind_of(module: type, leaf: str, shape: tuple) -> str:
+    """What eoi makes of parameter `leaf` of a module of class `module` (see the docstring)."""
+    if issubclass(module, NORMS) or "Norm" in module.__name__:
+        return "norm"
+    if leaf == "bias":
+        return "bias"
+    if leaf == "kernel" and issubclass(module, (nn.Conv, nn.ConvTranspose)):
+        return "conv"
+    # A DenseGeneral kernel of rank > 2 (attention's (in, heads, head_dim)) is not a matrix
+    # eoi can read: it would be taken for a convolution kernel.
+    if leaf == "kernel" and issubclass(module, (nn.Dense, nn.DenseGeneral)):
+        return "linear" if len(shape) == 2 else "other"
+    if leaf == "embedding" and issubclass(module, nn.Embed):
+        return "embedding"
+    return "other"
+
+
+def shapes(model: nn.Module, example_input) -> list:
+    """The JSON shape list of `model`'s parameters, names joined with ".", with each
+    parameter's module class and kind."""
+    classes = {}
+
+    def record(next_fun, args, kwargs, context):
+        classes[context.module.path] = type(context.module)
+        return next_fun(*args, **kwargs)
+
+    def init():
+        with nn.intercept_methods(record):
+            return model.init(jax.random.PRNGKey(0), example_input)
+
+    variables = jax.eval_shape(init)
+    entries = []
+    for path, leaf in flatten_dict(variables["params"]).items():
+        module = classes.get(tuple(path[:-1]), type(model))
+        entries.append(
+            {
+                "name": ".".join(path),
+                "shape": list(leaf.shape),
+                "module": module.__name__,
+                "kind": kind_of(module, path[-1], leaf.shape),
+            }
+        )
+    return entries
 
 
 def main() -> int:

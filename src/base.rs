@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::error::Error;
 use crate::plan::Plan;
 use crate::read::Checkpoint;
-use crate::write::Copied;
+use crate::write::{Copied, CopyFrom};
 
 /// One file of the output: the base file it mirrors, the plan's layers placed in it (their
 /// base tensors are replaced), the tensors copied from it, and the keys of its
@@ -68,6 +68,7 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
     // Base tensors the output replaces: each layer's own, and an existing tensor named like
     // its mask (a base that is itself an eoi output).
     let mut replaced: HashSet<&str> = HashSet::new();
+    let mut tied_copies: Vec<(usize, Copied)> = Vec::new();
     for (k, layer) in plan.layers.iter().enumerate() {
         let Some((_, info)) = base.tensor(&layer.name) else {
             return Err(Error::Usage(format!(
@@ -98,6 +99,7 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
         let f = file_of[info.name.as_str()];
         files[f].layers.push(k);
         let weight = plan.output.weight_name(&layer.name);
+        let weight_name = weight.clone();
         let mask = plan.output.mask_name(&layer.name);
         for (output_name, is_mask) in [(weight, false), (mask, true)] {
             if output_name == layer.name {
@@ -146,6 +148,46 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
             }
             replaced.insert(existing.name.as_str());
         }
+        // Tied names the base holds as tensors of their own get the layer's weight bytes
+        // (no mask); those it does not hold (a checkpoint saved one tensor per storage) are
+        // not written, as the base does not have them.
+        for tied in &layer.tied {
+            let Some((_, existing)) = base.tensor(tied) else {
+                continue;
+            };
+            if existing.shape != info.shape || existing.dtype != info.dtype {
+                return Err(Error::Usage(format!(
+                    "tensor \"{tied}\" is tied to layer \"{}\" in the spec, but the base '{shown}' has it as {:?} in {}, the layer as {:?} in {}\n  help: remove \"{tied}\" from the layer's `tied` to copy the base's tensor unchanged",
+                    layer.name,
+                    existing.shape,
+                    existing.dtype.safetensors_name(),
+                    info.shape,
+                    info.dtype.safetensors_name()
+                )));
+            }
+            if file_of[existing.name.as_str()] != f {
+                return Err(Error::Usage(format!(
+                    "tensor \"{tied}\" of the base '{shown}' is in another shard than layer \"{}\", to which it is tied",
+                    layer.name
+                )));
+            }
+            if !replaced.insert(existing.name.as_str()) {
+                return Err(Error::Usage(format!(
+                    "tensor \"{tied}\" of the base '{shown}' is tied to layer \"{}\" but is also replaced by another of the spec's tensors",
+                    layer.name
+                )));
+            }
+            tied_copies.push((
+                f,
+                Copied {
+                    name: existing.name.clone(),
+                    dtype: existing.dtype,
+                    shape: existing.shape.clone(),
+                    nbytes: existing.nbytes,
+                    from: CopyFrom::Tensor(weight_name.clone()),
+                },
+            ));
+        }
     }
     for (f, (_, artifact)) in base.files().iter().enumerate() {
         let source = match artifact.file() {
@@ -166,10 +208,15 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
                 dtype: t.dtype,
                 shape: t.shape.clone(),
                 nbytes: t.nbytes,
-                source: Arc::clone(&source),
-                start,
+                from: CopyFrom::File {
+                    source: Arc::clone(&source),
+                    start,
+                },
             });
         }
+    }
+    for (f, copy) in tied_copies {
+        files[f].copies.push(copy);
     }
     Ok(files)
 }

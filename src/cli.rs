@@ -49,14 +49,17 @@ pub enum Command {
     ///
     /// Reads the tensor names and shapes of a safetensors file, a sharded checkpoint
     /// (model.safetensors.index.json, or its directory) or a JSON shape list, never tensor
-    /// data, and writes a complete, commented spec: every tensor of rank 2 or more becomes a
-    /// [[layer]] with its exact name and shape; biases, norm parameters and other rank-1
-    /// tensors are left out and listed in a comment. Runs of layers that differ only in one
-    /// index 0..n-1 (same shape) are folded into `repeat` with "{i}". A JSON shape list is
-    /// {"name": [shape...], ...} or [{"name": ..., "shape": [...]}, ...];
+    /// data, and writes a complete, commented spec: the weights of linear and convolution
+    /// modules become [[layer]]s with their exact names and shapes, by the "kind" a shape list
+    /// gives each tensor or else by name rules (README, "Start from your model"); every other
+    /// tensor (embeddings, norms, biases, tokens, scales) is left to the base and listed in a
+    /// comment with the reason. Runs of layers that differ only in one index 0..n-1 (same
+    /// shape) are folded into `repeat` with "{i}". A JSON shape list is {"name": [shape...],
+    /// ...} or [{"name": ..., "shape": [...], "kind": "linear"}, ...];
     /// examples/shapes_from_torch.py and examples/shapes_from_flax.py print one for a model.
     #[command(
-        after_help = "Examples:\n  eoi spec --from model.safetensors --density 0.1 --distribution erk -o spec.toml\n  eoi spec --from checkpoint/ --exclude '*embed*' --dense lm_head.weight\n  python examples/shapes_from_torch.py | eoi spec --from - --density 0.1 > resnet18.toml\n  eoi spec --from flax_shapes.json --layout flax --gain relu"
+        override_usage = "eoi spec --from <SOURCE> [OPTIONS]",
+        after_help = "Examples:\n  eoi spec --from model.safetensors --density 0.1 --distribution erk -o spec.toml\n  eoi spec --from checkpoint/ --dense lm_head.weight --below-minimum clamp\n  eoi spec --from gpt2/ --include transformer.wte.weight\n  python examples/shapes_from_torch.py | eoi spec --from - --density 0.1 > resnet18.toml\n  eoi spec --from flax_shapes.json --layout flax --gain relu"
     )]
     Spec(SpecFromArgs),
     /// Check that an artifact eoi wrote is what it claims: masks, orthogonality, densities.
@@ -144,6 +147,11 @@ pub struct SpecArgs {
     /// eoi, or a baseline the paper compares it with (README, "Schemes").
     #[arg(long, value_enum, value_name = "SCHEME")]
     pub scheme: Option<SchemeArg>,
+
+    /// What to do with a layer whose density is below what its scheme can make; overrides
+    /// the spec's [sparsity] below_minimum (README, "Densities").
+    #[arg(long, value_name = "RULE", value_parser = clap::builder::PossibleValuesParser::new(eoi::spec::BelowMinimum::NAMES))]
+    pub below_minimum: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -244,8 +252,14 @@ pub struct SpecFromArgs {
     #[arg(long, value_name = "SCHEME", value_parser = clap::builder::PossibleValuesParser::new(eoi::spec::Scheme::NAMES))]
     pub scheme: Option<String>,
 
-    /// Leave out the tensors whose names match GLOB (* any run, ? one character);
-    /// repeatable, e.g. --exclude '*embed*'.
+    /// Make layers of the tensors whose names match GLOB (* any run, ? one character) that
+    /// would be left to the base (an embedding, a tensor the name rules miss); they must have
+    /// rank 2 to 5. Repeatable, e.g. --include 'transformer.wte.weight'.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Leave the tensors whose names match GLOB to the base; wins over --include.
+    /// Repeatable, e.g. --exclude 'lm_head.weight'.
     #[arg(long, value_name = "GLOB")]
     pub exclude: Vec<String>,
 
@@ -262,6 +276,11 @@ pub struct SpecFromArgs {
     /// Write every layer as its own [[layer]] table instead of folding runs into `repeat`.
     #[arg(long)]
     pub no_fold: bool,
+
+    /// What to do with a layer whose density is below what its scheme can make ([sparsity]
+    /// below_minimum): error (the default) or clamp.
+    #[arg(long, value_name = "RULE", value_parser = clap::builder::PossibleValuesParser::new(eoi::spec::BelowMinimum::NAMES))]
+    pub below_minimum: Option<String>,
 
     /// Set each layer's density to the fraction of nonzeros of its mask in MASKS, a
     /// safetensors file or sharded checkpoint of masks of any dtype, named as the weights or

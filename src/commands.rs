@@ -83,6 +83,10 @@ fn load_plan(args: &SpecArgs, overrides: Overrides) -> Result<Plan, Error> {
         seed: args.seed,
         scheme: args.scheme.map(Into::into),
         format: args.format.map(Into::into),
+        below_minimum: args
+            .below_minimum
+            .as_deref()
+            .and_then(spec::BelowMinimum::parse),
         ..overrides
     };
     let plan = plan::plan(&spec, &overrides)?;
@@ -393,7 +397,11 @@ fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {
                 })
         })
         .transpose()?;
-    for (flag, globs) in [("--exclude", &args.exclude), ("--dense", &args.dense)] {
+    for (flag, globs) in [
+        ("--exclude", &args.exclude),
+        ("--include", &args.include),
+        ("--dense", &args.dense),
+    ] {
         if globs.iter().any(String::is_empty) {
             return Err(Error::Usage(format!("{flag}: a pattern must not be empty")));
         }
@@ -428,6 +436,11 @@ fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {
         seed: args.seed,
         scheme: args.scheme,
         exclude: args.exclude,
+        include: args.include,
+        below_minimum: args
+            .below_minimum
+            .as_deref()
+            .and_then(spec::BelowMinimum::parse),
         dense: args.dense,
         layout: args.layout.into(),
         fold: !args.no_fold,
@@ -437,7 +450,11 @@ fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {
         .as_deref()
         .map(eoi::read::Checkpoint::open)
         .transpose()?;
-    let text = spec_from::spec_from(&shapes, &options, masks.as_ref())?;
+    let written = spec_from::spec_from(&shapes, &options, masks.as_ref())?;
+    for warning in &written.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let text = written.text;
     match &args.output {
         None => print_bytes(text.as_bytes()),
         Some(path) => write::place_file(

@@ -61,6 +61,9 @@ pub struct LayerPlan {
     /// Convolution groups G: the kernel is G independent blocks of (out/G, in/G) (see
     /// [`LayerPlan::block`]); 1 for linear layers and ordinary convolutions.
     pub groups: usize,
+    /// Names of parameters sharing the layer's storage (`tied`): with `--base`, each one the
+    /// base holds gets the weight's bytes.
+    pub tied: Vec<String>,
     /// Where the layer stands in the spec (line, column).
     pub position: (usize, usize),
 }
@@ -209,6 +212,8 @@ pub struct Overrides {
     pub max_shard_size: Option<u64>,
     pub layout: Option<Layout>,
     pub names: Option<Names>,
+    /// `[sparsity] below_minimum`, over the spec's.
+    pub below_minimum: Option<BelowMinimum>,
 }
 
 /// Everything generation needs.
@@ -222,6 +227,8 @@ pub struct Plan {
     /// The scheme the command line imposed on every layer, if it did (the provenance
     /// records it, since the spec text does not say it).
     pub scheme_override: Option<Scheme>,
+    /// The command line's `--below-minimum`, if given (recorded like `scheme_override`).
+    pub below_minimum_override: Option<BelowMinimum>,
     pub layers: Vec<LayerPlan>,
     pub output: OutputPlan,
     /// Things the user should know that do not stop the run.
@@ -381,7 +388,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
         .zip(&layer_schemes)
         .map(|((l, &rule), &scheme)| minimum_density(&l.shape, l.groups, rule, scheme))
         .collect();
-    let clamp = sparsity.below_minimum == BelowMinimum::Clamp;
+    let clamp = overrides.below_minimum.unwrap_or(sparsity.below_minimum) == BelowMinimum::Clamp;
     // A density counts as below the minimum only beyond rounding noise.
     let below = |d: f64, min: f64| d < min * (1.0 - 1e-12);
     if clamp {
@@ -509,9 +516,9 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
                         && layer.shape.out() == layer.groups
                         && layer.shape.inp() == 1
                     {
-                        "under EOI a depthwise layer is dense: set below_minimum = \"clamp\" in [sparsity] (erk and er then re-balance the other layers), or match it with a `dense` pattern".into()
+                        "under EOI a depthwise layer is dense: set below_minimum = \"clamp\" in [sparsity] or pass --below-minimum clamp (erk and er then re-balance the other layers), or match it with a `dense` pattern".into()
                     } else {
-                        "raise the density, or set below_minimum = \"clamp\" in [sparsity] to use the minimum".into()
+                        "raise the density, or set below_minimum = \"clamp\" in [sparsity] (or pass --below-minimum clamp) to use the minimum".into()
                     },
                 ),
             ));
@@ -588,6 +595,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
                 .filter(|_| layer.name.ends_with(".weight"))),
             isometry: spec.init.isometry,
             groups: layer.groups,
+            tied: layer.tied.clone(),
             position: layer.position,
         });
     }
@@ -666,6 +674,7 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
         requested_density: sparsity.density,
         distribution: sparsity.distribution,
         scheme_override: overrides.scheme,
+        below_minimum_override: overrides.below_minimum,
         layers,
         output,
         warnings,

@@ -31,6 +31,10 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
     if layer.groups != 1 {
         record.insert("groups".into(), json!(layer.groups));
     }
+    // Recorded only for layers with tied names, so that other records keep their bytes.
+    if !layer.tied.is_empty() {
+        record.insert("tied".into(), json!(layer.tied));
+    }
     let eoi = layer.scheme == Scheme::Eoi;
     if layer.scheme == Scheme::Sao
         && let Some(k) = sao::degree(layer.shape.out(), layer.shape.inp(), layer.density)
@@ -126,6 +130,9 @@ impl Provenance {
         if let Some(scheme) = plan.scheme_override {
             metadata.push(("eoi.scheme".into(), scheme.name().into()));
         }
+        if let Some(rule) = plan.below_minimum_override {
+            metadata.push(("eoi.below_minimum".into(), rule.name().into()));
+        }
         if let Some((k, n)) = shard {
             metadata.push(("eoi.shard".into(), format!("{k}/{n}")));
         }
@@ -146,6 +153,9 @@ impl Provenance {
         }
         if let Some(scheme) = plan.scheme_override {
             document["scheme"] = json!(scheme.name());
+        }
+        if let Some(rule) = plan.below_minimum_override {
+            document["below_minimum"] = json!(rule.name());
         }
         if let Some((k, n)) = shard {
             document["shard"] = json!(format!("{k}/{n}"));

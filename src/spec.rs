@@ -106,6 +106,21 @@ pub enum BelowMinimum {
 
 impl BelowMinimum {
     pub const NAMES: &'static [&'static str] = &["error", "clamp"];
+
+    pub fn parse(name: &str) -> Option<BelowMinimum> {
+        match name {
+            "error" => Some(BelowMinimum::Error),
+            "clamp" => Some(BelowMinimum::Clamp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BelowMinimum::Error => "error",
+            BelowMinimum::Clamp => "clamp",
+        }
+    }
 }
 
 /// Names of the rules for a convolution's centre density (`conv_center`).
@@ -498,6 +513,8 @@ pub struct LayerSpec {
     /// Convolution groups G (1 unless the spec says otherwise): the kernel is G independent
     /// blocks of (out/G, in/G), and `shape[1]` is in/G, as PyTorch stores the weight.
     pub groups: usize,
+    /// Names of parameters sharing this layer's storage (`tied`), expanded.
+    pub tied: Vec<String>,
     /// Where the layer's `name` stands in the spec (1-based line, column).
     pub position: (usize, usize),
 }
@@ -694,6 +711,11 @@ struct RawLayer {
     /// with shape [out, 1, k...]. Convolutions only.
     #[schemars(with = "Option<u64>", range(min = 1))]
     groups: Option<Spanned<i64>>,
+    /// Names of parameters that share this layer's storage (tied weights, e.g. GPT-2's
+    /// "lm_head.weight" with "transformer.wte.weight"); "{i}" is expanded with `repeat` like
+    /// `name`. `generate --base` gives each one the base holds the layer's weight bytes.
+    #[schemars(with = "Option<Vec<String>>")]
+    tied: Option<Vec<Spanned<String>>>,
 }
 
 /// The schema of a gain as a spec writes it (the parser reads a `toml::Value`).
@@ -1243,11 +1265,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 &format!("{ctx} `below_minimum`"),
                 "below_minimum",
                 BelowMinimum::NAMES,
-                |s| match s {
-                    "error" => Some(BelowMinimum::Error),
-                    "clamp" => Some(BelowMinimum::Clamp),
-                    _ => None,
-                },
+                BelowMinimum::parse,
             )?,
         },
     };
@@ -1467,6 +1485,9 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
     let mut layers: Vec<LayerSpec> = Vec::new();
     let mut first_seen: std::collections::HashMap<String, (usize, usize)> =
         std::collections::HashMap::new();
+    // Every tied name: the layer it goes with, and where it is written.
+    let mut tied_seen: std::collections::HashMap<String, (String, Range<usize>)> =
+        std::collections::HashMap::new();
     let mut name_bytes: u64 = 0;
     for raw_layer in &raw.layer {
         let name = raw_layer.name.get_ref();
@@ -1625,7 +1646,48 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
             }
         };
         let position = errors.position(raw_layer.name.span().start);
-        for expanded in names {
+        let tied_raw: &[Spanned<String>] = raw_layer.tied.as_deref().unwrap_or_default();
+        for t in tied_raw {
+            let text = t.get_ref();
+            let problem = if text.is_empty() {
+                Some("a tied name must not be empty".to_string())
+            } else if text.contains("{i}") && raw_layer.repeat.is_none() {
+                Some(format!(
+                    "tied name \"{text}\" contains \"{{i}}\" but the layer has no `repeat`"
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(errors.at(&t.span(), field("tied"), problem));
+            }
+        }
+        for (index, expanded) in names.into_iter().enumerate() {
+            let mut tied = Vec::with_capacity(tied_raw.len());
+            for t in tied_raw {
+                let tied_name = t.get_ref().replace("{i}", &index.to_string());
+                if tied_name == expanded {
+                    return Err(errors.at(
+                        &t.span(),
+                        field("tied"),
+                        format!("tied name \"{tied_name}\" is the layer's own name"),
+                    ));
+                }
+                if let Some((other, _)) = tied_seen.get(&tied_name) {
+                    return Err(with_help(
+                        errors.at(
+                            &t.span(),
+                            field("tied"),
+                            format!(
+                                "tied name \"{tied_name}\" is listed twice (also with layer \"{other}\")"
+                            ),
+                        ),
+                        "a parameter shares the storage of one layer: list it once",
+                    ));
+                }
+                tied_seen.insert(tied_name.clone(), (expanded.clone(), t.span()));
+                tied.push(tied_name);
+            }
             if let Some(&(line, column)) = first_seen.get(&expanded) {
                 return Err(errors.at(
                     &raw_layer.name.span(),
@@ -1645,8 +1707,26 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                 scheme: layer_scheme,
                 bias_std: layer_bias_std,
                 groups,
+                tied,
                 position,
             });
+        }
+    }
+    // A tied name is a parameter without a layer of its own.
+    let mut tied_names: Vec<(&String, &(String, Range<usize>))> = tied_seen.iter().collect();
+    tied_names.sort_by_key(|(_, (_, span))| span.start);
+    for (tied_name, (owner, span)) in tied_names {
+        if let Some(&(line, column)) = first_seen.get(tied_name) {
+            return Err(with_help(
+                errors.at(
+                    span,
+                    format!("layer \"{owner}\", field `tied`"),
+                    format!(
+                        "tied name \"{tied_name}\" is a layer of the spec (line {line}, column {column})"
+                    ),
+                ),
+                "a tied parameter shares this layer's weight and has no layer of its own: remove it from `tied` or remove its [[layer]]",
+            ));
         }
     }
 
@@ -1981,6 +2061,54 @@ mod tests {
     }
 
     #[test]
+    fn tied_names_expand_with_repeat_and_are_checked() {
+        let spec = parse_str(
+            "[sparsity]\ndensity = 0.5\n[[layer]]\nname = 'wte.weight'\nshape = [8, 4]\ntied = ['lm_head.weight']\n[[layer]]\nname = 'h.{i}.w'\nshape = [4, 4]\nrepeat = 2\ntied = ['g.{i}.w']\n",
+        )
+        .unwrap();
+        assert_eq!(spec.layers[0].tied, ["lm_head.weight"]);
+        assert_eq!(spec.layers[1].tied, ["g.0.w"]);
+        assert_eq!(spec.layers[2].tied, ["g.1.w"]);
+        for (layers, message, position) in [
+            (
+                "[[layer]]\nname = 'a'\nshape = [2, 2]\ntied = ['b']\n[[layer]]\nname = 'b'\nshape = [2, 2]\n",
+                "tied name \"b\" is a layer of the spec (line 8, column 8)",
+                (6, 9),
+            ),
+            (
+                "[[layer]]\nname = 'a'\nshape = [2, 2]\ntied = ['c', 'c']\n",
+                "tied name \"c\" is listed twice (also with layer \"a\")",
+                (6, 14),
+            ),
+            (
+                "[[layer]]\nname = 'a'\nshape = [2, 2]\ntied = ['a']\n",
+                "tied name \"a\" is the layer's own name",
+                (6, 9),
+            ),
+            (
+                "[[layer]]\nname = 'h.{i}'\nshape = [2, 2]\nrepeat = 2\ntied = ['c']\n",
+                "tied name \"c\" is listed twice (also with layer \"h.0\")",
+                (7, 9),
+            ),
+            (
+                "[[layer]]\nname = 'a'\nshape = [2, 2]\ntied = ['c.{i}']\n",
+                "tied name \"c.{i}\" contains \"{i}\" but the layer has no `repeat`",
+                (6, 9),
+            ),
+            (
+                "[[layer]]\nname = 'a'\nshape = [2, 2]\ntied = ['']\n",
+                "a tied name must not be empty",
+                (6, 9),
+            ),
+        ] {
+            let err = parse_str(&format!("[sparsity]\ndensity = 0.5\n{layers}")).unwrap_err();
+            assert_eq!(err.message, message, "{layers}");
+            assert!(err.context.ends_with(", field `tied`"), "{err}");
+            assert_eq!(err.position, Some(position), "{layers}");
+        }
+    }
+
+    #[test]
     fn field_lists_come_from_the_structs() {
         assert_eq!(
             fields_of::<RawLayer>(),
@@ -1994,7 +2122,8 @@ mod tests {
                 "conv_mask",
                 "scheme",
                 "bias_std",
-                "groups"
+                "groups",
+                "tied"
             ]
         );
         assert!(fields_of::<RawSpec>().contains(&"sparsity"));

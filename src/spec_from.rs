@@ -1,8 +1,11 @@
 //! `eoi spec --from`: a complete spec written from the tensors a model already has. The
 //! shapes come from a safetensors checkpoint (headers only, through [`crate::read`]), a
-//! sharded one's index, or a JSON shape list; every tensor of rank >= 2 becomes a `[[layer]]`,
-//! runs that differ only in one index 0..n-1 fold into `repeat` with `{i}`, and the text is
-//! checked by parsing it back with [`crate::spec::parse`] before anyone sees it.
+//! sharded one's index, or a JSON shape list. Only the weights of linear and convolution
+//! modules become `[[layer]]`s: by the `kind` a shape list gives each tensor, or else by the
+//! name rules of [`NAME_RULES`]; every other tensor is left to the base and listed in a
+//! comment with the reason. Runs that differ only in one index 0..n-1 fold into `repeat`
+//! with `{i}`, and the text is checked by parsing it back with [`crate::spec::parse`] before
+//! anyone sees it.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::{self, Write as _};
@@ -18,7 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::error::Error;
 use crate::isometry::natural_cmp;
 use crate::read::{self, Checkpoint};
-use crate::spec::{self, Distribution, Gain, Kind, Pattern, Shape, Source};
+use crate::spec::{self, BelowMinimum, Distribution, Gain, Kind, Pattern, Shape, Source};
 use crate::tensor::Layout;
 
 /// Largest JSON shape list accepted.
@@ -27,12 +30,193 @@ pub const MAX_JSON: u64 = 100_000_000;
 /// Most dimensions a tensor in a JSON shape list may have.
 const MAX_RANK: usize = 64;
 
-/// A tensor of the source: its name, its shape as stored, and its convolution groups.
+/// A tensor of the source: its name, its shape as stored, and what the source says of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub name: String,
     pub shape: Vec<usize>,
-    pub groups: u64,
+    /// Convolution groups, when the source records them (a shape list's `"groups"`); a
+    /// checkpoint does not.
+    pub groups: Option<u64>,
+    /// The class name of the module holding the tensor (a shape list's `"module"`).
+    pub module: Option<String>,
+    /// What the tensor is (a shape list's `"kind"`); without it the name rules decide.
+    pub kind: Option<TensorKind>,
+    /// The tensor whose storage this one shares (a shape list's `"tied_to"`).
+    pub tied_to: Option<String>,
+    /// The dtype it is stored in (checkpoints only).
+    pub dtype: Option<read::Dtype>,
+}
+
+impl Entry {
+    /// An entry with only a name and a shape.
+    pub fn new(name: impl Into<String>, shape: Vec<usize>) -> Entry {
+        Entry {
+            name: name.into(),
+            shape,
+            groups: None,
+            module: None,
+            kind: None,
+            tied_to: None,
+            dtype: None,
+        }
+    }
+}
+
+/// What a tensor is, as a shape list's `"kind"` says (examples/shapes_from_torch.py and
+/// shapes_from_flax.py write it). Only `linear` and `conv` tensors become layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorKind {
+    /// The weight of a linear map: nn.Linear (and subclasses), transformers' Conv1D (stored
+    /// (in, out)), nn.MultiheadAttention's `in_proj_weight`, a Flax Dense kernel.
+    Linear,
+    /// The weight of a convolution (nn.ConvNd, nn.ConvTransposeNd, a Flax Conv kernel).
+    Conv,
+    /// An embedding table (nn.Embedding, Flax Embed).
+    Embedding,
+    /// A parameter of a normalization layer.
+    Norm,
+    /// A bias.
+    Bias,
+    /// A buffer (running statistics, counters, position ids).
+    Buffer,
+    /// Anything else: class tokens, position tables, layer scales ...
+    Other,
+}
+
+impl TensorKind {
+    pub const NAMES: &'static [&'static str] = &[
+        "linear",
+        "conv",
+        "embedding",
+        "norm",
+        "bias",
+        "buffer",
+        "other",
+    ];
+
+    pub fn parse(name: &str) -> Option<TensorKind> {
+        Some(match name {
+            "linear" => TensorKind::Linear,
+            "conv" => TensorKind::Conv,
+            "embedding" => TensorKind::Embedding,
+            "norm" => TensorKind::Norm,
+            "bias" => TensorKind::Bias,
+            "buffer" => TensorKind::Buffer,
+            "other" => TensorKind::Other,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorKind::Linear => "linear",
+            TensorKind::Conv => "conv",
+            TensorKind::Embedding => "embedding",
+            TensorKind::Norm => "norm",
+            TensorKind::Bias => "bias",
+            TensorKind::Buffer => "buffer",
+            TensorKind::Other => "other",
+        }
+    }
+
+    /// Whether eoi initializes tensors of this kind.
+    pub fn is_layer(self) -> bool {
+        matches!(self, TensorKind::Linear | TensorKind::Conv)
+    }
+}
+
+/// Which part of a tensor's dotted name a [`NameRule`] looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// The last component (`weight`, `cls_token`, `kernel`).
+    Leaf,
+    /// The component before it: the module's own name (`wte`, `LayerNorm`, `shared`); empty
+    /// for a name without a dot. Only the module's own name, never its parents', so that
+    /// `embeddings.patch_embeddings.projection.weight` (a convolution) is not an embedding.
+    Module,
+}
+
+/// One row of the name rules: tensors whose `part` matches `glob` (ASCII case-insensitive;
+/// `*` any run, `?` one character) are layers, or are left to the base as `what`.
+#[derive(Clone, Copy, Debug)]
+pub struct NameRule {
+    pub part: Part,
+    pub glob: &'static str,
+    /// `None`: the tensor is a layer; else what it is, for the comment.
+    pub left_as: Option<&'static str>,
+}
+
+const fn rule(part: Part, glob: &'static str, left_as: Option<&'static str>) -> NameRule {
+    NameRule {
+        part,
+        glob,
+        left_as,
+    }
+}
+
+/// How a tensor without a `kind` (a checkpoint's, or a bare shape list's) is classified:
+/// the first rule that matches decides. Before the rules, tensors of rank 0 or 1 and of
+/// rank above 5 are left out; after them, a tensor no rule matched is left out as "not a
+/// .weight". The rules follow torchvision's, timm's, transformers' and Flax's names; a
+/// misjudged tensor is put right with `--include` or `--exclude`. README ("Start from your
+/// model") shows the same table.
+pub const NAME_RULES: &[NameRule] = &[
+    // nn.MultiheadAttention's packed (q, k, v) projection is a linear weight.
+    rule(Part::Leaf, "in_proj_weight", None),
+    // Embedding tables: the weight of a module named for it.
+    rule(Part::Module, "*embed*", Some("embedding")),
+    rule(Part::Module, "wte", Some("embedding")),
+    rule(Part::Module, "wpe", Some("embedding")),
+    rule(Part::Module, "shared", Some("embedding")),
+    rule(Part::Module, "relative_attention_bias", Some("embedding")),
+    rule(Part::Leaf, "embedding", Some("embedding")),
+    // Position tables and tokens held as bare parameters.
+    rule(Part::Leaf, "*embed*", Some("position table")),
+    rule(Part::Leaf, "*token*", Some("token")),
+    // Scales: layer scale, timm's ls1/ls2 gamma, Flax norms' scale.
+    rule(Part::Leaf, "layer_scale*", Some("scale")),
+    rule(Part::Leaf, "gamma", Some("scale")),
+    rule(Part::Module, "ls?", Some("scale")),
+    rule(Part::Leaf, "*scale*", Some("scale")),
+    // Normalization layers.
+    rule(Part::Module, "*norm*", Some("norm")),
+    rule(Part::Module, "ln", Some("norm")),
+    rule(Part::Module, "ln_*", Some("norm")),
+    rule(Part::Module, "bn", Some("norm")),
+    rule(Part::Module, "bn?", Some("norm")),
+    // The weights eoi initializes: PyTorch's `.weight`, Flax's `kernel`.
+    rule(Part::Leaf, "weight", None),
+    rule(Part::Leaf, "kernel", None),
+];
+
+/// What the name rules make of `name`: `Ok(())` for a layer, or the reason it is left out.
+fn name_rule(name: &str) -> Result<(), String> {
+    let lower = name.to_ascii_lowercase();
+    let (module, leaf) = match lower.rsplit_once('.') {
+        Some((path, leaf)) => (path.rsplit('.').next().unwrap_or(path), leaf),
+        None => ("", lower.as_str()),
+    };
+    for r in NAME_RULES {
+        let text = match r.part {
+            Part::Leaf => leaf,
+            Part::Module => module,
+        };
+        if glob(r.glob).matches(text) {
+            return match r.left_as {
+                None => Ok(()),
+                Some(what) => Err(format!(
+                    "{what} (name rule {} on the {})",
+                    quoted(r.glob),
+                    match r.part {
+                        Part::Leaf => "last name part",
+                        Part::Module => "module name",
+                    }
+                )),
+            };
+        }
+    }
+    Err("not a .weight, kernel or in_proj_weight".into())
 }
 
 /// What the shapes were read from.
@@ -141,9 +325,8 @@ pub fn checkpoint_shapes(checkpoint: &Checkpoint, name: String) -> Result<Shapes
     let mut entries: Vec<Entry> = checkpoint
         .tensors()
         .map(|(_, t)| Entry {
-            name: t.name.clone(),
-            shape: t.shape.clone(),
-            groups: 1,
+            dtype: Some(t.dtype),
+            ..Entry::new(t.name.clone(), t.shape.clone())
         })
         .collect();
     entries.sort_by(|a, b| natural_cmp(&a.name, &b.name));
@@ -202,8 +385,9 @@ impl<'de> Deserialize<'de> for RawList {
 }
 
 /// Parses a JSON shape list: `{"name": [shape...], ...}` or
-/// `[{"name": ..., "shape": [...], "groups": 1}, ...]` (`groups` optional; in the object form
-/// a value may also be `{"shape": [...], "groups": g}`). Names keep their order.
+/// `[{"name": ..., "shape": [...], "groups": 1, "module": "Linear", "kind": "linear",
+/// "tied_to": "..."}, ...]` (all but `name` and `shape` optional; in the object form a value
+/// may also be an object without `name`). Names keep their order.
 pub fn shapes_from_json(name: &str, bytes: &[u8]) -> Result<Shapes, Error> {
     let bad = |message: String| {
         usage(format!(
@@ -218,7 +402,10 @@ pub fn shapes_from_json(name: &str, bytes: &[u8]) -> Result<Shapes, Error> {
     let mut seen = HashSet::new();
     let wrong =
         |tensor: &str, message: String| usage(format!("'{name}': tensor \"{tensor}\": {message}"));
-    let mut push = |tensor: String, shape: &Value, groups: Option<&Value>| -> Result<(), Error> {
+    let mut push = |tensor: String,
+                    shape: &Value,
+                    object: Option<&serde_json::Map<String, Value>>|
+     -> Result<(), Error> {
         if tensor.is_empty() {
             return Err(usage(format!("'{name}': a tensor name is empty")));
         }
@@ -249,25 +436,60 @@ pub fn shapes_from_json(name: &str, bytes: &[u8]) -> Result<Shapes, Error> {
                     format!("the shape must be an array of integers >= 0, got {shape}"),
                 )
             })?;
-        let groups = match groups {
-            None => 1,
-            Some(g) => g.as_u64().filter(|&g| g >= 1).ok_or_else(|| {
+        let field = |key: &str| object.and_then(|o| o.get(key));
+        let groups = match field("groups") {
+            None => None,
+            Some(g) => Some(g.as_u64().filter(|&g| g >= 1).ok_or_else(|| {
                 wrong(&tensor, format!("groups must be an integer >= 1, got {g}"))
-            })?,
+            })?),
         };
+        let text = |key: &str| -> Result<Option<String>, Error> {
+            match field(key) {
+                None => Ok(None),
+                Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+                Some(v) => Err(wrong(
+                    &tensor,
+                    format!("\"{key}\" must be a non-empty string, got {v}"),
+                )),
+            }
+        };
+        let module = text("module")?;
+        let kind = match text("kind")? {
+            None => None,
+            Some(k) => Some(TensorKind::parse(&k).ok_or_else(|| {
+                wrong(
+                    &tensor,
+                    format!(
+                        "unknown kind {} (known: {})",
+                        quoted(&k),
+                        TensorKind::NAMES.join(", ")
+                    ),
+                )
+            })?),
+        };
+        let tied_to = text("tied_to")?;
         entries.push(Entry {
             name: tensor,
             shape,
             groups,
+            module,
+            kind,
+            tied_to,
+            dtype: None,
         });
         Ok(())
     };
-    let fields = |tensor: &str, object: &serde_json::Map<String, Value>, allowed: &[&str]| {
+    const KEYS: &[&str] = &["shape", "groups", "module", "kind", "tied_to"];
+    let fields = |tensor: &str, object: &serde_json::Map<String, Value>, name_key: bool| {
         for key in object.keys() {
-            if !allowed.contains(&key.as_str()) {
+            if !(KEYS.contains(&key.as_str()) || name_key && key == "name") {
                 return Err(wrong(
                     tensor,
-                    format!("unknown key \"{key}\" (known: {})", allowed.join(", ")),
+                    format!(
+                        "unknown key \"{key}\" (known: {}{})",
+                        if name_key { "name, " } else { "" },
+                        KEYS.join(", ")
+                    ),
                 ));
             }
         }
@@ -281,8 +503,8 @@ pub fn shapes_from_json(name: &str, bytes: &[u8]) -> Result<Shapes, Error> {
             for (tensor, value) in pairs {
                 match &value {
                     Value::Object(object) => {
-                        fields(&tensor, object, &["shape", "groups"])?;
-                        push(tensor.clone(), &object["shape"], object.get("groups"))?;
+                        fields(&tensor, object, false)?;
+                        push(tensor.clone(), &object["shape"], Some(object))?;
                     }
                     shape => push(tensor, shape, None)?,
                 }
@@ -299,11 +521,12 @@ pub fn shapes_from_json(name: &str, bytes: &[u8]) -> Result<Shapes, Error> {
                     .get("name")
                     .and_then(Value::as_str)
                     .ok_or_else(|| bad(format!("entry {k} has no \"name\" string")))?;
-                fields(tensor, object, &["name", "shape", "groups"])?;
-                push(tensor.to_string(), &object["shape"], object.get("groups"))?;
+                fields(tensor, object, true)?;
+                push(tensor.to_string(), &object["shape"], Some(object))?;
             }
         }
     }
+    check_ties(name, &entries)?;
     if entries.is_empty() {
         return Err(usage(format!("'{name}' lists no tensors")));
     }
@@ -315,6 +538,35 @@ pub fn shapes_from_json(name: &str, bytes: &[u8]) -> Result<Shapes, Error> {
     })
 }
 
+/// Checks a shape list's ties: each `tied_to` names another tensor of the list, of the same
+/// shape, that is not tied itself (the one holding the storage).
+fn check_ties(name: &str, entries: &[Entry]) -> Result<(), Error> {
+    let by_name: HashMap<&str, &Entry> = entries.iter().map(|e| (e.name.as_str(), e)).collect();
+    for entry in entries {
+        let Some(target) = &entry.tied_to else {
+            continue;
+        };
+        let problem = match by_name.get(target.as_str()) {
+            None => "which is not in the list".to_string(),
+            Some(_) if target == &entry.name => "itself".to_string(),
+            Some(t) if t.tied_to.is_some() => format!(
+                "which is tied to {} itself: name the tensor holding the storage",
+                quoted(t.tied_to.as_deref().unwrap_or_default())
+            ),
+            Some(t) if t.shape != entry.shape => {
+                format!("whose shape {:?} is not {:?}", t.shape, entry.shape)
+            }
+            Some(_) => continue,
+        };
+        return Err(usage(format!(
+            "'{name}': tensor {} has \"tied_to\": {}, {problem}",
+            quoted(&entry.name),
+            quoted(target)
+        )));
+    }
+    Ok(())
+}
+
 /// How the spec is written: the command line's choices.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -323,8 +575,13 @@ pub struct Options {
     pub gain: Option<Gain>,
     pub seed: Option<u64>,
     pub scheme: Option<String>,
-    /// Globs of tensors to leave out.
+    /// Globs of tensors to leave out; they win over `include`.
     pub exclude: Vec<String>,
+    /// Globs of tensors to make layers although their kind or the name rules leave them out
+    /// (still of rank 2 to 5).
+    pub include: Vec<String>,
+    /// `[sparsity] below_minimum`, when given.
+    pub below_minimum: Option<BelowMinimum>,
     /// Globs of layers kept dense (`[sparsity] dense`).
     pub dense: Vec<String>,
     /// The layout the source's shapes are in; the spec's shapes are PyTorch's, and a flax
@@ -394,19 +651,32 @@ struct Layer {
     shape: Shape,
     /// Convolution groups (1 unless the source says otherwise).
     groups: usize,
+    /// `groups` was not in the source: a [C, 1, k...] weight assumed depthwise.
+    assumed_depthwise: bool,
+    /// Names sharing this layer's storage (tied weights).
+    tied: Vec<String>,
+    /// The dtype the source stores it in, when known.
+    dtype: Option<read::Dtype>,
+    /// It is a layer only because an `--include` glob matched it.
+    included: bool,
     /// Density from a mask: (nnz, numel, mask name).
     mask: Option<(u64, u64, String)>,
 }
 
-/// Why a tensor is not a layer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum LeftOut {
-    /// Rank 0 or 1: biases, norm parameters, counters.
-    Rank,
-    /// More than 5 dimensions, which no weight eoi makes has.
-    TooManyDims,
-    /// An `--exclude` glob.
-    Excluded,
+/// A tensor left to the base, with the reason (the heading it is listed under).
+struct LeftOut<'a> {
+    reason: String,
+    entry: &'a Entry,
+    /// The names tied to it, left with it.
+    tied: Vec<&'a str>,
+}
+
+/// The output of [`spec_from`]: the spec and what the user should know about it.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub text: String,
+    /// Warnings for standard error (e.g. convolutions assumed depthwise).
+    pub warnings: Vec<String>,
 }
 
 /// One `[[layer]]` table: a layer, or a folded run of them.
@@ -439,16 +709,34 @@ fn glob(pattern: &str) -> Pattern {
 
 /// Writes the spec for `shapes`.
 ///
-/// With `masks` (`--densities-from`), each layer with a mask gets its density from it (see
-/// [`densities_from`]); the others keep the distribution's.
+/// A tensor becomes a layer when its `kind` is linear or conv, or, without a kind, when the
+/// name rules ([`NAME_RULES`]) make it one; an `--include` glob adds a tensor of rank 2 to
+/// 5 back, and an `--exclude` glob leaves one out (it has the last word). A tensor tied to
+/// another (`tied_to`) is never a layer of its own: it goes with the tensor holding the
+/// storage, into that layer's `tied`, or left to the base with it. A [C, 1, k...]
+/// convolution weight (C > 1) whose groups the source does not record is assumed depthwise
+/// (`groups = C`, with a comment and a warning). With `masks` (`--densities-from`), each
+/// layer with a mask gets its density from it (see [`densities_from`]); the others keep the
+/// distribution's.
 pub fn spec_from(
     shapes: &Shapes,
     options: &Options,
     masks: Option<&Checkpoint>,
-) -> Result<String, Error> {
+) -> Result<Written, Error> {
     let excluded: Vec<Pattern> = options.exclude.iter().map(|g| glob(g)).collect();
+    let included: Vec<Pattern> = options.include.iter().map(|g| glob(g)).collect();
+    let mut include_used = vec![false; included.len()];
+    // The names tied to each storage tensor, in list order.
+    let mut ties: HashMap<&str, Vec<&str>> = HashMap::new();
+    for entry in &shapes.entries {
+        if let Some(target) = &entry.tied_to {
+            ties.entry(target.as_str()).or_default().push(&entry.name);
+        }
+    }
+    // A shape list that gives any tensor its groups gives them all (1 when absent).
+    let records_groups = shapes.entries.iter().any(|e| e.groups.is_some());
     let mut layers: Vec<Layer> = Vec::new();
-    let mut left_out: Vec<(LeftOut, &Entry)> = Vec::new();
+    let mut left_out: Vec<LeftOut> = Vec::new();
     for entry in &shapes.entries {
         if entry.name.contains("{i}") {
             return Err(usage(format!(
@@ -457,20 +745,75 @@ pub fn spec_from(
                 quoted(&entry.name)
             )));
         }
-        let reason = if excluded.iter().any(|p| p.matches(&entry.name)) {
-            Some(LeftOut::Excluded)
-        } else if entry.shape.len() < 2 {
-            Some(LeftOut::Rank)
-        } else if entry.shape.len() > 5 {
-            Some(LeftOut::TooManyDims)
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            left_out.push((reason, entry));
+        let tensor = quoted(&entry.name);
+        if let Some(target) = &entry.tied_to {
+            if let Some(k) = included.iter().position(|p| p.matches(&entry.name)) {
+                return Err(usage(format!(
+                    "'{}': --include {} matches {tensor}, which is tied to {} (they share one storage)\n  help: include {} instead: the layer is the storage, and {tensor} gets the same weight",
+                    shapes.name,
+                    quoted(&options.include[k]),
+                    quoted(target),
+                    quoted(target),
+                )));
+            }
             continue;
         }
-        let tensor = quoted(&entry.name);
+        let rank = entry.shape.len();
+        let rank_reason = || match rank {
+            0 | 1 => format!("rank {rank}"),
+            _ => "more than 5 dimensions".to_string(),
+        };
+        let proposed: Result<(), String> = match entry.kind {
+            Some(kind) if kind.is_layer() => {
+                let fits = match kind {
+                    TensorKind::Linear => rank == 2,
+                    _ => (3..=5).contains(&rank),
+                };
+                if !fits {
+                    return Err(usage(format!(
+                        "'{}': tensor {tensor} has kind \"{}\" but shape {:?}: a linear weight has 2 dimensions, a convolution weight 3 to 5\n  help: correct the kind, or leave the tensor out with --exclude {tensor}",
+                        shapes.name,
+                        kind.name(),
+                        entry.shape
+                    )));
+                }
+                Ok(())
+            }
+            Some(kind) => Err(format!("kind \"{}\"", kind.name())),
+            None if !(2..=5).contains(&rank) => Err(rank_reason()),
+            None => name_rule(&entry.name),
+        };
+        let mut by_include = false;
+        let reason = if excluded.iter().any(|p| p.matches(&entry.name)) {
+            Some("--exclude".to_string())
+        } else {
+            match proposed {
+                Ok(()) => None,
+                Err(reason) => {
+                    let hits: Vec<usize> = (0..included.len())
+                        .filter(|&k| included[k].matches(&entry.name))
+                        .collect();
+                    for &k in &hits {
+                        include_used[k] |= (2..=5).contains(&rank);
+                    }
+                    if !hits.is_empty() && (2..=5).contains(&rank) {
+                        by_include = true;
+                        None
+                    } else {
+                        Some(reason)
+                    }
+                }
+            }
+        };
+        let tied: Vec<&str> = ties.get(entry.name.as_str()).cloned().unwrap_or_default();
+        if let Some(reason) = reason {
+            left_out.push(LeftOut {
+                reason,
+                entry,
+                tied,
+            });
+            continue;
+        }
         if entry.shape.contains(&0) {
             return Err(usage(format!(
                 "'{}': tensor {tensor} has shape {:?}, with a zero dimension: it has no weights to initialize\n  help: leave it out with --exclude {tensor}",
@@ -481,7 +824,20 @@ pub fn spec_from(
         let dims: Vec<i64> = torch.iter().map(|&d| d as i64).collect();
         let shape = Shape::new(&dims)
             .map_err(|m| usage(format!("'{}': tensor {tensor}: {m}", shapes.name)))?;
-        let groups = usize::try_from(entry.groups).unwrap_or(usize::MAX);
+        // A checkpoint does not record groups: a [C, 1, k...] kernel is almost always
+        // depthwise (MobileNet, EfficientNet, ConvNeXt); a plain convolution with one input
+        // channel has C = 1 or a first-layer name, and the comment says how to undo it.
+        let assumed_depthwise = !records_groups
+            && entry.groups.is_none()
+            && entry.kind != Some(TensorKind::Linear)
+            && shape.kind() == Kind::Conv
+            && shape.inp() == 1
+            && shape.out() > 1;
+        let groups = match entry.groups {
+            None if assumed_depthwise => shape.out(),
+            None => 1,
+            Some(g) => usize::try_from(g).unwrap_or(usize::MAX),
+        };
         if groups != 1 && (shape.kind() != Kind::Conv || shape.out() % groups != 0) {
             return Err(usage(format!(
                 "'{}': tensor {tensor} has groups = {groups}, which its shape {:?} cannot have: groups applies to convolutions (rank 3 to 5) and must divide their output channels ({})\n  help: give the groups of the convolution this weight belongs to, or leave it out with --exclude {tensor}",
@@ -494,14 +850,26 @@ pub fn spec_from(
             name: entry.name.clone(),
             shape,
             groups,
+            assumed_depthwise,
+            tied: tied.into_iter().map(str::to_string).collect(),
+            dtype: entry.dtype,
+            included: by_include,
             mask: None,
         });
     }
+    if let Some(k) = include_used.iter().position(|used| !used) {
+        return Err(usage(format!(
+            "'{}': --include {} matches no tensor of rank 2 to 5 that would otherwise be left out\n  help: the spec's closing comment lists every tensor left out, with the reason",
+            shapes.name,
+            quoted(&options.include[k])
+        )));
+    }
     if layers.is_empty() {
         return Err(usage(format!(
-            "'{}' has no tensor of rank 2 or more left to initialize ({} left out)",
+            "'{}' has no weight of a linear or convolution module to initialize ({} tensors left out, {})\n  help: add tensors with --include GLOB",
             shapes.name,
-            left_out.len()
+            left_out.len(),
+            summary(&left_out)
         )));
     }
     if let Some(masks) = masks {
@@ -523,9 +891,90 @@ pub fn spec_from(
             })
             .collect()
     };
-    let text = render(shapes, options, masks, &layers, &tables, &left_out);
+    let dtype = output_dtype(&layers);
+    let text = render(shapes, options, masks, &layers, &tables, &left_out, &dtype);
     check(&text, &layers)?;
-    Ok(text)
+    let mut warnings = Vec::new();
+    let assumed = layers.iter().filter(|l| l.assumed_depthwise).count();
+    if assumed > 0 {
+        warnings.push(format!(
+            "{assumed} convolution weights of shape [C, 1, k...] are assumed depthwise (groups = C), since '{}' does not record groups; each has a comment in the spec saying how to undo it (a shape list from examples/shapes_from_torch.py records groups)",
+            shapes.name
+        ));
+    }
+    Ok(Written { text, warnings })
+}
+
+/// "12 rank 1, 3 kind \"norm\"": the reasons tensors were left out, with counts.
+fn summary(left_out: &[LeftOut]) -> String {
+    let groups = grouped(left_out);
+    if groups.is_empty() {
+        return "none".into();
+    }
+    groups
+        .iter()
+        .map(|(reason, list)| format!("{} {reason}", list.len()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The tensors left out, grouped by reason in the order each reason first appears.
+fn grouped<'a, 'b>(left_out: &'b [LeftOut<'a>]) -> Vec<(&'b str, Vec<&'b LeftOut<'a>>)> {
+    let mut groups: Vec<(&str, Vec<&LeftOut>)> = Vec::new();
+    for item in left_out {
+        match groups.iter_mut().find(|(r, _)| *r == item.reason) {
+            Some((_, list)) => list.push(item),
+            None => groups.push((&item.reason, vec![item])),
+        }
+    }
+    groups
+}
+
+/// The weight dtype the spec's `[output]` records: the dtype most layers are stored in
+/// (the first layer's among equals), when it is not f32 and eoi writes it; and the layers
+/// stored otherwise, for a comment.
+struct OutputDtype {
+    /// The dtype to write into `[output]`, when not the default f32.
+    write: Option<&'static str>,
+    /// The layers' majority dtype, when known.
+    majority: Option<read::Dtype>,
+    /// (name, dtype) of the layers not in the majority dtype.
+    others: Vec<(String, read::Dtype)>,
+}
+
+fn output_dtype(layers: &[Layer]) -> OutputDtype {
+    let mut counts: Vec<(read::Dtype, usize)> = Vec::new();
+    for dtype in layers.iter().filter_map(|l| l.dtype) {
+        match counts.iter_mut().find(|(d, _)| *d == dtype) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((dtype, 1)),
+        }
+    }
+    let majority = counts
+        .iter()
+        .fold(None::<(read::Dtype, usize)>, |best, &(d, n)| match best {
+            Some((_, m)) if m >= n => best,
+            _ => Some((d, n)),
+        })
+        .map(|(d, _)| d);
+    let write = match majority {
+        Some(read::Dtype::BF16) => Some("bf16"),
+        Some(read::Dtype::F16) => Some("f16"),
+        Some(read::Dtype::F64) => Some("f64"),
+        _ => None,
+    };
+    let others = layers
+        .iter()
+        .filter_map(|l| match (l.dtype, majority) {
+            (Some(d), Some(m)) if d != m => Some((l.name.clone(), d)),
+            _ => None,
+        })
+        .collect();
+    OutputDtype {
+        write,
+        majority,
+        others,
+    }
 }
 
 /// Folds runs of layers that differ only in one integer 0..n-1 (same shape and density)
@@ -535,6 +984,10 @@ fn fold(layers: &[Layer]) -> Vec<Table> {
     type Key = (String, Vec<usize>, usize, Option<(u64, u64)>);
     let mut candidates: HashMap<Key, Vec<(usize, usize)>> = HashMap::new();
     for (k, layer) in layers.iter().enumerate() {
+        // A tied layer's names do not follow its own `{i}`: it stays a table of its own.
+        if !layer.tied.is_empty() {
+            continue;
+        }
         let name = layer.name.as_bytes();
         let mut at = 0;
         while at < name.len() {
@@ -628,7 +1081,8 @@ fn render(
     masks: Option<&Checkpoint>,
     layers: &[Layer],
     tables: &[Table],
-    left_out: &[(LeftOut, &Entry)],
+    left_out: &[LeftOut],
+    dtype: &OutputDtype,
 ) -> String {
     let mut t = String::new();
     let params: u64 = layers.iter().map(|l| l.shape.numel()).sum();
@@ -639,23 +1093,54 @@ fn render(
         crate::VERSION
     );
     let _ = writeln!(t, "# sha256 of its {}: {}", shapes.hashed(), shapes.sha256);
+    let by_kind = shapes.entries.iter().any(|e| e.kind.is_some());
     let _ = writeln!(
         t,
-        "# {} tensors of rank >= 2 are the layers below ({} weights, {} [[layer]] tables{});",
+        "# {} tensors are the layers below ({} weights, {} [[layer]] tables{}):",
         layers.len(),
         thousands(params),
         tables.len(),
-        if options.fold {
-            " after folding runs into `repeat`"
-        } else {
-            ""
-        },
+        if options.fold { ", runs folded" } else { "" },
     );
     let _ = writeln!(
         t,
-        "# {} tensors are left out and listed at the end.",
-        left_out.len()
+        "# the weights of linear and convolution modules, {}.",
+        if by_kind {
+            "by the shape list's \"kind\"\n# (README, \"Start from your model\")"
+        } else {
+            "by eoi's name rules\n# (README, \"Start from your model\")"
+        }
     );
+    let included = layers.iter().filter(|l| l.included).count();
+    if included > 0 {
+        let _ = writeln!(t, "# {included} of them are there by --include.");
+    }
+    let tied: usize = layers.iter().map(|l| l.tied.len()).sum();
+    if tied > 0 {
+        let _ = writeln!(
+            t,
+            "# {tied} more names share a layer's storage (tied weights): see `tied`."
+        );
+    }
+    let left_tied: usize = left_out.iter().map(|l| l.tied.len()).sum();
+    let _ = writeln!(
+        t,
+        "# {} tensors are left to the base (`generate --base` copies them unchanged), listed at\n# the end with the reason. --include GLOB adds one back, --exclude GLOB leaves one out.",
+        left_out.len() + left_tied,
+    );
+    if left_tied > 0 {
+        let _ = writeln!(
+            t,
+            "# {left_tied} of them are tied to a tensor listed there and go with it."
+        );
+    }
+    let assumed = layers.iter().filter(|l| l.assumed_depthwise).count();
+    if assumed > 0 {
+        let _ = writeln!(
+            t,
+            "# {assumed} convolutions of shape [C, 1, k...] are assumed depthwise (groups = C): the source\n# does not record groups. Each says how to undo it; a shape list from\n# examples/shapes_from_torch.py records groups and makes this sure."
+        );
+    }
     if let Some(masks) = masks {
         let with = layers.iter().filter(|l| l.mask.is_some()).count();
         let _ = writeln!(
@@ -692,6 +1177,9 @@ fn render(
         let globs: Vec<String> = options.dense.iter().map(|g| quoted(g)).collect();
         let _ = writeln!(t, "dense = [{}]", globs.join(", "));
     }
+    if let Some(rule) = options.below_minimum {
+        let _ = writeln!(t, "below_minimum = {}", quoted(rule.name()));
+    }
     if options.scheme.is_some() || options.gain.is_some() {
         t.push_str("\n[init]\n");
         if let Some(scheme) = &options.scheme {
@@ -705,8 +1193,41 @@ fn render(
             let _ = writeln!(t, "gain = {value}");
         }
     }
-    if options.layout == Layout::Flax {
-        t.push_str("\n[output]\nlayout = \"flax\"\n");
+    let writable = dtype.write.is_some() || dtype.majority.is_none_or(|d| d == read::Dtype::F32);
+    if options.layout == Layout::Flax
+        || dtype.write.is_some()
+        || !writable
+        || !dtype.others.is_empty()
+    {
+        t.push_str("\n[output]\n");
+        if options.layout == Layout::Flax {
+            t.push_str("layout = \"flax\"\n");
+        }
+        if let Some(name) = dtype.write {
+            let _ = writeln!(
+                t,
+                "dtype = {}  # the layers' dtype in the source, so `generate --base` keeps it",
+                quoted(name)
+            );
+        }
+        if let (false, Some(d)) = (writable, dtype.majority) {
+            let _ = writeln!(
+                t,
+                "# The layers are stored as {} in the source, which eoi does not write (it writes f32,\n# f64, f16, bf16): `generate --base` refuses them until the base is converted.",
+                d.safetensors_name()
+            );
+        }
+        if !dtype.others.is_empty() {
+            let _ = writeln!(
+                t,
+                "# {} layers are stored in another dtype than {} (`generate --base` refuses them\n# until --dtype or the base agrees):",
+                dtype.others.len(),
+                dtype.majority.map_or("f32", |d| d.name())
+            );
+            for (name, d) in &dtype.others {
+                let _ = writeln!(t, "#   {} {}", quoted(name), d.name());
+            }
+        }
     }
     for table in tables {
         let first = &layers[table.members[0]];
@@ -715,10 +1236,29 @@ fn render(
         let dims: Vec<String> = first.shape.dims().iter().map(|d| d.to_string()).collect();
         let _ = writeln!(t, "shape = [{}]", dims.join(", "));
         if first.groups != 1 {
-            let _ = writeln!(t, "groups = {}", first.groups);
+            if first.assumed_depthwise {
+                let _ = writeln!(
+                    t,
+                    "groups = {}  # assumed depthwise: the source does not record groups. If this is a plain\n# convolution with one input channel, delete this line (and a depthwise `density` below).",
+                    first.groups
+                );
+            } else {
+                let _ = writeln!(t, "groups = {}", first.groups);
+            }
         }
         if let Some(n) = table.repeat {
             let _ = writeln!(t, "repeat = {n}");
+        }
+        if !first.tied.is_empty() {
+            let names: Vec<String> = first.tied.iter().map(|n| quoted(n)).collect();
+            let _ = writeln!(
+                t,
+                "tied = [{}]  # these share the weight's storage; --base gives them its bytes",
+                names.join(", ")
+            );
+        }
+        if first.included {
+            t.push_str("# a layer by --include\n");
         }
         let depthwise = depthwise_dense(table.members.iter().map(|&k| &layers[k]), options);
         if depthwise {
@@ -748,25 +1288,19 @@ fn render(
             }
         }
     }
-    for (reason, heading) in [
-        (
-            LeftOut::Rank,
-            "rank < 2 (biases, norm parameters, counters)",
-        ),
-        (LeftOut::TooManyDims, "more than 5 dimensions"),
-        (LeftOut::Excluded, "--exclude"),
-    ] {
-        let list: Vec<&&Entry> = left_out
-            .iter()
-            .filter(|(r, _)| *r == reason)
-            .map(|(_, e)| e)
-            .collect();
-        if list.is_empty() {
-            continue;
-        }
-        let _ = writeln!(t, "\n# Left out, {heading}: {}", list.len());
-        for entry in list {
-            let _ = writeln!(t, "#   {} {:?}", quoted(&entry.name), entry.shape);
+    for (reason, list) in grouped(left_out) {
+        let count: usize = list.iter().map(|l| 1 + l.tied.len()).sum();
+        let _ = writeln!(t, "\n# Left to the base, {reason}: {count}");
+        for item in list {
+            let mut line = format!("#   {} {:?}", quoted(&item.entry.name), item.entry.shape);
+            if let Some(module) = &item.entry.module {
+                let _ = write!(line, " ({module})");
+            }
+            if !item.tied.is_empty() {
+                let names: Vec<String> = item.tied.iter().map(|n| quoted(n)).collect();
+                let _ = write!(line, "; {} tied to it, so left too", names.join(", "));
+            }
+            let _ = writeln!(t, "{line}");
         }
     }
     t
@@ -787,21 +1321,23 @@ fn depthwise_dense<'a>(mut members: impl Iterator<Item = &'a Layer>, options: &O
     })
 }
 
-/// Parses the written spec back and checks that it expands to exactly the layers.
+/// Parses the written spec back and checks that it expands to exactly the layers, with
+/// their groups and tied names.
 fn check(text: &str, layers: &[Layer]) -> Result<(), Error> {
     let spec = spec::parse(Source {
         name: "<spec --from>".into(),
         text: text.to_string(),
     })
     .map_err(|e| Error::Internal(format!("the written spec does not parse: {e}")))?;
-    let mut want: Vec<(&str, &[usize], usize)> = layers
+    type Row<'a> = (&'a str, &'a [usize], usize, &'a [String]);
+    let mut want: Vec<Row> = layers
         .iter()
-        .map(|l| (l.name.as_str(), l.shape.dims(), l.groups))
+        .map(|l| (l.name.as_str(), l.shape.dims(), l.groups, l.tied.as_slice()))
         .collect();
-    let mut got: Vec<(&str, &[usize], usize)> = spec
+    let mut got: Vec<Row> = spec
         .layers
         .iter()
-        .map(|l| (l.name.as_str(), l.shape.dims(), l.groups))
+        .map(|l| (l.name.as_str(), l.shape.dims(), l.groups, l.tied.as_slice()))
         .collect();
     want.sort_unstable();
     got.sort_unstable();
@@ -825,6 +1361,8 @@ mod tests {
             seed: None,
             scheme: None,
             exclude: Vec::new(),
+            include: Vec::new(),
+            below_minimum: None,
             dense: Vec::new(),
             layout: Layout::Torch,
             fold: true,
@@ -838,11 +1376,7 @@ mod tests {
             sha256: "0".repeat(64),
             entries: list
                 .iter()
-                .map(|(n, s)| Entry {
-                    name: n.to_string(),
-                    shape: s.to_vec(),
-                    groups: 1,
-                })
+                .map(|(n, s)| Entry::new(*n, s.to_vec()))
                 .collect(),
         }
     }
@@ -851,25 +1385,33 @@ mod tests {
     fn runs_fold_only_when_complete_from_zero_with_one_shape() {
         let text = spec_from(
             &shapes(&[
-                ("h.0.w", &[4, 4]),
-                ("h.1.w", &[4, 4]),
-                ("h.2.w", &[4, 4]),
-                ("g.1.w", &[4, 4]),
-                ("g.2.w", &[4, 4]),
-                ("k.0.w", &[4, 4]),
-                ("k.1.w", &[4, 8]),
-                ("b.0.w", &[4, 4]),
-                ("b.01.w", &[4, 4]),
+                ("h.0.weight", &[4, 4]),
+                ("h.1.weight", &[4, 4]),
+                ("h.2.weight", &[4, 4]),
+                ("g.1.weight", &[4, 4]),
+                ("g.2.weight", &[4, 4]),
+                ("k.0.weight", &[4, 4]),
+                ("k.1.weight", &[4, 8]),
+                ("b.0.weight", &[4, 4]),
+                ("b.01.weight", &[4, 4]),
             ]),
             &options(),
             None,
         )
-        .unwrap();
+        .unwrap()
+        .text;
         assert!(
-            text.contains("name = \"h.{i}.w\"\nshape = [4, 4]\nrepeat = 3\n"),
+            text.contains("name = \"h.{i}.weight\"\nshape = [4, 4]\nrepeat = 3\n"),
             "{text}"
         );
-        for single in ["g.1.w", "g.2.w", "k.0.w", "k.1.w", "b.0.w", "b.01.w"] {
+        for single in [
+            "g.1.weight",
+            "g.2.weight",
+            "k.0.weight",
+            "k.1.weight",
+            "b.0.weight",
+            "b.01.weight",
+        ] {
             assert!(
                 text.contains(&format!("name = \"{single}\"\n")),
                 "{single}: {text}"
@@ -881,24 +1423,85 @@ mod tests {
     fn names_that_need_quoting_survive_the_round_trip() {
         let text = spec_from(
             &shapes(&[
-                ("a \"quoted\"\\name\n0", &[3, 3]),
-                ("b\t#1", &[2, 3]),
-                ("b\t#0", &[2, 3]),
+                ("a \"quoted\"\\name\n0.weight", &[3, 3]),
+                ("b\t#1.weight", &[2, 3]),
+                ("b\t#0.weight", &[2, 3]),
                 ("bias", &[3]),
                 ("odd\u{7f}\"\n", &[5]),
             ]),
             &options(),
             None,
         )
-        .unwrap();
-        assert!(text.contains("name = \"b\\t#{i}\"\n"), "{text}");
+        .unwrap()
+        .text;
+        assert!(text.contains("name = \"b\\t#{i}.weight\"\n"), "{text}");
         // The left-out names are quoted in their comment too: no line escapes it.
         assert!(text.contains("#   \"odd\\u007F\\\"\\n\" [5]"), "{text}");
     }
 
     #[test]
+    fn name_rules_pick_module_weights_and_say_why_the_rest_is_left() {
+        for (name, expected) in [
+            ("fc.weight", Ok(())),
+            ("Conv_0.kernel", Ok(())),
+            ("blocks.0.attn.in_proj_weight", Ok(())),
+            ("embeddings.patch_embeddings.projection.weight", Ok(())),
+            (
+                "model.embed_tokens.weight",
+                Err("embedding (name rule \"*embed*\" on the module name)"),
+            ),
+            (
+                "shared.weight",
+                Err("embedding (name rule \"shared\" on the module name)"),
+            ),
+            (
+                "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                Err("embedding (name rule \"relative_attention_bias\" on the module name)"),
+            ),
+            (
+                "params.Table.embedding",
+                Err("embedding (name rule \"embedding\" on the last name part)"),
+            ),
+            (
+                "encoder.pos_embedding",
+                Err("position table (name rule \"*embed*\" on the last name part)"),
+            ),
+            (
+                "class_token",
+                Err("token (name rule \"*token*\" on the last name part)"),
+            ),
+            (
+                "features.1.0.layer_scale",
+                Err("scale (name rule \"layer_scale*\" on the last name part)"),
+            ),
+            (
+                "blocks.0.ls1.gamma",
+                Err("scale (name rule \"gamma\" on the last name part)"),
+            ),
+            (
+                "encoder.layer.0.output.LayerNorm.weight",
+                Err("norm (name rule \"*norm*\" on the module name)"),
+            ),
+            (
+                "h.0.ln_1.weight",
+                Err("norm (name rule \"ln_*\" on the module name)"),
+            ),
+            (
+                "relative_position_bias_table",
+                Err("not a .weight, kernel or in_proj_weight"),
+            ),
+        ] {
+            assert_eq!(name_rule(name), expected.map_err(String::from), "{name}");
+        }
+    }
+
+    #[test]
     fn json_lists_in_both_forms_and_their_errors() {
-        let a = shapes_from_json("a.json", br#"{"x.weight": [3, 4], "x.bias": [3]}"#).unwrap();
+        let a = shapes_from_json(
+            "a.json",
+            br#"{"x.weight": {"shape": [3, 4], "groups": 1}, "x.bias": [3]}"#,
+        )
+        .unwrap();
         let b = shapes_from_json(
             "b.json",
             br#"[{"name": "x.weight", "shape": [3, 4], "groups": 1}, {"name": "x.bias", "shape": [3]}]"#,
@@ -920,6 +1523,26 @@ mod tests {
                 "groups must be an integer >= 1",
             ),
             (r#"{}"#, "lists no tensors"),
+            (
+                r#"[{"name": "a", "shape": [2, 2], "kind": "dense"}]"#,
+                "unknown kind \"dense\" (known: linear, conv, embedding, norm, bias, buffer, other)",
+            ),
+            (
+                r#"[{"name": "a", "shape": [2, 2], "kind": 3}]"#,
+                "\"kind\" must be a non-empty string, got 3",
+            ),
+            (
+                r#"[{"name": "a", "shape": [2, 2], "tied_to": "b"}]"#,
+                "tensor \"a\" has \"tied_to\": \"b\", which is not in the list",
+            ),
+            (
+                r#"[{"name": "a", "shape": [2, 2]}, {"name": "b", "shape": [2, 3], "tied_to": "a"}]"#,
+                "whose shape [2, 2] is not [2, 3]",
+            ),
+            (
+                r#"[{"name": "a", "shape": [2, 2], "tied_to": "b"}, {"name": "b", "shape": [2, 2], "tied_to": "a"}]"#,
+                "which is tied to \"a\" itself: name the tensor holding the storage",
+            ),
             (r#"3"#, "not a safetensors file"),
         ] {
             let err = shapes_from_json("x.json", text.as_bytes())

@@ -173,11 +173,9 @@ fn resnet18_round_trips_from_a_safetensors_file() {
     write_safetensors(&source, &list);
     let spec = spec_from(&source, &["--density", "0.1", "--distribution", "erk"]);
     // 21 weights: conv1, 16 block convolutions, 3 downsamples, fc; the rest is left out.
-    assert!(spec.contains("# 21 tensors of rank >= 2"), "{spec}");
-    assert!(
-        spec.contains("# Left out, rank < 2 (biases, norm parameters, counters): 101"),
-        "{spec}"
-    );
+    assert!(spec.contains("# 21 tensors are the layers below"), "{spec}");
+    assert!(spec.contains("# Left to the base, rank 1: 81\n"), "{spec}");
+    assert!(spec.contains("# Left to the base, rank 0: 20\n"), "{spec}");
     assert!(spec.contains("#   \"fc.bias\" [1000]"), "{spec}");
     // layer1's two blocks have the same shapes and fold; layer2's first block differs.
     assert!(
@@ -222,24 +220,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 #[test]
-fn gpt2_folds_every_block_and_excludes_embeddings() {
+fn gpt2_folds_every_block_and_leaves_the_embeddings() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("gpt2.safetensors");
     let list = gpt2(6, 64, 500, 128);
     write_safetensors(&source, &list);
-    let spec = spec_from(
-        &source,
-        &[
-            "--exclude",
-            "wte.*",
-            "--exclude",
-            "wpe.*",
-            "--gain",
-            "1.0",
-            "--seed",
-            "7",
-        ],
-    );
+    let spec = spec_from(&source, &["--gain", "1.0", "--seed", "7"]);
     assert_eq!(spec.matches("\n[[layer]]\n").count(), 4, "{spec}");
     assert_eq!(spec.matches("repeat = 6").count(), 4, "{spec}");
     assert!(
@@ -250,17 +236,50 @@ fn gpt2_folds_every_block_and_excludes_embeddings() {
         spec.contains("seed = 7\n") && spec.contains("gain = 1.0\n"),
         "{spec}"
     );
+    // The embeddings are left by the name rules, each under its rule.
     assert!(
         spec.contains(
-            "# Left out, --exclude: 2\n#   \"wpe.weight\" [128, 64]\n#   \"wte.weight\" [500, 64]\n"
+            "# Left to the base, embedding (name rule \"wpe\" on the module name): 1\n#   \"wpe.weight\" [128, 64]\n"
+        ),
+        "{spec}"
+    );
+    assert!(
+        spec.contains(
+            "# Left to the base, embedding (name rule \"wte\" on the module name): 1\n#   \"wte.weight\" [500, 64]\n"
         ),
         "{spec}"
     );
     let (_, out) = generate(dir.path(), &spec, &[]);
-    let mut expected = weights(&list);
-    expected.remove("wte.weight");
-    expected.remove("wpe.weight");
-    assert_eq!(weights_of(&out), expected);
+    assert_eq!(
+        weights_of(&out),
+        without(weights(&list), &["wte.weight", "wpe.weight"])
+    );
+    // --include adds one back; --exclude has the last word.
+    let spec = spec_from(&source, &["--include", "w?e.weight", "--exclude", "wpe.*"]);
+    assert!(
+        spec.contains("name = \"wte.weight\"\nshape = [500, 64]\n# a layer by --include\n"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("# Left to the base, --exclude: 1\n#   \"wpe.weight\" [128, 64]\n"),
+        "{spec}"
+    );
+    let (_, out) = generate(dir.path(), &spec, &[]);
+    assert_eq!(weights_of(&out), without(weights(&list), &["wpe.weight"]));
+    // An --include that adds nothing is a mistake worth saying.
+    refused(
+        &["--from", source.to_str().unwrap(), "--include", "h.*.bias"],
+        None,
+        "--include \"h.*.bias\" matches no tensor of rank 2 to 5 that would otherwise be left out",
+    );
+}
+
+/// `map` without the `names`, each of which it must hold.
+fn without(mut map: BTreeMap<String, Vec<usize>>, names: &[&str]) -> BTreeMap<String, Vec<usize>> {
+    for name in names {
+        assert!(map.remove(*name).is_some(), "{name}");
+    }
+    map
 }
 
 #[test]
@@ -423,7 +442,10 @@ fn a_sharded_checkpoint_is_read_through_its_index() {
         "{by_file}"
     );
     let (_, out) = generate(dir.path(), &by_file, &[]);
-    assert_eq!(weights_of(&out), weights(&list));
+    assert_eq!(
+        weights_of(&out),
+        without(weights(&list), &["wte.weight", "wpe.weight"])
+    );
 }
 
 #[test]
@@ -520,8 +542,8 @@ fn bad_sources_are_refused_with_the_reason() {
     );
     refused(
         &["--from", "-"],
-        Some(r#"{"a": [3, 0]}"#),
-        "tensor \"a\" has shape [3, 0], with a zero dimension",
+        Some(r#"{"a.weight": [3, 0]}"#),
+        "tensor \"a.weight\" has shape [3, 0], with a zero dimension",
     );
     refused(
         &["--from", "-"],
@@ -530,8 +552,8 @@ fn bad_sources_are_refused_with_the_reason() {
     );
     refused(
         &["--from", "-"],
-        Some(r#"{"a": [3]}"#),
-        "has no tensor of rank 2 or more",
+        Some(r#"{"a": [3], "b": [3, 3]}"#),
+        "has no weight of a linear or convolution module to initialize (2 tensors left out, 1 rank 1, 1 not a .weight, kernel or in_proj_weight)",
     );
     refused(
         &["--from", "-", "--density", "0"],
@@ -562,13 +584,13 @@ fn bad_sources_are_refused_with_the_reason() {
     eoi()
         .args(["spec", "--from", "-", "--force", "-o"])
         .arg(&existing)
-        .write_stdin(r#"{"a": [3, 3]}"#)
+        .write_stdin(r#"{"a.weight": [3, 3]}"#)
         .assert()
         .success();
     assert!(
         fs::read_to_string(&existing)
             .unwrap()
-            .contains("name = \"a\"")
+            .contains("name = \"a.weight\"")
     );
 }
 
@@ -617,7 +639,7 @@ fn densities_come_from_the_masks_of_a_pruning_method() {
     let shapes = dir.path().join("shapes.json");
     fs::write(
         &shapes,
-        r#"{"a.weight": [4, 6], "b.weight": [8, 8], "c.weight": [5, 5], "h.0.w": [4, 4], "h.1.w": [4, 4], "d.weight": [6, 6]}"#,
+        r#"{"a.weight": [4, 6], "b.weight": [8, 8], "c.weight": [5, 5], "h.0.weight": [4, 4], "h.1.weight": [4, 4], "d.weight": [6, 6]}"#,
     )
     .unwrap();
     // a: a bool mask with 6 of 24 set; b: an f32 tensor named as the weight, 16 of 64
@@ -645,8 +667,8 @@ fn densities_come_from_the_masks_of_a_pruning_method() {
         &[
             ("a.weight_mask", "BOOL", vec![4, 6], a),
             ("b.weight", "F32", vec![8, 8], b),
-            ("h.0.w_mask", "U8", vec![4, 4], half.clone()),
-            ("h.1.w_mask", "U8", vec![4, 4], half),
+            ("h.0.weight_mask", "U8", vec![4, 4], half.clone()),
+            ("h.1.weight_mask", "U8", vec![4, 4], half),
             ("d.weight_mask", "U8", vec![6, 6], vec![1; 36]),
         ],
     );
@@ -664,7 +686,7 @@ fn densities_come_from_the_masks_of_a_pruning_method() {
     assert!(spec.contains("name = \"a.weight\"\nshape = [4, 6]\ndensity = 0.25  # 6 of 24 nonzero in mask \"a.weight_mask\"\n"), "{spec}");
     assert!(spec.contains("name = \"b.weight\"\nshape = [8, 8]\ndensity = 0.25  # 16 of 64 nonzero in mask \"b.weight\"\n"), "{spec}");
     assert!(
-        spec.contains("name = \"h.{i}.w\"\nshape = [4, 4]\nrepeat = 2\ndensity = 0.5"),
+        spec.contains("name = \"h.{i}.weight\"\nshape = [4, 4]\nrepeat = 2\ndensity = 0.5"),
         "{spec}"
     );
     assert!(
@@ -698,7 +720,7 @@ fn densities_come_from_the_masks_of_a_pruning_method() {
         )
     };
     assert_eq!(density("a.weight"), (0.25, "fixed".into()));
-    assert_eq!(density("h.1.w"), (0.5, "fixed".into()));
+    assert_eq!(density("h.1.weight"), (0.5, "fixed".into()));
     assert_eq!(density("d.weight"), (1.0, "dense".into()));
     assert_eq!(density("c.weight"), (0.3, "distributed".into()));
 

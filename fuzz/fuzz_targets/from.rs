@@ -93,13 +93,16 @@ fuzz_target!(|data: &[u8]| {
         seed: None,
         scheme: None,
         exclude: Vec::new(),
+        include: Vec::new(),
+        below_minimum: None,
         dense: Vec::new(),
         layout: Layout::Torch,
         fold: mode & 2 == 0,
     };
-    let Ok(text) = spec_from::spec_from(&shapes, &options, checkpoint.as_ref()) else {
+    let Ok(written) = spec_from::spec_from(&shapes, &options, checkpoint.as_ref()) else {
         return;
     };
+    let text = written.text;
     let source = Source {
         name: "from.toml".into(),
         text,

@@ -36,18 +36,29 @@ impl TensorInfo {
     }
 }
 
-/// A tensor copied byte for byte from a validated safetensors file (`generate --base`): its
-/// name, dtype and shape as stored there, and where its data lies.
+/// A tensor copied byte for byte from a validated safetensors file (`generate --base`), or
+/// from a tensor of the output itself (a tied parameter): its name, dtype and shape as
+/// stored there, and where its data lies.
 #[derive(Debug)]
 pub struct Copied {
     pub name: String,
     pub dtype: crate::read::Dtype,
     pub shape: Vec<usize>,
     pub nbytes: u64,
-    /// The file it is read from (a handle on the file that was validated).
-    pub source: std::sync::Arc<File>,
-    /// Where its data starts in that file.
-    pub start: u64,
+    pub from: CopyFrom,
+}
+
+/// Where a copied tensor's bytes come from.
+#[derive(Debug)]
+pub enum CopyFrom {
+    /// A file: a handle on the file that was validated, and where the data starts in it.
+    File {
+        source: std::sync::Arc<File>,
+        start: u64,
+    },
+    /// The generated tensor of this name in the same output file, once it is written (a
+    /// tied parameter gets its layer's weight bytes).
+    Tensor(String),
 }
 
 /// An output being written.

@@ -11,7 +11,8 @@ use serde_json::{Map, Value, json};
 use tempfile::NamedTempFile;
 
 use super::{
-    Copied, Destination, Output, SinkFile, TensorInfo, TensorSink, display, staging, write_all_at,
+    Copied, CopyFrom, Destination, Output, SinkFile, TensorInfo, TensorSink, display, staging,
+    write_all_at,
 };
 use crate::error::Error;
 use crate::interrupt::{self, Staged};
@@ -97,15 +98,35 @@ impl SafetensorsFile {
         })
     }
 
-    /// Copies every copied tensor's bytes from its source, a bounded buffer at a time.
+    /// Copies every copied tensor's bytes from its source, a bounded buffer at a time; a
+    /// copy of one of this file's own tensors (a tied parameter) after that tensor is
+    /// written, so this runs when every tensor is.
     pub fn copy_in(&self) -> Result<(), Error> {
         let mut buffer = vec![0u8; COPY_BUFFER];
         for (copy, at) in &self.copies {
+            let (source, start) = match &copy.from {
+                CopyFrom::File { source, start } => (source.as_ref(), *start),
+                CopyFrom::Tensor(name) => {
+                    let Some(k) = self.tensors.iter().position(|t| &t.name == name) else {
+                        return Err(Error::Internal(format!(
+                            "tensor \"{}\" is tied to \"{name}\", which this file does not hold",
+                            copy.name
+                        )));
+                    };
+                    if self.tensors[k].nbytes() != copy.nbytes {
+                        return Err(Error::Internal(format!(
+                            "tensor \"{}\" is tied to \"{name}\" of another size",
+                            copy.name
+                        )));
+                    }
+                    (self.file.as_file(), self.offsets[k])
+                }
+            };
             let mut done = 0u64;
             while done < copy.nbytes {
                 let len = (copy.nbytes - done).min(COPY_BUFFER as u64) as usize;
                 let chunk = &mut buffer[..len];
-                read_exact_at(&copy.source, chunk, copy.start + done)
+                read_exact_at(source, chunk, start + done)
                     .and_then(|()| write_all_at(self.file.as_file(), chunk, at + done))
                     .map_err(|e| {
                         Error::io(
