@@ -244,6 +244,14 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
         thousands(plan.expected_nnz()),
         plan.seed,
     ));
+    // Tied names, only when a layer has them, so other plans keep their text.
+    for l in plan.layers.iter().filter(|l| !l.tied.is_empty()) {
+        text.push_str(&format!(
+            "tied to {}: {} (same storage; with --base each one the base holds gets the weight's bytes)\n",
+            l.name,
+            l.tied.join(", ")
+        ));
+    }
     if let Some(l) = plan
         .layers
         .iter()

@@ -754,3 +754,219 @@ fn densities_come_from_the_masks_of_a_pruning_method() {
         "mask \"a.weight_mask\" of layer \"a.weight\" has no nonzero element",
     );
 }
+
+/// The twelve model families of tests/fixtures/models (made by its make.py with the real
+/// libraries), with the layout of their shapes.
+const FAMILIES: &[(&str, &str)] = &[
+    ("resnet50", "torch"),
+    ("mobilenet_v2", "torch"),
+    ("convnext_tiny", "torch"),
+    ("efficientnet_b0", "torch"),
+    ("resnext50_32x4d", "torch"),
+    ("vit_b_16", "torch"),
+    ("bert", "torch"),
+    ("llama", "torch"),
+    ("t5", "torch"),
+    ("vit", "torch"),
+    ("gpt2", "torch"),
+    ("flax_cnn", "flax"),
+];
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new("tests/fixtures/models").join(name)
+}
+
+/// Writes a valid safetensors file with the header text `header` (as a model's own save
+/// wrote it, padding included) and all-zero data, as a sparse file.
+fn write_from_header(path: &Path, header: &str) {
+    let parsed: serde_json::Map<String, Value> = serde_json::from_str(header).unwrap();
+    let end = parsed
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v["data_offsets"][1].as_u64().unwrap())
+        .max()
+        .unwrap_or(0);
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    fs::write(path, &bytes).unwrap();
+    let file = fs::OpenOptions::new().write(true).open(path).unwrap();
+    file.set_len(bytes.len() as u64 + end).unwrap();
+}
+
+/// The layers of a spec: (name, shape) of every [[layer]], `repeat` expanded.
+fn spec_layers(text: &str) -> BTreeMap<String, Vec<usize>> {
+    let table: toml::Table = toml::from_str(text).unwrap();
+    let mut layers = BTreeMap::new();
+    for layer in table["layer"].as_array().unwrap() {
+        let name = layer["name"].as_str().unwrap();
+        let shape: Vec<usize> = layer["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_integer().unwrap() as usize)
+            .collect();
+        let repeat = layer.get("repeat").map_or(1, |r| r.as_integer().unwrap());
+        for i in 0..repeat {
+            let expanded = if layer.get("repeat").is_some() {
+                name.replace("{i}", &i.to_string())
+            } else {
+                name.to_string()
+            };
+            layers.insert(expanded, shape.clone());
+        }
+    }
+    layers
+}
+
+/// The names a shape list's kinds make layers of: linear and conv tensors not tied to
+/// another, with their shapes in PyTorch order.
+fn kind_layers(list: &[Value], layout: &str) -> BTreeMap<String, Vec<usize>> {
+    list.iter()
+        .filter(|e| {
+            matches!(e["kind"].as_str(), Some("linear" | "conv")) && e.get("tied_to").is_none()
+        })
+        .map(|e| {
+            let mut shape: Vec<usize> = e["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap() as usize)
+                .collect();
+            if layout == "flax" {
+                let n = shape.len();
+                let mut torch = vec![shape[n - 1], shape[n - 2]];
+                torch.extend_from_slice(&shape[..n - 2]);
+                shape = torch;
+            }
+            (e["name"].as_str().unwrap().to_string(), shape)
+        })
+        .collect()
+}
+
+/// Whether a spec names `name` in a comment line of the tensors left to the base (with a
+/// tensor tied to it) or in a layer's `tied`.
+fn listed(spec: &str, name: &str) -> bool {
+    let quoted = format!("\"{name}\"");
+    spec.lines().any(|line| {
+        (line.starts_with("#   ") || line.starts_with("tied = ")) && line.contains(&quoted)
+    })
+}
+
+/// Plans `spec`, which must succeed.
+fn plans(dir: &Path, spec: &str, what: &str) {
+    let path = dir.join(format!("{what}.toml"));
+    fs::write(&path, spec).unwrap();
+    let out = eoi().arg("plan").arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{spec}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn twelve_real_model_families_give_only_their_linear_and_conv_weights() {
+    for &(family, layout) in FAMILIES {
+        let dir = tempfile::tempdir().unwrap();
+        let list_path = fixture(&format!("{family}.shapes.json"));
+        let list: Vec<Value> = serde_json::from_slice(&fs::read(&list_path).unwrap()).unwrap();
+        let header = fs::read_to_string(fixture(&format!("{family}.header.json"))).unwrap();
+        let checkpoint = dir.path().join("model.safetensors");
+        write_from_header(&checkpoint, &header);
+        let base_names: BTreeMap<String, Value> = serde_json::from_str(&header).unwrap();
+        let want = kind_layers(&list, layout);
+        assert!(!want.is_empty(), "{family}");
+
+        // (a) From the shape list: exactly the linear and conv tensors, and every other
+        // tensor named in the closing comment.
+        let spec = spec_from(&list_path, &["--layout", layout, "--no-fold"]);
+        assert_eq!(spec_layers(&spec), want, "{family}: {spec}");
+        for entry in &list {
+            let name = entry["name"].as_str().unwrap();
+            if !want.contains_key(name) {
+                assert!(
+                    listed(&spec, name),
+                    "{family}: {name} is not listed: {spec}"
+                );
+            }
+        }
+
+        // (b) From the checkpoint header alone: the name rules pick the same tensors.
+        let from_header = spec_from(&checkpoint, &["--layout", layout, "--no-fold"]);
+        let got = spec_layers(&from_header);
+        if family == "vit" {
+            // transformers 5 renames ViT's modules in memory (layers.N.attention.q_proj) and
+            // writes the original names (encoder.layer.N.attention.attention.query): the same
+            // layers under other names, so the shapes agree and the names do not.
+            assert!(got.contains_key("encoder.layer.0.attention.attention.query.weight"));
+            assert!(want.contains_key("layers.0.attention.q_proj.weight"));
+            let shapes = |m: &BTreeMap<String, Vec<usize>>| {
+                let mut v: Vec<Vec<usize>> = m.values().cloned().collect();
+                v.sort();
+                v
+            };
+            assert_eq!(shapes(&got), shapes(&want), "{family}");
+        } else {
+            assert_eq!(got, want, "{family}: {from_header}");
+        }
+        for name in base_names.keys().filter(|n| *n != "__metadata__") {
+            assert!(
+                got.contains_key(name) || from_header.contains(&format!("#   \"{name}\" ")),
+                "{family}: {name} is not listed: {from_header}"
+            );
+        }
+
+        // (c) Both plan at uniform 0.2 and at ERK 0.1.
+        for (what, args) in [
+            ("uniform", vec!["--density", "0.2"]),
+            ("erk", vec!["--density", "0.1", "--distribution", "erk"]),
+        ] {
+            let mut args = args.clone();
+            args.extend(["--layout", layout]);
+            plans(
+                dir.path(),
+                &spec_from(&list_path, &args),
+                &format!("{family}-list-{what}"),
+            );
+            plans(
+                dir.path(),
+                &spec_from(&checkpoint, &args),
+                &format!("{family}-header-{what}"),
+            );
+        }
+
+        // (d) generate --base completes the checkpoint: every tensor that is not a layer is
+        // byte-identical to the base's, and every layer has its mask.
+        let spec = spec_from(&checkpoint, &["--layout", layout, "--density", "0.1"]);
+        let spec_path = dir.path().join("spec.toml");
+        fs::write(&spec_path, &spec).unwrap();
+        let out = dir.path().join("out.safetensors");
+        eoi()
+            .arg("generate")
+            .arg(&spec_path)
+            .args(["-q", "--base"])
+            .arg(&checkpoint)
+            .arg("-o")
+            .arg(&out)
+            .assert()
+            .success();
+        let base_bytes = fs::read(&checkpoint).unwrap();
+        let out_bytes = fs::read(&out).unwrap();
+        let base = safetensors::SafeTensors::deserialize(&base_bytes).unwrap();
+        let written = safetensors::SafeTensors::deserialize(&out_bytes).unwrap();
+        for (name, view) in base.tensors() {
+            let copy = written.tensor(&name).unwrap();
+            assert_eq!(copy.shape(), view.shape(), "{family}: {name}");
+            assert_eq!(copy.dtype(), view.dtype(), "{family}: {name}");
+            if got.contains_key(&name) {
+                assert!(
+                    written.tensor(&format!("{name}_mask")).is_ok(),
+                    "{family}: {name}"
+                );
+            } else {
+                assert!(copy.data() == view.data(), "{family}: {name} changed");
+            }
+        }
+        assert_eq!(written.len(), base.len() + got.len(), "{family}");
+    }
+}
