@@ -970,3 +970,331 @@ fn twelve_real_model_families_give_only_their_linear_and_conv_weights() {
         assert_eq!(written.len(), base.len() + got.len(), "{family}");
     }
 }
+
+#[test]
+fn tied_gpt2_has_one_layer_per_storage_and_base_copies_get_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = fixture("gpt2.shapes.json");
+    // By default the storage (the embedding) is left, and its tied head with it.
+    let spec = spec_from(&list, &[]);
+    assert!(
+        spec.contains("#   \"transformer.wte.weight\" [50257, 768] (Embedding); \"lm_head.weight\" tied to it, so left too\n"),
+        "{spec}"
+    );
+    assert!(!spec.contains("name = \"lm_head.weight\""), "{spec}");
+    // With --include the embedding is the layer, and the head is tied to it.
+    let spec = spec_from(&list, &["--include", "transformer.wte.weight"]);
+    assert!(
+        spec.contains(
+            "name = \"transformer.wte.weight\"\nshape = [50257, 768]\ntied = [\"lm_head.weight\"]"
+        ),
+        "{spec}"
+    );
+    let spec_path = dir.path().join("spec.toml");
+    fs::write(&spec_path, &spec).unwrap();
+    let plan = eoi().arg("plan").arg(&spec_path).assert().success();
+    let text = String::from_utf8(plan.get_output().stdout.clone()).unwrap();
+    assert!(
+        text.contains("tied to transformer.wte.weight: lm_head.weight (same storage"),
+        "{text}"
+    );
+    let plan = eoi()
+        .arg("plan")
+        .arg(&spec_path)
+        .arg("--json")
+        .assert()
+        .success();
+    let plan: Value = serde_json::from_slice(&plan.get_output().stdout).unwrap();
+    let wte = plan["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "transformer.wte.weight")
+        .unwrap();
+    assert_eq!(wte["tied"], json!(["lm_head.weight"]));
+    assert!(
+        plan["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["name"] != "transformer.wte.weight")
+            .all(|l| l.get("tied").is_none())
+    );
+
+    // Without --base only the storage is written, as transformers saves it; the record
+    // names the tied parameter.
+    let plain = dir.path().join("plain.safetensors");
+    eoi()
+        .arg("generate")
+        .arg(&spec_path)
+        .args(["-q", "-o"])
+        .arg(&plain)
+        .assert()
+        .success();
+    let bytes = fs::read(&plain).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert!(file.tensor("lm_head.weight").is_err());
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let records: Value =
+        serde_json::from_str(&metadata.metadata().as_ref().unwrap()["eoi.layers"]).unwrap();
+    assert_eq!(records[0]["tied"], json!(["lm_head.weight"]));
+
+    // A base that holds the tied name as a tensor of its own (a state_dict saved without
+    // removing duplicates) gets the weight's bytes there, with no mask of its own.
+    let names: Vec<Value> = serde_json::from_slice(&fs::read(&list).unwrap()).unwrap();
+    let shapes: ShapeList = names
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["shape"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect(),
+            )
+        })
+        .collect();
+    let base = dir.path().join("base.safetensors");
+    write_safetensors(&base, &shapes);
+    let out = dir.path().join("out.safetensors");
+    eoi()
+        .arg("generate")
+        .arg(&spec_path)
+        .args(["-q", "--base"])
+        .arg(&base)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let bytes = fs::read(&out).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let weight = file.tensor("transformer.wte.weight").unwrap();
+    let tied = file.tensor("lm_head.weight").unwrap();
+    assert!(weight.data().iter().any(|&b| b != 0));
+    assert!(tied.data() == weight.data());
+    assert!(file.tensor("lm_head.weight_mask").is_err());
+    assert!(file.tensor("transformer.wte.weight_mask").is_ok());
+    // Every tensor of the base, and a mask for each of the 9 layers (8 blocks' and wte).
+    assert_eq!(file.len(), shapes.len() + 9);
+
+    // A tied name the base holds in another shape is refused, naming it.
+    let mut wrong = shapes.clone();
+    for (name, shape) in wrong.iter_mut() {
+        if name == "lm_head.weight" {
+            *shape = vec![768, 50257];
+        }
+    }
+    write_safetensors(&base, &wrong);
+    eoi()
+        .arg("generate")
+        .arg(&spec_path)
+        .args(["-q", "--force", "--base"])
+        .arg(&base)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "tensor \"lm_head.weight\" is tied to layer \"transformer.wte.weight\" in the spec, but the base",
+        ));
+    // --include of the tied name itself says to include the storage.
+    refused(
+        &[
+            "--from",
+            list.to_str().unwrap(),
+            "--include",
+            "lm_head.weight",
+        ],
+        None,
+        "matches \"lm_head.weight\", which is tied to \"transformer.wte.weight\"",
+    );
+}
+
+#[test]
+fn a_save_pretrained_directory_is_a_source() {
+    // An unsharded save_pretrained directory: model.safetensors (and config.json) inside.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("llama");
+    fs::create_dir(&model).unwrap();
+    fs::write(model.join("config.json"), "{}").unwrap();
+    let header = fs::read_to_string(fixture("llama.header.json")).unwrap();
+    write_from_header(&model.join("model.safetensors"), &header);
+    let by_dir = spec_from(&model, &[]);
+    let by_file = spec_from(&model.join("model.safetensors"), &[]);
+    assert_eq!(
+        by_dir.lines().skip(1).collect::<Vec<_>>(),
+        by_file.lines().skip(1).collect::<Vec<_>>()
+    );
+    assert_eq!(spec_layers(&by_dir).len(), 15, "{by_dir}");
+}
+
+#[test]
+fn the_layers_dtype_goes_into_output_and_generate_base_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real bf16 header: the Llama fixture, saved by save_pretrained after .to(bfloat16).
+    let header = fs::read_to_string(fixture("llama.header.json")).unwrap();
+    assert!(header.contains("\"BF16\""));
+    let base = dir.path().join("llama.safetensors");
+    write_from_header(&base, &header);
+    let spec = spec_from(&base, &["--density", "0.2"]);
+    assert!(
+        spec.contains("\n[output]\ndtype = \"bf16\"  # the layers' dtype in the source"),
+        "{spec}"
+    );
+    let spec_path = dir.path().join("spec.toml");
+    fs::write(&spec_path, &spec).unwrap();
+    let out = dir.path().join("out.safetensors");
+    eoi()
+        .arg("generate")
+        .arg(&spec_path)
+        .args(["-q", "--base"])
+        .arg(&base)
+        .arg("-o")
+        .arg(&out)
+        .assert()
+        .success();
+    let bytes = fs::read(&out).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        file.tensor("lm_head.weight").unwrap().dtype(),
+        safetensors::Dtype::BF16
+    );
+    // Mixed dtypes: the majority is written, and the others are named.
+    let source = dir.path().join("mixed.safetensors");
+    write_tensors(
+        &source,
+        &[
+            ("a.weight", "F16", vec![2, 2], vec![0; 8]),
+            ("b.weight", "F16", vec![2, 2], vec![0; 8]),
+            ("c.weight", "F32", vec![2, 2], vec![0; 16]),
+            ("c.bias", "F64", vec![2], vec![0; 16]),
+        ],
+    );
+    let spec = spec_from(&source, &[]);
+    assert!(
+        spec.contains("[output]\ndtype = \"f16\"  # the layers' dtype in the source, so `generate --base` keeps it\n# 1 layers are stored in another dtype than f16 (`generate --base` refuses them\n# until --dtype or the base agrees):\n#   \"c.weight\" f32\n"),
+        "{spec}"
+    );
+    // An f32 checkpoint's spec has no [output] dtype, as before.
+    let spec = spec_from(&fixture("gpt2.shapes.json"), &[]);
+    assert!(!spec.contains("dtype"), "{spec}");
+}
+
+#[test]
+fn depthwise_convolutions_from_a_header_are_assumed_and_flagged() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("mobilenet_v2.safetensors");
+    write_from_header(
+        &checkpoint,
+        &fs::read_to_string(fixture("mobilenet_v2.header.json")).unwrap(),
+    );
+    let out = eoi()
+        .args(["spec", "--from"])
+        .arg(&checkpoint)
+        .assert()
+        .success();
+    let spec = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let stderr = String::from_utf8(out.get_output().stderr.clone()).unwrap();
+    assert!(
+        stderr.contains("warning: 17 convolution weights of shape [C, 1, k...] are assumed depthwise (groups = C)"),
+        "{stderr}"
+    );
+    assert!(
+        spec.contains("# 17 convolutions of shape [C, 1, k...] are assumed depthwise (groups = C)"),
+        "{spec}"
+    );
+    assert!(
+        spec.contains("name = \"features.1.conv.0.0.weight\"\nshape = [32, 1, 3, 3]\ngroups = 32  # assumed depthwise: the source does not record groups. If this is a plain\n# convolution with one input channel, delete this line (and a depthwise `density` below).\ndensity = 1.0  # depthwise"),
+        "{spec}"
+    );
+    // The shape list's groups agree with every assumption.
+    let list: Vec<Value> =
+        serde_json::from_slice(&fs::read(fixture("mobilenet_v2.shapes.json")).unwrap()).unwrap();
+    let unfolded = spec_from(&checkpoint, &["--no-fold"]);
+    let table: toml::Table = toml::from_str(&unfolded).unwrap();
+    let mut assumed = 0;
+    for layer in table["layer"].as_array().unwrap() {
+        let name = layer["name"].as_str().unwrap();
+        let groups = layer.get("groups").map_or(1, |g| g.as_integer().unwrap());
+        let entry = list.iter().find(|e| e["name"] == name).unwrap();
+        assert_eq!(entry["groups"].as_i64().unwrap_or(1), groups, "{name}");
+        assumed += usize::from(groups > 1);
+    }
+    assert_eq!(assumed, 17);
+    // From the shape list, which records groups, nothing is assumed.
+    let out = eoi()
+        .args(["spec", "--from"])
+        .arg(fixture("mobilenet_v2.shapes.json"))
+        .assert()
+        .success();
+    assert!(out.get_output().stderr.is_empty());
+    assert!(!String::from_utf8_lossy(&out.get_output().stdout).contains("assumed"));
+}
+
+#[test]
+fn below_minimum_comes_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1/512 is below EOI's minimum 1/256 for a 256 x 256 layer (and the 4 x 256's 1/256).
+    let source = dir.path().join("list.json");
+    fs::write(&source, r#"{"a.weight": [256, 256], "b.weight": [4, 256]}"#).unwrap();
+    let spec = spec_from(&source, &["--density", "0.001953125"]);
+    assert!(!spec.contains("below_minimum"), "{spec}");
+    let path = dir.path().join("spec.toml");
+    fs::write(&path, &spec).unwrap();
+    eoi()
+        .arg("plan")
+        .arg(&path)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("or pass --below-minimum clamp"));
+    let plan = eoi()
+        .arg("plan")
+        .arg(&path)
+        .args(["--below-minimum", "clamp", "--json"])
+        .assert()
+        .success();
+    let plan: Value = serde_json::from_slice(&plan.get_output().stdout).unwrap();
+    assert_eq!(plan["layers"][0]["origin"], "clamped");
+    assert_eq!(plan["layers"][0]["density"], 1.0 / 256.0);
+    // generate takes it too, and records it, since the spec text does not say it.
+    let out = dir.path().join("out.safetensors");
+    eoi()
+        .arg("generate")
+        .arg(&path)
+        .args(["-q", "--below-minimum", "clamp", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    let bytes = fs::read(&out).unwrap();
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    assert_eq!(
+        metadata.metadata().as_ref().unwrap()["eoi.below_minimum"],
+        "clamp"
+    );
+    // spec --from writes it into [sparsity]; the command line still overrides it.
+    let spec = spec_from(
+        &source,
+        &["--density", "0.001953125", "--below-minimum", "clamp"],
+    );
+    assert!(
+        spec.contains("distribution = \"uniform\"\nbelow_minimum = \"clamp\"\n"),
+        "{spec}"
+    );
+    fs::write(&path, &spec).unwrap();
+    eoi().arg("plan").arg(&path).assert().success();
+    eoi()
+        .arg("plan")
+        .arg(&path)
+        .args(["--below-minimum", "error"])
+        .assert()
+        .code(2);
+    eoi()
+        .args(["spec", "--from"])
+        .arg(&source)
+        .args(["--below-minimum", "dense-ish"])
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("[possible values: error, clamp]"));
+}
