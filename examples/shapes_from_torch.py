@@ -113,7 +113,7 @@ def shapes(model: nn.Module) -> list:
     entries = []
     for name, tensor in model.state_dict(keep_vars=True).items():
         owner, _, leaf = name.rpartition(".")
-        module = modules[owner]
+        module = modules.get(owner, model)
         entry = {
             "name": name,
             "shape": list(tensor.shape),
