@@ -23,7 +23,8 @@ The output is a list [{"name": ..., "shape": [...], "module": ..., "kind": ...},
 of it: "linear" (the kernel of Dense, or of DenseGeneral when it is a matrix), "conv" (the
 kernel of Conv or ConvTranspose), "embedding" (Embed), "norm" (BatchNorm, LayerNorm,
 GroupNorm, RMSNorm and any class with "Norm" in its name), "bias", or "other" (anything
-else, e.g. a DenseGeneral kernel of rank 3, which eoi cannot read as a matrix).
+else, e.g. a DenseGeneral kernel of rank 3, which eoi cannot read as a matrix), and
+"groups" for convolution kernels (the module's feature_group_count).
 `eoi spec --from` proposes only the linear and conv kernels as layers.
 """
 
@@ -71,10 +72,11 @@ def kind_of(module: type, leaf: str, shape: tuple) -> str:
 def shapes(model: nn.Module, example_input) -> list:
     """The JSON shape list of `model`'s parameters, names joined with ".", with each
     parameter's module class and kind."""
-    classes = {}
+    classes, groups = {}, {}
 
     def record(next_fun, args, kwargs, context):
         classes[context.module.path] = type(context.module)
+        groups[context.module.path] = getattr(context.module, "feature_group_count", None)
         return next_fun(*args, **kwargs)
 
     def init():
@@ -85,14 +87,16 @@ def shapes(model: nn.Module, example_input) -> list:
     entries = []
     for path, leaf in flatten_dict(variables["params"]).items():
         module = classes.get(tuple(path[:-1]), type(model))
-        entries.append(
-            {
-                "name": ".".join(path),
-                "shape": list(leaf.shape),
-                "module": module.__name__,
-                "kind": kind_of(module, path[-1], leaf.shape),
-            }
-        )
+        entry = {
+            "name": ".".join(path),
+            "shape": list(leaf.shape),
+            "module": module.__name__,
+            "kind": kind_of(module, path[-1], leaf.shape),
+        }
+        # A convolution's feature_group_count is PyTorch's groups.
+        if entry["kind"] == "conv" and groups.get(tuple(path[:-1])):
+            entry["groups"] = groups[tuple(path[:-1])]
+        entries.append(entry)
     return entries
 
 

@@ -825,8 +825,8 @@ pub fn spec_from(
         let shape = Shape::new(&dims)
             .map_err(|m| usage(format!("'{}': tensor {tensor}: {m}", shapes.name)))?;
         // A checkpoint does not record groups: a [C, 1, k...] kernel is almost always
-        // depthwise (MobileNet, EfficientNet, ConvNeXt); a plain convolution with one input
-        // channel has C = 1 or a first-layer name, and the comment says how to undo it.
+        // depthwise (MobileNet, EfficientNet, ConvNeXt), unless no layer feeds it (below);
+        // the comment says how to undo it.
         let assumed_depthwise = !records_groups
             && entry.groups.is_none()
             && entry.kind != Some(TensorKind::Linear)
@@ -856,6 +856,21 @@ pub fn spec_from(
             included: by_include,
             mask: None,
         });
+    }
+    // A depthwise convolution reads the C channels another layer makes; a [C, 1, k...]
+    // weight that no other layer feeds (no other layer has C outputs) is a first layer on
+    // one-channel input (a grayscale CNN's), an ordinary convolution.
+    let outs: Vec<usize> = layers.iter().map(|l| l.shape.out()).collect();
+    for (k, layer) in layers.iter_mut().enumerate() {
+        if layer.assumed_depthwise
+            && !outs
+                .iter()
+                .enumerate()
+                .any(|(j, &out)| j != k && out == layer.shape.out())
+        {
+            layer.assumed_depthwise = false;
+            layer.groups = 1;
+        }
     }
     if let Some(k) = include_used.iter().position(|used| !used) {
         return Err(usage(format!(

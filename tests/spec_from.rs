@@ -1223,6 +1223,24 @@ fn depthwise_convolutions_from_a_header_are_assumed_and_flagged() {
         assumed += usize::from(groups > 1);
     }
     assert_eq!(assumed, 17);
+    // A [C, 1, k...] first layer on one-channel input (the Flax CNN's, for 28 x 28 x 1
+    // images) is fed by no other layer: an ordinary convolution, not assumed depthwise.
+    let cnn = dir.path().join("flax_cnn.safetensors");
+    write_from_header(
+        &cnn,
+        &fs::read_to_string(fixture("flax_cnn.header.json")).unwrap(),
+    );
+    let out = eoi()
+        .args(["spec", "--layout", "flax", "--from"])
+        .arg(&cnn)
+        .assert()
+        .success();
+    let spec = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    assert!(
+        spec.contains("name = \"Conv_0.kernel\"\nshape = [32, 1, 3, 3]\n\n"),
+        "{spec}"
+    );
+    assert!(out.get_output().stderr.is_empty());
     // From the shape list, which records groups, nothing is assumed.
     let out = eoi()
         .args(["spec", "--from"])
