@@ -83,10 +83,12 @@ pub struct Recorded {
 /// `__metadata__` says `format: flax` (as Hugging Face's Flax checkpoints do); PyTorch's
 /// otherwise.
 pub fn layout_of(checkpoint: &Checkpoint, recorded: Option<&Recorded>) -> Layout {
-    let flax_format = checkpoint.files().iter().all(|(_, a)| {
-        a.metadata()
-            .is_some_and(|pairs| pairs.iter().any(|(k, v)| k == "format" && v == "flax"))
-    });
+    let files = checkpoint.files();
+    let flax_format = !files.is_empty()
+        && files.iter().all(|(_, a)| {
+            a.metadata()
+                .is_some_and(|pairs| pairs.iter().any(|(k, v)| k == "format" && v == "flax"))
+        });
     if flax_format || recorded.is_some_and(|r| r.layout == Layout::Flax) {
         Layout::Flax
     } else {

@@ -230,29 +230,10 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
     let checkpoint = Checkpoint::open_any(path)?;
     let mut problems = Vec::new();
     let mut notes = Vec::new();
-    let recorded = match Recorded::of(&checkpoint) {
-        Some(recorded) => recorded,
-        None => {
-            problems.push(match checkpoint.format() {
-                Format::Safetensors if checkpoint.is_sharded() => {
-                    "the shards have no __metadata__: eoi did not write them".to_string()
-                }
-                Format::Safetensors => {
-                    "the file has no __metadata__: eoi did not write it".to_string()
-                }
-                format => format!(
-                    "the {} has no {}: eoi did not write it",
-                    if format == Format::Npz {
-                        "archive"
-                    } else {
-                        "directory"
-                    },
-                    crate::read::MANIFEST
-                ),
-            });
-            Recorded::default()
-        }
-    };
+    let recorded = Recorded::of(&checkpoint).unwrap_or_else(|| {
+        problems.push(no_record(&checkpoint));
+        Recorded::default()
+    });
     problems.extend(recorded.problems.iter().cloned());
     if let Some(v) = recorded.schema_version
         && v > crate::provenance::SCHEMA_VERSION
@@ -280,29 +261,7 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
             .map(|t| (t.name.clone(), None))
             .collect(),
     };
-    let mut known = std::collections::HashSet::new();
-    for (name, record) in &layers {
-        known.insert(recorded.weight_name(name));
-        known.insert(recorded.mask_name(name));
-        if let Some((bias, _)) = record.and_then(|r| r.bias.as_ref()) {
-            known.insert(bias.clone());
-        }
-    }
-    // A `--base` output holds the base's other tensors, copied unchanged: listed, not judged.
-    let mut copied = Vec::new();
-    for t in checkpoint.iter() {
-        if known.contains(&t.name) {
-            continue;
-        }
-        if recorded.base.is_some() {
-            copied.push(t.name.clone());
-        } else {
-            problems.push(format!(
-                "tensor \"{}\" is not a recorded layer or its mask",
-                t.name
-            ));
-        }
-    }
+    let copied = unrecorded(&checkpoint, &recorded, &layers, &mut problems);
 
     let work = |name: &str| {
         checkpoint
@@ -351,6 +310,55 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
         regenerated,
         recorded,
     })
+}
+
+/// Why a checkpoint records nothing: eoi did not write it.
+fn no_record(checkpoint: &Checkpoint) -> String {
+    match checkpoint.format() {
+        Format::Safetensors if checkpoint.is_sharded() => {
+            "the shards have no __metadata__: eoi did not write them".to_string()
+        }
+        Format::Safetensors => "the file has no __metadata__: eoi did not write it".to_string(),
+        format => format!(
+            "the {} has no {}: eoi did not write it",
+            if format == Format::Npz {
+                "archive"
+            } else {
+                "directory"
+            },
+            crate::read::MANIFEST
+        ),
+    }
+}
+
+/// The tensors that are no layer's weight, mask or bias: in a `--base` output, the base's
+/// tensors copied unchanged, returned to be listed; in any other file, each a problem.
+fn unrecorded(
+    checkpoint: &Checkpoint,
+    recorded: &Recorded,
+    layers: &[(String, Option<&LayerRecord>)],
+    problems: &mut Vec<String>,
+) -> Vec<String> {
+    let mut known = std::collections::HashSet::new();
+    for (name, record) in layers {
+        known.insert(recorded.weight_name(name));
+        known.insert(recorded.mask_name(name));
+        if let Some((bias, _)) = record.and_then(|r| r.bias.as_ref()) {
+            known.insert(bias.clone());
+        }
+    }
+    let mut copied = Vec::new();
+    for t in checkpoint.iter().filter(|t| !known.contains(&t.name)) {
+        if recorded.base.is_some() {
+            copied.push(t.name.clone());
+        } else {
+            problems.push(format!(
+                "tensor \"{}\" is not a recorded layer or its mask",
+                t.name
+            ));
+        }
+    }
+    copied
 }
 
 /// Where a layer's tensors are and how they are stored: the checkpoint, the names the
