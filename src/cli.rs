@@ -69,17 +69,23 @@ pub enum Command {
     /// gain to the rounding of its dtype (W W^T or W^T W, the smaller; for a convolution the
     /// centre tap, and every other tap is zero); the mask's nonzeros and density agree with
     /// the record. The file is read a tensor at a time and never trusted: a malformed or
-    /// forged file is refused with the reason.
+    /// forged file is refused with the reason. A sharded output is read whole (or one shard,
+    /// on its own), a flax-layout file as the layers act, torch-prune names as recorded; the
+    /// tensors a `generate --base` output copied from its base are listed, and compared with
+    /// the base by --regenerate --base.
     #[command(
-        after_help = "Exit status:\n  0  every check holds\n  1  a check fails; each failure names the layer and the check\n  2  the input cannot be read (missing, truncated, malformed)\n\nExamples:\n  eoi verify mlp1000.safetensors\n  eoi verify init --regenerate                  an npy directory, regenerated bit for bit\n  eoi verify vgg.safetensors --json | jq '.layers[] | select(.passed | not)'"
+        after_help = "Exit status:\n  0  every check holds\n  1  a check fails; each failure names the layer and the check\n  2  the input cannot be read (missing, truncated, malformed)\n\nExamples:\n  eoi verify mlp1000.safetensors\n  eoi verify init --regenerate                  an npy directory, regenerated bit for bit\n  eoi verify gpt                                a sharded output: its directory\n  eoi verify r18-eoi.safetensors --regenerate --base r18.safetensors\n  eoi verify vgg.safetensors --json | jq '.layers[] | select(.passed | not)'"
     )]
     Verify(VerifyArgs),
     /// Show every tensor of any checkpoint: density, orthogonality, singular values.
     ///
-    /// For each tensor of a safetensors file, npy directory, .npz archive or .npy file: dtype, shape, density,
-    /// nonzeros, and for matrices the orthogonality error, the smallest and largest singular
-    /// value and the nonzeros per row and column. Works on any checkpoint, not only eoi's: tensors of rank 2 or more are read as the
-    /// matrix (out, in * K) in PyTorch layout. The orthogonality error is
+    /// For each tensor of a safetensors file, sharded checkpoint, npy directory, .npz archive
+    /// or .npy file: dtype, shape, density, nonzeros, and for matrices the orthogonality
+    /// error, the smallest and largest singular value and the nonzeros per row and column.
+    /// Works on any checkpoint, not only eoi's: tensors of rank 2 or more are read as the
+    /// matrix (out, in * K) the layer applies, from PyTorch layout, or from Flax layout ((in,
+    /// out), (k..., in, out)) when eoi's record or the safetensors format says flax. The
+    /// orthogonality error is
     /// max |G - g^2 I| / g^2, with G = W W^T or W^T W (the smaller) and g^2 the mean of its
     /// diagonal, so a scaled orthogonal matrix has error 0 whatever its gain g. Singular values
     /// come from an exact SVD. Masks (X_mask beside X) are listed as such; tensors without
@@ -99,8 +105,8 @@ pub enum Command {
     /// the depth. Singular values near 1 at every depth are dynamical isometry: signals and
     /// gradients neither vanish nor explode, which is what lets a 1000-layer EOI network
     /// train. Weights are multiplied by their masks (X_mask, or torch-prune X_orig with
-    /// X_mask); flax-layout files written by eoi are read as (in, out). Convolution chains are
-    /// not supported yet.
+    /// X_mask); flax-layout files (eoi's record, or safetensors format flax) are read as (in,
+    /// out). Convolution chains are not supported yet.
     #[command(
         after_help = "Examples:\n  eoi isometry mlp1000.safetensors --layers 'hidden.*'     the 998 hidden layers, tanh\n  eoi isometry mlp1000.safetensors --nonlinearity linear   the whole chain, no activation\n  eoi isometry init.safetensors --json | jq .jacobian.singular_mean_sq"
     )]
@@ -166,7 +172,8 @@ pub struct PlanArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// A safetensors file, an npy directory or an .npz archive written by eoi.
+    /// A safetensors file, a sharded output (its directory or model.safetensors.index.json,
+    /// or one shard), an npy directory or an .npz archive written by eoi.
     #[arg(value_name = "FILE|DIR")]
     pub artifact: PathBuf,
 
@@ -175,6 +182,12 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub regenerate: bool,
 
+    /// With --regenerate, for a `generate --base` output: the base checkpoint it completed
+    /// (the one its eoi.base_sha256 records); every copied tensor is compared with the
+    /// base's, bit for bit.
+    #[arg(long, value_name = "CHECKPOINT", requires = "regenerate")]
+    pub base: Option<PathBuf>,
+
     /// Print the verdicts as JSON on standard output (schema in README).
     #[arg(long)]
     pub json: bool,
@@ -182,7 +195,8 @@ pub struct VerifyArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A safetensors file, an npy directory, an .npz archive, or one .npy file.
+    /// A safetensors file, a sharded checkpoint (its directory or index), an npy directory,
+    /// an .npz archive, or one .npy file.
     #[arg(value_name = "FILE|DIR")]
     pub artifact: PathBuf,
 
@@ -193,7 +207,8 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct IsometryArgs {
-    /// A safetensors file, an npy directory, or one .npy file.
+    /// A safetensors file, a sharded checkpoint (its directory or index), an npy directory,
+    /// an .npz archive, or one .npy file.
     #[arg(value_name = "FILE")]
     pub artifact: PathBuf,
 

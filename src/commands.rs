@@ -478,6 +478,7 @@ fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {
 fn verify_command(args: VerifyArgs) -> Result<u8, Error> {
     let options = verify::Options {
         regenerate: args.regenerate,
+        base: args.base,
     };
     let report = {
         let bar = Bar::new("verifying");

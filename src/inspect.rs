@@ -1,9 +1,11 @@
-//! `inspect`: looks inside any safetensors file or npy directory, eoi's or not. Every tensor
-//! gets its density and nonzeros; every tensor of rank 2 or more is read as the matrix
-//! (out, in * K) (PyTorch layout, K the kernel taps) and gets the spread of nonzeros per row
-//! and column, and, for float tensors, its orthogonality error and extreme singular values
-//! (an exact SVD). Masks are paired with their weights by name (`X` and `X_mask`, or PyTorch
-//! pruning's `X_orig`); a tensor without a mask is simply dense.
+//! `inspect`: looks inside any checkpoint, eoi's or not: a safetensors file, a sharded
+//! checkpoint, an npy directory or archive. Every tensor gets its density and nonzeros;
+//! every tensor of rank 2 or more is read as the matrix (out, in * K) (K the kernel taps) the
+//! layer applies, and gets the spread of nonzeros per row and column, and, for float
+//! tensors, its orthogonality error and extreme singular values (an exact SVD). A flax-layout
+//! checkpoint ((in, out), (k..., in, out); see [`layout_of`]) is read in PyTorch order first.
+//! Masks are paired with their weights by name (`X` and `X_mask`, or PyTorch pruning's
+//! `X_orig`); a tensor without a mask is simply dense.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,8 +15,9 @@ use rayon::prelude::*;
 use crate::error::Error;
 use crate::measure;
 use crate::progress::Progress;
-use crate::read::{Artifact, Dtype, Format, ReadError, TensorInfo};
-use crate::recorded::Recorded;
+use crate::read::{Checkpoint, Dtype, Format, ReadError, Tensor, TensorInfo};
+use crate::recorded::{Recorded, layout_of};
+use crate::tensor::Layout;
 
 /// Minimum, mean and maximum of a count.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -88,37 +91,28 @@ pub struct TensorSummary {
 pub struct Inspection {
     pub path: String,
     pub format: Format,
+    /// The number of shards, for a sharded checkpoint.
+    pub shards: Option<usize>,
+    /// The layout the matrices were read in ([`layout_of`]).
+    pub layout: Layout,
     pub tensors: Vec<TensorSummary>,
 }
 
-/// The mask suffix an artifact records (eoi's metadata or manifest), else `_mask`.
-pub(crate) fn mask_suffix(artifact: &Artifact) -> String {
-    let recorded = match (artifact.metadata(), artifact.manifest()) {
-        (Some(pairs), _) => pairs
-            .iter()
-            .find(|(k, _)| k == "eoi.mask_suffix")
-            .map(|(_, v)| v.clone()),
-        (_, Some(doc)) => doc
-            .get("mask_suffix")
-            .and_then(|v| v.as_str())
-            .map(str::to_string),
-        _ => None,
-    };
-    recorded
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "_mask".into())
+/// The mask suffix a checkpoint records (eoi's metadata or manifest), else `_mask`.
+pub(crate) fn mask_suffix(recorded: Option<&Recorded>) -> String {
+    recorded.map_or("_mask", Recorded::mask_suffix).to_string()
 }
 
 /// The weight that `mask` is the mask of: same shape, named `W` or `W_orig` for `W<suffix>`.
 pub(crate) fn weight_of<'a>(
-    artifact: &'a Artifact,
+    checkpoint: &'a Checkpoint,
     mask: &TensorInfo,
     suffix: &str,
-) -> Option<&'a TensorInfo> {
+) -> Option<Tensor<'a>> {
     let base = mask.name.strip_suffix(suffix)?;
     [base.to_string(), format!("{base}_orig")]
         .iter()
-        .filter_map(|name| artifact.tensor(name))
+        .filter_map(|name| checkpoint.get(name))
         .find(|w| w.shape == mask.shape && w.name != mask.name)
 }
 
@@ -133,14 +127,20 @@ fn work(t: &TensorInfo) -> u64 {
     t.nbytes.max(1) + matrix as u64
 }
 
-/// Inspects the artifact at `path`.
+/// Inspects the artifact at `path`: a safetensors file, a sharded checkpoint (its directory
+/// or index file), an npy directory, an .npz archive or one .npy file.
 pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error> {
-    let artifact = Artifact::open(path)?;
-    let suffix = mask_suffix(&artifact);
-    let pairs: Vec<(String, String)> = artifact
-        .tensors()
+    let checkpoint = Checkpoint::open_any(path)?;
+    // eoi's records, when present: the mask suffix, the layout, approx-isometry's errors
+    // and grouped convolutions' groups.
+    let recorded = Recorded::of(&checkpoint);
+    let layout = layout_of(&checkpoint, recorded.as_ref());
+    let suffix = mask_suffix(recorded.as_ref());
+    let pairs: Vec<(String, String)> = checkpoint
         .iter()
-        .filter_map(|m| weight_of(&artifact, m, &suffix).map(|w| (w.name.clone(), m.name.clone())))
+        .filter_map(|m| {
+            weight_of(&checkpoint, &m, &suffix).map(|w| (w.name.clone(), m.name.clone()))
+        })
         .collect();
     // The first pairing of each name, as a search in `pairs` would find it.
     let mut mask_of_weight: HashMap<&str, &str> = HashMap::with_capacity(pairs.len());
@@ -149,12 +149,7 @@ pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error
         mask_of_weight.entry(w).or_insert(m);
         weight_of_mask.entry(m).or_insert(w);
     }
-    // Approximate isometry's recorded errors, by weight name (eoi's records, when present).
-    let recorded = match (artifact.metadata(), artifact.manifest()) {
-        (Some(pairs), _) => Some(Recorded::from_metadata(pairs)),
-        (_, Some(doc)) => Some(Recorded::from_manifest(doc)),
-        _ => None,
-    };
+    // Approximate isometry's recorded errors, by weight name.
     let isometry_errors: HashMap<&str, f64> = recorded
         .as_ref()
         .and_then(|r| r.layers.as_ref())
@@ -171,9 +166,9 @@ pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error
         .filter(|l| l.groups > 1)
         .map(|l| (l.name.as_str(), l.groups))
         .collect();
-    progress.start(artifact.tensors().iter().map(work).sum());
-    let tensors = artifact
-        .tensors()
+    let all: Vec<Tensor<'_>> = checkpoint.iter().collect();
+    progress.start(all.iter().map(|t| work(t.info())).sum());
+    let tensors = all
         .par_iter()
         .map(|t| {
             let base = t.name.strip_suffix("_orig").unwrap_or(&t.name);
@@ -181,45 +176,54 @@ pub fn inspect(path: &Path, progress: &dyn Progress) -> Result<Inspection, Error
                 .get(t.name.as_str())
                 .or_else(|| groups.get(base))
                 .copied();
-            let mut summary = summarize(&artifact, t, g)?;
+            let mut summary = summarize(t, layout, g)?;
             summary.mask = mask_of_weight.get(t.name.as_str()).map(|m| m.to_string());
             summary.mask_of = weight_of_mask.get(t.name.as_str()).map(|w| w.to_string());
-            summary.bias_of = bias_of(&artifact, t);
+            summary.bias_of = bias_of(&checkpoint, t.info());
             summary.recorded_isometry_error = isometry_errors.get(t.name.as_str()).copied();
             if summary.bias_of.is_some() && t.dtype.is_float() && t.numel > 0 {
-                let values = artifact.read_f64(t)?;
+                let values = t.read_f64()?;
                 summary.rms =
                     Some((values.iter().map(|v| v * v).sum::<f64>() / t.numel as f64).sqrt());
             }
-            progress.advance(work(t));
+            progress.advance(work(t.info()));
             Ok(summary)
         })
         .collect::<Result<Vec<_>, ReadError>>()?;
     Ok(Inspection {
         path: path.display().to_string(),
-        format: artifact.format(),
+        format: checkpoint.format(),
+        shards: checkpoint.is_sharded().then(|| checkpoint.files().len()),
+        layout,
         tensors,
     })
 }
 
 /// The weight a rank-1 tensor `<module>.bias` belongs to: `<module>.weight`, or torch-prune's
-/// `<module>.weight_orig`, when the artifact has it.
-fn bias_of(artifact: &Artifact, t: &TensorInfo) -> Option<String> {
+/// `<module>.weight_orig`, when the checkpoint has it.
+fn bias_of(checkpoint: &Checkpoint, t: &TensorInfo) -> Option<String> {
     let module = t
         .name
         .strip_suffix(".bias")
         .filter(|_| t.shape.len() == 1)?;
     [format!("{module}.weight"), format!("{module}.weight_orig")]
         .into_iter()
-        .find(|name| artifact.tensor(name).is_some())
+        .find(|name| checkpoint.get(name).is_some())
 }
 
+/// Summarises one tensor; one of rank 2 or more is measured in PyTorch order (out, in, k...),
+/// permuted from `layout` first.
 fn summarize(
-    artifact: &Artifact,
-    t: &TensorInfo,
+    t: &Tensor<'_>,
+    layout: Layout,
     groups: Option<usize>,
 ) -> Result<TensorSummary, ReadError> {
-    let values = artifact.read_f64(t)?;
+    let values = layout.torch_order(t.read_f64()?, &t.shape);
+    let torch = if t.shape.len() >= 2 {
+        layout.torch_shape(&t.shape)
+    } else {
+        t.shape.clone()
+    };
     let nnz = values.iter().filter(|&&v| v != 0.0).count() as u64;
     let mut summary = TensorSummary {
         name: t.name.clone(),
@@ -243,7 +247,7 @@ fn summarize(
     if t.shape.len() < 2 || t.numel == 0 {
         return Ok(summary);
     }
-    let rows = t.shape[0];
+    let rows = torch[0];
     let cols = t.numel / rows;
     summary.matrix = Some((rows, cols));
     let mut row_counts = vec![0u64; rows];

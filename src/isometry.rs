@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::inspect::{mask_suffix, weight_of};
 use crate::measure;
 use crate::progress::Progress;
-use crate::read::{Artifact, Format, TensorInfo};
-use crate::recorded::Recorded;
+use crate::read::{Checkpoint, Tensor};
+use crate::recorded::{Recorded, layout_of};
 use crate::spec::Pattern;
 use crate::stream::Stream;
 
@@ -135,8 +135,8 @@ pub struct Report {
 /// A weight of the artifact that may join the chain.
 struct Candidate<'a> {
     name: String,
-    weight: &'a TensorInfo,
-    mask: Option<&'a TensorInfo>,
+    weight: Tensor<'a>,
+    mask: Option<Tensor<'a>>,
 }
 
 fn usage(message: String) -> Error {
@@ -196,43 +196,14 @@ pub fn natural_cmp(a: &str, b: &str) -> Ordering {
     (a.len() - i).cmp(&(b.len() - j))
 }
 
-/// Whether the artifact records eoi's flax layout (weights stored (in, out)).
-fn flax_layout(artifact: &Artifact) -> bool {
-    let metadata = artifact
-        .metadata()
-        .and_then(|pairs| pairs.iter().find(|(k, _)| k == "eoi.layout"))
-        .map(|(_, v)| v.as_str());
-    let manifest = artifact
-        .manifest()
-        .and_then(|doc| doc.get("layout"))
-        .and_then(|v| v.as_str());
-    metadata.or(manifest) == Some("flax")
-}
-
-/// The layer names eoi's provenance records, in order, if it records any.
-fn recorded_order(artifact: &Artifact) -> Option<Vec<String>> {
-    let recorded = match (artifact.format(), artifact.metadata(), artifact.manifest()) {
-        (Format::Safetensors, Some(pairs), _) if pairs.iter().any(|(k, _)| k == "eoi.layers") => {
-            Recorded::from_metadata(pairs)
-        }
-        (Format::Npy | Format::Npz, _, Some(doc)) if doc.get("layers").is_some() => {
-            Recorded::from_manifest(doc)
-        }
-        _ => return None,
-    };
-    Some(recorded.layers?.into_iter().map(|l| l.name).collect())
-}
-
 /// The float weights of rank 2 and above that are not masks, with their masks.
-fn candidates(artifact: &Artifact) -> Vec<Candidate<'_>> {
-    let suffix = mask_suffix(artifact);
-    let pairs: Vec<(&TensorInfo, &TensorInfo)> = artifact
-        .tensors()
+fn candidates<'a>(checkpoint: &'a Checkpoint, recorded: Option<&Recorded>) -> Vec<Candidate<'a>> {
+    let suffix = mask_suffix(recorded);
+    let pairs: Vec<(Tensor<'a>, Tensor<'a>)> = checkpoint
         .iter()
-        .filter_map(|m| weight_of(artifact, m, &suffix).map(|w| (w, m)))
+        .filter_map(|m| weight_of(checkpoint, &m, &suffix).map(|w| (w, m)))
         .collect();
-    artifact
-        .tensors()
+    checkpoint
         .iter()
         .filter(|t| t.dtype.is_float() && t.shape.len() >= 2)
         .filter(|t| !pairs.iter().any(|(_, m)| m.name == t.name))
@@ -257,11 +228,12 @@ fn candidates(artifact: &Artifact) -> Vec<Candidate<'_>> {
 
 /// Selects, orders and checks the chain; no tensor data is read.
 fn chain<'a>(
-    artifact: &'a Artifact,
+    checkpoint: &'a Checkpoint,
+    recorded: Option<&Recorded>,
     options: &Options,
     path: &str,
 ) -> Result<(Vec<Candidate<'a>>, Vec<Link>, Order), Error> {
-    let all = candidates(artifact);
+    let all = candidates(checkpoint, recorded);
     let selected: Vec<Candidate> = if options.layers.is_empty() {
         all
     } else {
@@ -318,10 +290,18 @@ fn chain<'a>(
     }
 
     let mut selected = selected;
-    let recorded = recorded_order(artifact);
-    let order = match &recorded {
-        Some(names) if selected.iter().all(|c| names.contains(&c.name)) => {
-            selected.sort_by_key(|c| names.iter().position(|n| *n == c.name));
+    // The layer names eoi's provenance records, in order, if it records any.
+    let recorded_order: Option<std::collections::HashMap<&str, usize>> =
+        recorded.and_then(|r| r.layers.as_ref()).map(|layers| {
+            let mut positions = std::collections::HashMap::with_capacity(layers.len());
+            for (k, l) in layers.iter().enumerate() {
+                positions.entry(l.name.as_str()).or_insert(k);
+            }
+            positions
+        });
+    let order = match &recorded_order {
+        Some(names) if selected.iter().all(|c| names.contains_key(c.name.as_str())) => {
+            selected.sort_by_key(|c| names.get(c.name.as_str()).copied());
             Order::Provenance
         }
         _ => {
@@ -330,19 +310,14 @@ fn chain<'a>(
         }
     };
 
-    let flax = flax_layout(artifact);
+    let layout = layout_of(checkpoint, recorded);
     let mut links: Vec<Link> = Vec::with_capacity(selected.len());
     for c in &selected {
-        let &[first, second] = c.weight.shape.as_slice() else {
+        let &[out, inp] = layout.torch_shape(&c.weight.shape).as_slice() else {
             return Err(Error::Internal(format!(
                 "layer \"{}\" reached the chain with shape {:?}",
                 c.name, c.weight.shape
             )));
-        };
-        let (out, inp) = if flax {
-            (second, first)
-        } else {
-            (first, second)
         };
         if out == 0 || inp == 0 {
             return Err(usage(format!(
@@ -367,7 +342,7 @@ fn chain<'a>(
         let bias = match c.name.strip_suffix(".weight") {
             Some(module) => {
                 let name = format!("{module}.bias");
-                match artifact.tensor(&name) {
+                match checkpoint.get(&name) {
                     None => None,
                     Some(b) if b.shape == [out] && b.dtype.is_float() => Some(name),
                     Some(b) => {
@@ -429,10 +404,11 @@ pub fn summarize(s: &[f64]) -> Singular {
 
 /// Measures the chain of the artifact at `path`.
 pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Result<Report, Error> {
-    let artifact = Artifact::open(path)?;
+    let checkpoint = Checkpoint::open_any(path)?;
+    let recorded = Recorded::of(&checkpoint);
     let shown = path.display().to_string();
-    let (selected, links, order) = chain(&artifact, options, &shown)?;
-    let flax = flax_layout(&artifact);
+    let (selected, links, order) = chain(&checkpoint, recorded.as_ref(), options, &shown)?;
+    let layout = layout_of(&checkpoint, recorded.as_ref());
     let cols = links[0].inp;
     let work = |l: &Link| (l.out * l.inp * cols / 64 + l.out * l.inp) as u64;
     progress.start(links.iter().map(work).sum());
@@ -443,27 +419,17 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
     let mut non_finite: Option<usize> = None;
     for (depth, (c, link)) in selected.iter().zip(&links).enumerate() {
         let (out, inp) = (link.out, link.inp);
-        let mut w = artifact.read_f64(c.weight)?;
+        let mut w = c.weight.read_f64()?;
         if let Some(mask) = c.mask {
-            for (w, m) in w.iter_mut().zip(artifact.read_f64(mask)?) {
+            for (w, m) in w.iter_mut().zip(mask.read_f64()?) {
                 *w *= m;
             }
         }
-        let w = if flax {
-            // Stored (in, out): transpose to the (out, in) matrix, row-major.
-            let mut t = vec![0.0; w.len()];
-            for i in 0..inp {
-                for o in 0..out {
-                    t[o * inp + i] = w[i * out + o];
-                }
-            }
-            t
-        } else {
-            w
-        };
+        // Stored (in, out) in flax layout: the (out, in) matrix, row-major.
+        let w = layout.torch_order(w, &c.weight.shape);
         let bias = match &link.bias {
-            Some(name) => match artifact.tensor(name) {
-                Some(info) => artifact.read_f64(info)?,
+            Some(name) => match checkpoint.get(name) {
+                Some(info) => info.read_f64()?,
                 None => vec![0.0; out],
             },
             None => vec![0.0; out],

@@ -89,18 +89,27 @@ pub fn verify_json(report: &verify::Report) -> Value {
         "stream_version": STREAM_VERSION,
         "path": report.path,
         "format": report.format.name(),
+        "shards": report.shards,
+        "layout": report.layout.name(),
         "passed": report.passed(),
         "recorded": {
             "eoi_version": r.version,
             "stream_version": r.stream_version,
             "seed": r.seed,
             "mask_suffix": r.mask_suffix,
+            "layout": r.layout.name(),
+            "names": r.names.name(),
+            "shard": r.shard.map(|(k, n)| format!("{k}/{n}")),
+            "base": r.base.as_ref().map(|b| json!({"name": b.name, "sha256": b.sha256})),
         },
         "problems": report.problems,
+        "notes": report.notes,
+        "copied": report.copied,
         "layers": report.layers.iter().map(layer_json).collect::<Vec<_>>(),
         "regenerate": report.regenerated.as_ref().map(|g| json!({
             "passed": g.passed(),
             "compared": g.compared,
+            "copies": g.copies,
             "differences": g.differences.iter().map(|d| json!({"tensor": d.tensor, "message": d.message})).collect::<Vec<_>>(),
             "impossible": g.impossible,
             "notes": g.notes,
@@ -108,17 +117,55 @@ pub fn verify_json(report: &verify::Report) -> Value {
     })
 }
 
+/// The first few names of a list, then how many more.
+fn some_names(names: &[String]) -> String {
+    let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
+    match names.len() - shown.len() {
+        0 => shown.join(", "),
+        more => format!("{}, and {more} more", shown.join(", ")),
+    }
+}
+
 pub fn verify_text(report: &verify::Report) -> String {
     let r = &report.recorded;
+    let mut how = vec![report.format.name().to_string()];
+    if let Some(n) = report.shards {
+        how.push(format!("{n} shards"));
+    }
+    if report.layout != eoi::tensor::Layout::Torch {
+        how.push(format!("{} layout", report.layout.name()));
+    }
+    if r.names != eoi::spec::Names::Plain {
+        how.push(format!("{} names", r.names.name()));
+    }
     let mut text = format!(
         "{} ({}): made by eoi {} (random streams v{}), seed {}, {} layers\n",
         report.path,
-        report.format.name(),
+        how.join(", "),
         or_unknown(&r.version),
         or_unknown(&r.stream_version),
         or_unknown(&r.seed),
         report.layers.len(),
     );
+    for note in &report.notes {
+        text.push_str(&format!("note: {note}\n"));
+    }
+    if let Some(base) = &r.base
+        && !report.copied.is_empty()
+    {
+        text.push_str(&format!(
+            "note: {} tensors were copied from the base '{}'{}: {} (--json lists them); they are not eoi's layers, and only --regenerate --base compares them\n",
+            report.copied.len(),
+            base.name,
+            base.sha256
+                .as_ref()
+                .map_or(String::new(), |h| format!(
+                    " (SHA-256 {}...)",
+                    h.chars().take(16).collect::<String>()
+                )),
+            some_names(&report.copied)
+        ));
+    }
     for problem in &report.problems {
         text.push_str(&format!("FAIL  {problem}\n"));
     }
@@ -147,6 +194,12 @@ pub fn verify_text(report: &verify::Report) -> String {
                 "regenerated {} tensors from the embedded spec and seed: bit-identical\n",
                 g.compared
             ));
+            if g.copies > 0 {
+                text.push_str(&format!(
+                    "compared {} copied tensors with the base: bit-identical\n",
+                    g.copies
+                ));
+            }
         }
     }
     let failing = report.layers.iter().filter(|l| !l.passed()).count();
@@ -258,6 +311,8 @@ pub fn inspect_json(inspection: &Inspection) -> Value {
         "eoi_version": eoi::VERSION,
         "path": inspection.path,
         "format": inspection.format.name(),
+        "shards": inspection.shards,
+        "layout": inspection.layout.name(),
         "tensors": tensors,
     })
 }
@@ -352,11 +407,20 @@ pub fn inspect_text(inspection: &Inspection) -> String {
         .filter(|t| t.mask_of.is_some())
         .count();
     text.push_str(&format!(
-        "\n{} tensors ({} masks), {} elements; orth.err = max |G - g^2 I| / g^2 with G the smaller Gram matrix of (out, in*K) and g^2 its mean diagonal\n",
+        "\n{} tensors ({} masks), {} elements{}; orth.err = max |G - g^2 I| / g^2 with G the smaller Gram matrix of (out, in*K) and g^2 its mean diagonal\n",
         inspection.tensors.len(),
         masks,
-        thousands(params)
+        thousands(params),
+        match inspection.shards {
+            Some(n) => format!(" in {n} shards"),
+            None => String::new(),
+        }
     ));
+    if inspection.layout == eoi::tensor::Layout::Flax {
+        text.push_str(
+            "flax layout: kernels stored (in, out) or (k..., in, out) are measured as the (out, in*K) matrix the layer applies\n",
+        );
+    }
     text
 }
 

@@ -1,5 +1,5 @@
-//! The one reader of artifacts: safetensors files and npy directories (or single .npy files),
-//! written for hostile input. Every size, offset and count a file claims is checked against the
+//! The one reader of artifacts: safetensors files (alone, or the shards of a Hugging Face
+//! index), npy directories, single .npy files and .npz archives, written for hostile input. Every size, offset and count a file claims is checked against the
 //! real file size, with overflow-checked arithmetic, before anything is allocated from it;
 //! tensor data is read one tensor (or one chunk) at a time, never the whole file.
 //!
@@ -184,6 +184,11 @@ pub enum ReadError {
     /// A sharded checkpoint's `model.safetensors.index.json` that cannot be used.
     #[error("'{path}': bad sharded index: {message}")]
     Index { path: String, message: String },
+    /// A directory that holds nothing a checkpoint is made of.
+    #[error(
+        "'{path}' is a directory without {INDEX}, {SINGLE}, {MANIFEST} or any .npy file: not a checkpoint"
+    )]
+    NoCheckpoint { path: String },
     /// A file that is not a safetensors checkpoint where one is needed.
     #[error("'{path}' is not a safetensors file ({found})")]
     NotSafetensors { path: String, found: &'static str },
@@ -1332,10 +1337,9 @@ fn open_npy_directory(dir: &Path) -> Result<Artifact, ReadError> {
             }
             files.sort();
             if files.is_empty() {
-                return Err(bad(format!(
-                    "'{}' has neither {MANIFEST} nor any .npy file",
-                    dir.display()
-                )));
+                return Err(ReadError::NoCheckpoint {
+                    path: dir.display().to_string(),
+                });
             }
             for file in files {
                 let path = dir.join(&file);
@@ -1364,10 +1368,54 @@ pub const INDEX: &str = "model.safetensors.index.json";
 /// The one file of an unsharded Hugging Face `save_pretrained` directory.
 pub const SINGLE: &str = "model.safetensors";
 
-/// A safetensors checkpoint: one file, or the shards a `model.safetensors.index.json` lists.
-/// Every file is validated as [`Artifact::open`] does, and for shards the index must agree
-/// with them exactly: every listed tensor is in its shard, every tensor of a shard is listed
-/// with that shard, and no name appears in two shards.
+/// One tensor of a [`Checkpoint`], with the file that holds it: what the checking commands
+/// look up by name and read, one tensor (or one chunk) at a time.
+#[derive(Clone, Copy, Debug)]
+pub struct Tensor<'a> {
+    artifact: &'a Artifact,
+    info: &'a TensorInfo,
+}
+
+impl<'a> Tensor<'a> {
+    /// The file (or npy directory, or archive) that holds the tensor.
+    pub fn artifact(&self) -> &'a Artifact {
+        self.artifact
+    }
+
+    pub fn info(&self) -> &'a TensorInfo {
+        self.info
+    }
+
+    /// See [`Artifact::read_f64`].
+    pub fn read_f64(&self) -> Result<Vec<f64>, ReadError> {
+        self.artifact.read_f64(self.info)
+    }
+
+    /// See [`Artifact::read_bytes`].
+    pub fn read_bytes(&self) -> Result<Vec<u8>, ReadError> {
+        self.artifact.read_bytes(self.info)
+    }
+
+    /// See [`Artifact::read_at`].
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), ReadError> {
+        self.artifact.read_at(self.info, offset, buf)
+    }
+}
+
+impl std::ops::Deref for Tensor<'_> {
+    type Target = TensorInfo;
+
+    fn deref(&self) -> &TensorInfo {
+        self.info
+    }
+}
+
+/// A checkpoint read as one: a safetensors file, or the shards a
+/// `model.safetensors.index.json` lists ([`Checkpoint::open`]); or, for the checking
+/// commands, any artifact eoi reads ([`Checkpoint::open_any`]: also an npy directory, an
+/// .npz archive or one .npy file). Every file is validated as [`Artifact::open`] does, and
+/// for shards the index must agree with them exactly: every listed tensor is in its shard,
+/// every tensor of a shard is listed with that shard, and no name appears in two shards.
 #[derive(Debug)]
 pub struct Checkpoint {
     path: PathBuf,
@@ -1389,16 +1437,12 @@ impl Checkpoint {
         index_metadata: Option<Value>,
         sha256: String,
     ) -> Checkpoint {
-        let by_name = files
-            .iter()
-            .enumerate()
-            .flat_map(|(f, (_, a))| {
-                a.tensors()
-                    .iter()
-                    .enumerate()
-                    .map(move |(t, info)| (info.name.clone(), (f, t)))
-            })
-            .collect();
+        let mut by_name = HashMap::new();
+        for (f, (_, a)) in files.iter().enumerate() {
+            for (t, info) in a.tensors().iter().enumerate() {
+                by_name.entry(info.name.clone()).or_insert((f, t));
+            }
+        }
         Checkpoint {
             path: path.to_path_buf(),
             files,
@@ -1406,6 +1450,32 @@ impl Checkpoint {
             sha256,
             by_name,
         }
+    }
+
+    /// Opens any artifact as one checkpoint: what [`Checkpoint::open`] opens (a safetensors
+    /// file, an index file, a directory holding [`INDEX`] or [`SINGLE`]), and otherwise a
+    /// directory of .npy files, an .npz archive or one .npy file (as [`Artifact::open`]
+    /// does). An index file is recognised by its name ending in `.json`. Only headers, the
+    /// index and manifests are read.
+    pub fn open_any(path: &Path) -> Result<Checkpoint, ReadError> {
+        let meta = fs::metadata(path).map_err(|e| io_error(path, e))?;
+        let is_json = path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with(".json"));
+        if meta.is_file() && is_json {
+            return open_index(path);
+        }
+        if meta.is_dir() && (path.join(INDEX).is_file() || path.join(SINGLE).is_file()) {
+            return Checkpoint::open(path);
+        }
+        let artifact = Artifact::open(path)?;
+        let sha256 = artifact.header_sha256().unwrap_or_default();
+        Ok(Checkpoint::new(
+            path,
+            vec![(path.display().to_string(), artifact)],
+            None,
+            sha256,
+        ))
     }
 
     /// Opens a safetensors file, an index file (`*.index.json`), or a directory holding
@@ -1484,6 +1554,40 @@ impl Checkpoint {
         let &(f, t) = self.by_name.get(name)?;
         let artifact = &self.files[f].1;
         Some((artifact, &artifact.tensors()[t]))
+    }
+
+    /// A tensor by name, ready to read.
+    pub fn get(&self, name: &str) -> Option<Tensor<'_>> {
+        self.tensor(name)
+            .map(|(artifact, info)| Tensor { artifact, info })
+    }
+
+    /// Every tensor, ready to read, file by file in data (or manifest) order.
+    pub fn iter(&self) -> impl Iterator<Item = Tensor<'_>> {
+        self.tensors()
+            .map(|(artifact, info)| Tensor { artifact, info })
+    }
+
+    /// The number of tensors.
+    pub fn len(&self) -> usize {
+        self.files.iter().map(|(_, a)| a.tensors().len()).sum()
+    }
+
+    /// Whether it holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How its files are stored (shards are safetensors files).
+    pub fn format(&self) -> Format {
+        self.files
+            .first()
+            .map_or(Format::Safetensors, |(_, a)| a.format())
+    }
+
+    /// Total bytes of tensor data.
+    pub fn data_bytes(&self) -> u64 {
+        self.files.iter().map(|(_, a)| a.data_bytes()).sum()
     }
 }
 
@@ -1975,6 +2079,53 @@ mod tests {
             let err = open(map).unwrap_err().to_string();
             assert!(err.contains(expected), "{map}: {err}");
         }
+    }
+
+    #[test]
+    fn any_artifact_opens_as_one_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let header = r#"{"w":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}}"#;
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend(header.as_bytes());
+        bytes.extend([3, 4]);
+        fs::write(dir.path().join("a.safetensors"), &bytes).unwrap();
+        // An index by any name ending in .json.
+        let index = dir.path().join("weights.json");
+        fs::write(&index, r#"{"weight_map":{"w":"a.safetensors"}}"#).unwrap();
+        let sharded = Checkpoint::open_any(&index).unwrap();
+        assert!(sharded.is_sharded());
+        let w = sharded.get("w").unwrap();
+        assert_eq!(w.read_f64().unwrap(), [3.0, 4.0]);
+        assert_eq!((sharded.len(), sharded.data_bytes()), (1, 2));
+
+        // An npy directory: no index, no model.safetensors.
+        let npy = dir.path().join("npy");
+        fs::create_dir(&npy).unwrap();
+        let dict = "{'descr': '|u1', 'fortran_order': False, 'shape': (2,), }";
+        fs::write(npy.join("m.npy"), npy_bytes(1, dict, &[1, 0])).unwrap();
+        let checkpoint = Checkpoint::open_any(&npy).unwrap();
+        assert_eq!(checkpoint.format(), Format::Npy);
+        assert!(!checkpoint.is_sharded());
+        assert_eq!(
+            checkpoint
+                .iter()
+                .map(|t| t.name.clone())
+                .collect::<Vec<_>>(),
+            ["m"]
+        );
+        // Checkpoint::open itself still wants safetensors.
+        assert!(matches!(
+            Checkpoint::open(&npy.join("m.npy")),
+            Err(ReadError::NotSafetensors { .. })
+        ));
+
+        let empty = dir.path().join("empty");
+        fs::create_dir(&empty).unwrap();
+        let err = Checkpoint::open_any(&empty).unwrap_err().to_string();
+        assert!(
+            err.contains("is a directory without model.safetensors.index.json, model.safetensors, manifest.json or any .npy file"),
+            "{err}"
+        );
     }
 
     #[test]

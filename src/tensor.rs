@@ -565,6 +565,26 @@ impl Layout {
             }
         }
     }
+
+    /// The values of a tensor stored as `stored` (row-major, this layout's shape) in PyTorch
+    /// order (out, in, k...): the inverse of what [`FlaxView`] does when writing, for the
+    /// readers that measure a layer as it acts. `values` must hold the product of `stored`
+    /// elements; a tensor of rank below 2 (a bias) is the same in every layout.
+    pub fn torch_order<T: Copy>(self, values: Vec<T>, stored: &[usize]) -> Vec<T> {
+        if self == Layout::Torch || stored.len() < 2 {
+            return values;
+        }
+        let n = stored.len();
+        let (inp, out) = (stored[n - 2], stored[n - 1]);
+        let taps: usize = stored[..n - 2].iter().product();
+        let mut torch = Vec::with_capacity(values.len());
+        for o in 0..out {
+            for i in 0..inp {
+                torch.extend((0..taps).map(|t| values[(t * inp + i) * out + o]));
+            }
+        }
+        torch
+    }
 }
 
 /// A PyTorch-layout tensor (out, in, k...), seen as rows of `row_len() = in * taps`, read in
@@ -991,6 +1011,41 @@ mod tests {
                 assert_eq!(layout.torch_shape(&layout.shape(&dims)), dims);
             }
         }
+    }
+
+    /// Row-major flat index of `index` in `shape`.
+    fn flat(index: &[usize], shape: &[usize]) -> usize {
+        index.iter().zip(shape).fold(0, |k, (&i, &d)| k * d + i)
+    }
+
+    #[test]
+    fn torch_order_undoes_the_flax_layout_element_by_element() {
+        for dims in [vec![3, 4], vec![4, 2, 3], vec![3, 2, 2, 3, 2]] {
+            let stored = Layout::Flax.shape(&dims);
+            let numel: usize = dims.iter().product();
+            // Each stored element holds its own flat index in the stored tensor.
+            let values: Vec<usize> = (0..numel).collect();
+            let torch = Layout::Flax.torch_order(values.clone(), &stored);
+            let mut index = vec![0; dims.len()];
+            for (k, &v) in torch.iter().enumerate() {
+                let mut rest = k;
+                for (slot, &d) in index.iter_mut().zip(&dims).rev() {
+                    *slot = rest % d;
+                    rest /= d;
+                }
+                // Torch element (o, i, t...) is stored at (t..., i, o).
+                assert_eq!(v, flat(&Layout::Flax.shape(&index), &stored), "{dims:?}");
+            }
+            assert_eq!(Layout::Torch.torch_order(values.clone(), &dims), values);
+        }
+        // What the writer's FlaxView puts out, read back in PyTorch order, is the original.
+        let original: Vec<f64> = (0..24).map(f64::from).collect();
+        let grid = Grid::new(4, 6, Order::RowMajor, original.clone());
+        let mut written = Vec::new();
+        let view = FlaxView::new(&grid, 3);
+        view.rows_into(0, view.rows(), &mut written);
+        let back = Layout::Flax.torch_order(written, &Layout::Flax.shape(&[4, 2, 3]));
+        assert_eq!(back, original);
     }
 
     #[test]

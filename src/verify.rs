@@ -5,10 +5,13 @@
 //! centre tap, with every other tap zero), and the mask's nonzeros and density against the
 //! record. With `regenerate`, the embedded spec is planned and generated
 //! again and every tensor is compared byte for byte with the file, a chunk at a time.
+//! The artifact is one [`Checkpoint`]: a file, an npy directory or archive, or all the shards
+//! of an index; tensors are found by the names the record gives them (plain or torch-prune)
+//! and read in PyTorch order whatever their stored layout, so the checks are the same.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use serde_json::Value;
@@ -18,19 +21,22 @@ use crate::measure;
 use crate::plan::{self, LayerPlan, Overrides, Plan};
 use crate::progress::Progress;
 use crate::provenance::layer_record;
-use crate::read::{Artifact, Dtype, Format, ReadError, TensorInfo};
-use crate::recorded::{LayerRecord, Recorded};
+use crate::read::{Checkpoint, Dtype, Format, ReadError, Tensor, TensorInfo};
+use crate::recorded::{self, LayerRecord, Recorded};
 use crate::schemes::conv::ConvMask;
 use crate::schemes::{self, conv};
 use crate::spec::{self, Kind, Scheme, Source};
 use crate::stream::STREAM_VERSION;
-use crate::tensor;
+use crate::tensor::{self, FlaxView, Layout};
 
 /// What to check beyond the file itself.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Options {
     /// Generate every layer again from the embedded spec and seed and compare bytes.
     pub regenerate: bool,
+    /// With `regenerate`, for a `generate --base` output: the base checkpoint, whose
+    /// tensors the file's copies are compared with byte for byte.
+    pub base: Option<PathBuf>,
 }
 
 /// The kinds of check, as they are named in reports.
@@ -141,8 +147,10 @@ pub struct Difference {
 /// The outcome of regeneration.
 #[derive(Clone, Debug, Default)]
 pub struct Regenerated {
-    /// Tensors compared byte for byte.
+    /// Tensors regenerated and compared byte for byte.
     pub compared: usize,
+    /// Tensors a `--base` output copied, compared byte for byte with the base's (`--base`).
+    pub copies: usize,
     pub differences: Vec<Difference>,
     /// Why regeneration could not run at all, if it could not.
     pub impossible: Option<String>,
@@ -161,9 +169,18 @@ impl Regenerated {
 pub struct Report {
     pub path: String,
     pub format: Format,
+    /// The number of shards, for a sharded checkpoint read whole.
+    pub shards: Option<usize>,
+    /// The layout the weights are read in (as recorded).
+    pub layout: Layout,
     pub recorded: Recorded,
     /// Problems of the artifact as a whole (metadata, unrecorded tensors).
     pub problems: Vec<String>,
+    /// What the reader should know that is not a failure (a shard read alone).
+    pub notes: Vec<String>,
+    /// Tensors that a `--base` output copied from its base, in file order: not eoi's, so
+    /// not checked.
+    pub copied: Vec<String>,
     pub layers: Vec<LayerReport>,
     pub regenerated: Option<Regenerated>,
 }
@@ -206,31 +223,17 @@ pub fn isometry_tolerance(dtype: Dtype, recorded: f64, n: usize, m: usize) -> Op
     Some((n as f64).sqrt() * (4.0 * u * (1.0 + recorded) + 8.0 * m as f64 * f64::EPSILON))
 }
 
-/// Verifies the artifact at `path`. An artifact that cannot be read is an `Err` (exit 2);
-/// failed checks are in the report (exit 1).
+/// Verifies the artifact at `path`: a safetensors file, a sharded checkpoint (its directory
+/// or index file), an npy directory, an .npz archive. An artifact that cannot be read is an
+/// `Err` (exit 2); failed checks are in the report (exit 1).
 pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result<Report, Error> {
-    let artifact = Artifact::open(path)?;
+    let checkpoint = Checkpoint::open_any(path)?;
     let mut problems = Vec::new();
-    let recorded = match (artifact.format(), artifact.metadata(), artifact.manifest()) {
-        (Format::Safetensors, Some(pairs), _) => Recorded::from_metadata(pairs),
-        (Format::Npy | Format::Npz, _, Some(doc)) => Recorded::from_manifest(doc),
-        (Format::Safetensors, None, _) => {
-            problems.push("the file has no __metadata__: eoi did not write it".to_string());
-            Recorded::default()
-        }
-        (format @ (Format::Npy | Format::Npz), _, None) => {
-            let container = if format == Format::Npz {
-                "archive"
-            } else {
-                "directory"
-            };
-            problems.push(format!(
-                "the {container} has no {}: eoi did not write it",
-                crate::read::MANIFEST
-            ));
-            Recorded::default()
-        }
-    };
+    let mut notes = Vec::new();
+    let recorded = Recorded::of(&checkpoint).unwrap_or_else(|| {
+        problems.push(no_record(&checkpoint));
+        Recorded::default()
+    });
     problems.extend(recorded.problems.iter().cloned());
     if let Some(v) = recorded.schema_version
         && v > crate::provenance::SCHEMA_VERSION
@@ -240,85 +243,165 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
             crate::provenance::SCHEMA_VERSION
         ));
     }
-    // Output options this verifier does not read yet: say so rather than report every layer
-    // as broken.
-    for (key, default) in [("layout", "torch"), ("names", "plain")] {
-        let value = match (artifact.metadata(), artifact.manifest()) {
-            (Some(pairs), _) => pairs
-                .iter()
-                .find(|(k, _)| *k == format!("eoi.{key}"))
-                .map(|(_, v)| v.clone()),
-            (_, Some(doc)) => doc.get(key).and_then(Value::as_str).map(str::to_string),
-            _ => None,
-        };
-        if let Some(value) = value
-            && value != default
-        {
-            problems.push(format!(
-                "the file was written with {key} \"{value}\"; verify reads only the default {key} (\"{default}\") so far"
-            ));
-        }
+    if let Some((k, n)) = recorded.shard.filter(|&(_, n)| n > 1) {
+        notes.push(format!(
+            "this file is shard {k} of {n}: only the layers it holds are checked; verify the directory or its {} to check them all",
+            crate::read::INDEX
+        ));
     }
-    let suffix = recorded
-        .mask_suffix
-        .clone()
-        .unwrap_or_else(|| "_mask".into());
+    let layout = recorded::layout_of(&checkpoint, Some(&recorded));
+    let suffix = recorded.mask_suffix().to_string();
 
     // The layers: as recorded, or (without records) every tensor that has a mask.
     let layers: Vec<(String, Option<&LayerRecord>)> = match &recorded.layers {
         Some(records) => records.iter().map(|r| (r.name.clone(), Some(r))).collect(),
-        None => artifact
-            .tensors()
+        None => checkpoint
             .iter()
-            .filter(|t| artifact.tensor(&format!("{}{suffix}", t.name)).is_some())
+            .filter(|t| checkpoint.get(&format!("{}{suffix}", t.name)).is_some())
             .map(|t| (t.name.clone(), None))
             .collect(),
     };
-    let mut known = std::collections::HashSet::new();
-    for (name, record) in &layers {
-        known.insert(name.clone());
-        known.insert(format!("{name}{suffix}"));
-        if let Some((bias, _)) = record.and_then(|r| r.bias.as_ref()) {
-            known.insert(bias.clone());
-        }
-    }
-    for t in artifact.tensors() {
-        if !known.contains(&t.name) {
-            problems.push(format!(
-                "tensor \"{}\" is not a recorded layer or its mask",
-                t.name
-            ));
-        }
-    }
+    let copied = unrecorded(&checkpoint, &recorded, &layers, &mut problems);
 
     let work = |name: &str| {
-        artifact
-            .tensor(name)
-            .map_or(1, |t| t.nbytes.max(1) + matrix_work(t))
+        checkpoint
+            .get(&recorded.weight_name(name))
+            .map_or(1, |t| t.nbytes.max(1) + matrix_work(t.info()))
     };
     progress.start(layers.iter().map(|(name, _)| work(name)).sum());
+    let stored = Stored {
+        checkpoint: &checkpoint,
+        recorded: &recorded,
+        layout,
+    };
     let reports: Vec<LayerReport> = layers
         .par_iter()
         .map(|(name, record)| {
-            let report = check_layer(&artifact, name, &suffix, *record);
+            let report = check_layer(&stored, name, *record);
             progress.advance(work(name));
             report
         })
         .collect::<Result<_, ReadError>>()?;
 
     let regenerated = if options.regenerate {
-        Some(regenerate(&artifact, &recorded, &suffix)?)
+        let mut regenerated = regenerate(&stored)?;
+        match (&recorded.base, &options.base) {
+            (_, Some(base)) => compare_copies(&stored, &copied, base, &mut regenerated)?,
+            (Some(base), None) if !copied.is_empty() => regenerated.notes.push(format!(
+                "the {} tensors copied from the base '{}' are not compared: pass --base with that checkpoint to compare them byte for byte",
+                copied.len(),
+                base.name
+            )),
+            _ => {}
+        }
+        Some(regenerated)
     } else {
         None
     };
     Ok(Report {
         path: path.display().to_string(),
-        format: artifact.format(),
-        recorded,
+        format: checkpoint.format(),
+        shards: checkpoint.is_sharded().then(|| checkpoint.files().len()),
+        layout,
         problems,
+        notes,
+        copied,
         layers: reports,
         regenerated,
+        recorded,
     })
+}
+
+/// Why a checkpoint records nothing: eoi did not write it.
+fn no_record(checkpoint: &Checkpoint) -> String {
+    match checkpoint.format() {
+        Format::Safetensors if checkpoint.is_sharded() => {
+            "the shards have no __metadata__: eoi did not write them".to_string()
+        }
+        Format::Safetensors => "the file has no __metadata__: eoi did not write it".to_string(),
+        format => format!(
+            "the {} has no {}: eoi did not write it",
+            if format == Format::Npz {
+                "archive"
+            } else {
+                "directory"
+            },
+            crate::read::MANIFEST
+        ),
+    }
+}
+
+/// The tensors that are no layer's weight, mask or bias: in a `--base` output, the base's
+/// tensors copied unchanged, returned to be listed; in any other file, each a problem.
+fn unrecorded(
+    checkpoint: &Checkpoint,
+    recorded: &Recorded,
+    layers: &[(String, Option<&LayerRecord>)],
+    problems: &mut Vec<String>,
+) -> Vec<String> {
+    let mut known = std::collections::HashSet::new();
+    for (name, record) in layers {
+        known.insert(recorded.weight_name(name));
+        known.insert(recorded.mask_name(name));
+        if let Some((bias, _)) = record.and_then(|r| r.bias.as_ref()) {
+            known.insert(bias.clone());
+        }
+    }
+    let mut copied = Vec::new();
+    for t in checkpoint.iter().filter(|t| !known.contains(&t.name)) {
+        if recorded.base.is_some() {
+            copied.push(t.name.clone());
+        } else {
+            problems.push(format!(
+                "tensor \"{}\" is not a recorded layer or its mask",
+                t.name
+            ));
+        }
+    }
+    copied
+}
+
+/// Where a layer's tensors are and how they are stored: the checkpoint, the names the
+/// record gives them and their layout.
+struct Stored<'a> {
+    checkpoint: &'a Checkpoint,
+    recorded: &'a Recorded,
+    layout: Layout,
+}
+
+impl Stored<'_> {
+    /// The PyTorch shape (out, in, k...) of a tensor stored as `shape` (unchanged below
+    /// rank 2).
+    fn torch_shape(&self, shape: &[usize]) -> Vec<usize> {
+        if shape.len() < 2 {
+            shape.to_vec()
+        } else {
+            self.layout.torch_shape(shape)
+        }
+    }
+
+    /// The stored shape of a tensor whose PyTorch shape is `shape`.
+    fn stored_shape(&self, shape: &[usize]) -> Vec<usize> {
+        if shape.len() < 2 {
+            shape.to_vec()
+        } else {
+            self.layout.shape(shape)
+        }
+    }
+
+    /// The position, in stored coordinates, of element `flat` of the PyTorch-order tensor
+    /// of shape `torch`: what a user indexing the file sees.
+    fn position(&self, torch: &[usize], flat: usize) -> String {
+        let index = multi_index(torch, flat);
+        let index = self.stored_shape(&index);
+        let parts: Vec<String> = index.iter().map(usize::to_string).collect();
+        format!("({})", parts.join(", "))
+    }
+
+    /// A tensor's values in PyTorch order.
+    fn read_f64(&self, t: &Tensor<'_>) -> Result<Vec<f64>, ReadError> {
+        Ok(self.layout.torch_order(t.read_f64()?, &t.shape))
+    }
 }
 
 /// Work units for a tensor's linear algebra, for progress.
@@ -329,8 +412,8 @@ fn matrix_work(t: &TensorInfo) -> u64 {
     }
 }
 
-/// A flat index as a multi-index: `(3, 0, 1, 2)`.
-fn position(shape: &[usize], mut flat: usize) -> String {
+/// A flat index as a multi-index of `shape`.
+fn multi_index(shape: &[usize], mut flat: usize) -> Vec<usize> {
     let mut index = vec![0; shape.len()];
     for (k, &d) in shape.iter().enumerate().rev() {
         if d > 0 {
@@ -338,24 +421,35 @@ fn position(shape: &[usize], mut flat: usize) -> String {
             flat /= d;
         }
     }
-    let parts: Vec<String> = index.iter().map(usize::to_string).collect();
+    index
+}
+
+/// A flat index as a multi-index: `(3, 0, 1, 2)`.
+fn position(shape: &[usize], flat: usize) -> String {
+    let parts: Vec<String> = multi_index(shape, flat)
+        .iter()
+        .map(usize::to_string)
+        .collect();
     format!("({})", parts.join(", "))
 }
 
+/// Checks one layer: its weight and mask are found by the record's names and read in
+/// PyTorch order (out, in, k...), so every check below is the same in every layout;
+/// positions in messages are in the stored layout.
 fn check_layer(
-    artifact: &Artifact,
+    stored: &Stored<'_>,
     name: &str,
-    suffix: &str,
     record: Option<&LayerRecord>,
 ) -> Result<LayerReport, ReadError> {
-    let mask_name = format!("{name}{suffix}");
-    let weight = artifact.tensor(name);
-    let mask = artifact.tensor(&mask_name);
+    let weight_name = stored.recorded.weight_name(name);
+    let mask_name = stored.recorded.mask_name(name);
+    let weight = stored.checkpoint.get(&weight_name);
+    let mask = stored.checkpoint.get(&mask_name);
     let mut report = LayerReport {
         name: name.to_string(),
         shape: weight
             .map(|w| w.shape.clone())
-            .or_else(|| record.map(|r| r.shape.clone()))
+            .or_else(|| record.map(|r| stored.stored_shape(&r.shape)))
             .unwrap_or_default(),
         ..LayerReport::default()
     };
@@ -366,7 +460,7 @@ fn check_layer(
         fail(
             &mut report,
             Check::Tensors,
-            format!("the weight \"{name}\" is missing"),
+            format!("the weight \"{weight_name}\" is missing"),
         );
     }
     if mask.is_none() {
@@ -411,13 +505,21 @@ fn check_layer(
             weight_ok = false;
         }
         if let Some(r) = record
-            && r.shape != w.shape
+            && r.shape != stored.torch_shape(&w.shape)
         {
+            let layout = match stored.layout {
+                Layout::Torch => String::new(),
+                layout => format!(
+                    " ({:?} in {} layout)",
+                    stored.stored_shape(&r.shape),
+                    layout.name()
+                ),
+            };
             fail(
                 &mut report,
                 Check::Shape,
                 format!(
-                    "the weight has shape {:?}, the record says {:?}",
+                    "the weight has shape {:?}, the record says {:?}{layout}",
                     w.shape, r.shape
                 ),
             );
@@ -448,18 +550,22 @@ fn check_layer(
         }
     }
 
+    // From here on, values, bits and shapes are in PyTorch order.
     let values = match weight {
-        Some(w) if weight_ok => Some(artifact.read_f64(w)?),
+        Some(w) if weight_ok => Some(stored.read_f64(&w)?),
         _ => None,
     };
     let bits = match mask {
-        Some(m) if mask_ok => Some(mask_bytes(artifact, m)?),
+        Some(m) if mask_ok => Some(stored.layout.torch_order(mask_bytes(&m)?, &m.shape)),
         _ => None,
     };
+    let torch = weight.map(|w| stored.torch_shape(&w.shape));
 
     // The mask: its values, and the weights outside it.
     if let Some(bits) = &bits {
-        let shape = &mask.map(|m| m.shape.clone()).unwrap_or_default();
+        let shape = &mask
+            .map(|m| stored.torch_shape(&m.shape))
+            .unwrap_or_default();
         let invalid = bits.iter().filter(|&&b| b > 1).count();
         if invalid > 0 {
             let first = bits.iter().position(|&b| b > 1).unwrap_or(0);
@@ -468,7 +574,7 @@ fn check_layer(
                 Check::Mask,
                 format!(
                     "{invalid} mask values are neither 0 nor 1, first at {}",
-                    position(shape, first)
+                    stored.position(shape, first)
                 ),
             );
         }
@@ -490,7 +596,7 @@ fn check_layer(
                     format!(
                         "{} nonzero weights outside the mask, first at {} (value {:e})",
                         outside.len(),
-                        position(shape, first),
+                        stored.position(shape, first),
                         values[first]
                     ),
                 );
@@ -508,9 +614,9 @@ fn check_layer(
     let promised = record.is_none_or(|r| r.scheme.promises_orthogonality(r.density));
     report.scheme = Some(scheme);
     report.promises_orthogonality = promised;
-    if let (Some(values), Some(w)) = (&values, weight) {
-        let (out, inp) = (w.shape[0], w.shape[1]);
-        let kernel = &w.shape[2..];
+    if let (Some(values), Some(w), Some(shape)) = (&values, weight, &torch) {
+        let (out, inp) = (shape[0], shape[1]);
+        let kernel = &shape[2..];
         let taps: usize = kernel.iter().product();
         let delta = taps > 1 && scheme.delta();
         // A block-orthogonal kernel is orthogonal as a convolution; of that, what a Gram
@@ -544,7 +650,7 @@ fn check_layer(
                     format!(
                         "{} nonzero weights off the centre tap, first at {} (value {:e})",
                         off.len(),
-                        position(&w.shape, first),
+                        stored.position(shape, first),
                         values[first]
                     ),
                 );
@@ -640,7 +746,11 @@ fn check_layer(
         }
     }
     if let Some((bias, std)) = record.and_then(|r| r.bias.as_ref()) {
-        check_bias(&mut report, artifact, weight, bias, *std)?;
+        let out = torch
+            .as_ref()
+            .or(record.map(|r| &r.shape))
+            .and_then(|s| s.first().copied());
+        check_bias(&mut report, stored.checkpoint, weight, out, bias, *std)?;
     }
     Ok(report)
 }
@@ -665,18 +775,18 @@ pub fn bias_range(n: usize, x: f64) -> (f64, f64) {
 /// the recorded std (exactly zero for 0; otherwise a mean square within [`bias_range`]).
 fn check_bias(
     report: &mut LayerReport,
-    artifact: &Artifact,
-    weight: Option<&TensorInfo>,
+    checkpoint: &Checkpoint,
+    weight: Option<Tensor<'_>>,
+    out: Option<usize>,
     bias: &str,
     std: f64,
 ) -> Result<(), ReadError> {
     report.bias = Some(bias.to_string());
     let mut fail = |message: String| report.failures.push(Failure::new(Check::Bias, message));
-    let Some(info) = artifact.tensor(bias) else {
+    let Some(info) = checkpoint.get(bias) else {
         fail(format!("the bias \"{bias}\" is missing"));
         return Ok(());
     };
-    let out = report.shape.first().copied();
     if out.is_none_or(|out| info.shape != [out]) {
         fail(format!(
             "the bias \"{bias}\" has shape {:?}; the layer's bias has shape [{}]",
@@ -693,7 +803,7 @@ fn check_bias(
         ));
         return Ok(());
     }
-    let values = artifact.read_f64(info)?;
+    let values = info.read_f64()?;
     let measured = (values.iter().map(|v| v * v).sum::<f64>() / values.len() as f64).sqrt();
     report.bias_std = Some(measured);
     if std == 0.0 {
@@ -840,7 +950,7 @@ fn major(version: &str) -> String {
 
 /// Compares what a writer produces with a tensor's bytes in the file, a chunk at a time.
 struct Comparing<'a> {
-    artifact: &'a Artifact,
+    tensor: Tensor<'a>,
     info: &'a TensorInfo,
     position: u64,
     buffer: Vec<u8>,
@@ -854,10 +964,10 @@ struct Comparing<'a> {
 }
 
 impl<'a> Comparing<'a> {
-    fn new(artifact: &'a Artifact, info: &'a TensorInfo) -> Comparing<'a> {
+    fn new(tensor: Tensor<'a>) -> Comparing<'a> {
         Comparing {
-            artifact,
-            info,
+            tensor,
+            info: tensor.info(),
             position: 0,
             buffer: Vec::new(),
             differing: 0,
@@ -877,10 +987,7 @@ impl Write for Comparing<'_> {
         self.excess += extra.len() as u64;
         for piece in compared.chunks(1 << 20) {
             self.buffer.resize(piece.len(), 0);
-            if let Err(e) = self
-                .artifact
-                .read_at(self.info, self.position, &mut self.buffer)
-            {
+            if let Err(e) = self.tensor.read_at(self.position, &mut self.buffer) {
                 self.error = Some(e);
                 return Err(io::Error::other("reading the stored tensor failed"));
             }
@@ -906,16 +1013,28 @@ impl Write for Comparing<'_> {
 
 /// Compares one tensor with what `fill` writes; a difference in words, if any.
 fn compare(
-    artifact: &Artifact,
-    info: &TensorInfo,
+    tensor: Tensor<'_>,
     fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> Result<Option<String>, Error> {
-    let mut comparing = Comparing::new(artifact, info);
+    let info = tensor.info();
+    let mut comparing = Comparing::new(tensor);
     let written = fill(&mut comparing);
     if let Some(e) = comparing.error.take() {
         return Err(e.into());
     }
-    written.map_err(|e| Error::Internal(format!("regenerating \"{}\": {e}", info.name)))?;
+    if let Err(e) = written {
+        // A source that could not be read (a base's tensor) is a read error, not ours.
+        return Err(
+            if e.get_ref().is_some_and(|inner| inner.is::<ReadError>()) {
+                match e.into_inner().map(|inner| inner.downcast::<ReadError>()) {
+                    Some(Ok(read)) => Error::Read(*read),
+                    _ => Error::Internal(format!("comparing \"{}\": a read failed", info.name)),
+                }
+            } else {
+                Error::Internal(format!("regenerating \"{}\": {e}", info.name))
+            },
+        );
+    }
     let produced = comparing.position + comparing.excess;
     if produced != info.nbytes {
         return Ok(Some(format!(
@@ -948,9 +1067,9 @@ fn written_dtype(dtype: Dtype) -> Option<tensor::Dtype> {
 
 /// A mask as one byte per element: bool and u8 as stored, floating-point masks as 0 for 0.0,
 /// 1 for 1.0 and 2 (invalid) for anything else.
-fn mask_bytes(artifact: &Artifact, mask: &TensorInfo) -> Result<Vec<u8>, ReadError> {
+fn mask_bytes(mask: &Tensor<'_>) -> Result<Vec<u8>, ReadError> {
     if mask.dtype.is_float() {
-        let values = artifact.read_f64(mask)?;
+        let values = mask.read_f64()?;
         Ok(values
             .iter()
             .map(|&v| match v {
@@ -960,16 +1079,15 @@ fn mask_bytes(artifact: &Artifact, mask: &TensorInfo) -> Result<Vec<u8>, ReadErr
             })
             .collect())
     } else {
-        artifact.read_bytes(mask)
+        mask.read_bytes()
     }
 }
 
-/// Regenerates every layer from the embedded spec and compares bytes.
-fn regenerate(
-    artifact: &Artifact,
-    recorded: &Recorded,
-    suffix: &str,
-) -> Result<Regenerated, Error> {
+/// Regenerates every recorded layer from the embedded spec and compares bytes, in the
+/// stored layout and under the stored names. A shard read on its own regenerates only the
+/// layers it records.
+fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
+    let (checkpoint, recorded) = (stored.checkpoint, stored.recorded);
     let mut result = Regenerated::default();
     match &recorded.version {
         Some(v) if major(v) != major(crate::VERSION) => result.notes.push(format!(
@@ -992,7 +1110,7 @@ fn regenerate(
         .layers
         .iter()
         .flatten()
-        .find_map(|r| artifact.tensor(&r.name))
+        .find_map(|r| checkpoint.get(&recorded.weight_name(&r.name)))
         .map(|w| w.dtype);
     let dtype = match dtype.map(|d| (d, written_dtype(d))) {
         Some((
@@ -1018,10 +1136,10 @@ fn regenerate(
         .layers
         .iter()
         .flatten()
-        .find_map(|r| artifact.tensor(&format!("{}{suffix}", r.name)))
+        .find_map(|r| checkpoint.get(&recorded.mask_name(&r.name)))
         .and_then(|m| written_dtype(m.dtype));
     let source = Source {
-        name: format!("{} (eoi.spec)", artifact.path().display()),
+        name: format!("{} (eoi.spec)", checkpoint.path().display()),
         text: text.clone(),
     };
     let plan = spec::parse(source).and_then(|spec| {
@@ -1030,9 +1148,12 @@ fn regenerate(
             &Overrides {
                 seed: Some(seed),
                 scheme: recorded.scheme_override,
+                below_minimum: recorded.below_minimum_override,
                 format: None,
                 dtype: Some(dtype),
                 mask_dtype,
+                layout: Some(recorded.layout),
+                names: Some(recorded.names),
                 ..Overrides::default()
             },
         )
@@ -1044,7 +1165,23 @@ fn regenerate(
             return Ok(result);
         }
     };
-    plan.output.mask_suffix = suffix.to_string();
+    if let Some(suffix) = &recorded.mask_suffix {
+        plan.output.mask_suffix = suffix.clone();
+    }
+    // A shard read alone holds its own layers only: the others are not its to compare.
+    if let Some((k, n)) = recorded.shard.filter(|&(_, n)| n > 1) {
+        let held: std::collections::HashSet<&str> = recorded
+            .layers
+            .iter()
+            .flatten()
+            .map(|r| r.name.as_str())
+            .collect();
+        plan.layers.retain(|l| held.contains(l.name.as_str()));
+        result.notes.push(format!(
+            "shard {k} of {n}: only the {} layers it holds are regenerated",
+            plan.layers.len()
+        ));
+    }
 
     let planned: std::collections::HashSet<&str> =
         plan.layers.iter().map(|l| l.name.as_str()).collect();
@@ -1064,7 +1201,7 @@ fn regenerate(
     let outcomes: Vec<(usize, Vec<Difference>)> = plan
         .layers
         .par_iter()
-        .map(|layer| regenerate_layer(artifact, &records, &plan, layer))
+        .map(|layer| regenerate_layer(checkpoint, &records, &plan, layer))
         .collect::<Result<_, Error>>()?;
     for (compared, differences) in outcomes {
         result.compared += compared;
@@ -1075,12 +1212,14 @@ fn regenerate(
 
 /// Regenerates one layer and compares its weight, its mask and its record with the file's.
 fn regenerate_layer(
-    artifact: &Artifact,
+    checkpoint: &Checkpoint,
     records: &HashMap<&str, &LayerRecord>,
     plan: &Plan,
     layer: &LayerPlan,
 ) -> Result<(usize, Vec<Difference>), Error> {
+    let weight_name = plan.output.weight_name(&layer.name);
     let mask_name = plan.output.mask_name(&layer.name);
+    let layout = plan.output.layout;
     let mut differences = Vec::new();
     let mut differ = |tensor: &str, message: String| {
         differences.push(Difference {
@@ -1088,15 +1227,15 @@ fn regenerate_layer(
             message,
         })
     };
-    let dims = layer.shape.dims();
-    let weight = match artifact.tensor(&layer.name) {
+    let dims = layout.shape(layer.shape.dims());
+    let weight = match checkpoint.get(&weight_name) {
         None => {
-            differ(&layer.name, "the file has no such tensor".into());
+            differ(&weight_name, "the file has no such tensor".into());
             None
         }
         Some(info) if info.shape != dims => {
             differ(
-                &layer.name,
+                &weight_name,
                 format!(
                     "the file's shape is {:?}, the spec's {:?}",
                     info.shape, dims
@@ -1106,7 +1245,7 @@ fn regenerate_layer(
         }
         Some(info) => Some(info),
     };
-    let mask = match artifact.tensor(&mask_name) {
+    let mask = match checkpoint.get(&mask_name) {
         None => {
             differ(&mask_name, "the file has no such tensor".into());
             None
@@ -1137,31 +1276,36 @@ fn regenerate_layer(
     let generated = schemes::generate(layer, plan.seed);
     let mut compared = 0;
     let weight_dtype = plan.output.dtype;
+    let taps = layer.shape.taps();
     if let Some(info) = weight {
         compared += 1;
-        let diff = compare(artifact, info, |w| {
-            tensor::write_weight(&generated.weight, weight_dtype, w)
+        let diff = compare(info, |w| match layout {
+            Layout::Torch => tensor::write_weight(&generated.weight, weight_dtype, w),
+            Layout::Flax => {
+                tensor::write_all(&FlaxView::new(&generated.weight, taps), weight_dtype, w)
+            }
         })?;
         if let Some(message) = diff {
-            differ(&layer.name, message);
+            differ(&weight_name, message);
         }
     }
     if let Some(info) = mask {
         compared += 1;
         let mask_dtype = plan.output.mask_dtype;
-        let diff = compare(artifact, info, |w| {
-            tensor::write_mask(&generated.mask, mask_dtype, w)
+        let diff = compare(info, |w| match layout {
+            Layout::Torch => tensor::write_mask(&generated.mask, mask_dtype, w),
+            Layout::Flax => tensor::write_all(&FlaxView::new(&generated.mask, taps), mask_dtype, w),
         })?;
         if let Some(message) = diff {
             differ(&mask_name, message);
         }
     }
     if let (Some(name), Some(bias)) = (layer.bias_name(), &generated.bias) {
-        match artifact.tensor(&name) {
+        match checkpoint.get(&name) {
             None => differ(&name, "the file has no such tensor".into()),
             Some(info) => {
                 compared += 1;
-                let diff = compare(artifact, info, |w| tensor::write_all(bias, weight_dtype, w))?;
+                let diff = compare(info, |w| tensor::write_all(bias, weight_dtype, w))?;
                 if let Some(message) = diff {
                     differ(&name, message);
                 }
@@ -1176,6 +1320,98 @@ fn regenerate_layer(
         differ(&layer.name, format!("its record differs: {field}"));
     }
     Ok((compared, differences))
+}
+
+/// Compares the tensors a `--base` output copied with the base's own, byte for byte, after
+/// checking that `base` is the checkpoint the file records (the SHA-256 of its header, or
+/// of its index). Every base tensor must be in the file, unless a recorded layer replaced
+/// it.
+fn compare_copies(
+    stored: &Stored<'_>,
+    copied: &[String],
+    base: &Path,
+    result: &mut Regenerated,
+) -> Result<(), Error> {
+    let Some(record) = &stored.recorded.base else {
+        result.impossible = Some(format!(
+            "--base '{}' was given, but the file records no base (it is not a generate --base output)",
+            base.display()
+        ));
+        return Ok(());
+    };
+    let checkpoint = Checkpoint::open(base)?;
+    if record.sha256.as_deref() != Some(checkpoint.sha256()) {
+        result.impossible = Some(format!(
+            "'{}' is not the base this file was made from: the SHA-256 of its {} is {}, the file records {} (of '{}')",
+            base.display(),
+            if checkpoint.is_sharded() {
+                "index"
+            } else {
+                "header"
+            },
+            checkpoint.sha256(),
+            record.sha256.as_deref().unwrap_or("none"),
+            record.name
+        ));
+        return Ok(());
+    }
+    let differences: Vec<Option<Difference>> = copied
+        .par_iter()
+        .map(|name| {
+            let ours = stored.checkpoint.get(name);
+            let message = match (ours, checkpoint.get(name)) {
+                (_, None) => Some("the base has no such tensor".to_string()),
+                (Some(ours), Some(theirs))
+                    if ours.dtype != theirs.dtype || ours.shape != theirs.shape =>
+                {
+                    Some(format!(
+                        "the file holds {:?} {}, the base {:?} {}",
+                        ours.shape, ours.dtype, theirs.shape, theirs.dtype
+                    ))
+                }
+                (Some(ours), Some(theirs)) => compare(ours, |w| copy_into(theirs, w))?
+                    .map(|m| m.replace("regeneration gives", "the base holds")),
+                (None, Some(_)) => Some("the file has no such tensor".to_string()),
+            };
+            Ok(message.map(|message| Difference {
+                tensor: name.clone(),
+                message,
+            }))
+        })
+        .collect::<Result<_, Error>>()?;
+    result.copies += copied.len();
+    result.differences.extend(differences.into_iter().flatten());
+    let layers: std::collections::HashSet<&str> = stored
+        .recorded
+        .layers
+        .iter()
+        .flatten()
+        .map(|r| r.name.as_str())
+        .collect();
+    for t in checkpoint.iter() {
+        if stored.checkpoint.get(&t.name).is_none() && !layers.contains(t.name.as_str()) {
+            result.differences.push(Difference {
+                tensor: t.name.clone(),
+                message: "a tensor of the base is missing from the file".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Writes a tensor's stored bytes to `out`, a chunk at a time.
+fn copy_into(tensor: Tensor<'_>, out: &mut dyn Write) -> io::Result<()> {
+    let mut buffer = vec![0u8; (1usize << 20).min(tensor.nbytes as usize)];
+    let mut at = 0u64;
+    while at < tensor.nbytes {
+        let len = (tensor.nbytes - at).min(buffer.len() as u64) as usize;
+        tensor
+            .read_at(at, &mut buffer[..len])
+            .map_err(io::Error::other)?;
+        out.write_all(&buffer[..len])?;
+        at += len as u64;
+    }
+    Ok(())
 }
 
 /// The first field in which two layer records differ, in words.

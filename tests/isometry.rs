@@ -389,3 +389,25 @@ fn unknown_globs_missing_files_and_bad_biases_are_refused() {
     );
     assert!(Path::new(&path).exists());
 }
+
+#[test]
+fn a_sharded_output_is_one_chain() {
+    let sandbox = Sandbox::new();
+    sandbox.generate(SQUARE, "plain.safetensors", &[]);
+    // 11520 bytes per layer (weight and mask): two layers a shard, six shards.
+    sandbox.generate(SQUARE, "sharded", &["--max-shard-size", "24000"]);
+    let plain = sandbox.isometry("plain.safetensors", &[]);
+    for whole in ["sharded", "sharded/model.safetensors.index.json"] {
+        let report = sandbox.isometry(whole, &[]);
+        assert_eq!(report["order"], "provenance", "{whole}");
+        assert_eq!(report["layers"], 12, "{whole}");
+        assert_eq!(chain_names(&report), chain_names(&plain), "{whole}");
+        assert_eq!(report["jacobian"], plain["jacobian"], "{whole}");
+        assert_eq!(report["signal_rms"], plain["signal_rms"], "{whole}");
+    }
+    assert_eq!(
+        fs::read_dir(sandbox.path("sharded")).unwrap().count(),
+        7,
+        "six shards and the index"
+    );
+}

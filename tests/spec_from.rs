@@ -1291,6 +1291,23 @@ fn below_minimum_comes_from_the_command_line() {
         metadata.metadata().as_ref().unwrap()["eoi.below_minimum"],
         "clamp"
     );
+    // verify --regenerate plans the embedded spec with the recorded rule, in every container.
+    let npy = dir.path().join("out-npy");
+    eoi()
+        .arg("generate")
+        .arg(&path)
+        .args(["-q", "--below-minimum", "clamp", "--format", "npy", "-o"])
+        .arg(&npy)
+        .assert()
+        .success();
+    for artifact in [&out, &npy] {
+        eoi()
+            .arg("verify")
+            .arg(artifact)
+            .arg("--regenerate")
+            .assert()
+            .success();
+    }
     // spec --from writes it into [sparsity]; the command line still overrides it.
     let spec = spec_from(
         &source,

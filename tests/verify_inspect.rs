@@ -467,23 +467,6 @@ fn an_extra_tensor_is_reported() {
     );
 }
 
-#[test]
-fn other_layouts_and_names_are_named_not_misreported() {
-    let sandbox = Sandbox::new();
-    sandbox.generate("flax.safetensors", &["--layout", "flax"]);
-    let (out, _) = verify(&sandbox, &["flax.safetensors"], 1);
-    assert!(
-        out.contains("FAIL  the file was written with layout \"flax\"; verify reads only the default layout (\"torch\") so far"),
-        "{out}"
-    );
-    sandbox.generate("prune", &["--names", "torch-prune", "--format", "npy"]);
-    let (out, _) = verify(&sandbox, &["prune"], 1);
-    assert!(
-        out.contains("FAIL  the file was written with names \"torch-prune\""),
-        "{out}"
-    );
-}
-
 // ---------------------------------------------------------------------------------------
 // verify --regenerate
 
@@ -1007,5 +990,727 @@ fn help_documents_the_exit_codes_and_examples() {
     assert!(
         help.contains("Examples:") && help.contains("--json"),
         "{help}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Every output eoi writes: shards, flax layout, torch-prune names, --base
+
+/// `eoi COMMAND ARGS... --json`, which must exit with `code`; its report.
+fn report(sandbox: &Sandbox, command: &str, args: &[&str], code: i32) -> Value {
+    let mut all = vec![command];
+    all.extend_from_slice(args);
+    all.push("--json");
+    parse_json(&stdout_of(&sandbox.eoi(&all).code(code)))
+}
+
+/// MODEL in shards of at most 2000 bytes: fc (1920 bytes of weight and mask) alone, tall
+/// and square (800 + 720) together, conv (5760) alone.
+const SHARD_SIZE: &str = "2000";
+
+fn shard(k: usize) -> String {
+    format!("sh/model-{k:05}-of-00003.safetensors")
+}
+
+fn layer_names(report: &Value) -> Vec<String> {
+    report["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["name"].as_str().expect("a name").to_string())
+        .collect()
+}
+
+#[test]
+fn a_sharded_output_verifies_as_one_checkpoint() {
+    let sandbox = Sandbox::new();
+    sandbox.generate("sh", &["--max-shard-size", SHARD_SIZE]);
+    for whole in ["sh", "sh/model.safetensors.index.json"] {
+        let (out, _) = verify(&sandbox, &[whole, "--regenerate"], 0);
+        assert!(
+            out.starts_with(&format!("{whole} (safetensors, 3 shards): made by eoi")),
+            "{out}"
+        );
+        assert!(
+            out.contains("regenerated 8 tensors from the embedded spec and seed: bit-identical"),
+            "{out}"
+        );
+        assert!(out.contains("ok: 4 layers pass every check"), "{out}");
+        assert!(!out.contains("FAIL") && !out.contains("note"), "{out}");
+    }
+    let json = report(&sandbox, "verify", &["sh"], 0);
+    assert_eq!(json["shards"], 3);
+    assert_eq!(
+        layer_names(&json),
+        ["fc.weight", "tall.weight", "square.weight", "conv.weight"]
+    );
+
+    // One shard on its own: its two layers, and it says that is all.
+    let (out, _) = verify(&sandbox, &[&shard(2)], 0);
+    assert!(
+        out.contains("note: this file is shard 2 of 3: only the layers it holds are checked"),
+        "{out}"
+    );
+    assert!(out.contains("ok: 2 layers pass every check"), "{out}");
+    let (out, _) = verify(&sandbox, &[&shard(2), "--regenerate"], 0);
+    assert!(
+        out.contains("note: shard 2 of 3: only the 2 layers it holds are regenerated"),
+        "{out}"
+    );
+    assert!(
+        out.contains("regenerated 4 tensors from the embedded spec and seed: bit-identical"),
+        "{out}"
+    );
+    assert!(!out.contains("FAIL"), "{out}");
+    let json = report(&sandbox, "verify", &[&shard(2)], 0);
+    assert_eq!(json["recorded"]["shard"], "2/3");
+    assert_eq!(json["shards"], Value::Null);
+    assert_eq!(layer_names(&json), ["tall.weight", "square.weight"]);
+}
+
+#[test]
+fn a_tampered_shard_fails_its_directory() {
+    let sandbox = Sandbox::new();
+    sandbox.generate("sh", &["--max-shard-size", SHARD_SIZE]);
+    let path = sandbox.path(&shard(3));
+    let mut bytes = fs::read(&path).unwrap();
+    let weight = data_range(&bytes, "conv.weight");
+    let mask = data_range(&bytes, "conv.weight_mask");
+    let k = (0..8 * 16 * 9)
+        .find(|&k| bytes[mask.start + k] == 0)
+        .expect("a position outside the mask");
+    set_f32(&mut bytes, &weight, k, 0.5);
+    fs::write(&path, &bytes).unwrap();
+    let (out, _) = verify(&sandbox, &["sh"], 1);
+    assert!(
+        out.contains("FAIL  conv.weight  mask: 1 nonzero weights outside the mask"),
+        "{out}"
+    );
+    assert!(out.contains("FAILED: 1 of 4 layers fail"), "{out}");
+    verify(&sandbox, &[&shard(3)], 1);
+    verify(&sandbox, &[&shard(1)], 0);
+
+    // One ulp in shard 2: only regeneration sees it, from the directory or the shard.
+    let path = sandbox.path(&shard(2));
+    let mut bytes = fs::read(&path).unwrap();
+    let weight = data_range(&bytes, "square.weight");
+    let values = f32s(&bytes, weight.clone());
+    let k = (0..values.len()).find(|&k| values[k] != 0.0).unwrap();
+    set_f32(
+        &mut bytes,
+        &weight,
+        k,
+        f32::from_bits(values[k].to_bits() + 1),
+    );
+    fs::write(&path, &bytes).unwrap();
+    let expected = format!(
+        "FAIL  square.weight  regenerate: 1 of 144 elements differ, first at ({}, {})",
+        k / 12,
+        k % 12
+    );
+    for target in ["sh", &shard(2)] {
+        let (out, _) = verify(&sandbox, &[target, "--regenerate"], 1);
+        assert!(out.contains(&expected), "{target}: {expected}\n{out}");
+    }
+
+    // A shard of another run, and a shard in the wrong place.
+    let (entries, metadata) = take_apart(&bytes);
+    let with = |key: &str, value: &str| {
+        let mut changed = metadata.clone();
+        for (k, v) in &mut changed {
+            if k == key {
+                *v = value.into();
+            }
+        }
+        fs::write(&path, put_together(&entries, &changed)).unwrap();
+        verify(&sandbox, &["sh"], 1).0
+    };
+    let out = with("eoi.seed", "12");
+    assert!(
+        out.contains(
+            "FAIL  shards \"model-00001-of-00003.safetensors\" and \"model-00002-of-00003.safetensors\" record different eoi.seed (11 and 12): the shards were not written by one run"
+        ),
+        "{out}"
+    );
+    let out = with("eoi.shard", "3/3");
+    assert!(
+        out.contains(
+            "FAIL  shard \"model-00002-of-00003.safetensors\" records eoi.shard 3/3, but it is file 2 of the 3 the index lists"
+        ),
+        "{out}"
+    );
+}
+
+/// Each tensor of an inspect report by name.
+fn tensors_by_name(report: &Value) -> std::collections::BTreeMap<String, Value> {
+    report["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .map(|t| (t["name"].as_str().expect("a name").to_string(), t.clone()))
+        .collect()
+}
+
+#[test]
+fn inspect_reads_every_shard_as_the_single_file() {
+    let sandbox = Sandbox::new();
+    sandbox.model();
+    sandbox.generate("sh", &["--max-shard-size", SHARD_SIZE]);
+    let whole = report(&sandbox, "inspect", &["model.safetensors"], 0);
+    assert_eq!(whole["shards"], Value::Null);
+    for sharded in ["sh", "sh/model.safetensors.index.json"] {
+        let json = report(&sandbox, "inspect", &[sharded], 0);
+        assert_eq!(json["shards"], 3);
+        assert_eq!(json["format"], "safetensors");
+        assert_eq!(tensors_by_name(&json), tensors_by_name(&whole), "{sharded}");
+    }
+    let text = stdout_of(&sandbox.eoi(&["inspect", "sh"]).success());
+    assert!(
+        text.contains("8 tensors (4 masks), 3,680 elements in 3 shards"),
+        "{text}"
+    );
+    let one = report(&sandbox, "inspect", &[&shard(2)], 0);
+    assert_eq!(one["tensors"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn a_hugging_face_sharded_checkpoint_reads_as_one() {
+    let sandbox = Sandbox::new();
+    // As `save_pretrained` writes them: shards with {"format": "pt"} and an index; and an
+    // unsharded directory holding model.safetensors.
+    let script = r#"
+import json, os, sys
+import numpy as np
+from safetensors.numpy import save_file
+rng = np.random.default_rng(0)
+q, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+shards = {
+    "model-00001-of-00002.safetensors": {
+        "embed.weight": rng.standard_normal((10, 32)).astype(np.float32),
+        "ortho.weight": (2.0 * q).astype(np.float32),
+    },
+    "model-00002-of-00002.safetensors": {
+        "ortho.weight_mask": np.ones((32, 32), dtype=bool),
+        "head.bias": np.zeros(10, dtype=np.float32),
+    },
+}
+os.makedirs(sys.argv[1])
+weight_map, total = {}, 0
+for name, tensors in shards.items():
+    save_file(tensors, os.path.join(sys.argv[1], name), metadata={"format": "pt"})
+    for key, value in tensors.items():
+        weight_map[key] = name
+        total += value.nbytes
+with open(os.path.join(sys.argv[1], "model.safetensors.index.json"), "w") as f:
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f)
+os.makedirs(sys.argv[2])
+save_file({"ortho.weight": (2.0 * q).astype(np.float32)},
+          os.path.join(sys.argv[2], "model.safetensors"), metadata={"format": "pt"})
+"#;
+    let out = StdCommand::new(python())
+        .args(["-c", script])
+        .arg(sandbox.path("hf"))
+        .arg(sandbox.path("single"))
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "this test needs numpy and safetensors (run scripts/test): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = report(&sandbox, "inspect", &["hf"], 0);
+    assert_eq!(json["shards"], 2);
+    let tensors = tensors_by_name(&json);
+    assert_eq!(tensors.len(), 4);
+    let ortho = &tensors["ortho.weight"];
+    // Paired with its mask across shards; a scaled orthogonal matrix.
+    assert_eq!(ortho["mask"], "ortho.weight_mask");
+    for key in ["singular_min", "singular_max"] {
+        assert!((ortho[key].as_f64().unwrap() - 2.0).abs() < 1e-5, "{ortho}");
+    }
+    let single = report(&sandbox, "inspect", &["single"], 0);
+    assert_eq!(single["tensors"][0]["name"], "ortho.weight");
+
+    // Not eoi's: verify says so once (not once per shard), and still checks the masked
+    // layer it finds across the shards.
+    let (out, _) = verify(&sandbox, &["hf"], 1);
+    assert_eq!(
+        out.matches("FAIL  metadata key \"eoi.layers\" is missing")
+            .count(),
+        1,
+        "{out}"
+    );
+    let json = report(&sandbox, "verify", &["hf"], 1);
+    assert_eq!(layer_names(&json), ["ortho.weight"]);
+    assert_eq!(json["layers"][0]["passed"], true, "{json}");
+}
+
+#[test]
+fn flax_layout_files_get_the_verdicts_of_the_torch_layout() {
+    let sandbox = Sandbox::new();
+    sandbox.generate("torch.safetensors", &[]);
+    sandbox.generate("flax.safetensors", &["--layout", "flax"]);
+    sandbox.generate("flax_npy", &["--layout", "flax", "--format", "npy"]);
+    let torch = report(&sandbox, "verify", &["torch.safetensors"], 0);
+    assert_eq!(torch["layout"], "torch");
+    for flax in ["flax.safetensors", "flax_npy"] {
+        let (out, _) = verify(&sandbox, &[flax, "--regenerate"], 0);
+        assert!(out.contains("flax layout): made by eoi"), "{out}");
+        assert!(
+            out.contains("regenerated 8 tensors from the embedded spec and seed: bit-identical"),
+            "{out}"
+        );
+        assert!(out.contains("ok: 4 layers pass every check"), "{out}");
+        assert!(!out.contains("FAIL"), "{out}");
+        let json = report(&sandbox, "verify", &[flax], 0);
+        assert_eq!(json["layout"], "flax");
+        assert_eq!(json["recorded"]["layout"], "flax");
+        let (ours, theirs) = (
+            json["layers"].as_array().unwrap(),
+            torch["layers"].as_array().unwrap(),
+        );
+        assert_eq!(ours.len(), 4);
+        for (a, b) in ours.iter().zip(theirs) {
+            for key in [
+                "name",
+                "kind",
+                "scheme",
+                "dtype",
+                "nnz",
+                "density",
+                "gain",
+                "orthogonality_error",
+                "tolerance",
+                "passed",
+            ] {
+                assert_eq!(a[key], b[key], "{flax} {key}: {a} vs {b}");
+            }
+        }
+        // Shapes as stored: Dense kernels (in, out), conv kernels (k..., in, out).
+        assert_eq!(ours[0]["shape"], json!([24, 16]));
+        assert_eq!(ours[3]["shape"], json!([3, 3, 16, 8]));
+    }
+
+    // inspect measures each matrix as the layer applies it: the torch file's numbers.
+    let torch = tensors_by_name(&report(&sandbox, "inspect", &["torch.safetensors"], 0));
+    let json = report(&sandbox, "inspect", &["flax.safetensors"], 0);
+    assert_eq!(json["layout"], "flax");
+    let flax = tensors_by_name(&json);
+    assert_eq!(flax.len(), 8);
+    for (name, t) in &flax {
+        for key in [
+            "matrix",
+            "nnz",
+            "density",
+            "mask",
+            "mask_of",
+            "gain",
+            "orthogonality_error",
+            "singular_min",
+            "singular_max",
+            "row_nnz",
+            "col_nnz",
+        ] {
+            assert_eq!(t[key], torch[name][key], "{name} {key}");
+        }
+    }
+    assert_eq!(flax["conv.weight"]["matrix"], json!([8, 144]));
+    assert_eq!(flax["conv.weight"]["shape"], json!([3, 3, 16, 8]));
+    let text = stdout_of(&sandbox.eoi(&["inspect", "flax.safetensors"]).success());
+    assert!(
+        text.contains("flax layout: kernels stored (in, out)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_tampered_flax_file_fails_at_its_stored_position() {
+    let sandbox = Sandbox::new();
+    sandbox.generate("flax.safetensors", &["--layout", "flax"]);
+    let clean = fs::read(sandbox.path("flax.safetensors")).unwrap();
+
+    // Off the centre tap of the conv, stored (kh, kw, in, out) = (3, 3, 16, 8): element
+    // ((kh * 3 + kw) * 16 + i) * 8 + o.
+    let mut bytes = clean.clone();
+    let weight = data_range(&bytes, "conv.weight");
+    let mask = data_range(&bytes, "conv.weight_mask");
+    let k = (0..8 * 16 * 9)
+        .find(|&k| k / 128 != 4 && bytes[mask.start + k] == 1)
+        .expect("a topped-up position off the centre");
+    set_f32(&mut bytes, &weight, k, 1e-3);
+    fs::write(sandbox.path("tap.safetensors"), &bytes).unwrap();
+    let (out, _) = verify(&sandbox, &["tap.safetensors"], 1);
+    let expected = format!(
+        "FAIL  conv.weight  off-centre: 1 nonzero weights off the centre tap, first at ({}, {}, {}, {})",
+        k / 384,
+        k / 128 % 3,
+        k / 8 % 16,
+        k % 8
+    );
+    assert!(out.contains(&expected), "{expected}\n{out}");
+    assert!(!out.contains("mask:"), "inside the mask: {out}");
+
+    // Outside the mask of the Dense kernel, stored (in, out) = (24, 16).
+    let mut bytes = clean.clone();
+    let weight = data_range(&bytes, "fc.weight");
+    let mask = data_range(&bytes, "fc.weight_mask");
+    let k = (0..24 * 16)
+        .find(|&k| bytes[mask.start + k] == 0)
+        .expect("a position outside the mask");
+    set_f32(&mut bytes, &weight, k, 0.5);
+    fs::write(sandbox.path("outside.safetensors"), &bytes).unwrap();
+    let (out, _) = verify(&sandbox, &["outside.safetensors"], 1);
+    let expected = format!(
+        "FAIL  fc.weight  mask: 1 nonzero weights outside the mask, first at ({}, {}) (value 5e-1)",
+        k / 16,
+        k % 16
+    );
+    assert!(out.contains(&expected), "{expected}\n{out}");
+
+    // A weight inside the mask scaled: orthogonality breaks; regeneration names the spot.
+    let mut bytes = clean;
+    let weight = data_range(&bytes, "tall.weight");
+    let values = f32s(&bytes, weight.clone());
+    let k = (0..values.len())
+        .find(|&k| values[k].abs() > 0.1)
+        .expect("a large weight");
+    set_f32(&mut bytes, &weight, k, values[k] * 1.01);
+    fs::write(sandbox.path("scaled.safetensors"), &bytes).unwrap();
+    let (out, _) = verify(&sandbox, &["scaled.safetensors", "--regenerate"], 1);
+    assert!(
+        out.contains("FAIL  tall.weight  orthogonality: max |W^T W - gain^2 I| = "),
+        "{out}"
+    );
+    let expected = format!(
+        "FAIL  tall.weight  regenerate: 1 of 160 elements differ, first at ({}, {})",
+        k / 20,
+        k % 20
+    );
+    assert!(out.contains(&expected), "{expected}\n{out}");
+}
+
+#[test]
+fn inspect_reads_a_flax_checkpoint_as_its_layers_act() {
+    let sandbox = Sandbox::new();
+    // A Flax CNN's parameters: a conv kernel (3, 3, in 16, out 8) whose centre tap has
+    // orthonormal columns, and a Dense kernel (in 24, out 16) with orthonormal columns.
+    let script = r#"
+import sys
+import numpy as np
+from safetensors.numpy import save_file
+rng = np.random.default_rng(1)
+centre, _ = np.linalg.qr(rng.standard_normal((16, 8)))
+dense, _ = np.linalg.qr(rng.standard_normal((24, 16)))
+kernel = np.zeros((3, 3, 16, 8), dtype=np.float32)
+kernel[1, 1] = centre
+tensors = {
+    "Conv_0.kernel": kernel,
+    "Dense_0.kernel": np.ascontiguousarray(dense.astype(np.float32)),
+    "Dense_0.bias": np.zeros(16, dtype=np.float32),
+}
+save_file(tensors, sys.argv[1], metadata={"format": "flax"})
+save_file(tensors, sys.argv[2])
+"#;
+    let out = StdCommand::new(python())
+        .args(["-c", script])
+        .arg(sandbox.path("flax.safetensors"))
+        .arg(sandbox.path("unmarked.safetensors"))
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "this test needs numpy and safetensors (run scripts/test): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = report(&sandbox, "inspect", &["flax.safetensors"], 0);
+    assert_eq!(json["layout"], "flax");
+    let tensors = tensors_by_name(&json);
+    for (name, matrix, row_nnz) in [
+        ("Conv_0.kernel", json!([8, 144]), 16),
+        ("Dense_0.kernel", json!([16, 24]), 24),
+    ] {
+        let t = &tensors[name];
+        assert_eq!(t["matrix"], matrix, "{t}");
+        assert!(t["orthogonality_error"].as_f64().unwrap() < 1e-6, "{t}");
+        for key in ["singular_min", "singular_max"] {
+            assert!((t[key].as_f64().unwrap() - 1.0).abs() < 1e-6, "{t}");
+        }
+        assert_eq!(t["row_nnz"]["min"], row_nnz, "{t}");
+    }
+    // Without `format: flax` nothing says the layout: read as PyTorch's, the kernel is the
+    // (3, 384) matrix of its first dimension, far from orthogonal.
+    let json = report(&sandbox, "inspect", &["unmarked.safetensors"], 0);
+    assert_eq!(json["layout"], "torch");
+    let conv = &tensors_by_name(&json)["Conv_0.kernel"];
+    assert_eq!(conv["matrix"], json!([3, 384]));
+    assert!(
+        conv["orthogonality_error"].as_f64().unwrap() > 0.5,
+        "{conv}"
+    );
+}
+
+#[test]
+fn torch_prune_names_are_verified_under_their_names() {
+    let sandbox = Sandbox::new();
+    sandbox.generate("prune.safetensors", &["--names", "torch-prune"]);
+    sandbox.generate(
+        "prune.npz",
+        &[
+            "--names",
+            "torch-prune",
+            "--format",
+            "npz",
+            "--layout",
+            "flax",
+        ],
+    );
+    for file in ["prune.safetensors", "prune.npz"] {
+        let (out, _) = verify(&sandbox, &[file, "--regenerate"], 0);
+        assert!(out.contains("torch-prune names): made by eoi"), "{out}");
+        assert!(
+            out.contains("regenerated 8 tensors from the embedded spec and seed: bit-identical"),
+            "{out}"
+        );
+        assert!(out.contains("ok: 4 layers pass every check"), "{out}");
+        assert!(!out.contains("FAIL"), "{out}");
+        let json = report(&sandbox, "verify", &[file], 0);
+        assert_eq!(json["recorded"]["names"], "torch-prune");
+        assert_eq!(
+            layer_names(&json),
+            ["fc.weight", "tall.weight", "square.weight", "conv.weight"]
+        );
+    }
+
+    // The mask is f32 (the weight's dtype), named <module>.weight_mask beside
+    // <module>.weight_orig.
+    let bytes = fs::read(sandbox.path("prune.safetensors")).unwrap();
+    let mut tampered = bytes.clone();
+    let weight = data_range(&bytes, "fc.weight_orig");
+    let mask = f32s(&bytes, data_range(&bytes, "fc.weight_mask"));
+    let k = mask
+        .iter()
+        .position(|&m| m == 0.0)
+        .expect("a zero of the mask");
+    set_f32(&mut tampered, &weight, k, 0.5);
+    fs::write(sandbox.path("outside.safetensors"), &tampered).unwrap();
+    let (out, _) = verify(&sandbox, &["outside.safetensors"], 1);
+    let expected = format!(
+        "FAIL  fc.weight  mask: 1 nonzero weights outside the mask, first at ({}, {}) (value 5e-1)",
+        k / 24,
+        k % 24
+    );
+    assert!(out.contains(&expected), "{expected}\n{out}");
+
+    let (mut entries, metadata) = take_apart(&bytes);
+    entries.retain(|e| e.name != "square.weight_orig");
+    fs::write(
+        sandbox.path("dropped.safetensors"),
+        put_together(&entries, &metadata),
+    )
+    .unwrap();
+    let (out, _) = verify(&sandbox, &["dropped.safetensors"], 1);
+    assert!(
+        out.contains("FAIL  square.weight  tensors: the weight \"square.weight_orig\" is missing"),
+        "{out}"
+    );
+}
+
+/// A base checkpoint for MODEL's layers: each at its shape in f32, and what a model holds
+/// besides (a bias, BatchNorm statistics, an I64 counter).
+fn base_entries() -> Vec<Entry> {
+    let f32_entry = |name: &str, shape: &[usize], seed: u64| Entry {
+        name: name.into(),
+        dtype: "F32".into(),
+        shape: shape.to_vec(),
+        data: f32_bytes(&noise(shape.iter().product(), seed)),
+    };
+    vec![
+        f32_entry("fc.weight", &[16, 24], 1),
+        f32_entry("fc.bias", &[16], 2),
+        f32_entry("tall.weight", &[20, 8], 3),
+        f32_entry("square.weight", &[12, 12], 4),
+        f32_entry("conv.weight", &[8, 16, 3, 3], 5),
+        f32_entry("bn.running_mean", &[8], 6),
+        Entry {
+            name: "bn.num_batches_tracked".into(),
+            dtype: "I64".into(),
+            shape: vec![],
+            data: 7i64.to_le_bytes().to_vec(),
+        },
+    ]
+}
+
+#[test]
+fn a_base_output_lists_its_copied_tensors_and_checks_its_layers() {
+    use sha2::{Digest, Sha256};
+    let sandbox = Sandbox::new();
+    let base = put_together(&base_entries(), &[("format".into(), "pt".into())]);
+    fs::write(sandbox.path("base.safetensors"), &base).unwrap();
+    sandbox.generate("out.safetensors", &["--base", "base.safetensors"]);
+    let (out, _) = verify(&sandbox, &["out.safetensors"], 0);
+    assert!(
+        out.contains("note: 3 tensors were copied from the base 'base.safetensors'"),
+        "{out}"
+    );
+    assert!(out.contains("ok: 4 layers pass every check"), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+
+    let json = report(&sandbox, "verify", &["out.safetensors", "--regenerate"], 0);
+    let mut copied: Vec<&str> = json["copied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    copied.sort_unstable();
+    assert_eq!(
+        copied,
+        ["bn.num_batches_tracked", "bn.running_mean", "fc.bias"]
+    );
+    let header = 8 + u64::from_le_bytes(base[..8].try_into().unwrap()) as usize;
+    let digest: String = Sha256::digest(&base[8..header])
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        json["recorded"]["base"],
+        json!({"name": "base.safetensors", "sha256": digest})
+    );
+    assert_eq!(json["regenerate"]["passed"], true);
+    assert_eq!(json["regenerate"]["compared"], 8);
+    assert!(
+        json["regenerate"]["notes"][0].as_str().unwrap().contains(
+            "the 3 tensors copied from the base 'base.safetensors' are not compared: pass --base"
+        ),
+        "{json}"
+    );
+    // With the base, the copies are compared too.
+    let with_base = [
+        "out.safetensors",
+        "--regenerate",
+        "--base",
+        "base.safetensors",
+    ];
+    let (out, _) = verify(&sandbox, &with_base, 0);
+    assert!(
+        out.contains("compared 3 copied tensors with the base: bit-identical"),
+        "{out}"
+    );
+
+    // A generated layer changed: exit 1, as for any eoi file.
+    let bytes = fs::read(sandbox.path("out.safetensors")).unwrap();
+    let mut tampered = bytes.clone();
+    let weight = data_range(&bytes, "square.weight");
+    let values = f32s(&bytes, weight.clone());
+    let k = (0..values.len())
+        .find(|&k| values[k].abs() > 0.1)
+        .expect("a large weight");
+    set_f32(&mut tampered, &weight, k, values[k] * 1.01);
+    fs::write(sandbox.path("tampered.safetensors"), &tampered).unwrap();
+    let (out, _) = verify(&sandbox, &["tampered.safetensors"], 1);
+    assert!(
+        out.contains("FAIL  square.weight  orthogonality: max |W W^T - gain^2 I| = "),
+        "{out}"
+    );
+
+    // A copied tensor changed: only the base can tell.
+    let mut tampered = bytes.clone();
+    let bias = data_range(&bytes, "fc.bias");
+    set_f32(&mut tampered, &bias, 3, 9.0);
+    fs::write(sandbox.path("copy.safetensors"), &tampered).unwrap();
+    verify(&sandbox, &["copy.safetensors", "--regenerate"], 0);
+    let (out, _) = verify(
+        &sandbox,
+        &[
+            "copy.safetensors",
+            "--regenerate",
+            "--base",
+            "base.safetensors",
+        ],
+        1,
+    );
+    assert!(
+        out.contains("FAIL  fc.bias  regenerate: 1 of 16 elements differ, first at (3)"),
+        "{out}"
+    );
+    // Another base than the recorded one is refused by its SHA-256.
+    let (out, _) = verify(
+        &sandbox,
+        &[
+            "out.safetensors",
+            "--regenerate",
+            "--base",
+            "copy.safetensors",
+        ],
+        1,
+    );
+    assert!(
+        out.contains("cannot regenerate: 'copy.safetensors' is not the base this file was made from: the SHA-256 of its header is"),
+        "{out}"
+    );
+
+    // Without the base record, tensors that are not eoi's are failures, as before.
+    let (entries, metadata) = take_apart(&bytes);
+    let metadata: Vec<(String, String)> = metadata
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("eoi.base"))
+        .collect();
+    fs::write(
+        sandbox.path("unrecorded.safetensors"),
+        put_together(&entries, &metadata),
+    )
+    .unwrap();
+    let (out, _) = verify(&sandbox, &["unrecorded.safetensors"], 1);
+    assert!(
+        out.contains("FAIL  tensor \"fc.bias\" is not a recorded layer or its mask"),
+        "{out}"
+    );
+    assert!(!out.contains("copied"), "{out}");
+}
+
+#[test]
+fn a_sharded_base_output_verifies_whole_and_by_shard() {
+    let sandbox = Sandbox::new();
+    let entries = base_entries();
+    let (first, second) = entries.split_at(3);
+    fs::create_dir(sandbox.path("base")).unwrap();
+    let mut weight_map = serde_json::Map::new();
+    for (name, part) in [("a.safetensors", first), ("b.safetensors", second)] {
+        fs::write(
+            sandbox.path(&format!("base/{name}")),
+            put_together(part, &[("format".into(), "pt".into())]),
+        )
+        .unwrap();
+        for e in part {
+            weight_map.insert(e.name.clone(), json!(name));
+        }
+    }
+    fs::write(
+        sandbox.path("base/model.safetensors.index.json"),
+        json!({"metadata": {}, "weight_map": weight_map}).to_string(),
+    )
+    .unwrap();
+    sandbox.generate("out", &["--base", "base"]);
+    let (out, _) = verify(&sandbox, &["out", "--regenerate", "--base", "base"], 0);
+    assert!(
+        out.contains("compared 3 copied tensors with the base: bit-identical"),
+        "{out}"
+    );
+    assert!(out.contains("(safetensors, 2 shards)"), "{out}");
+    assert!(
+        out.contains("note: 3 tensors were copied from the base 'model.safetensors.index.json'"),
+        "{out}"
+    );
+    assert!(out.contains("ok: 4 layers pass every check"), "{out}");
+    // Shard a holds fc (and its copied bias) and tall.
+    let (out, _) = verify(&sandbox, &["out/a.safetensors", "--regenerate"], 0);
+    assert!(
+        out.contains("note: 1 tensors were copied from the base"),
+        "{out}"
+    );
+    assert!(out.contains("ok: 2 layers pass every check"), "{out}");
+    assert!(
+        out.contains("note: shard 1 of 2: only the 2 layers it holds are regenerated"),
+        "{out}"
     );
 }

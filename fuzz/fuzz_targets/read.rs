@@ -89,7 +89,10 @@ fuzz_target!(|data: &[u8]| {
             let _ = Recorded::from_manifest(doc);
         }
     }
-    let options = eoi::verify::Options { regenerate: true };
+    let options = eoi::verify::Options {
+        regenerate: true,
+        ..Default::default()
+    };
     let _ = eoi::verify::verify(&path, &options, &Silent);
     let _ = eoi::inspect::inspect(&path, &Silent);
 });
