@@ -321,8 +321,9 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, value_name = "LAYOUT")]
     pub layout: Option<LayoutArg>,
 
-    /// Tensor names: plain (X and X_mask) or torch-prune (<module>.weight_orig and
-    /// <module>.weight_mask, mask in the weight dtype); overrides the spec's [output] names.
+    /// Tensor names: plain (X and X_mask) or torch-prune (<module>.<param>_orig and
+    /// <module>.<param>_mask, mask in the weight dtype, as torch.nn.utils.prune keeps them);
+    /// overrides the spec's [output] names.
     #[arg(long, value_enum, value_name = "NAMES")]
     pub names: Option<NamesArg>,
 
