@@ -5,6 +5,7 @@
 
 pub mod npy;
 pub mod npz;
+pub mod pair;
 pub mod safetensors;
 pub mod shards;
 pub mod stream;
@@ -60,6 +61,19 @@ pub trait Output: Sync {
 
     /// Total bytes of the output.
     fn bytes(&self) -> u64;
+}
+
+/// An output that moves into place in two steps, so that two outputs can be moved into
+/// place together, both or neither ([`pair::PairedOutput`]): [`Self::finish`] does all the
+/// work that can fail for lack of space or a bad source, [`Self::place`] only renames.
+pub trait TwoStep: Output {
+    /// Completes the output where it is staged: copied tensors, index and copied files
+    /// written; nothing is at the destination yet.
+    fn finish(&mut self) -> Result<(), Error>;
+
+    /// Moves the finished output into place with renames only. It runs with interruptions
+    /// held off ([`crate::interrupt::uninterrupted`]), so it stages and unregisters nothing.
+    fn place(&mut self) -> Result<(), Error>;
 }
 
 enum SinkFile<'a> {
@@ -246,7 +260,9 @@ pub enum Container {
 }
 
 /// A directory may be replaced only if it is empty or an earlier output of eoi (it has eoi's
-/// npy manifest or sharded index), so `--force` can never delete an unrelated directory.
+/// npy manifest or sharded index, or, written by `generate --base DIR` from an unsharded
+/// checkpoint, a `model.safetensors` whose metadata eoi wrote), so `--force` can never
+/// delete an unrelated directory.
 pub fn check_replaceable(path: &Path) -> Result<(), Error> {
     let records_eoi = |file: &str, pointer: &str| {
         fs::read(path.join(file))
@@ -256,7 +272,8 @@ pub fn check_replaceable(path: &Path) -> Result<(), Error> {
     };
     let key = crate::provenance::VERSION_KEY;
     let ours = records_eoi(npy::MANIFEST, &format!("/{key}"))
-        || records_eoi(shards::INDEX, &format!("/metadata/{key}"));
+        || records_eoi(shards::INDEX, &format!("/metadata/{key}"))
+        || safetensors::written_by_eoi(&path.join(crate::read::SINGLE));
     let empty = fs::read_dir(path)
         .map(|mut d| d.next().is_none())
         .unwrap_or(false);
@@ -264,10 +281,11 @@ pub fn check_replaceable(path: &Path) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Usage(format!(
-            "'{}' is a directory that eoi did not write (it has no eoi {} or {}); refusing to replace it even with --force",
+            "'{}' is a directory that eoi did not write (it has no eoi {}, {} or {}); refusing to replace it even with --force",
             path.display(),
             npy::MANIFEST,
-            shards::INDEX
+            shards::INDEX,
+            crate::read::SINGLE
         )))
     }
 }
@@ -334,8 +352,15 @@ impl Destination {
                 .tempdir_in(self.parent())
                 .map_err(moved)?
                 .keep();
-            fs::rename(dest, aside.join("old")).map_err(moved)?;
-            fs::rename(staged, dest).map_err(moved)?;
+            let old = aside.join("old");
+            fs::rename(dest, &old).map_err(moved)?;
+            if let Err(e) = fs::rename(staged, dest) {
+                // Put the old output back: a failed run leaves the destination as it was.
+                if fs::rename(&old, dest).is_ok() {
+                    let _ = fs::remove_dir(&aside);
+                }
+                return Err(moved(e));
+            }
             fs::remove_dir_all(&aside).map_err(|e| {
                 Error::io(
                     format!("cannot remove the replaced output in '{}'", display(&aside)),
