@@ -88,6 +88,8 @@ impl LeftOut {
 /// What a base directory gives the output besides its safetensors files.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DirectoryFiles {
+    /// The base directory.
+    pub directory: PathBuf,
     /// Copied unchanged, in name order.
     pub copied: Vec<CopiedFile>,
     /// Not copied, with the reason, in name order.
@@ -142,7 +144,10 @@ pub fn directory_files(base: &Base) -> Result<DirectoryFiles, Error> {
         .collect::<Result<_, _>>()
         .map_err(cannot)?;
     entries.sort();
-    let mut files = DirectoryFiles::default();
+    let mut files = DirectoryFiles {
+        directory: dir.clone(),
+        ..DirectoryFiles::default()
+    };
     for (name, path) in entries {
         if own.contains(&name) {
             continue;

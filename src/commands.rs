@@ -378,8 +378,8 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
             report.bytes as f64 / 1e6,
             report.seconds,
         );
-        if let (Some(files), Some(base)) = (&report.base_files, &args.base) {
-            eprint!("{}", base_files_text(files, base));
+        if let Some(files) = &report.base_files {
+            eprint!("{}", base_files_text(files));
         }
     }
     if args.json {
@@ -389,7 +389,8 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
 }
 
 /// What a base directory gave the output besides its safetensors files, for standard error.
-fn base_files_text(files: &eoi::base::DirectoryFiles, base: &Path) -> String {
+fn base_files_text(files: &eoi::base::DirectoryFiles) -> String {
+    let base = &files.directory;
     let mut text = String::new();
     if !files.copied.is_empty() {
         let names: Vec<String> = files
