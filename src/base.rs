@@ -149,7 +149,9 @@ pub fn directory_files(base: &Base) -> Result<DirectoryFiles, Error> {
         ..DirectoryFiles::default()
     };
     for (name, path) in entries {
-        if own.contains(&name) {
+        // The checkpoint's own files are written anew; `.eoi-*` are the temporary files of
+        // an eoi run that was killed, never a part of the checkpoint.
+        if own.contains(&name) || name.to_string_lossy().starts_with(".eoi-") {
             continue;
         }
         let lower = name.to_string_lossy().to_lowercase();
