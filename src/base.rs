@@ -3,14 +3,170 @@
 //! mirrors its own; every tensor the plan names is replaced by its initialization and its
 //! mask (and its bias, for a layer with `bias_std`), in the same file. Everything is checked
 //! against the base before anything is written, and each disagreement names the tensor.
+//! A base directory (a `save_pretrained` directory, sharded or not) gives an output
+//! directory with the base's other files (config.json, tokenizer, ...) copied unchanged.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::Error;
 use crate::plan::Plan;
-use crate::read::Checkpoint;
+use crate::read::{self, Checkpoint};
+use crate::write::shards::CopiedFile;
 use crate::write::{Copied, CopyFrom};
+
+/// The checkpoint to complete, and the directory the output mirrors when the base is one.
+#[derive(Debug)]
+pub struct Base {
+    pub checkpoint: Checkpoint,
+    /// The base's directory: given as a directory, or as a sharded checkpoint's index file
+    /// (its directory). `None` for a single safetensors file, which gives a single file.
+    pub directory: Option<PathBuf>,
+}
+
+impl Base {
+    /// Opens `path` as [`Checkpoint::open`] does and notes whether it is a directory.
+    pub fn open(path: &Path) -> Result<Base, Error> {
+        let checkpoint = Checkpoint::open(path)?;
+        let directory = if path.is_dir() {
+            Some(path.to_path_buf())
+        } else if checkpoint.is_sharded() {
+            Some(match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            })
+        } else {
+            None
+        };
+        Ok(Base {
+            checkpoint,
+            directory,
+        })
+    }
+
+    /// The name the output gives the base's file `name` (as [`Checkpoint::files`] names
+    /// it): its file name inside an output directory, the output itself for a single file.
+    pub fn output_name(&self, name: &str) -> String {
+        match (&self.directory, self.checkpoint.is_sharded()) {
+            (Some(_), false) => Path::new(name).file_name().map_or_else(
+                || read::SINGLE.to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            ),
+            _ => name.to_string(),
+        }
+    }
+}
+
+/// Why an entry of the base directory is not copied into the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeftOut {
+    /// A file of weights in another format (pytorch_model.bin, *.pt, *.msgpack, *.h5, a
+    /// safetensors file the checkpoint does not list, an index of such files): it holds
+    /// the base's old weights, which the output replaces.
+    OldWeights,
+    /// A directory (or a link to one): not copied.
+    Directory,
+    /// Neither a file nor a directory (a socket, a broken link).
+    NotAFile,
+}
+
+impl LeftOut {
+    pub fn reason(self) -> &'static str {
+        match self {
+            LeftOut::OldWeights => {
+                "it holds weights (the base's old ones, which the output replaces)"
+            }
+            LeftOut::Directory => "a directory (only the files at the top level are copied)",
+            LeftOut::NotAFile => "not a regular file",
+        }
+    }
+}
+
+/// What a base directory gives the output besides its safetensors files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirectoryFiles {
+    /// The base directory.
+    pub directory: PathBuf,
+    /// Copied unchanged, in name order.
+    pub copied: Vec<CopiedFile>,
+    /// Not copied, with the reason, in name order.
+    pub left_out: Vec<(OsString, LeftOut)>,
+}
+
+/// File name endings of weights in formats other than safetensors, and of shard indexes.
+const WEIGHT_ENDINGS: &[&str] = &[
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".msgpack",
+    ".h5",
+    ".safetensors",
+    ".gguf",
+    ".onnx",
+    ".npz",
+    ".npy",
+    ".index.json",
+];
+
+/// Sorts the entries of a base directory: the checkpoint's own files (its safetensors files
+/// and index, which the output writes anew) are skipped; other weight files, directories and
+/// special files are left out; every other file at the top level (following symbolic links,
+/// as in a Hugging Face cache snapshot) is copied.
+pub fn directory_files(base: &Base) -> Result<DirectoryFiles, Error> {
+    let Some(dir) = &base.directory else {
+        return Ok(DirectoryFiles::default());
+    };
+    let cannot = |e| {
+        Error::io(
+            format!("cannot list the base directory '{}'", dir.display()),
+            e,
+        )
+    };
+    let own: HashSet<OsString> = base
+        .checkpoint
+        .files()
+        .iter()
+        .filter_map(|(name, _)| Path::new(name).file_name().map(OsString::from))
+        .chain(
+            base.checkpoint
+                .is_sharded()
+                .then(|| base.checkpoint.path().file_name().map(OsString::from))
+                .flatten(),
+        )
+        .collect();
+    let mut entries: Vec<(OsString, PathBuf)> = fs::read_dir(dir)
+        .map_err(cannot)?
+        .map(|entry| entry.map(|e| (e.file_name(), e.path())))
+        .collect::<Result<_, _>>()
+        .map_err(cannot)?;
+    entries.sort();
+    let mut files = DirectoryFiles {
+        directory: dir.clone(),
+        ..DirectoryFiles::default()
+    };
+    for (name, path) in entries {
+        // The checkpoint's own files are written anew; `.eoi-*` are the temporary files of
+        // an eoi run that was killed, never a part of the checkpoint.
+        if own.contains(&name) || name.to_string_lossy().starts_with(".eoi-") {
+            continue;
+        }
+        let lower = name.to_string_lossy().to_lowercase();
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => files.left_out.push((name, LeftOut::Directory)),
+            Ok(meta) if !meta.is_file() => files.left_out.push((name, LeftOut::NotAFile)),
+            Err(_) => files.left_out.push((name, LeftOut::NotAFile)),
+            Ok(_) if WEIGHT_ENDINGS.iter().any(|e| lower.ends_with(e)) => {
+                files.left_out.push((name, LeftOut::OldWeights))
+            }
+            Ok(_) => files.copied.push(CopiedFile { name, source: path }),
+        }
+    }
+    Ok(files)
+}
 
 /// One file of the output: the base file it mirrors, the plan's layers placed in it (their
 /// base tensors are replaced), the tensors copied from it, and the keys of its

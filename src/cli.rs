@@ -331,7 +331,7 @@ pub struct GenerateArgs {
     /// temporary name beside it and renamed into place when complete. `-` streams one
     /// safetensors file to standard output as it is generated: no temporary file and no
     /// atomic rename, so a failed run leaves a truncated stream (and exits non-zero). Not
-    /// with npy/npz, sharding, --base or --json, nor to a terminal. A file named `-` is
+    /// with npy/npz, sharding, --base, --masks or --json, nor to a terminal. A file named `-` is
     /// written as `./-`.
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
@@ -355,8 +355,9 @@ pub struct GenerateArgs {
     #[arg(long, value_enum, value_name = "LAYOUT")]
     pub layout: Option<LayoutArg>,
 
-    /// Tensor names: plain (X and X_mask) or torch-prune (<module>.weight_orig and
-    /// <module>.weight_mask, mask in the weight dtype); overrides the spec's [output] names.
+    /// Tensor names: plain (X and X_mask) or torch-prune (<module>.<param>_orig and
+    /// <module>.<param>_mask, mask in the weight dtype, as torch.nn.utils.prune keeps them);
+    /// overrides the spec's [output] names.
     #[arg(long, value_enum, value_name = "NAMES")]
     pub names: Option<NamesArg>,
 
@@ -384,12 +385,24 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "K/N", value_parser = parse_part, requires = "max_shard_size")]
     pub shard: Option<Part>,
 
-    /// Complete this checkpoint (a safetensors file, or a sharded checkpoint's
-    /// model.safetensors.index.json or its directory): every tensor the spec does not name is
-    /// copied unchanged, every tensor it names is replaced by its initialization and mask.
-    /// OUT mirrors the base: one file, or a directory of the same shards with an index.
+    /// Complete this checkpoint (a safetensors file; a save_pretrained directory holding
+    /// model.safetensors; a sharded checkpoint's directory or its
+    /// model.safetensors.index.json): every tensor the spec does not name is copied
+    /// unchanged, every tensor it names is replaced by its initialization and mask. OUT
+    /// mirrors the base: one file for a file; for a directory, a directory with the same
+    /// safetensors files and the base's other files (config.json, tokenizer, ...) copied
+    /// unchanged. Weights in other formats (pytorch_model.bin, ...) and subdirectories are
+    /// left out and named.
     #[arg(long, value_name = "CHECKPOINT")]
     pub base: Option<PathBuf>,
+
+    /// Write every mask to MASKS, one safetensors file keyed by the layers' own names (the
+    /// parameters they mask), and none to OUT, for loaders that refuse unknown tensors
+    /// (Hugging Face transformers). OUT and MASKS record each other's name; both are moved
+    /// into place together, or neither. Safetensors with plain names; not with -o - or
+    /// --shard.
+    #[arg(long, value_name = "MASKS")]
+    pub masks: Option<PathBuf>,
 
     /// Refuse to start if generating the largest layer needs more than SIZE of memory (e.g.
     /// 8GiB); smaller layers are run in parallel only within it. Default: 75% of the memory

@@ -265,12 +265,20 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
     out.write_all(text.as_bytes()).map_err(stdout_error)
 }
 
-fn generate_json(plan: &Plan, report: &Report, output: &Path) -> Value {
+fn generate_json(plan: &Plan, report: &Report, args: &GenerateArgs) -> Value {
+    let base_files = report.base_files.as_ref().map(|files| {
+        json!({
+            "copied": files.copied.iter().map(|f| f.name.to_string_lossy()).collect::<Vec<_>>(),
+            "left_out": files.left_out.iter().map(|(name, why)| json!({"name": name.to_string_lossy(), "reason": why.reason()})).collect::<Vec<_>>(),
+        })
+    });
     json!({
         "schema_version": SCHEMA_VERSION,
         "eoi_version": eoi::VERSION,
         "stream_version": STREAM_VERSION,
-        "output": output.display().to_string(),
+        "output": args.output.display().to_string(),
+        "masks": args.masks.as_ref().map(|m| m.display().to_string()),
+        "base_files": base_files,
         "format": plan.output.format.name(),
         "dtype": plan.output.dtype.name(),
         "mask_dtype": plan.output.mask_dtype.name(),
@@ -330,7 +338,7 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
     let base = args
         .base
         .as_deref()
-        .map(eoi::read::Checkpoint::open)
+        .map(eoi::base::Base::open)
         .transpose()?
         .map(Arc::new);
     let bar = progress_bar(&plan, args.quiet);
@@ -341,6 +349,7 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         part: args.shard,
         max_memory: args.max_memory,
         base,
+        masks: args.masks.clone(),
         progress: bar
             .clone()
             .map(|bar| -> generate::Progress { Arc::new(move |bytes| bar.inc(bytes)) }),
@@ -366,8 +375,12 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         } else {
             args.output.display().to_string()
         };
+        let masks = match &args.masks {
+            Some(path) => format!(" and its masks to {}", path.display()),
+            None => String::new(),
+        };
         eprintln!(
-            "wrote {shown} ({what}): {} layers, {} weights, density {:.5} (target {}, {}), {} nonzeros, {:.1} MB in {:.2} s",
+            "wrote {shown} ({what}){masks}: {} layers, {} weights, density {:.5} (target {}, {}), {} nonzeros, {:.1} MB in {:.2} s",
             report.layers.len(),
             thousands(weights),
             report.density(),
@@ -377,11 +390,41 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
             report.bytes as f64 / 1e6,
             report.seconds,
         );
+        if let Some(files) = &report.base_files {
+            eprint!("{}", base_files_text(files));
+        }
     }
     if args.json {
-        print_json(&generate_json(&plan, &report, &args.output))?;
+        print_json(&generate_json(&plan, &report, &args))?;
     }
     Ok(())
+}
+
+/// What a base directory gave the output besides its safetensors files, for standard error.
+fn base_files_text(files: &eoi::base::DirectoryFiles) -> String {
+    let base = &files.directory;
+    let mut text = String::new();
+    if !files.copied.is_empty() {
+        let names: Vec<String> = files
+            .copied
+            .iter()
+            .map(|f| f.name.to_string_lossy().into_owned())
+            .collect();
+        text.push_str(&format!(
+            "copied from '{}' unchanged: {}\n",
+            base.display(),
+            names.join(", ")
+        ));
+    }
+    for (name, why) in &files.left_out {
+        text.push_str(&format!(
+            "note: not copied from '{}': '{}': {}\n",
+            base.display(),
+            name.to_string_lossy(),
+            why.reason()
+        ));
+    }
+    text
 }
 
 fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {

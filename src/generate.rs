@@ -5,24 +5,26 @@
 //! the model; the bytes do not depend on the number of threads.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::base::{self, BaseFile};
+use crate::base::{self, Base, BaseFile, DirectoryFiles};
 use crate::error::Error;
 use crate::plan::{LayerPlan, Plan};
-use crate::provenance::Provenance;
-use crate::read::Checkpoint;
+use crate::provenance::{MASKS_KEY, Provenance, WEIGHTS_KEY};
 use crate::schemes::{self, LayerStats};
 use crate::spec::Format;
+use crate::spec::Names;
 use crate::spec::{Kind, Scheme};
 use crate::tensor::{self, Dtype, FlaxView, Layout, RowBlocks};
+use crate::write::pair::{self, Alone, PairedOutput, Route};
+use crate::write::safetensors::SafetensorsOutput;
 use crate::write::shards::{ShardFile, ShardedOutput};
 use crate::write::stream::StreamOutput;
-use crate::write::{self, Container, Destination, Output, TensorInfo};
+use crate::write::{self, Container, Destination, Output, TensorInfo, TwoStep};
 
 /// One of the N parts of a sharded output: shard `index` (1-based) of `count`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,8 +50,11 @@ pub struct Options {
     /// available, where that can be read.
     pub max_memory: Option<u64>,
     /// A checkpoint to complete (`--base`): its other tensors are copied into the output,
-    /// which mirrors its files.
-    pub base: Option<Arc<Checkpoint>>,
+    /// which mirrors its files (and, for a base directory, its other files).
+    pub base: Option<Arc<Base>>,
+    /// Write every mask to this safetensors file, under its layer's name, and none to the
+    /// output (`--masks`).
+    pub masks: Option<PathBuf>,
 }
 
 /// What a run did.
@@ -63,6 +68,8 @@ pub struct Report {
     pub files: usize,
     pub bytes: u64,
     pub seconds: f64,
+    /// For a base directory: the files copied into the output and those left out.
+    pub base_files: Option<DirectoryFiles>,
 }
 
 impl Report {
@@ -124,15 +131,88 @@ pub fn tensor_indices(plan: &Plan) -> Vec<std::ops::Range<usize>> {
         .collect()
 }
 
-/// The layers of each shard when the plan asks for sharded output.
-pub fn shards(plan: &Plan) -> Option<Vec<Vec<usize>>> {
+/// The layers of each shard when the plan asks for sharded output, by the bytes of their
+/// tensors in the shards (without the masks when they go to their own file).
+pub fn shards(plan: &Plan, masks_apart: bool) -> Option<Vec<Vec<usize>>> {
     let max = plan.output.max_shard_size?;
     let bytes: Vec<u64> = plan
         .layers
         .iter()
-        .map(|l| layer_tensors(plan, l).iter().map(TensorInfo::nbytes).sum())
+        .map(|l| {
+            let tensors = layer_tensors(plan, l);
+            let masks = if masks_apart { tensors[1].nbytes() } else { 0 };
+            tensors.iter().map(TensorInfo::nbytes).sum::<u64>() - masks
+        })
         .collect();
     Some(write::shards::assign(&bytes, max))
+}
+
+/// The tensors of `layers` that go to the weights output, with their indices in the whole
+/// output ([`tensors`]): all of them, or all but the masks when they go to their own file.
+fn weight_tensors(
+    plan: &Plan,
+    layers: &[usize],
+    masks_apart: bool,
+) -> (Vec<TensorInfo>, Vec<usize>) {
+    let indices = tensor_indices(plan);
+    layers
+        .iter()
+        .flat_map(|&k| {
+            let first = indices[k].start;
+            layer_tensors(plan, &plan.layers[k])
+                .into_iter()
+                .enumerate()
+                .filter(move |&(t, _)| !(masks_apart && t == 1))
+                .map(move |(t, info)| (info, first + t))
+        })
+        .unzip()
+}
+
+/// The masks file of `--masks`: every layer's mask under the layer's name, in plan order,
+/// with the plan's provenance (and `base`'s record) and the name of its weights output.
+fn masks_output(
+    plan: &Plan,
+    stats: &[(&LayerPlan, &LayerStats)],
+    destination: &Destination,
+    recorded: &[(String, String)],
+    weights: &Path,
+) -> Result<SafetensorsOutput, Error> {
+    let masks: Vec<TensorInfo> = plan
+        .layers
+        .iter()
+        .map(|layer| TensorInfo {
+            name: layer.name.clone(),
+            dtype: plan.output.mask_dtype,
+            shape: plan.output.layout.shape(layer.shape.dims()),
+        })
+        .collect();
+    let mut provenance = Provenance::new(plan, stats, None);
+    provenance.metadata.extend(recorded.iter().cloned());
+    let from = destination.parent();
+    let name = pair::relative(weights, &from).unwrap_or_else(|| weights.display().to_string());
+    provenance.metadata.push((WEIGHTS_KEY.into(), name));
+    SafetensorsOutput::create(destination, masks, Vec::new(), &provenance)
+}
+
+/// The routes of the whole output's tensors when the masks go to their own file: each
+/// layer's mask to the masks file (at the layer's index), every other tensor to the weights
+/// output at `main(index)`.
+fn routes(plan: &Plan, main: impl Fn(usize) -> Option<usize>) -> Result<Vec<Route>, Error> {
+    let indices = tensor_indices(plan);
+    let total = indices.last().map_or(0, |r| r.end);
+    let mut routes = Vec::with_capacity(total);
+    for (k, range) in indices.iter().enumerate() {
+        for index in range.clone() {
+            routes.push(if index == range.start + 1 {
+                Route::Masks(k)
+            } else {
+                Route::Main(main(index).ok_or_else(|| {
+                    Error::Internal(format!("tensor {index} is in no file of the output"))
+                })?)
+            });
+        }
+    }
+    Ok(routes)
 }
 
 /// Writes a PyTorch-layout tensor of a layer with `taps` spatial taps as tensor `index` of
@@ -354,57 +434,195 @@ fn check_memory(
     Ok(())
 }
 
-/// The output of a `--base` run: one file holding the plan's tensors and the base's others,
-/// or a sharded output whose shards mirror the base's, with a matching index. The
+/// A weights output that can be paired with a masks file, and where each tensor of the
+/// whole output ([`tensors`]) is in it.
+struct Weights {
+    output: Box<dyn TwoStep>,
+    /// Index in the whole output -> index in `output`.
+    place: HashMap<usize, usize>,
+    /// Number of safetensors files.
+    files: usize,
+}
+
+/// The output a run writes to: a weights output that can be paired with a masks file, or
+/// another (npy, npz, a stream, or plain safetensors).
+enum Built {
+    Weights(Weights),
+    Other(Box<dyn Output>),
+}
+
+/// What a run records besides the plan in every file it writes: the base, and the masks
+/// file (relative to each file's directory).
+struct Extra<'a> {
+    recorded: Vec<(String, String)>,
+    masks: Option<&'a Path>,
+}
+
+impl Extra<'_> {
+    /// The keys for a file in `directory`.
+    fn keys(&self, directory: &Path) -> Vec<(String, String)> {
+        let mut keys = self.recorded.clone();
+        if let Some(masks) = self.masks {
+            let name =
+                pair::relative(masks, directory).unwrap_or_else(|| masks.display().to_string());
+            keys.push((MASKS_KEY.into(), name));
+        }
+        keys
+    }
+}
+
+/// The weights of a run without a base whose masks go to their own file: one file.
+fn weights_file(
+    plan: &Plan,
+    destination: &Destination,
+    stats_of: &HashMap<usize, &LayerStats>,
+    extra: &Extra<'_>,
+) -> Result<Weights, Error> {
+    let all: Vec<usize> = (0..plan.layers.len()).collect();
+    let layers: Vec<(&LayerPlan, &LayerStats)> = all
+        .iter()
+        .map(|&k| (&plan.layers[k], stats_of[&k]))
+        .collect();
+    let mut provenance = Provenance::new(plan, &layers, None);
+    provenance
+        .metadata
+        .extend(extra.keys(&destination.parent()));
+    let (tensors, global) = weight_tensors(plan, &all, extra.masks.is_some());
+    Ok(Weights {
+        output: Box::new(SafetensorsOutput::create(
+            destination,
+            tensors,
+            Vec::new(),
+            &provenance,
+        )?),
+        place: global
+            .into_iter()
+            .enumerate()
+            .map(|(l, g)| (g, l))
+            .collect(),
+        files: 1,
+    })
+}
+
+/// A sharded output (`--max-shard-size`): all its shards and the index, or one part's
+/// shards (and the index, for part 1). A tensor keeps its index in the whole output.
+fn sharded_output(
+    plan: &Plan,
+    destination: &Destination,
+    shards: &[Vec<usize>],
+    part: Option<Part>,
+    stats_of: &HashMap<usize, &LayerStats>,
+    extra: &Extra<'_>,
+) -> Result<Weights, Error> {
+    let n = shards.len();
+    let masks_apart = extra.masks.is_some();
+    let keys = extra.keys(&destination.path);
+    let files: Vec<ShardFile> = shards
+        .iter()
+        .enumerate()
+        .filter(|(s, _)| part.is_none_or(|p| p.index == s + 1))
+        .map(|(s, layers)| {
+            let records: Vec<(&LayerPlan, &LayerStats)> = layers
+                .iter()
+                .map(|&k| (&plan.layers[k], stats_of[&k]))
+                .collect();
+            let (tensors, global) = weight_tensors(plan, layers, masks_apart);
+            let mut metadata = Provenance::new(plan, &records, Some((s + 1, n))).metadata;
+            metadata.extend(keys.iter().cloned());
+            ShardFile {
+                name: write::shards::shard_name(s + 1, n),
+                tensors,
+                global,
+                copies: Vec::new(),
+                metadata,
+            }
+        })
+        .collect();
+    let place = files
+        .iter()
+        .flat_map(|f| f.global.iter().map(|&g| (g, g)))
+        .collect();
+    let index = part.is_none_or(|p| p.index == 1).then(|| {
+        let all: Vec<(String, Vec<(String, u64)>)> = shards
+            .iter()
+            .enumerate()
+            .map(|(s, layers)| {
+                let tensors = weight_tensors(plan, layers, masks_apart)
+                    .0
+                    .iter()
+                    .map(|t| (t.name.clone(), t.nbytes()))
+                    .collect();
+                (write::shards::shard_name(s + 1, n), tensors)
+            })
+            .collect();
+        write::shards::index(&all)
+    });
+    let output = ShardedOutput::create(destination, files, index, part.is_some())?;
+    Ok(Weights {
+        output: Box::new(output),
+        place,
+        files: n,
+    })
+}
+
+/// The output of a `--base` run: one file holding the plan's tensors and the base's others;
+/// or a directory whose safetensors files mirror the base's (its shards with a matching
+/// index, or one `model.safetensors`), with the base directory's other files copied. The
 /// provenance records the base; the base's own metadata keys other than `format` and
 /// `eoi.*` are kept after eoi's.
 fn base_output(
     plan: &Plan,
     destination: &Destination,
     assembly: Vec<BaseFile>,
-    checkpoint: Option<&Checkpoint>,
+    base: &Base,
     stats_of: &HashMap<usize, &LayerStats>,
-) -> Result<(Box<dyn Output>, usize), Error> {
-    let Some(checkpoint) = checkpoint else {
-        return Err(Error::Internal("a base assembly without a base".into()));
-    };
-    let recorded = base::provenance(checkpoint);
-    let indices = tensor_indices(plan);
+    extra: &Extra<'_>,
+    copied: Vec<write::shards::CopiedFile>,
+) -> Result<Weights, Error> {
+    let masks_apart = extra.masks.is_some();
     let n = assembly.len();
-    if !checkpoint.is_sharded() {
+    if base.directory.is_none() {
         let Some(file) = assembly.into_iter().next() else {
             return Err(Error::Internal("a base without a file".into()));
         };
-        let layers: Vec<(&LayerPlan, &LayerStats)> = (0..plan.layers.len())
-            .map(|k| (&plan.layers[k], stats_of[&k]))
+        let all: Vec<usize> = (0..plan.layers.len()).collect();
+        let layers: Vec<(&LayerPlan, &LayerStats)> = all
+            .iter()
+            .map(|&k| (&plan.layers[k], stats_of[&k]))
             .collect();
         let mut provenance = Provenance::new(plan, &layers, None);
-        provenance.metadata.extend(recorded);
+        provenance
+            .metadata
+            .extend(extra.keys(&destination.parent()));
         provenance.metadata.extend(file.kept_metadata);
-        let output = crate::write::safetensors::SafetensorsOutput::create(
-            destination,
-            tensors(plan),
-            file.copies,
-            &provenance,
-        )?;
-        return Ok((Box::new(output), 1));
+        let (tensors, global) = weight_tensors(plan, &all, masks_apart);
+        let output = SafetensorsOutput::create(destination, tensors, file.copies, &provenance)?;
+        return Ok(Weights {
+            output: Box::new(output),
+            place: global
+                .into_iter()
+                .enumerate()
+                .map(|(l, g)| (g, l))
+                .collect(),
+            files: 1,
+        });
     }
+    let sharded = base.checkpoint.is_sharded();
+    let keys = extra.keys(&destination.path);
     let mut index: Vec<(String, Vec<(String, u64)>)> = Vec::with_capacity(n);
     let mut shard_files = Vec::with_capacity(n);
+    let mut place = HashMap::new();
     for (s, file) in assembly.into_iter().enumerate() {
         let records: Vec<(&LayerPlan, &LayerStats)> = file
             .layers
             .iter()
             .map(|&k| (&plan.layers[k], stats_of[&k]))
             .collect();
-        let mut metadata = Provenance::new(plan, &records, Some((s + 1, n))).metadata;
-        metadata.extend(recorded.iter().cloned());
+        let mut metadata = Provenance::new(plan, &records, sharded.then_some((s + 1, n))).metadata;
+        metadata.extend(keys.iter().cloned());
         metadata.extend(file.kept_metadata);
-        let tensors: Vec<TensorInfo> = file
-            .layers
-            .iter()
-            .flat_map(|&k| layer_tensors(plan, &plan.layers[k]))
-            .collect();
+        let (tensors, global) = weight_tensors(plan, &file.layers, masks_apart);
+        place.extend(global.iter().map(|&g| (g, g)));
         index.push((
             file.name.clone(),
             tensors
@@ -414,20 +632,21 @@ fn base_output(
                 .collect(),
         ));
         shard_files.push(ShardFile {
-            name: file.name,
+            name: base.output_name(&file.name),
             tensors,
-            global: file
-                .layers
-                .iter()
-                .flat_map(|&k| indices[k].clone())
-                .collect(),
+            global,
             copies: file.copies,
             metadata,
         });
     }
-    let index = write::shards::index(&index);
-    let output = ShardedOutput::create(destination, shard_files, Some(index), false)?;
-    Ok((Box::new(output), n))
+    let index = sharded.then(|| write::shards::index(&index));
+    let output =
+        ShardedOutput::create(destination, shard_files, index, false)?.with_files(copied)?;
+    Ok(Weights {
+        output: Box::new(output),
+        place,
+        files: n,
+    })
 }
 
 /// Which of a layer's tensors a pass over the layers writes.
@@ -499,6 +718,49 @@ pub fn is_stdout(path: &std::path::Path) -> bool {
     path.as_os_str() == STDOUT
 }
 
+/// Checks `--masks` before any work: it needs safetensors weights written whole, with
+/// plain names, and a file path apart from the weights output that may be written.
+fn check_masks(
+    plan: &Plan,
+    options: &Options,
+    weights: &Destination,
+) -> Result<Option<Destination>, Error> {
+    let Some(path) = &options.masks else {
+        return Ok(None);
+    };
+    let shown = path.display();
+    if plan.output.format != Format::Safetensors {
+        return Err(Error::Usage(format!(
+            "--masks '{shown}' writes the masks as a safetensors file beside safetensors weights; {} output keeps every mask as its own tensor already\n  help: drop --masks, or write --format safetensors",
+            plan.output.format.name()
+        )));
+    }
+    if plan.output.names == Names::TorchPrune {
+        return Err(Error::Usage(format!(
+            "--masks '{shown}' takes the masks out of the weights file, but names = \"torch-prune\" keeps each mask beside its <module>.<param>_orig, where torch.nn.utils.prune loads it\n  help: drop --masks, or use --names plain"
+        )));
+    }
+    if let Some(part) = options.part {
+        return Err(Error::Usage(format!(
+            "--masks '{shown}' holds the masks of every layer, but --shard {}/{} writes only one part's layers\n  help: run without --shard to write the masks file",
+            part.index, part.count
+        )));
+    }
+    if pair::is_within(path, &weights.path) {
+        return Err(Error::Usage(format!(
+            "--masks '{shown}' is the output '{}' or inside it; the masks file goes beside the weights, not in them\n  help: give --masks a path outside '{}'",
+            weights.path.display(),
+            weights.path.display()
+        )));
+    }
+    let destination = Destination {
+        path: path.clone(),
+        force: options.force,
+    };
+    destination.check(Container::File)?;
+    Ok(Some(destination))
+}
+
 /// Generates the plan into `options.output`: one file, an npy directory, all shards, or the
 /// shards of one part.
 pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
@@ -528,10 +790,16 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
         if options.base.is_some() {
             return refuse("--base writes the base's files: give the output a path".into());
         }
+        if options.masks.is_some() {
+            return refuse(
+                "--masks moves the weights and the masks into place together: give the weights a path".into(),
+            );
+        }
     }
-    let assembly: Option<Vec<BaseFile>> = match &options.base {
+    let masks = check_masks(plan, options, &destination)?;
+    let assembly: Option<(Vec<BaseFile>, DirectoryFiles)> = match &options.base {
         None => None,
-        Some(checkpoint) => {
+        Some(base) => {
             if options.part.is_some() || plan.output.max_shard_size.is_some() {
                 return Err(Error::Usage(
                     "--base writes the base's own files (one, or its shards): drop --max-shard-size and --shard".into(),
@@ -543,17 +811,17 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                     plan.output.format.name()
                 )));
             }
-            let files = base::assemble(plan, checkpoint)?;
-            let container = if checkpoint.is_sharded() {
+            let files = base::assemble(plan, &base.checkpoint)?;
+            let container = if base.directory.is_some() {
                 Container::Directory
             } else {
                 Container::File
             };
             destination.check(container)?;
-            Some(files)
+            Some((files, base::directory_files(base)?))
         }
     };
-    let shards = shards(plan);
+    let shards = shards(plan, masks.is_some());
     let selected: Vec<usize> = match (&shards, options.part) {
         (_, None) => (0..plan.layers.len()).collect(),
         (None, Some(_)) => {
@@ -677,73 +945,87 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             (true, std::cmp::Ordering::Less) => vec![Pieces::Values, Pieces::Masks],
             (true, std::cmp::Ordering::Greater) => vec![Pieces::Masks, Pieces::Values],
         };
-        let (output, files): (Box<dyn Output>, usize) = match (&shards, assembly) {
-            (_, Some(assembly)) => base_output(
-                plan,
-                &destination,
-                assembly,
-                options.base.as_deref(),
-                &stats_of,
-            )?,
+        let extra = Extra {
+            recorded: options
+                .base
+                .as_deref()
+                .map(|b| base::provenance(&b.checkpoint))
+                .unwrap_or_default(),
+            masks: masks.as_ref().map(|m| m.path.as_path()),
+        };
+        let mut base_files = None;
+        let built: Built = match (&shards, assembly) {
+            (_, Some((assembly, files))) => {
+                let Some(base) = options.base.as_deref() else {
+                    return Err(Error::Internal("a base assembly without a base".into()));
+                };
+                let copied = files.copied.clone();
+                base_files = base.directory.is_some().then_some(files);
+                Built::Weights(base_output(
+                    plan,
+                    &destination,
+                    assembly,
+                    base,
+                    &stats_of,
+                    &extra,
+                    copied,
+                )?)
+            }
+            (None, None) if stream => {
+                // No staging and no rename: the bytes go out as they are ready.
+                let layers: Vec<(&LayerPlan, &LayerStats)> =
+                    plan.layers.iter().zip(&stats).collect();
+                let provenance = Provenance::new(plan, &layers, None);
+                let stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+                Built::Other(Box::new(StreamOutput::create(
+                    Box::new(stdout),
+                    tensors(plan),
+                    &provenance,
+                    std::path::Path::new("standard output"),
+                )?))
+            }
+            (None, None) if masks.is_some() => {
+                Built::Weights(weights_file(plan, &destination, &stats_of, &extra)?)
+            }
             (None, None) => {
                 let layers: Vec<(&LayerPlan, &LayerStats)> =
                     plan.layers.iter().zip(&stats).collect();
                 let provenance = Provenance::new(plan, &layers, None);
-                let output: Box<dyn Output> = if stream {
-                    // No staging and no rename: the bytes go out as they are ready.
-                    let stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-                    Box::new(StreamOutput::create(
-                        Box::new(stdout),
-                        tensors(plan),
-                        &provenance,
-                        std::path::Path::new("standard output"),
-                    )?)
-                } else {
-                    write::create(plan.output.format, &destination, tensors(plan), &provenance)?
-                };
-                (output, 1)
+                Built::Other(write::create(
+                    plan.output.format,
+                    &destination,
+                    tensors(plan),
+                    &provenance,
+                )?)
             }
-            (Some(shards), None) => {
-                let n = shards.len();
-                let files: Vec<ShardFile> = shards
-                    .iter()
-                    .enumerate()
-                    .filter(|(s, _)| options.part.is_none_or(|p| p.index == s + 1))
-                    .map(|(s, layers)| {
-                        let records: Vec<(&LayerPlan, &LayerStats)> = layers
-                            .iter()
-                            .map(|&k| (&plan.layers[k], stats_of[&k]))
-                            .collect();
-                        ShardFile {
-                            name: write::shards::shard_name(s + 1, n),
-                            tensors: layers
-                                .iter()
-                                .flat_map(|&k| layer_tensors(plan, &plan.layers[k]))
-                                .collect(),
-                            global: layers.iter().flat_map(|&k| indices[k].clone()).collect(),
-                            copies: Vec::new(),
-                            metadata: Provenance::new(plan, &records, Some((s + 1, n))).metadata,
-                        }
-                    })
-                    .collect();
-                let index = options.part.is_none_or(|p| p.index == 1).then(|| {
-                    let all: Vec<(String, Vec<(String, u64)>)> = shards
-                        .iter()
-                        .enumerate()
-                        .map(|(s, layers)| {
-                            let tensors = layers
-                                .iter()
-                                .flat_map(|&k| layer_tensors(plan, &plan.layers[k]))
-                                .map(|t| (t.name.clone(), t.nbytes()))
-                                .collect();
-                            (write::shards::shard_name(s + 1, n), tensors)
-                        })
-                        .collect();
-                    write::shards::index(&all)
-                });
-                let output =
-                    ShardedOutput::create(&destination, files, index, options.part.is_some())?;
-                (Box::new(output), n)
+            (Some(shards), None) => Built::Weights(sharded_output(
+                plan,
+                &destination,
+                shards,
+                options.part,
+                &stats_of,
+                &extra,
+            )?),
+        };
+        let (output, files): (Box<dyn Output>, usize) = match (built, &masks) {
+            (Built::Other(output), _) => (output, 1),
+            (Built::Weights(weights), None) => {
+                // Without a masks file every tensor keeps its index in the whole output.
+                if weights.place.iter().any(|(g, l)| g != l) {
+                    return Err(Error::Internal(
+                        "the weights output renumbers its tensors".into(),
+                    ));
+                }
+                (Box::new(Alone(weights.output)), weights.files)
+            }
+            (Built::Weights(weights), Some(masks)) => {
+                let layers: Vec<(&LayerPlan, &LayerStats)> =
+                    plan.layers.iter().zip(&stats).collect();
+                let masks_file =
+                    masks_output(plan, &layers, masks, &extra.recorded, &destination.path)?;
+                let routes = routes(plan, |g| weights.place.get(&g).copied())?;
+                let output = PairedOutput::new(weights.output, masks_file, masks.clone(), routes);
+                (Box::new(output), weights.files)
             }
         };
         for &pieces in &passes {
@@ -793,6 +1075,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             files,
             bytes,
             seconds: started.elapsed().as_secs_f64(),
+            base_files,
         })
     })
 }

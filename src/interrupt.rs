@@ -52,6 +52,21 @@ impl Drop for Staged {
     }
 }
 
+/// Creates a temporary file or directory with `create` and registers the path `path_of`
+/// gives, both while cleanup is held off: an interruption comes either before the path
+/// exists or after it is registered, and then removes it. `create` must not stage anything.
+pub fn create_staged<T>(
+    create: impl FnOnce() -> io::Result<T>,
+    path_of: impl FnOnce(&T) -> &Path,
+) -> io::Result<(T, Staged)> {
+    let mut registry = registry();
+    let made = create()?;
+    let id = registry.next;
+    registry.next += 1;
+    registry.paths.insert(id, path_of(&made).to_path_buf());
+    Ok((made, Staged { id }))
+}
+
 /// The paths registered now, oldest first.
 pub fn staged() -> Vec<PathBuf> {
     registry().paths.values().cloned().collect()

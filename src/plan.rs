@@ -689,32 +689,57 @@ fn check_names(layers: &[LayerPlan], output: &OutputPlan, file: &str) -> Result<
         owners.insert(layer.name.as_str(), layer);
     }
     for layer in layers {
-        if output.names == Names::TorchPrune && !layer.name.ends_with(".weight") {
+        // torch.nn.utils.prune turns parameter `<param>` of a module into `<param>_orig` and
+        // a buffer `<param>_mask`: any parameter, as long as the name is one a state dict
+        // can hold (dot-separated module path, no empty part).
+        if output.names == Names::TorchPrune && layer.name.split('.').any(str::is_empty) {
             return Err(SpecError {
                 file: file.into(),
                 position: Some(layer.position),
                 context: format!("layer \"{}\"", layer.name),
                 message: format!(
-                    "names = \"torch-prune\" needs layer names of the form <module>.weight, got \"{}\"",
+                    "names = \"torch-prune\" needs a PyTorch parameter name, <module>.<param> with no empty part, got \"{}\"",
                     layer.name
                 ),
                 help: Some(
-                    "name the layer after its PyTorch parameter, e.g. \"fc1.weight\", or use names = \"plain\"".into(),
+                    "name the layer after its parameter in the state dict, e.g. \"fc1.weight\" or \"attn.in_proj_weight\", or use names = \"plain\"".into(),
                 ),
             });
         }
         let mask = output.mask_name(&layer.name);
         let weight = output.weight_name(&layer.name);
         if let Some(other) = owners.get(mask.as_str()) {
+            let suffix = match output.names {
+                Names::Plain => format!("mask_suffix \"{}\"", output.mask_suffix),
+                Names::TorchPrune => "names = \"torch-prune\"".into(),
+            };
             return Err(SpecError {
                 file: file.into(),
                 position: Some(other.position),
                 context: format!("layer \"{}\"", other.name),
                 message: format!(
-                    "the name \"{}\" is also the mask name of layer \"{}\" (mask_suffix \"{}\")",
-                    other.name, layer.name, output.mask_suffix
+                    "the name \"{}\" is also the mask name of layer \"{}\" ({suffix})",
+                    other.name, layer.name
                 ),
-                help: Some("rename the layer or set another [output] mask_suffix".into()),
+                help: Some(match output.names {
+                    Names::Plain => "rename the layer or set another [output] mask_suffix".into(),
+                    Names::TorchPrune => "rename the layer, or use names = \"plain\"".into(),
+                }),
+            });
+        }
+        // Pruning `X` makes a parameter `X_orig`: a layer of that name could not coexist.
+        if weight != layer.name
+            && let Some(other) = owners.get(weight.as_str())
+        {
+            return Err(SpecError {
+                file: file.into(),
+                position: Some(other.position),
+                context: format!("layer \"{}\"", other.name),
+                message: format!(
+                    "the name \"{}\" is also the name torch-prune gives to the weight of layer \"{}\"",
+                    other.name, layer.name
+                ),
+                help: Some("rename the layer, or use names = \"plain\"".into()),
             });
         }
         if output.format == Format::Npy {
@@ -735,11 +760,13 @@ fn check_names(layers: &[LayerPlan], output: &OutputPlan, file: &str) -> Result<
             }
         }
     }
-    // Biases: `<module>.bias` may be no other output tensor's name.
+    // Biases: `<module>.bias` may be no other output tensor's name, nor a layer's (with
+    // torch-prune names, a layer `<module>.bias` is the pruned bias parameter itself).
     if layers.iter().any(|l| l.bias_std.is_some()) {
         let mut taken: std::collections::HashMap<String, &LayerPlan> =
             std::collections::HashMap::new();
         for layer in layers {
+            taken.insert(layer.name.clone(), layer);
             taken.insert(output.weight_name(&layer.name), layer);
             taken.insert(output.mask_name(&layer.name), layer);
         }
@@ -930,6 +957,49 @@ mod tests {
         // A mask name counts too.
         let e = plan_of("[sparsity]\ndensity=0.5\n[init]\nbias_std=0.1\n[output]\nmask_suffix='.bias'\n[[layer]]\nname='fc.weight'\nshape=[4, 4]\n[[layer]]\nname='fc'\nshape=[4, 4]\n").unwrap_err();
         assert!(e.message.contains("of layer \"fc\""), "{e}");
+    }
+
+    #[test]
+    fn torch_prune_takes_any_parameter_and_keeps_every_name_distinct() {
+        let prune = |layers: &str| {
+            plan_of(&format!(
+                "[sparsity]\ndensity=0.5\n[output]\nnames='torch-prune'\n{layers}"
+            ))
+        };
+        let p = prune("[[layer]]\nname='attn.in_proj_weight'\nshape=[12, 4]\n[[layer]]\nname='head'\nshape=[4, 4]\n").unwrap();
+        assert_eq!(
+            [
+                p.output.weight_name("attn.in_proj_weight"),
+                p.output.mask_name("attn.in_proj_weight")
+            ],
+            ["attn.in_proj_weight_orig", "attn.in_proj_weight_mask"]
+        );
+        // No state dict holds an empty name part.
+        for bad in ["fc.", ".weight", "a..weight"] {
+            let e = prune(&format!("[[layer]]\nname='{bad}'\nshape=[4, 4]\n")).unwrap_err();
+            assert!(e.message.contains("<module>.<param>"), "{bad}: {e}");
+            assert_eq!(e.context, format!("layer \"{bad}\""));
+        }
+        // A layer named like another's pruned parameter or mask.
+        let e = prune("[[layer]]\nname='fc.weight'\nshape=[4, 4]\n[[layer]]\nname='fc.weight_orig'\nshape=[4, 4]\n").unwrap_err();
+        assert!(
+            e.message
+                .contains("the name torch-prune gives to the weight of layer \"fc.weight\""),
+            "{e}"
+        );
+        let e = prune("[[layer]]\nname='fc.weight'\nshape=[4, 4]\n[[layer]]\nname='fc.weight_mask'\nshape=[4, 4]\n").unwrap_err();
+        assert!(
+            e.message
+                .contains("mask name of layer \"fc.weight\" (names = \"torch-prune\")"),
+            "{e}"
+        );
+        // A generated bias where the spec prunes that bias as a layer.
+        let e = prune("[[layer]]\nname='fc.weight'\nshape=[4, 4]\nbias_std=0.1\n[[layer]]\nname='fc.bias'\nshape=[4, 4]\n").unwrap_err();
+        assert!(
+            e.message
+                .contains("bias \"fc.bias\" has the name of a tensor of layer \"fc.bias\""),
+            "{e}"
+        );
     }
 
     #[test]

@@ -83,6 +83,15 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
 /// metadata, `eoi_version` in an npy manifest).
 pub const VERSION_KEY: &str = "eoi_version";
 
+/// The provenance key of a weights output that names its masks file (`--masks`), relative
+/// to the directory of the file that records it.
+pub const MASKS_KEY: &str = "eoi.masks";
+
+/// The provenance key of a masks file that names its weights output (a file or directory),
+/// relative to the masks file's directory. A file with this key holds masks only, each
+/// under its layer's name.
+pub const WEIGHTS_KEY: &str = "eoi.weights";
+
 /// What an artifact records about how it was made, in the two forms the writers need.
 #[derive(Clone, Debug)]
 pub struct Provenance {

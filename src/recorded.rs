@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use crate::provenance::VERSION_KEY;
+use crate::provenance::{MASKS_KEY, VERSION_KEY, WEIGHTS_KEY};
 use crate::read::Checkpoint;
 use crate::schemes::conv::ConvMask;
 use crate::spec::{BelowMinimum, Names, Scheme};
@@ -72,6 +72,11 @@ pub struct Recorded {
     pub names: Names,
     /// The checkpoint `generate --base` completed, for a `--base` output.
     pub base: Option<BaseRecord>,
+    /// The masks file a `--masks` output records (`eoi.masks`), relative to the directory of
+    /// the file that records it.
+    pub masks: Option<String>,
+    /// The weights output a masks file records (`eoi.weights`): the file holds masks only.
+    pub weights: Option<String>,
     /// `(k, n)` for a file that records being shard k of n (`eoi.shard`), read on its own;
     /// `None` for a whole checkpoint, the shards of an index included.
     pub shard: Option<(usize, usize)>,
@@ -275,6 +280,7 @@ impl Recorded {
             ("eoi.layout", self.layout.name().to_string()),
             ("eoi.names", self.names.name().to_string()),
             ("eoi.base", text(self.base.as_ref().map(|b| b.name.clone()))),
+            (MASKS_KEY, text(self.masks.clone())),
             (
                 "eoi.base_sha256",
                 text(self.base.as_ref().and_then(|b| b.sha256.clone())),
@@ -348,6 +354,8 @@ impl Recorded {
             |key| get(&format!("eoi.{key}")).map(|v| Some(v.to_string())),
             "metadata key \"eoi.",
         );
+        recorded.masks = get(MASKS_KEY).map(str::to_string);
+        recorded.weights = get(WEIGHTS_KEY).map(str::to_string);
         if let Some(name) = get("eoi.base") {
             recorded.base = Some(BaseRecord {
                 name: name.to_string(),

@@ -661,8 +661,8 @@ struct RawOutput {
     #[schemars(with = "Option<String>", extend("enum" = Layout::NAMES))]
     layout: Option<Spanned<String>>,
     /// Tensor names: "plain" (default; `X` and `X` + mask_suffix) or "torch-prune"
-    /// (`<module>.weight_orig` and `<module>.weight_mask`, the mask in the weight's dtype, for
-    /// layers named `<module>.weight`), as `torch.nn.utils.prune` stores them.
+    /// (`<module>.<param>_orig` and `<module>.<param>_mask`, the mask in the weight's dtype,
+    /// for any parameter `<module>.<param>`), as `torch.nn.utils.prune` stores them.
     #[schemars(with = "Option<String>", extend("enum" = Names::NAMES))]
     names: Option<Spanned<String>>,
 }

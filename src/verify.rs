@@ -249,6 +249,19 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
             crate::read::INDEX
         ));
     }
+    if let Some(weights) = &recorded.weights {
+        return Err(Error::Usage(format!(
+            "'{}' holds only the masks of the weights output \"{weights}\" (eoi.weights, relative to its directory); verify that output, which reads its masks from here",
+            path.display()
+        )));
+    }
+    let masks = masks_file(&checkpoint, &recorded, &mut problems);
+    if let Some(masks) = &masks {
+        notes.push(format!(
+            "the masks are read from '{}', the masks file the output records (eoi.masks)",
+            masks.path().display()
+        ));
+    }
     let layout = recorded::layout_of(&checkpoint, Some(&recorded));
     let suffix = recorded.mask_suffix().to_string();
 
@@ -273,6 +286,7 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
         checkpoint: &checkpoint,
         recorded: &recorded,
         layout,
+        masks: masks.as_ref(),
     };
     let reports: Vec<LayerReport> = layers
         .par_iter()
@@ -310,6 +324,80 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
         regenerated,
         recorded,
     })
+}
+
+/// The masks file a `--masks` output records (`eoi.masks`, relative to the directory of the
+/// file that records it), opened and checked against the weights' records: it must name
+/// this output as its weights (`eoi.weights`), hold the same spec, and record every layer
+/// as the weights do. What is wrong is a problem; `None` when there is no usable file.
+fn masks_file(
+    checkpoint: &Checkpoint,
+    recorded: &Recorded,
+    problems: &mut Vec<String>,
+) -> Option<Checkpoint> {
+    let name = recorded.masks.as_ref()?;
+    let dir = match checkpoint.path().parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let path = dir.join(name);
+    let masks = match Checkpoint::open(&path) {
+        Ok(masks) => masks,
+        Err(e) => {
+            problems.push(format!(
+                "the masks file \"{name}\" the output records (eoi.masks) cannot be read: {e}"
+            ));
+            return None;
+        }
+    };
+    let Some(theirs) = Recorded::of(&masks) else {
+        problems.push(format!(
+            "the masks file '{}' has no __metadata__: eoi did not write it",
+            path.display()
+        ));
+        return Some(masks);
+    };
+    let here = |p: &Path| p.canonicalize().ok();
+    let back = theirs.weights.as_ref().and_then(|w| {
+        let masks_dir = path.parent().unwrap_or(Path::new("."));
+        here(&masks_dir.join(w))
+    });
+    let ours = [
+        here(checkpoint.path()),
+        checkpoint.path().parent().and_then(here),
+    ];
+    if back.is_none() || !ours.contains(&back) {
+        problems.push(format!(
+            "the masks file '{}' does not name this output as its weights (eoi.weights is {})",
+            path.display(),
+            theirs
+                .weights
+                .as_ref()
+                .map_or("missing".to_string(), |w| format!("\"{w}\""))
+        ));
+    }
+    if theirs.spec != recorded.spec || theirs.seed != recorded.seed {
+        problems.push(format!(
+            "the masks file '{}' records another spec or seed than the weights",
+            path.display()
+        ));
+    }
+    let records: HashMap<&str, &Value> = theirs
+        .layers
+        .iter()
+        .flatten()
+        .map(|r| (r.name.as_str(), &r.raw))
+        .collect();
+    for r in recorded.layers.iter().flatten() {
+        if records.get(r.name.as_str()) != Some(&&r.raw) {
+            problems.push(format!(
+                "the masks file '{}' records layer \"{}\" otherwise than the weights, or not at all",
+                path.display(),
+                r.name
+            ));
+        }
+    }
+    Some(masks)
 }
 
 /// Why a checkpoint records nothing: eoi did not write it.
@@ -367,9 +455,29 @@ struct Stored<'a> {
     checkpoint: &'a Checkpoint,
     recorded: &'a Recorded,
     layout: Layout,
+    /// The masks file of a `--masks` output, where each mask is keyed by its layer's name.
+    masks: Option<&'a Checkpoint>,
 }
 
 impl Stored<'_> {
+    /// Where layer `layer`'s mask is stored, for messages: its name, in the masks file when
+    /// the output keeps its masks apart.
+    fn mask_name(&self, layer: &str) -> String {
+        match self.masks {
+            Some(masks) => format!("{layer}\" in \"{}", masks.path().display()),
+            None => self.recorded.mask_name(layer),
+        }
+    }
+
+    /// Layer `layer`'s mask: in the masks file (under the layer's name) when the output
+    /// keeps its masks apart, else beside the weight under the recorded mask name.
+    fn mask(&self, layer: &str) -> Option<Tensor<'_>> {
+        match self.masks {
+            Some(masks) => masks.get(layer),
+            None => self.checkpoint.get(&self.recorded.mask_name(layer)),
+        }
+    }
+
     /// The PyTorch shape (out, in, k...) of a tensor stored as `shape` (unchanged below
     /// rank 2).
     fn torch_shape(&self, shape: &[usize]) -> Vec<usize> {
@@ -442,9 +550,9 @@ fn check_layer(
     record: Option<&LayerRecord>,
 ) -> Result<LayerReport, ReadError> {
     let weight_name = stored.recorded.weight_name(name);
-    let mask_name = stored.recorded.mask_name(name);
+    let mask_name = stored.mask_name(name);
     let weight = stored.checkpoint.get(&weight_name);
-    let mask = stored.checkpoint.get(&mask_name);
+    let mask = stored.mask(name);
     let mut report = LayerReport {
         name: name.to_string(),
         shape: weight
@@ -1136,7 +1244,7 @@ fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
         .layers
         .iter()
         .flatten()
-        .find_map(|r| checkpoint.get(&recorded.mask_name(&r.name)))
+        .find_map(|r| stored.mask(&r.name))
         .and_then(|m| written_dtype(m.dtype));
     let source = Source {
         name: format!("{} (eoi.spec)", checkpoint.path().display()),
@@ -1201,7 +1309,7 @@ fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
     let outcomes: Vec<(usize, Vec<Difference>)> = plan
         .layers
         .par_iter()
-        .map(|layer| regenerate_layer(checkpoint, &records, &plan, layer))
+        .map(|layer| regenerate_layer(stored, &records, &plan, layer))
         .collect::<Result<_, Error>>()?;
     for (compared, differences) in outcomes {
         result.compared += compared;
@@ -1212,13 +1320,17 @@ fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
 
 /// Regenerates one layer and compares its weight, its mask and its record with the file's.
 fn regenerate_layer(
-    checkpoint: &Checkpoint,
+    stored: &Stored<'_>,
     records: &HashMap<&str, &LayerRecord>,
     plan: &Plan,
     layer: &LayerPlan,
 ) -> Result<(usize, Vec<Difference>), Error> {
+    let checkpoint = stored.checkpoint;
     let weight_name = plan.output.weight_name(&layer.name);
-    let mask_name = plan.output.mask_name(&layer.name);
+    let mask_name = match stored.masks {
+        Some(_) => stored.mask_name(&layer.name),
+        None => plan.output.mask_name(&layer.name),
+    };
     let layout = plan.output.layout;
     let mut differences = Vec::new();
     let mut differ = |tensor: &str, message: String| {
@@ -1245,7 +1357,11 @@ fn regenerate_layer(
         }
         Some(info) => Some(info),
     };
-    let mask = match checkpoint.get(&mask_name) {
+    let mask = match stored.masks {
+        Some(_) => stored.mask(&layer.name),
+        None => checkpoint.get(&mask_name),
+    };
+    let mask = match mask {
         None => {
             differ(&mask_name, "the file has no such tensor".into());
             None

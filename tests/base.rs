@@ -18,8 +18,11 @@ fn python() -> String {
     std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
+/// A checkpoint's tensors: (name, dtype, shape), in order.
+type TensorList = Vec<(String, &'static str, Vec<usize>)>;
+
 /// (name, dtype, shape) of ResNet-18's state dict, in order.
-fn resnet18() -> Vec<(String, &'static str, Vec<usize>)> {
+fn resnet18() -> TensorList {
     let mut list = Vec::new();
     let bn = |list: &mut Vec<(String, &'static str, Vec<usize>)>, prefix: &str, c: usize| {
         for p in ["weight", "bias", "running_mean", "running_var"] {
@@ -241,6 +244,10 @@ fn a_sharded_base_gives_the_same_shards_and_a_matching_index() {
         json!({"metadata": {"total_size": 1}, "weight_map": weight_map}).to_string(),
     )
     .unwrap();
+    // A checkpoint directory's other files: the config is copied, an index of old weights
+    // is not.
+    fs::write(ckpt.join("config.json"), "{\"n_layer\": 2}\n").unwrap();
+    fs::write(ckpt.join("pytorch_model.bin.index.json"), "{}\n").unwrap();
     let spec = dir.path().join("spec.toml");
     fs::write(
         &spec,
@@ -296,6 +303,36 @@ fn a_sharded_base_gives_the_same_shards_and_a_matching_index() {
         metadata(&out.join("model-00002-of-00002.safetensors"))["eoi.shard"],
         "2/2"
     );
+    let files = [
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    ];
+    assert_eq!(listing(&out), files);
+    assert_eq!(
+        fs::read(out.join("config.json")).unwrap(),
+        fs::read(ckpt.join("config.json")).unwrap()
+    );
+    // The index file names the same base: the same directory, byte for byte.
+    let again = dir.path().join("again");
+    eoi()
+        .arg("generate")
+        .arg(&spec)
+        .arg("--base")
+        .arg(&index)
+        .arg("-o")
+        .arg(&again)
+        .arg("-q")
+        .assert()
+        .success();
+    for name in files {
+        assert_eq!(
+            fs::read(again.join(name)).unwrap(),
+            fs::read(out.join(name)).unwrap(),
+            "{name}"
+        );
+    }
 }
 
 /// `eoi generate SPEC --base BASE -o OUT` must fail with exit 2 and `message`, leaving
@@ -381,4 +418,249 @@ fn disagreements_with_the_base_name_the_tensor_and_write_nothing() {
         &not_safetensors,
         "not a safetensors file",
     );
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A Hugging Face `save_pretrained` directory of a small GPT-2 style model: its
+/// model.safetensors, config files and tokenizer, and what else such directories hold: old
+/// weights in other formats, a subdirectory, and (as in the Hugging Face cache) a file
+/// reached through a symbolic link.
+fn save_pretrained_directory(dir: &Path) -> (PathBuf, TensorList) {
+    let hf = dir.join("gpt2");
+    fs::create_dir(&hf).unwrap();
+    let mut list = vec![("transformer.wte.weight".to_string(), "F32", vec![100, 32])];
+    for i in 0..2 {
+        for (name, shape) in [
+            ("ln_1.weight", vec![32]),
+            ("attn.c_attn.weight", vec![32, 96]),
+            ("attn.c_attn.bias", vec![96]),
+            ("mlp.c_fc.weight", vec![32, 128]),
+            ("mlp.c_proj.weight", vec![128, 32]),
+        ] {
+            list.push((format!("transformer.h.{i}.{name}"), "F32", shape));
+        }
+    }
+    write_base(
+        &hf.join("model.safetensors"),
+        &list,
+        json!({"format": "pt"}),
+    );
+    fs::write(
+        hf.join("config.json"),
+        "{\"model_type\": \"gpt2\", \"n_embd\": 32}\n",
+    )
+    .unwrap();
+    fs::write(
+        hf.join("generation_config.json"),
+        "{\"do_sample\": false}\n",
+    )
+    .unwrap();
+    fs::write(hf.join("tokenizer.json"), vec![b't'; 3000]).unwrap();
+    fs::write(hf.join("README.md"), "# gpt2 tiny\n").unwrap();
+    fs::write(hf.join("pytorch_model.bin"), "old weights").unwrap();
+    fs::write(hf.join("flax_model.msgpack"), "old weights").unwrap();
+    fs::create_dir(hf.join("original")).unwrap();
+    fs::write(hf.join("original/consolidated.00.pth"), "old weights").unwrap();
+    fs::write(dir.join("blob"), "{\"model_max_length\": 64}\n").unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(dir.join("blob"), hf.join("tokenizer_config.json")).unwrap();
+    #[cfg(not(unix))]
+    fs::copy(dir.join("blob"), hf.join("tokenizer_config.json")).unwrap();
+    (hf, list)
+}
+
+#[test]
+fn a_save_pretrained_directory_gives_a_directory_with_its_other_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hf, list) = save_pretrained_directory(dir.path());
+    let spec = dir.path().join("gpt2.toml");
+    fs::write(
+        &spec,
+        spec_from(&hf, &["--exclude", "*wte*", "--density", "0.25"]),
+    )
+    .unwrap();
+    let out = dir.path().join("gpt2-eoi");
+    let run = eoi()
+        .arg("generate")
+        .arg(&spec)
+        .arg("--base")
+        .arg(&hf)
+        .arg("-o")
+        .arg(&out)
+        .arg("--json")
+        .assert()
+        .success();
+    let copied = [
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ];
+    let mut expected: Vec<&str> = copied.to_vec();
+    expected.push("model.safetensors");
+    expected.sort_unstable();
+    assert_eq!(listing(&out), expected);
+    for name in copied {
+        assert_eq!(
+            fs::read(out.join(name)).unwrap(),
+            fs::read(hf.join(name)).unwrap(),
+            "{name}"
+        );
+        assert!(!fs::symlink_metadata(out.join(name)).unwrap().is_symlink());
+    }
+    // The old weights and the subdirectory are named, not copied.
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr).to_string();
+    assert!(stderr.contains("copied from"), "{stderr}");
+    for name in ["pytorch_model.bin", "flax_model.msgpack", "original"] {
+        assert!(stderr.contains(&format!("'{name}'")), "{name}: {stderr}");
+    }
+    let summary: Value = serde_json::from_slice(&run.get_output().stdout).unwrap();
+    assert_eq!(summary["base_files"]["copied"], json!(copied));
+    let left: Vec<&str> = summary["base_files"]["left_out"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        left,
+        ["flax_model.msgpack", "original", "pytorch_model.bin"]
+    );
+    let replaced: Vec<String> = list
+        .iter()
+        .filter(|(n, _, s)| s.len() == 2 && !n.contains("wte"))
+        .map(|(n, _, _)| n.clone())
+        .collect();
+    assert_eq!(replaced.len(), 6);
+    check_with_python(
+        &hf.join("model.safetensors"),
+        &out.join("model.safetensors"),
+        &replaced,
+    );
+    assert_eq!(
+        metadata(&out.join("model.safetensors"))["eoi.base"],
+        "model.safetensors"
+    );
+
+    // The model.safetensors file itself is a single-file base: it gives a single file, the
+    // same bytes as the directory's.
+    let single = dir.path().join("single.safetensors");
+    eoi()
+        .arg("generate")
+        .arg(&spec)
+        .arg("--base")
+        .arg(hf.join("model.safetensors"))
+        .args(["-q", "-o"])
+        .arg(&single)
+        .assert()
+        .success();
+    assert_eq!(
+        fs::read(&single).unwrap(),
+        fs::read(out.join("model.safetensors")).unwrap()
+    );
+
+    // Never over the output without --force; with it, over this directory eoi wrote.
+    let again = |force: bool| {
+        let mut cmd = eoi();
+        cmd.arg("generate")
+            .arg(&spec)
+            .arg("--base")
+            .arg(&hf)
+            .args(["-q", "--seed", "5", "-o"])
+            .arg(&out);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.assert()
+    };
+    again(false).code(2).stderr(predicates::str::contains(
+        "gpt2-eoi' already exists; pass --force",
+    ));
+    assert_eq!(metadata(&out.join("model.safetensors"))["eoi.seed"], "0");
+    again(true).success();
+    assert_eq!(metadata(&out.join("model.safetensors"))["eoi.seed"], "5");
+    assert_eq!(listing(&out), expected);
+    // A directory eoi did not write is never replaced.
+    let foreign = dir.path().join("foreign");
+    fs::create_dir(&foreign).unwrap();
+    fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    eoi()
+        .arg("generate")
+        .arg(&spec)
+        .arg("--base")
+        .arg(&hf)
+        .args(["-q", "--force", "-o"])
+        .arg(&foreign)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "a directory that eoi did not write",
+        ));
+    assert_eq!(listing(&foreign), ["notes.txt"]);
+}
+
+/// Under `ulimit -f 100` (50 to 100 KB), a base directory whose tokenizer is larger cannot
+/// be copied: the run fails naming the file, and leaves the earlier output and no
+/// temporary file.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_file_that_cannot_be_copied_fails_the_run_and_keeps_the_old_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("small");
+    fs::create_dir(&hf).unwrap();
+    let list = [("fc.weight".to_string(), "F32", vec![8, 8])];
+    write_base(&hf.join("model.safetensors"), &list, json!({}));
+    fs::write(hf.join("config.json"), "{}").unwrap();
+    fs::write(hf.join("tokenizer.json"), vec![b't'; 400_000]).unwrap();
+    let spec = dir.path().join("small.toml");
+    fs::write(&spec, spec_from(&hf, &["--density", "0.5"])).unwrap();
+    let out = dir.path().join("out");
+    let generate = |extra: &[&str]| {
+        Command::new("sh")
+            .current_dir(dir.path())
+            .args(["-c", "ulimit -f 100 && exec \"$@\"", "sh"])
+            .arg(assert_cmd::cargo::cargo_bin!("eoi"))
+            .arg("generate")
+            .arg(&spec)
+            .arg("--base")
+            .arg(&hf)
+            .args(["-q", "-o"])
+            .arg(&out)
+            .args(extra)
+            .assert()
+    };
+    generate(&[])
+        .code(1)
+        .stderr(predicates::str::contains("cannot copy"))
+        .stderr(predicates::str::contains("tokenizer.json"));
+    assert!(!out.exists());
+    // Over an earlier output of eoi, which stays as it was.
+    fs::write(hf.join("tokenizer.json"), "small").unwrap();
+    generate(&[]).success();
+    let before: Vec<Vec<u8>> = listing(&out)
+        .iter()
+        .map(|n| fs::read(out.join(n)).unwrap())
+        .collect();
+    fs::write(hf.join("tokenizer.json"), vec![b't'; 400_000]).unwrap();
+    generate(&["--force", "--seed", "3"]).code(1);
+    let after: Vec<Vec<u8>> = listing(&out)
+        .iter()
+        .map(|n| fs::read(out.join(n)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    let hidden: Vec<String> = listing(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with(".eoi-"))
+        .collect();
+    assert_eq!(hidden, Vec::<String>::new());
 }

@@ -1,5 +1,6 @@
-//! `--names torch-prune` writes `<module>.weight_orig` and `<module>.weight_mask` (the mask
-//! in the weight's dtype), as `torch.nn.utils.prune` stores a pruned parameter.
+//! `--names torch-prune` writes `<module>.<param>_orig` and `<module>.<param>_mask` (the
+//! mask in the weight's dtype) for any parameter, as `torch.nn.utils.prune` stores a pruned
+//! parameter; the official Python safetensors reads them.
 
 use std::path::Path;
 
@@ -89,12 +90,95 @@ fn torch_prune_from_the_spec_with_f64() {
     );
 }
 
+/// `list_tensors.py FILE`: the file as the official Python safetensors reads it.
+fn python_view(file: &Path) -> serde_json::Value {
+    let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/list_tensors.py"
+        ))
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python} (scripts/test sets EOI_PYTHON): {e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    all[file.to_str().unwrap()].clone()
+}
+
+/// nn.MultiheadAttention(embed_dim=8, num_heads=2) has `in_proj_weight` (24, 8), which
+/// `prune.identity(mha, "in_proj_weight")` turns into `in_proj_weight_orig` and the buffer
+/// `in_proj_weight_mask`; its `out_proj` is a Linear.
+const ATTENTION: &str = r#"
+[sparsity]
+density = 0.5
+[init]
+bias_std = 0.1
+[[layer]]
+name = "attn.in_proj_weight"
+shape = [24, 8]
+[[layer]]
+name = "attn.out_proj.weight"
+shape = [8, 8]
+[[layer]]
+name = "head"
+shape = [2, 8]
+"#;
+
 #[test]
-fn torch_prune_refuses_a_name_without_dot_weight() {
+fn torch_prune_names_any_parameter_and_python_reads_them() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = format!("{SPEC}[[layer]]\nname = \"head.kernel\"\nshape = [2, 6]\n");
-    let out = generate(dir.path(), &spec, &["--names", "torch-prune"]).failure();
+    generate(dir.path(), ATTENTION, &[]).success();
+    let plain = std::fs::read(dir.path().join("out.safetensors")).unwrap();
+    let plain = SafeTensors::deserialize(&plain).unwrap();
+    generate(dir.path(), ATTENTION, &["--names", "torch-prune"]).success();
+    let view = python_view(&dir.path().join("out.safetensors"));
+    let tensors = view["tensors"].as_object().unwrap();
+    let mut names: Vec<&str> = tensors.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    // bias_std gives a bias to `<module>.weight` layers only: out_proj's, as plain names do.
+    assert_eq!(
+        names,
+        [
+            "attn.in_proj_weight_mask",
+            "attn.in_proj_weight_orig",
+            "attn.out_proj.bias",
+            "attn.out_proj.weight_mask",
+            "attn.out_proj.weight_orig",
+            "head_mask",
+            "head_orig",
+        ]
+    );
+    for layer in ["attn.in_proj_weight", "attn.out_proj.weight", "head"] {
+        let weight = plain.tensor(layer).unwrap();
+        let shape: Vec<u64> = weight.shape().iter().map(|&d| d as u64).collect();
+        for suffix in ["_orig", "_mask"] {
+            let t = &tensors[&format!("{layer}{suffix}")];
+            assert_eq!(t["dtype"], "float32", "{layer}{suffix}");
+            assert_eq!(t["shape"], serde_json::json!(shape), "{layer}{suffix}");
+        }
+        // The values are the plain run's, byte for byte.
+        use sha2::Digest;
+        let digest: String = sha2::Sha256::digest(weight.data())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(tensors[&format!("{layer}_orig")]["sha256"], digest);
+    }
+    assert_eq!(view["metadata"]["eoi.names"], "torch-prune");
+}
+
+#[test]
+fn torch_prune_refuses_a_name_no_state_dict_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("{SPEC}[[layer]]\nname = \"head.\"\nshape = [2, 6]\n");
+    let out = generate(dir.path(), &spec, &["--names", "torch-prune"]).code(2);
     let stderr = String::from_utf8_lossy(&out.get_output().stderr).to_string();
-    assert!(stderr.contains("head.kernel"), "{stderr}");
-    assert!(stderr.contains("<module>.weight"), "{stderr}");
+    assert!(stderr.contains("layer \"head.\""), "{stderr}");
+    assert!(stderr.contains("<module>.<param>"), "{stderr}");
+    assert!(!dir.path().join("out.safetensors").exists());
 }

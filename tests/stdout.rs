@@ -118,6 +118,10 @@ fn what_cannot_be_streamed_is_refused_before_any_byte() {
         ),
         (vec!["--base", base], "--base writes the base's files"),
         (
+            vec!["--masks", "masks.safetensors"],
+            "--masks moves the weights and the masks into place together",
+        ),
+        (
             vec!["--json"],
             "--json prints to standard output, which -o - fills with the safetensors bytes",
         ),

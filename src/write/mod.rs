@@ -5,6 +5,7 @@
 
 pub mod npy;
 pub mod npz;
+pub mod pair;
 pub mod safetensors;
 pub mod shards;
 pub mod stream;
@@ -71,6 +72,19 @@ pub trait Output: Sync {
 
     /// Total bytes of the output.
     fn bytes(&self) -> u64;
+}
+
+/// An output that moves into place in two steps, so that two outputs can be moved into
+/// place together, both or neither ([`pair::PairedOutput`]): [`Self::finish`] does all the
+/// work that can fail for lack of space or a bad source, [`Self::place`] only renames.
+pub trait TwoStep: Output {
+    /// Completes the output where it is staged: copied tensors, index and copied files
+    /// written; nothing is at the destination yet.
+    fn finish(&mut self) -> Result<(), Error>;
+
+    /// Moves the finished output into place with renames only. It runs with interruptions
+    /// held off ([`crate::interrupt::uninterrupted`]), so it stages and unregisters nothing.
+    fn place(&mut self) -> Result<(), Error>;
 }
 
 enum SinkFile<'a> {
@@ -257,7 +271,9 @@ pub enum Container {
 }
 
 /// A directory may be replaced only if it is empty or an earlier output of eoi (it has eoi's
-/// npy manifest or sharded index), so `--force` can never delete an unrelated directory.
+/// npy manifest or sharded index, or, written by `generate --base DIR` from an unsharded
+/// checkpoint, a `model.safetensors` whose metadata eoi wrote), so `--force` can never
+/// delete an unrelated directory.
 pub fn check_replaceable(path: &Path) -> Result<(), Error> {
     let records_eoi = |file: &str, pointer: &str| {
         fs::read(path.join(file))
@@ -267,7 +283,8 @@ pub fn check_replaceable(path: &Path) -> Result<(), Error> {
     };
     let key = crate::provenance::VERSION_KEY;
     let ours = records_eoi(npy::MANIFEST, &format!("/{key}"))
-        || records_eoi(shards::INDEX, &format!("/metadata/{key}"));
+        || records_eoi(shards::INDEX, &format!("/metadata/{key}"))
+        || safetensors::written_by_eoi(&path.join(crate::read::SINGLE));
     let empty = fs::read_dir(path)
         .map(|mut d| d.next().is_none())
         .unwrap_or(false);
@@ -275,10 +292,11 @@ pub fn check_replaceable(path: &Path) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Usage(format!(
-            "'{}' is a directory that eoi did not write (it has no eoi {} or {}); refusing to replace it even with --force",
+            "'{}' is a directory that eoi did not write (it has no eoi {}, {} or {}); refusing to replace it even with --force",
             path.display(),
             npy::MANIFEST,
-            shards::INDEX
+            shards::INDEX,
+            crate::read::SINGLE
         )))
     }
 }
@@ -345,8 +363,15 @@ impl Destination {
                 .tempdir_in(self.parent())
                 .map_err(moved)?
                 .keep();
-            fs::rename(dest, aside.join("old")).map_err(moved)?;
-            fs::rename(staged, dest).map_err(moved)?;
+            let old = aside.join("old");
+            fs::rename(dest, &old).map_err(moved)?;
+            if let Err(e) = fs::rename(staged, dest) {
+                // Put the old output back: a failed run leaves the destination as it was.
+                if fs::rename(&old, dest).is_ok() {
+                    let _ = fs::remove_dir(&aside);
+                }
+                return Err(moved(e));
+            }
             fs::remove_dir_all(&aside).map_err(|e| {
                 Error::io(
                     format!("cannot remove the replaced output in '{}'", display(&aside)),
@@ -398,10 +423,11 @@ pub fn create(
 pub fn place_file(destination: &Destination, bytes: &[u8]) -> Result<(), Error> {
     let path = &destination.path;
     let cannot = |e| Error::io(format!("cannot write '{}'", display(path)), e);
-    let staged = staging(0o666)
-        .tempfile_in(destination.parent())
-        .map_err(cannot)?;
-    let _registered = crate::interrupt::stage(staged.path());
+    let (staged, _registered) = crate::interrupt::create_staged(
+        || staging(0o666).tempfile_in(destination.parent()),
+        |f| f.path(),
+    )
+    .map_err(cannot)?;
     fs::write(staged.path(), bytes).map_err(cannot)?;
     let placed = if destination.force {
         staged.persist(path).map(|_| ())

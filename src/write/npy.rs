@@ -93,11 +93,11 @@ impl NpyOutput {
         for t in &tensors {
             total += header(t)?.len() as u64 + t.nbytes();
         }
-        let directory = staging(0o777)
-            .tempdir_in(destination.parent())
-            .map_err(|e| Error::io(context(), e))?
-            .keep();
-        let staged = interrupt::stage(&directory);
+        let (directory, staged) = interrupt::create_staged(
+            || Ok(staging(0o777).tempdir_in(destination.parent())?.keep()),
+            |d| d.as_path(),
+        )
+        .map_err(|e| Error::io(context(), e))?;
         let manifest = manifest(provenance, &tensors);
         total += manifest.len() as u64;
         Ok(NpyOutput {

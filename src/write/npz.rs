@@ -287,10 +287,11 @@ impl NpzOutput {
             + directory_len
             + end_records(members.len(), directory_at, directory_len).len() as u64;
 
-        let file = staging(0o666)
-            .tempfile_in(destination.parent())
-            .map_err(|e| Error::io(context(), e))?;
-        let staged = interrupt::stage(file.path());
+        let (file, staged) = interrupt::create_staged(
+            || staging(0o666).tempfile_in(destination.parent()),
+            |f| f.path(),
+        )
+        .map_err(|e| Error::io(context(), e))?;
         let manifest_crc = crc32fast::hash(&manifest);
         let written = file.as_file().set_len(total).and_then(|()| {
             let m = &members[0];

@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 use tempfile::NamedTempFile;
 
 use super::{
-    Copied, CopyFrom, Destination, Output, SinkFile, TensorInfo, TensorSink, display, staging,
-    write_all_at,
+    Copied, CopyFrom, Destination, Output, SinkFile, TensorInfo, TensorSink, TwoStep, display,
+    staging, write_all_at,
 };
 use crate::error::Error;
 use crate::interrupt::{self, Staged};
@@ -22,7 +22,8 @@ use crate::read::{MAX_HEADER, read_exact_at};
 /// One safetensors file being written: a hidden temporary file in the destination's
 /// directory, sized and headed before any tensor data arrives.
 pub struct SafetensorsFile {
-    file: NamedTempFile,
+    /// `None` once it has been moved into place.
+    file: Option<NamedTempFile>,
     /// Removes the file if the run is interrupted.
     _staged: Staged,
     tensors: Vec<TensorInfo>,
@@ -79,8 +80,9 @@ impl SafetensorsFile {
         let data_start = 8 + header.len() as u64;
         let total = data_start + entries.iter().map(|e| e.nbytes).sum::<u64>();
         let cannot = |e| Error::io(format!("cannot write '{}'", display(shown)), e);
-        let file = staging(0o666).tempfile_in(directory).map_err(cannot)?;
-        let staged = interrupt::stage(file.path());
+        let (file, staged) =
+            interrupt::create_staged(|| staging(0o666).tempfile_in(directory), |f| f.path())
+                .map_err(cannot)?;
         file.as_file().set_len(total).map_err(cannot)?;
         let mut head = Vec::with_capacity(header.len() + 8);
         head.extend_from_slice(&(header.len() as u64).to_le_bytes());
@@ -89,7 +91,7 @@ impl SafetensorsFile {
         let mut offsets: Vec<u64> = relative.iter().map(|r| r + data_start).collect();
         let copy_offsets = offsets.split_off(tensors.len());
         Ok(SafetensorsFile {
-            file,
+            file: Some(file),
             _staged: staged,
             offsets,
             tensors,
@@ -98,10 +100,19 @@ impl SafetensorsFile {
         })
     }
 
+    /// The staged file, while it is staged.
+    fn staged(&self) -> Result<&std::fs::File, Error> {
+        self.file
+            .as_ref()
+            .map(NamedTempFile::as_file)
+            .ok_or_else(|| Error::Internal("a file already moved into place was written".into()))
+    }
+
     /// Copies every copied tensor's bytes from its source, a bounded buffer at a time; a
     /// copy of one of this file's own tensors (a tied parameter) after that tensor is
     /// written, so this runs when every tensor is.
     pub fn copy_in(&self) -> Result<(), Error> {
+        let file = self.staged()?;
         let mut buffer = vec![0u8; COPY_BUFFER];
         for (copy, at) in &self.copies {
             let (source, start) = match &copy.from {
@@ -119,7 +130,7 @@ impl SafetensorsFile {
                             copy.name
                         )));
                     }
-                    (self.file.as_file(), self.offsets[k])
+                    (file, self.offsets[k])
                 }
             };
             let mut done = 0u64;
@@ -127,7 +138,7 @@ impl SafetensorsFile {
                 let len = (copy.nbytes - done).min(COPY_BUFFER as u64) as usize;
                 let chunk = &mut buffer[..len];
                 read_exact_at(source, chunk, start + done)
-                    .and_then(|()| write_all_at(self.file.as_file(), chunk, at + done))
+                    .and_then(|()| write_all_at(file, chunk, at + done))
                     .map_err(|e| {
                         Error::io(
                             format!("cannot copy tensor \"{}\" from the base", copy.name),
@@ -141,12 +152,15 @@ impl SafetensorsFile {
     }
 
     /// Where tensor `index` (in the order given to `create`) goes.
-    pub fn sink(&self, index: usize) -> TensorSink<'_> {
-        TensorSink::new(
-            SinkFile::Shared(self.file.as_file()),
+    pub fn sink(&self, index: usize) -> Result<TensorSink<'_>, Error> {
+        let info = self.tensors.get(index).ok_or_else(|| {
+            Error::Internal(format!("tensor {index} is not in the file being written"))
+        })?;
+        Ok(TensorSink::new(
+            SinkFile::Shared(self.staged()?),
             self.offsets[index],
-            &self.tensors[index],
-        )
+            info,
+        ))
     }
 
     pub fn bytes(&self) -> u64 {
@@ -154,17 +168,25 @@ impl SafetensorsFile {
     }
 
     /// Renames the finished file to `path`; without `replace`, never over an existing file.
-    pub fn persist(self, path: &Path, replace: bool) -> Result<(), Error> {
+    /// Only renames: the registration for cleanup lasts until `self` is dropped, so this can
+    /// run with interruptions held off.
+    pub fn persist(&mut self, path: &Path, replace: bool) -> Result<(), Error> {
+        let Some(file) = self.file.take() else {
+            return Err(Error::Internal(format!(
+                "'{}' was moved into place twice",
+                display(path)
+            )));
+        };
         let result = if replace {
-            self.file.persist(path).map(|_| ())
+            file.persist(path).map(|_| ())
         } else {
-            self.file.persist_noclobber(path).map(|_| ())
+            file.persist_noclobber(path).map(|_| ())
         };
         result.map_err(|e| {
-            Error::io(
-                format!("cannot move the output into place at '{}'", display(path)),
-                e.error,
-            )
+            let message = format!("cannot move the output into place at '{}'", display(path));
+            // Kept, so that it is removed when `self` is dropped.
+            self.file = Some(e.file);
+            Error::io(message, e.error)
         })
     }
 }
@@ -257,18 +279,53 @@ impl SafetensorsOutput {
 
 impl Output for SafetensorsOutput {
     fn tensor(&self, index: usize) -> Result<TensorSink<'_>, Error> {
-        Ok(self.file.sink(index))
+        self.file.sink(index)
     }
 
-    fn commit(self: Box<Self>) -> Result<(), Error> {
-        self.file.copy_in()?;
-        self.file
-            .persist(&self.destination.path, self.destination.force)
+    fn commit(mut self: Box<Self>) -> Result<(), Error> {
+        self.finish()?;
+        self.place()
     }
 
     fn bytes(&self) -> u64 {
         self.file.bytes()
     }
+}
+
+impl TwoStep for SafetensorsOutput {
+    fn finish(&mut self) -> Result<(), Error> {
+        self.file.copy_in()
+    }
+
+    fn place(&mut self) -> Result<(), Error> {
+        self.file
+            .persist(&self.destination.path, self.destination.force)
+    }
+}
+
+/// Whether `path` is a safetensors file whose `__metadata__` records the eoi version that
+/// wrote it. Any failure to read it is a no.
+pub fn written_by_eoi(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut length = [0u8; 8];
+    if read_exact_at(&file, &mut length, 0).is_err() {
+        return false;
+    }
+    let length = u64::from_le_bytes(length);
+    if length > MAX_HEADER {
+        return false;
+    }
+    let mut header = vec![0u8; length as usize];
+    if read_exact_at(&file, &mut header, 8).is_err() {
+        return false;
+    }
+    serde_json::from_slice::<Value>(&header).is_ok_and(|h| {
+        h.get("__metadata__")
+            .and_then(|m| m.get("eoi.version"))
+            .is_some_and(Value::is_string)
+    })
 }
 
 #[cfg(test)]

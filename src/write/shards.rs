@@ -2,7 +2,9 @@
 //! `model-00001-of-0000N.safetensors` files and `model.safetensors.index.json`
 //! (`{"metadata": {"total_size": N}, "weight_map": {tensor: file}}`). A layer's weight and
 //! mask always share a shard. Shards are assigned from the plan alone, so `--shard K/N` on
-//! N machines writes exactly the files of one full run, with no coordination.
+//! N machines writes exactly the files of one full run, with no coordination. The same
+//! staged directory holds `generate --base DIR`'s output: the base's safetensors files
+//! (one `model.safetensors`, or its shards and index) and its other files, copied.
 
 use std::collections::HashMap;
 use std::fs;
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value, json};
 
 use super::safetensors::SafetensorsFile;
-use super::{Destination, Output, TensorInfo, TensorSink, display, staging};
+use super::{Destination, Output, TensorInfo, TensorSink, TwoStep, display, staging};
 use crate::error::Error;
 use crate::interrupt::{self, Staged};
 
@@ -79,11 +81,22 @@ pub struct ShardFile {
     pub metadata: Vec<(String, String)>,
 }
 
+/// A file copied unchanged into the output directory (`generate --base DIR`: the base's
+/// config.json, tokenizer files, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopiedFile {
+    /// Its name in the output directory (the base's name for it).
+    pub name: std::ffi::OsString,
+    pub source: PathBuf,
+}
+
 /// A sharded output being written: every shard of a full run, staged in a hidden directory
 /// and moved into place whole; or the shards of one part, each staged beside its final name
 /// in the (possibly shared) output directory.
 pub struct ShardedOutput {
     files: Vec<(String, SafetensorsFile)>,
+    /// Files copied into the staged directory when it is finished (full runs only).
+    copied: Vec<CopiedFile>,
     /// Whole-output tensor index -> (file, index within the file).
     places: HashMap<usize, (usize, usize)>,
     destination: Destination,
@@ -104,7 +117,7 @@ impl ShardedOutput {
         index: Option<Vec<u8>>,
         part: bool,
     ) -> Result<ShardedOutput, Error> {
-        let (directory, staged): (PathBuf, Option<PathBuf>) = if part {
+        let (directory, staged): (PathBuf, Option<(PathBuf, Staged)>) = if part {
             fs::create_dir_all(&destination.path).map_err(cannot_write(&destination.path))?;
             for name in shards
                 .iter()
@@ -121,13 +134,14 @@ impl ShardedOutput {
             }
             (destination.path.clone(), None)
         } else {
-            let staged = staging(0o777)
-                .tempdir_in(destination.parent())
-                .map_err(cannot_write(&destination.path))?
-                .keep();
-            (staged.clone(), Some(staged))
+            let (staged, registered) = interrupt::create_staged(
+                || Ok(staging(0o777).tempdir_in(destination.parent())?.keep()),
+                |d| d.as_path(),
+            )
+            .map_err(cannot_write(&destination.path))?;
+            (staged.clone(), Some((staged, registered)))
         };
-        let registered = staged.as_deref().map(interrupt::stage);
+        let (staged, registered) = staged.unzip();
         // Built before its files, so that a failure to stage one drops the output and with
         // it the staged directory and the files already made.
         let mut output = ShardedOutput {
@@ -137,6 +151,7 @@ impl ShardedOutput {
             staged,
             _registered: registered,
             index,
+            copied: Vec::new(),
         };
         for shard in shards {
             for (local, &global) in shard.global.iter().enumerate() {
@@ -153,6 +168,36 @@ impl ShardedOutput {
         }
         Ok(output)
     }
+
+    /// Also copies `files` into the directory, unchanged, when it is finished. Only a full
+    /// run's directory, staged whole, takes them.
+    pub fn with_files(mut self, files: Vec<CopiedFile>) -> Result<ShardedOutput, Error> {
+        if self.staged.is_none() && !files.is_empty() {
+            return Err(Error::Internal(
+                "files are copied only into a staged directory".into(),
+            ));
+        }
+        self.copied = files;
+        Ok(self)
+    }
+
+    /// Copies the copied files into `directory`.
+    fn copy_files(&self, directory: &Path) -> Result<(), Error> {
+        for file in &self.copied {
+            let to = directory.join(&file.name);
+            fs::copy(&file.source, &to).map_err(|e| {
+                Error::io(
+                    format!(
+                        "cannot copy '{}' into the output '{}'",
+                        display(&file.source),
+                        display(&self.destination.path)
+                    ),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 impl Output for ShardedOutput {
@@ -160,24 +205,40 @@ impl Output for ShardedOutput {
         let &(file, local) = self.places.get(&index).ok_or_else(|| {
             Error::Internal(format!("tensor {index} belongs to no shard being written"))
         })?;
-        Ok(self.files[file].1.sink(local))
+        self.files[file].1.sink(local)
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), Error> {
+        self.finish()?;
+        interrupt::uninterrupted(|| self.place())
+    }
+
+    fn bytes(&self) -> u64 {
+        self.files.iter().map(|(_, f)| f.bytes()).sum::<u64>()
+            + self.index.as_ref().map_or(0, |i| i.len() as u64)
+    }
+}
+
+impl TwoStep for ShardedOutput {
+    /// A full run's files, index and copied files are written in its staged directory; a
+    /// part's files and index go straight to their names in the shared directory.
+    fn finish(&mut self) -> Result<(), Error> {
         let directory = self
             .staged
             .clone()
             .unwrap_or_else(|| self.destination.path.clone());
         let replace = self.staged.is_none() && self.destination.force;
-        for (name, file) in std::mem::take(&mut self.files) {
+        for (name, file) in &mut self.files {
             file.copy_in()?;
-            file.persist(&directory.join(&name), replace)?;
+            file.persist(&directory.join(&*name), replace)?;
         }
         if let Some(index) = &self.index {
             let path = directory.join(INDEX);
             let write = || -> std::io::Result<()> {
-                let staged = staging(0o666).tempfile_in(&directory)?;
-                let _registered = interrupt::stage(staged.path());
+                let (staged, _registered) = interrupt::create_staged(
+                    || staging(0o666).tempfile_in(&directory),
+                    |f| f.path(),
+                )?;
                 fs::write(staged.path(), index)?;
                 if replace {
                     staged.persist(&path)?;
@@ -188,15 +249,14 @@ impl Output for ShardedOutput {
             };
             write().map_err(|e| Error::io(format!("cannot write '{}'", display(&path)), e))?;
         }
-        match &self.staged {
-            Some(staged) => interrupt::uninterrupted(|| self.destination.place_directory(staged)),
-            None => Ok(()),
-        }
+        self.copy_files(&directory)
     }
 
-    fn bytes(&self) -> u64 {
-        self.files.iter().map(|(_, f)| f.bytes()).sum::<u64>()
-            + self.index.as_ref().map_or(0, |i| i.len() as u64)
+    fn place(&mut self) -> Result<(), Error> {
+        match &self.staged {
+            Some(staged) => self.destination.place_directory(staged),
+            None => Ok(()),
+        }
     }
 }
 
