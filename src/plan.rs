@@ -791,6 +791,47 @@ fn check_names(layers: &[LayerPlan], output: &OutputPlan, file: &str) -> Result<
             taken.insert(bias, layer);
         }
     }
+    check_tied_names(layers, output, file)
+}
+
+/// A tied name (`tied`) names a parameter the output may write with the layer's bytes: it
+/// may be no output tensor of any layer (weight, mask or bias).
+fn check_tied_names(
+    layers: &[LayerPlan],
+    output: &OutputPlan,
+    file: &str,
+) -> Result<(), SpecError> {
+    if layers.iter().all(|l| l.tied.is_empty()) {
+        return Ok(());
+    }
+    let mut taken: std::collections::HashMap<String, &LayerPlan> = std::collections::HashMap::new();
+    for layer in layers {
+        taken.insert(output.weight_name(&layer.name), layer);
+        taken.insert(output.mask_name(&layer.name), layer);
+        if let Some(bias) = layer.bias_name() {
+            taken.insert(bias, layer);
+        }
+    }
+    for layer in layers {
+        if let Some((tied, other)) = layer
+            .tied
+            .iter()
+            .find_map(|t| taken.get(t).map(|other| (t, other)))
+        {
+            return Err(SpecError {
+                file: file.into(),
+                position: Some(layer.position),
+                context: format!("layer \"{}\", field `tied`", layer.name),
+                message: format!(
+                    "tied name \"{tied}\" is also the name of an output tensor of layer \"{}\"",
+                    other.name
+                ),
+                help: Some(
+                    "a tied name is a parameter sharing this layer's storage: remove it from `tied`, or rename the other layer".into(),
+                ),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -1000,6 +1041,18 @@ mod tests {
                 .contains("bias \"fc.bias\" has the name of a tensor of layer \"fc.bias\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_tied_name_may_not_be_another_output_tensor() {
+        let layers = "[[layer]]\nname='a.weight'\nshape=[4, 4]\ntied=['b.weight_mask']\n[[layer]]\nname='b.weight'\nshape=[4, 4]\n";
+        let e = plan_of(&format!("[sparsity]\ndensity=0.5\n{layers}")).unwrap_err();
+        assert_eq!(e.context, "layer \"a.weight\", field `tied`");
+        assert!(e.message.contains("of layer \"b.weight\""), "{e}");
+        // A bias counts too; a tied name no tensor takes is fine.
+        let e = plan_of("[sparsity]\ndensity=0.5\n[init]\nbias_std=0.1\n[[layer]]\nname='a.weight'\nshape=[4, 4]\ntied=['a.bias']\n").unwrap_err();
+        assert!(e.message.contains("tied name \"a.bias\""), "{e}");
+        assert!(plan_of("[sparsity]\ndensity=0.5\n[[layer]]\nname='a.weight'\nshape=[4, 4]\ntied=['head.weight']\n").is_ok());
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct LayerRecord {
     pub isometry_error: Option<f64>,
     /// Convolution groups; 1 when the record has none (every layer before groups existed).
     pub groups: usize,
+    /// Parameters sharing the layer's storage (`tied`); with `--base`, those the base held
+    /// are written with the weight's bytes.
+    pub tied: Vec<String>,
     /// The record as written, to compare with a regenerated one field by field.
     pub raw: Value,
 }
@@ -577,6 +580,18 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
         None => None,
         Some(_) => Some(number("isometry_error")?),
     };
+    let tied = match raw.get("tied") {
+        None => Vec::new(),
+        Some(value) => value
+            .as_array()
+            .and_then(|names| {
+                names
+                    .iter()
+                    .map(|n| n.as_str().map(str::to_string))
+                    .collect::<Option<Vec<String>>>()
+            })
+            .ok_or("has a \"tied\" that is not a list of names")?,
+    };
     let groups = match raw.get("groups") {
         None => 1,
         Some(_) => {
@@ -595,6 +610,7 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
         shape,
         bias,
         groups,
+        tied,
         density: number("density")?,
         scheme,
         gain: number("gain")?,

@@ -434,6 +434,7 @@ fn unrecorded(
         if let Some((bias, _)) = record.and_then(|r| r.bias.as_ref()) {
             known.insert(bias.clone());
         }
+        known.extend(record.iter().flat_map(|r| r.tied.iter().cloned()));
     }
     let mut copied = Vec::new();
     for t in checkpoint.iter().filter(|t| !known.contains(&t.name)) {
@@ -860,7 +861,47 @@ fn check_layer(
             .and_then(|s| s.first().copied());
         check_bias(&mut report, stored.checkpoint, weight, out, bias, *std)?;
     }
+    if let (Some(record), Some(weight)) = (record, weight) {
+        check_tied(&mut report, stored.checkpoint, weight, &record.tied)?;
+    }
     Ok(report)
+}
+
+/// Tied parameters the file holds (a `--base` output writes each tied name the base had)
+/// must hold the weight's exact bytes, or the model would not be tied on load. Tied names
+/// the file does not hold (a checkpoint saved one tensor per storage) are fine.
+fn check_tied(
+    report: &mut LayerReport,
+    checkpoint: &Checkpoint,
+    weight: Tensor<'_>,
+    tied: &[String],
+) -> Result<(), ReadError> {
+    let mut bytes = None;
+    for name in tied {
+        let Some(copy) = checkpoint.get(name) else {
+            continue;
+        };
+        if copy.shape != weight.shape || copy.dtype != weight.dtype {
+            report.failures.push(Failure::new(
+                Check::Tensors,
+                format!(
+                    "the tied tensor \"{name}\" is {:?} {}, the weight {:?} {}",
+                    copy.shape, copy.dtype, weight.shape, weight.dtype
+                ),
+            ));
+            continue;
+        }
+        if bytes.is_none() {
+            bytes = Some(weight.read_bytes()?);
+        }
+        if bytes.as_ref() != Some(&copy.read_bytes()?) {
+            report.failures.push(Failure::new(
+                Check::Tensors,
+                format!("the tied tensor \"{name}\" does not hold the weight's bytes"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Log-probability bound of the bias std check: a correct bias fails it with probability

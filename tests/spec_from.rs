@@ -1078,6 +1078,26 @@ fn tied_gpt2_has_one_layer_per_storage_and_base_copies_get_its_bytes() {
     assert!(file.tensor("transformer.wte.weight_mask").is_ok());
     // Every tensor of the base, and a mask for each of the 9 layers (8 blocks' and wte).
     assert_eq!(file.len(), shapes.len() + 9);
+    // verify checks the tied copy: it passes as written, and fails when it differs.
+    let at = tied.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    eoi()
+        .arg("verify")
+        .arg(&out)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("9 layers pass every check"));
+    let mut tampered = bytes.clone();
+    tampered[at + 5] ^= 0x40;
+    let broken = dir.path().join("broken.safetensors");
+    fs::write(&broken, &tampered).unwrap();
+    eoi()
+        .arg("verify")
+        .arg(&broken)
+        .assert()
+        .code(1)
+        .stdout(predicates::str::contains(
+            "the tied tensor \"lm_head.weight\" does not hold the weight's bytes",
+        ));
 
     // A tied name the base holds in another shape is refused, naming it.
     let mut wrong = shapes.clone();
