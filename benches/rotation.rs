@@ -4,9 +4,10 @@
 //! reference and against `dd`.
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use eoi::layer::Dtype;
 use eoi::schemes::eoi::schedule;
 use eoi::stream::Stream;
-use eoi::tensor::{Dtype, write_all};
+use eoi::tensor::write_all;
 
 fn kernels(c: &mut Criterion) {
     let mut group = c.benchmark_group("eoi");

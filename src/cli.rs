@@ -5,12 +5,13 @@
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::builder::TypedValueParser;
+use clap::{Args, Parser, Subcommand};
 
 use eoi::generate::Part;
 use eoi::isometry::Nonlinearity;
-use eoi::spec::{Format, Names, Scheme};
-use eoi::tensor::{Dtype, Layout};
+use eoi::layer::{Distribution, Dtype, Format, Layout, Names};
+use eoi::schemes::Scheme;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -147,16 +148,16 @@ pub struct SpecArgs {
     /// Output format: safetensors (one file), npy (a directory of .npy files) or npz (one
     /// NumPy archive); overrides the spec's [output] format.
     #[arg(long, value_enum, value_name = "FORMAT")]
-    pub format: Option<FormatArg>,
+    pub format: Option<Format>,
 
     /// Initialization scheme of every layer, over the spec's [init] and per-layer `scheme`:
     /// eoi, or a baseline the paper compares it with (README, "Schemes").
     #[arg(long, value_enum, value_name = "SCHEME")]
-    pub scheme: Option<SchemeArg>,
+    pub scheme: Option<Scheme>,
 
     /// What to do with a layer whose density is below what its scheme can make; overrides
     /// the spec's [sparsity] below_minimum (README, "Densities").
-    #[arg(long, value_name = "RULE", value_parser = clap::builder::PossibleValuesParser::new(eoi::spec::BelowMinimum::NAMES))]
+    #[arg(long, value_name = "RULE", value_parser = clap::builder::PossibleValuesParser::new(eoi::layer::BelowMinimum::NAMES))]
     pub below_minimum: Option<String>,
 }
 
@@ -219,7 +220,7 @@ pub struct IsometryArgs {
 
     /// The activation phi after every layer.
     #[arg(long, value_enum, value_name = "PHI", default_value = "tanh")]
-    pub nonlinearity: NonlinearityArg,
+    pub nonlinearity: Nonlinearity,
 
     /// Seed of the random input vector.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -251,8 +252,8 @@ pub struct SpecFromArgs {
     pub density: f64,
 
     /// How the density is spread over the layers ([sparsity] distribution).
-    #[arg(long, value_enum, value_name = "DISTRIBUTION", default_value_t = DistributionArg::Uniform)]
-    pub distribution: DistributionArg,
+    #[arg(long, value_enum, value_name = "DISTRIBUTION", default_value_t = Distribution::Uniform)]
+    pub distribution: Distribution,
 
     /// The gain: a number, or a nonlinearity (linear, tanh, relu, leaky_relu, selu, ...)
     /// ([init] gain).
@@ -264,7 +265,7 @@ pub struct SpecFromArgs {
     pub seed: Option<u64>,
 
     /// The initialization scheme ([init] scheme).
-    #[arg(long, value_name = "SCHEME", value_parser = clap::builder::PossibleValuesParser::new(eoi::spec::Scheme::NAMES))]
+    #[arg(long, value_name = "SCHEME", value_parser = clap::builder::PossibleValuesParser::new(eoi::schemes::Scheme::NAMES))]
     pub scheme: Option<String>,
 
     /// Make layers of the tensors whose names match GLOB (* any run, ? one character) that
@@ -285,8 +286,8 @@ pub struct SpecFromArgs {
     /// The layout of the source's shapes: torch (out, in, k...) or flax (in, out) and
     /// (k..., in, out). The spec's shapes are PyTorch's; flax adds layout = "flax" to [output],
     /// so generate writes Flax shapes again.
-    #[arg(long, value_enum, value_name = "LAYOUT", default_value_t = LayoutArg::Torch)]
-    pub layout: LayoutArg,
+    #[arg(long, value_enum, value_name = "LAYOUT", default_value_t = Layout::Torch)]
+    pub layout: Layout,
 
     /// Write every layer as its own [[layer]] table instead of folding runs into `repeat`.
     #[arg(long)]
@@ -294,7 +295,7 @@ pub struct SpecFromArgs {
 
     /// What to do with a layer whose density is below what its scheme can make ([sparsity]
     /// below_minimum): error (the default) or clamp.
-    #[arg(long, value_name = "RULE", value_parser = clap::builder::PossibleValuesParser::new(eoi::spec::BelowMinimum::NAMES))]
+    #[arg(long, value_name = "RULE", value_parser = clap::builder::PossibleValuesParser::new(eoi::layer::BelowMinimum::NAMES))]
     pub below_minimum: Option<String>,
 
     /// Set each layer's density to the fraction of nonzeros of its mask in MASKS, a
@@ -303,23 +304,6 @@ pub struct SpecFromArgs {
     /// EOI then builds weights and masks at exactly those densities.
     #[arg(long, value_name = "MASKS")]
     pub densities_from: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DistributionArg {
-    Uniform,
-    Erk,
-    Er,
-}
-
-impl From<DistributionArg> for eoi::spec::Distribution {
-    fn from(d: DistributionArg) -> eoi::spec::Distribution {
-        match d {
-            DistributionArg::Uniform => eoi::spec::Distribution::Uniform,
-            DistributionArg::Erk => eoi::spec::Distribution::Erk,
-            DistributionArg::Er => eoi::spec::Distribution::Er,
-        }
-    }
 }
 
 #[derive(Debug, Args)]
@@ -342,24 +326,24 @@ pub struct GenerateArgs {
 
     /// Weight dtype: f32, f64, f16 or bf16 (bf16 only as safetensors); overrides the spec's
     /// [output] dtype. Computed in f64, rounded once to nearest-even.
-    #[arg(long, value_enum, value_name = "DTYPE")]
-    pub dtype: Option<DtypeArg>,
+    #[arg(long, value_name = "DTYPE", value_parser = dtype_of(Dtype::WEIGHTS))]
+    pub dtype: Option<Dtype>,
 
     /// Mask dtype: bool, u8 or f32 (holding 0 and 1); overrides the spec's [output]
     /// mask_dtype. torch-prune names keep the mask in the weight's dtype.
-    #[arg(long, value_enum, value_name = "DTYPE")]
-    pub mask_dtype: Option<MaskDtypeArg>,
+    #[arg(long, value_name = "DTYPE", value_parser = dtype_of(Dtype::MASKS))]
+    pub mask_dtype: Option<Dtype>,
 
     /// Order of the weight dimensions: torch (out, in, k...) or flax (k..., in, out);
     /// overrides the spec's [output] layout.
     #[arg(long, value_enum, value_name = "LAYOUT")]
-    pub layout: Option<LayoutArg>,
+    pub layout: Option<Layout>,
 
     /// Tensor names: plain (X and X_mask) or torch-prune (<module>.<param>_orig and
     /// <module>.<param>_mask, mask in the weight dtype, as torch.nn.utils.prune keeps them);
     /// overrides the spec's [output] names.
     #[arg(long, value_enum, value_name = "NAMES")]
-    pub names: Option<NamesArg>,
+    pub names: Option<Names>,
 
     /// Worker threads (default: all cores, or RAYON_NUM_THREADS). Output bytes do not depend on it.
     #[arg(long, value_name = "N")]
@@ -444,6 +428,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
+/// A parser of the dtypes in `allowed`, offered by name (a subset of [`Dtype`]'s values).
+fn dtype_of(allowed: &'static [Dtype]) -> impl TypedValueParser<Value = Dtype> {
+    let names = allowed.iter().map(|d| d.name());
+    clap::builder::PossibleValuesParser::new(names)
+        .try_map(|name| Dtype::parse(&name).ok_or_else(|| format!("unknown dtype {name}")))
+}
+
 /// Parses `K/N` with 1 <= K <= N.
 pub fn parse_part(text: &str) -> Result<Part, String> {
     let bad = || format!("'{text}' is not a shard: use K/N, e.g. 3/8 for the third of eight");
@@ -456,133 +447,6 @@ pub fn parse_part(text: &str) -> Result<Part, String> {
         ));
     }
     Ok(Part { index, count })
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum FormatArg {
-    Safetensors,
-    Npy,
-    Npz,
-}
-
-impl From<FormatArg> for Format {
-    fn from(f: FormatArg) -> Format {
-        match f {
-            FormatArg::Safetensors => Format::Safetensors,
-            FormatArg::Npy => Format::Npy,
-            FormatArg::Npz => Format::Npz,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum SchemeArg {
-    Eoi,
-    Kaiming,
-    ScaledKaiming,
-    Orthogonal,
-    Sao,
-    ApproxIsometry,
-    ConvOrthogonal,
-}
-
-impl From<SchemeArg> for Scheme {
-    fn from(s: SchemeArg) -> Scheme {
-        match s {
-            SchemeArg::Eoi => Scheme::Eoi,
-            SchemeArg::Kaiming => Scheme::Kaiming,
-            SchemeArg::ScaledKaiming => Scheme::ScaledKaiming,
-            SchemeArg::Orthogonal => Scheme::Orthogonal,
-            SchemeArg::Sao => Scheme::Sao,
-            SchemeArg::ApproxIsometry => Scheme::ApproxIsometry,
-            SchemeArg::ConvOrthogonal => Scheme::ConvOrthogonal,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DtypeArg {
-    F32,
-    F64,
-    F16,
-    Bf16,
-}
-
-impl From<DtypeArg> for Dtype {
-    fn from(d: DtypeArg) -> Dtype {
-        match d {
-            DtypeArg::F32 => Dtype::F32,
-            DtypeArg::F64 => Dtype::F64,
-            DtypeArg::F16 => Dtype::F16,
-            DtypeArg::Bf16 => Dtype::BF16,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum MaskDtypeArg {
-    Bool,
-    U8,
-    F32,
-}
-
-impl From<MaskDtypeArg> for Dtype {
-    fn from(d: MaskDtypeArg) -> Dtype {
-        match d {
-            MaskDtypeArg::Bool => Dtype::Bool,
-            MaskDtypeArg::U8 => Dtype::U8,
-            MaskDtypeArg::F32 => Dtype::F32,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum NamesArg {
-    Plain,
-    TorchPrune,
-}
-
-impl From<NamesArg> for Names {
-    fn from(n: NamesArg) -> Names {
-        match n {
-            NamesArg::Plain => Names::Plain,
-            NamesArg::TorchPrune => Names::TorchPrune,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum NonlinearityArg {
-    Tanh,
-    Linear,
-    Relu,
-    HardTanh,
-}
-
-impl From<NonlinearityArg> for Nonlinearity {
-    fn from(n: NonlinearityArg) -> Nonlinearity {
-        match n {
-            NonlinearityArg::Tanh => Nonlinearity::Tanh,
-            NonlinearityArg::Linear => Nonlinearity::Linear,
-            NonlinearityArg::Relu => Nonlinearity::Relu,
-            NonlinearityArg::HardTanh => Nonlinearity::HardTanh,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LayoutArg {
-    Torch,
-    Flax,
-}
-
-impl From<LayoutArg> for Layout {
-    fn from(l: LayoutArg) -> Layout {
-        match l {
-            LayoutArg::Torch => Layout::Torch,
-            LayoutArg::Flax => Layout::Flax,
-        }
-    }
 }
 
 #[cfg(test)]

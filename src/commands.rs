@@ -14,9 +14,11 @@ use eoi::error::Error;
 use eoi::generate::{self, Options, Report};
 use eoi::inspect;
 use eoi::isometry;
+use eoi::layer::Gain;
 use eoi::plan::{self, Overrides, Plan};
 use eoi::provenance::{SCHEMA_VERSION, layer_record};
-use eoi::spec::{self, Gain, Scheme, Source, SpecError};
+use eoi::schemes::Scheme;
+use eoi::spec::{self, Source, SpecError};
 use eoi::spec_from;
 use eoi::stream::STREAM_VERSION;
 use eoi::verify;
@@ -28,7 +30,7 @@ use crate::cli::{
 };
 use crate::docs;
 use crate::output::{self, Bar};
-use eoi::schemes::conv::ConvMask;
+use eoi::layer::ConvMask;
 
 /// Runs a parsed command line; the exit code when it ran to the end (0, or 1 when `verify`
 /// finds a failed check).
@@ -81,12 +83,12 @@ fn load_plan(args: &SpecArgs, overrides: Overrides) -> Result<Plan, Error> {
     let spec = spec::parse(source)?;
     let overrides = Overrides {
         seed: args.seed,
-        scheme: args.scheme.map(Into::into),
-        format: args.format.map(Into::into),
+        scheme: args.scheme,
+        format: args.format,
         below_minimum: args
             .below_minimum
             .as_deref()
-            .and_then(spec::BelowMinimum::parse),
+            .and_then(eoi::layer::BelowMinimum::parse),
         ..overrides
     };
     let plan = plan::plan(&spec, &overrides)?;
@@ -327,10 +329,10 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         ));
     }
     let overrides = Overrides {
-        dtype: args.dtype.map(Into::into),
-        mask_dtype: args.mask_dtype.map(Into::into),
-        layout: args.layout.map(Into::into),
-        names: args.names.map(Into::into),
+        dtype: args.dtype,
+        mask_dtype: args.mask_dtype,
+        layout: args.layout,
+        names: args.names,
         max_shard_size: args.max_shard_size,
         ..Overrides::default()
     };
@@ -428,7 +430,7 @@ fn base_files_text(files: &eoi::base::DirectoryFiles) -> String {
 }
 
 fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {
-    let density = spec::Density::new(args.density).ok_or_else(|| {
+    let density = eoi::layer::Density::new(args.density).ok_or_else(|| {
         Error::Usage(format!(
             "--density {}: a density must be in (0, 1]",
             args.density
@@ -482,7 +484,7 @@ fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {
     };
     let options = spec_from::Options {
         density,
-        distribution: args.distribution.into(),
+        distribution: args.distribution,
         gain,
         seed: args.seed,
         scheme: args.scheme,
@@ -491,9 +493,9 @@ fn spec_from_command(args: SpecFromArgs) -> Result<(), Error> {
         below_minimum: args
             .below_minimum
             .as_deref()
-            .and_then(spec::BelowMinimum::parse),
+            .and_then(eoi::layer::BelowMinimum::parse),
         dense: args.dense,
-        layout: args.layout.into(),
+        layout: args.layout,
         fold: !args.no_fold,
     };
     let masks = args
@@ -556,7 +558,7 @@ fn inspect_command(args: InspectArgs) -> Result<(), Error> {
 fn isometry_command(args: IsometryArgs) -> Result<(), Error> {
     let options = isometry::Options {
         layers: args.layers,
-        nonlinearity: args.nonlinearity.into(),
+        nonlinearity: args.nonlinearity,
         seed: args.seed,
     };
     let report = {

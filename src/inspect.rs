@@ -13,11 +13,12 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::error::Error;
+use crate::layer::Layout;
+use crate::layer::{Dtype, Format};
 use crate::measure;
 use crate::progress::Progress;
-use crate::read::{Checkpoint, Dtype, Format, ReadError, Tensor, TensorInfo};
+use crate::read::{Checkpoint, ReadError, Tensor, TensorInfo};
 use crate::recorded::{Recorded, layout_of};
-use crate::tensor::Layout;
 
 /// Minimum, mean and maximum of a count.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -13,6 +13,7 @@ use faer::{Accum, Mat};
 
 use crate::error::Error;
 use crate::inspect::{mask_suffix, weight_of};
+use crate::layer::named;
 use crate::measure;
 use crate::progress::Progress;
 use crate::read::{Checkpoint, Tensor};
@@ -23,27 +24,19 @@ use crate::stream::Stream;
 /// The name of the random stream the input is drawn from (with the `--seed`).
 pub const INPUT_STREAM: &str = "eoi-isometry-input";
 
-/// The activation `phi` applied after every layer of the chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Nonlinearity {
-    Tanh,
-    Linear,
-    /// `max(0, h)`; its derivative at 0 is taken as 0, as PyTorch does.
-    Relu,
-    /// `clamp(h, -1, 1)`; derivative 1 strictly inside, 0 outside and on the corners.
-    HardTanh,
+named! {
+    /// The activation `phi` applied after every layer of the chain.
+    pub enum Nonlinearity {
+        Tanh = "tanh",
+        Linear = "linear",
+        /// `max(0, h)`; its derivative at 0 is taken as 0, as PyTorch does.
+        Relu = "relu",
+        /// `clamp(h, -1, 1)`; derivative 1 strictly inside, 0 outside and on the corners.
+        HardTanh = "hard-tanh",
+    }
 }
 
 impl Nonlinearity {
-    pub fn name(self) -> &'static str {
-        match self {
-            Nonlinearity::Tanh => "tanh",
-            Nonlinearity::Linear => "linear",
-            Nonlinearity::Relu => "relu",
-            Nonlinearity::HardTanh => "hard-tanh",
-        }
-    }
-
     /// `(phi(h), phi'(h))`.
     pub fn apply(self, h: f64) -> (f64, f64) {
         match self {

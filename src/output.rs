@@ -132,10 +132,10 @@ pub fn verify_text(report: &verify::Report) -> String {
     if let Some(n) = report.shards {
         how.push(format!("{n} shards"));
     }
-    if report.layout != eoi::tensor::Layout::Torch {
+    if report.layout != eoi::layer::Layout::Torch {
         how.push(format!("{} layout", report.layout.name()));
     }
-    if r.names != eoi::spec::Names::Plain {
+    if r.names != eoi::layer::Names::Plain {
         how.push(format!("{} names", r.names.name()));
     }
     let mut text = format!(
@@ -416,7 +416,7 @@ pub fn inspect_text(inspection: &Inspection) -> String {
             None => String::new(),
         }
     ));
-    if inspection.layout == eoi::tensor::Layout::Flax {
+    if inspection.layout == eoi::layer::Layout::Flax {
         text.push_str(
             "flax layout: kernels stored (in, out) or (k..., in, out) are measured as the (out, in*K) matrix the layer applies\n",
         );

@@ -2,43 +2,14 @@
 //! patterns, EOI's minimum), gain, centre rule and scheme, and the output choices, resolved
 //! from a [`Spec`] into a [`Plan`]. Generation executes the plan and never looks at the spec.
 
-use crate::schemes::{
-    self, approx_isometry,
-    conv::{self, CentreRule, ConvMask},
-    sao,
-};
-use crate::spec::{
-    BelowMinimum, Density, Distribution, Format, Gain, Kind, Names, Scheme, Shape, Source, Spec,
-    SpecError,
-};
-use crate::tensor::{Dtype, Layout};
+use crate::schemes::{self, approx_isometry, conv, sao};
 
-/// Why a layer has its density.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// Its share of the overall density under the distribution.
-    Distributed,
-    /// The layer's own `density` key.
-    Fixed,
-    /// A `dense` pattern matched it.
-    Dense,
-    /// ERK or ER asked for more than 1, so it was made dense and the rest re-balanced.
-    Capped,
-    /// It was below what EOI can make and `below_minimum = "clamp"` raised it.
-    Clamped,
-}
-
-impl Origin {
-    pub fn name(self) -> &'static str {
-        match self {
-            Origin::Distributed => "distributed",
-            Origin::Fixed => "fixed",
-            Origin::Dense => "dense",
-            Origin::Capped => "capped",
-            Origin::Clamped => "clamped",
-        }
-    }
-}
+use crate::layer::Origin;
+use crate::layer::{BelowMinimum, Density, Distribution, Format, Gain, Kind, Names, Shape};
+use crate::layer::{CentreRule, ConvMask};
+use crate::layer::{Dtype, Layout};
+use crate::schemes::Scheme;
+use crate::spec::{Source, Spec, SpecError};
 
 /// One layer, fully resolved.
 #[derive(Clone, Debug)]
@@ -90,8 +61,10 @@ impl LayerPlan {
 
     /// The density of the centre matrix, for convolutions.
     pub fn centre_density(&self) -> Option<f64> {
-        (self.kind() == Kind::Conv)
-            .then(|| conv::centre_density(self.density, self.shape.taps(), self.conv_center))
+        (self.kind() == Kind::Conv).then(|| {
+            self.conv_center
+                .centre_density(self.density, self.shape.taps())
+        })
     }
 
     /// The nonzeros the plan expects: `round(d * numel)` for a matrix (EOI lands within one

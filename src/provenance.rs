@@ -6,12 +6,13 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::layer::ConvMask;
+use crate::layer::Layout;
+use crate::layer::{Kind, Names};
 use crate::plan::{LayerPlan, Plan};
-use crate::schemes::conv::ConvMask;
+use crate::schemes::Scheme;
 use crate::schemes::{LayerStats, sao};
-use crate::spec::{Kind, Names, Scheme};
 use crate::stream::STREAM_VERSION;
-use crate::tensor::Layout;
 
 /// Version of the JSON documents (`plan --json`, `generate --json`, `eoi.layers`).
 pub const SCHEMA_VERSION: u32 = 1;

@@ -21,10 +21,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use crate::layer::{Dtype, Format};
 use serde::Deserialize;
 use serde::de::{self, MapAccess, Visitor};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+/// The dtypes of a safetensors header this reader knows, for messages.
+const KNOWN_DTYPES: &str =
+    "BOOL, U8, I8, U16, I16, U32, I32, U64, I64, F8_E4M3, F8_E5M2, F16, BF16, F32, F64";
 
 /// Largest safetensors header accepted (the `safetensors` crate's limit).
 pub const MAX_HEADER: u64 = 100_000_000;
@@ -87,7 +92,7 @@ pub enum ReadError {
     /// A tensor's dtype is not one this reader knows.
     #[error(
         "'{path}': tensor \"{name}\" has unknown or unsupported dtype \"{dtype}\" (known: {})",
-        Dtype::KNOWN
+        KNOWN_DTYPES
     )]
     UnknownDtype {
         path: String,
@@ -209,184 +214,26 @@ fn io_error(path: &Path, source: io::Error) -> ReadError {
     }
 }
 
-/// Element types a stored tensor may have.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    Bool,
-    U8,
-    I8,
-    U16,
-    I16,
-    U32,
-    I32,
-    U64,
-    I64,
-    /// 8-bit float with 4 exponent and 3 mantissa bits, no infinities (`F8_E4M3`, "e4m3fn").
-    F8E4M3,
-    /// 8-bit float with 5 exponent and 2 mantissa bits (`F8_E5M2`).
-    F8E5M2,
-    F16,
-    BF16,
-    F32,
-    F64,
-}
-
-impl Dtype {
-    const ALL: [Dtype; 15] = [
-        Dtype::Bool,
-        Dtype::U8,
-        Dtype::I8,
-        Dtype::U16,
-        Dtype::I16,
-        Dtype::U32,
-        Dtype::I32,
-        Dtype::U64,
-        Dtype::I64,
-        Dtype::F8E4M3,
-        Dtype::F8E5M2,
-        Dtype::F16,
-        Dtype::BF16,
-        Dtype::F32,
-        Dtype::F64,
-    ];
-
-    const KNOWN: &'static str =
-        "BOOL, U8, I8, U16, I16, U32, I32, U64, I64, F8_E4M3, F8_E5M2, F16, BF16, F32, F64";
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::Bool | Dtype::U8 | Dtype::I8 | Dtype::F8E4M3 | Dtype::F8E5M2 => 1,
-            Dtype::U16 | Dtype::I16 | Dtype::F16 | Dtype::BF16 => 2,
-            Dtype::U32 | Dtype::I32 | Dtype::F32 => 4,
-            Dtype::U64 | Dtype::I64 | Dtype::F64 => 8,
-        }
-    }
-
-    /// A short lowercase name (`f32`, `bool`, ...), as eoi's specs and manifests spell them.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::Bool => "bool",
-            Dtype::U8 => "u8",
-            Dtype::I8 => "i8",
-            Dtype::U16 => "u16",
-            Dtype::I16 => "i16",
-            Dtype::U32 => "u32",
-            Dtype::I32 => "i32",
-            Dtype::U64 => "u64",
-            Dtype::I64 => "i64",
-            Dtype::F8E4M3 => "f8_e4m3",
-            Dtype::F8E5M2 => "f8_e5m2",
-            Dtype::F16 => "f16",
-            Dtype::BF16 => "bf16",
-            Dtype::F32 => "f32",
-            Dtype::F64 => "f64",
-        }
-    }
-
-    /// The dtype string of a safetensors header.
-    pub fn safetensors_name(self) -> &'static str {
-        match self {
-            Dtype::Bool => "BOOL",
-            Dtype::U8 => "U8",
-            Dtype::I8 => "I8",
-            Dtype::U16 => "U16",
-            Dtype::I16 => "I16",
-            Dtype::U32 => "U32",
-            Dtype::I32 => "I32",
-            Dtype::U64 => "U64",
-            Dtype::I64 => "I64",
-            Dtype::F8E4M3 => "F8_E4M3",
-            Dtype::F8E5M2 => "F8_E5M2",
-            Dtype::F16 => "F16",
-            Dtype::BF16 => "BF16",
-            Dtype::F32 => "F32",
-            Dtype::F64 => "F64",
-        }
-    }
-
-    fn from_safetensors(name: &str) -> Option<Dtype> {
-        Dtype::ALL
-            .into_iter()
-            .find(|d| d.safetensors_name() == name)
-    }
-
-    /// Parses a .npy `descr`. Byte-sized types may say `|`, `<` or `=`; wider ones must be
-    /// little-endian (`<`).
-    fn from_npy(descr: &str) -> Option<Dtype> {
-        let (order, code) = descr.split_at_checked(1)?;
-        let dtype = match code {
-            "b1" => Dtype::Bool,
-            "u1" => Dtype::U8,
-            "i1" => Dtype::I8,
-            "u2" => Dtype::U16,
-            "i2" => Dtype::I16,
-            "u4" => Dtype::U32,
-            "i4" => Dtype::I32,
-            "u8" => Dtype::U64,
-            "i8" => Dtype::I64,
-            "f2" => Dtype::F16,
-            "f4" => Dtype::F32,
-            "f8" => Dtype::F64,
-            _ => return None,
-        };
-        let ok = match order {
-            "<" => true,
-            "|" | "=" => dtype.size() == 1,
-            _ => false,
-        };
-        ok.then_some(dtype)
-    }
-
-    /// Whether the type holds floating-point numbers.
-    pub fn is_float(self) -> bool {
-        matches!(
-            self,
-            Dtype::F8E4M3 | Dtype::F8E5M2 | Dtype::F16 | Dtype::BF16 | Dtype::F32 | Dtype::F64
-        )
-    }
-
-    /// The unit roundoff of a float type (half the distance from 1 to the next number).
-    pub fn unit_roundoff(self) -> Option<f64> {
-        let mantissa_bits = match self {
-            Dtype::F8E4M3 => 3,
-            Dtype::F8E5M2 => 2,
-            Dtype::F16 => 10,
-            Dtype::BF16 => 7,
-            Dtype::F32 => 23,
-            Dtype::F64 => 52,
-            _ => return None,
-        };
-        Some(libm::ldexp(1.0, -(mantissa_bits + 1)))
-    }
-
-    /// Decodes one little-endian element (`bytes.len() == self.size()`) as f64. Bool and
-    /// integer values convert exactly up to 2^53.
-    fn decode(self, b: &[u8]) -> f64 {
-        match self {
-            Dtype::Bool | Dtype::U8 => f64::from(b[0]),
-            Dtype::I8 => f64::from(b[0] as i8),
-            Dtype::U16 => f64::from(u16::from_le_bytes([b[0], b[1]])),
-            Dtype::I16 => f64::from(i16::from_le_bytes([b[0], b[1]])),
-            Dtype::U32 => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            Dtype::I32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            Dtype::U64 => u64::from_le_bytes(eight(b)) as f64,
-            Dtype::I64 => i64::from_le_bytes(eight(b)) as f64,
-            Dtype::F8E4M3 => minifloat(u32::from(b[0]), 4, 3, false),
-            Dtype::F8E5M2 => minifloat(u32::from(b[0]), 5, 2, true),
-            Dtype::F16 => minifloat(u32::from(u16::from_le_bytes([b[0], b[1]])), 5, 10, true),
-            Dtype::BF16 => f64::from(f32::from_bits(
-                u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
-            )),
-            Dtype::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            Dtype::F64 => f64::from_le_bytes(eight(b)),
-        }
-    }
-}
-
-impl fmt::Display for Dtype {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// Decodes one little-endian element of `dtype` (`b.len() == dtype.size()`) as f64. Bool
+/// and integer values convert exactly up to 2^53.
+fn decode(dtype: Dtype, b: &[u8]) -> f64 {
+    match dtype {
+        Dtype::Bool | Dtype::U8 => f64::from(b[0]),
+        Dtype::I8 => f64::from(b[0] as i8),
+        Dtype::U16 => f64::from(u16::from_le_bytes([b[0], b[1]])),
+        Dtype::I16 => f64::from(i16::from_le_bytes([b[0], b[1]])),
+        Dtype::U32 => f64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::I32 => f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::U64 => u64::from_le_bytes(eight(b)) as f64,
+        Dtype::I64 => i64::from_le_bytes(eight(b)) as f64,
+        Dtype::F8E4M3 => minifloat(u32::from(b[0]), 4, 3, false),
+        Dtype::F8E5M2 => minifloat(u32::from(b[0]), 5, 2, true),
+        Dtype::F16 => minifloat(u32::from(u16::from_le_bytes([b[0], b[1]])), 5, 10, true),
+        Dtype::BF16 => f64::from(f32::from_bits(
+            u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
+        )),
+        Dtype::F32 => f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::F64 => f64::from_le_bytes(eight(b)),
     }
 }
 
@@ -424,27 +271,6 @@ fn minifloat(bits: u32, exp_bits: u32, man_bits: u32, ieee_special: bool) -> f64
         sign * fraction * libm::ldexp(1.0, 1 - bias)
     } else {
         sign * (1.0 + fraction) * libm::ldexp(1.0, exponent as i32 - bias)
-    }
-}
-
-/// How an artifact is stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// One .safetensors file.
-    Safetensors,
-    /// A directory of .npy files (with eoi's `manifest.json`, or without one), or one .npy file.
-    Npy,
-    /// One .npz archive: stored .npy members (with eoi's `manifest.json` member, or without).
-    Npz,
-}
-
-impl Format {
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Safetensors => "safetensors",
-            Format::Npy => "npy",
-            Format::Npz => "npz",
-        }
     }
 }
 
@@ -587,7 +413,7 @@ impl Artifact {
             self.read_at(info, offset, chunk)?;
             nonzero += chunk
                 .chunks_exact(size)
-                .filter(|b| info.dtype.decode(b) != 0.0)
+                .filter(|b| decode(info.dtype, b) != 0.0)
                 .count() as u64;
             offset += len as u64;
         }
@@ -645,7 +471,7 @@ impl Artifact {
             let len = (info.nbytes - offset).min(CHUNK as u64) as usize;
             let chunk = &mut buf[..len];
             self.read_at(info, offset, chunk)?;
-            values.extend(chunk.chunks_exact(size).map(|b| info.dtype.decode(b)));
+            values.extend(chunk.chunks_exact(size).map(|b| decode(info.dtype, b)));
             offset += len as u64;
         }
         Ok(values)
@@ -2309,16 +2135,16 @@ mod tests {
     #[test]
     fn minifloats_decode() {
         // e4m3fn: 0x38 = 1.0, 0x7e = 448 (largest), 0x7f = NaN, 0x01 = 2^-9.
-        assert_eq!(Dtype::F8E4M3.decode(&[0x38]), 1.0);
-        assert_eq!(Dtype::F8E4M3.decode(&[0x7e]), 448.0);
-        assert!(Dtype::F8E4M3.decode(&[0x7f]).is_nan());
-        assert_eq!(Dtype::F8E4M3.decode(&[0x01]), libm::ldexp(1.0, -9));
+        assert_eq!(decode(Dtype::F8E4M3, &[0x38]), 1.0);
+        assert_eq!(decode(Dtype::F8E4M3, &[0x7e]), 448.0);
+        assert!(decode(Dtype::F8E4M3, &[0x7f]).is_nan());
+        assert_eq!(decode(Dtype::F8E4M3, &[0x01]), libm::ldexp(1.0, -9));
         // e5m2: 0x3c = 1.0, 0x7c = inf, 0xc0 = -2.
-        assert_eq!(Dtype::F8E5M2.decode(&[0x3c]), 1.0);
-        assert_eq!(Dtype::F8E5M2.decode(&[0x7c]), f64::INFINITY);
-        assert_eq!(Dtype::F8E5M2.decode(&[0xc0]), -2.0);
+        assert_eq!(decode(Dtype::F8E5M2, &[0x3c]), 1.0);
+        assert_eq!(decode(Dtype::F8E5M2, &[0x7c]), f64::INFINITY);
+        assert_eq!(decode(Dtype::F8E5M2, &[0xc0]), -2.0);
         // bf16 0x3f80 = 1.0.
-        assert_eq!(Dtype::BF16.decode(&[0x80, 0x3f]), 1.0);
+        assert_eq!(decode(Dtype::BF16, &[0x80, 0x3f]), 1.0);
         assert_eq!(Dtype::F32.unit_roundoff(), Some(libm::ldexp(1.0, -24)));
     }
 }

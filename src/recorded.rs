@@ -10,11 +10,12 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
+use crate::layer::ConvMask;
+use crate::layer::Layout;
+use crate::layer::{BelowMinimum, Names};
 use crate::provenance::{MASKS_KEY, VERSION_KEY, WEIGHTS_KEY};
 use crate::read::Checkpoint;
-use crate::schemes::conv::ConvMask;
-use crate::spec::{BelowMinimum, Names, Scheme};
-use crate::tensor::Layout;
+use crate::schemes::Scheme;
 
 /// The checkpoint `generate --base` completed, as the output records it.
 #[derive(Clone, Debug, PartialEq, Eq)]

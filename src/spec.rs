@@ -10,9 +10,12 @@ use serde::Deserialize;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::layer::{
+    BelowMinimum, CentreRule, ConvMask, Density, Distribution, Dtype, Format, Gain, Kind, Layout,
+    Names, Shape,
+};
+use crate::schemes::Scheme;
 use crate::schemes::approx_isometry;
-use crate::schemes::conv::{CentreRule, ConvMask};
-use crate::tensor::{Dtype, Layout};
 
 /// Most layers a spec may expand to; a guard against a `repeat` typo allocating forever.
 pub const MAX_LAYERS: usize = 1_000_000;
@@ -60,367 +63,6 @@ impl fmt::Display for SpecError {
 }
 
 impl std::error::Error for SpecError {}
-
-/// A density in (0, 1].
-#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
-pub struct Density(f64);
-
-impl Density {
-    pub fn new(value: f64) -> Option<Density> {
-        (value > 0.0 && value <= 1.0).then_some(Density(value))
-    }
-
-    pub fn get(self) -> f64 {
-        self.0
-    }
-}
-
-/// How the overall density is spread over the layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Distribution {
-    Uniform,
-    /// Erdos-Renyi-Kernel (RigL): raw density (sum of dims / product of dims)^power.
-    Erk,
-    /// Erdos-Renyi: raw density (out + in) / (out * in).
-    Er,
-}
-
-impl Distribution {
-    pub const NAMES: &'static [&'static str] = &["uniform", "erk", "er"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Distribution::Uniform => "uniform",
-            Distribution::Erk => "erk",
-            Distribution::Er => "er",
-        }
-    }
-}
-
-/// What to do with a layer density below what EOI can make (`1/max(out, in)`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BelowMinimum {
-    Error,
-    Clamp,
-}
-
-impl BelowMinimum {
-    pub const NAMES: &'static [&'static str] = &["error", "clamp"];
-
-    pub fn parse(name: &str) -> Option<BelowMinimum> {
-        match name {
-            "error" => Some(BelowMinimum::Error),
-            "clamp" => Some(BelowMinimum::Clamp),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            BelowMinimum::Error => "error",
-            BelowMinimum::Clamp => "clamp",
-        }
-    }
-}
-
-/// Names of the rules for a convolution's centre density (`conv_center`).
-pub const CONV_CENTERS: &[&str] = &["sqrt", "same"];
-
-/// The initialization scheme of a layer: EOI, or one of the baselines the paper compares
-/// it with (see [`crate::schemes`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    /// Exact Orthogonal Initialization (the default).
-    Eoi,
-    /// A random mask over normal weights with std `gain / sqrt(fan_in)`.
-    Kaiming,
-    /// A random mask over normal weights with std `gain / sqrt(fan_in * d)`.
-    ScaledKaiming,
-    /// A random mask over a dense orthogonal matrix (delta-orthogonal for convolutions).
-    Orthogonal,
-    /// Sparsity-Aware Orthogonal initialization (Esguerra et al. 2023): exactly orthogonal
-    /// on a regular bipartite structure, for densities `k / max(out, in)` only.
-    Sao,
-    /// Approximate isometry (Lee et al. 2020): the `orthogonal` baseline's masked matrix,
-    /// then gradient descent on the kept weights towards an orthogonal Gram matrix.
-    ApproxIsometry,
-    /// A random mask over a dense block-orthogonal kernel (Xiao et al. 2018, Algorithm 1),
-    /// orthogonal as a periodic convolution on every tap; a dense orthogonal matrix for
-    /// linear layers.
-    ConvOrthogonal,
-}
-
-impl Scheme {
-    pub const NAMES: &'static [&'static str] = &[
-        "eoi",
-        "kaiming",
-        "scaled-kaiming",
-        "orthogonal",
-        "sao",
-        "approx-isometry",
-        "conv-orthogonal",
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheme::Eoi => "eoi",
-            Scheme::Kaiming => "kaiming",
-            Scheme::ScaledKaiming => "scaled-kaiming",
-            Scheme::Orthogonal => "orthogonal",
-            Scheme::Sao => "sao",
-            Scheme::ApproxIsometry => "approx-isometry",
-            Scheme::ConvOrthogonal => "conv-orthogonal",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Scheme> {
-        match name {
-            "eoi" => Some(Scheme::Eoi),
-            "kaiming" => Some(Scheme::Kaiming),
-            "scaled-kaiming" => Some(Scheme::ScaledKaiming),
-            "orthogonal" => Some(Scheme::Orthogonal),
-            "sao" => Some(Scheme::Sao),
-            "approx-isometry" => Some(Scheme::ApproxIsometry),
-            "conv-orthogonal" => Some(Scheme::ConvOrthogonal),
-            _ => None,
-        }
-    }
-
-    /// Whether the mask is drawn uniformly at random, with exactly `round(d * numel)` ones.
-    pub fn random_mask(self) -> bool {
-        !matches!(self, Scheme::Eoi | Scheme::Sao)
-    }
-
-    /// Whether the weight (of a convolution: its centre tap, every other tap zero) is
-    /// orthogonal times the gain at `density`: EOI and SAO always, a dense orthogonal matrix
-    /// (and approximate isometry, which starts from it) only unmasked, and a block-orthogonal
-    /// kernel (orthogonal as a convolution) likewise.
-    pub fn promises_orthogonality(self, density: f64) -> bool {
-        match self {
-            Scheme::Eoi | Scheme::Sao => true,
-            Scheme::Orthogonal | Scheme::ApproxIsometry | Scheme::ConvOrthogonal => density == 1.0,
-            Scheme::Kaiming | Scheme::ScaledKaiming => false,
-        }
-    }
-
-    /// Whether a convolution's weight is zero off the centre tap.
-    pub fn delta(self) -> bool {
-        matches!(
-            self,
-            Scheme::Eoi | Scheme::Orthogonal | Scheme::Sao | Scheme::ApproxIsometry
-        )
-    }
-}
-
-/// The output container.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// One .safetensors file.
-    Safetensors,
-    /// A directory of .npy files and a manifest.
-    Npy,
-    /// One .npz archive (stored .npy members and a manifest), for `numpy.load`.
-    Npz,
-}
-
-impl Format {
-    pub const NAMES: &'static [&'static str] = &["safetensors", "npy", "npz"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Safetensors => "safetensors",
-            Format::Npy => "npy",
-            Format::Npz => "npz",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Format> {
-        match name {
-            "safetensors" => Some(Format::Safetensors),
-            "npy" => Some(Format::Npy),
-            "npz" => Some(Format::Npz),
-            _ => None,
-        }
-    }
-}
-
-/// How the output tensors are named.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Names {
-    /// Each weight under its layer's name, its mask under the name plus `mask_suffix`.
-    #[default]
-    Plain,
-    /// What `torch.nn.utils.prune` keeps in a state dict: for a layer `<module>.weight`,
-    /// `<module>.weight_orig` and `<module>.weight_mask` (the mask in the weight's dtype).
-    TorchPrune,
-}
-
-impl Names {
-    pub const NAMES: &'static [&'static str] = &["plain", "torch-prune"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Names::Plain => "plain",
-            Names::TorchPrune => "torch-prune",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Names> {
-        match name {
-            "plain" => Some(Names::Plain),
-            "torch-prune" => Some(Names::TorchPrune),
-            _ => None,
-        }
-    }
-}
-
-/// Weight dtypes a spec may ask for.
-pub const WEIGHT_DTYPES: &[&str] = Dtype::WEIGHT_NAMES;
-
-/// Mask dtypes a spec may ask for (plain names; torch-prune masks take the weight's dtype).
-pub const MASK_DTYPES: &[&str] = Dtype::MASK_NAMES;
-
-/// A gain: the factor the orthogonal matrix is multiplied by.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Gain {
-    pub value: f64,
-    /// The nonlinearity it came from, if it was given by name.
-    pub nonlinearity: Option<String>,
-}
-
-impl Gain {
-    /// Names accepted for a gain, with PyTorch's `calculate_gain` values.
-    pub const NAMES: &'static [&'static str] = &[
-        "linear",
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "sigmoid",
-        "tanh",
-        "relu",
-        "leaky_relu",
-        "selu",
-    ];
-
-    pub fn number(value: f64) -> Option<Gain> {
-        (value.is_finite() && value > 0.0).then_some(Gain {
-            value,
-            nonlinearity: None,
-        })
-    }
-
-    /// PyTorch's `torch.nn.init.calculate_gain` for `name` (leaky_relu with slope 0.01).
-    pub fn named(name: &str) -> Option<Gain> {
-        let value = match name {
-            "linear" | "conv1d" | "conv2d" | "conv3d" | "sigmoid" => 1.0,
-            "tanh" => 5.0 / 3.0,
-            "relu" => 2.0f64.sqrt(),
-            "leaky_relu" => (2.0 / (1.0 + 0.01f64 * 0.01)).sqrt(),
-            "selu" => 0.75,
-            _ => return None,
-        };
-        Some(Gain {
-            value,
-            nonlinearity: Some(name.to_string()),
-        })
-    }
-}
-
-/// A weight shape in PyTorch order: (out, in) for linear layers, (out, in, k...) for
-/// convolutions with 1 to 3 spatial dimensions. Every dimension is at least 1 and the
-/// number of elements fits in memory addressing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Shape(Vec<usize>);
-
-/// Whether a layer is a matrix or a convolution kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Linear,
-    Conv,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Linear => "linear",
-            Kind::Conv => "conv",
-        }
-    }
-}
-
-impl Shape {
-    /// Validates a shape; the error says what is wrong with it.
-    pub fn new(dims: &[i64]) -> Result<Shape, String> {
-        if !(2..=5).contains(&dims.len()) {
-            return Err(format!(
-                "a weight shape has 2 dimensions (linear: out, in) or 3 to 5 (conv: out, in, k...), got {} ({:?})",
-                dims.len(),
-                dims
-            ));
-        }
-        let mut out = Vec::with_capacity(dims.len());
-        let mut numel: u64 = 1;
-        for &d in dims {
-            if d < 1 {
-                return Err(format!("every dimension must be at least 1, got {dims:?}"));
-            }
-            numel = numel
-                .checked_mul(d as u64)
-                .filter(|&n| n <= isize::MAX as u64 / 8)
-                .ok_or_else(|| format!("shape {dims:?} has more elements than can be addressed"))?;
-            out.push(d as usize);
-        }
-        Ok(Shape(out))
-    }
-
-    pub fn dims(&self) -> &[usize] {
-        &self.0
-    }
-
-    pub fn out(&self) -> usize {
-        self.0[0]
-    }
-
-    pub fn inp(&self) -> usize {
-        self.0[1]
-    }
-
-    /// The spatial dimensions (empty for linear layers).
-    pub fn kernel(&self) -> &[usize] {
-        &self.0[2..]
-    }
-
-    /// The number of spatial taps K (1 for linear layers).
-    pub fn taps(&self) -> usize {
-        self.kernel().iter().product()
-    }
-
-    pub fn numel(&self) -> u64 {
-        self.0.iter().map(|&d| d as u64).product()
-    }
-
-    /// The fan-in `in * K` (K taps; 1 for linear layers), as Kaiming's std uses it: the one
-    /// place it is computed. `in` is the shape's second dimension, which for a grouped
-    /// convolution is already in/G (PyTorch's storage): the inputs one output sees.
-    pub fn fan_in(&self) -> usize {
-        self.inp() * self.taps()
-    }
-
-    pub fn kind(&self) -> Kind {
-        if self.0.len() == 2 {
-            Kind::Linear
-        } else {
-            Kind::Conv
-        }
-    }
-}
-
-impl fmt::Display for Shape {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts: Vec<String> = self.0.iter().map(|d| d.to_string()).collect();
-        write!(f, "{}", parts.join("x"))
-    }
-}
 
 /// A glob over layer names: `*` matches any run of characters, `?` any one character.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -609,7 +251,7 @@ struct RawInit {
     gain: Option<Spanned<toml::Value>>,
     /// Density of a convolution's centre tap: "sqrt" (default; min(d * K, 1, sqrt(d)) with K
     /// taps) or "same" (the layer's density d).
-    #[schemars(with = "Option<String>", extend("enum" = CONV_CENTERS))]
+    #[schemars(with = "Option<String>", extend("enum" = CentreRule::NAMES))]
     conv_center: Option<Spanned<String>>,
     /// Mask of an EOI convolution: "top-up" (default; the centre matrix's support at the centre
     /// tap, topped up with uniform positions to the density) or "structured" (all taps of every
@@ -647,11 +289,11 @@ struct RawOutput {
     format: Option<Spanned<String>>,
     /// Weight dtype: "f32" (default), "f64", "f16" or "bf16" (bf16 needs safetensors: NumPy
     /// has no bfloat16). Values are computed in f64 and rounded once, to nearest-even.
-    #[schemars(with = "Option<String>", extend("enum" = WEIGHT_DTYPES))]
+    #[schemars(with = "Option<String>", extend("enum" = Dtype::WEIGHT_NAMES))]
     dtype: Option<Spanned<String>>,
     /// Mask dtype: "bool" (default), "u8" or "f32", holding 0 and 1. With names =
     /// "torch-prune" the mask takes the weight's dtype instead.
-    #[schemars(with = "Option<String>", extend("enum" = MASK_DTYPES))]
+    #[schemars(with = "Option<String>", extend("enum" = Dtype::MASK_NAMES))]
     mask_dtype: Option<Spanned<String>>,
     /// Suffix of each weight's mask name (default "_mask").
     #[schemars(with = "Option<String>", length(min = 1))]
@@ -693,7 +335,7 @@ struct RawLayer {
     #[schemars(with = "Option<GainSchema>")]
     gain: Option<Spanned<toml::Value>>,
     /// This layer's centre rule, overriding `[init]`'s: "sqrt" or "same".
-    #[schemars(with = "Option<String>", extend("enum" = CONV_CENTERS))]
+    #[schemars(with = "Option<String>", extend("enum" = CentreRule::NAMES))]
     conv_center: Option<Spanned<String>>,
     /// This layer's conv mask rule, overriding `[init]`'s: "top-up" or "structured"
     /// (convolutions only).
@@ -1315,7 +957,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                     v,
                     "[init], field `conv_center`",
                     "conv_center",
-                    CONV_CENTERS,
+                    CentreRule::NAMES,
                     centre_rule,
                 )?,
             },
@@ -1416,7 +1058,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                         v,
                         "[output], field `dtype`",
                         "dtype",
-                        WEIGHT_DTYPES,
+                        Dtype::WEIGHT_NAMES,
                         Dtype::weight,
                     )
                 })
@@ -1430,7 +1072,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                         v,
                         "[output], field `mask_dtype`",
                         "mask_dtype",
-                        MASK_DTYPES,
+                        Dtype::MASK_NAMES,
                         Dtype::mask,
                     )
                 })
@@ -1527,7 +1169,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
                     v,
                     &field("conv_center"),
                     "conv_center",
-                    CONV_CENTERS,
+                    CentreRule::NAMES,
                     centre_rule,
                 )
             })

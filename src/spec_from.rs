@@ -20,9 +20,10 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 use crate::isometry::natural_cmp;
+use crate::layer::Layout;
+use crate::layer::{BelowMinimum, Distribution, Gain, Kind, Shape};
 use crate::read::{self, Checkpoint};
-use crate::spec::{self, BelowMinimum, Distribution, Gain, Kind, Pattern, Shape, Source};
-use crate::tensor::Layout;
+use crate::spec::{self, Pattern, Source};
 
 /// Largest JSON shape list accepted.
 pub const MAX_JSON: u64 = 100_000_000;
@@ -45,7 +46,7 @@ pub struct Entry {
     /// The tensor whose storage this one shares (a shape list's `"tied_to"`).
     pub tied_to: Option<String>,
     /// The dtype it is stored in (checkpoints only).
-    pub dtype: Option<read::Dtype>,
+    pub dtype: Option<crate::layer::Dtype>,
 }
 
 impl Entry {
@@ -570,7 +571,7 @@ fn check_ties(name: &str, entries: &[Entry]) -> Result<(), Error> {
 /// How the spec is written: the command line's choices.
 #[derive(Clone, Debug)]
 pub struct Options {
-    pub density: spec::Density,
+    pub density: crate::layer::Density,
     pub distribution: Distribution,
     pub gain: Option<Gain>,
     pub seed: Option<u64>,
@@ -656,7 +657,7 @@ struct Layer {
     /// Names sharing this layer's storage (tied weights).
     tied: Vec<String>,
     /// The dtype the source stores it in, when known.
-    dtype: Option<read::Dtype>,
+    dtype: Option<crate::layer::Dtype>,
     /// It is a layer only because an `--include` glob matched it.
     included: bool,
     /// Density from a mask: (nnz, numel, mask name).
@@ -952,13 +953,13 @@ struct OutputDtype {
     /// The dtype to write into `[output]`, when not the default f32.
     write: Option<&'static str>,
     /// The layers' majority dtype, when known.
-    majority: Option<read::Dtype>,
+    majority: Option<crate::layer::Dtype>,
     /// (name, dtype) of the layers not in the majority dtype.
-    others: Vec<(String, read::Dtype)>,
+    others: Vec<(String, crate::layer::Dtype)>,
 }
 
 fn output_dtype(layers: &[Layer]) -> OutputDtype {
-    let mut counts: Vec<(read::Dtype, usize)> = Vec::new();
+    let mut counts: Vec<(crate::layer::Dtype, usize)> = Vec::new();
     for dtype in layers.iter().filter_map(|l| l.dtype) {
         match counts.iter_mut().find(|(d, _)| *d == dtype) {
             Some((_, n)) => *n += 1,
@@ -967,15 +968,18 @@ fn output_dtype(layers: &[Layer]) -> OutputDtype {
     }
     let majority = counts
         .iter()
-        .fold(None::<(read::Dtype, usize)>, |best, &(d, n)| match best {
-            Some((_, m)) if m >= n => best,
-            _ => Some((d, n)),
-        })
+        .fold(
+            None::<(crate::layer::Dtype, usize)>,
+            |best, &(d, n)| match best {
+                Some((_, m)) if m >= n => best,
+                _ => Some((d, n)),
+            },
+        )
         .map(|(d, _)| d);
     let write = match majority {
-        Some(read::Dtype::BF16) => Some("bf16"),
-        Some(read::Dtype::F16) => Some("f16"),
-        Some(read::Dtype::F64) => Some("f64"),
+        Some(crate::layer::Dtype::BF16) => Some("bf16"),
+        Some(crate::layer::Dtype::F16) => Some("f16"),
+        Some(crate::layer::Dtype::F64) => Some("f64"),
         _ => None,
     };
     let others = layers
@@ -1208,7 +1212,8 @@ fn render(
             let _ = writeln!(t, "gain = {value}");
         }
     }
-    let writable = dtype.write.is_some() || dtype.majority.is_none_or(|d| d == read::Dtype::F32);
+    let writable =
+        dtype.write.is_some() || dtype.majority.is_none_or(|d| d == crate::layer::Dtype::F32);
     if options.layout == Layout::Flax
         || dtype.write.is_some()
         || !writable
@@ -1370,7 +1375,7 @@ mod tests {
 
     fn options() -> Options {
         Options {
-            density: spec::Density::new(0.1).unwrap(),
+            density: crate::layer::Density::new(0.1).unwrap(),
             distribution: Distribution::Uniform,
             gain: None,
             seed: None,

@@ -6,6 +6,7 @@
 use std::io::{self, Write};
 use std::sync::Mutex;
 
+use crate::layer::Dtype;
 use crate::schemes::eoi::RotatedRows;
 
 /// How a [`Grid`] or [`BitGrid`] stores its elements.
@@ -511,82 +512,6 @@ impl RowBlocks for Mask {
     }
 }
 
-/// The order of a weight's dimensions in the output.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum Layout {
-    /// PyTorch: linear (out, in), convolution (out, in, k...). The order the schemes work in.
-    #[default]
-    Torch,
-    /// Flax/JAX: Dense kernels (in, out), convolution kernels (k..., in, out) (HWIO in 2-D).
-    Flax,
-}
-
-impl Layout {
-    pub const NAMES: &'static [&'static str] = &["torch", "flax"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Layout::Torch => "torch",
-            Layout::Flax => "flax",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Layout> {
-        match name {
-            "torch" => Some(Layout::Torch),
-            "flax" => Some(Layout::Flax),
-            _ => None,
-        }
-    }
-
-    /// The output shape of a tensor whose PyTorch shape is `dims` ([out, in, k...]).
-    pub fn shape(self, dims: &[usize]) -> Vec<usize> {
-        match self {
-            Layout::Torch => dims.to_vec(),
-            Layout::Flax => {
-                let mut shape = dims[2..].to_vec();
-                shape.extend([dims[1], dims[0]]);
-                shape
-            }
-        }
-    }
-
-    /// The PyTorch shape ([out, in, k...]) of a tensor stored as `dims` in this layout: the
-    /// inverse of [`Layout::shape`], for shapes read from a checkpoint. `dims` has at least
-    /// two dimensions.
-    pub fn torch_shape(self, dims: &[usize]) -> Vec<usize> {
-        match self {
-            Layout::Torch => dims.to_vec(),
-            Layout::Flax => {
-                let n = dims.len();
-                let mut shape = vec![dims[n - 1], dims[n - 2]];
-                shape.extend_from_slice(&dims[..n - 2]);
-                shape
-            }
-        }
-    }
-
-    /// The values of a tensor stored as `stored` (row-major, this layout's shape) in PyTorch
-    /// order (out, in, k...): the inverse of what [`FlaxView`] does when writing, for the
-    /// readers that measure a layer as it acts. `values` must hold the product of `stored`
-    /// elements; a tensor of rank below 2 (a bias) is the same in every layout.
-    pub fn torch_order<T: Copy>(self, values: Vec<T>, stored: &[usize]) -> Vec<T> {
-        if self == Layout::Torch || stored.len() < 2 {
-            return values;
-        }
-        let n = stored.len();
-        let (inp, out) = (stored[n - 2], stored[n - 1]);
-        let taps: usize = stored[..n - 2].iter().product();
-        let mut torch = Vec::with_capacity(values.len());
-        for o in 0..out {
-            for i in 0..inp {
-                torch.extend((0..taps).map(|t| values[(t * inp + i) * out + o]));
-            }
-        }
-        torch
-    }
-}
-
 /// A PyTorch-layout tensor (out, in, k...), seen as rows of `row_len() = in * taps`, read in
 /// Flax layout (k..., in, out): the same values, permuted. Row `r = t * in + i` of the result
 /// (tap `t`, input `i`) holds element (o, i * taps + t) of the PyTorch tensor for every output
@@ -630,96 +555,6 @@ impl<T: RowBlocks> RowBlocks for FlaxView<'_, T> {
         out.reserve(count * outs);
         for r in first..first + count {
             out.extend((0..outs).map(|o| self.get(r, o)));
-        }
-    }
-}
-
-/// Element types of the output files.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Dtype {
-    F32,
-    F64,
-    /// IEEE 754 binary16.
-    F16,
-    /// bfloat16: the top half of an f32 (8 exponent bits, 7 fraction bits).
-    BF16,
-    /// One byte, 0 or 1 (masks).
-    Bool,
-    /// One byte, 0 or 1 (masks).
-    U8,
-}
-
-impl Dtype {
-    /// Weight dtypes, as named in specs and on the command line.
-    pub const WEIGHT_NAMES: &'static [&'static str] = &["f32", "f64", "f16", "bf16"];
-
-    /// Mask dtypes of plain names, as named in specs and on the command line.
-    pub const MASK_NAMES: &'static [&'static str] = &["bool", "u8", "f32"];
-
-    /// Bytes per element.
-    pub fn size(self) -> usize {
-        match self {
-            Dtype::F32 => 4,
-            Dtype::F64 => 8,
-            Dtype::F16 | Dtype::BF16 => 2,
-            Dtype::Bool | Dtype::U8 => 1,
-        }
-    }
-
-    /// The name used in specs and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "f32",
-            Dtype::F64 => "f64",
-            Dtype::F16 => "f16",
-            Dtype::BF16 => "bf16",
-            Dtype::Bool => "bool",
-            Dtype::U8 => "u8",
-        }
-    }
-
-    /// A weight dtype by its name.
-    pub fn weight(name: &str) -> Option<Dtype> {
-        match name {
-            "f32" => Some(Dtype::F32),
-            "f64" => Some(Dtype::F64),
-            "f16" => Some(Dtype::F16),
-            "bf16" => Some(Dtype::BF16),
-            _ => None,
-        }
-    }
-
-    /// A mask dtype (of plain names) by its name.
-    pub fn mask(name: &str) -> Option<Dtype> {
-        match name {
-            "bool" => Some(Dtype::Bool),
-            "u8" => Some(Dtype::U8),
-            "f32" => Some(Dtype::F32),
-            _ => None,
-        }
-    }
-
-    /// The dtype string of the safetensors header.
-    pub fn safetensors_name(self) -> &'static str {
-        match self {
-            Dtype::F32 => "F32",
-            Dtype::F64 => "F64",
-            Dtype::F16 => "F16",
-            Dtype::BF16 => "BF16",
-            Dtype::Bool => "BOOL",
-            Dtype::U8 => "U8",
-        }
-    }
-
-    /// The `descr` of a NumPy .npy header; `None` for bf16, which NumPy has no type for.
-    pub fn npy_descr(self) -> Option<&'static str> {
-        match self {
-            Dtype::F32 => Some("<f4"),
-            Dtype::F64 => Some("<f8"),
-            Dtype::F16 => Some("<f2"),
-            Dtype::BF16 => None,
-            Dtype::Bool => Some("|b1"),
-            Dtype::U8 => Some("|u1"),
         }
     }
 }
@@ -899,6 +734,7 @@ macro_rules! encode_f64 {
             Dtype::F16 => $apply($($args,)* |x: f64| f16_bits(x + 0.0)),
             Dtype::BF16 => $apply($($args,)* |x: f64| bf16_bits(x + 0.0)),
             Dtype::Bool | Dtype::U8 => $apply($($args,)* |x: f64| [u8::from(x != 0.0)]),
+            other => unreachable!("{other} is not written: check_writable guards every encoder"),
         }
     };
 }
@@ -912,6 +748,7 @@ macro_rules! encode_u8 {
             Dtype::F16 => $apply($($args,)* |x: u8| f16_bits(f64::from(u8::from(x != 0)))),
             Dtype::BF16 => $apply($($args,)* |x: u8| bf16_bits(f64::from(u8::from(x != 0)))),
             Dtype::Bool | Dtype::U8 => $apply($($args,)* |x: u8| [u8::from(x != 0)]),
+            other => unreachable!("{other} is not written: check_writable guards every encoder"),
         }
     };
 }
@@ -957,8 +794,23 @@ impl Element for u8 {
     }
 }
 
+/// The dtypes eoi encodes values in: [`Dtype::WEIGHTS`] and [`Dtype::MASKS`]. Every path
+/// that encodes ([`write_all`], `write::write_tensor`) asks this first, so the encoders
+/// never see another dtype.
+pub fn check_writable(dtype: Dtype) -> io::Result<()> {
+    if Dtype::WEIGHTS.contains(&dtype) || Dtype::MASKS.contains(&dtype) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("eoi writes tensors as f32, f64, f16, bf16, bool or u8, not {dtype}"),
+        ))
+    }
+}
+
 /// Writes a whole tensor as `dtype` bytes in row-major order to `out`, a block at a time.
 pub fn write_all<T: RowBlocks>(tensor: &T, dtype: Dtype, out: &mut dyn Write) -> io::Result<()> {
+    check_writable(dtype)?;
     let step = tensor.block_rows(dtype);
     let mut values = Vec::new();
     let mut bytes = Vec::new();
@@ -989,6 +841,7 @@ pub fn write_mask(mask: &Mask, dtype: Dtype, out: &mut dyn Write) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::Layout;
 
     fn all_rows<T: RowBlocks>(t: &T) -> Vec<Vec<T::Elem>> {
         let mut flat = Vec::new();
@@ -997,19 +850,14 @@ mod tests {
     }
 
     #[test]
-    fn torch_shape_inverts_the_flax_shape() {
-        assert_eq!(Layout::Flax.shape(&[64, 3, 7, 5]), [7, 5, 3, 64]);
-        assert_eq!(Layout::Flax.torch_shape(&[7, 5, 3, 64]), [64, 3, 7, 5]);
-        assert_eq!(Layout::Flax.torch_shape(&[784, 300]), [300, 784]);
-        for dims in [
-            vec![3, 4],
-            vec![8, 2, 3],
-            vec![6, 5, 3, 3],
-            vec![2, 3, 4, 5, 6],
-        ] {
-            for layout in [Layout::Torch, Layout::Flax] {
-                assert_eq!(layout.torch_shape(&layout.shape(&dims)), dims);
-            }
+    fn only_the_dtypes_eoi_writes_are_encoded() {
+        let grid = Grid::new(1, 2, Order::RowMajor, vec![1.0, 0.0]);
+        for &dtype in Dtype::ALL {
+            let mut out = Vec::new();
+            let written = write_all(&grid, dtype, &mut out);
+            let writable = Dtype::WEIGHTS.contains(&dtype) || Dtype::MASKS.contains(&dtype);
+            assert_eq!(written.is_ok(), writable, "{dtype}");
+            assert_eq!(out.len(), if writable { 2 * dtype.size() } else { 0 });
         }
     }
 

@@ -17,17 +17,21 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::layer::ConvMask;
+use crate::layer::Kind;
+use crate::layer::Layout;
+use crate::layer::{Dtype, Format};
 use crate::measure;
 use crate::plan::{self, LayerPlan, Overrides, Plan};
 use crate::progress::Progress;
 use crate::provenance::layer_record;
-use crate::read::{Checkpoint, Dtype, Format, ReadError, Tensor, TensorInfo};
+use crate::read::{Checkpoint, ReadError, Tensor, TensorInfo};
 use crate::recorded::{self, LayerRecord, Recorded};
-use crate::schemes::conv::ConvMask;
+use crate::schemes::Scheme;
 use crate::schemes::{self, conv};
-use crate::spec::{self, Kind, Scheme, Source};
+use crate::spec::{self, Source};
 use crate::stream::STREAM_VERSION;
-use crate::tensor::{self, FlaxView, Layout};
+use crate::tensor::{self, FlaxView};
 
 /// What to check beyond the file itself.
 #[derive(Clone, Debug, Default)]
@@ -1202,14 +1206,14 @@ fn compare(
 }
 
 /// The dtype eoi writes that is stored as `dtype`, if eoi writes it.
-fn written_dtype(dtype: Dtype) -> Option<tensor::Dtype> {
+fn written_dtype(dtype: Dtype) -> Option<crate::layer::Dtype> {
     match dtype {
-        Dtype::F32 => Some(tensor::Dtype::F32),
-        Dtype::F64 => Some(tensor::Dtype::F64),
-        Dtype::F16 => Some(tensor::Dtype::F16),
-        Dtype::BF16 => Some(tensor::Dtype::BF16),
-        Dtype::Bool => Some(tensor::Dtype::Bool),
-        Dtype::U8 => Some(tensor::Dtype::U8),
+        Dtype::F32 => Some(crate::layer::Dtype::F32),
+        Dtype::F64 => Some(crate::layer::Dtype::F64),
+        Dtype::F16 => Some(crate::layer::Dtype::F16),
+        Dtype::BF16 => Some(crate::layer::Dtype::BF16),
+        Dtype::Bool => Some(crate::layer::Dtype::Bool),
+        Dtype::U8 => Some(crate::layer::Dtype::U8),
         _ => None,
     }
 }
@@ -1265,10 +1269,10 @@ fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
         Some((
             _,
             Some(
-                d @ (tensor::Dtype::F32
-                | tensor::Dtype::F64
-                | tensor::Dtype::F16
-                | tensor::Dtype::BF16),
+                d @ (crate::layer::Dtype::F32
+                | crate::layer::Dtype::F64
+                | crate::layer::Dtype::F16
+                | crate::layer::Dtype::BF16),
             ),
         )) => d,
         other => {

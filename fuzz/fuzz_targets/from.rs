@@ -19,9 +19,10 @@ use std::sync::OnceLock;
 
 use eoi::plan::{self, Overrides};
 use eoi::read::{Checkpoint, INDEX};
-use eoi::spec::{self, Density, Distribution, Source};
+use eoi::spec::{self, Source};
+use eoi::layer::{Density, Distribution};
 use eoi::spec_from::{self, Options};
-use eoi::tensor::Layout;
+use eoi::layer::Layout;
 use libfuzzer_sys::fuzz_target;
 
 const CUT: &[u8] = b"\xffSHARD\xff";

@@ -8,65 +8,9 @@
 //! the mask is instead every tap of each channel pair the centre connects, at `d_H = d`.
 
 use super::eoi;
+use crate::layer::CentreRule;
 use crate::stream::Stream;
 use crate::tensor::{Grid, Mask, Order, Weight};
-
-/// How the density of the centre matrix follows from the layer's density.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CentreRule {
-    /// `d_H = d`: the paper's 1000-layer CNN.
-    Same,
-    /// `d_H = min(d * K, 1, sqrt(d))`: the paper's setting for contemporary networks.
-    Sqrt,
-}
-
-impl CentreRule {
-    pub fn name(self) -> &'static str {
-        match self {
-            CentreRule::Same => "same",
-            CentreRule::Sqrt => "sqrt",
-        }
-    }
-}
-
-/// Which positions of a kernel its mask keeps besides the centre matrix's support
-/// (`conv_mask`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvMask {
-    /// The centre's support at the centre tap, topped up with uniform positions anywhere in
-    /// the tensor to the layer's density (see [`mask`]).
-    TopUp,
-    /// The whole kernel slice (all K taps) of every channel pair the centre matrix connects,
-    /// with `d_H = d` so that the tensor keeps `centre_nnz * K` ones (see [`structured_mask`]).
-    Structured,
-}
-
-impl ConvMask {
-    pub const NAMES: &'static [&'static str] = &["top-up", "structured"];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ConvMask::TopUp => "top-up",
-            ConvMask::Structured => "structured",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<ConvMask> {
-        match name {
-            "top-up" => Some(ConvMask::TopUp),
-            "structured" => Some(ConvMask::Structured),
-            _ => None,
-        }
-    }
-}
-
-/// The density of the centre matrix H for a layer of density `density` with `taps` taps.
-pub fn centre_density(density: f64, taps: usize, rule: CentreRule) -> f64 {
-    match rule {
-        CentreRule::Same => density,
-        CentreRule::Sqrt => (density * taps as f64).min(1.0).min(density.sqrt()),
-    }
-}
 
 /// The smallest layer density whose centre matrix EOI can make: the centre density must be
 /// at least `1/m`, m = max(out, in).
@@ -172,7 +116,7 @@ pub fn centre(
     stream: &mut Stream,
     (seed, name): (u64, &str),
 ) -> Centre {
-    let d = centre_density(density, taps, rule);
+    let d = rule.centre_density(density, taps);
     if groups <= 1 {
         return Centre {
             blocks: vec![eoi::schedule(out, inp, d, stream)],
@@ -282,21 +226,13 @@ mod tests {
     }
 
     #[test]
-    fn sqrt_rule_matches_the_paper() {
-        // d = 0.1, K = 9: min(0.9, 1, 0.316...) = sqrt(0.1).
-        assert_eq!(centre_density(0.1, 9, CentreRule::Sqrt), 0.1f64.sqrt());
-        // d = 0.01, K = 9: min(0.09, 1, 0.1) = 0.09.
-        assert!((centre_density(0.01, 9, CentreRule::Sqrt) - 0.09).abs() < 1e-15);
-        assert_eq!(centre_density(0.01, 9, CentreRule::Same), 0.01);
-    }
 
-    #[test]
     fn minimum_density_is_where_the_centre_reaches_one_over_m() {
         for rule in [CentreRule::Same, CentreRule::Sqrt] {
             for &(out, inp, taps) in &[(64, 32, 9), (16, 16, 1), (3, 200, 25)] {
                 let d = minimum_density(out, inp, taps, rule);
                 let m = out.max(inp) as f64;
-                let dh = centre_density(d, taps, rule);
+                let dh = rule.centre_density(d, taps);
                 assert!((dh - 1.0 / m).abs() < 1e-12, "{rule:?} {out} {inp} {taps}");
             }
         }

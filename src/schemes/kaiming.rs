@@ -3,7 +3,7 @@
 //! (`scaled-kaiming`, which keeps the variance of a pre-activation as the dense init had it),
 //! with `fan_in = in * K`. Weights outside the mask are zero.
 
-use crate::spec::Shape;
+use crate::layer::Shape;
 use crate::stream::Stream;
 use crate::tensor::{self, Grid, Mask, Order, RowBlocks};
 

@@ -16,10 +16,63 @@ pub mod mask;
 pub mod orthogonal;
 pub mod sao;
 
+use crate::layer::Layout;
+use crate::layer::{Kind, named};
 use crate::plan::LayerPlan;
-use crate::spec::{Kind, Scheme};
 use crate::stream::Stream;
-use crate::tensor::{Grid, Layout, Mask, Order, RowBlocks, Weight};
+use crate::tensor::{Grid, Mask, Order, RowBlocks, Weight};
+
+named! {
+    /// The initialization scheme of a layer: EOI, or one of the baselines the paper compares
+    /// it with.
+    pub enum Scheme {
+        /// Exact Orthogonal Initialization (the default).
+        Eoi = "eoi",
+        /// A random mask over normal weights with std `gain / sqrt(fan_in)`.
+        Kaiming = "kaiming",
+        /// A random mask over normal weights with std `gain / sqrt(fan_in * d)`.
+        ScaledKaiming = "scaled-kaiming",
+        /// A random mask over a dense orthogonal matrix (delta-orthogonal for convolutions).
+        Orthogonal = "orthogonal",
+        /// Sparsity-Aware Orthogonal initialization (Esguerra et al. 2023): exactly orthogonal
+        /// on a regular bipartite structure, for densities `k / max(out, in)` only.
+        Sao = "sao",
+        /// Approximate isometry (Lee et al. 2020): the `orthogonal` baseline's masked matrix,
+        /// then gradient descent on the kept weights towards an orthogonal Gram matrix.
+        ApproxIsometry = "approx-isometry",
+        /// A random mask over a dense block-orthogonal kernel (Xiao et al. 2018, Algorithm 1),
+        /// orthogonal as a periodic convolution on every tap; a dense orthogonal matrix for
+        /// linear layers.
+        ConvOrthogonal = "conv-orthogonal",
+    }
+}
+
+impl Scheme {
+    /// Whether the mask is drawn uniformly at random, with exactly `round(d * numel)` ones.
+    pub fn random_mask(self) -> bool {
+        !matches!(self, Scheme::Eoi | Scheme::Sao)
+    }
+
+    /// Whether the weight (of a convolution: its centre tap, every other tap zero) is
+    /// orthogonal times the gain at `density`: EOI and SAO always, a dense orthogonal matrix
+    /// (and approximate isometry, which starts from it) only unmasked, and a block-orthogonal
+    /// kernel (orthogonal as a convolution) likewise.
+    pub fn promises_orthogonality(self, density: f64) -> bool {
+        match self {
+            Scheme::Eoi | Scheme::Sao => true,
+            Scheme::Orthogonal | Scheme::ApproxIsometry | Scheme::ConvOrthogonal => density == 1.0,
+            Scheme::Kaiming | Scheme::ScaledKaiming => false,
+        }
+    }
+
+    /// Whether a convolution's weight is zero off the centre tap.
+    pub fn delta(self) -> bool {
+        matches!(
+            self,
+            Scheme::Eoi | Scheme::Orthogonal | Scheme::Sao | Scheme::ApproxIsometry
+        )
+    }
+}
 
 /// What a layer's generation achieved.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,8 +159,8 @@ fn kernel_stats(layer: &LayerPlan, centre: &conv::Centre) -> LayerStats {
     LayerStats {
         numel,
         nnz: match layer.conv_mask {
-            conv::ConvMask::TopUp => conv::mask_ones(layer.density, numel, centre.nnz()),
-            conv::ConvMask::Structured => centre.nnz() * layer.shape.taps() as u64,
+            crate::layer::ConvMask::TopUp => conv::mask_ones(layer.density, numel, centre.nnz()),
+            crate::layer::ConvMask::Structured => centre.nnz() * layer.shape.taps() as u64,
         },
         rotations: centre.rotations(),
         centre_nnz: Some(centre.nnz()),
@@ -373,10 +426,10 @@ pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
             Kind::Conv => {
                 let centre = kernel_centre(layer, seed, &mut stream);
                 let mask = match layer.conv_mask {
-                    conv::ConvMask::TopUp => {
+                    crate::layer::ConvMask::TopUp => {
                         conv::mask(&centre, layer.shape.kernel(), layer.density, &mut stream)
                     }
-                    conv::ConvMask::Structured => {
+                    crate::layer::ConvMask::Structured => {
                         conv::structured_mask(&centre, layer.shape.kernel())
                     }
                 };
@@ -472,9 +525,9 @@ pub fn generate(layer: &LayerPlan, seed: u64) -> Generated {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::Dtype;
     use crate::plan::{self, Overrides, Plan};
     use crate::spec::{self, Source};
-    use crate::tensor::Dtype;
 
     fn plan_of(init: &str) -> Plan {
         let text = format!(

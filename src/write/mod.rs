@@ -19,9 +19,10 @@ use std::sync::{Mutex, OnceLock};
 use rayon::prelude::*;
 
 use crate::error::Error;
+use crate::layer::Dtype;
+use crate::layer::Format;
 use crate::provenance::Provenance;
-use crate::spec::Format;
-use crate::tensor::{Dtype, RowBlocks};
+use crate::tensor::RowBlocks;
 
 /// A tensor of the output, known before its data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,7 +44,7 @@ impl TensorInfo {
 #[derive(Debug)]
 pub struct Copied {
     pub name: String,
-    pub dtype: crate::read::Dtype,
+    pub dtype: crate::layer::Dtype,
     pub shape: Vec<usize>,
     pub nbytes: u64,
     pub from: CopyFrom,
@@ -220,6 +221,7 @@ pub fn write_tensor<T: RowBlocks>(
     dtype: Dtype,
 ) -> Result<(), Error> {
     let sink = output.tensor(index)?;
+    crate::tensor::check_writable(dtype).map_err(|e| Error::Internal(e.to_string()))?;
     let step = tensor.block_rows(dtype);
     let row_bytes = (tensor.row_len() * dtype.size()) as u64;
     let blocks = tensor.rows().div_ceil(step);

@@ -152,7 +152,7 @@ impl Drop for NpyOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::Dtype;
+    use crate::layer::Dtype;
 
     #[test]
     fn headers_are_64_byte_aligned_and_describe_the_array() {

@@ -194,8 +194,8 @@ pub fn relative(target: &Path, from: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::Dtype;
     use crate::provenance::Provenance;
-    use crate::tensor::Dtype;
     use crate::write::TensorInfo;
 
     /// A weights output whose move into place succeeds or fails as told.

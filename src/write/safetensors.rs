@@ -331,7 +331,7 @@ pub fn written_by_eoi(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::Dtype;
+    use crate::layer::Dtype;
 
     #[test]
     fn weights_come_before_masks_and_the_header_is_padded() {
