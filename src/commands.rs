@@ -21,6 +21,7 @@ use eoi::schemes::Scheme;
 use eoi::spec::{self, Source, SpecError};
 use eoi::spec_from;
 use eoi::stream::STREAM_VERSION;
+use eoi::units::thousands;
 use eoi::verify;
 use eoi::write::{self, Container, Destination};
 
@@ -112,19 +113,6 @@ fn print_json(value: &Value) -> Result<(), Error> {
     writeln!(out).map_err(stdout_error)
 }
 
-/// 1234567 -> "1,234,567".
-pub(crate) fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (k, c) in digits.chars().enumerate() {
-        if k > 0 && (digits.len() - k) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 fn plan_json(plan: &Plan) -> Value {
     json!({
         "schema_version": SCHEMA_VERSION,
@@ -162,7 +150,7 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
         .clamp(5, 60);
     // A grouped convolution's shape is followed by its groups, as PyTorch's Conv2d names them,
     // and a structured kernel's by its mask rule (top-up, the default, is not shown).
-    let shape = |l: &plan::LayerPlan| {
+    let shape = |l: &eoi::schemes::LayerPlan| {
         let mut text = match l.groups {
             1 => l.shape.to_string(),
             g => format!("{} groups={g}", l.shape),
@@ -572,18 +560,5 @@ fn isometry_command(args: IsometryArgs) -> Result<(), Error> {
             .lock()
             .write_all(output::isometry_text(&report).as_bytes())
             .map_err(stdout_error)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::thousands;
-
-    #[test]
-    fn thousands_groups_digits() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(1234567), "1,234,567");
     }
 }

@@ -17,11 +17,13 @@ use crate::layer::Format;
 use crate::layer::Kind;
 use crate::layer::Names;
 use crate::layer::{Dtype, Layout};
-use crate::plan::{LayerPlan, Plan};
+use crate::plan::Plan;
 use crate::provenance::{MASKS_KEY, Provenance, WEIGHTS_KEY};
+use crate::schemes::LayerPlan;
 use crate::schemes::Scheme;
 use crate::schemes::{self, LayerStats};
 use crate::tensor::{self, FlaxView, RowBlocks};
+use crate::units::human_size;
 use crate::write::pair::{self, Alone, PairedOutput, Route};
 use crate::write::safetensors::SafetensorsOutput;
 use crate::write::shards::{ShardFile, ShardedOutput};
@@ -368,21 +370,6 @@ fn available_memory() -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// A byte count for people: `512 B`, `38.3 MiB`, `1.5 GiB`.
-fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if bytes < 1024 {
-        return format!("{bytes} B");
-    }
-    let mut value = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
 }
 
 /// The memory limit of a run: `--max-memory`, or a share of the memory available now.
@@ -1101,14 +1088,6 @@ mod tests {
         })
         .unwrap();
         plan::plan(&spec, &Overrides::default()).unwrap()
-    }
-
-    #[test]
-    fn sizes_read_in_binary_units() {
-        assert_eq!(human_size(512), "512 B");
-        assert_eq!(human_size(1536), "1.5 KiB");
-        assert_eq!(human_size(38 << 20), "38.0 MiB");
-        assert_eq!(human_size(3 << 30), "3.0 GiB");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod spec;
 pub mod spec_from;
 pub mod stream;
 pub mod tensor;
+pub mod units;
 pub mod verify;
 pub mod write;
 

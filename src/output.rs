@@ -13,7 +13,7 @@ use eoi::provenance::SCHEMA_VERSION;
 use eoi::stream::STREAM_VERSION;
 use eoi::verify::{self, LayerReport};
 
-use crate::commands::thousands;
+use eoi::units::thousands;
 
 /// A progress bar on standard error, drawn only when standard error is a terminal and the
 /// work is large enough to be worth watching (a few seconds).

@@ -2,88 +2,12 @@
 //! patterns, EOI's minimum), gain, centre rule and scheme, and the output choices, resolved
 //! from a [`Spec`] into a [`Plan`]. Generation executes the plan and never looks at the spec.
 
-use crate::schemes::{self, approx_isometry, conv, sao};
-
-use crate::layer::Origin;
-use crate::layer::{BelowMinimum, Density, Distribution, Format, Gain, Kind, Names, Shape};
-use crate::layer::{CentreRule, ConvMask};
-use crate::layer::{Dtype, Layout};
-use crate::schemes::Scheme;
+use crate::layer::{
+    BelowMinimum, CentreRule, ConvMask, Density, Distribution, Dtype, Format, Kind, Layout, Names,
+    Origin, Shape,
+};
+use crate::schemes::{LayerPlan, Scheme, conv, sao};
 use crate::spec::{Source, Spec, SpecError};
-
-/// One layer, fully resolved.
-#[derive(Clone, Debug)]
-pub struct LayerPlan {
-    pub name: String,
-    pub shape: Shape,
-    /// The target density of the whole tensor.
-    pub density: f64,
-    pub origin: Origin,
-    pub scheme: Scheme,
-    pub gain: Gain,
-    /// The centre rule in force: `Same` under a structured mask, whatever `conv_center` says.
-    pub conv_center: CentreRule,
-    /// The kernel's mask rule (EOI convolutions; `TopUp` for every other layer).
-    pub conv_mask: ConvMask,
-    /// The std of the layer's bias, when it has one (only layers named `<module>.weight`).
-    pub bias_std: Option<f64>,
-    /// The descent of scheme "approx-isometry" (every layer carries `[init]`'s).
-    pub isometry: approx_isometry::Settings,
-    /// Convolution groups G: the kernel is G independent blocks of (out/G, in/G) (see
-    /// [`LayerPlan::block`]); 1 for linear layers and ordinary convolutions.
-    pub groups: usize,
-    /// Names of parameters sharing the layer's storage (`tied`): with `--base`, each one the
-    /// base holds gets the weight's bytes.
-    pub tied: Vec<String>,
-    /// Where the layer stands in the spec (line, column).
-    pub position: (usize, usize),
-}
-
-impl LayerPlan {
-    pub fn kind(&self) -> Kind {
-        self.shape.kind()
-    }
-
-    /// The name of the layer's bias, `<module>.bias` for a layer `<module>.weight`, when the
-    /// layer has one. It is the same under every layout and naming.
-    pub fn bias_name(&self) -> Option<String> {
-        self.bias_std?;
-        self.name
-            .strip_suffix(".weight")
-            .map(|module| format!("{module}.bias"))
-    }
-
-    /// The shape (out/G, in/G) of one of the G blocks of the centre matrix; the whole
-    /// (out, in/G) matrix for G = 1. The tensor's second dimension is in/G already.
-    pub fn block(&self) -> (usize, usize) {
-        (self.shape.out() / self.groups, self.shape.inp())
-    }
-
-    /// The density of the centre matrix, for convolutions.
-    pub fn centre_density(&self) -> Option<f64> {
-        (self.kind() == Kind::Conv).then(|| {
-            self.conv_center
-                .centre_density(self.density, self.shape.taps())
-        })
-    }
-
-    /// The nonzeros the plan expects: `round(d * numel)` for a matrix (EOI lands within one
-    /// rotation of it) and for a random mask (exactly), `ceil(d * numel)` for an EOI kernel
-    /// (its mask is topped up to exactly that); for a structured kernel `round(d * numel)`,
-    /// which its `centre_nnz * K` ones land near.
-    pub fn expected_nnz(&self) -> u64 {
-        if self.scheme.random_mask() {
-            return schemes::mask::ones(self.density, self.shape.numel());
-        }
-        let exact = self.density * self.shape.numel() as f64;
-        let nnz = match (self.kind(), self.conv_mask) {
-            // A structured kernel keeps K taps per centre nonzero: within one rotation's slices.
-            (Kind::Linear, _) | (Kind::Conv, ConvMask::Structured) => exact.round(),
-            (Kind::Conv, ConvMask::TopUp) => exact.ceil(),
-        };
-        (nnz as u64).min(self.shape.numel())
-    }
-}
 
 /// The smallest density a scheme can make for a shape with `groups` groups. EOI: the
 /// identity's `1/max(out, in)` for a matrix; for a kernel, the density whose centre matrix

@@ -24,6 +24,7 @@ use crate::layer::Layout;
 use crate::layer::{BelowMinimum, Distribution, Gain, Kind, Shape};
 use crate::read::{self, Checkpoint};
 use crate::spec::{self, Pattern, Source};
+use crate::units::thousands;
 
 /// Largest JSON shape list accepted.
 pub const MAX_JSON: u64 = 100_000_000;
@@ -1080,18 +1081,6 @@ fn fold(layers: &[Layer]) -> Vec<Table> {
     }
     tables.sort_by_key(|t| t.members.iter().copied().min().unwrap_or(0));
     tables
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (k, c) in digits.chars().enumerate() {
-        if k > 0 && (digits.len() - k) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn render(

@@ -7,7 +7,6 @@ use std::io::{self, Write};
 use std::sync::Mutex;
 
 use crate::layer::Dtype;
-use crate::schemes::eoi::RotatedRows;
 
 /// How a [`Grid`] or [`BitGrid`] stores its elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -327,14 +326,29 @@ impl RowBlocks for BitGrid {
 }
 
 thread_local! {
-    /// Each thread's block of a [`Weight::Rotated`] matrix, kept from block to block and layer
+    /// Each thread's block of a [`Weight::Computed`] matrix, kept from block to block and layer
     /// to layer: a fresh megabyte-sized buffer would be mapped, zeroed by the kernel page by
     /// page and unmapped again every time.
     static BLOCK: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A matrix whose rows are computed when they are encoded, a block of rows at a time, so
+/// the whole matrix never exists in memory (EOI's wide and square matrices, which replay
+/// their rotations for each block).
+pub trait ComputedRows: std::fmt::Debug + Send + Sync {
+    /// Rows of the matrix.
+    fn rows(&self) -> usize;
+
+    /// Columns of the matrix.
+    fn cols(&self) -> usize;
+
+    /// Computes rows `first..first + count` into `block`, column-major: entry
+    /// (first + t, j) at `j * count + t`.
+    fn compute(&self, first: usize, count: usize, block: &mut Vec<f64>);
+}
+
 /// A layer's weight values, in PyTorch layout, as the scheme made them.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Weight {
     /// A linear layer's (out, in) matrix.
     Matrix(Grid<f64>),
@@ -345,8 +359,8 @@ pub enum Weight {
         taps: usize,
         tap: usize,
     },
-    /// A wide or square EOI matrix, computed a block of rows at a time as it is encoded.
-    Rotated(RotatedRows),
+    /// A matrix computed a block of rows at a time as it is encoded.
+    Computed(std::sync::Arc<dyn ComputedRows>),
 }
 
 impl Weight {
@@ -354,7 +368,7 @@ impl Weight {
     pub fn into_values(self) -> Vec<f64> {
         match self {
             Weight::Matrix(grid) | Weight::CentreTap { centre: grid, .. } => grid.data,
-            Weight::Rotated(_) => Vec::new(),
+            Weight::Computed(_) => Vec::new(),
         }
     }
 }
@@ -365,7 +379,7 @@ impl RowBlocks for Weight {
     fn rows(&self) -> usize {
         match self {
             Weight::Matrix(grid) | Weight::CentreTap { centre: grid, .. } => grid.rows,
-            Weight::Rotated(rows) => rows.rows(),
+            Weight::Computed(rows) => rows.rows(),
         }
     }
 
@@ -374,7 +388,7 @@ impl RowBlocks for Weight {
         match self {
             Weight::Matrix(grid) => grid.cols,
             Weight::CentreTap { centre, taps, .. } => centre.cols * taps,
-            Weight::Rotated(rows) => rows.cols(),
+            Weight::Computed(rows) => rows.cols(),
         }
     }
 
@@ -388,7 +402,7 @@ impl RowBlocks for Weight {
                     0.0
                 }
             }
-            Weight::Rotated(rows) => {
+            Weight::Computed(rows) => {
                 let mut row = Vec::new();
                 rows.compute(i, 1, &mut row);
                 row[j]
@@ -401,7 +415,7 @@ impl RowBlocks for Weight {
     fn block_rows(&self, dtype: Dtype) -> usize {
         let rows = ((1 << 20) / (self.row_len() * dtype.size()).max(1)).max(1);
         match self {
-            Weight::Rotated(_) => rows.next_multiple_of(64),
+            Weight::Computed(_) => rows.next_multiple_of(64),
             _ => rows,
         }
     }
@@ -416,7 +430,7 @@ impl RowBlocks for Weight {
     ) {
         match self {
             Weight::Matrix(grid) => grid.encode_rows(first, count, dtype, scratch, out),
-            Weight::Rotated(rows) => BLOCK.with_borrow_mut(|block| {
+            Weight::Computed(rows) => BLOCK.with_borrow_mut(|block| {
                 rows.compute(first, count, block);
                 f64::encode_transposed(block, count, rows.cols(), 0, count, dtype, out);
             }),
@@ -431,7 +445,7 @@ impl RowBlocks for Weight {
     fn rows_into(&self, first: usize, count: usize, out: &mut Vec<f64>) {
         match self {
             Weight::Matrix(grid) => grid.copy_rows(first, count, out),
-            Weight::Rotated(rows) => {
+            Weight::Computed(rows) => {
                 let mut block = Vec::new();
                 rows.compute(first, count, &mut block);
                 Grid::new(count, rows.cols(), Order::ColumnMajor, block).copy_rows(0, count, out);

@@ -2,8 +2,10 @@
 //! and gains, EOI matrices are orthogonal to 1e-12 in f64, their mask is their support, the
 //! density lands within one rotation of the target, and the conv rule holds.
 
-use eoi::plan::{self, LayerPlan, Overrides};
+use eoi::plan::{self, Overrides};
+
 use eoi::schemes;
+use eoi::schemes::LayerPlan;
 use eoi::spec::{self, Source};
 use eoi::tensor::RowBlocks;
 use proptest::prelude::*;

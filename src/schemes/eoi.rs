@@ -8,7 +8,7 @@
 //! values. So the achieved density and rotation count are known before any weight exists.
 
 use crate::stream::Stream;
-use crate::tensor::{self, BitGrid, Grid, Order};
+use crate::tensor::{self, BitGrid, ComputedRows, Grid, Order};
 
 /// One Givens rotation of columns `i` and `j`:
 /// `a_i <- cos * a_i + sin * a_j`, `a_j <- -sin * a_i + cos * a_j`.
@@ -261,14 +261,12 @@ pub struct RotatedRows {
     gain: f64,
 }
 
-impl RotatedRows {
-    /// Rows of the matrix.
-    pub fn rows(&self) -> usize {
+impl ComputedRows for RotatedRows {
+    fn rows(&self) -> usize {
         self.n
     }
 
-    /// Columns of the matrix.
-    pub fn cols(&self) -> usize {
+    fn cols(&self) -> usize {
         self.m
     }
 
@@ -279,7 +277,7 @@ impl RotatedRows {
     /// column (bit t for row first + t), so a rotation whose two columns are zero on these
     /// rows costs a few word operations, a sparse one visits only the union of the supports,
     /// and a dense one sweeps both column segments with the vectorised kernel.
-    pub fn compute(&self, first: usize, count: usize, block: &mut Vec<f64>) {
+    fn compute(&self, first: usize, count: usize, block: &mut Vec<f64>) {
         let m = self.m;
         block.clear();
         block.resize(count * m, 0.0);

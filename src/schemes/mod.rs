@@ -16,9 +16,7 @@ pub mod mask;
 pub mod orthogonal;
 pub mod sao;
 
-use crate::layer::Layout;
-use crate::layer::{Kind, named};
-use crate::plan::LayerPlan;
+use crate::layer::{CentreRule, ConvMask, Gain, Kind, Layout, Origin, Shape, named};
 use crate::stream::Stream;
 use crate::tensor::{Grid, Mask, Order, RowBlocks, Weight};
 
@@ -71,6 +69,101 @@ impl Scheme {
             self,
             Scheme::Eoi | Scheme::Orthogonal | Scheme::Sao | Scheme::ApproxIsometry
         )
+    }
+}
+
+/// One layer, fully resolved.
+#[derive(Clone, Debug)]
+pub struct LayerPlan {
+    pub name: String,
+    pub shape: Shape,
+    /// The target density of the whole tensor.
+    pub density: f64,
+    pub origin: Origin,
+    pub scheme: Scheme,
+    pub gain: Gain,
+    /// The centre rule in force: `Same` under a structured mask, whatever `conv_center` says.
+    pub conv_center: CentreRule,
+    /// The kernel's mask rule (EOI convolutions; `TopUp` for every other layer).
+    pub conv_mask: ConvMask,
+    /// The std of the layer's bias, when it has one (only layers named `<module>.weight`).
+    pub bias_std: Option<f64>,
+    /// The descent of scheme "approx-isometry" (every layer carries `[init]`'s).
+    pub isometry: approx_isometry::Settings,
+    /// Convolution groups G: the kernel is G independent blocks of (out/G, in/G) (see
+    /// [`LayerPlan::block`]); 1 for linear layers and ordinary convolutions.
+    pub groups: usize,
+    /// Names of parameters sharing the layer's storage (`tied`): with `--base`, each one the
+    /// base holds gets the weight's bytes.
+    pub tied: Vec<String>,
+    /// Where the layer stands in the spec (line, column).
+    pub position: (usize, usize),
+}
+
+impl LayerPlan {
+    /// A layer `name` of `shape` at `density` with every other choice at the spec's default:
+    /// EOI, gain 1, centre rule `sqrt`, top-up masks, no bias, one group. For generating a
+    /// layer without a spec (`plan` resolves layers from specs).
+    pub fn new(name: &str, shape: Shape, density: f64) -> LayerPlan {
+        LayerPlan {
+            name: name.to_string(),
+            shape,
+            density,
+            origin: Origin::Fixed,
+            scheme: Scheme::Eoi,
+            gain: Gain::one(),
+            conv_center: CentreRule::Sqrt,
+            conv_mask: ConvMask::TopUp,
+            bias_std: None,
+            isometry: approx_isometry::DEFAULT,
+            groups: 1,
+            tied: Vec::new(),
+            position: (0, 0),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.shape.kind()
+    }
+
+    /// The name of the layer's bias, `<module>.bias` for a layer `<module>.weight`, when the
+    /// layer has one. It is the same under every layout and naming.
+    pub fn bias_name(&self) -> Option<String> {
+        self.bias_std?;
+        self.name
+            .strip_suffix(".weight")
+            .map(|module| format!("{module}.bias"))
+    }
+
+    /// The shape (out/G, in/G) of one of the G blocks of the centre matrix; the whole
+    /// (out, in/G) matrix for G = 1. The tensor's second dimension is in/G already.
+    pub fn block(&self) -> (usize, usize) {
+        (self.shape.out() / self.groups, self.shape.inp())
+    }
+
+    /// The density of the centre matrix, for convolutions.
+    pub fn centre_density(&self) -> Option<f64> {
+        (self.kind() == Kind::Conv).then(|| {
+            self.conv_center
+                .centre_density(self.density, self.shape.taps())
+        })
+    }
+
+    /// The nonzeros the plan expects: `round(d * numel)` for a matrix (EOI lands within one
+    /// rotation of it) and for a random mask (exactly), `ceil(d * numel)` for an EOI kernel
+    /// (its mask is topped up to exactly that); for a structured kernel `round(d * numel)`,
+    /// which its `centre_nnz * K` ones land near.
+    pub fn expected_nnz(&self) -> u64 {
+        if self.scheme.random_mask() {
+            return mask::ones(self.density, self.shape.numel());
+        }
+        let exact = self.density * self.shape.numel() as f64;
+        let nnz = match (self.kind(), self.conv_mask) {
+            // A structured kernel keeps K taps per centre nonzero: within one rotation's slices.
+            (Kind::Linear, _) | (Kind::Conv, ConvMask::Structured) => exact.round(),
+            (Kind::Conv, ConvMask::TopUp) => exact.ceil(),
+        };
+        (nnz as u64).min(self.shape.numel())
     }
 }
 
@@ -298,13 +391,13 @@ impl Prepared<'_> {
 
     /// The weight as it is best written in `layout`: the same values as [`Prepared::weight`],
     /// but for a wide or square linear layer in PyTorch layout computed a block of rows at a
-    /// time while it is encoded ([`Weight::Rotated`]), so the layer's whole f64 matrix never
+    /// time while it is encoded ([`Weight::Computed`]), so the layer's whole f64 matrix never
     /// exists. Other layers are computed whole first.
     pub fn weight_for(&self, layout: Layout) -> Weight {
         if let Recipe::Eoi(schedule) = &self.recipe {
             if layout == Layout::Torch {
                 if let Some(rows) = schedule.rotated_rows(self.layer.gain.value) {
-                    return Weight::Rotated(rows);
+                    return Weight::Computed(std::sync::Arc::new(rows));
                 }
             }
         }
@@ -526,19 +619,14 @@ pub fn generate(layer: &LayerPlan, seed: u64) -> Generated {
 mod tests {
     use super::*;
     use crate::layer::Dtype;
-    use crate::plan::{self, Overrides, Plan};
-    use crate::spec::{self, Source};
 
-    fn plan_of(init: &str) -> Plan {
-        let text = format!(
-            "[sparsity]\ndensity = 0.5\n[init]\n{init}\n[[layer]]\nname = \"fc.weight\"\nshape = [600, 40]\n"
-        );
-        let spec = spec::parse(Source {
-            name: "t.toml".into(),
-            text,
-        })
-        .unwrap();
-        plan::plan(&spec, &Overrides::default()).unwrap()
+    /// A 600 x 40 layer `fc.weight` at density 0.5, with a bias of `bias_std` if given.
+    fn fc(bias_std: Option<f64>) -> LayerPlan {
+        let shape = Shape::new(&[600, 40]).unwrap();
+        LayerPlan {
+            bias_std,
+            ..LayerPlan::new("fc.weight", shape, 0.5)
+        }
     }
 
     fn values(grid: &Grid<f64>) -> Vec<f64> {
@@ -549,8 +637,8 @@ mod tests {
 
     #[test]
     fn a_bias_is_its_own_streams_normals_times_the_std() {
-        let plan = plan_of("bias_std = 0.00448");
-        let bias = bias(&plan.layers[0], 7).unwrap();
+        let layer = fc(Some(0.00448));
+        let bias = bias(&layer, 7).unwrap();
         assert_eq!((bias.rows(), bias.cols()), (1, 600));
         let mut expected = vec![0.0; 600];
         Stream::derive(7, "fc.bias").fill_normal(&mut expected);
@@ -563,24 +651,23 @@ mod tests {
         let ms = got.iter().map(|v| v * v).sum::<f64>() / 600.0;
         assert!((ms / (0.00448 * 0.00448) - 1.0).abs() < 0.29, "{ms}");
         // Another seed, another bias.
-        assert_ne!(values(&super::bias(&plan.layers[0], 8).unwrap()), got);
+        assert_ne!(values(&super::bias(&layer, 8).unwrap()), got);
     }
 
     #[test]
     fn a_zero_std_gives_positive_zeros_and_no_std_no_bias() {
-        let plan = plan_of("bias_std = 0");
-        let zeros = values(&bias(&plan.layers[0], 7).unwrap());
+        let zeros = values(&bias(&fc(Some(0.0)), 7).unwrap());
         assert!(
             zeros.iter().all(|v| v.to_bits() == 0),
             "every value is +0.0"
         );
-        assert!(bias(&plan_of("").layers[0], 7).is_none());
+        assert!(bias(&fc(None), 7).is_none());
     }
 
     #[test]
     fn a_bias_leaves_the_weight_and_mask_unchanged() {
-        let with = generate(&plan_of("bias_std = 1").layers[0], 3);
-        let without = generate(&plan_of("").layers[0], 3);
+        let with = generate(&fc(Some(1.0)), 3);
+        let without = generate(&fc(None), 3);
         let bytes = |w: &Weight| {
             let mut out = Vec::new();
             crate::tensor::write_weight(w, Dtype::F64, &mut out).unwrap();
