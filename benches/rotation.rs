@@ -5,7 +5,7 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use eoi::layer::Dtype;
-use eoi::schemes::eoi::schedule;
+use eoi::schemes::eoi::rotation::schedule;
 use eoi::stream::Stream;
 use eoi::tensor::write_all;
 

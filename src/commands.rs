@@ -17,7 +17,6 @@ use eoi::isometry;
 use eoi::layer::Gain;
 use eoi::plan::{self, Overrides, Plan};
 use eoi::provenance::{SCHEMA_VERSION, layer_record};
-use eoi::schemes::Scheme;
 use eoi::spec::{self, Source, SpecError};
 use eoi::spec_from;
 use eoi::stream::STREAM_VERSION;
@@ -242,15 +241,16 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
             l.tied.join(", ")
         ));
     }
-    if let Some(l) = plan
-        .layers
-        .iter()
-        .find(|l| l.scheme == Scheme::ApproxIsometry)
-    {
-        text.push_str(&format!(
-            "approx-isometry: up to {} gradient steps per layer at learning rate {} (ai_steps, ai_lr in [init]); generate records the error each layer reaches\n",
-            l.isometry.steps, l.isometry.lr
-        ));
+    // Each scheme's note, once, from its first layer.
+    let mut noted = Vec::new();
+    for l in &plan.layers {
+        if !noted.contains(&l.scheme)
+            && let Some(note) = l.rules().plan_note(l)
+        {
+            noted.push(l.scheme);
+            text.push_str(&note);
+            text.push('\n');
+        }
     }
     out.write_all(text.as_bytes()).map_err(stdout_error)
 }

@@ -14,13 +14,11 @@ use rayon::prelude::*;
 use crate::base::{self, Base, BaseFile, DirectoryFiles};
 use crate::error::Error;
 use crate::layer::Format;
-use crate::layer::Kind;
 use crate::layer::Names;
 use crate::layer::{Dtype, Layout};
 use crate::plan::Plan;
 use crate::provenance::{MASKS_KEY, Provenance, WEIGHTS_KEY};
 use crate::schemes::LayerPlan;
-use crate::schemes::Scheme;
 use crate::schemes::{self, LayerStats};
 use crate::tensor::{self, FlaxView, RowBlocks};
 use crate::units::human_size;
@@ -260,72 +258,32 @@ fn memory_groups(plan: &Plan, layers: &[usize], budget: u64, threads: usize) -> 
     groups
 }
 
-/// Bytes a layer needs while it is generated in `layout`. EOI: its f64 working matrix, the
-/// byte mask and the support bitsets; or, for a matrix computed a block of rows at a time
-/// (see [`schemes::Prepared::weight_for`]), the bitsets and one block of 64 rows per thread.
-/// A random-mask baseline: the byte mask and the f64 weight of the whole tensor, and for
-/// `orthogonal` the Gaussian matrix and its Q; `conv-orthogonal` also the kernel's
-/// coefficients and its projections. A bias adds its `out` f64 values.
+/// Bytes a layer needs while it is generated in `layout` by `threads` threads: what its
+/// scheme needs ([`Rules::memory`](crate::schemes::Rules::memory)), and a bias's `out` f64
+/// values.
 pub fn layer_memory(layer: &LayerPlan, layout: Layout, threads: usize) -> u64 {
-    let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
-    let numel = layer.shape.numel();
     let bias = if layer.bias_name().is_some() {
-        out * 8
+        layer.shape.out() as u64 * 8
     } else {
         0
     };
-    bias + match layer.scheme {
-        Scheme::Eoi => {
-            let bits = out * inp / 8;
-            let matrix = out * inp * (8 + 1) + bits;
-            match layer.kind() {
-                Kind::Linear if layout == Layout::Torch && out <= inp => {
-                    2 * bits + threads as u64 * 64 * inp * (8 + 8 + 1)
-                }
-                Kind::Linear => matrix,
-                Kind::Conv => matrix + numel,
-            }
-        }
-        Scheme::Kaiming | Scheme::ScaledKaiming => numel * (8 + 1),
-        Scheme::Orthogonal => numel * (8 + 1) + 3 * out * inp * 8,
-        Scheme::Sao => numel + 2 * out * inp * 8,
-        Scheme::ApproxIsometry => {
-            // The byte mask and the output matrix; while the descent runs, the Gaussian
-            // matrix and its Q (at most), two Gram matrices and the kept values.
-            let n = out.min(inp);
-            let kept = out * inp;
-            numel + out * inp * 8 + (3 * out * inp * 8).max(2 * n * n * 8 + kept * 28)
-        }
-        // The byte mask, the kernel's coefficients and the output, and m x m work matrices.
-        Scheme::ConvOrthogonal => {
-            let m = out.max(inp);
-            numel * (8 + 8 + 1) + 4 * m * m * 8
-        }
-    }
+    bias + layer.rules().memory(layer, layout, threads)
 }
 
 /// Memory that prepared layers waiting to be written may hold together: a constant, so that
 /// a run's memory never grows with the model.
 const PREPARED_BUDGET: u64 = 4 << 20;
 
-/// Bytes a prepared layer holds until it is written: EOI's support and mask bitsets (and a
-/// convolution's byte mask), or a baseline's byte mask (and approximate isometry's optimised
-/// values, 8 bytes per kept centre weight).
+/// Bytes a prepared layer holds until it is written (see
+/// [`Rules::prepared_memory`](crate::schemes::Rules::prepared_memory)).
 fn prepared_memory(layer: &LayerPlan) -> u64 {
-    let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
-    match (layer.scheme, layer.kind()) {
-        (Scheme::Eoi, Kind::Linear) => out * inp / 4,
-        (Scheme::Eoi, Kind::Conv) => out * inp / 8 + layer.shape.numel(),
-        (Scheme::ApproxIsometry, _) => {
-            layer.shape.numel() + 8 * schemes::mask::ones(layer.density, out * inp)
-        }
-        _ => layer.shape.numel(),
-    }
+    layer.rules().prepared_memory(layer)
 }
 
-/// Approximate-isometry values kept on disk between the statistics pass, which descends so
-/// that the header can hold each layer's error, and the layer's turn to be written: the
-/// descent runs once per layer while memory stays bounded by the layers in flight. A
+/// Prepared values of the layers whose statistics cost their generation (approximate
+/// isometry's descent, whose error the header holds), kept on disk between the statistics
+/// pass and the layer's turn to be written: the costly part runs once per layer while
+/// memory stays bounded by the layers in flight. A
 /// private temporary file beside the output (removed when dropped); any I/O failure just
 /// means the layer descends again, which gives the same bits.
 struct Spill {
@@ -891,10 +849,12 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
         } else {
             HashMap::new()
         };
-        // Approximate isometry's statistics cost its descent: keep the result on disk.
+        // Statistics that cost the generation itself (approximate isometry's descent): keep
+        // what they computed on disk.
+        let costly = |k: usize| plan.layers[k].rules().costly_stats();
         let spill = selected
             .iter()
-            .any(|&k| !early.contains_key(&k) && plan.layers[k].scheme == Scheme::ApproxIsometry)
+            .any(|&k| !early.contains_key(&k) && costly(k))
             .then(|| {
                 let dir = if stream {
                     std::env::temp_dir()
@@ -908,7 +868,7 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
             .par_iter()
             .map(|&k| match (early.get(&k), &spill) {
                 (Some(prepared), _) => (prepared.stats.clone(), None),
-                (None, Some(spill)) if plan.layers[k].scheme == Scheme::ApproxIsometry => {
+                (None, Some(spill)) if costly(k) => {
                     let prepared = schemes::prepare(&plan.layers[k], plan.seed);
                     let at = prepared.optimised().and_then(|v| spill.put(v));
                     (prepared.stats, at)
@@ -1027,12 +987,9 @@ pub fn run(plan: &Plan, options: &Options) -> Result<Report, Error> {
                         let prepared = prepared
                             .or_else(|| {
                                 let values = spill.as_ref()?.take(*spilled_of.get(&k)?)?;
-                                schemes::prepare_optimised(
-                                    layer,
-                                    plan.seed,
-                                    values,
-                                    stats_of[&k].clone(),
-                                )
+                                layer
+                                    .rules()
+                                    .resume(layer, plan.seed, values, stats_of[&k].clone())
                             })
                             .unwrap_or_else(|| schemes::prepare(layer, plan.seed));
                         if &prepared.stats != stats_of[&k] {

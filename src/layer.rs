@@ -458,6 +458,12 @@ named! {
     }
 }
 
+/// The flattened index of a kernel's centre tap, `(k - 1) / 2` in every spatial dimension,
+/// in row-major order over the kernel dimensions (0 for a linear layer's empty kernel).
+pub fn centre_tap(kernel: &[usize]) -> usize {
+    kernel.iter().fold(0, |index, &k| index * k + (k - 1) / 2)
+}
+
 /// A weight shape in PyTorch order: (out, in) for linear layers, (out, in, k...) for
 /// convolutions with 1 to 3 spatial dimensions. Every dimension is at least 1 and the
 /// number of elements fits in memory addressing.
@@ -608,6 +614,17 @@ mod tests {
                 assert_eq!(layout.torch_shape(&layout.shape(&dims)), dims);
             }
         }
+    }
+
+    #[test]
+    fn centre_tap_is_the_middle_of_every_dimension() {
+        assert_eq!(centre_tap(&[3]), 1);
+        assert_eq!(centre_tap(&[3, 3]), 4);
+        assert_eq!(centre_tap(&[5, 5]), 12);
+        // Even kernels take (k - 1) / 2: index 1 of 4.
+        assert_eq!(centre_tap(&[4, 4]), 5);
+        assert_eq!(centre_tap(&[3, 3, 3]), 13);
+        assert_eq!(centre_tap(&[1, 1]), 0);
     }
 
     #[test]

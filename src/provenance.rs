@@ -6,13 +6,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::layer::ConvMask;
-use crate::layer::Layout;
-use crate::layer::{Kind, Names};
+use crate::layer::{Layout, Names};
 use crate::plan::Plan;
-use crate::schemes::LayerPlan;
-use crate::schemes::Scheme;
-use crate::schemes::{LayerStats, sao};
+use crate::schemes::{LayerPlan, LayerStats};
 use crate::stream::STREAM_VERSION;
 
 /// Version of the JSON documents (`plan --json`, `generate --json`, `eoi.layers`).
@@ -37,23 +33,22 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
     if !layer.tied.is_empty() {
         record.insert("tied".into(), json!(layer.tied));
     }
-    let eoi = layer.scheme == Scheme::Eoi;
-    if layer.scheme == Scheme::Sao
-        && let Some(k) = sao::degree(layer.shape.out(), layer.shape.inp(), layer.density)
-    {
+    let fields = layer.rules().record(layer);
+    if let Some(k) = fields.degree {
         record.insert("degree".into(), json!(k));
     }
-    if layer.scheme == Scheme::ApproxIsometry {
-        record.insert("ai_steps".into(), json!(layer.isometry.steps));
-        record.insert("ai_lr".into(), json!(layer.isometry.lr));
+    if let (Some(steps), Some(lr)) = (fields.ai_steps, fields.ai_lr) {
+        record.insert("ai_steps".into(), json!(steps));
+        record.insert("ai_lr".into(), json!(lr));
     }
-    if layer.kind() == Kind::Conv && eoi {
-        record.insert("conv_center".into(), json!(layer.conv_center.name()));
-        // Only structured kernels carry it, so top-up records keep their bytes.
-        if layer.conv_mask == ConvMask::Structured {
-            record.insert("conv_mask".into(), json!(layer.conv_mask.name()));
-        }
-        record.insert("centre_density".into(), json!(layer.centre_density()));
+    if let Some(rule) = fields.conv_center {
+        record.insert("conv_center".into(), json!(rule.name()));
+    }
+    if let Some(mask) = fields.conv_mask {
+        record.insert("conv_mask".into(), json!(mask.name()));
+    }
+    if let Some(d) = fields.centre_density {
+        record.insert("centre_density".into(), json!(d));
     }
     // Only layers with a bias have these fields, so records without biases keep their bytes.
     if let (Some(bias), Some(std)) = (layer.bias_name(), layer.bias_std) {
@@ -67,8 +62,8 @@ pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
         Some(s) => {
             record.insert("achieved_density".into(), json!(s.density()));
             record.insert("nnz".into(), json!(s.nnz));
-            if eoi {
-                record.insert("rotations".into(), json!(s.rotations));
+            if let Some(r) = s.rotations {
+                record.insert("rotations".into(), json!(r));
             }
             if let Some(c) = s.centre_nnz {
                 record.insert("centre_nnz".into(), json!(c));

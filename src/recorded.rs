@@ -547,7 +547,7 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
         })
         .ok_or("has a \"shape\" that is not a list of dimensions")?;
     let scheme = match raw.get("scheme") {
-        None => Scheme::Eoi,
+        None => Scheme::default(),
         Some(value) => value
             .as_str()
             .and_then(Scheme::parse)

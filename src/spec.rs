@@ -926,7 +926,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
 
     let init = match &raw.init {
         None => Init {
-            scheme: Scheme::Eoi,
+            scheme: Scheme::default(),
             gain: Gain::number(1.0).expect("1 is a valid gain"),
             conv_center: CentreRule::Sqrt,
             conv_mask: ConvMask::TopUp,
@@ -936,7 +936,7 @@ fn validate(raw: RawSpec, source: &Source, errors: &Errors<'_>) -> Result<Spec, 
         },
         Some(ri) => Init {
             scheme: match &ri.scheme {
-                None => Scheme::Eoi,
+                None => Scheme::default(),
                 Some(v) => one_of(
                     errors,
                     v,

@@ -17,19 +17,14 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::layer::ConvMask;
-use crate::layer::Kind;
-use crate::layer::Layout;
-use crate::layer::{Dtype, Format};
+use crate::layer::{Dtype, Format, Kind, Layout, centre_tap};
 use crate::measure;
 use crate::plan::{self, Overrides, Plan};
 use crate::progress::Progress;
 use crate::provenance::layer_record;
 use crate::read::{Checkpoint, ReadError, Tensor, TensorInfo};
 use crate::recorded::{self, LayerRecord, Recorded};
-use crate::schemes::LayerPlan;
-use crate::schemes::Scheme;
-use crate::schemes::{self, conv};
+use crate::schemes::{self, KernelGram, LayerPlan, Scheme, StoredMask};
 use crate::spec::{self, Source};
 use crate::stream::STREAM_VERSION;
 use crate::tensor::{self, FlaxView};
@@ -724,20 +719,26 @@ fn check_layer(
     // Orthogonality of the matrix (linear) or the centre tap (conv), and zero off-centre
     // taps, where the scheme promises them; the other schemes' orthogonality error (of the
     // (out, in * K) flattening) is reported, not judged.
-    let scheme = record.map_or(Scheme::Eoi, |r| r.scheme);
-    let promised = record.is_none_or(|r| r.scheme.promises_orthogonality(r.density));
+    let scheme = record.map_or(Scheme::default(), |r| r.scheme);
+    let rules = scheme.rules();
+    let promised = record.is_none_or(|r| rules.promises_orthogonality(r.density));
     report.scheme = Some(scheme);
     report.promises_orthogonality = promised;
     if let (Some(values), Some(w), Some(shape)) = (&values, weight, &torch) {
         let (out, inp) = (shape[0], shape[1]);
         let kernel = &shape[2..];
         let taps: usize = kernel.iter().product();
-        let delta = taps > 1 && scheme.delta();
+        let gram = if taps > 1 {
+            rules.kernel_gram()
+        } else {
+            KernelGram::Flattened
+        };
+        let delta = gram == KernelGram::Centre;
         // A block-orthogonal kernel is orthogonal as a convolution; of that, what a Gram
         // matrix shows is the zero lag, `sum_t W_t^T W_t = gain^2 I` (out >= in) or
         // `sum_t W_t W_t^T = gain^2 I` (out < in): the Gram of the (in, out * K) or the
         // (out, in * K) flattening.
-        let stacked = taps > 1 && scheme == Scheme::ConvOrthogonal && out > inp;
+        let stacked = gram == KernelGram::ZeroLag && out > inp;
         let (matrix, rows, cols): (std::borrow::Cow<'_, [f64]>, usize, usize) = if stacked {
             let mut by_input = Vec::with_capacity(values.len());
             for i in 0..inp {
@@ -750,7 +751,7 @@ fn check_layer(
         } else if !delta {
             (values.as_slice().into(), out, inp * taps)
         } else {
-            let tap = conv::centre_tap(kernel);
+            let tap = centre_tap(kernel);
             let off = values
                 .iter()
                 .enumerate()
@@ -998,9 +999,8 @@ fn or_unknown(value: Option<usize>) -> String {
 }
 
 /// The mask's nonzeros and density against the record: the count and the achieved density
-/// exactly; the target density as EOI reaches it (a matrix lands within one rotation, at
-/// most `2 min(out, in)` entries, of it; a kernel's mask holds exactly `ceil(d * numel)`
-/// ones, or the whole centre support if that is more).
+/// exactly, and the count and placement as the layer's scheme makes them
+/// ([`crate::schemes::Rules::check_mask`]).
 fn check_density(
     report: &mut LayerReport,
     record: &LayerRecord,
@@ -1023,72 +1023,17 @@ fn check_density(
             record.achieved_density
         ));
     }
-    if record.scheme != Scheme::Eoi {
-        let want = schemes::mask::ones(record.density, numel);
-        if want != nnz {
-            fail(format!(
-                "a {} mask at density {} over {numel} weights has round(d * numel) = {want} ones, this one {nnz}",
-                record.scheme.name(),
-                record.density
-            ));
-        }
-        return;
-    }
-    match (shape.len(), record.centre_nnz) {
-        (2, _) => {
-            let slack = 2.0 * shape[0].min(shape[1]) as f64;
-            let target = record.density * numel as f64;
-            if (nnz as f64 - target).abs() > slack {
-                fail(format!(
-                    "{nnz} ones is more than one rotation ({slack} entries) from the target density {} ({target:.1} ones)",
-                    record.density
-                ));
-            }
-        }
-        (_, Some(centre)) if record.conv_mask == ConvMask::Structured => {
-            let taps: usize = shape[2..].iter().product::<usize>().max(1);
-            let want = centre * taps as u64;
-            if want != nnz {
-                fail(format!(
-                    "a structured kernel with {centre} centre nonzeros and {taps} taps has {want} mask ones, this one {nnz}"
-                ));
-            }
-            let partial = bits
-                .chunks(taps)
-                .filter(|slice| {
-                    let ones = slice.iter().filter(|&&b| b != 0).count();
-                    ones != 0 && ones != taps
-                })
-                .count();
-            if partial > 0 {
-                fail(format!(
-                    "{partial} kernel slices of a structured mask are partly kept; each must keep all {taps} taps or none"
-                ));
-            }
-        }
-        (_, Some(centre)) => {
-            let want = conv::mask_ones(record.density, numel, centre);
-            if want != nnz {
-                fail(format!(
-                    "a kernel at density {} with {centre} centre nonzeros has {want} mask ones, this one {nnz}",
-                    record.density
-                ));
-            }
-            let taps: usize = shape[2..].iter().product();
-            let tap = conv::centre_tap(&shape[2..]);
-            let at_centre = bits
-                .iter()
-                .skip(tap)
-                .step_by(taps.max(1))
-                .filter(|&&b| b != 0)
-                .count() as u64;
-            if at_centre < centre {
-                fail(format!(
-                    "the mask holds {at_centre} ones at the centre tap, fewer than the record's centre_nnz = {centre}"
-                ));
-            }
-        }
-        (_, None) => fail("the record of a convolution has no centre_nnz".into()),
+    let stored = StoredMask {
+        scheme: record.scheme,
+        density: record.density,
+        shape,
+        bits,
+        nnz,
+        centre_nnz: record.centre_nnz,
+        conv_mask: record.conv_mask,
+    };
+    for message in record.scheme.rules().check_mask(&stored) {
+        fail(message);
     }
 }
 

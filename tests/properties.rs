@@ -157,7 +157,7 @@ fn rotation_counts_are_in_line_with_the_reference() {
     // EOI.md: 100x100 at d = 0.5 takes about 245 rotations on the reference code.
     let l = layer(&[100, 100], 0.5, 1.0, "sqrt");
     let mean = (0..20)
-        .map(|s| schemes::stats(&l, s).rotations as f64)
+        .map(|s| schemes::stats(&l, s).rotations.unwrap_or(0) as f64)
         .sum::<f64>()
         / 20.0;
     assert!((200.0..300.0).contains(&mean), "mean rotations {mean}");

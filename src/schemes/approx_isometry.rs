@@ -18,7 +18,155 @@
 //! and thread count. A step costs about `sum_j c_j^2` multiply-adds, with `c_j` the kept
 //! weights of line `j` of the long side (`d^2 n^2 m` for a random mask), plus `n^2`.
 
-use crate::tensor::Grid;
+use super::{
+    KernelGram, LayerPlan, LayerStats, Minimum, Prepared, Refusal, Rules, SchemeFields, StoredMask,
+    Values, at_centre, mask, no_groups, orthogonal,
+};
+use crate::layer::{Layout, centre_tap};
+use crate::stream::Stream;
+use crate::tensor::{Grid, Mask, Order, RowBlocks, Weight};
+
+/// Approximate isometry's rules.
+pub struct ApproxIsometry;
+
+/// The values: the descended kept values of the (centre) matrix, row-major over the mask's
+/// kept (centre) positions.
+struct Descended(Vec<f64>);
+
+impl Values for Descended {
+    fn weight(&self, layer: &LayerPlan, mask: &Mask) -> Weight {
+        optimised_weight(layer, mask, &self.0)
+    }
+
+    fn optimised(&self) -> Option<&[f64]> {
+        Some(&self.0)
+    }
+}
+
+impl Rules for ApproxIsometry {
+    fn maker(&self) -> &'static str {
+        "scheme \"approx-isometry\""
+    }
+
+    fn minimum(&self, layer: &LayerPlan) -> Minimum {
+        mask::minimum(layer)
+    }
+
+    fn check(&self, layer: &LayerPlan) -> Result<(), Refusal> {
+        no_groups("approx-isometry", layer)
+    }
+
+    fn expected_nnz(&self, layer: &LayerPlan) -> u64 {
+        mask::expected_nnz(layer)
+    }
+
+    fn plan_note(&self, layer: &LayerPlan) -> Option<String> {
+        Some(format!(
+            "approx-isometry: up to {} gradient steps per layer at learning rate {} (ai_steps, ai_lr in [init]); generate records the error each layer reaches",
+            layer.isometry.steps, layer.isometry.lr
+        ))
+    }
+
+    /// The statistics hold the error the descent reaches, so they cost the whole descent.
+    fn stats(&self, layer: &LayerPlan, seed: u64) -> LayerStats {
+        self.prepare(layer, seed).stats
+    }
+
+    /// The mask, the orthogonal matrix (the draws of `orthogonal`), then the descent, here,
+    /// so that its error is in the statistics.
+    fn prepare<'a>(&self, layer: &'a LayerPlan, seed: u64) -> Prepared<'a> {
+        let shape = &layer.shape;
+        let mut stream = Stream::derive(seed, &layer.name);
+        let drawn = mask::draw(layer, &mut stream);
+        let q = orthogonal::matrix(shape.out(), shape.inp(), &mut stream);
+        let kept = centre_kept(&drawn, shape.taps(), centre_tap(shape.kernel()));
+        let optimised = optimise(&q, kept, layer.gain.value, layer.isometry);
+        drop(q);
+        let stats = LayerStats {
+            isometry_error: Some(optimised.error),
+            ..mask::stats(layer)
+        };
+        Prepared::new(layer, drawn, stats, Descended(optimised.values))
+    }
+
+    fn costly_stats(&self) -> bool {
+        true
+    }
+
+    /// The mask is drawn again (cheap), the orthogonal start and the descent are not.
+    fn resume<'a>(
+        &self,
+        layer: &'a LayerPlan,
+        seed: u64,
+        values: Vec<f64>,
+        stats: LayerStats,
+    ) -> Option<Prepared<'a>> {
+        let mut stream = Stream::derive(seed, &layer.name);
+        let drawn = mask::draw(layer, &mut stream);
+        Some(Prepared::new(layer, drawn, stats, Descended(values)))
+    }
+
+    /// The byte mask and the output matrix; while the descent runs, the Gaussian matrix and
+    /// its Q (at most), two Gram matrices and the kept values.
+    fn memory(&self, layer: &LayerPlan, _layout: Layout, _threads: usize) -> u64 {
+        let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
+        let n = out.min(inp);
+        let kept = out * inp;
+        layer.shape.numel() + out * inp * 8 + (3 * out * inp * 8).max(2 * n * n * 8 + kept * 28)
+    }
+
+    /// The byte mask and the optimised values, 8 bytes per kept centre weight.
+    fn prepared_memory(&self, layer: &LayerPlan) -> u64 {
+        let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
+        layer.shape.numel() + 8 * mask::ones(layer.density, out * inp)
+    }
+
+    /// The descent's settings.
+    fn record(&self, layer: &LayerPlan) -> SchemeFields {
+        SchemeFields {
+            ai_steps: Some(layer.isometry.steps),
+            ai_lr: Some(layer.isometry.lr),
+            ..SchemeFields::default()
+        }
+    }
+
+    /// It starts from `orthogonal`'s matrix: orthogonal only unmasked.
+    fn promises_orthogonality(&self, density: f64) -> bool {
+        density == 1.0
+    }
+
+    fn kernel_gram(&self) -> KernelGram {
+        KernelGram::Centre
+    }
+
+    fn check_mask(&self, stored: &StoredMask<'_>) -> Vec<String> {
+        mask::check_count(stored)
+    }
+}
+
+/// Whether the (centre) matrix entry (i, j) is kept by a random mask over (out, in * taps).
+fn centre_kept(mask: &Mask, taps: usize, tap: usize) -> impl Fn(usize, usize) -> bool + '_ {
+    move |i, j| mask.get(i, j * taps + tap) != 0
+}
+
+/// The approximate-isometry weight: `values` at the mask's kept (centre) positions, zero
+/// elsewhere.
+fn optimised_weight(layer: &LayerPlan, mask: &Mask, values: &[f64]) -> Weight {
+    let (out, inp) = (layer.shape.out(), layer.shape.inp());
+    let taps = layer.shape.taps();
+    let tap = centre_tap(layer.shape.kernel());
+    let kept = centre_kept(mask, taps, tap);
+    let mut matrix = crate::tensor::zeroed(out * inp);
+    let mut next = values.iter();
+    for i in 0..out {
+        for j in 0..inp {
+            if kept(i, j) {
+                matrix[i * inp + j] = next.next().copied().unwrap_or(0.0);
+            }
+        }
+    }
+    at_centre(layer, Grid::new(out, inp, Order::RowMajor, matrix))
+}
 
 /// Descent settings (`ai_steps`, `ai_lr` in `[init]`).
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -23,9 +23,99 @@
 //! With k = 1 in every dimension (a 1 x 1 kernel, or a linear layer) W is M itself, the
 //! `orthogonal` scheme's matrix: the same draws and the same bytes.
 
-use super::orthogonal;
+use super::{
+    KernelGram, LayerPlan, LayerStats, Minimum, Prepared, Refusal, Rules, StoredMask, Values, mask,
+    no_groups, orthogonal,
+};
+use crate::layer::Layout;
 use crate::stream::Stream;
-use crate::tensor::{Grid, Order};
+use crate::tensor::{Grid, Mask, Order, RowBlocks, Weight};
+
+/// The rules of `conv-orthogonal`: a random mask over a dense block-orthogonal kernel.
+pub struct ConvOrthogonal;
+
+/// The values: the kernel drawn from where the mask left the layer's stream.
+struct Masked {
+    stream: Stream,
+}
+
+impl Values for Masked {
+    fn weight(&self, layer: &LayerPlan, mask: &Mask) -> Weight {
+        masked_block_orthogonal(layer, mask, &mut self.stream.clone())
+    }
+}
+
+impl Rules for ConvOrthogonal {
+    fn maker(&self) -> &'static str {
+        "scheme \"conv-orthogonal\""
+    }
+
+    fn minimum(&self, layer: &LayerPlan) -> Minimum {
+        mask::minimum(layer)
+    }
+
+    fn check(&self, layer: &LayerPlan) -> Result<(), Refusal> {
+        no_groups("conv-orthogonal", layer)
+    }
+
+    fn expected_nnz(&self, layer: &LayerPlan) -> u64 {
+        mask::expected_nnz(layer)
+    }
+
+    fn stats(&self, layer: &LayerPlan, _seed: u64) -> LayerStats {
+        mask::stats(layer)
+    }
+
+    /// The mask ([`mask::draw`]), then, in [`Values::weight`], the kernel ([`kernel`]).
+    fn prepare<'a>(&self, layer: &'a LayerPlan, seed: u64) -> Prepared<'a> {
+        let mut stream = Stream::derive(seed, &layer.name);
+        let drawn = mask::draw(layer, &mut stream);
+        Prepared::new(layer, drawn, mask::stats(layer), Masked { stream })
+    }
+
+    /// The byte mask, the kernel's coefficients and the output, and m x m work matrices.
+    fn memory(&self, layer: &LayerPlan, _layout: Layout, _threads: usize) -> u64 {
+        let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
+        let m = out.max(inp);
+        layer.shape.numel() * (8 + 8 + 1) + 4 * m * m * 8
+    }
+
+    /// Orthogonal as a convolution, only unmasked.
+    fn promises_orthogonality(&self, density: f64) -> bool {
+        density == 1.0
+    }
+
+    fn kernel_gram(&self) -> KernelGram {
+        KernelGram::ZeroLag
+    }
+
+    fn check_mask(&self, stored: &StoredMask<'_>) -> Vec<String> {
+        mask::check_count(stored)
+    }
+}
+
+/// The `conv-orthogonal` baseline: a block-orthogonal kernel times the gain (a dense
+/// orthogonal matrix for linear layers), kept where the mask is 1.
+fn masked_block_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) -> Weight {
+    let shape = &layer.shape;
+    let kernel = kernel(shape.out(), shape.inp(), shape.kernel(), stream);
+    let gain = layer.gain.value;
+    let row_len = shape.fan_in();
+    let mut values = Vec::with_capacity(shape.out() * row_len);
+    let mut row = Vec::with_capacity(row_len);
+    for i in 0..shape.out() {
+        row.clear();
+        mask.rows_into(i, 1, &mut row);
+        for (j, &kept) in row.iter().enumerate() {
+            values.push(if kept != 0 {
+                gain * kernel.get(i, j)
+            } else {
+                0.0
+            });
+        }
+    }
+    Weight::Matrix(Grid::new(shape.out(), row_len, Order::RowMajor, values))
+}
 
 /// A random symmetric projection `P = U U^T`: U has orthonormal columns spanning a uniformly
 /// random subspace of a random dimension r, each of the m coordinates adding one with

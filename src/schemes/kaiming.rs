@@ -3,9 +3,88 @@
 //! (`scaled-kaiming`, which keeps the variance of a pre-activation as the dense init had it),
 //! with `fan_in = in * K`. Weights outside the mask are zero.
 
-use crate::layer::Shape;
+use super::{
+    KernelGram, LayerPlan, LayerStats, Minimum, Prepared, Rules, StoredMask, Values, mask,
+};
+use crate::layer::{Layout, Shape};
 use crate::stream::Stream;
-use crate::tensor::{self, Grid, Mask, Order, RowBlocks};
+use crate::tensor::{self, Grid, Mask, Order, RowBlocks, Weight};
+
+/// The rules of `kaiming` and of `scaled-kaiming`.
+pub struct Kaiming {
+    /// Whether the std is divided by `sqrt(d)` (`scaled-kaiming`).
+    scaled: bool,
+}
+
+impl Kaiming {
+    /// `kaiming`: std `gain / sqrt(fan_in)`.
+    pub const PLAIN: Kaiming = Kaiming { scaled: false };
+    /// `scaled-kaiming`: std `gain / sqrt(fan_in * d)`.
+    pub const SCALED: Kaiming = Kaiming { scaled: true };
+}
+
+/// The values: normal draws from where the mask left the layer's stream.
+struct Normals {
+    stream: Stream,
+    scaled: bool,
+}
+
+impl Values for Normals {
+    fn weight(&self, layer: &LayerPlan, mask: &Mask) -> Weight {
+        let std = std(&layer.shape, layer.density, layer.gain.value, self.scaled);
+        Weight::Matrix(weight(mask, std, &mut self.stream.clone()))
+    }
+}
+
+impl Rules for Kaiming {
+    fn maker(&self) -> &'static str {
+        if self.scaled {
+            "scheme \"scaled-kaiming\""
+        } else {
+            "scheme \"kaiming\""
+        }
+    }
+
+    fn minimum(&self, layer: &LayerPlan) -> Minimum {
+        mask::minimum(layer)
+    }
+
+    fn expected_nnz(&self, layer: &LayerPlan) -> u64 {
+        mask::expected_nnz(layer)
+    }
+
+    fn stats(&self, layer: &LayerPlan, _seed: u64) -> LayerStats {
+        mask::stats(layer)
+    }
+
+    /// The mask ([`mask::draw`]), then, in [`Values::weight`], the values.
+    fn prepare<'a>(&self, layer: &'a LayerPlan, seed: u64) -> Prepared<'a> {
+        let mut stream = Stream::derive(seed, &layer.name);
+        let drawn = mask::draw(layer, &mut stream);
+        let values = Normals {
+            stream,
+            scaled: self.scaled,
+        };
+        Prepared::new(layer, drawn, mask::stats(layer), values)
+    }
+
+    /// The byte mask and the f64 weight of the whole tensor.
+    fn memory(&self, layer: &LayerPlan, _layout: Layout, _threads: usize) -> u64 {
+        layer.shape.numel() * (8 + 1)
+    }
+
+    fn promises_orthogonality(&self, _density: f64) -> bool {
+        false
+    }
+
+    fn kernel_gram(&self) -> KernelGram {
+        KernelGram::Flattened
+    }
+
+    fn check_mask(&self, stored: &StoredMask<'_>) -> Vec<String> {
+        mask::check_count(stored)
+    }
+}
 
 /// The std of the kept weights.
 pub fn std(shape: &Shape, density: f64, gain: f64, scaled: bool) -> f64 {

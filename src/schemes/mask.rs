@@ -2,8 +2,56 @@
 //! uniformly among all subsets of that size, from the tensor's own stream. The baselines'
 //! weights are drawn after the mask and are zero outside it.
 
+use super::{LayerPlan, LayerStats, Minimum, StoredMask};
 use crate::stream::Stream;
 use crate::tensor::{Grid, Mask, Order};
+
+/// A random mask's smallest density: one weight.
+pub fn minimum(layer: &LayerPlan) -> Minimum {
+    let numel = layer.shape.numel();
+    Minimum {
+        density: 1.0 / numel as f64,
+        reason: format!("one weight of {numel}"),
+        help: None,
+    }
+}
+
+/// The ones a layer's random mask holds, [`ones`] of its density.
+pub fn expected_nnz(layer: &LayerPlan) -> u64 {
+    ones(layer.density, layer.shape.numel())
+}
+
+/// The statistics of a random-mask layer: they follow from the plan alone.
+pub fn stats(layer: &LayerPlan) -> LayerStats {
+    LayerStats {
+        numel: layer.shape.numel(),
+        nnz: expected_nnz(layer),
+        rotations: None,
+        centre_nnz: None,
+        isometry_error: None,
+    }
+}
+
+/// A layer's random mask over its (out, in * K) flattening: the first draws of its stream.
+pub fn draw(layer: &LayerPlan, stream: &mut Stream) -> Mask {
+    let shape = &layer.shape;
+    random(shape.out(), shape.fan_in(), layer.density, stream)
+}
+
+/// What is wrong with a stored mask that should hold exactly [`ones`] of its density.
+pub fn check_count(mask: &StoredMask<'_>) -> Vec<String> {
+    let numel = mask.bits.len() as u64;
+    let want = ones(mask.density, numel);
+    if want == mask.nnz {
+        return Vec::new();
+    }
+    vec![format!(
+        "a {} mask at density {} over {numel} weights has round(d * numel) = {want} ones, this one {}",
+        mask.scheme.name(),
+        mask.density,
+        mask.nnz
+    )]
+}
 
 /// Ones in a random mask of density `density` over `numel` weights: `round(d * numel)`
 /// (halves away from zero), at most `numel`.

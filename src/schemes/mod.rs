@@ -1,14 +1,18 @@
 //! Initialization schemes: a layer's plan and its random stream in, the weight, the mask and
-//! the statistics the provenance records out. Every scheme has the same shape: [`prepare`]
-//! draws what the mask needs and fixes the statistics, [`Prepared::weight`] computes the
-//! values. EOI's maths lives in [`eoi`], and [`conv`] wraps it with the delta-orthogonal
-//! centre-tap rule for kernels. The baselines keep a random [`mask`] over [`kaiming`]
-//! normal weights, a dense [`orthogonal`] matrix or a block-orthogonal kernel
-//! ([`conv_orthogonal`]), or build [`sao`]'s structured matrix; [`approx_isometry`]
-//! optimises the masked orthogonal matrix towards orthogonality.
+//! the statistics the provenance records out. Each scheme lives in one file and states its
+//! rules there by implementing [`Rules`]: the smallest density it can make and why, the
+//! layers it accepts, its statistics, its mask and weight, the memory it needs, what its
+//! layer records hold and what `verify` may expect of it. [`Scheme`] names the schemes and
+//! is their registry: plan, generate, provenance and verify ask a layer's scheme instead of
+//! matching on its name.
+//!
+//! EOI's maths lives in [`eoi`] (the Givens rotations) and [`conv`] (the delta-orthogonal
+//! centre tap of kernels). The baselines keep a random [`mask`] over [`kaiming`] normal
+//! weights, a dense [`orthogonal`] matrix or a block-orthogonal kernel ([`conv_orthogonal`]),
+//! or build [`sao`]'s structured matrix; [`approx_isometry`] optimises the masked orthogonal
+//! matrix towards orthogonality.
 
 pub mod approx_isometry;
-pub mod conv;
 pub mod conv_orthogonal;
 pub mod eoi;
 pub mod kaiming;
@@ -16,60 +20,210 @@ pub mod mask;
 pub mod orthogonal;
 pub mod sao;
 
-use crate::layer::{CentreRule, ConvMask, Gain, Kind, Layout, Origin, Shape, named};
+use crate::layer::{CentreRule, ConvMask, Gain, Kind, Layout, Origin, Shape, centre_tap, named};
 use crate::stream::Stream;
-use crate::tensor::{Grid, Mask, Order, RowBlocks, Weight};
+use crate::tensor::{Grid, Mask, Order, Weight};
 
-named! {
+/// The registry of schemes: one line per scheme gives its variant, its name in specs and
+/// on the command line, and its rules (a value implementing [`Rules`] in the scheme's file).
+macro_rules! registry {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal => $rules:expr, )+
+        }
+    ) => {
+        named! {
+            $(#[$meta])*
+            pub enum $name {
+                $( $(#[$vmeta])* $variant = $text, )+
+            }
+        }
+
+        impl $name {
+            /// The scheme's rules.
+            pub fn rules(self) -> &'static dyn Rules {
+                match self {
+                    $($name::$variant => &$rules,)+
+                }
+            }
+        }
+    };
+}
+
+registry! {
     /// The initialization scheme of a layer: EOI, or one of the baselines the paper compares
     /// it with.
+    #[derive(Default)]
     pub enum Scheme {
         /// Exact Orthogonal Initialization (the default).
-        Eoi = "eoi",
+        #[default]
+        Eoi = "eoi" => eoi::Eoi,
         /// A random mask over normal weights with std `gain / sqrt(fan_in)`.
-        Kaiming = "kaiming",
+        Kaiming = "kaiming" => kaiming::Kaiming::PLAIN,
         /// A random mask over normal weights with std `gain / sqrt(fan_in * d)`.
-        ScaledKaiming = "scaled-kaiming",
+        ScaledKaiming = "scaled-kaiming" => kaiming::Kaiming::SCALED,
         /// A random mask over a dense orthogonal matrix (delta-orthogonal for convolutions).
-        Orthogonal = "orthogonal",
+        Orthogonal = "orthogonal" => orthogonal::Orthogonal,
         /// Sparsity-Aware Orthogonal initialization (Esguerra et al. 2023): exactly orthogonal
         /// on a regular bipartite structure, for densities `k / max(out, in)` only.
-        Sao = "sao",
+        Sao = "sao" => sao::Sao,
         /// Approximate isometry (Lee et al. 2020): the `orthogonal` baseline's masked matrix,
         /// then gradient descent on the kept weights towards an orthogonal Gram matrix.
-        ApproxIsometry = "approx-isometry",
+        ApproxIsometry = "approx-isometry" => approx_isometry::ApproxIsometry,
         /// A random mask over a dense block-orthogonal kernel (Xiao et al. 2018, Algorithm 1),
         /// orthogonal as a periodic convolution on every tap; a dense orthogonal matrix for
         /// linear layers.
-        ConvOrthogonal = "conv-orthogonal",
+        ConvOrthogonal = "conv-orthogonal" => conv_orthogonal::ConvOrthogonal,
     }
 }
 
-impl Scheme {
-    /// Whether the mask is drawn uniformly at random, with exactly `round(d * numel)` ones.
-    pub fn random_mask(self) -> bool {
-        !matches!(self, Scheme::Eoi | Scheme::Sao)
+/// The rules of one scheme: what plan, generate, the provenance and verify need to know of
+/// it. Each scheme's file implements them; [`Scheme::rules`] finds them.
+pub trait Rules: Sync {
+    /// How messages name the maker of a layer: `EOI`, or `scheme "kaiming"`.
+    fn maker(&self) -> &'static str;
+
+    /// The smallest density the scheme can make for `layer` (from its shape, groups and
+    /// centre rule; its density is not read), and why.
+    fn minimum(&self, layer: &LayerPlan) -> Minimum;
+
+    /// Whether the scheme can make `layer` as planned (its groups, its density); the refusal
+    /// says why and how to fix it.
+    fn check(&self, _layer: &LayerPlan) -> Result<(), Refusal> {
+        Ok(())
     }
 
-    /// Whether the weight (of a convolution: its centre tap, every other tap zero) is
-    /// orthogonal times the gain at `density`: EOI and SAO always, a dense orthogonal matrix
-    /// (and approximate isometry, which starts from it) only unmasked, and a block-orthogonal
-    /// kernel (orthogonal as a convolution) likewise.
-    pub fn promises_orthogonality(self, density: f64) -> bool {
-        match self {
-            Scheme::Eoi | Scheme::Sao => true,
-            Scheme::Orthogonal | Scheme::ApproxIsometry | Scheme::ConvOrthogonal => density == 1.0,
-            Scheme::Kaiming | Scheme::ScaledKaiming => false,
-        }
+    /// Whether a convolution under this scheme may take `conv_mask = "structured"`.
+    fn structured_masks(&self) -> bool {
+        false
     }
 
-    /// Whether a convolution's weight is zero off the centre tap.
-    pub fn delta(self) -> bool {
-        matches!(
-            self,
-            Scheme::Eoi | Scheme::Orthogonal | Scheme::Sao | Scheme::ApproxIsometry
-        )
+    /// The nonzeros the plan expects the layer's mask to hold.
+    fn expected_nnz(&self, layer: &LayerPlan) -> u64;
+
+    /// A line `eoi plan` prints once, under its table, about a layer of this scheme.
+    fn plan_note(&self, _layer: &LayerPlan) -> Option<String> {
+        None
     }
+
+    /// The statistics of the layer's generation, computed without weight values where the
+    /// scheme allows it, so they can go into a file header before any weight exists.
+    fn stats(&self, layer: &LayerPlan, seed: u64) -> LayerStats;
+
+    /// Draws what the layer's mask needs from its own stream and fixes the statistics; the
+    /// weight values follow deterministically ([`Prepared::weight`]).
+    fn prepare<'a>(&self, layer: &'a LayerPlan, seed: u64) -> Prepared<'a>;
+
+    /// Whether the statistics cost the whole generation (approximate isometry's descent), so
+    /// that a large run keeps what [`Prepared::optimised`] gives until the layer is written.
+    fn costly_stats(&self) -> bool {
+        false
+    }
+
+    /// The layer prepared again from the `values` and `stats` an earlier [`Rules::prepare`]
+    /// gave ([`Prepared::optimised`]), without redoing the costly part; `None` where the
+    /// scheme keeps nothing.
+    fn resume<'a>(
+        &self,
+        _layer: &'a LayerPlan,
+        _seed: u64,
+        _values: Vec<f64>,
+        _stats: LayerStats,
+    ) -> Option<Prepared<'a>> {
+        None
+    }
+
+    /// Bytes the layer needs while it is generated and written in `layout` by `threads`
+    /// threads (its bias aside).
+    fn memory(&self, layer: &LayerPlan, layout: Layout, threads: usize) -> u64;
+
+    /// Bytes a prepared layer holds until it is written.
+    fn prepared_memory(&self, layer: &LayerPlan) -> u64 {
+        layer.shape.numel()
+    }
+
+    /// The scheme's own fields of the layer's record (`degree`, `ai_steps`, `conv_center`,
+    /// ...), before what generation achieved.
+    fn record(&self, _layer: &LayerPlan) -> SchemeFields {
+        SchemeFields::default()
+    }
+
+    /// Whether the weight (of a convolution: its centre tap) is orthogonal times the gain
+    /// at `density`, so that `verify` judges it.
+    fn promises_orthogonality(&self, density: f64) -> bool;
+
+    /// Which Gram matrix of a convolution shows its orthogonality (see [`KernelGram`]).
+    fn kernel_gram(&self) -> KernelGram;
+
+    /// What is wrong with a stored mask's count and placement, given the layer's record (an
+    /// empty list when nothing is).
+    fn check_mask(&self, mask: &StoredMask<'_>) -> Vec<String>;
+}
+
+/// The smallest density a scheme can make for a layer, and why (for messages).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Minimum {
+    pub density: f64,
+    pub reason: String,
+    /// Advice for a layer below the minimum beyond the usual (raise it, or clamp).
+    pub help: Option<String>,
+}
+
+/// Why a scheme cannot make a layer as planned.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    /// The layer's field at fault, if one is (`groups`).
+    pub field: Option<&'static str>,
+    /// Whether the layer's density is at fault: the plan then says where it came from before
+    /// the message.
+    pub density: bool,
+    pub message: String,
+    pub help: String,
+}
+
+/// The scheme's own fields of a layer record, in the order records hold them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchemeFields {
+    /// SAO's degree.
+    pub degree: Option<usize>,
+    /// Approximate isometry's descent.
+    pub ai_steps: Option<u32>,
+    pub ai_lr: Option<f64>,
+    /// EOI convolutions: the centre rule, the mask rule (structured only) and the centre
+    /// matrix's density.
+    pub conv_center: Option<CentreRule>,
+    pub conv_mask: Option<ConvMask>,
+    pub centre_density: Option<f64>,
+}
+
+/// Which Gram matrix of a convolution's weight shows the orthogonality its scheme gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelGram {
+    /// The centre tap's (out, in) matrix; every other tap must be zero (delta-orthogonal).
+    Centre,
+    /// The zero lag of a block-orthogonal kernel: `sum_t W_t^T W_t` (out >= in) or
+    /// `sum_t W_t W_t^T` (out < in), the Gram of the (in, out * K) or (out, in * K)
+    /// flattening.
+    ZeroLag,
+    /// The (out, in * K) flattening, reported but promised nothing.
+    Flattened,
+}
+
+/// A stored mask as `verify` reads it, beside what the layer's record says of it.
+#[derive(Clone, Copy, Debug)]
+pub struct StoredMask<'a> {
+    /// The record's scheme name and target density.
+    pub scheme: Scheme,
+    pub density: f64,
+    /// The weight's shape in PyTorch order.
+    pub shape: &'a [usize],
+    /// One byte per element (0 or 1), in PyTorch order.
+    pub bits: &'a [u8],
+    pub nnz: u64,
+    /// The record's centre nonzeros and mask rule (convolutions).
+    pub centre_nnz: Option<u64>,
+    pub conv_mask: ConvMask,
 }
 
 /// One layer, fully resolved.
@@ -149,21 +303,14 @@ impl LayerPlan {
         })
     }
 
-    /// The nonzeros the plan expects: `round(d * numel)` for a matrix (EOI lands within one
-    /// rotation of it) and for a random mask (exactly), `ceil(d * numel)` for an EOI kernel
-    /// (its mask is topped up to exactly that); for a structured kernel `round(d * numel)`,
-    /// which its `centre_nnz * K` ones land near.
+    /// The nonzeros the plan expects, as its scheme makes them ([`Rules::expected_nnz`]).
     pub fn expected_nnz(&self) -> u64 {
-        if self.scheme.random_mask() {
-            return mask::ones(self.density, self.shape.numel());
-        }
-        let exact = self.density * self.shape.numel() as f64;
-        let nnz = match (self.kind(), self.conv_mask) {
-            // A structured kernel keeps K taps per centre nonzero: within one rotation's slices.
-            (Kind::Linear, _) | (Kind::Conv, ConvMask::Structured) => exact.round(),
-            (Kind::Conv, ConvMask::TopUp) => exact.ceil(),
-        };
-        (nnz as u64).min(self.shape.numel())
+        self.scheme.rules().expected_nnz(self)
+    }
+
+    /// The scheme's rules for this layer.
+    pub fn rules(&self) -> &'static dyn Rules {
+        self.scheme.rules()
     }
 }
 
@@ -173,8 +320,8 @@ pub struct LayerStats {
     pub numel: u64,
     /// Ones in the mask.
     pub nnz: u64,
-    /// Givens rotations applied (EOI; 0 for the other schemes).
-    pub rotations: u64,
+    /// Givens rotations applied (EOI only).
+    pub rotations: Option<u64>,
     /// Nonzeros of the centre matrix, for EOI and SAO convolutions.
     pub centre_nnz: Option<u64>,
     /// Approximate isometry: `||G - gain^2 I||_F / ||gain^2 I||_F` of the optimised matrix
@@ -217,391 +364,72 @@ pub fn bias(layer: &LayerPlan, seed: u64) -> Option<Grid<f64>> {
     Some(Grid::new(1, out, Order::RowMajor, values))
 }
 
-/// A linear layer's EOI schedule: the first draws of its stream.
-fn linear_schedule(layer: &LayerPlan, stream: &mut Stream) -> eoi::Schedule {
-    eoi::schedule(layer.shape.out(), layer.shape.inp(), layer.density, stream)
-}
+/// What a prepared layer's weight values are made from: each scheme's own recipe (EOI's
+/// rotations, a baseline's stream, SAO's structure, approximate isometry's descended values).
+pub trait Values: Send + Sync {
+    /// The layer's weight values over `mask`.
+    fn weight(&self, layer: &LayerPlan, mask: &Mask) -> Weight;
 
-/// A kernel's EOI centre, block by block (one block unless the layer has groups).
-fn kernel_centre(layer: &LayerPlan, seed: u64, stream: &mut Stream) -> conv::Centre {
-    let shape = &layer.shape;
-    conv::centre(
-        shape.out(),
-        shape.inp(),
-        shape.taps(),
-        layer.groups,
-        layer.density,
-        layer.conv_center,
-        stream,
-        (seed, &layer.name),
-    )
-}
-
-fn linear_stats(layer: &LayerPlan, schedule: &eoi::Schedule) -> LayerStats {
-    LayerStats {
-        numel: layer.shape.numel(),
-        nnz: schedule.nnz(),
-        rotations: schedule.rotations().len() as u64,
-        centre_nnz: None,
-        isometry_error: None,
+    /// The weight as it is best written in `layout`: the same values as [`Values::weight`],
+    /// computed a block of rows at a time while it is encoded where the scheme can.
+    fn weight_for(&self, layer: &LayerPlan, mask: &Mask, _layout: Layout) -> Weight {
+        self.weight(layer, mask)
     }
-}
 
-fn kernel_stats(layer: &LayerPlan, centre: &conv::Centre) -> LayerStats {
-    let numel = layer.shape.numel();
-    LayerStats {
-        numel,
-        nnz: match layer.conv_mask {
-            crate::layer::ConvMask::TopUp => conv::mask_ones(layer.density, numel, centre.nnz()),
-            crate::layer::ConvMask::Structured => centre.nnz() * layer.shape.taps() as u64,
-        },
-        rotations: centre.rotations(),
-        centre_nnz: Some(centre.nnz()),
-        isometry_error: None,
+    /// Approximate isometry's optimised values (see [`Rules::resume`]).
+    fn optimised(&self) -> Option<&[f64]> {
+        None
     }
-}
-
-/// The statistics of a random-mask layer: they follow from the plan alone.
-fn random_mask_stats(layer: &LayerPlan) -> LayerStats {
-    let numel = layer.shape.numel();
-    LayerStats {
-        numel,
-        nnz: mask::ones(layer.density, numel),
-        rotations: 0,
-        centre_nnz: None,
-        isometry_error: None,
-    }
-}
-
-/// The statistics of a layer's generation, computed without weight values where the scheme
-/// allows it (EOI: from the support alone), so they can go into a file header before any
-/// weight exists. Approximate isometry records the error its descent reaches, so its
-/// statistics cost the whole descent.
-pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
-    match layer.scheme {
-        Scheme::Eoi => {
-            let mut stream = Stream::derive(seed, &layer.name);
-            match layer.kind() {
-                Kind::Linear => linear_stats(layer, &linear_schedule(layer, &mut stream)),
-                Kind::Conv => kernel_stats(layer, &kernel_centre(layer, seed, &mut stream)),
-            }
-        }
-        Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal | Scheme::ConvOrthogonal => {
-            random_mask_stats(layer)
-        }
-        Scheme::Sao => sao_stats(layer, sao_degree(layer)),
-        Scheme::ApproxIsometry => prepare(layer, seed).stats,
-    }
-}
-
-/// A SAO layer's degree; the plan admits only densities that have one.
-fn sao_degree(layer: &LayerPlan) -> usize {
-    let (out, inp) = (layer.shape.out(), layer.shape.inp());
-    // The plan refuses other densities; the nearest degree keeps this total regardless.
-    sao::degree(out, inp, layer.density)
-        .unwrap_or_else(|| ((layer.density * out.max(inp) as f64).round() as usize).max(1))
-}
-
-/// The statistics of a SAO layer: `n k` nonzeros in the matrix, on every tap of a kernel.
-fn sao_stats(layer: &LayerPlan, degree: usize) -> LayerStats {
-    let shape = &layer.shape;
-    let centre = shape.out().min(shape.inp()) as u64 * degree as u64;
-    LayerStats {
-        numel: shape.numel(),
-        nnz: centre * shape.taps() as u64,
-        rotations: 0,
-        centre_nnz: (layer.kind() == Kind::Conv).then_some(centre),
-        isometry_error: None,
-    }
-}
-
-/// How a prepared layer's values are made.
-enum Recipe {
-    /// EOI of a matrix: the rotations to apply.
-    Eoi(eoi::Schedule),
-    /// EOI of a kernel: the centre's blocks.
-    EoiKernel(conv::Centre),
-    /// A baseline over a random mask: the values are drawn from the layer's stream where the
-    /// mask left it.
-    Drawn(Stream),
-    /// SAO: its structure, and the stream where drawing it left off (for the values).
-    Sao(sao::Structure, Stream),
-    /// Approximate isometry: the optimised kept values of the (centre) matrix, row-major
-    /// over the mask's kept (centre) positions.
-    Optimised(Vec<f64>),
 }
 
 /// A layer whose mask and statistics are final; its weight values follow deterministically
 /// (see [`Prepared::weight`]). The mask can be written while the values are computed.
 pub struct Prepared<'a> {
     layer: &'a LayerPlan,
-    seed: u64,
-    recipe: Recipe,
+    values: Box<dyn Values + 'a>,
     pub mask: Mask,
     pub stats: LayerStats,
 }
 
-impl Prepared<'_> {
+impl<'a> Prepared<'a> {
+    pub fn new(
+        layer: &'a LayerPlan,
+        mask: Mask,
+        stats: LayerStats,
+        values: impl Values + 'a,
+    ) -> Prepared<'a> {
+        Prepared {
+            layer,
+            values: Box::new(values),
+            mask,
+            stats,
+        }
+    }
+
     /// The layer's weight values.
     pub fn weight(&self) -> Weight {
-        let layer = self.layer;
-        let gain = layer.gain.value;
-        match &self.recipe {
-            Recipe::Eoi(schedule) => Weight::Matrix(schedule.matrix(gain)),
-            Recipe::EoiKernel(centre) => conv::weight(centre, layer.shape.kernel(), gain),
-            Recipe::Sao(structure, stream) => {
-                let matrix = structure.matrix(gain, &mut stream.clone());
-                match layer.kind() {
-                    Kind::Linear => Weight::Matrix(matrix),
-                    Kind::Conv => Weight::CentreTap {
-                        centre: matrix,
-                        taps: layer.shape.taps(),
-                        tap: conv::centre_tap(layer.shape.kernel()),
-                    },
-                }
-            }
-            Recipe::Optimised(values) => optimised_weight(layer, &self.mask, values),
-            Recipe::Drawn(stream) => {
-                let mut stream = stream.clone();
-                match layer.scheme {
-                    Scheme::Orthogonal => {
-                        masked_orthogonal(layer, &self.mask, &mut stream, self.seed)
-                    }
-                    Scheme::ConvOrthogonal => {
-                        masked_block_orthogonal(layer, &self.mask, &mut stream)
-                    }
-                    scheme => {
-                        let scaled = scheme == Scheme::ScaledKaiming;
-                        let std = kaiming::std(&layer.shape, layer.density, gain, scaled);
-                        Weight::Matrix(kaiming::weight(&self.mask, std, &mut stream))
-                    }
-                }
-            }
-        }
+        self.values.weight(self.layer, &self.mask)
     }
 
-    /// Approximate isometry's optimised values (see [`prepare_optimised`]); `None` for the
-    /// other schemes.
-    pub fn optimised(&self) -> Option<&[f64]> {
-        match &self.recipe {
-            Recipe::Optimised(values) => Some(values),
-            _ => None,
-        }
-    }
-
-    /// The weight as it is best written in `layout`: the same values as [`Prepared::weight`],
-    /// but for a wide or square linear layer in PyTorch layout computed a block of rows at a
-    /// time while it is encoded ([`Weight::Computed`]), so the layer's whole f64 matrix never
-    /// exists. Other layers are computed whole first.
+    /// The weight as it is best written in `layout` (see [`Values::weight_for`]).
     pub fn weight_for(&self, layout: Layout) -> Weight {
-        if let Recipe::Eoi(schedule) = &self.recipe {
-            if layout == Layout::Torch {
-                if let Some(rows) = schedule.rotated_rows(self.layer.gain.value) {
-                    return Weight::Computed(std::sync::Arc::new(rows));
-                }
-            }
-        }
-        self.weight()
+        self.values.weight_for(self.layer, &self.mask, layout)
+    }
+
+    /// Approximate isometry's optimised values; `None` for the other schemes.
+    pub fn optimised(&self) -> Option<&[f64]> {
+        self.values.optimised()
     }
 }
 
-/// The `orthogonal` baseline: a dense orthogonal (out, in) matrix times the gain, at the
-/// centre tap for convolutions, kept where the mask is 1. A grouped kernel gets one dense
-/// orthogonal (out/G, in/G) block per group: with one group from the layer's stream after
-/// the mask, with G > 1 block b from [`Stream::derive_block`]`(seed, name, b)`.
-fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream, seed: u64) -> Weight {
-    let (out, inp) = (layer.shape.out(), layer.shape.inp());
-    let groups = layer.groups.max(1);
-    let rows = out / groups;
-    let blocks: Vec<Grid<f64>> = if groups == 1 {
-        vec![orthogonal::matrix(out, inp, stream)]
-    } else {
-        (0..groups)
-            .map(|b| {
-                let mut own = Stream::derive_block(seed, &layer.name, b as u64);
-                orthogonal::matrix(rows, inp, &mut own)
-            })
-            .collect()
-    };
-    let taps = layer.shape.taps();
-    let tap = conv::centre_tap(layer.shape.kernel());
-    let gain = layer.gain.value;
-    let mut values = Vec::with_capacity(out * inp);
-    let mut row = Vec::with_capacity(inp * taps);
-    for i in 0..out {
-        row.clear();
-        mask.rows_into(i, 1, &mut row);
-        let q = &blocks[i / rows];
-        for j in 0..inp {
-            let kept = row[j * taps + tap] != 0;
-            values.push(if kept { gain * q.get(i % rows, j) } else { 0.0 });
-        }
-    }
-    let centre = Grid::new(out, inp, Order::RowMajor, values);
-    match layer.kind() {
-        Kind::Linear => Weight::Matrix(centre),
-        Kind::Conv => Weight::CentreTap { centre, taps, tap },
-    }
+/// The statistics of a layer's generation (see [`Rules::stats`]).
+pub fn stats(layer: &LayerPlan, seed: u64) -> LayerStats {
+    layer.rules().stats(layer, seed)
 }
 
-/// Whether the (centre) matrix entry (i, j) is kept by a random mask over (out, in * taps).
-fn centre_kept(mask: &Mask, taps: usize, tap: usize) -> impl Fn(usize, usize) -> bool + '_ {
-    move |i, j| mask.get(i, j * taps + tap) != 0
-}
-
-/// The approximate-isometry weight: `values` at the mask's kept (centre) positions, zero
-/// elsewhere.
-fn optimised_weight(layer: &LayerPlan, mask: &Mask, values: &[f64]) -> Weight {
-    let (out, inp) = (layer.shape.out(), layer.shape.inp());
-    let taps = layer.shape.taps();
-    let tap = conv::centre_tap(layer.shape.kernel());
-    let kept = centre_kept(mask, taps, tap);
-    let mut matrix = crate::tensor::zeroed(out * inp);
-    let mut next = values.iter();
-    for i in 0..out {
-        for j in 0..inp {
-            if kept(i, j) {
-                matrix[i * inp + j] = next.next().copied().unwrap_or(0.0);
-            }
-        }
-    }
-    let centre = Grid::new(out, inp, Order::RowMajor, matrix);
-    match layer.kind() {
-        Kind::Linear => Weight::Matrix(centre),
-        Kind::Conv => Weight::CentreTap { centre, taps, tap },
-    }
-}
-
-/// The `conv-orthogonal` baseline: a block-orthogonal kernel times the gain (a dense
-/// orthogonal matrix for linear layers), kept where the mask is 1.
-fn masked_block_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream) -> Weight {
-    let shape = &layer.shape;
-    let kernel = conv_orthogonal::kernel(shape.out(), shape.inp(), shape.kernel(), stream);
-    let gain = layer.gain.value;
-    let row_len = shape.fan_in();
-    let mut values = Vec::with_capacity(shape.out() * row_len);
-    let mut row = Vec::with_capacity(row_len);
-    for i in 0..shape.out() {
-        row.clear();
-        mask.rows_into(i, 1, &mut row);
-        for (j, &kept) in row.iter().enumerate() {
-            values.push(if kept != 0 {
-                gain * kernel.get(i, j)
-            } else {
-                0.0
-            });
-        }
-    }
-    Weight::Matrix(Grid::new(shape.out(), row_len, Order::RowMajor, values))
-}
-
-/// Draws what a layer's mask needs from its own stream. EOI: the rotations, then (for
-/// convolutions) the mask top-up; a grouped kernel's blocks draw from their own streams
-/// (see [`conv::centre`]). The random-mask baselines: the mask ([`mask::random`]),
-/// then, in [`Prepared::weight`], the values. SAO: the groups ([`sao::Structure::draw`]),
-/// then the values ([`sao::Structure::matrix`]). Approximate isometry: the mask, the
-/// orthogonal matrix (the draws of `orthogonal`), then the descent, here, so that its error
-/// is in the statistics.
+/// Draws what a layer's mask needs and fixes its statistics (see [`Rules::prepare`]).
 pub fn prepare(layer: &LayerPlan, seed: u64) -> Prepared<'_> {
-    let mut stream = Stream::derive(seed, &layer.name);
-    match layer.scheme {
-        Scheme::Eoi => match layer.kind() {
-            Kind::Linear => {
-                let schedule = linear_schedule(layer, &mut stream);
-                Prepared {
-                    layer,
-                    seed,
-                    stats: linear_stats(layer, &schedule),
-                    mask: Mask::Bits(schedule.mask()),
-                    recipe: Recipe::Eoi(schedule),
-                }
-            }
-            Kind::Conv => {
-                let centre = kernel_centre(layer, seed, &mut stream);
-                let mask = match layer.conv_mask {
-                    crate::layer::ConvMask::TopUp => {
-                        conv::mask(&centre, layer.shape.kernel(), layer.density, &mut stream)
-                    }
-                    crate::layer::ConvMask::Structured => {
-                        conv::structured_mask(&centre, layer.shape.kernel())
-                    }
-                };
-                Prepared {
-                    layer,
-                    seed,
-                    stats: kernel_stats(layer, &centre),
-                    mask,
-                    recipe: Recipe::EoiKernel(centre),
-                }
-            }
-        },
-        Scheme::Kaiming | Scheme::ScaledKaiming | Scheme::Orthogonal | Scheme::ConvOrthogonal => {
-            let shape = &layer.shape;
-            let mask = mask::random(shape.out(), shape.fan_in(), layer.density, &mut stream);
-            Prepared {
-                layer,
-                seed,
-                recipe: Recipe::Drawn(stream),
-                mask,
-                stats: random_mask_stats(layer),
-            }
-        }
-        Scheme::Sao => {
-            let shape = &layer.shape;
-            let degree = sao_degree(layer);
-            let structure = sao::Structure::draw(shape.out(), shape.inp(), degree, &mut stream);
-            let mask = structure.mask(shape.taps());
-            Prepared {
-                layer,
-                seed,
-                recipe: Recipe::Sao(structure, stream),
-                mask,
-                stats: sao_stats(layer, degree),
-            }
-        }
-        Scheme::ApproxIsometry => {
-            let shape = &layer.shape;
-            let mask = mask::random(shape.out(), shape.fan_in(), layer.density, &mut stream);
-            let q = orthogonal::matrix(shape.out(), shape.inp(), &mut stream);
-            let kept = centre_kept(&mask, shape.taps(), conv::centre_tap(shape.kernel()));
-            let optimised = approx_isometry::optimise(&q, kept, layer.gain.value, layer.isometry);
-            drop(q);
-            Prepared {
-                layer,
-                seed,
-                recipe: Recipe::Optimised(optimised.values),
-                mask,
-                stats: LayerStats {
-                    isometry_error: Some(optimised.error),
-                    ..random_mask_stats(layer)
-                },
-            }
-        }
-    }
-}
-
-/// An approximate-isometry layer prepared again from the `values` and `stats` an earlier
-/// [`prepare`] of it gave ([`Prepared::optimised`]): the mask is drawn again (cheap), the
-/// orthogonal start and the descent are not. `None` for the other schemes.
-pub fn prepare_optimised(
-    layer: &LayerPlan,
-    seed: u64,
-    values: Vec<f64>,
-    stats: LayerStats,
-) -> Option<Prepared<'_>> {
-    if layer.scheme != Scheme::ApproxIsometry {
-        return None;
-    }
-    let mut stream = Stream::derive(seed, &layer.name);
-    let shape = &layer.shape;
-    let mask = mask::random(shape.out(), shape.fan_in(), layer.density, &mut stream);
-    Some(Prepared {
-        layer,
-        seed,
-        recipe: Recipe::Optimised(values),
-        mask,
-        stats,
-    })
+    layer.rules().prepare(layer, seed)
 }
 
 /// Generates a layer's weight and mask from its own stream.
@@ -615,10 +443,41 @@ pub fn generate(layer: &LayerPlan, seed: u64) -> Generated {
     }
 }
 
+/// The refusal of a scheme not made for grouped convolutions (`scheme` is its name).
+pub fn no_groups(scheme: &str, layer: &LayerPlan) -> Result<(), Refusal> {
+    if layer.groups <= 1 {
+        return Ok(());
+    }
+    Err(Refusal {
+        field: Some("groups"),
+        density: false,
+        message: format!(
+            "scheme \"{scheme}\" is not made for grouped convolutions (groups = {})",
+            layer.groups
+        ),
+        help: "use scheme \"eoi\" or \"orthogonal\" for this layer (they build each group's block on its own), or groups = 1".into(),
+    })
+}
+
+/// A centre matrix `centre` as the layer's weight: the matrix itself for a linear layer, at
+/// the centre tap (every other tap zero) for a convolution.
+pub fn at_centre(layer: &LayerPlan, centre: Grid<f64>) -> Weight {
+    match layer.kind() {
+        Kind::Linear => Weight::Matrix(centre),
+        Kind::Conv => Weight::CentreTap {
+            centre,
+            taps: layer.shape.taps(),
+            tap: centre_tap(layer.shape.kernel()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::CentreRule;
     use crate::layer::Dtype;
+    use crate::tensor::RowBlocks;
 
     /// A 600 x 40 layer `fc.weight` at density 0.5, with a bias of `bias_std` if given.
     fn fc(bias_std: Option<f64>) -> LayerPlan {
@@ -676,5 +535,63 @@ mod tests {
         assert_eq!(bytes(&with.weight), bytes(&without.weight));
         assert_eq!(with.mask, without.mask);
         assert!(with.bias.is_some() && without.bias.is_none());
+    }
+
+    /// The smallest density `scheme` makes for `shape` with `groups` groups under `rule`.
+    fn minimum_density(shape: &Shape, groups: usize, rule: CentreRule, scheme: Scheme) -> f64 {
+        let layer = LayerPlan {
+            groups,
+            conv_center: rule,
+            scheme,
+            ..LayerPlan::new("t", shape.clone(), 1.0)
+        };
+        scheme.rules().minimum(&layer).density
+    }
+
+    #[test]
+    fn grouped_and_depthwise_minima_are_per_block() {
+        // (32, 4, 3, 3) with groups = 8: eight blocks of 4 x 4.
+        // EOI's minimum is the block's: 1/max(4, 4) for the centre, not 1/32.
+        let shape = Shape::new(&[32, 4, 3, 3]).unwrap();
+        assert_eq!(
+            minimum_density(&shape, 8, CentreRule::Same, Scheme::Eoi),
+            0.25
+        );
+        assert_eq!(
+            minimum_density(&shape, 8, CentreRule::Sqrt, Scheme::Eoi),
+            1.0 / 16.0
+        );
+        assert_eq!(
+            minimum_density(&shape, 1, CentreRule::Same, Scheme::Eoi),
+            1.0 / 32.0
+        );
+        // A depthwise layer's 1 x 1 blocks make it dense, under either rule; a random mask
+        // still needs only one weight.
+        let depthwise = Shape::new(&[96, 1, 3, 3]).unwrap();
+        for rule in [CentreRule::Same, CentreRule::Sqrt] {
+            assert_eq!(minimum_density(&depthwise, 96, rule, Scheme::Eoi), 1.0);
+        }
+        assert_eq!(
+            minimum_density(&depthwise, 96, CentreRule::Same, Scheme::Kaiming),
+            1.0 / 864.0
+        );
+    }
+
+    #[test]
+    fn conv_minimum_follows_the_centre_rule() {
+        let shape = Shape::new(&[64, 32, 3, 3]).unwrap();
+        assert_eq!(
+            minimum_density(&shape, 1, CentreRule::Same, Scheme::Eoi),
+            1.0 / 64.0
+        );
+        assert_eq!(
+            minimum_density(&shape, 1, CentreRule::Sqrt, Scheme::Eoi),
+            1.0 / (64.0 * 9.0)
+        );
+        // A random mask needs one weight, whatever the rule.
+        assert_eq!(
+            minimum_density(&shape, 1, CentreRule::Same, Scheme::Kaiming),
+            1.0 / (64.0 * 32.0 * 9.0)
+        );
     }
 }

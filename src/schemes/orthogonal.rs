@@ -9,8 +9,109 @@
 //! count and every machine of an architecture (a BLAS or faer could pick other kernels on
 //! another CPU).
 
+use super::{
+    KernelGram, LayerPlan, LayerStats, Minimum, Prepared, Rules, StoredMask, Values, at_centre,
+    mask,
+};
+use crate::layer::{Layout, centre_tap};
 use crate::stream::Stream;
-use crate::tensor::{Grid, Order};
+use crate::tensor::{Grid, Mask, Order, RowBlocks, Weight};
+
+/// The rules of `orthogonal`: a random mask over a dense orthogonal matrix (at the centre
+/// tap of a convolution), one block per group.
+pub struct Orthogonal;
+
+/// The values: the dense matrix drawn from where the mask left the layer's stream.
+struct Masked {
+    stream: Stream,
+    seed: u64,
+}
+
+impl Values for Masked {
+    fn weight(&self, layer: &LayerPlan, mask: &Mask) -> Weight {
+        masked_orthogonal(layer, mask, &mut self.stream.clone(), self.seed)
+    }
+}
+
+impl Rules for Orthogonal {
+    fn maker(&self) -> &'static str {
+        "scheme \"orthogonal\""
+    }
+
+    fn minimum(&self, layer: &LayerPlan) -> Minimum {
+        mask::minimum(layer)
+    }
+
+    fn expected_nnz(&self, layer: &LayerPlan) -> u64 {
+        mask::expected_nnz(layer)
+    }
+
+    fn stats(&self, layer: &LayerPlan, _seed: u64) -> LayerStats {
+        mask::stats(layer)
+    }
+
+    /// The mask ([`mask::draw`]), then, in [`Values::weight`], the Gaussian matrix of each
+    /// block (see [`masked_orthogonal`]).
+    fn prepare<'a>(&self, layer: &'a LayerPlan, seed: u64) -> Prepared<'a> {
+        let mut stream = Stream::derive(seed, &layer.name);
+        let drawn = mask::draw(layer, &mut stream);
+        Prepared::new(layer, drawn, mask::stats(layer), Masked { stream, seed })
+    }
+
+    /// The byte mask and the f64 weight of the whole tensor, the Gaussian matrix and its Q.
+    fn memory(&self, layer: &LayerPlan, _layout: Layout, _threads: usize) -> u64 {
+        let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
+        layer.shape.numel() * (8 + 1) + 3 * out * inp * 8
+    }
+
+    /// Orthogonal only unmasked.
+    fn promises_orthogonality(&self, density: f64) -> bool {
+        density == 1.0
+    }
+
+    fn kernel_gram(&self) -> KernelGram {
+        KernelGram::Centre
+    }
+
+    fn check_mask(&self, stored: &StoredMask<'_>) -> Vec<String> {
+        mask::check_count(stored)
+    }
+}
+
+/// The `orthogonal` baseline: a dense orthogonal (out, in) matrix times the gain, at the
+/// centre tap for convolutions, kept where the mask is 1. A grouped kernel gets one dense
+/// orthogonal (out/G, in/G) block per group: with one group from the layer's stream after
+/// the mask, with G > 1 block b from [`Stream::derive_block`]`(seed, name, b)`.
+fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream, seed: u64) -> Weight {
+    let (out, inp) = (layer.shape.out(), layer.shape.inp());
+    let groups = layer.groups.max(1);
+    let rows = out / groups;
+    let blocks: Vec<Grid<f64>> = if groups == 1 {
+        vec![matrix(out, inp, stream)]
+    } else {
+        (0..groups)
+            .map(|b| {
+                let mut own = Stream::derive_block(seed, &layer.name, b as u64);
+                matrix(rows, inp, &mut own)
+            })
+            .collect()
+    };
+    let taps = layer.shape.taps();
+    let tap = centre_tap(layer.shape.kernel());
+    let gain = layer.gain.value;
+    let mut values = Vec::with_capacity(out * inp);
+    let mut row = Vec::with_capacity(inp * taps);
+    for i in 0..out {
+        row.clear();
+        mask.rows_into(i, 1, &mut row);
+        let q = &blocks[i / rows];
+        for j in 0..inp {
+            let kept = row[j * taps + tap] != 0;
+            values.push(if kept { gain * q.get(i % rows, j) } else { 0.0 });
+        }
+    }
+    at_centre(layer, Grid::new(out, inp, Order::RowMajor, values))
+}
 
 /// Q of the thin QR decomposition `A = Q R` of an `m x n` matrix (`m >= n`) stored
 /// column-major in `a`, with column j of Q negated where `R_jj < 0` (so diag R >= 0).

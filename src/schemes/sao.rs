@@ -18,9 +18,154 @@
 //! variant for ReLU networks (a half-size matrix mirrored as `[[W, -W], [-W, W]]`) is not
 //! made: the gain is the only nonlinearity-specific setting here, as for every scheme.
 
-use super::orthogonal;
+use super::{
+    KernelGram, LayerPlan, LayerStats, Minimum, Prepared, Refusal, Rules, SchemeFields, StoredMask,
+    Values, at_centre, mask, no_groups, orthogonal,
+};
+use crate::layer::{Kind, Layout};
 use crate::stream::Stream;
-use crate::tensor::{Grid, Mask, Order};
+use crate::tensor::{Grid, Mask, Order, Weight};
+
+/// SAO's rules.
+pub struct Sao;
+
+/// A SAO layer's degree; the plan admits only densities that have one.
+fn layer_degree(layer: &LayerPlan) -> usize {
+    let (out, inp) = (layer.shape.out(), layer.shape.inp());
+    // The plan refuses other densities; the nearest degree keeps this total regardless.
+    degree(out, inp, layer.density)
+        .unwrap_or_else(|| ((layer.density * out.max(inp) as f64).round() as usize).max(1))
+}
+
+/// The statistics of a SAO layer: `n k` nonzeros in the matrix, on every tap of a kernel.
+fn layer_stats(layer: &LayerPlan, degree: usize) -> LayerStats {
+    let shape = &layer.shape;
+    let centre = shape.out().min(shape.inp()) as u64 * degree as u64;
+    LayerStats {
+        numel: shape.numel(),
+        nnz: centre * shape.taps() as u64,
+        rotations: None,
+        centre_nnz: (layer.kind() == Kind::Conv).then_some(centre),
+        isometry_error: None,
+    }
+}
+
+/// The values: the structure's matrix, drawn from where the structure left the stream.
+struct Matrix {
+    structure: Structure,
+    stream: Stream,
+}
+
+impl Values for Matrix {
+    fn weight(&self, layer: &LayerPlan, _mask: &Mask) -> Weight {
+        let matrix = self
+            .structure
+            .matrix(layer.gain.value, &mut self.stream.clone());
+        at_centre(layer, matrix)
+    }
+}
+
+impl Rules for Sao {
+    fn maker(&self) -> &'static str {
+        "scheme \"sao\""
+    }
+
+    /// Its smallest degree over `max(out, in)`.
+    fn minimum(&self, layer: &LayerPlan) -> Minimum {
+        let (out, inp) = (layer.shape.out(), layer.shape.inp());
+        let (n, m) = (out.min(inp), out.max(inp));
+        let density = minimum_density(out, inp);
+        Minimum {
+            density,
+            reason: format!(
+                "its smallest degree {} over max({out}, {inp}): the degree must divide {m} and make {n} * degree / {m} whole",
+                (density * m as f64).round(),
+            ),
+            help: None,
+        }
+    }
+
+    /// No groups, and only densities `k / max(out, in)` with a degree k ([`degree`]).
+    fn check(&self, layer: &LayerPlan) -> Result<(), Refusal> {
+        no_groups("sao", layer)?;
+        let (out, inp) = (layer.shape.out(), layer.shape.inp());
+        if degree(out, inp, layer.density).is_some() {
+            return Ok(());
+        }
+        let m = out.max(inp);
+        let (lower, upper) = nearest(out, inp, layer.density);
+        let show = |d: Option<f64>| match d {
+            Some(d) => format!("{d} (degree {})", (d * m as f64).round()),
+            None => "none".into(),
+        };
+        Err(Refusal {
+            field: None,
+            density: true,
+            message: format!(
+                "which scheme \"sao\" cannot make for shape {}: SAO makes densities degree / {m} with the degree dividing {m} and {} * degree / {m} whole; the nearest are {} below and {} above",
+                layer.shape,
+                out.min(inp),
+                show(lower),
+                show(upper),
+            ),
+            help: "give the layer one of those densities (its own `density`, or the [sparsity] density with distribution = \"uniform\"); erk and er rarely land on one".into(),
+        })
+    }
+
+    /// `n k = d numel` exactly; planned, as EOI's, as `round(d * numel)` for a matrix and
+    /// `ceil(d * numel)` for a kernel.
+    fn expected_nnz(&self, layer: &LayerPlan) -> u64 {
+        let exact = layer.density * layer.shape.numel() as f64;
+        let nnz = match layer.kind() {
+            Kind::Linear => exact.round(),
+            Kind::Conv => exact.ceil(),
+        };
+        (nnz as u64).min(layer.shape.numel())
+    }
+
+    fn stats(&self, layer: &LayerPlan, _seed: u64) -> LayerStats {
+        layer_stats(layer, layer_degree(layer))
+    }
+
+    /// The groups ([`Structure::draw`]), then, in [`Values::weight`], the values
+    /// ([`Structure::matrix`]).
+    fn prepare<'a>(&self, layer: &'a LayerPlan, seed: u64) -> Prepared<'a> {
+        let shape = &layer.shape;
+        let degree = layer_degree(layer);
+        let mut stream = Stream::derive(seed, &layer.name);
+        let structure = Structure::draw(shape.out(), shape.inp(), degree, &mut stream);
+        let drawn = structure.mask(shape.taps());
+        let stats = layer_stats(layer, degree);
+        Prepared::new(layer, drawn, stats, Matrix { structure, stream })
+    }
+
+    /// The byte mask, the working matrix and its Q.
+    fn memory(&self, layer: &LayerPlan, _layout: Layout, _threads: usize) -> u64 {
+        let (out, inp) = (layer.shape.out() as u64, layer.shape.inp() as u64);
+        layer.shape.numel() + 2 * out * inp * 8
+    }
+
+    /// The degree.
+    fn record(&self, layer: &LayerPlan) -> SchemeFields {
+        SchemeFields {
+            degree: degree(layer.shape.out(), layer.shape.inp(), layer.density),
+            ..SchemeFields::default()
+        }
+    }
+
+    fn promises_orthogonality(&self, _density: f64) -> bool {
+        true
+    }
+
+    fn kernel_gram(&self) -> KernelGram {
+        KernelGram::Centre
+    }
+
+    /// Exactly `n k K = d numel` ones.
+    fn check_mask(&self, stored: &StoredMask<'_>) -> Vec<String> {
+        mask::check_count(stored)
+    }
+}
 
 /// The degrees SAO can make for a matrix with sides `out` and `inp`, in increasing order:
 /// the divisors k of m = max(out, in) with `n k` a multiple of m (n = min(out, in)), i.e.

@@ -1,4 +1,4 @@
-//! Delta-orthogonal EOI for convolutions: an EOI matrix H of shape (out, in) sits at the
+//! Delta-orthogonal EOI for convolutions, the centre tap: an EOI matrix H of shape (out, in) sits at the
 //! spatial centre tap of the kernel and every other tap is zero, so the kernel is orthogonal
 //! as a convolution. A grouped convolution (G groups, weight (out, in/G, k...)) gets G
 //! independent EOI blocks of (out/G, in/G), one per group, each from its own stream
@@ -7,8 +7,8 @@
 //! weights start at zero but are trainable. With `conv_mask = "structured"` ([`ConvMask`])
 //! the mask is instead every tap of each channel pair the centre connects, at `d_H = d`.
 
-use super::eoi;
-use crate::layer::CentreRule;
+use super::rotation;
+use crate::layer::{CentreRule, centre_tap};
 use crate::stream::Stream;
 use crate::tensor::{Grid, Mask, Order, Weight};
 
@@ -21,12 +21,6 @@ pub fn minimum_density(out: usize, inp: usize, taps: usize, rule: CentreRule) ->
         // min(d K, 1, sqrt d) >= 1/m  <=>  d >= 1/(m K) and d >= 1/m^2.
         CentreRule::Sqrt => (1.0 / (m * taps as f64)).max(1.0 / (m * m)),
     }
-}
-
-/// The flattened index of the centre tap, `(k - 1) / 2` in every spatial dimension, in
-/// row-major order over the kernel dimensions.
-pub fn centre_tap(kernel: &[usize]) -> usize {
-    kernel.iter().fold(0, |index, &k| index * k + (k - 1) / 2)
 }
 
 /// How many ones the mask holds: `ceil(density * numel)` (at most numel), or the support of
@@ -47,7 +41,7 @@ pub fn mask_ones(density: f64, numel: u64, centre_nnz: u64) -> u64 {
 /// convolution's centre is block diagonal, so it is orthogonal exactly when every block is.
 #[derive(Clone, Debug)]
 pub struct Centre {
-    blocks: Vec<eoi::Schedule>,
+    blocks: Vec<rotation::Schedule>,
     /// Each block's sign: -1 or +1 for a 1 x 1 block of a grouped kernel (which has no two
     /// columns to rotate), +1 otherwise.
     signs: Vec<f64>,
@@ -55,13 +49,13 @@ pub struct Centre {
 
 impl Centre {
     /// The blocks' schedules, in order.
-    pub fn blocks(&self) -> &[eoi::Schedule] {
+    pub fn blocks(&self) -> &[rotation::Schedule] {
         &self.blocks
     }
 
     /// Rows of the whole centre matrix (`out`).
     pub fn rows(&self) -> usize {
-        self.blocks.iter().map(eoi::Schedule::rows).sum()
+        self.blocks.iter().map(rotation::Schedule::rows).sum()
     }
 
     /// Columns of the centre matrix (in/G).
@@ -71,7 +65,7 @@ impl Centre {
 
     /// Nonzeros of the centre matrix: the blocks' supports together.
     pub fn nnz(&self) -> u64 {
-        self.blocks.iter().map(eoi::Schedule::nnz).sum()
+        self.blocks.iter().map(rotation::Schedule::nnz).sum()
     }
 
     /// Givens rotations of all blocks.
@@ -96,13 +90,13 @@ impl Centre {
     }
 }
 
-/// The centre matrix's schedules at the layer's centre density (see [`centre_density`]),
+/// The centre matrix's schedules at the layer's centre density (see [`CentreRule::centre_density`]),
 /// each block at that density.
 ///
 /// With one group the single block draws its rotations first from the tensor's `stream`
 /// (which the mask's top-up then continues), as before groups existed. With G > 1 block b
 /// draws from its own stream [`Stream::derive_block`]`(seed, name, b)`: its rotations (see
-/// [`eoi::schedule`]), or, for a 1 x 1 block (a depthwise convolution's), one
+/// [`rotation::schedule`]), or, for a 1 x 1 block (a depthwise convolution's), one
 /// [`Stream::below`]`(2)` for its sign (1: negative); the tensor's stream is left for the
 /// top-up alone.
 #[allow(clippy::too_many_arguments)]
@@ -119,7 +113,7 @@ pub fn centre(
     let d = rule.centre_density(density, taps);
     if groups <= 1 {
         return Centre {
-            blocks: vec![eoi::schedule(out, inp, d, stream)],
+            blocks: vec![rotation::schedule(out, inp, d, stream)],
             signs: vec![1.0],
         };
     }
@@ -133,7 +127,7 @@ pub fn centre(
         } else {
             signs.push(1.0);
         }
-        blocks.push(eoi::schedule(rows, inp, d, &mut own));
+        blocks.push(rotation::schedule(rows, inp, d, &mut own));
     }
     Centre { blocks, signs }
 }
@@ -213,17 +207,6 @@ pub fn weight(centre: &Centre, kernel: &[usize], gain: f64) -> Weight {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn centre_tap_is_the_middle_of_every_dimension() {
-        assert_eq!(centre_tap(&[3]), 1);
-        assert_eq!(centre_tap(&[3, 3]), 4);
-        assert_eq!(centre_tap(&[5, 5]), 12);
-        // Even kernels take (k - 1) / 2: index 1 of 4.
-        assert_eq!(centre_tap(&[4, 4]), 5);
-        assert_eq!(centre_tap(&[3, 3, 3]), 13);
-        assert_eq!(centre_tap(&[1, 1]), 0);
-    }
 
     #[test]
 
