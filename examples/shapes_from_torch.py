@@ -139,6 +139,14 @@ def checkpoint(model: nn.Module) -> dict:
     }
 
 
+def save(model: nn.Module, path: str) -> None:
+    """Write `model` to `path` as the base checkpoint `eoi generate --base` completes: its
+    checkpoint() tensors with safetensors, marked as PyTorch's ("format": "pt")."""
+    from safetensors.torch import save_file
+
+    save_file(checkpoint(model), path, metadata={"format": "pt"})
+
+
 def build(factory_path: str, device: str) -> nn.Module:
     module_name, _, attribute = factory_path.rpartition(".")
     factory = getattr(importlib.import_module(module_name), attribute)
@@ -164,9 +172,7 @@ def main() -> int:
     args = parser.parse_args()
     model = build(args.model, "cpu" if args.save else "meta")
     if args.save:
-        from safetensors.torch import save_file
-
-        save_file(checkpoint(model), args.save, metadata={"format": "pt"})
+        save(model, args.save)
     json.dump(shapes(model), sys.stdout, indent=1)
     sys.stdout.write("\n")
     return 0

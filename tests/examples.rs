@@ -1,8 +1,9 @@
 //! The examples in examples/, run as a user runs them, with the real `eoi` binary and the
 //! Python of `$EOI_PYTHON` (scripts/test makes it a venv with tests/python/requirements.txt:
 //! JAX, Flax, optax, scikit-learn, matplotlib). Without those packages these tests fail, they
-//! do not skip. `examples/load_torch.py` needs PyTorch, too large for CI: it is run by hand
-//! (README, "Loading the output").
+//! do not skip. `examples/load_torch.py` and the eleven PyTorch families of
+//! `examples/real_models.py` need PyTorch, too large for CI: they are run by hand (README,
+//! "Loading the output" and "Twelve real models, end to end").
 
 use std::fs;
 use std::path::Path;
@@ -222,4 +223,103 @@ fn load_jax_loads_biases_when_the_spec_has_bias_std() {
         assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
     }
     assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+/// `examples/real_models.py`'s Flax CNN end to end, with JAX only (the other eleven
+/// families need PyTorch and are run by hand: README, "Twelve real models, end to end"):
+/// shape list -> `eoi spec --from - --layout flax` -> base params -> `generate --base` ->
+/// loaded as the model's param tree -> masked optax steps keep the zeros -> `eoi verify`.
+#[test]
+fn real_models_takes_the_flax_cnn_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_example(
+        dir.path(),
+        "real_models.py",
+        &[
+            "--families",
+            "flax-cnn",
+            "--work",
+            "work",
+            "--json",
+            "real.json",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for step in [
+        "build", "spec", "generate", "load", "copied", "masks", "train", "verify",
+    ] {
+        let line = format!("flax-cnn         {step:<9} ok ");
+        assert!(stdout.contains(&line), "no {line:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+    assert!(
+        stdout.contains("| flax-cnn | shapes | 4 (4) | 4 | 0.1000 |")
+            && stdout.contains("1 of 1 families passed end to end"),
+        "{stdout}"
+    );
+
+    let results: Value =
+        serde_json::from_slice(&fs::read(dir.path().join("real.json")).unwrap()).unwrap();
+    let family = &results["families"][0];
+    assert_eq!(family["family"], "flax-cnn", "{results}");
+    assert_eq!(family["passed"], true, "{results}");
+    assert_eq!(family["layers"], 4, "{results}");
+    assert_eq!(family["copied"], 4, "{results}");
+    assert_eq!(family["verify"], "pass", "{results}");
+
+    // The files it left in --work, checked by this eoi on its own: the output holds the
+    // CNN's four kernels with their masks in Flax layout, and the four Flax biases copied.
+    let work = dir.path().join("work/flax-cnn");
+    let spec = fs::read_to_string(work.join("spec.toml")).unwrap();
+    assert!(spec.contains("layout = \"flax\""), "{spec}");
+    let verify = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+        .arg("verify")
+        .arg(work.join("eoi.safetensors"))
+        .args(["--regenerate", "--base"])
+        .arg(work.join("base.safetensors"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    let report: Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(report["layout"], "flax", "{report}");
+    let mut copied: Vec<&str> = report["copied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    copied.sort_unstable();
+    assert_eq!(
+        copied,
+        ["Conv_0.bias", "Conv_1.bias", "Dense_0.bias", "Dense_1.bias"],
+        "{report}"
+    );
+    assert_eq!(report["layers"].as_array().unwrap().len(), 4, "{report}");
+}
+
+/// An unknown family is refused before anything runs, naming the twelve.
+#[test]
+fn real_models_refuses_an_unknown_family_naming_the_known_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(python())
+        .arg(Path::new(EXAMPLES).join("real_models.py"))
+        .arg("--eoi")
+        .arg(assert_cmd::cargo::cargo_bin!("eoi"))
+        .args(["--families", "flax-cnn,resnet18"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown family resnet18; the families are resnet50,")
+            && stderr.contains("gpt2, flax-cnn"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "it wrote files"
+    );
 }
