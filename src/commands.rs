@@ -328,7 +328,7 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
     let base = args
         .base
         .as_deref()
-        .map(eoi::base::Base::open)
+        .map(eoi::generate::base::Base::open)
         .transpose()?
         .map(Arc::new);
     let bar = progress_bar(&plan, args.quiet);
@@ -391,7 +391,7 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
 }
 
 /// What a base directory gave the output besides its safetensors files, for standard error.
-fn base_files_text(files: &eoi::base::DirectoryFiles) -> String {
+fn base_files_text(files: &eoi::generate::base::DirectoryFiles) -> String {
     let base = &files.directory;
     let mut text = String::new();
     if !files.copied.is_empty() {

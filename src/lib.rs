@@ -18,7 +18,6 @@
 //! assert!((16..=48).contains(&layer.stats.nnz));
 //! ```
 
-pub mod base;
 pub mod error;
 pub mod generate;
 pub mod inspect;

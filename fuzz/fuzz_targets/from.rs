@@ -2,7 +2,7 @@
 //! on arbitrary bytes: the shapes read (`eoi::spec_from::read_shapes`), the spec written
 //! from them with the same bytes as masks (`spec_from` with `--densities-from`), that spec
 //! parsed and planned, and the plan placed in the bytes as a base checkpoint
-//! (`eoi::base::assemble`), as the commands do. Every input must give an error or a
+//! (`eoi::generate::base::assemble`), as the commands do. Every input must give an error or a
 //! result, never a panic, a hang or an allocation out of proportion to the input.
 //!
 //! The first byte picks the shape of the source: even, one file holding the rest (JSON shape
@@ -111,6 +111,6 @@ fuzz_target!(|data: &[u8]| {
     // What spec --from writes must parse: it re-parses its output before printing it.
     let spec = spec::parse(source).expect("spec --from wrote a spec that does not parse");
     if let (Ok(plan), Some(checkpoint)) = (plan::plan(&spec, &Overrides::default()), &checkpoint) {
-        let _ = eoi::base::assemble(&plan, checkpoint);
+        let _ = eoi::generate::base::assemble(&plan, checkpoint);
     }
 });
