@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use crate::error::Error;
 use crate::plan::Plan;
-use crate::read::{self, Checkpoint};
+use crate::read::{self, Checkpoint, TensorInfo};
+use crate::schemes::LayerPlan;
 use crate::write::shards::CopiedFile;
 use crate::write::{Copied, CopyFrom};
 
@@ -198,35 +199,82 @@ pub fn provenance(base: &Checkpoint) -> Vec<(String, String)> {
 /// Places the plan's layers in the base's files and lists what is copied, or says which
 /// tensor disagrees.
 pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> {
-    let shown = base.path().display().to_string();
-    let mut file_of: HashMap<&str, usize> = HashMap::new();
-    for (f, (_, artifact)) in base.files().iter().enumerate() {
-        for t in artifact.tensors() {
-            file_of.insert(t.name.as_str(), f);
+    let mut assembly = Assembly::new(plan, base);
+    for (k, layer) in plan.layers.iter().enumerate() {
+        assembly.place(k, layer)?;
+    }
+    assembly.finish()
+}
+
+/// The base's files as the output will mirror them, while the plan's layers are placed.
+struct Assembly<'a> {
+    plan: &'a Plan,
+    base: &'a Checkpoint,
+    /// The base's path, for messages.
+    shown: String,
+    /// Which file holds each tensor of the base.
+    file_of: HashMap<&'a str, usize>,
+    files: Vec<BaseFile>,
+    /// Base tensors the output replaces: each layer's own, an existing tensor named like its
+    /// mask (a base that is itself an eoi output), its bias, its tied copies.
+    replaced: HashSet<&'a str>,
+    /// Tied tensors the base holds, with the file they stay in: written with the weight's
+    /// bytes.
+    tied_copies: Vec<(usize, Copied)>,
+}
+
+impl<'a> Assembly<'a> {
+    fn new(plan: &'a Plan, base: &'a Checkpoint) -> Assembly<'a> {
+        let mut file_of = HashMap::new();
+        for (f, (_, artifact)) in base.files().iter().enumerate() {
+            for t in artifact.tensors() {
+                file_of.insert(t.name.as_str(), f);
+            }
+        }
+        let files = base
+            .files()
+            .iter()
+            .map(|(name, artifact)| BaseFile {
+                name: name.clone(),
+                layers: Vec::new(),
+                copies: Vec::new(),
+                kept_metadata: artifact
+                    .metadata()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|(k, _)| k != "format" && !k.starts_with("eoi."))
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        Assembly {
+            plan,
+            base,
+            shown: base.path().display().to_string(),
+            file_of,
+            files,
+            replaced: HashSet::new(),
+            tied_copies: Vec::new(),
         }
     }
-    let mut files: Vec<BaseFile> = base
-        .files()
-        .iter()
-        .map(|(name, artifact)| BaseFile {
-            name: name.clone(),
-            layers: Vec::new(),
-            copies: Vec::new(),
-            kept_metadata: artifact
-                .metadata()
-                .unwrap_or_default()
-                .iter()
-                .filter(|(k, _)| k != "format" && !k.starts_with("eoi."))
-                .cloned()
-                .collect(),
-        })
-        .collect();
-    // Base tensors the output replaces: each layer's own, and an existing tensor named like
-    // its mask (a base that is itself an eoi output).
-    let mut replaced: HashSet<&str> = HashSet::new();
-    let mut tied_copies: Vec<(usize, Copied)> = Vec::new();
-    for (k, layer) in plan.layers.iter().enumerate() {
-        let Some((_, info)) = base.tensor(&layer.name) else {
+
+    /// Places layer `k` in the file that holds its base tensor, and claims the base tensors
+    /// its mask, bias and tied names replace.
+    fn place(&mut self, k: usize, layer: &'a LayerPlan) -> Result<(), Error> {
+        let info = self.layer_tensor(layer)?;
+        self.replaced.insert(info.name.as_str());
+        let f = self.file_of[info.name.as_str()];
+        self.files[f].layers.push(k);
+        self.claim_names(layer, info, f)?;
+        self.claim_bias(layer, f)?;
+        self.claim_tied(layer, info, f)
+    }
+
+    /// The base tensor the layer replaces: it must exist with the shape and dtype the spec
+    /// writes.
+    fn layer_tensor(&self, layer: &LayerPlan) -> Result<&'a TensorInfo, Error> {
+        let (plan, shown) = (self.plan, &self.shown);
+        let Some((_, info)) = self.base.tensor(&layer.name) else {
             return Err(Error::Usage(format!(
                 "layer \"{}\" of the spec is not a tensor of the base '{shown}'; --base replaces tensors the base has\n  help: check the name (eoi spec --from '{shown}' lists the base's tensors), or drop the layer from the spec",
                 layer.name
@@ -251,19 +299,24 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
                 info.dtype.name()
             )));
         }
-        replaced.insert(info.name.as_str());
-        let f = file_of[info.name.as_str()];
-        files[f].layers.push(k);
+        Ok(info)
+    }
+
+    /// The output names of the layer's weight and mask (when they are not the layer's own
+    /// name): a base tensor of that name may only be an old mask of the same shape, in the
+    /// layer's file, which the new mask replaces.
+    fn claim_names(&mut self, layer: &LayerPlan, info: &TensorInfo, f: usize) -> Result<(), Error> {
+        let (plan, shown) = (self.plan, &self.shown);
+        let shape = &info.shape;
         let weight = plan.output.weight_name(&layer.name);
-        let weight_name = weight.clone();
         let mask = plan.output.mask_name(&layer.name);
         for (output_name, is_mask) in [(weight, false), (mask, true)] {
             if output_name == layer.name {
                 continue;
             }
-            if let Some((_, existing)) = base.tensor(&output_name) {
+            if let Some((_, existing)) = self.base.tensor(&output_name) {
                 if !is_mask
-                    || existing.shape != shape
+                    || existing.shape != *shape
                     || plan.layers.iter().any(|l| l.name == output_name)
                 {
                     return Err(Error::Usage(format!(
@@ -272,8 +325,8 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
                         layer.name
                     )));
                 }
-                replaced.insert(existing.name.as_str());
-                if file_of[existing.name.as_str()] != f {
+                self.replaced.insert(existing.name.as_str());
+                if self.file_of[existing.name.as_str()] != f {
                     return Err(Error::Usage(format!(
                         "tensor \"{output_name}\" of the base '{shown}' is in another shard than layer \"{}\", whose mask replaces it",
                         layer.name
@@ -281,11 +334,17 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
                 }
             }
         }
-        // A layer with a bias_std replaces the base's `<module>.bias`, which must then be the
-        // bias the spec makes: shape (out,), the weight's dtype, in the layer's shard. Without
-        // bias_std the base's bias is copied unchanged like any other tensor.
+        Ok(())
+    }
+
+    /// A layer with a bias_std replaces the base's `<module>.bias`, which must then be the
+    /// bias the spec makes: shape (out,), the weight's dtype, in the layer's shard. Without
+    /// bias_std the base's bias is copied unchanged like any other tensor.
+    fn claim_bias(&mut self, layer: &LayerPlan, f: usize) -> Result<(), Error> {
+        let shown = &self.shown;
+        let dtype = self.plan.output.dtype.safetensors_name();
         if let Some(bias) = layer.bias_name()
-            && let Some((_, existing)) = base.tensor(&bias)
+            && let Some((_, existing)) = self.base.tensor(&bias)
         {
             let out = layer.shape.out();
             if existing.shape != [out] || existing.dtype.safetensors_name() != dtype {
@@ -296,19 +355,25 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
                     existing.dtype.safetensors_name()
                 )));
             }
-            if file_of[existing.name.as_str()] != f {
+            if self.file_of[existing.name.as_str()] != f {
                 return Err(Error::Usage(format!(
                     "tensor \"{bias}\" of the base '{shown}' is in another shard than layer \"{}\", whose generated bias replaces it",
                     layer.name
                 )));
             }
-            replaced.insert(existing.name.as_str());
+            self.replaced.insert(existing.name.as_str());
         }
-        // Tied names the base holds as tensors of their own get the layer's weight bytes
-        // (no mask); those it does not hold (a checkpoint saved one tensor per storage) are
-        // not written, as the base does not have them.
+        Ok(())
+    }
+
+    /// Tied names the base holds as tensors of their own get the layer's weight bytes (no
+    /// mask); those it does not hold (a checkpoint saved one tensor per storage) are not
+    /// written, as the base does not have them.
+    fn claim_tied(&mut self, layer: &LayerPlan, info: &TensorInfo, f: usize) -> Result<(), Error> {
+        let shown = &self.shown;
+        let weight_name = self.plan.output.weight_name(&layer.name);
         for tied in &layer.tied {
-            let Some((_, existing)) = base.tensor(tied) else {
+            let Some((_, existing)) = self.base.tensor(tied) else {
                 continue;
             };
             if existing.shape != info.shape || existing.dtype != info.dtype {
@@ -321,19 +386,19 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
                     info.dtype.safetensors_name()
                 )));
             }
-            if file_of[existing.name.as_str()] != f {
+            if self.file_of[existing.name.as_str()] != f {
                 return Err(Error::Usage(format!(
                     "tensor \"{tied}\" of the base '{shown}' is in another shard than layer \"{}\", to which it is tied",
                     layer.name
                 )));
             }
-            if !replaced.insert(existing.name.as_str()) {
+            if !self.replaced.insert(existing.name.as_str()) {
                 return Err(Error::Usage(format!(
                     "tensor \"{tied}\" of the base '{shown}' is tied to layer \"{}\" but is also replaced by another of the spec's tensors",
                     layer.name
                 )));
             }
-            tied_copies.push((
+            self.tied_copies.push((
                 f,
                 Copied {
                     name: existing.name.clone(),
@@ -344,35 +409,41 @@ pub fn assemble(plan: &Plan, base: &Checkpoint) -> Result<Vec<BaseFile>, Error> 
                 },
             ));
         }
+        Ok(())
     }
-    for (f, (_, artifact)) in base.files().iter().enumerate() {
-        let source = match artifact.file() {
-            Some(file) => Arc::new(file.try_clone().map_err(|e| {
-                Error::io(format!("cannot read '{}'", artifact.path().display()), e)
-            })?),
-            None => continue,
-        };
-        for t in artifact.tensors() {
-            if replaced.contains(t.name.as_str()) {
-                continue;
-            }
-            let Some(start) = artifact.data_start(t) else {
-                continue;
+
+    /// The files with what each copies from the base: every tensor not replaced, and the
+    /// tied copies.
+    fn finish(mut self) -> Result<Vec<BaseFile>, Error> {
+        for (f, (_, artifact)) in self.base.files().iter().enumerate() {
+            let source = match artifact.file() {
+                Some(file) => Arc::new(file.try_clone().map_err(|e| {
+                    Error::io(format!("cannot read '{}'", artifact.path().display()), e)
+                })?),
+                None => continue,
             };
-            files[f].copies.push(Copied {
-                name: t.name.clone(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-                nbytes: t.nbytes,
-                from: CopyFrom::File {
-                    source: Arc::clone(&source),
-                    start,
-                },
-            });
+            for t in artifact.tensors() {
+                if self.replaced.contains(t.name.as_str()) {
+                    continue;
+                }
+                let Some(start) = artifact.data_start(t) else {
+                    continue;
+                };
+                self.files[f].copies.push(Copied {
+                    name: t.name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
+                    nbytes: t.nbytes,
+                    from: CopyFrom::File {
+                        source: Arc::clone(&source),
+                        start,
+                    },
+                });
+            }
         }
+        for (f, copy) in self.tied_copies {
+            self.files[f].copies.push(copy);
+        }
+        Ok(self.files)
     }
-    for (f, copy) in tied_copies {
-        files[f].copies.push(copy);
-    }
-    Ok(files)
 }
