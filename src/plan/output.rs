@@ -112,120 +112,152 @@ pub fn resolve(spec: &Spec, overrides: &Overrides) -> Result<OutputPlan, SpecErr
     Ok(output)
 }
 
-/// Output tensor names must be unique (a mask name may not equal a layer name) and, for npy,
-/// usable as file names inside the output directory.
+/// Output tensor names must be unique (a mask name may not equal a layer name, nor a
+/// torch-prune weight name another layer's), name a parameter under torch-prune names, and
+/// for npy be usable as file names inside the output directory; biases and tied names may
+/// take no other tensor's name.
 pub(crate) fn check_names(
     layers: &[LayerPlan],
     output: &OutputPlan,
     file: &str,
 ) -> Result<(), SpecError> {
-    let mut owners = HashMap::new();
+    let owners: HashMap<&str, &LayerPlan> = layers.iter().map(|l| (l.name.as_str(), l)).collect();
+    let error = |layer: &LayerPlan, message: String, help: &str| SpecError {
+        file: file.into(),
+        position: Some(layer.position),
+        context: format!("layer \"{}\"", layer.name),
+        message,
+        help: Some(help.into()),
+    };
     for layer in layers {
-        owners.insert(layer.name.as_str(), layer);
+        check_prune_name(layer, output).map_err(|(m, h)| error(layer, m, h))?;
+        check_collisions(layer, output, &owners).map_err(|(other, m, h)| error(other, m, h))?;
+        check_npy_names(layer, output).map_err(|(m, h)| error(layer, m, h))?;
+    }
+    check_bias_names(layers, output, file)?;
+    check_tied_names(layers, output, file)
+}
+
+/// torch.nn.utils.prune turns parameter `<param>` of a module into `<param>_orig` and a
+/// buffer `<param>_mask`: any parameter, as long as the name is one a state dict can hold
+/// (dot-separated module path, no empty part).
+fn check_prune_name(layer: &LayerPlan, output: &OutputPlan) -> Result<(), (String, &'static str)> {
+    if output.names == Names::TorchPrune && layer.name.split('.').any(str::is_empty) {
+        return Err((
+            format!(
+                "names = \"torch-prune\" needs a PyTorch parameter name, <module>.<param> with no empty part, got \"{}\"",
+                layer.name
+            ),
+            "name the layer after its parameter in the state dict, e.g. \"fc1.weight\" or \"attn.in_proj_weight\", or use names = \"plain\"",
+        ));
+    }
+    Ok(())
+}
+
+/// The layer's mask name may not be another layer's name, nor (pruning `X` makes a
+/// parameter `X_orig`) its torch-prune weight name; the error is the other layer's.
+fn check_collisions<'a>(
+    layer: &LayerPlan,
+    output: &OutputPlan,
+    owners: &HashMap<&str, &'a LayerPlan>,
+) -> Result<(), (&'a LayerPlan, String, &'static str)> {
+    let mask = output.mask_name(&layer.name);
+    if let Some(other) = owners.get(mask.as_str()) {
+        let (suffix, help) = match output.names {
+            Names::Plain => (
+                format!("mask_suffix \"{}\"", output.mask_suffix),
+                "rename the layer or set another [output] mask_suffix",
+            ),
+            Names::TorchPrune => (
+                "names = \"torch-prune\"".into(),
+                "rename the layer, or use names = \"plain\"",
+            ),
+        };
+        return Err((
+            other,
+            format!(
+                "the name \"{}\" is also the mask name of layer \"{}\" ({suffix})",
+                other.name, layer.name
+            ),
+            help,
+        ));
+    }
+    let weight = output.weight_name(&layer.name);
+    if weight != layer.name
+        && let Some(other) = owners.get(weight.as_str())
+    {
+        return Err((
+            other,
+            format!(
+                "the name \"{}\" is also the name torch-prune gives to the weight of layer \"{}\"",
+                other.name, layer.name
+            ),
+            "rename the layer, or use names = \"plain\"",
+        ));
+    }
+    Ok(())
+}
+
+/// An npy output writes each tensor as a file named after it, inside the output directory.
+fn check_npy_names(layer: &LayerPlan, output: &OutputPlan) -> Result<(), (String, &'static str)> {
+    if output.format != Format::Npy {
+        return Ok(());
+    }
+    let (weight, mask) = (
+        output.weight_name(&layer.name),
+        output.mask_name(&layer.name),
+    );
+    for name in [weight.as_str(), mask.as_str()] {
+        if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
+            return Err((
+                format!(
+                    "\"{name}\" cannot be a file name in an npy directory (it has a path separator or is . or ..)"
+                ),
+                "use format = \"safetensors\", or a name without '/' and '\\'",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Biases: `<module>.bias` may be no other output tensor's name, nor a layer's (with
+/// torch-prune names, a layer `<module>.bias` is the pruned bias parameter itself).
+fn check_bias_names(
+    layers: &[LayerPlan],
+    output: &OutputPlan,
+    file: &str,
+) -> Result<(), SpecError> {
+    if layers.iter().all(|l| l.bias_std.is_none()) {
+        return Ok(());
+    }
+    let mut taken: HashMap<String, &LayerPlan> = HashMap::new();
+    for layer in layers {
+        taken.insert(layer.name.clone(), layer);
+        taken.insert(output.weight_name(&layer.name), layer);
+        taken.insert(output.mask_name(&layer.name), layer);
     }
     for layer in layers {
-        // torch.nn.utils.prune turns parameter `<param>` of a module into `<param>_orig` and
-        // a buffer `<param>_mask`: any parameter, as long as the name is one a state dict
-        // can hold (dot-separated module path, no empty part).
-        if output.names == Names::TorchPrune && layer.name.split('.').any(str::is_empty) {
+        let Some(bias) = layer.bias_name() else {
+            continue;
+        };
+        if let Some(other) = taken.get(&bias) {
             return Err(SpecError {
                 file: file.into(),
                 position: Some(layer.position),
-                context: format!("layer \"{}\"", layer.name),
+                context: format!("layer \"{}\", field `bias_std`", layer.name),
                 message: format!(
-                    "names = \"torch-prune\" needs a PyTorch parameter name, <module>.<param> with no empty part, got \"{}\"",
-                    layer.name
+                    "the layer's bias \"{bias}\" has the name of a tensor of layer \"{}\"",
+                    other.name
                 ),
                 help: Some(
-                    "name the layer after its parameter in the state dict, e.g. \"fc1.weight\" or \"attn.in_proj_weight\", or use names = \"plain\"".into(),
+                    "rename one of the layers, or remove bias_std from this layer (or from [init])"
+                        .into(),
                 ),
             });
         }
-        let mask = output.mask_name(&layer.name);
-        let weight = output.weight_name(&layer.name);
-        if let Some(other) = owners.get(mask.as_str()) {
-            let suffix = match output.names {
-                Names::Plain => format!("mask_suffix \"{}\"", output.mask_suffix),
-                Names::TorchPrune => "names = \"torch-prune\"".into(),
-            };
-            return Err(SpecError {
-                file: file.into(),
-                position: Some(other.position),
-                context: format!("layer \"{}\"", other.name),
-                message: format!(
-                    "the name \"{}\" is also the mask name of layer \"{}\" ({suffix})",
-                    other.name, layer.name
-                ),
-                help: Some(match output.names {
-                    Names::Plain => "rename the layer or set another [output] mask_suffix".into(),
-                    Names::TorchPrune => "rename the layer, or use names = \"plain\"".into(),
-                }),
-            });
-        }
-        // Pruning `X` makes a parameter `X_orig`: a layer of that name could not coexist.
-        if weight != layer.name
-            && let Some(other) = owners.get(weight.as_str())
-        {
-            return Err(SpecError {
-                file: file.into(),
-                position: Some(other.position),
-                context: format!("layer \"{}\"", other.name),
-                message: format!(
-                    "the name \"{}\" is also the name torch-prune gives to the weight of layer \"{}\"",
-                    other.name, layer.name
-                ),
-                help: Some("rename the layer, or use names = \"plain\"".into()),
-            });
-        }
-        if output.format == Format::Npy {
-            for name in [weight.as_str(), mask.as_str()] {
-                if name == "." || name == ".." || name.contains(['/', '\\', '\0']) {
-                    return Err(SpecError {
-                        file: file.into(),
-                        position: Some(layer.position),
-                        context: format!("layer \"{}\"", layer.name),
-                        message: format!(
-                            "\"{name}\" cannot be a file name in an npy directory (it has a path separator or is . or ..)"
-                        ),
-                        help: Some(
-                            "use format = \"safetensors\", or a name without '/' and '\\'".into(),
-                        ),
-                    });
-                }
-            }
-        }
+        taken.insert(bias, layer);
     }
-    // Biases: `<module>.bias` may be no other output tensor's name, nor a layer's (with
-    // torch-prune names, a layer `<module>.bias` is the pruned bias parameter itself).
-    if layers.iter().any(|l| l.bias_std.is_some()) {
-        let mut taken: HashMap<String, &LayerPlan> = HashMap::new();
-        for layer in layers {
-            taken.insert(layer.name.clone(), layer);
-            taken.insert(output.weight_name(&layer.name), layer);
-            taken.insert(output.mask_name(&layer.name), layer);
-        }
-        for layer in layers {
-            let Some(bias) = layer.bias_name() else {
-                continue;
-            };
-            if let Some(other) = taken.get(&bias) {
-                return Err(SpecError {
-                    file: file.into(),
-                    position: Some(layer.position),
-                    context: format!("layer \"{}\", field `bias_std`", layer.name),
-                    message: format!(
-                        "the layer's bias \"{bias}\" has the name of a tensor of layer \"{}\"",
-                        other.name
-                    ),
-                    help: Some(
-                        "rename one of the layers, or remove bias_std from this layer (or from [init])".into(),
-                    ),
-                });
-            }
-            taken.insert(bias, layer);
-        }
-    }
-    check_tied_names(layers, output, file)
+    Ok(())
 }
 
 /// A tied name (`tied`) names a parameter the output may write with the layer's bytes: it
