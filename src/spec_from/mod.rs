@@ -125,7 +125,7 @@ fn usage(message: String) -> Error {
 /// storage, into that layer's `tied`, or left to the base with it. A [C, 1, k...]
 /// convolution weight (C > 1) whose groups the source does not record is assumed depthwise
 /// (`groups = C`, with a comment and a warning). With `masks` (`--densities-from`), each
-/// layer with a mask gets its density from it (see [`densities_from`]); the others keep the
+/// layer with a mask gets its density from it (see `densities_from`); the others keep the
 /// distribution's.
 pub fn spec_from(
     shapes: &Shapes,
