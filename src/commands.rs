@@ -16,7 +16,7 @@ use eoi::inspect;
 use eoi::isometry;
 use eoi::layer::Gain;
 use eoi::plan::{self, Overrides, Plan};
-use eoi::provenance::{SCHEMA_VERSION, layer_record};
+use eoi::records::{LayerRecord, SCHEMA_VERSION};
 use eoi::spec::{self, Source, SpecError};
 use eoi::spec_from;
 use eoi::stream::STREAM_VERSION;
@@ -123,7 +123,7 @@ fn plan_json(plan: &Plan) -> Value {
         "density": plan.density(),
         "params": plan.params(),
         "expected_nnz": plan.expected_nnz(),
-        "layers": plan.layers.iter().map(|l| layer_record(l, None)).collect::<Vec<_>>(),
+        "layers": plan.layers.iter().map(|l| LayerRecord::new(l, None)).collect::<Vec<_>>(),
         "warnings": plan.warnings,
         "format": plan.output.format.name(),
         "dtype": plan.output.dtype.name(),
@@ -284,7 +284,7 @@ fn generate_json(plan: &Plan, report: &Report, args: &GenerateArgs) -> Value {
         "bytes": report.bytes,
         "seconds": report.seconds,
         "files": report.files,
-        "layers": report.layers.iter().zip(&report.stats).map(|(&k, s)| layer_record(&plan.layers[k], Some(s))).collect::<Vec<_>>(),
+        "layers": report.layers.iter().zip(&report.stats).map(|(&k, s)| LayerRecord::new(&plan.layers[k], Some(s))).collect::<Vec<_>>(),
     })
 }
 

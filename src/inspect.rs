@@ -18,7 +18,7 @@ use crate::layer::{Dtype, Format};
 use crate::measure;
 use crate::progress::Progress;
 use crate::read::{Checkpoint, ReadError, Tensor, TensorInfo};
-use crate::recorded::{Recorded, layout_of};
+use crate::records::{Recorded, layout_of};
 
 /// Minimum, mean and maximum of a count.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -17,7 +17,7 @@ use crate::layer::named;
 use crate::measure;
 use crate::progress::Progress;
 use crate::read::{Checkpoint, Tensor};
-use crate::recorded::{Recorded, layout_of};
+use crate::records::{Recorded, layout_of};
 use crate::spec::Pattern;
 use crate::stream::Stream;
 

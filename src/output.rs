@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use eoi::inspect::{Inspection, Spread, TensorSummary};
 use eoi::isometry;
-use eoi::provenance::SCHEMA_VERSION;
+use eoi::records::SCHEMA_VERSION;
 use eoi::stream::STREAM_VERSION;
 use eoi::verify::{self, LayerReport};
 

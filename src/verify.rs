@@ -21,9 +21,8 @@ use crate::layer::{Dtype, Format, Kind, Layout, centre_tap};
 use crate::measure;
 use crate::plan::{self, Overrides, Plan};
 use crate::progress::Progress;
-use crate::provenance::layer_record;
 use crate::read::{Checkpoint, ReadError, Tensor, TensorInfo};
-use crate::recorded::{self, LayerRecord, Recorded};
+use crate::records::{self, LayerRecord, Recorded, SCHEMA_VERSION, StoredRecord};
 use crate::schemes::{self, KernelGram, LayerPlan, Scheme, StoredMask};
 use crate::spec::{self, Source};
 use crate::stream::STREAM_VERSION;
@@ -236,11 +235,11 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
     });
     problems.extend(recorded.problems.iter().cloned());
     if let Some(v) = recorded.schema_version
-        && v > crate::provenance::SCHEMA_VERSION
+        && v > SCHEMA_VERSION
     {
         problems.push(format!(
             "the records use schema version {v}, newer than this eoi's {}",
-            crate::provenance::SCHEMA_VERSION
+            SCHEMA_VERSION
         ));
     }
     if let Some((k, n)) = recorded.shard.filter(|&(_, n)| n > 1) {
@@ -262,11 +261,11 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
             masks.path().display()
         ));
     }
-    let layout = recorded::layout_of(&checkpoint, Some(&recorded));
+    let layout = records::layout_of(&checkpoint, Some(&recorded));
     let suffix = recorded.mask_suffix().to_string();
 
     // The layers: as recorded, or (without records) every tensor that has a mask.
-    let layers: Vec<(String, Option<&LayerRecord>)> = match &recorded.layers {
+    let layers: Vec<(String, Option<&StoredRecord>)> = match &recorded.layers {
         Some(records) => records.iter().map(|r| (r.name.clone(), Some(r))).collect(),
         None => checkpoint
             .iter()
@@ -424,15 +423,15 @@ fn no_record(checkpoint: &Checkpoint) -> String {
 fn unrecorded(
     checkpoint: &Checkpoint,
     recorded: &Recorded,
-    layers: &[(String, Option<&LayerRecord>)],
+    layers: &[(String, Option<&StoredRecord>)],
     problems: &mut Vec<String>,
 ) -> Vec<String> {
     let mut known = std::collections::HashSet::new();
     for (name, record) in layers {
         known.insert(recorded.weight_name(name));
         known.insert(recorded.mask_name(name));
-        if let Some((bias, _)) = record.and_then(|r| r.bias.as_ref()) {
-            known.insert(bias.clone());
+        if let Some((bias, _)) = record.and_then(|r| r.bias()) {
+            known.insert(bias.to_string());
         }
         known.extend(record.iter().flat_map(|r| r.tied.iter().cloned()));
     }
@@ -548,7 +547,7 @@ fn position(shape: &[usize], flat: usize) -> String {
 fn check_layer(
     stored: &Stored<'_>,
     name: &str,
-    record: Option<&LayerRecord>,
+    record: Option<&StoredRecord>,
 ) -> Result<LayerReport, ReadError> {
     let weight_name = stored.recorded.weight_name(name);
     let mask_name = stored.mask_name(name);
@@ -860,12 +859,12 @@ fn check_layer(
             );
         }
     }
-    if let Some((bias, std)) = record.and_then(|r| r.bias.as_ref()) {
+    if let Some((bias, std)) = record.and_then(|r| r.bias()) {
         let out = torch
             .as_ref()
             .or(record.map(|r| &r.shape))
             .and_then(|s| s.first().copied());
-        check_bias(&mut report, stored.checkpoint, weight, out, bias, *std)?;
+        check_bias(&mut report, stored.checkpoint, weight, out, bias, std)?;
     }
     if let (Some(record), Some(weight)) = (record, weight) {
         check_tied(&mut report, stored.checkpoint, weight, &record.tied)?;
@@ -1003,7 +1002,7 @@ fn or_unknown(value: Option<usize>) -> String {
 /// ([`crate::schemes::Rules::check_mask`]).
 fn check_density(
     report: &mut LayerReport,
-    record: &LayerRecord,
+    record: &StoredRecord,
     nnz: u64,
     bits: &[u8],
     shape: &[usize],
@@ -1293,7 +1292,7 @@ fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
         }
     }
     // The first record of each name, as a search would find it.
-    let mut records: HashMap<&str, &LayerRecord> = HashMap::new();
+    let mut records: HashMap<&str, &StoredRecord> = HashMap::new();
     for r in recorded.layers.iter().flatten() {
         records.entry(r.name.as_str()).or_insert(r);
     }
@@ -1312,7 +1311,7 @@ fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
 /// Regenerates one layer and compares its weight, its mask and its record with the file's.
 fn regenerate_layer(
     stored: &Stored<'_>,
-    records: &HashMap<&str, &LayerRecord>,
+    records: &HashMap<&str, &StoredRecord>,
     plan: &Plan,
     layer: &LayerPlan,
 ) -> Result<(usize, Vec<Difference>), Error> {
@@ -1419,7 +1418,7 @@ fn regenerate_layer(
             }
         }
     }
-    let fresh = layer_record(layer, Some(&generated.stats));
+    let fresh = LayerRecord::new(layer, Some(&generated.stats)).to_value();
     let stored = records.get(layer.name.as_str());
     if let Some(stored) = stored
         && let Some(field) = differing_field(&fresh, &stored.raw)
