@@ -8,18 +8,17 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use eoi::error::Error;
-use eoi::generate::{self, Options, Report};
+use eoi::generate::{self, Options};
 use eoi::inspect;
 use eoi::isometry;
+use eoi::json::{self, GenerateJson, InspectJson, IsometryJson, PlanJson, VerifyJson};
 use eoi::layer::Gain;
 use eoi::plan::{self, Overrides, Plan};
-use eoi::records::{LayerRecord, SCHEMA_VERSION};
 use eoi::spec::{self, Source, SpecError};
 use eoi::spec_from;
-use eoi::stream::STREAM_VERSION;
 use eoi::units::thousands;
 use eoi::verify;
 use eoi::write::{self, Container, Destination};
@@ -44,7 +43,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::Isometry(args) => isometry_command(args).map(|()| 0),
         Command::Completions(args) => print_bytes(&docs::completions(args.shell)).map(|()| 0),
         Command::Man => print_bytes(&docs::man_page()).map(|()| 0),
-        Command::Schema => print_json(&spec::json_schema()).map(|()| 0),
+        Command::Schema(args) => print_json(&json::schema(args.document)).map(|()| 0),
     }
 }
 
@@ -106,39 +105,16 @@ fn print_bytes(bytes: &[u8]) -> Result<(), Error> {
     io::stdout().lock().write_all(bytes).map_err(stdout_error)
 }
 
-fn print_json(value: &Value) -> Result<(), Error> {
+fn print_json(value: &impl Serialize) -> Result<(), Error> {
     let mut out = io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value).map_err(|e| stdout_error(e.into()))?;
     writeln!(out).map_err(stdout_error)
 }
 
-fn plan_json(plan: &Plan) -> Value {
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "stream_version": STREAM_VERSION,
-        "seed": plan.seed,
-        "distribution": plan.distribution.name(),
-        "target_density": plan.requested_density.get(),
-        "density": plan.density(),
-        "params": plan.params(),
-        "expected_nnz": plan.expected_nnz(),
-        "layers": plan.layers.iter().map(|l| LayerRecord::new(l, None)).collect::<Vec<_>>(),
-        "warnings": plan.warnings,
-        "format": plan.output.format.name(),
-        "dtype": plan.output.dtype.name(),
-        "mask_dtype": plan.output.mask_dtype.name(),
-        "layout": plan.output.layout.name(),
-        "names": plan.output.names.name(),
-        "mask_suffix": plan.output.mask_suffix,
-        "tensors": generate::tensors(plan).iter().map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape})).collect::<Vec<_>>(),
-    })
-}
-
 fn plan_command(args: PlanArgs) -> Result<(), Error> {
     let plan = load_plan(&args.spec, Overrides::default())?;
     if args.json {
-        return print_json(&plan_json(&plan));
+        return print_json(&PlanJson::new(&plan));
     }
     let width = plan
         .layers
@@ -255,39 +231,6 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
     out.write_all(text.as_bytes()).map_err(stdout_error)
 }
 
-fn generate_json(plan: &Plan, report: &Report, args: &GenerateArgs) -> Value {
-    let base_files = report.base_files.as_ref().map(|files| {
-        json!({
-            "copied": files.copied.iter().map(|f| f.name.to_string_lossy()).collect::<Vec<_>>(),
-            "left_out": files.left_out.iter().map(|(name, why)| json!({"name": name.to_string_lossy(), "reason": why.reason()})).collect::<Vec<_>>(),
-        })
-    });
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "stream_version": STREAM_VERSION,
-        "output": args.output.display().to_string(),
-        "masks": args.masks.as_ref().map(|m| m.display().to_string()),
-        "base_files": base_files,
-        "format": plan.output.format.name(),
-        "dtype": plan.output.dtype.name(),
-        "mask_dtype": plan.output.mask_dtype.name(),
-        "layout": plan.output.layout.name(),
-        "names": plan.output.names.name(),
-        "mask_suffix": plan.output.mask_suffix,
-        "seed": plan.seed,
-        "distribution": plan.distribution.name(),
-        "target_density": plan.requested_density.get(),
-        "density": report.density(),
-        "params": report.stats.iter().map(|s| s.numel).sum::<u64>(),
-        "nnz": report.nnz(),
-        "bytes": report.bytes,
-        "seconds": report.seconds,
-        "files": report.files,
-        "layers": report.layers.iter().zip(&report.stats).map(|(&k, s)| LayerRecord::new(&plan.layers[k], Some(s))).collect::<Vec<_>>(),
-    })
-}
-
 /// A progress bar on standard error for long runs at a terminal; nothing otherwise.
 fn progress_bar(plan: &Plan, quiet: bool) -> Option<ProgressBar> {
     const LONG: u64 = 256 << 20;
@@ -385,7 +328,12 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         }
     }
     if args.json {
-        print_json(&generate_json(&plan, &report, &args))?;
+        print_json(&GenerateJson::new(
+            &plan,
+            &report,
+            &args.output,
+            args.masks.as_deref(),
+        ))?;
     }
     Ok(())
 }
@@ -518,7 +466,7 @@ fn verify_command(args: VerifyArgs) -> Result<u8, Error> {
         verify::verify(&args.artifact, &options, &bar)?
     };
     if args.json {
-        print_json(&output::verify_json(&report))?;
+        print_json(&VerifyJson::new(&report))?;
     } else {
         io::stdout()
             .lock()
@@ -534,7 +482,7 @@ fn inspect_command(args: InspectArgs) -> Result<(), Error> {
         inspect::inspect(&args.artifact, &bar)?
     };
     if args.json {
-        print_json(&output::inspect_json(&inspection))
+        print_json(&InspectJson::new(&inspection))
     } else {
         io::stdout()
             .lock()
@@ -554,7 +502,7 @@ fn isometry_command(args: IsometryArgs) -> Result<(), Error> {
         isometry::isometry(&args.artifact, &options, &bar)?
     };
     if args.json {
-        print_json(&output::isometry_json(&report))
+        print_json(&IsometryJson::new(&report))
     } else {
         io::stdout()
             .lock()

@@ -64,21 +64,14 @@ pub struct Options {
     pub seed: u64,
 }
 
-/// How the chain was ordered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Order {
-    /// The order of the layer records of eoi's provenance.
-    Provenance,
-    /// Natural name order: runs of digits compare as numbers, so `hidden.10` follows `hidden.9`.
-    Natural,
-}
-
-impl Order {
-    pub fn name(self) -> &'static str {
-        match self {
-            Order::Provenance => "provenance",
-            Order::Natural => "natural",
-        }
+named! {
+    /// How the chain was ordered.
+    pub enum Order {
+        /// The order of the layer records of eoi's provenance.
+        Provenance = "provenance",
+        /// Natural name order: runs of digits compare as numbers, so `hidden.10` follows
+        /// `hidden.9`.
+        Natural = "natural",
     }
 }
 

@@ -24,6 +24,7 @@ pub mod generate;
 pub mod inspect;
 pub mod interrupt;
 pub mod isometry;
+pub mod json;
 pub mod layer;
 pub mod measure;
 pub mod plan;

@@ -1,17 +1,14 @@
 //! How `verify`, `inspect` and `isometry` results are shown: text for people (one line per failure, a
-//! table per tensor), JSON for programs (schemas in README), and a progress bar on standard
-//! error for long runs at a terminal.
+//! table per tensor), and a progress bar on standard error for long runs at a terminal. Their
+//! JSON for programs is written by the types of [`eoi::json`].
 
 use std::io::{self, IsTerminal};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{Value, json};
 
 use eoi::inspect::{Inspection, Spread, TensorSummary};
 use eoi::isometry;
-use eoi::records::SCHEMA_VERSION;
-use eoi::stream::STREAM_VERSION;
-use eoi::verify::{self, LayerReport};
+use eoi::verify;
 
 use eoi::units::thousands;
 
@@ -58,63 +55,6 @@ fn or_unknown<T: std::fmt::Display>(value: &Option<T>) -> String {
     value
         .as_ref()
         .map_or_else(|| "?".to_string(), ToString::to_string)
-}
-
-fn layer_json(layer: &LayerReport) -> Value {
-    json!({
-        "name": layer.name,
-        "shape": layer.shape,
-        "kind": layer.kind.map(|k| k.name()),
-        "scheme": layer.scheme.map(|s| s.name()),
-        "dtype": layer.dtype.map(|d| d.name()),
-        "nnz": layer.nnz,
-        "density": layer.density,
-        "gain": layer.gain,
-        "orthogonality_error": layer.orthogonality_error.filter(|e| e.is_finite()),
-        "tolerance": layer.tolerance,
-        "bias": layer.bias,
-        "bias_std": layer.bias_std,
-        "isometry_error": layer.isometry_error.filter(|e| e.is_finite()),
-        "recorded_isometry_error": layer.recorded_isometry_error,
-        "passed": layer.passed(),
-        "failures": layer.failures.iter().map(|f| json!({"check": f.check.name(), "message": f.message})).collect::<Vec<_>>(),
-    })
-}
-
-pub fn verify_json(report: &verify::Report) -> Value {
-    let r = &report.recorded;
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "stream_version": STREAM_VERSION,
-        "path": report.path,
-        "format": report.format.name(),
-        "shards": report.shards,
-        "layout": report.layout.name(),
-        "passed": report.passed(),
-        "recorded": {
-            "eoi_version": r.version,
-            "stream_version": r.stream_version,
-            "seed": r.seed,
-            "mask_suffix": r.mask_suffix,
-            "layout": r.layout.name(),
-            "names": r.names.name(),
-            "shard": r.shard.map(|(k, n)| format!("{k}/{n}")),
-            "base": r.base.as_ref().map(|b| json!({"name": b.name, "sha256": b.sha256})),
-        },
-        "problems": report.problems,
-        "notes": report.notes,
-        "copied": report.copied,
-        "layers": report.layers.iter().map(layer_json).collect::<Vec<_>>(),
-        "regenerate": report.regenerated.as_ref().map(|g| json!({
-            "passed": g.passed(),
-            "compared": g.compared,
-            "copies": g.copies,
-            "differences": g.differences.iter().map(|d| json!({"tensor": d.tensor, "message": d.message})).collect::<Vec<_>>(),
-            "impossible": g.impossible,
-            "notes": g.notes,
-        })),
-    })
 }
 
 /// The first few names of a list, then how many more.
@@ -269,54 +209,6 @@ pub fn verify_text(report: &verify::Report) -> String {
     text
 }
 
-fn spread_json(spread: &Option<Spread>) -> Value {
-    match spread {
-        Some(s) => json!({"min": s.min, "mean": s.mean, "max": s.max}),
-        None => Value::Null,
-    }
-}
-
-pub fn inspect_json(inspection: &Inspection) -> Value {
-    let tensors: Vec<Value> = inspection
-        .tensors
-        .iter()
-        .map(|t| {
-            let s = t.spectrum.as_ref();
-            json!({
-                "name": t.name,
-                "shape": t.shape,
-                "dtype": t.dtype.name(),
-                "numel": t.numel,
-                "nnz": t.nnz,
-                "density": t.density,
-                "mask": t.mask,
-                "mask_of": t.mask_of,
-                "bias_of": t.bias_of,
-                "rms": t.rms,
-                "matrix": t.matrix.map(|(r, c)| [r, c]),
-                "groups": t.groups,
-                "gain": s.map(|s| s.gain),
-                "orthogonality_error": s.and_then(|s| s.orthogonality_error),
-                "singular_min": s.map(|s| s.singular_min),
-                "singular_max": s.map(|s| s.singular_max),
-                "row_nnz": spread_json(&t.row_nnz),
-                "col_nnz": spread_json(&t.col_nnz),
-                "note": t.note,
-                "recorded_isometry_error": t.recorded_isometry_error,
-            })
-        })
-        .collect();
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "path": inspection.path,
-        "format": inspection.format.name(),
-        "shards": inspection.shards,
-        "layout": inspection.layout.name(),
-        "tensors": tensors,
-    })
-}
-
 fn spread_text(spread: &Option<Spread>) -> String {
     spread.map_or_else(
         || "-".to_string(),
@@ -422,30 +314,6 @@ pub fn inspect_text(inspection: &Inspection) -> String {
         );
     }
     text
-}
-
-pub fn isometry_json(report: &isometry::Report) -> Value {
-    let s = report.singular.as_ref();
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "path": report.path,
-        "layers": report.chain.len(),
-        "nonlinearity": report.nonlinearity.name(),
-        "seed": report.seed,
-        "order": report.order.name(),
-        "chain": report.chain.iter().map(|l| json!({"name": l.name, "out": l.out, "in": l.inp, "bias": l.bias})).collect::<Vec<_>>(),
-        "jacobian": {
-            "rows": report.rows,
-            "cols": report.cols,
-            "singular_mean_sq": s.map(|s| s.mean_sq),
-            "singular_std": s.map(|s| s.std),
-            "singular_max": s.map(|s| s.max),
-            "singular_min": s.map(|s| s.min),
-        },
-        "signal_rms": report.signal_rms.iter().enumerate().map(|(depth, rms)| json!({"depth": depth, "rms": rms})).collect::<Vec<_>>(),
-        "note": report.note,
-    })
 }
 
 /// A measurement for people: fixed-point where that is readable, scientific otherwise.

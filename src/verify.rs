@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use serde_json::Value;
 
 use crate::error::Error;
-use crate::layer::{Dtype, Format, Kind, Layout, centre_tap};
+use crate::layer::{Dtype, Format, Kind, Layout, centre_tap, named};
 use crate::measure;
 use crate::plan::{self, Overrides, Plan};
 use crate::progress::Progress;
@@ -38,42 +38,27 @@ pub struct Options {
     pub base: Option<PathBuf>,
 }
 
-/// The kinds of check, as they are named in reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Check {
-    /// The weight or its mask is missing, or a tensor is not recorded.
-    Tensors,
-    /// Shapes and dtypes of the weight, the mask and the record.
-    Shape,
-    /// Mask values, and weights outside the mask.
-    Mask,
-    /// The Gram matrix against gain^2 I.
-    Orthogonality,
-    /// Convolution taps other than the centre are zero.
-    OffCentre,
-    /// The mask's nonzeros and density against the record.
-    Density,
-    /// The record itself.
-    Metadata,
-    /// A bias: present, of shape (out,) in the weight's dtype, its std as recorded.
-    Bias,
-    /// Bytes of a regenerated tensor.
-    Regenerate,
-}
-
-impl Check {
-    pub fn name(self) -> &'static str {
-        match self {
-            Check::Tensors => "tensors",
-            Check::Shape => "shape",
-            Check::Mask => "mask",
-            Check::Orthogonality => "orthogonality",
-            Check::OffCentre => "off-centre",
-            Check::Density => "density",
-            Check::Metadata => "metadata",
-            Check::Bias => "bias",
-            Check::Regenerate => "regenerate",
-        }
+named! {
+    /// The kinds of check, as they are named in reports.
+    pub enum Check {
+        /// The weight or its mask is missing, or a tensor is not recorded.
+        Tensors = "tensors",
+        /// Shapes and dtypes of the weight, the mask and the record.
+        Shape = "shape",
+        /// Mask values, and weights outside the mask.
+        Mask = "mask",
+        /// The Gram matrix against gain^2 I.
+        Orthogonality = "orthogonality",
+        /// Convolution taps other than the centre are zero.
+        OffCentre = "off-centre",
+        /// The mask's nonzeros and density against the record.
+        Density = "density",
+        /// The record itself.
+        Metadata = "metadata",
+        /// A bias: present, of shape (out,) in the weight's dtype, its std as recorded.
+        Bias = "bias",
+        /// Bytes of a regenerated tensor.
+        Regenerate = "regenerate",
     }
 }
 
