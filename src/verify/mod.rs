@@ -284,17 +284,7 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
         .collect::<Result<_, ReadError>>()?;
 
     let regenerated = if options.regenerate {
-        let mut regenerated = regenerate(&stored)?;
-        match (&recorded.base, &options.base) {
-            (_, Some(base)) => compare_copies(&stored, &copied, base, &mut regenerated)?,
-            (Some(base), None) if !copied.is_empty() => regenerated.notes.push(format!(
-                "the {} tensors copied from the base '{}' are not compared: pass --base with that checkpoint to compare them byte for byte",
-                copied.len(),
-                base.name
-            )),
-            _ => {}
-        }
-        Some(regenerated)
+        Some(regeneration(&stored, &copied, options.base.as_deref())?)
     } else {
         None
     };
@@ -310,6 +300,26 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
         regenerated,
         recorded,
     })
+}
+
+/// `--regenerate`: every recorded layer generated again and compared, and with `--base` the
+/// copied tensors compared with the base's (without it, a note that they were not).
+fn regeneration(
+    stored: &Stored<'_>,
+    copied: &[String],
+    base: Option<&Path>,
+) -> Result<Regenerated, Error> {
+    let mut regenerated = regenerate(stored)?;
+    match (&stored.recorded.base, base) {
+        (_, Some(base)) => compare_copies(stored, copied, base, &mut regenerated)?,
+        (Some(base), None) if !copied.is_empty() => regenerated.notes.push(format!(
+            "the {} tensors copied from the base '{}' are not compared: pass --base with that checkpoint to compare them byte for byte",
+            copied.len(),
+            base.name
+        )),
+        _ => {}
+    }
+    Ok(regenerated)
 }
 
 /// The masks file a `--masks` output records (`eoi.masks`, relative to the directory of the

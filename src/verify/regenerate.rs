@@ -2,7 +2,7 @@
 //! compared byte for byte with the file's, a chunk at a time, and each layer's record field
 //! by field; with `--base`, the copied tensors compared with the base's.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -14,8 +14,8 @@ use crate::error::Error;
 use crate::layer::{Dtype, Layout};
 use crate::plan::{self, Overrides, Plan};
 use crate::read::{Checkpoint, ReadError, Tensor, TensorInfo};
-use crate::records::{LayerRecord, StoredRecord};
-use crate::schemes::{self, LayerPlan};
+use crate::records::{LayerRecord, Recorded, StoredRecord};
+use crate::schemes::{self, Generated, LayerPlan};
 use crate::spec::{self, Source};
 use crate::stream::STREAM_VERSION;
 use crate::tensor::{self, FlaxView};
@@ -151,90 +151,21 @@ fn written_dtype(dtype: Dtype) -> Option<crate::layer::Dtype> {
 /// stored layout and under the stored names. A shard read on its own regenerates only the
 /// layers it records.
 pub(super) fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
-    let (checkpoint, recorded) = (stored.checkpoint, stored.recorded);
-    let mut result = Regenerated::default();
-    match &recorded.version {
-        Some(v) if major(v) != major(crate::VERSION) => result.notes.push(format!(
-            "the file was made by eoi {v}, another major version than this eoi {}: its bytes are not promised to match",
-            crate::VERSION
-        )),
-        _ => {}
-    }
-    match recorded.stream_version {
-        Some(v) if v != STREAM_VERSION => result.notes.push(format!(
-            "the file was made with random streams v{v}, this eoi has v{STREAM_VERSION}: its bytes cannot match"
-        )),
-        _ => {}
-    }
-    let (Some(text), Some(seed)) = (&recorded.spec, recorded.seed) else {
-        result.impossible = Some("the metadata lacks the spec or the seed".into());
-        return Ok(result);
+    let recorded = stored.recorded;
+    let mut result = Regenerated {
+        notes: version_notes(recorded),
+        ..Regenerated::default()
     };
-    let dtype = recorded
-        .layers
-        .iter()
-        .flatten()
-        .find_map(|r| checkpoint.get(&recorded.weight_name(&r.name)))
-        .map(|w| w.dtype);
-    let dtype = match dtype.map(|d| (d, written_dtype(d))) {
-        Some((
-            _,
-            Some(
-                d @ (crate::layer::Dtype::F32
-                | crate::layer::Dtype::F64
-                | crate::layer::Dtype::F16
-                | crate::layer::Dtype::BF16),
-            ),
-        )) => d,
-        other => {
-            result.impossible = Some(match other {
-                Some((d, _)) => format!("eoi writes weights as f32, f64, f16 or bf16, not {d}"),
-                None => "no recorded weight is in the file".into(),
-            });
-            return Ok(result);
-        }
-    };
-    // The mask dtype of the first recorded mask; a plan with another one (torch-prune names
-    // with a mismatched mask) is reported by the plan.
-    let mask_dtype = recorded
-        .layers
-        .iter()
-        .flatten()
-        .find_map(|r| stored.mask(&r.name))
-        .and_then(|m| written_dtype(m.dtype));
-    let source = Source {
-        name: format!("{} (eoi.spec)", checkpoint.path().display()),
-        text: text.clone(),
-    };
-    let plan = spec::parse(source).and_then(|spec| {
-        plan::plan(
-            &spec,
-            &Overrides {
-                seed: Some(seed),
-                scheme: recorded.scheme_override,
-                below_minimum: recorded.below_minimum_override,
-                format: None,
-                dtype: Some(dtype),
-                mask_dtype,
-                layout: Some(recorded.layout),
-                names: Some(recorded.names),
-                ..Overrides::default()
-            },
-        )
-    });
-    let mut plan: Plan = match plan {
+    let mut plan = match replan(stored) {
         Ok(plan) => plan,
-        Err(e) => {
-            result.impossible = Some(format!("the embedded spec cannot be planned: {e}"));
+        Err(why) => {
+            result.impossible = Some(why);
             return Ok(result);
         }
     };
-    if let Some(suffix) = &recorded.mask_suffix {
-        plan.output.mask_suffix = suffix.clone();
-    }
     // A shard read alone holds its own layers only: the others are not its to compare.
     if let Some((k, n)) = recorded.shard.filter(|&(_, n)| n > 1) {
-        let held: std::collections::HashSet<&str> = recorded
+        let held: HashSet<&str> = recorded
             .layers
             .iter()
             .flatten()
@@ -247,8 +178,7 @@ pub(super) fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
         ));
     }
 
-    let planned: std::collections::HashSet<&str> =
-        plan.layers.iter().map(|l| l.name.as_str()).collect();
+    let planned: HashSet<&str> = plan.layers.iter().map(|l| l.name.as_str()).collect();
     for r in recorded.layers.iter().flatten() {
         if !planned.contains(r.name.as_str()) {
             result.differences.push(Difference {
@@ -262,16 +192,107 @@ pub(super) fn regenerate(stored: &Stored<'_>) -> Result<Regenerated, Error> {
     for r in recorded.layers.iter().flatten() {
         records.entry(r.name.as_str()).or_insert(r);
     }
-    let outcomes: Vec<(usize, Vec<Difference>)> = plan
+    let outcomes: Vec<Outcome> = plan
         .layers
         .par_iter()
         .map(|layer| regenerate_layer(stored, &records, &plan, layer))
         .collect::<Result<_, Error>>()?;
-    for (compared, differences) in outcomes {
-        result.compared += compared;
-        result.differences.extend(differences);
+    for outcome in outcomes {
+        result.compared += outcome.compared;
+        result.differences.extend(outcome.differences);
     }
     Ok(result)
+}
+
+/// Remarks on the versions that made the file: another major version of eoi, or another
+/// version of the random streams.
+fn version_notes(recorded: &Recorded) -> Vec<String> {
+    let mut notes = Vec::new();
+    match &recorded.version {
+        Some(v) if major(v) != major(crate::VERSION) => notes.push(format!(
+            "the file was made by eoi {v}, another major version than this eoi {}: its bytes are not promised to match",
+            crate::VERSION
+        )),
+        _ => {}
+    }
+    match recorded.stream_version {
+        Some(v) if v != STREAM_VERSION => notes.push(format!(
+            "the file was made with random streams v{v}, this eoi has v{STREAM_VERSION}: its bytes cannot match"
+        )),
+        _ => {}
+    }
+    notes
+}
+
+/// The plan of the embedded spec, with the recorded seed, overrides, layout, names and
+/// mask suffix, and the dtypes the file's first recorded weight and mask are stored in;
+/// why regeneration is impossible when it is.
+fn replan(stored: &Stored<'_>) -> Result<Plan, String> {
+    let (checkpoint, recorded) = (stored.checkpoint, stored.recorded);
+    let (Some(text), Some(seed)) = (&recorded.spec, recorded.seed) else {
+        return Err("the metadata lacks the spec or the seed".into());
+    };
+    let dtype = recorded
+        .layers
+        .iter()
+        .flatten()
+        .find_map(|r| checkpoint.get(&recorded.weight_name(&r.name)))
+        .map(|w| w.dtype);
+    let dtype = match dtype.map(|d| (d, written_dtype(d))) {
+        Some((_, Some(d @ (Dtype::F32 | Dtype::F64 | Dtype::F16 | Dtype::BF16)))) => d,
+        Some((d, _)) => {
+            return Err(format!(
+                "eoi writes weights as f32, f64, f16 or bf16, not {d}"
+            ));
+        }
+        None => return Err("no recorded weight is in the file".into()),
+    };
+    // The mask dtype of the first recorded mask; a plan with another one (torch-prune names
+    // with a mismatched mask) is reported by the plan.
+    let mask_dtype = recorded
+        .layers
+        .iter()
+        .flatten()
+        .find_map(|r| stored.mask(&r.name))
+        .and_then(|m| written_dtype(m.dtype));
+    let source = Source {
+        name: format!("{} (eoi.spec)", checkpoint.path().display()),
+        text: text.clone(),
+    };
+    let overrides = Overrides {
+        seed: Some(seed),
+        scheme: recorded.scheme_override,
+        below_minimum: recorded.below_minimum_override,
+        format: None,
+        dtype: Some(dtype),
+        mask_dtype,
+        layout: Some(recorded.layout),
+        names: Some(recorded.names),
+        ..Overrides::default()
+    };
+    let mut plan = spec::parse(source)
+        .and_then(|spec| plan::plan(&spec, &overrides))
+        .map_err(|e| format!("the embedded spec cannot be planned: {e}"))?;
+    if let Some(suffix) = &recorded.mask_suffix {
+        plan.output.mask_suffix = suffix.clone();
+    }
+    Ok(plan)
+}
+
+/// What regenerating one layer found: the tensors compared, and how they differ.
+#[derive(Default)]
+struct Outcome {
+    compared: usize,
+    differences: Vec<Difference>,
+}
+
+impl Outcome {
+    fn differ(&mut self, tensor: &str, message: String) {
+        self.differences.push(Difference {
+            tensor: tensor.to_string(),
+            message,
+        });
+    }
 }
 
 /// Regenerates one layer and compares its weight, its mask and its record with the file's.
@@ -280,29 +301,21 @@ fn regenerate_layer(
     records: &HashMap<&str, &StoredRecord>,
     plan: &Plan,
     layer: &LayerPlan,
-) -> Result<(usize, Vec<Difference>), Error> {
-    let checkpoint = stored.checkpoint;
+) -> Result<Outcome, Error> {
     let weight_name = plan.output.weight_name(&layer.name);
     let mask_name = match stored.masks {
         Some(_) => stored.mask_name(&layer.name),
         None => plan.output.mask_name(&layer.name),
     };
-    let layout = plan.output.layout;
-    let mut differences = Vec::new();
-    let mut differ = |tensor: &str, message: String| {
-        differences.push(Difference {
-            tensor: tensor.to_string(),
-            message,
-        })
-    };
-    let dims = layout.shape(layer.shape.dims());
-    let weight = match checkpoint.get(&weight_name) {
+    let dims = plan.output.layout.shape(layer.shape.dims());
+    let mut outcome = Outcome::default();
+    let weight = match stored.checkpoint.get(&weight_name) {
         None => {
-            differ(&weight_name, "the file has no such tensor".into());
+            outcome.differ(&weight_name, "the file has no such tensor".into());
             None
         }
         Some(info) if info.shape != dims => {
-            differ(
+            outcome.differ(
                 &weight_name,
                 format!(
                     "the file's shape is {:?}, the spec's {:?}",
@@ -315,17 +328,17 @@ fn regenerate_layer(
     };
     let mask = match stored.masks {
         Some(_) => stored.mask(&layer.name),
-        None => checkpoint.get(&mask_name),
+        None => stored.checkpoint.get(&mask_name),
     };
     let mask = match mask {
         None => {
-            differ(&mask_name, "the file has no such tensor".into());
+            outcome.differ(&mask_name, "the file has no such tensor".into());
             None
         }
         Some(info)
             if info.shape != dims || written_dtype(info.dtype) != Some(plan.output.mask_dtype) =>
         {
-            differ(
+            outcome.differ(
                 &mask_name,
                 format!(
                     "the file holds {:?} {}, regeneration gives {:?} {}",
@@ -343,55 +356,78 @@ fn regenerate_layer(
     // not trusted, and a forged one naming a huge layer must not make verify allocate more
     // than the file's own tensors call for.
     if weight.is_none() && mask.is_none() {
-        return Ok((0, differences));
+        return Ok(outcome);
     }
     let generated = schemes::generate(layer, plan.seed);
-    let mut compared = 0;
-    let weight_dtype = plan.output.dtype;
+    let tensors = [
+        weight.map(|info| (info, weight_name.as_str())),
+        mask.map(|info| (info, mask_name.as_str())),
+    ];
+    compare_layer(
+        &mut outcome,
+        stored.checkpoint,
+        plan,
+        layer,
+        &generated,
+        tensors,
+    )?;
+    let fresh = LayerRecord::new(layer, Some(&generated.stats)).to_value();
+    if let Some(record) = records.get(layer.name.as_str())
+        && let Some(field) = differing_field(&fresh, &record.raw)
+    {
+        outcome.differ(&layer.name, format!("its record differs: {field}"));
+    }
+    Ok(outcome)
+}
+
+/// Compares the generated weight and mask with the file's (`[weight, mask]`, each with the
+/// name it is stored under, where the file holds it at the planned shape), in the stored
+/// layout, and the bias when the layer has one.
+fn compare_layer(
+    outcome: &mut Outcome,
+    checkpoint: &Checkpoint,
+    plan: &Plan,
+    layer: &LayerPlan,
+    generated: &Generated,
+    [weight, mask]: [Option<(Tensor<'_>, &str)>; 2],
+) -> Result<(), Error> {
+    let (weight_dtype, mask_dtype) = (plan.output.dtype, plan.output.mask_dtype);
     let taps = layer.shape.taps();
-    if let Some(info) = weight {
-        compared += 1;
-        let diff = compare(info, |w| match layout {
+    if let Some((info, name)) = weight {
+        outcome.compared += 1;
+        let diff = compare(info, |w| match plan.output.layout {
             Layout::Torch => tensor::write_weight(&generated.weight, weight_dtype, w),
             Layout::Flax => {
                 tensor::write_all(&FlaxView::new(&generated.weight, taps), weight_dtype, w)
             }
         })?;
         if let Some(message) = diff {
-            differ(&weight_name, message);
+            outcome.differ(name, message);
         }
     }
-    if let Some(info) = mask {
-        compared += 1;
-        let mask_dtype = plan.output.mask_dtype;
-        let diff = compare(info, |w| match layout {
+    if let Some((info, name)) = mask {
+        outcome.compared += 1;
+        let diff = compare(info, |w| match plan.output.layout {
             Layout::Torch => tensor::write_mask(&generated.mask, mask_dtype, w),
             Layout::Flax => tensor::write_all(&FlaxView::new(&generated.mask, taps), mask_dtype, w),
         })?;
         if let Some(message) = diff {
-            differ(&mask_name, message);
+            outcome.differ(name, message);
         }
     }
     if let (Some(name), Some(bias)) = (layer.bias_name(), &generated.bias) {
         match checkpoint.get(&name) {
-            None => differ(&name, "the file has no such tensor".into()),
+            None => outcome.differ(&name, "the file has no such tensor".into()),
             Some(info) => {
-                compared += 1;
+                outcome.compared += 1;
                 let diff = compare(info, |w| tensor::write_all(bias, weight_dtype, w))?;
                 if let Some(message) = diff {
-                    differ(&name, message);
+                    outcome.differ(&name, message);
                 }
             }
         }
     }
-    let fresh = LayerRecord::new(layer, Some(&generated.stats)).to_value();
-    let stored = records.get(layer.name.as_str());
-    if let Some(stored) = stored
-        && let Some(field) = differing_field(&fresh, &stored.raw)
-    {
-        differ(&layer.name, format!("its record differs: {field}"));
-    }
-    Ok((compared, differences))
+    Ok(())
 }
 
 /// Compares the tensors a `--base` output copied with the base's own, byte for byte, after
