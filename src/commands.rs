@@ -29,7 +29,6 @@ use crate::cli::{
 };
 use crate::docs;
 use crate::output::{self, Bar};
-use eoi::layer::ConvMask;
 
 /// Runs a parsed command line; the exit code when it ran to the end (0, or 1 when `verify`
 /// finds a failed check).
@@ -116,119 +115,7 @@ fn plan_command(args: PlanArgs) -> Result<(), Error> {
     if args.json {
         return print_json(&PlanJson::new(&plan));
     }
-    let width = plan
-        .layers
-        .iter()
-        .map(|l| l.name.len())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, 60);
-    // A grouped convolution's shape is followed by its groups, as PyTorch's Conv2d names them,
-    // and a structured kernel's by its mask rule (top-up, the default, is not shown).
-    let shape = |l: &eoi::schemes::LayerPlan| {
-        let mut text = match l.groups {
-            1 => l.shape.to_string(),
-            g => format!("{} groups={g}", l.shape),
-        };
-        if l.conv_mask == ConvMask::Structured {
-            text.push_str(" conv_mask=structured");
-        }
-        text
-    };
-    let shape_width = plan
-        .layers
-        .iter()
-        .map(|l| shape(l).len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let scheme_width = plan
-        .layers
-        .iter()
-        .map(|l| l.scheme.name().len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    let mut out = io::stdout().lock();
-    // The bias column appears only when a layer has a bias, so plans without keep their text.
-    let biases = plan.layers.iter().any(|l| l.bias_name().is_some());
-    let bias_column = |std: String| {
-        if biases {
-            format!("  {std:>9}")
-        } else {
-            String::new()
-        }
-    };
-    let mut text = format!(
-        "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8}  {:<11}  {:>12}  {:>12}{}\n",
-        "layer",
-        "shape",
-        "kind",
-        "scheme",
-        "density",
-        "origin",
-        "params",
-        "nnz",
-        bias_column("bias_std".into())
-    );
-    for l in &plan.layers {
-        let std = match (l.bias_name(), l.bias_std) {
-            (Some(_), Some(std)) => format!("{std}"),
-            _ => "-".into(),
-        };
-        text.push_str(&format!(
-            "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8.5}  {:<11}  {:>12}  {:>12}{}\n",
-            l.name,
-            shape(l),
-            l.kind().name(),
-            l.scheme.name(),
-            l.density,
-            l.origin.name(),
-            thousands(l.shape.numel()),
-            thousands(l.expected_nnz()),
-            bias_column(std),
-        ));
-    }
-    let bias_count = plan
-        .layers
-        .iter()
-        .filter(|l| l.bias_name().is_some())
-        .count();
-    let bias_note = if bias_count > 0 {
-        format!(", {bias_count} biases")
-    } else {
-        String::new()
-    };
-    text.push_str(&format!(
-        "\n{} layers{bias_note}, {} weights, density {:.5} (target {}, {}), {} expected nonzeros, seed {}\n",
-        plan.layers.len(),
-        thousands(plan.params()),
-        plan.density(),
-        plan.requested_density.get(),
-        plan.distribution.name(),
-        thousands(plan.expected_nnz()),
-        plan.seed,
-    ));
-    // Tied names, only when a layer has them, so other plans keep their text.
-    for l in plan.layers.iter().filter(|l| !l.tied.is_empty()) {
-        text.push_str(&format!(
-            "tied to {}: {} (same storage; with --base each one the base holds gets the weight's bytes)\n",
-            l.name,
-            l.tied.join(", ")
-        ));
-    }
-    // Each scheme's note, once, from its first layer.
-    let mut noted = Vec::new();
-    for l in &plan.layers {
-        if !noted.contains(&l.scheme)
-            && let Some(note) = l.rules().plan_note(l)
-        {
-            noted.push(l.scheme);
-            text.push_str(&note);
-            text.push('\n');
-        }
-    }
-    out.write_all(text.as_bytes()).map_err(stdout_error)
+    print_bytes(output::plan_text(&plan).as_bytes())
 }
 
 /// A progress bar on standard error for long runs at a terminal; nothing otherwise.

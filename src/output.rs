@@ -1,4 +1,4 @@
-//! How `verify`, `inspect` and `isometry` results are shown: text for people (one line per failure, a
+//! How plans and `verify`, `inspect` and `isometry` results are shown: text for people (one line per failure, a
 //! table per tensor), and a progress bar on standard error for long runs at a terminal. Their
 //! JSON for programs is written by the types of [`eoi::json`].
 
@@ -8,6 +8,9 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use eoi::inspect::{Inspection, Spread, TensorSummary};
 use eoi::isometry;
+use eoi::layer::ConvMask;
+use eoi::plan::Plan;
+use eoi::schemes::LayerPlan;
 use eoi::verify;
 
 use eoi::units::thousands;
@@ -57,6 +60,131 @@ fn or_unknown<T: std::fmt::Display>(value: &Option<T>) -> String {
         .map_or_else(|| "?".to_string(), ToString::to_string)
 }
 
+/// `eoi plan`'s table: a row per layer, then the totals, the tied names and each scheme's
+/// note.
+pub fn plan_text(plan: &Plan) -> String {
+    let mut text = plan_table(plan);
+    let bias_count = plan
+        .layers
+        .iter()
+        .filter(|l| l.bias_name().is_some())
+        .count();
+    let bias_note = if bias_count > 0 {
+        format!(", {bias_count} biases")
+    } else {
+        String::new()
+    };
+    text.push_str(&format!(
+        "\n{} layers{bias_note}, {} weights, density {:.5} (target {}, {}), {} expected nonzeros, seed {}\n",
+        plan.layers.len(),
+        thousands(plan.params()),
+        plan.density(),
+        plan.requested_density.get(),
+        plan.distribution.name(),
+        thousands(plan.expected_nnz()),
+        plan.seed,
+    ));
+    // Tied names, only when a layer has them, so other plans keep their text.
+    for l in plan.layers.iter().filter(|l| !l.tied.is_empty()) {
+        text.push_str(&format!(
+            "tied to {}: {} (same storage; with --base each one the base holds gets the weight's bytes)\n",
+            l.name,
+            l.tied.join(", ")
+        ));
+    }
+    // Each scheme's note, once, from its first layer.
+    let mut noted = Vec::new();
+    for l in &plan.layers {
+        if !noted.contains(&l.scheme)
+            && let Some(note) = l.rules().plan_note(l)
+        {
+            noted.push(l.scheme);
+            text.push_str(&note);
+            text.push('\n');
+        }
+    }
+    text
+}
+
+/// A layer's shape in `eoi plan`: followed by its groups for a grouped convolution, as
+/// PyTorch's Conv2d names them, and by its mask rule for a structured kernel (top-up, the
+/// default, is not shown).
+fn planned_shape(l: &LayerPlan) -> String {
+    let mut text = match l.groups {
+        1 => l.shape.to_string(),
+        g => format!("{} groups={g}", l.shape),
+    };
+    if l.conv_mask == ConvMask::Structured {
+        text.push_str(" conv_mask=structured");
+    }
+    text
+}
+
+/// The header and one row per layer of `eoi plan`.
+fn plan_table(plan: &Plan) -> String {
+    let width = plan
+        .layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 60);
+    let shape_width = plan
+        .layers
+        .iter()
+        .map(|l| planned_shape(l).len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let scheme_width = plan
+        .layers
+        .iter()
+        .map(|l| l.scheme.name().len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    // The bias column appears only when a layer has a bias, so plans without keep their text.
+    let biases = plan.layers.iter().any(|l| l.bias_name().is_some());
+    let bias_column = |std: String| {
+        if biases {
+            format!("  {std:>9}")
+        } else {
+            String::new()
+        }
+    };
+    let mut text = format!(
+        "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8}  {:<11}  {:>12}  {:>12}{}\n",
+        "layer",
+        "shape",
+        "kind",
+        "scheme",
+        "density",
+        "origin",
+        "params",
+        "nnz",
+        bias_column("bias_std".into())
+    );
+    for l in &plan.layers {
+        let std = match (l.bias_name(), l.bias_std) {
+            (Some(_), Some(std)) => format!("{std}"),
+            _ => "-".into(),
+        };
+        text.push_str(&format!(
+            "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8.5}  {:<11}  {:>12}  {:>12}{}\n",
+            l.name,
+            planned_shape(l),
+            l.kind().name(),
+            l.scheme.name(),
+            l.density,
+            l.origin.name(),
+            thousands(l.shape.numel()),
+            thousands(l.expected_nnz()),
+            bias_column(std),
+        ));
+    }
+    text
+}
+
 /// The first few names of a list, then how many more.
 fn some_names(names: &[String]) -> String {
     let shown: Vec<&str> = names.iter().take(5).map(String::as_str).collect();
@@ -67,6 +195,33 @@ fn some_names(names: &[String]) -> String {
 }
 
 pub fn verify_text(report: &verify::Report) -> String {
+    let mut text = verify_heading(report);
+    for problem in &report.problems {
+        text.push_str(&format!("FAIL  {problem}\n"));
+    }
+    for layer in &report.layers {
+        for f in &layer.failures {
+            text.push_str(&format!(
+                "FAIL  {}  {}: {}\n",
+                layer.name,
+                f.check.name(),
+                f.message
+            ));
+        }
+    }
+    if let Some(g) = &report.regenerated {
+        text.push_str(&regeneration_text(g));
+    }
+    if report.passed() {
+        text.push_str(&passed_text(report));
+    } else {
+        text.push_str(&failed_text(report));
+    }
+    text
+}
+
+/// What the artifact is and who made it, and the notes on it.
+fn verify_heading(report: &verify::Report) -> String {
     let r = &report.recorded;
     let mut how = vec![report.format.name().to_string()];
     if let Some(n) = report.shards {
@@ -106,107 +261,119 @@ pub fn verify_text(report: &verify::Report) -> String {
             some_names(&report.copied)
         ));
     }
-    for problem in &report.problems {
-        text.push_str(&format!("FAIL  {problem}\n"));
+    text
+}
+
+/// The notes, failures and verdict of `--regenerate`.
+fn regeneration_text(g: &verify::Regenerated) -> String {
+    let mut text = String::new();
+    for note in &g.notes {
+        text.push_str(&format!("note: {note}\n"));
     }
-    for layer in &report.layers {
-        for f in &layer.failures {
-            text.push_str(&format!(
-                "FAIL  {}  {}: {}\n",
-                layer.name,
-                f.check.name(),
-                f.message
-            ));
-        }
+    if let Some(why) = &g.impossible {
+        text.push_str(&format!("FAIL  regenerate: cannot regenerate: {why}\n"));
     }
-    if let Some(g) = &report.regenerated {
-        for note in &g.notes {
-            text.push_str(&format!("note: {note}\n"));
-        }
-        if let Some(why) = &g.impossible {
-            text.push_str(&format!("FAIL  regenerate: cannot regenerate: {why}\n"));
-        }
-        for d in &g.differences {
-            text.push_str(&format!("FAIL  {}  regenerate: {}\n", d.tensor, d.message));
-        }
-        if g.passed() {
-            text.push_str(&format!(
-                "regenerated {} tensors from the embedded spec and seed: bit-identical\n",
-                g.compared
-            ));
-            if g.copies > 0 {
-                text.push_str(&format!(
-                    "compared {} copied tensors with the base: bit-identical\n",
-                    g.copies
-                ));
-            }
-        }
+    for d in &g.differences {
+        text.push_str(&format!("FAIL  {}  regenerate: {}\n", d.tensor, d.message));
     }
-    let failing = report.layers.iter().filter(|l| !l.passed()).count();
-    if report.passed() {
-        let worst = report
-            .layers
-            .iter()
-            .filter_map(|l| Some((l.orthogonality_error? / l.tolerance?, l)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
+    if g.passed() {
         text.push_str(&format!(
-            "ok: {} layers pass every check",
-            report.layers.len()
+            "regenerated {} tensors from the embedded spec and seed: bit-identical\n",
+            g.compared
         ));
-        if let Some((_, l)) = worst {
+        if g.copies > 0 {
             text.push_str(&format!(
-                " (closest to its tolerance: {}, orthogonality error {:.2e} of {:.2e})",
-                l.name,
-                l.orthogonality_error.unwrap_or(0.0),
-                l.tolerance.unwrap_or(0.0)
+                "compared {} copied tensors with the base: bit-identical\n",
+                g.copies
             ));
         }
-        text.push('\n');
-        let unjudged: Vec<&str> = report
-            .layers
-            .iter()
-            .filter(|l| !l.promises_orthogonality)
-            .map(|l| l.scheme.map_or("?", |s| s.name()))
-            .collect();
-        if !unjudged.is_empty() {
-            let mut schemes = unjudged.clone();
-            schemes.sort_unstable();
-            schemes.dedup();
-            text.push_str(&format!(
-                "note: orthogonality is not checked for {} layers whose scheme ({}) does not promise it at their density; --json gives their errors\n",
-                unjudged.len(),
-                schemes.join(", ")
-            ));
-        }
-        let optimised = report
-            .layers
-            .iter()
-            .filter_map(|l| Some((l.recorded_isometry_error?, l)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        if let Some((worst, l)) = optimised {
-            let count = report
-                .layers
-                .iter()
-                .filter(|l| l.recorded_isometry_error.is_some())
-                .count();
-            text.push_str(&format!(
-                "note: {count} approx-isometry layers hold the isometry error ||G - g^2 I||_F / ||g^2 I||_F their records state; the largest is {}'s, {worst:.3e}\n",
-                l.name
-            ));
-        }
-    } else {
-        let mut parts = vec![format!("{failing} of {} layers fail", report.layers.len())];
-        if !report.problems.is_empty() {
-            parts.push(format!("{} file problems", report.problems.len()));
-        }
-        if let Some(g) = &report.regenerated
-            && !g.passed()
-        {
-            parts.push(format!("{} regeneration differences", g.differences.len()));
-        }
-        text.push_str(&format!("FAILED: {}\n", parts.join(", ")));
     }
     text
+}
+
+/// The verdict when every check holds: the layer closest to its tolerance, and what was
+/// not judged or was judged against a recorded error.
+fn passed_text(report: &verify::Report) -> String {
+    let worst = report
+        .layers
+        .iter()
+        .filter_map(|l| Some((l.orthogonality_error? / l.tolerance?, l)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let mut text = format!("ok: {} layers pass every check", report.layers.len());
+    if let Some((_, l)) = worst {
+        text.push_str(&format!(
+            " (closest to its tolerance: {}, orthogonality error {:.2e} of {:.2e})",
+            l.name,
+            l.orthogonality_error.unwrap_or(0.0),
+            l.tolerance.unwrap_or(0.0)
+        ));
+    }
+    text.push('\n');
+    let unjudged: Vec<&str> = report
+        .layers
+        .iter()
+        .filter(|l| !l.promises_orthogonality)
+        .map(|l| l.scheme.map_or("?", |s| s.name()))
+        .collect();
+    if !unjudged.is_empty() {
+        let mut schemes = unjudged.clone();
+        schemes.sort_unstable();
+        schemes.dedup();
+        text.push_str(&format!(
+            "note: orthogonality is not checked for {} layers whose scheme ({}) does not promise it at their density; --json gives their errors\n",
+            unjudged.len(),
+            schemes.join(", ")
+        ));
+    }
+    let optimised = report
+        .layers
+        .iter()
+        .filter_map(|l| Some((l.recorded_isometry_error?, l)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((worst, l)) = optimised {
+        let count = report
+            .layers
+            .iter()
+            .filter(|l| l.recorded_isometry_error.is_some())
+            .count();
+        text.push_str(&format!(
+            "note: {count} approx-isometry layers hold the isometry error ||G - g^2 I||_F / ||g^2 I||_F their records state; the largest is {}'s, {worst:.3e}\n",
+            l.name
+        ));
+    }
+    text
+}
+
+/// The verdict when a check fails: how many of each kind.
+fn failed_text(report: &verify::Report) -> String {
+    let failing = report.layers.iter().filter(|l| !l.passed()).count();
+    let mut parts = vec![format!("{failing} of {} layers fail", report.layers.len())];
+    if !report.problems.is_empty() {
+        parts.push(format!("{} file problems", report.problems.len()));
+    }
+    if let Some(g) = &report.regenerated
+        && !g.passed()
+    {
+        parts.push(format!("{} regeneration differences", g.differences.len()));
+    }
+    format!("FAILED: {}\n", parts.join(", "))
+}
+
+/// What `inspect` says of a tensor after its row: what it is the mask or bias of, why it
+/// has no spectrum, or the isometry error its record states.
+fn tensor_remark(t: &TensorSummary) -> String {
+    match (&t.mask_of, &t.bias_of, &t.note) {
+        (Some(w), _, _) => format!("  (mask of {w})"),
+        (None, Some(w), _) => match t.rms {
+            Some(rms) => format!("  (bias of {w}, rms {})", figure(rms)),
+            None => format!("  (bias of {w})"),
+        },
+        (None, None, Some(note)) => format!("  ({note})"),
+        (None, None, None) => match t.recorded_isometry_error {
+            Some(e) => format!("  (approx-isometry, recorded isometry error {e:.2e})"),
+            None => String::new(),
+        },
+    }
 }
 
 fn spread_text(spread: &Option<Spread>) -> String {
@@ -278,18 +445,7 @@ pub fn inspect_text(inspection: &Inspection) -> String {
             number(s.map(|s| s.singular_max), 5),
             spread_text(&t.row_nnz),
             spread_text(&t.col_nnz),
-            match (&t.mask_of, &t.bias_of, &t.note) {
-                (Some(w), _, _) => format!("  (mask of {w})"),
-                (None, Some(w), _) => match t.rms {
-                    Some(rms) => format!("  (bias of {w}, rms {})", figure(rms)),
-                    None => format!("  (bias of {w})"),
-                },
-                (None, None, Some(note)) => format!("  ({note})"),
-                (None, None, None) => match t.recorded_isometry_error {
-                    Some(e) => format!("  (approx-isometry, recorded isometry error {e:.2e})"),
-                    None => String::new(),
-                },
-            }
+            tensor_remark(t)
         ));
     }
     let params: u64 = inspection.tensors.iter().map(|t| t.numel as u64).sum();
