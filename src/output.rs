@@ -1,6 +1,7 @@
-//! How plans and `verify`, `inspect` and `isometry` results are shown: text for people (one line per failure, a
-//! table per tensor), and a progress bar on standard error for long runs at a terminal. Their
-//! JSON for programs is written by the types of [`eoi::json`].
+//! How plans and `verify`, `inspect` and `isometry` results are shown: text for people (a
+//! row per layer, one line per failure, a table per tensor), and a progress bar on standard
+//! error for long runs at a terminal. Their JSON for programs is written by the types of
+//! [`eoi::json`].
 
 use std::io::{self, IsTerminal};
 
