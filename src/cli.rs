@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 
 use eoi::generate::Part;
 use eoi::isometry::Nonlinearity;
+use eoi::json::Document;
 use eoi::layer::{Distribution, Dtype, Format, Layout, Names};
 use eoi::schemes::Scheme;
 
@@ -120,11 +121,25 @@ pub enum Command {
     /// Print the manual page of eoi and all its commands (roff).
     #[command(after_help = "Examples:\n  eoi man > eoi.1 && man ./eoi.1")]
     Man,
-    /// Print the JSON Schema of the spec format, for editors that check and complete TOML.
+    /// Print the JSON Schema of the spec format, or of a JSON document eoi writes.
+    ///
+    /// Without DOCUMENT, or with spec: the spec format, for editors that check and complete
+    /// TOML. With record: one layer's record (plan --json and generate --json "layers",
+    /// safetensors "eoi.layers", an npy manifest's "layers"); with plan, generate, verify,
+    /// inspect or isometry: what that command prints with --json. Each schema (JSON Schema
+    /// draft 2020-12) is made from the type that writes the document; the repository keeps
+    /// them as specs/eoi.schema.json and schemas/DOCUMENT.schema.json.
     #[command(
-        after_help = "Examples:\n  eoi schema > eoi.schema.json     # then start a spec with the line: #:schema ./eoi.schema.json"
+        after_help = "Examples:\n  eoi schema > eoi.schema.json     # then start a spec with the line: #:schema ./eoi.schema.json\n  eoi schema plan > plan.schema.json\n  eoi plan spec.toml --json > plan.json && check-jsonschema --schemafile plan.schema.json plan.json"
     )]
-    Schema,
+    Schema(SchemaArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// The document whose schema to print.
+    #[arg(value_enum, value_name = "DOCUMENT", default_value_t = Document::Spec)]
+    pub document: Document,
 }
 
 #[derive(Debug, Args)]

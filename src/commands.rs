@@ -8,18 +8,17 @@ use std::sync::Arc;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use eoi::error::Error;
-use eoi::generate::{self, Options, Report};
+use eoi::generate::{self, Options};
 use eoi::inspect;
 use eoi::isometry;
+use eoi::json::{self, GenerateJson, InspectJson, IsometryJson, PlanJson, VerifyJson};
 use eoi::layer::Gain;
 use eoi::plan::{self, Overrides, Plan};
-use eoi::provenance::{SCHEMA_VERSION, layer_record};
 use eoi::spec::{self, Source, SpecError};
 use eoi::spec_from;
-use eoi::stream::STREAM_VERSION;
 use eoi::units::thousands;
 use eoi::verify;
 use eoi::write::{self, Container, Destination};
@@ -30,7 +29,6 @@ use crate::cli::{
 };
 use crate::docs;
 use crate::output::{self, Bar};
-use eoi::layer::ConvMask;
 
 /// Runs a parsed command line; the exit code when it ran to the end (0, or 1 when `verify`
 /// finds a failed check).
@@ -44,7 +42,7 @@ pub fn run(cli: Cli) -> Result<u8, Error> {
         Command::Isometry(args) => isometry_command(args).map(|()| 0),
         Command::Completions(args) => print_bytes(&docs::completions(args.shell)).map(|()| 0),
         Command::Man => print_bytes(&docs::man_page()).map(|()| 0),
-        Command::Schema => print_json(&spec::json_schema()).map(|()| 0),
+        Command::Schema(args) => print_json(&json::schema(args.document)).map(|()| 0),
     }
 }
 
@@ -106,186 +104,18 @@ fn print_bytes(bytes: &[u8]) -> Result<(), Error> {
     io::stdout().lock().write_all(bytes).map_err(stdout_error)
 }
 
-fn print_json(value: &Value) -> Result<(), Error> {
+fn print_json(value: &impl Serialize) -> Result<(), Error> {
     let mut out = io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value).map_err(|e| stdout_error(e.into()))?;
     writeln!(out).map_err(stdout_error)
 }
 
-fn plan_json(plan: &Plan) -> Value {
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "stream_version": STREAM_VERSION,
-        "seed": plan.seed,
-        "distribution": plan.distribution.name(),
-        "target_density": plan.requested_density.get(),
-        "density": plan.density(),
-        "params": plan.params(),
-        "expected_nnz": plan.expected_nnz(),
-        "layers": plan.layers.iter().map(|l| layer_record(l, None)).collect::<Vec<_>>(),
-        "warnings": plan.warnings,
-        "format": plan.output.format.name(),
-        "dtype": plan.output.dtype.name(),
-        "mask_dtype": plan.output.mask_dtype.name(),
-        "layout": plan.output.layout.name(),
-        "names": plan.output.names.name(),
-        "mask_suffix": plan.output.mask_suffix,
-        "tensors": generate::tensors(plan).iter().map(|t| json!({"name": t.name, "dtype": t.dtype.name(), "shape": t.shape})).collect::<Vec<_>>(),
-    })
-}
-
 fn plan_command(args: PlanArgs) -> Result<(), Error> {
     let plan = load_plan(&args.spec, Overrides::default())?;
     if args.json {
-        return print_json(&plan_json(&plan));
+        return print_json(&PlanJson::new(&plan));
     }
-    let width = plan
-        .layers
-        .iter()
-        .map(|l| l.name.len())
-        .max()
-        .unwrap_or(5)
-        .clamp(5, 60);
-    // A grouped convolution's shape is followed by its groups, as PyTorch's Conv2d names them,
-    // and a structured kernel's by its mask rule (top-up, the default, is not shown).
-    let shape = |l: &eoi::schemes::LayerPlan| {
-        let mut text = match l.groups {
-            1 => l.shape.to_string(),
-            g => format!("{} groups={g}", l.shape),
-        };
-        if l.conv_mask == ConvMask::Structured {
-            text.push_str(" conv_mask=structured");
-        }
-        text
-    };
-    let shape_width = plan
-        .layers
-        .iter()
-        .map(|l| shape(l).len())
-        .max()
-        .unwrap_or(5)
-        .max(5);
-    let scheme_width = plan
-        .layers
-        .iter()
-        .map(|l| l.scheme.name().len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
-    let mut out = io::stdout().lock();
-    // The bias column appears only when a layer has a bias, so plans without keep their text.
-    let biases = plan.layers.iter().any(|l| l.bias_name().is_some());
-    let bias_column = |std: String| {
-        if biases {
-            format!("  {std:>9}")
-        } else {
-            String::new()
-        }
-    };
-    let mut text = format!(
-        "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8}  {:<11}  {:>12}  {:>12}{}\n",
-        "layer",
-        "shape",
-        "kind",
-        "scheme",
-        "density",
-        "origin",
-        "params",
-        "nnz",
-        bias_column("bias_std".into())
-    );
-    for l in &plan.layers {
-        let std = match (l.bias_name(), l.bias_std) {
-            (Some(_), Some(std)) => format!("{std}"),
-            _ => "-".into(),
-        };
-        text.push_str(&format!(
-            "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8.5}  {:<11}  {:>12}  {:>12}{}\n",
-            l.name,
-            shape(l),
-            l.kind().name(),
-            l.scheme.name(),
-            l.density,
-            l.origin.name(),
-            thousands(l.shape.numel()),
-            thousands(l.expected_nnz()),
-            bias_column(std),
-        ));
-    }
-    let bias_count = plan
-        .layers
-        .iter()
-        .filter(|l| l.bias_name().is_some())
-        .count();
-    let bias_note = if bias_count > 0 {
-        format!(", {bias_count} biases")
-    } else {
-        String::new()
-    };
-    text.push_str(&format!(
-        "\n{} layers{bias_note}, {} weights, density {:.5} (target {}, {}), {} expected nonzeros, seed {}\n",
-        plan.layers.len(),
-        thousands(plan.params()),
-        plan.density(),
-        plan.requested_density.get(),
-        plan.distribution.name(),
-        thousands(plan.expected_nnz()),
-        plan.seed,
-    ));
-    // Tied names, only when a layer has them, so other plans keep their text.
-    for l in plan.layers.iter().filter(|l| !l.tied.is_empty()) {
-        text.push_str(&format!(
-            "tied to {}: {} (same storage; with --base each one the base holds gets the weight's bytes)\n",
-            l.name,
-            l.tied.join(", ")
-        ));
-    }
-    // Each scheme's note, once, from its first layer.
-    let mut noted = Vec::new();
-    for l in &plan.layers {
-        if !noted.contains(&l.scheme)
-            && let Some(note) = l.rules().plan_note(l)
-        {
-            noted.push(l.scheme);
-            text.push_str(&note);
-            text.push('\n');
-        }
-    }
-    out.write_all(text.as_bytes()).map_err(stdout_error)
-}
-
-fn generate_json(plan: &Plan, report: &Report, args: &GenerateArgs) -> Value {
-    let base_files = report.base_files.as_ref().map(|files| {
-        json!({
-            "copied": files.copied.iter().map(|f| f.name.to_string_lossy()).collect::<Vec<_>>(),
-            "left_out": files.left_out.iter().map(|(name, why)| json!({"name": name.to_string_lossy(), "reason": why.reason()})).collect::<Vec<_>>(),
-        })
-    });
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "stream_version": STREAM_VERSION,
-        "output": args.output.display().to_string(),
-        "masks": args.masks.as_ref().map(|m| m.display().to_string()),
-        "base_files": base_files,
-        "format": plan.output.format.name(),
-        "dtype": plan.output.dtype.name(),
-        "mask_dtype": plan.output.mask_dtype.name(),
-        "layout": plan.output.layout.name(),
-        "names": plan.output.names.name(),
-        "mask_suffix": plan.output.mask_suffix,
-        "seed": plan.seed,
-        "distribution": plan.distribution.name(),
-        "target_density": plan.requested_density.get(),
-        "density": report.density(),
-        "params": report.stats.iter().map(|s| s.numel).sum::<u64>(),
-        "nnz": report.nnz(),
-        "bytes": report.bytes,
-        "seconds": report.seconds,
-        "files": report.files,
-        "layers": report.layers.iter().zip(&report.stats).map(|(&k, s)| layer_record(&plan.layers[k], Some(s))).collect::<Vec<_>>(),
-    })
+    print_bytes(output::plan_text(&plan).as_bytes())
 }
 
 /// A progress bar on standard error for long runs at a terminal; nothing otherwise.
@@ -385,7 +215,12 @@ fn generate_command(args: GenerateArgs) -> Result<(), Error> {
         }
     }
     if args.json {
-        print_json(&generate_json(&plan, &report, &args))?;
+        print_json(&GenerateJson::new(
+            &plan,
+            &report,
+            &args.output,
+            args.masks.as_deref(),
+        ))?;
     }
     Ok(())
 }
@@ -518,7 +353,7 @@ fn verify_command(args: VerifyArgs) -> Result<u8, Error> {
         verify::verify(&args.artifact, &options, &bar)?
     };
     if args.json {
-        print_json(&output::verify_json(&report))?;
+        print_json(&VerifyJson::new(&report))?;
     } else {
         io::stdout()
             .lock()
@@ -534,7 +369,7 @@ fn inspect_command(args: InspectArgs) -> Result<(), Error> {
         inspect::inspect(&args.artifact, &bar)?
     };
     if args.json {
-        print_json(&output::inspect_json(&inspection))
+        print_json(&InspectJson::new(&inspection))
     } else {
         io::stdout()
             .lock()
@@ -554,7 +389,7 @@ fn isometry_command(args: IsometryArgs) -> Result<(), Error> {
         isometry::isometry(&args.artifact, &options, &bar)?
     };
     if args.json {
-        print_json(&output::isometry_json(&report))
+        print_json(&IsometryJson::new(&report))
     } else {
         io::stdout()
             .lock()

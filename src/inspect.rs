@@ -18,7 +18,7 @@ use crate::layer::{Dtype, Format};
 use crate::measure;
 use crate::progress::Progress;
 use crate::read::{Checkpoint, ReadError, Tensor, TensorInfo};
-use crate::recorded::{Recorded, layout_of};
+use crate::records::{Recorded, layout_of};
 
 /// Minimum, mean and maximum of a count.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -251,16 +251,7 @@ fn summarize(
     let rows = torch[0];
     let cols = t.numel / rows;
     summary.matrix = Some((rows, cols));
-    let mut row_counts = vec![0u64; rows];
-    let mut col_counts = vec![0u64; cols];
-    for (k, v) in values.iter().enumerate() {
-        if *v != 0.0 {
-            row_counts[k / cols] += 1;
-            col_counts[k % cols] += 1;
-        }
-    }
-    summary.row_nnz = Spread::of(&row_counts);
-    summary.col_nnz = Spread::of(&col_counts);
+    (summary.row_nnz, summary.col_nnz) = nnz_spreads(&values, rows, cols);
     if !t.dtype.is_float() {
         return Ok(summary);
     }
@@ -275,7 +266,35 @@ fn summarize(
         .filter(|&g| t.shape.len() >= 3 && g > 1 && rows % g == 0)
         .unwrap_or(1);
     summary.groups = (groups > 1).then_some(groups);
-    let rows = rows / groups;
+    match spectrum(&values, rows / groups, cols, groups) {
+        Ok(spectrum) => summary.spectrum = Some(spectrum),
+        Err(note) => summary.note = Some(note.into()),
+    }
+    Ok(summary)
+}
+
+/// The spread of nonzeros per row and per column of the `rows x cols` matrix `values`.
+fn nnz_spreads(values: &[f64], rows: usize, cols: usize) -> (Option<Spread>, Option<Spread>) {
+    let mut row_counts = vec![0u64; rows];
+    let mut col_counts = vec![0u64; cols];
+    for (k, v) in values.iter().enumerate() {
+        if *v != 0.0 {
+            row_counts[k / cols] += 1;
+            col_counts[k % cols] += 1;
+        }
+    }
+    (Spread::of(&row_counts), Spread::of(&col_counts))
+}
+
+/// The gain, orthogonality error and extreme singular values of the block-diagonal operator
+/// whose `groups` blocks of `rows x cols` are stacked in `values` (one block for an ordinary
+/// matrix); why there are none when the SVD does not converge.
+fn spectrum(
+    values: &[f64],
+    rows: usize,
+    cols: usize,
+    groups: usize,
+) -> Result<Spectrum, &'static str> {
     let blocks: Vec<_> = (0..groups)
         .map(|b| measure::view(&values[b * rows * cols..(b + 1) * rows * cols], rows, cols))
         .collect();
@@ -297,24 +316,16 @@ fn summarize(
     drop(grams);
     let (mut low, mut high) = (f64::INFINITY, 0.0f64);
     for &block in &blocks {
-        match measure::singular_values(block, par) {
-            Some(s) => {
-                low = low.min(s.last().copied().unwrap_or(0.0));
-                high = high.max(s.first().copied().unwrap_or(0.0));
-            }
-            None => {
-                summary.note = Some("the SVD did not converge".into());
-                return Ok(summary);
-            }
-        }
+        let s = measure::singular_values(block, par).ok_or("the SVD did not converge")?;
+        low = low.min(s.last().copied().unwrap_or(0.0));
+        high = high.max(s.first().copied().unwrap_or(0.0));
     }
-    summary.spectrum = Some(Spectrum {
+    Ok(Spectrum {
         gain: gain_squared.sqrt(),
         orthogonality_error,
         singular_min: if low.is_finite() { low } else { 0.0 },
         singular_max: high,
-    });
-    Ok(summary)
+    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! and gradients then neither vanish nor explode with depth, which is what EOI buys.
 
 use std::cmp::Ordering;
+use std::collections::HashMap;
 use std::path::Path;
 
 use faer::linalg::matmul::matmul;
@@ -13,11 +14,11 @@ use faer::{Accum, Mat};
 
 use crate::error::Error;
 use crate::inspect::{mask_suffix, weight_of};
-use crate::layer::named;
+use crate::layer::{Layout, named};
 use crate::measure;
 use crate::progress::Progress;
 use crate::read::{Checkpoint, Tensor};
-use crate::recorded::{Recorded, layout_of};
+use crate::records::{Recorded, layout_of};
 use crate::spec::Pattern;
 use crate::stream::Stream;
 
@@ -64,21 +65,14 @@ pub struct Options {
     pub seed: u64,
 }
 
-/// How the chain was ordered.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Order {
-    /// The order of the layer records of eoi's provenance.
-    Provenance,
-    /// Natural name order: runs of digits compare as numbers, so `hidden.10` follows `hidden.9`.
-    Natural,
-}
-
-impl Order {
-    pub fn name(self) -> &'static str {
-        match self {
-            Order::Provenance => "provenance",
-            Order::Natural => "natural",
-        }
+named! {
+    /// How the chain was ordered.
+    pub enum Order {
+        /// The order of the layer records of eoi's provenance.
+        Provenance = "provenance",
+        /// Natural name order: runs of digits compare as numbers, so `hidden.10` follows
+        /// `hidden.9`.
+        Natural = "natural",
     }
 }
 
@@ -226,7 +220,24 @@ fn chain<'a>(
     options: &Options,
     path: &str,
 ) -> Result<(Vec<Candidate<'a>>, Vec<Link>, Order), Error> {
-    let all = candidates(checkpoint, recorded);
+    let mut selected = select(candidates(checkpoint, recorded), options, path)?;
+    let order = order(&mut selected, recorded);
+    let layout = layout_of(checkpoint, recorded);
+    let mut links: Vec<Link> = Vec::with_capacity(selected.len());
+    for c in &selected {
+        let link = link(checkpoint, c, layout, links.last(), order, path)?;
+        links.push(link);
+    }
+    Ok((selected, links, order))
+}
+
+/// The candidates `--layers` selects (all without it): at least one, each pattern matching
+/// one, and no convolution.
+fn select<'a>(
+    all: Vec<Candidate<'a>>,
+    options: &Options,
+    path: &str,
+) -> Result<Vec<Candidate<'a>>, Error> {
     let selected: Vec<Candidate> = if options.layers.is_empty() {
         all
     } else {
@@ -281,18 +292,22 @@ fn chain<'a>(
             }
         )));
     }
+    Ok(selected)
+}
 
-    let mut selected = selected;
+/// Sorts the chain: in the order of eoi's records when they record every selected layer,
+/// else in natural name order.
+fn order(selected: &mut [Candidate<'_>], recorded: Option<&Recorded>) -> Order {
     // The layer names eoi's provenance records, in order, if it records any.
-    let recorded_order: Option<std::collections::HashMap<&str, usize>> =
+    let recorded_order: Option<HashMap<&str, usize>> =
         recorded.and_then(|r| r.layers.as_ref()).map(|layers| {
-            let mut positions = std::collections::HashMap::with_capacity(layers.len());
+            let mut positions = HashMap::with_capacity(layers.len());
             for (k, l) in layers.iter().enumerate() {
                 positions.entry(l.name.as_str()).or_insert(k);
             }
             positions
         });
-    let order = match &recorded_order {
+    match &recorded_order {
         Some(names) if selected.iter().all(|c| names.contains_key(c.name.as_str())) => {
             selected.sort_by_key(|c| names.get(c.name.as_str()).copied());
             Order::Provenance
@@ -301,63 +316,69 @@ fn chain<'a>(
             selected.sort_by(|a, b| natural_cmp(&a.name, &b.name));
             Order::Natural
         }
-    };
+    }
+}
 
-    let layout = layout_of(checkpoint, recorded);
-    let mut links: Vec<Link> = Vec::with_capacity(selected.len());
-    for c in &selected {
-        let &[out, inp] = layout.torch_shape(&c.weight.shape).as_slice() else {
-            return Err(Error::Internal(format!(
-                "layer \"{}\" reached the chain with shape {:?}",
-                c.name, c.weight.shape
-            )));
-        };
-        if out == 0 || inp == 0 {
-            return Err(usage(format!(
-                "'{path}': layer \"{}\" has shape {:?}, with no elements",
-                c.name, c.weight.shape
-            )));
-        }
-        if let Some(prev) = links.last()
-            && prev.out != inp
-        {
-            return Err(usage(format!(
-                "'{path}': layers \"{}\" and \"{}\" do not compose: \"{}\" has {} outputs but \"{}\" takes {} inputs (chain order: {}; choose layers with --layers GLOB)",
-                prev.name,
-                c.name,
-                prev.name,
-                prev.out,
-                c.name,
-                inp,
-                order.name()
-            )));
-        }
-        let bias = match c.name.strip_suffix(".weight") {
-            Some(module) => {
-                let name = format!("{module}.bias");
-                match checkpoint.get(&name) {
-                    None => None,
-                    Some(b) if b.shape == [out] && b.dtype.is_float() => Some(name),
-                    Some(b) => {
-                        return Err(usage(format!(
-                            "'{path}': the bias \"{name}\" of layer \"{}\" has shape {:?} and dtype {}, but the layer has {out} outputs: a bias must be a float vector of shape [{out}]",
-                            c.name,
-                            b.shape,
-                            b.dtype.name()
-                        )));
-                    }
+/// Candidate `c` as a link of the chain after `prev`: a matrix (out, in) with elements,
+/// whose inputs are `prev`'s outputs, with its `<module>.bias` if the file has a valid one.
+fn link(
+    checkpoint: &Checkpoint,
+    c: &Candidate<'_>,
+    layout: Layout,
+    prev: Option<&Link>,
+    order: Order,
+    path: &str,
+) -> Result<Link, Error> {
+    let &[out, inp] = layout.torch_shape(&c.weight.shape).as_slice() else {
+        return Err(Error::Internal(format!(
+            "layer \"{}\" reached the chain with shape {:?}",
+            c.name, c.weight.shape
+        )));
+    };
+    if out == 0 || inp == 0 {
+        return Err(usage(format!(
+            "'{path}': layer \"{}\" has shape {:?}, with no elements",
+            c.name, c.weight.shape
+        )));
+    }
+    if let Some(prev) = prev
+        && prev.out != inp
+    {
+        return Err(usage(format!(
+            "'{path}': layers \"{}\" and \"{}\" do not compose: \"{}\" has {} outputs but \"{}\" takes {} inputs (chain order: {}; choose layers with --layers GLOB)",
+            prev.name,
+            c.name,
+            prev.name,
+            prev.out,
+            c.name,
+            inp,
+            order.name()
+        )));
+    }
+    let bias = match c.name.strip_suffix(".weight") {
+        Some(module) => {
+            let name = format!("{module}.bias");
+            match checkpoint.get(&name) {
+                None => None,
+                Some(b) if b.shape == [out] && b.dtype.is_float() => Some(name),
+                Some(b) => {
+                    return Err(usage(format!(
+                        "'{path}': the bias \"{name}\" of layer \"{}\" has shape {:?} and dtype {}, but the layer has {out} outputs: a bias must be a float vector of shape [{out}]",
+                        c.name,
+                        b.shape,
+                        b.dtype.name()
+                    )));
                 }
             }
-            None => None,
-        };
-        links.push(Link {
-            name: c.name.clone(),
-            out,
-            inp,
-            bias,
-        });
-    }
-    Ok((selected, links, order))
+        }
+        None => None,
+    };
+    Ok(Link {
+        name: c.name.clone(),
+        out,
+        inp,
+        bias,
+    })
 }
 
 /// A standard normal deviate by Box-Muller, from the stream (with `libm`, portable bits).

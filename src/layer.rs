@@ -10,8 +10,9 @@
 use std::fmt;
 
 /// Declares an enum whose values have names: `NAMES` (in order), `name()`, `parse()`,
-/// `Display`, and `clap::ValueEnum`, so specs, records, messages and the command line spell
-/// each value the same way from this one declaration.
+/// `Display`, `clap::ValueEnum`, and serde and JSON Schema as a string of `NAMES`, so specs,
+/// records, JSON outputs, messages and the command line spell each value the same way from
+/// this one declaration.
 macro_rules! named {
     (
         $(#[$meta:meta])*
@@ -61,6 +62,30 @@ macro_rules! named {
 
             fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
                 Some(clap::builder::PossibleValue::new(self.name()))
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+                $name::parse(&text)
+                    .ok_or_else(|| serde::de::Error::unknown_variant(&text, Self::NAMES))
+            }
+        }
+
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({ "type": "string", "enum": Self::NAMES })
             }
         }
     };

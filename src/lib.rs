@@ -23,13 +23,13 @@ pub mod generate;
 pub mod inspect;
 pub mod interrupt;
 pub mod isometry;
+pub mod json;
 pub mod layer;
 pub mod measure;
 pub mod plan;
 pub mod progress;
-pub mod provenance;
 pub mod read;
-pub mod recorded;
+pub mod records;
 pub mod schemes;
 pub mod spec;
 pub mod spec_from;
@@ -38,6 +38,10 @@ pub mod tensor;
 pub mod units;
 pub mod verify;
 pub mod write;
+
+/// The records' former home, for the writers and `generate`, which still import provenance
+/// from here.
+pub use records as provenance;
 
 /// The tool's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,17 +1,18 @@
-//! How `verify`, `inspect` and `isometry` results are shown: text for people (one line per failure, a
-//! table per tensor), JSON for programs (schemas in README), and a progress bar on standard
-//! error for long runs at a terminal.
+//! How plans and `verify`, `inspect` and `isometry` results are shown: text for people (a
+//! row per layer, one line per failure, a table per tensor), and a progress bar on standard
+//! error for long runs at a terminal. Their JSON for programs is written by the types of
+//! [`eoi::json`].
 
 use std::io::{self, IsTerminal};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde_json::{Value, json};
 
 use eoi::inspect::{Inspection, Spread, TensorSummary};
 use eoi::isometry;
-use eoi::provenance::SCHEMA_VERSION;
-use eoi::stream::STREAM_VERSION;
-use eoi::verify::{self, LayerReport};
+use eoi::layer::ConvMask;
+use eoi::plan::Plan;
+use eoi::schemes::LayerPlan;
+use eoi::verify;
 
 use eoi::units::thousands;
 
@@ -60,61 +61,129 @@ fn or_unknown<T: std::fmt::Display>(value: &Option<T>) -> String {
         .map_or_else(|| "?".to_string(), ToString::to_string)
 }
 
-fn layer_json(layer: &LayerReport) -> Value {
-    json!({
-        "name": layer.name,
-        "shape": layer.shape,
-        "kind": layer.kind.map(|k| k.name()),
-        "scheme": layer.scheme.map(|s| s.name()),
-        "dtype": layer.dtype.map(|d| d.name()),
-        "nnz": layer.nnz,
-        "density": layer.density,
-        "gain": layer.gain,
-        "orthogonality_error": layer.orthogonality_error.filter(|e| e.is_finite()),
-        "tolerance": layer.tolerance,
-        "bias": layer.bias,
-        "bias_std": layer.bias_std,
-        "isometry_error": layer.isometry_error.filter(|e| e.is_finite()),
-        "recorded_isometry_error": layer.recorded_isometry_error,
-        "passed": layer.passed(),
-        "failures": layer.failures.iter().map(|f| json!({"check": f.check.name(), "message": f.message})).collect::<Vec<_>>(),
-    })
+/// `eoi plan`'s table: a row per layer, then the totals, the tied names and each scheme's
+/// note.
+pub fn plan_text(plan: &Plan) -> String {
+    let mut text = plan_table(plan);
+    let bias_count = plan
+        .layers
+        .iter()
+        .filter(|l| l.bias_name().is_some())
+        .count();
+    let bias_note = if bias_count > 0 {
+        format!(", {bias_count} biases")
+    } else {
+        String::new()
+    };
+    text.push_str(&format!(
+        "\n{} layers{bias_note}, {} weights, density {:.5} (target {}, {}), {} expected nonzeros, seed {}\n",
+        plan.layers.len(),
+        thousands(plan.params()),
+        plan.density(),
+        plan.requested_density.get(),
+        plan.distribution.name(),
+        thousands(plan.expected_nnz()),
+        plan.seed,
+    ));
+    // Tied names, only when a layer has them, so other plans keep their text.
+    for l in plan.layers.iter().filter(|l| !l.tied.is_empty()) {
+        text.push_str(&format!(
+            "tied to {}: {} (same storage; with --base each one the base holds gets the weight's bytes)\n",
+            l.name,
+            l.tied.join(", ")
+        ));
+    }
+    // Each scheme's note, once, from its first layer.
+    let mut noted = Vec::new();
+    for l in &plan.layers {
+        if !noted.contains(&l.scheme)
+            && let Some(note) = l.rules().plan_note(l)
+        {
+            noted.push(l.scheme);
+            text.push_str(&note);
+            text.push('\n');
+        }
+    }
+    text
 }
 
-pub fn verify_json(report: &verify::Report) -> Value {
-    let r = &report.recorded;
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "stream_version": STREAM_VERSION,
-        "path": report.path,
-        "format": report.format.name(),
-        "shards": report.shards,
-        "layout": report.layout.name(),
-        "passed": report.passed(),
-        "recorded": {
-            "eoi_version": r.version,
-            "stream_version": r.stream_version,
-            "seed": r.seed,
-            "mask_suffix": r.mask_suffix,
-            "layout": r.layout.name(),
-            "names": r.names.name(),
-            "shard": r.shard.map(|(k, n)| format!("{k}/{n}")),
-            "base": r.base.as_ref().map(|b| json!({"name": b.name, "sha256": b.sha256})),
-        },
-        "problems": report.problems,
-        "notes": report.notes,
-        "copied": report.copied,
-        "layers": report.layers.iter().map(layer_json).collect::<Vec<_>>(),
-        "regenerate": report.regenerated.as_ref().map(|g| json!({
-            "passed": g.passed(),
-            "compared": g.compared,
-            "copies": g.copies,
-            "differences": g.differences.iter().map(|d| json!({"tensor": d.tensor, "message": d.message})).collect::<Vec<_>>(),
-            "impossible": g.impossible,
-            "notes": g.notes,
-        })),
-    })
+/// A layer's shape in `eoi plan`: followed by its groups for a grouped convolution, as
+/// PyTorch's Conv2d names them, and by its mask rule for a structured kernel (top-up, the
+/// default, is not shown).
+fn planned_shape(l: &LayerPlan) -> String {
+    let mut text = match l.groups {
+        1 => l.shape.to_string(),
+        g => format!("{} groups={g}", l.shape),
+    };
+    if l.conv_mask == ConvMask::Structured {
+        text.push_str(" conv_mask=structured");
+    }
+    text
+}
+
+/// The header and one row per layer of `eoi plan`.
+fn plan_table(plan: &Plan) -> String {
+    let width = plan
+        .layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(5)
+        .clamp(5, 60);
+    let shape_width = plan
+        .layers
+        .iter()
+        .map(|l| planned_shape(l).len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    let scheme_width = plan
+        .layers
+        .iter()
+        .map(|l| l.scheme.name().len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    // The bias column appears only when a layer has a bias, so plans without keep their text.
+    let biases = plan.layers.iter().any(|l| l.bias_name().is_some());
+    let bias_column = |std: String| {
+        if biases {
+            format!("  {std:>9}")
+        } else {
+            String::new()
+        }
+    };
+    let mut text = format!(
+        "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8}  {:<11}  {:>12}  {:>12}{}\n",
+        "layer",
+        "shape",
+        "kind",
+        "scheme",
+        "density",
+        "origin",
+        "params",
+        "nnz",
+        bias_column("bias_std".into())
+    );
+    for l in &plan.layers {
+        let std = match (l.bias_name(), l.bias_std) {
+            (Some(_), Some(std)) => format!("{std}"),
+            _ => "-".into(),
+        };
+        text.push_str(&format!(
+            "{:<width$}  {:<shape_width$}  {:<6}  {:<scheme_width$}  {:>8.5}  {:<11}  {:>12}  {:>12}{}\n",
+            l.name,
+            planned_shape(l),
+            l.kind().name(),
+            l.scheme.name(),
+            l.density,
+            l.origin.name(),
+            thousands(l.shape.numel()),
+            thousands(l.expected_nnz()),
+            bias_column(std),
+        ));
+    }
+    text
 }
 
 /// The first few names of a list, then how many more.
@@ -127,6 +196,33 @@ fn some_names(names: &[String]) -> String {
 }
 
 pub fn verify_text(report: &verify::Report) -> String {
+    let mut text = verify_heading(report);
+    for problem in &report.problems {
+        text.push_str(&format!("FAIL  {problem}\n"));
+    }
+    for layer in &report.layers {
+        for f in &layer.failures {
+            text.push_str(&format!(
+                "FAIL  {}  {}: {}\n",
+                layer.name,
+                f.check.name(),
+                f.message
+            ));
+        }
+    }
+    if let Some(g) = &report.regenerated {
+        text.push_str(&regeneration_text(g));
+    }
+    if report.passed() {
+        text.push_str(&passed_text(report));
+    } else {
+        text.push_str(&failed_text(report));
+    }
+    text
+}
+
+/// What the artifact is and who made it, and the notes on it.
+fn verify_heading(report: &verify::Report) -> String {
     let r = &report.recorded;
     let mut how = vec![report.format.name().to_string()];
     if let Some(n) = report.shards {
@@ -166,155 +262,119 @@ pub fn verify_text(report: &verify::Report) -> String {
             some_names(&report.copied)
         ));
     }
-    for problem in &report.problems {
-        text.push_str(&format!("FAIL  {problem}\n"));
+    text
+}
+
+/// The notes, failures and verdict of `--regenerate`.
+fn regeneration_text(g: &verify::Regenerated) -> String {
+    let mut text = String::new();
+    for note in &g.notes {
+        text.push_str(&format!("note: {note}\n"));
     }
-    for layer in &report.layers {
-        for f in &layer.failures {
-            text.push_str(&format!(
-                "FAIL  {}  {}: {}\n",
-                layer.name,
-                f.check.name(),
-                f.message
-            ));
-        }
+    if let Some(why) = &g.impossible {
+        text.push_str(&format!("FAIL  regenerate: cannot regenerate: {why}\n"));
     }
-    if let Some(g) = &report.regenerated {
-        for note in &g.notes {
-            text.push_str(&format!("note: {note}\n"));
-        }
-        if let Some(why) = &g.impossible {
-            text.push_str(&format!("FAIL  regenerate: cannot regenerate: {why}\n"));
-        }
-        for d in &g.differences {
-            text.push_str(&format!("FAIL  {}  regenerate: {}\n", d.tensor, d.message));
-        }
-        if g.passed() {
-            text.push_str(&format!(
-                "regenerated {} tensors from the embedded spec and seed: bit-identical\n",
-                g.compared
-            ));
-            if g.copies > 0 {
-                text.push_str(&format!(
-                    "compared {} copied tensors with the base: bit-identical\n",
-                    g.copies
-                ));
-            }
-        }
+    for d in &g.differences {
+        text.push_str(&format!("FAIL  {}  regenerate: {}\n", d.tensor, d.message));
     }
-    let failing = report.layers.iter().filter(|l| !l.passed()).count();
-    if report.passed() {
-        let worst = report
-            .layers
-            .iter()
-            .filter_map(|l| Some((l.orthogonality_error? / l.tolerance?, l)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
+    if g.passed() {
         text.push_str(&format!(
-            "ok: {} layers pass every check",
-            report.layers.len()
+            "regenerated {} tensors from the embedded spec and seed: bit-identical\n",
+            g.compared
         ));
-        if let Some((_, l)) = worst {
+        if g.copies > 0 {
             text.push_str(&format!(
-                " (closest to its tolerance: {}, orthogonality error {:.2e} of {:.2e})",
-                l.name,
-                l.orthogonality_error.unwrap_or(0.0),
-                l.tolerance.unwrap_or(0.0)
+                "compared {} copied tensors with the base: bit-identical\n",
+                g.copies
             ));
         }
-        text.push('\n');
-        let unjudged: Vec<&str> = report
-            .layers
-            .iter()
-            .filter(|l| !l.promises_orthogonality)
-            .map(|l| l.scheme.map_or("?", |s| s.name()))
-            .collect();
-        if !unjudged.is_empty() {
-            let mut schemes = unjudged.clone();
-            schemes.sort_unstable();
-            schemes.dedup();
-            text.push_str(&format!(
-                "note: orthogonality is not checked for {} layers whose scheme ({}) does not promise it at their density; --json gives their errors\n",
-                unjudged.len(),
-                schemes.join(", ")
-            ));
-        }
-        let optimised = report
-            .layers
-            .iter()
-            .filter_map(|l| Some((l.recorded_isometry_error?, l)))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        if let Some((worst, l)) = optimised {
-            let count = report
-                .layers
-                .iter()
-                .filter(|l| l.recorded_isometry_error.is_some())
-                .count();
-            text.push_str(&format!(
-                "note: {count} approx-isometry layers hold the isometry error ||G - g^2 I||_F / ||g^2 I||_F their records state; the largest is {}'s, {worst:.3e}\n",
-                l.name
-            ));
-        }
-    } else {
-        let mut parts = vec![format!("{failing} of {} layers fail", report.layers.len())];
-        if !report.problems.is_empty() {
-            parts.push(format!("{} file problems", report.problems.len()));
-        }
-        if let Some(g) = &report.regenerated
-            && !g.passed()
-        {
-            parts.push(format!("{} regeneration differences", g.differences.len()));
-        }
-        text.push_str(&format!("FAILED: {}\n", parts.join(", ")));
     }
     text
 }
 
-fn spread_json(spread: &Option<Spread>) -> Value {
-    match spread {
-        Some(s) => json!({"min": s.min, "mean": s.mean, "max": s.max}),
-        None => Value::Null,
+/// The verdict when every check holds: the layer closest to its tolerance, and what was
+/// not judged or was judged against a recorded error.
+fn passed_text(report: &verify::Report) -> String {
+    let worst = report
+        .layers
+        .iter()
+        .filter_map(|l| Some((l.orthogonality_error? / l.tolerance?, l)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    let mut text = format!("ok: {} layers pass every check", report.layers.len());
+    if let Some((_, l)) = worst {
+        text.push_str(&format!(
+            " (closest to its tolerance: {}, orthogonality error {:.2e} of {:.2e})",
+            l.name,
+            l.orthogonality_error.unwrap_or(0.0),
+            l.tolerance.unwrap_or(0.0)
+        ));
     }
+    text.push('\n');
+    let unjudged: Vec<&str> = report
+        .layers
+        .iter()
+        .filter(|l| !l.promises_orthogonality)
+        .map(|l| l.scheme.map_or("?", |s| s.name()))
+        .collect();
+    if !unjudged.is_empty() {
+        let mut schemes = unjudged.clone();
+        schemes.sort_unstable();
+        schemes.dedup();
+        text.push_str(&format!(
+            "note: orthogonality is not checked for {} layers whose scheme ({}) does not promise it at their density; --json gives their errors\n",
+            unjudged.len(),
+            schemes.join(", ")
+        ));
+    }
+    let optimised = report
+        .layers
+        .iter()
+        .filter_map(|l| Some((l.recorded_isometry_error?, l)))
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    if let Some((worst, l)) = optimised {
+        let count = report
+            .layers
+            .iter()
+            .filter(|l| l.recorded_isometry_error.is_some())
+            .count();
+        text.push_str(&format!(
+            "note: {count} approx-isometry layers hold the isometry error ||G - g^2 I||_F / ||g^2 I||_F their records state; the largest is {}'s, {worst:.3e}\n",
+            l.name
+        ));
+    }
+    text
 }
 
-pub fn inspect_json(inspection: &Inspection) -> Value {
-    let tensors: Vec<Value> = inspection
-        .tensors
-        .iter()
-        .map(|t| {
-            let s = t.spectrum.as_ref();
-            json!({
-                "name": t.name,
-                "shape": t.shape,
-                "dtype": t.dtype.name(),
-                "numel": t.numel,
-                "nnz": t.nnz,
-                "density": t.density,
-                "mask": t.mask,
-                "mask_of": t.mask_of,
-                "bias_of": t.bias_of,
-                "rms": t.rms,
-                "matrix": t.matrix.map(|(r, c)| [r, c]),
-                "groups": t.groups,
-                "gain": s.map(|s| s.gain),
-                "orthogonality_error": s.and_then(|s| s.orthogonality_error),
-                "singular_min": s.map(|s| s.singular_min),
-                "singular_max": s.map(|s| s.singular_max),
-                "row_nnz": spread_json(&t.row_nnz),
-                "col_nnz": spread_json(&t.col_nnz),
-                "note": t.note,
-                "recorded_isometry_error": t.recorded_isometry_error,
-            })
-        })
-        .collect();
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "path": inspection.path,
-        "format": inspection.format.name(),
-        "shards": inspection.shards,
-        "layout": inspection.layout.name(),
-        "tensors": tensors,
-    })
+/// The verdict when a check fails: how many of each kind.
+fn failed_text(report: &verify::Report) -> String {
+    let failing = report.layers.iter().filter(|l| !l.passed()).count();
+    let mut parts = vec![format!("{failing} of {} layers fail", report.layers.len())];
+    if !report.problems.is_empty() {
+        parts.push(format!("{} file problems", report.problems.len()));
+    }
+    if let Some(g) = &report.regenerated
+        && !g.passed()
+    {
+        parts.push(format!("{} regeneration differences", g.differences.len()));
+    }
+    format!("FAILED: {}\n", parts.join(", "))
+}
+
+/// What `inspect` says of a tensor after its row: what it is the mask or bias of, why it
+/// has no spectrum, or the isometry error its record states.
+fn tensor_remark(t: &TensorSummary) -> String {
+    match (&t.mask_of, &t.bias_of, &t.note) {
+        (Some(w), _, _) => format!("  (mask of {w})"),
+        (None, Some(w), _) => match t.rms {
+            Some(rms) => format!("  (bias of {w}, rms {})", figure(rms)),
+            None => format!("  (bias of {w})"),
+        },
+        (None, None, Some(note)) => format!("  ({note})"),
+        (None, None, None) => match t.recorded_isometry_error {
+            Some(e) => format!("  (approx-isometry, recorded isometry error {e:.2e})"),
+            None => String::new(),
+        },
+    }
 }
 
 fn spread_text(spread: &Option<Spread>) -> String {
@@ -386,18 +446,7 @@ pub fn inspect_text(inspection: &Inspection) -> String {
             number(s.map(|s| s.singular_max), 5),
             spread_text(&t.row_nnz),
             spread_text(&t.col_nnz),
-            match (&t.mask_of, &t.bias_of, &t.note) {
-                (Some(w), _, _) => format!("  (mask of {w})"),
-                (None, Some(w), _) => match t.rms {
-                    Some(rms) => format!("  (bias of {w}, rms {})", figure(rms)),
-                    None => format!("  (bias of {w})"),
-                },
-                (None, None, Some(note)) => format!("  ({note})"),
-                (None, None, None) => match t.recorded_isometry_error {
-                    Some(e) => format!("  (approx-isometry, recorded isometry error {e:.2e})"),
-                    None => String::new(),
-                },
-            }
+            tensor_remark(t)
         ));
     }
     let params: u64 = inspection.tensors.iter().map(|t| t.numel as u64).sum();
@@ -422,30 +471,6 @@ pub fn inspect_text(inspection: &Inspection) -> String {
         );
     }
     text
-}
-
-pub fn isometry_json(report: &isometry::Report) -> Value {
-    let s = report.singular.as_ref();
-    json!({
-        "schema_version": SCHEMA_VERSION,
-        "eoi_version": eoi::VERSION,
-        "path": report.path,
-        "layers": report.chain.len(),
-        "nonlinearity": report.nonlinearity.name(),
-        "seed": report.seed,
-        "order": report.order.name(),
-        "chain": report.chain.iter().map(|l| json!({"name": l.name, "out": l.out, "in": l.inp, "bias": l.bias})).collect::<Vec<_>>(),
-        "jacobian": {
-            "rows": report.rows,
-            "cols": report.cols,
-            "singular_mean_sq": s.map(|s| s.mean_sq),
-            "singular_std": s.map(|s| s.std),
-            "singular_max": s.map(|s| s.max),
-            "singular_min": s.map(|s| s.min),
-        },
-        "signal_rms": report.signal_rms.iter().enumerate().map(|(depth, rms)| json!({"depth": depth, "rms": rms})).collect::<Vec<_>>(),
-        "note": report.note,
-    })
 }
 
 /// A measurement for people: fixed-point where that is readable, scientific otherwise.

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use eoi::progress::Silent;
 use eoi::read::Artifact;
-use eoi::recorded::Recorded;
+use eoi::records::Recorded;
 use libfuzzer_sys::fuzz_target;
 
 const NPY_MAGIC: &[u8] = b"\x93NUMPY";

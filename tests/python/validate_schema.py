@@ -1,14 +1,17 @@
-"""Validates TOML specs against eoi's JSON Schema with the `jsonschema` package.
+"""Validates TOML specs, or JSON documents, against one of eoi's JSON Schemas with the
+`jsonschema` package.
 
-An independent check for tests/schema.rs: the schema that `eoi schema` prints (committed as
-specs/eoi.schema.json) must be a valid draft 2020-12 schema, must accept the bundled specs,
-and must refuse specs the parser refuses for a key or a value. The specs are read with the
-standard library's TOML parser, not eoi's.
+An independent check for tests/schema.rs: a schema that `eoi schema` prints (committed as
+specs/eoi.schema.json and schemas/*.schema.json) must be a valid draft 2020-12 schema. The
+spec's must accept the bundled specs and refuse specs the parser refuses for a key or a
+value; the others must accept what eoi writes (the `--json` outputs, the layer records of
+an artifact). A file ending in .json is read with the standard library's JSON parser, any
+other as TOML with its TOML parser, not eoi's.
 
-usage: validate_schema.py SCHEMA SPEC...
+usage: validate_schema.py SCHEMA FILE...
 
-Prints one line per spec ("SPEC: valid", or one "SPEC: PATH: MESSAGE" per error) and exits
-with 0 when every spec is valid, 1 when one is not, 2 when the schema is not a draft 2020-12
+Prints one line per file ("FILE: valid", or one "FILE: PATH: MESSAGE" per error) and exits
+with 0 when every file is valid, 1 when one is not, 2 when the schema is not a draft 2020-12
 schema or a file cannot be read or parsed.
 """
 
@@ -28,7 +31,7 @@ DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 
 def main(argv):
     if len(argv) < 3:
-        print("usage: validate_schema.py SCHEMA SPEC...", file=sys.stderr)
+        print("usage: validate_schema.py SCHEMA FILE...", file=sys.stderr)
         return 2
     schema_path, spec_paths = argv[1], argv[2:]
     try:
@@ -51,9 +54,9 @@ def main(argv):
     for path in spec_paths:
         try:
             with open(path, "rb") as f:
-                spec = tomllib.load(f)
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            print(f"{path}: cannot read the spec: {e}", file=sys.stderr)
+                spec = json.load(f) if path.endswith(".json") else tomllib.load(f)
+        except (OSError, ValueError) as e:
+            print(f"{path}: cannot read the file: {e}", file=sys.stderr)
             return 2
         errors = sorted(validator.iter_errors(spec), key=lambda e: list(map(str, e.absolute_path)))
         if not errors:

@@ -1,6 +1,6 @@
 //! Provenance read back: what an artifact records about how it was made (the `eoi.*` keys of
 //! safetensors `__metadata__`, of every shard of a sharded output, or an npy `manifest.json`;
-//! see [`crate::provenance`] for what is written), parsed without trusting it. A missing or
+//! see [`super::provenance`] for what is written), parsed without trusting it. A missing or
 //! malformed key is described, not fatal, so `verify` can report it beside everything else.
 //! The record also says how the tensors are laid out (torch or flax) and named (plain or
 //! torch-prune): [`Recorded::weight_name`], [`Recorded::mask_name`] and [`layout_of`] are
@@ -10,10 +10,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
-use crate::layer::ConvMask;
-use crate::layer::Layout;
-use crate::layer::{BelowMinimum, Names};
-use crate::provenance::{MASKS_KEY, VERSION_KEY, WEIGHTS_KEY};
+use super::{LayerRecord, MASKS_KEY, VERSION_KEY, WEIGHTS_KEY};
+use crate::layer::{BelowMinimum, Layout, Names};
 use crate::read::Checkpoint;
 use crate::schemes::Scheme;
 
@@ -25,34 +23,26 @@ pub struct BaseRecord {
     /// The SHA-256 of its header (or of its index file), `eoi.base_sha256`.
     pub sha256: Option<String>,
 }
-/// One layer as an artifact records it (an entry of `eoi.layers`), read back.
+/// One layer as an artifact records it (an entry of `eoi.layers`), read back: the record,
+/// which has `achieved_density` and `nnz`, and the JSON it was read from, to compare with a
+/// regenerated record field by field. It reads as its [`LayerRecord`].
 #[derive(Clone, Debug, PartialEq)]
-pub struct LayerRecord {
-    pub name: String,
-    pub shape: Vec<usize>,
-    /// Target density of the whole tensor.
-    pub density: f64,
-    /// The layer's scheme; records without one are EOI's.
-    pub scheme: Scheme,
-    pub gain: f64,
-    pub achieved_density: f64,
-    /// Ones in the mask.
+pub struct StoredRecord {
+    pub record: LayerRecord,
+    /// Ones in the mask (the record's `nnz`, which an artifact's record must have).
     pub nnz: u64,
-    /// Nonzeros of the centre matrix, for convolutions.
-    pub centre_nnz: Option<u64>,
-    /// The kernel's mask rule; top-up when the record has none (as before structured masks).
-    pub conv_mask: ConvMask,
-    /// The layer's bias tensor and the std it was drawn with, when it has one.
-    pub bias: Option<(String, f64)>,
-    /// Approximate isometry: the relative Frobenius error its descent reached.
-    pub isometry_error: Option<f64>,
-    /// Convolution groups; 1 when the record has none (every layer before groups existed).
-    pub groups: usize,
-    /// Parameters sharing the layer's storage (`tied`); with `--base`, those the base held
-    /// are written with the weight's bytes.
-    pub tied: Vec<String>,
-    /// The record as written, to compare with a regenerated one field by field.
+    /// The mask's density (the record's `achieved_density`, which it must have too).
+    pub achieved_density: f64,
+    /// The record as written.
     pub raw: Value,
+}
+
+impl std::ops::Deref for StoredRecord {
+    type Target = LayerRecord;
+
+    fn deref(&self) -> &LayerRecord {
+        &self.record
+    }
 }
 
 /// What an artifact says about how it was made, read back from safetensors `__metadata__`
@@ -84,7 +74,7 @@ pub struct Recorded {
     /// `(k, n)` for a file that records being shard k of n (`eoi.shard`), read on its own;
     /// `None` for a whole checkpoint, the shards of an index included.
     pub shard: Option<(usize, usize)>,
-    pub layers: Option<Vec<LayerRecord>>,
+    pub layers: Option<Vec<StoredRecord>>,
     /// Each key that is missing or malformed, in words.
     pub problems: Vec<String>,
 }
@@ -192,7 +182,7 @@ impl Recorded {
         }
         let mut said = HashSet::new();
         let mut seen = HashSet::new();
-        let mut layers: Option<Vec<LayerRecord>> = None;
+        let mut layers: Option<Vec<StoredRecord>> = None;
         for (k, (name, r)) in per.iter().enumerate() {
             for p in &r.problems {
                 if counts[p.as_str()] == n {
@@ -493,12 +483,12 @@ impl Recorded {
 }
 
 /// Reads the array of layer records; a malformed record is described in `problems` and left out.
-fn read_layers(layers: &Value, problems: &mut Vec<String>) -> Option<Vec<LayerRecord>> {
+fn read_layers(layers: &Value, problems: &mut Vec<String>) -> Option<Vec<StoredRecord>> {
     let Some(list) = layers.as_array() else {
         problems.push("the layer records are not a JSON array".into());
         return None;
     };
-    let mut records: Vec<LayerRecord> = Vec::with_capacity(list.len());
+    let mut records: Vec<StoredRecord> = Vec::with_capacity(list.len());
     let mut seen: HashSet<String> = HashSet::with_capacity(list.len());
     for (k, raw) in list.iter().enumerate() {
         match read_layer(raw) {
@@ -521,105 +511,17 @@ fn read_layers(layers: &Value, problems: &mut Vec<String>) -> Option<Vec<LayerRe
     Some(records)
 }
 
-fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
-    let field = |key: &str| raw.get(key).ok_or_else(|| format!("has no \"{key}\""));
-    let number = |key: &str| {
-        field(key)?
-            .as_f64()
-            .filter(|x| x.is_finite())
-            .ok_or_else(|| format!("has \"{key}\" that is not a number"))
-    };
-    let whole = |key: &str| {
-        field(key)?
-            .as_u64()
-            .ok_or_else(|| format!("has \"{key}\" that is not a whole number"))
-    };
-    let name = field("name")?
-        .as_str()
-        .ok_or("has a \"name\" that is not a string")?
-        .to_string();
-    let shape = field("shape")?
-        .as_array()
-        .and_then(|dims| {
-            dims.iter()
-                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
-                .collect::<Option<Vec<usize>>>()
-        })
-        .ok_or("has a \"shape\" that is not a list of dimensions")?;
-    let scheme = match raw.get("scheme") {
-        None => Scheme::default(),
-        Some(value) => value
-            .as_str()
-            .and_then(Scheme::parse)
-            .ok_or_else(|| format!("has \"scheme\" {value}, not a scheme this eoi knows"))?,
-    };
-    let centre_nnz = match raw.get("centre_nnz") {
-        None => None,
-        Some(_) => Some(whole("centre_nnz")?),
-    };
-    let conv_mask = match raw.get("conv_mask") {
-        None => ConvMask::TopUp,
-        Some(value) => value
-            .as_str()
-            .and_then(ConvMask::parse)
-            .ok_or_else(|| format!("has \"conv_mask\" {value}, not a mask rule this eoi knows"))?,
-    };
-    let bias = match raw.get("bias_std") {
-        None => None,
-        Some(_) => {
-            let std = number("bias_std")?;
-            if std < 0.0 {
-                return Err(format!("has \"bias_std\" {std}, below 0"));
-            }
-            let tensor = field("bias")?
-                .as_str()
-                .ok_or("has a \"bias\" that is not a string")?;
-            Some((tensor.to_string(), std))
-        }
-    };
-    let isometry_error = match raw.get("isometry_error") {
-        None => None,
-        Some(_) => Some(number("isometry_error")?),
-    };
-    let tied = match raw.get("tied") {
-        None => Vec::new(),
-        Some(value) => value
-            .as_array()
-            .and_then(|names| {
-                names
-                    .iter()
-                    .map(|n| n.as_str().map(str::to_string))
-                    .collect::<Option<Vec<String>>>()
-            })
-            .ok_or("has a \"tied\" that is not a list of names")?,
-    };
-    let groups = match raw.get("groups") {
-        None => 1,
-        Some(_) => {
-            let g = whole("groups")?;
-            let out = shape.first().copied().unwrap_or(0) as u64;
-            if g == 0 || out % g != 0 || (g > 1 && shape.len() < 3) {
-                return Err(format!(
-                    "has \"groups\" {g}, which is not a number of groups of shape {shape:?}"
-                ));
-            }
-            g as usize
-        }
-    };
-    Ok(LayerRecord {
-        name,
-        shape,
-        bias,
-        groups,
-        tied,
-        density: number("density")?,
-        scheme,
-        gain: number("gain")?,
-        achieved_density: number("achieved_density")?,
-        nnz: whole("nnz")?,
-        centre_nnz,
-        conv_mask,
-        isometry_error,
+/// An artifact's record of a layer: a [`LayerRecord`] with what generation achieved.
+fn read_layer(raw: &Value) -> Result<StoredRecord, String> {
+    let record = LayerRecord::read(raw)?;
+    let achieved_density = record
+        .achieved_density
+        .ok_or("has no \"achieved_density\"")?;
+    let nnz = record.nnz.ok_or("has no \"nnz\"")?;
+    Ok(StoredRecord {
+        record,
+        nnz,
+        achieved_density,
         raw: raw.clone(),
     })
 }
@@ -628,7 +530,6 @@ fn read_layer(raw: &Value) -> Result<LayerRecord, String> {
 mod tests {
     use super::*;
     use crate::plan::{self, Overrides};
-    use crate::provenance::layer_record;
     use crate::spec::{self, Source};
     use crate::stream::STREAM_VERSION;
 
@@ -645,7 +546,7 @@ mod tests {
         let records = plan
             .layers
             .iter()
-            .map(|l| layer_record(l, Some(&crate::schemes::stats(l, plan.seed))))
+            .map(|l| LayerRecord::new(l, Some(&crate::schemes::stats(l, plan.seed))).to_value())
             .collect();
         Value::Array(records)
     }

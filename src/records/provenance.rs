@@ -1,80 +1,14 @@
 //! Provenance: what an artifact records about how it was made (tool and stream version, seed,
-//! the spec text, every layer's target and achieved density, rotation count and, for
-//! approximate isometry, descent settings and error), and the
-//! per-layer JSON records shared by `plan --json`, `generate --json`, safetensors metadata and
-//! the npy manifest. Records hold no time or path, so the bytes stay reproducible.
+//! the spec text, every layer's [`LayerRecord`]), as safetensors `__metadata__` and as an
+//! npy manifest. Records hold no time or path, so the bytes stay reproducible.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
+use super::{LayerRecord, SCHEMA_VERSION};
 use crate::layer::{Layout, Names};
 use crate::plan::Plan;
 use crate::schemes::{LayerPlan, LayerStats};
 use crate::stream::STREAM_VERSION;
-
-/// Version of the JSON documents (`plan --json`, `generate --json`, `eoi.layers`).
-pub const SCHEMA_VERSION: u32 = 1;
-
-/// A layer's record: its plan, and what generation achieved when `stats` is given.
-pub fn layer_record(layer: &LayerPlan, stats: Option<&LayerStats>) -> Value {
-    let mut record = Map::new();
-    record.insert("name".into(), json!(layer.name));
-    record.insert("shape".into(), json!(layer.shape.dims()));
-    record.insert("kind".into(), json!(layer.kind().name()));
-    record.insert("scheme".into(), json!(layer.scheme.name()));
-    record.insert("density".into(), json!(layer.density));
-    record.insert("origin".into(), json!(layer.origin.name()));
-    record.insert("params".into(), json!(layer.shape.numel()));
-    record.insert("gain".into(), json!(layer.gain.value));
-    // Recorded only for grouped convolutions, so that other records keep their bytes.
-    if layer.groups != 1 {
-        record.insert("groups".into(), json!(layer.groups));
-    }
-    // Recorded only for layers with tied names, so that other records keep their bytes.
-    if !layer.tied.is_empty() {
-        record.insert("tied".into(), json!(layer.tied));
-    }
-    let fields = layer.rules().record(layer);
-    if let Some(k) = fields.degree {
-        record.insert("degree".into(), json!(k));
-    }
-    if let (Some(steps), Some(lr)) = (fields.ai_steps, fields.ai_lr) {
-        record.insert("ai_steps".into(), json!(steps));
-        record.insert("ai_lr".into(), json!(lr));
-    }
-    if let Some(rule) = fields.conv_center {
-        record.insert("conv_center".into(), json!(rule.name()));
-    }
-    if let Some(mask) = fields.conv_mask {
-        record.insert("conv_mask".into(), json!(mask.name()));
-    }
-    if let Some(d) = fields.centre_density {
-        record.insert("centre_density".into(), json!(d));
-    }
-    // Only layers with a bias have these fields, so records without biases keep their bytes.
-    if let (Some(bias), Some(std)) = (layer.bias_name(), layer.bias_std) {
-        record.insert("bias".into(), json!(bias));
-        record.insert("bias_std".into(), json!(std));
-    }
-    match stats {
-        None => {
-            record.insert("expected_nnz".into(), json!(layer.expected_nnz()));
-        }
-        Some(s) => {
-            record.insert("achieved_density".into(), json!(s.density()));
-            record.insert("nnz".into(), json!(s.nnz));
-            if let Some(r) = s.rotations {
-                record.insert("rotations".into(), json!(r));
-            }
-            if let Some(c) = s.centre_nnz {
-                record.insert("centre_nnz".into(), json!(c));
-            }
-            if let Some(e) = s.isometry_error {
-                record.insert("isometry_error".into(), json!(e));
-            }
-        }
-    }
-    Value::Object(record)
-}
 
 /// The key under which artifacts record the tool version (`eoi.version` in safetensors
 /// metadata, `eoi_version` in an npy manifest).
@@ -107,11 +41,11 @@ impl Provenance {
         layers: &[(&LayerPlan, &LayerStats)],
         shard: Option<(usize, usize)>,
     ) -> Provenance {
-        let layers: Vec<Value> = layers
+        let records: Vec<LayerRecord> = layers
             .iter()
-            .map(|(l, s)| layer_record(l, Some(s)))
+            .map(|(l, s)| LayerRecord::new(l, Some(s)))
             .collect();
-        let layers = Value::Array(layers);
+        let layers = Value::Array(records.iter().map(LayerRecord::to_value).collect());
         let flax = plan.output.layout == Layout::Flax;
         let mut metadata = vec![
             ("format".into(), if flax { "flax" } else { "pt" }.into()),
