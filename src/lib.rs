@@ -39,9 +39,5 @@ pub mod units;
 pub mod verify;
 pub mod write;
 
-/// The records' former home, for the writers and `generate`, which still import provenance
-/// from here.
-pub use records as provenance;
-
 /// The tool's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

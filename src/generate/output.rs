@@ -9,7 +9,7 @@ use super::Part;
 use super::base::{self, Base, BaseFile, DirectoryFiles};
 use crate::error::Error;
 use crate::plan::Plan;
-use crate::provenance::{MASKS_KEY, Provenance, WEIGHTS_KEY};
+use crate::records::{MASKS_KEY, Provenance, WEIGHTS_KEY};
 use crate::schemes::{LayerPlan, LayerStats};
 use crate::write::pair::{self, Alone, PairedOutput, Route};
 use crate::write::safetensors::SafetensorsOutput;

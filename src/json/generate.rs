@@ -6,8 +6,8 @@ use std::path::Path;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::base::DirectoryFiles;
 use crate::generate::Report;
+use crate::generate::base::DirectoryFiles;
 use crate::layer::{Distribution, Dtype, Format, Layout, Names};
 use crate::plan::Plan;
 use crate::records::{LayerRecord, SCHEMA_VERSION};

@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::error::Error;
 use crate::layer::Dtype;
 use crate::layer::Format;
-use crate::provenance::Provenance;
+use crate::records::Provenance;
 use crate::tensor::RowBlocks;
 
 /// A tensor of the output, known before its data.
@@ -283,7 +283,7 @@ pub fn check_replaceable(path: &Path) -> Result<(), Error> {
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
             .is_some_and(|v| v.pointer(pointer).is_some())
     };
-    let key = crate::provenance::VERSION_KEY;
+    let key = crate::records::VERSION_KEY;
     let ours = records_eoi(npy::MANIFEST, &format!("/{key}"))
         || records_eoi(shards::INDEX, &format!("/metadata/{key}"))
         || safetensors::written_by_eoi(&path.join(crate::read::SINGLE));

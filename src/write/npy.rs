@@ -12,7 +12,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::interrupt::{self, Staged};
-use crate::provenance::Provenance;
+use crate::records::Provenance;
 
 /// The name of the manifest inside an npy output directory.
 pub const MANIFEST: &str = "manifest.json";

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::interrupt::{self, Staged};
-use crate::provenance::Provenance;
+use crate::records::Provenance;
 
 /// Sizes and offsets at or above this are stored in zip64 fields.
 const ZIP32_MAX: u64 = 0xFFFF_FFFF;

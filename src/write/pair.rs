@@ -195,7 +195,7 @@ pub fn relative(target: &Path, from: &Path) -> Option<String> {
 mod tests {
     use super::*;
     use crate::layer::Dtype;
-    use crate::provenance::Provenance;
+    use crate::records::Provenance;
     use crate::write::TensorInfo;
 
     /// A weights output whose move into place succeeds or fails as told.

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::error::Error;
 use crate::interrupt::{self, Staged};
-use crate::provenance::Provenance;
 use crate::read::{MAX_HEADER, read_exact_at};
+use crate::records::Provenance;
 
 /// One safetensors file being written: a hidden temporary file in the destination's
 /// directory, sized and headed before any tensor data arrives.

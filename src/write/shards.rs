@@ -55,7 +55,7 @@ pub fn index(files: &[(String, Vec<(String, u64)>)]) -> Vec<u8> {
             total += nbytes;
         }
     }
-    let key = crate::provenance::VERSION_KEY;
+    let key = crate::records::VERSION_KEY;
     let document = json!({
         "metadata": {"total_size": total, key: crate::VERSION},
         "weight_map": Value::Object(weight_map),

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use super::{Output, SinkFile, TensorInfo, TensorSink, safetensors};
 use crate::error::Error;
-use crate::provenance::Provenance;
+use crate::records::Provenance;
 
 /// What the stream has received so far.
 pub(crate) struct StreamState {
