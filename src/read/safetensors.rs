@@ -99,7 +99,39 @@ impl<'de> Deserialize<'de> for StringPairs {
     }
 }
 
+/// Opens and validates a safetensors file of `size` bytes: its header, then each tensor entry
+/// against the data that follows, then the data's exact coverage. Only the header is read.
 pub(super) fn open_safetensors(path: &Path, file: File, size: u64) -> Result<Artifact, ReadError> {
+    let header = read_header(path, &file, size)?;
+    let raw = parse_header(path, &header)?;
+    // read_header checked that the 8-byte length and the header fit in the file.
+    let data_start = 8 + header.len() as u64;
+    let data_len = size - data_start;
+
+    let mut tensors = Vec::with_capacity(raw.entries.len());
+    let mut ranges = Vec::with_capacity(raw.entries.len());
+    for (name, entry) in raw.entries {
+        let [begin, end] = entry.data_offsets;
+        let info = validate_entry(path, name, entry, data_start, data_len)?;
+        ranges.push((begin, end, tensors.len()));
+        tensors.push(info);
+    }
+    let tensors = in_data_order(path, tensors, ranges, data_len)?;
+    Ok(Artifact {
+        path: path.to_path_buf(),
+        format: Format::Safetensors,
+        tensors,
+        metadata: raw.metadata,
+        manifest: None,
+        file: Some(file),
+        header_sha256: Some(Sha256::digest(&header).into()),
+        by_name: OnceLock::new(),
+    })
+}
+
+/// The header's bytes (the JSON text after the 8-byte length, padding included), allocated
+/// only once its claimed length is known to be under [`MAX_HEADER`] and inside the file.
+fn read_header(path: &Path, file: &File, size: u64) -> Result<Vec<u8>, ReadError> {
     let shown = || path.display().to_string();
     if size < 8 {
         return Err(ReadError::TooShort {
@@ -108,7 +140,7 @@ pub(super) fn open_safetensors(path: &Path, file: File, size: u64) -> Result<Art
         });
     }
     let mut prefix = [0u8; 8];
-    read_exact_at(&file, &mut prefix, 0).map_err(|e| io_error(path, e))?;
+    read_exact_at(file, &mut prefix, 0).map_err(|e| io_error(path, e))?;
     let length = u64::from_le_bytes(prefix);
     if length > MAX_HEADER {
         return Err(ReadError::HeaderTooLarge {
@@ -126,80 +158,99 @@ pub(super) fn open_safetensors(path: &Path, file: File, size: u64) -> Result<Art
     }
     // Both checks above bound this allocation by the real file size and the cap.
     let mut header = vec![0u8; length as usize];
-    read_exact_at(&file, &mut header, 8).map_err(|e| io_error(path, e))?;
-    let text = std::str::from_utf8(&header).map_err(|e| ReadError::HeaderNotUtf8 {
+    read_exact_at(file, &mut header, 8).map_err(|e| io_error(path, e))?;
+    Ok(header)
+}
+
+/// Parses the header's bytes: UTF-8 text holding one JSON object.
+fn parse_header(path: &Path, header: &[u8]) -> Result<RawHeader, ReadError> {
+    let shown = || path.display().to_string();
+    let text = std::str::from_utf8(header).map_err(|e| ReadError::HeaderNotUtf8 {
         path: shown(),
         offset: e.valid_up_to(),
     })?;
     if !text.starts_with('{') {
         return Err(ReadError::HeaderNotObject { path: shown() });
     }
-    let raw: RawHeader = serde_json::from_str(text).map_err(|e| ReadError::HeaderJson {
+    serde_json::from_str(text).map_err(|e| ReadError::HeaderJson {
         path: shown(),
         message: e.to_string(),
-    })?;
-    let data_start = 8 + length;
-    let data_len = size - data_start;
+    })
+}
 
-    let mut tensors = Vec::with_capacity(raw.entries.len());
-    let mut ranges = Vec::with_capacity(raw.entries.len());
-    for (name, entry) in raw.entries {
-        let dtype =
-            Dtype::from_safetensors(&entry.dtype).ok_or_else(|| ReadError::UnknownDtype {
-                path: shown(),
-                name: name.clone(),
-                dtype: entry.dtype.clone(),
-            })?;
-        let overflow = || ReadError::ShapeOverflow {
+/// Tensor `name` of the header, checked on its own: a known dtype, an element count and a
+/// byte size without overflow, and data offsets in order, inside the `data_len` bytes of
+/// data (which start at byte `data_start` of the file), spanning exactly that byte size.
+fn validate_entry(
+    path: &Path,
+    name: String,
+    entry: RawEntry,
+    data_start: u64,
+    data_len: u64,
+) -> Result<TensorInfo, ReadError> {
+    let shown = || path.display().to_string();
+    let dtype = Dtype::from_safetensors(&entry.dtype).ok_or_else(|| ReadError::UnknownDtype {
+        path: shown(),
+        name: name.clone(),
+        dtype: entry.dtype.clone(),
+    })?;
+    let overflow = || ReadError::ShapeOverflow {
+        path: shown(),
+        name: name.clone(),
+        shape: entry.shape.clone(),
+    };
+    let numel = checked_numel(&entry.shape).ok_or_else(overflow)?;
+    let nbytes = (numel as u64)
+        .checked_mul(dtype.size() as u64)
+        .ok_or_else(overflow)?;
+    let [begin, end] = entry.data_offsets;
+    if end < begin {
+        return Err(ReadError::OffsetsReversed {
             path: shown(),
-            name: name.clone(),
-            shape: entry.shape.clone(),
-        };
-        let numel = checked_numel(&entry.shape).ok_or_else(overflow)?;
-        let nbytes = (numel as u64)
-            .checked_mul(dtype.size() as u64)
-            .ok_or_else(overflow)?;
-        let [begin, end] = entry.data_offsets;
-        if end < begin {
-            return Err(ReadError::OffsetsReversed {
-                path: shown(),
-                name,
-                begin,
-                end,
-            });
-        }
-        if end > data_len {
-            return Err(ReadError::OffsetsPastEnd {
-                path: shown(),
-                name,
-                end,
-                available: data_len,
-            });
-        }
-        if end - begin != nbytes {
-            return Err(ReadError::SizeMismatch {
-                path: shown(),
-                name,
-                expected: nbytes,
-                actual: end - begin,
-            });
-        }
-        // Every dimension divides numel, which fits in usize.
-        let shape = entry.shape.iter().map(|&d| d as usize).collect();
-        ranges.push((begin, end, tensors.len()));
-        tensors.push(TensorInfo {
             name,
-            dtype,
-            shape,
-            numel,
-            nbytes,
-            file: path.to_path_buf(),
-            start: data_start + begin,
+            begin,
+            end,
         });
     }
+    if end > data_len {
+        return Err(ReadError::OffsetsPastEnd {
+            path: shown(),
+            name,
+            end,
+            available: data_len,
+        });
+    }
+    if end - begin != nbytes {
+        return Err(ReadError::SizeMismatch {
+            path: shown(),
+            name,
+            expected: nbytes,
+            actual: end - begin,
+        });
+    }
+    // Every dimension divides numel, which fits in usize.
+    let shape = entry.shape.iter().map(|&d| d as usize).collect();
+    Ok(TensorInfo {
+        name,
+        dtype,
+        shape,
+        numel,
+        nbytes,
+        file: path.to_path_buf(),
+        start: data_start + begin,
+    })
+}
 
-    // The data must be covered exactly: sorted by start, each tensor begins where the
-    // previous one ended, and the last ends at the end of the file.
+/// The validated `tensors` sorted by where their data starts, once the data is known to be
+/// covered exactly: `ranges` holds each tensor's data offsets `(begin, end, index)`, and
+/// sorted by start each tensor begins where the previous one ended, the last at `data_len`.
+fn in_data_order(
+    path: &Path,
+    tensors: Vec<TensorInfo>,
+    mut ranges: Vec<(u64, u64, usize)>,
+    data_len: u64,
+) -> Result<Vec<TensorInfo>, ReadError> {
+    let shown = || path.display().to_string();
     ranges.sort_unstable();
     let mut at = 0u64;
     let mut previous: Option<usize> = None;
@@ -233,19 +284,11 @@ pub(super) fn open_safetensors(path: &Path, file: File, size: u64) -> Result<Art
             end: data_len,
         });
     }
-    let order: Vec<usize> = ranges.iter().map(|&(_, _, k)| k).collect();
     let mut slots: Vec<Option<TensorInfo>> = tensors.into_iter().map(Some).collect();
-    let tensors = order.into_iter().filter_map(|k| slots[k].take()).collect();
-    Ok(Artifact {
-        path: path.to_path_buf(),
-        format: Format::Safetensors,
-        tensors,
-        metadata: raw.metadata,
-        manifest: None,
-        file: Some(file),
-        header_sha256: Some(Sha256::digest(&header).into()),
-        by_name: OnceLock::new(),
-    })
+    Ok(ranges
+        .into_iter()
+        .filter_map(|(_, _, k)| slots[k].take())
+        .collect())
 }
 
 #[cfg(test)]
