@@ -41,84 +41,6 @@ enum PyValue {
 /// Parses the Python dict literal of a .npy header:
 /// `{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }`.
 fn parse_npy_dict(text: &str) -> Result<Vec<(String, PyValue)>, String> {
-    struct Cursor<'a> {
-        s: &'a [u8],
-        at: usize,
-    }
-    impl Cursor<'_> {
-        fn skip_space(&mut self) {
-            while self.at < self.s.len() && self.s[self.at].is_ascii_whitespace() {
-                self.at += 1;
-            }
-        }
-        fn peek(&mut self) -> Option<u8> {
-            self.skip_space();
-            self.s.get(self.at).copied()
-        }
-        fn expect(&mut self, c: u8) -> Result<(), String> {
-            match self.peek() {
-                Some(got) if got == c => {
-                    self.at += 1;
-                    Ok(())
-                }
-                Some(got) => Err(format!(
-                    "expected '{}' at byte {}, found '{}'",
-                    c as char,
-                    self.at,
-                    (got as char).escape_default()
-                )),
-                None => Err(format!("expected '{}', found the end", c as char)),
-            }
-        }
-        fn string(&mut self) -> Result<String, String> {
-            let quote = match self.peek() {
-                Some(q @ (b'\'' | b'"')) => q,
-                _ => return Err(format!("expected a quoted string at byte {}", self.at)),
-            };
-            self.at += 1;
-            let start = self.at;
-            while self.at < self.s.len() && self.s[self.at] != quote {
-                if self.s[self.at] == b'\\' {
-                    return Err("escapes in strings are not supported".into());
-                }
-                self.at += 1;
-            }
-            if self.at >= self.s.len() {
-                return Err("unterminated string".into());
-            }
-            let text = String::from_utf8_lossy(&self.s[start..self.at]).into_owned();
-            self.at += 1;
-            Ok(text)
-        }
-        fn integer(&mut self) -> Result<u64, String> {
-            self.skip_space();
-            let start = self.at;
-            while self.at < self.s.len() && self.s[self.at].is_ascii_digit() {
-                self.at += 1;
-            }
-            let digits = std::str::from_utf8(&self.s[start..self.at]).unwrap_or("");
-            let value = digits.parse::<u64>().map_err(|_| {
-                format!(
-                    "expected a dimension (an integer >= 0 below 2^64) at byte {start}, found '{}'",
-                    String::from_utf8_lossy(&self.s[start..(start + 20).min(self.s.len())])
-                )
-            })?;
-            // Python 2 wrote longs with a suffix.
-            if self.s.get(self.at) == Some(&b'L') {
-                self.at += 1;
-            }
-            Ok(value)
-        }
-        fn word(&mut self) -> String {
-            self.skip_space();
-            let start = self.at;
-            while self.at < self.s.len() && self.s[self.at].is_ascii_alphabetic() {
-                self.at += 1;
-            }
-            String::from_utf8_lossy(&self.s[start..self.at]).into_owned()
-        }
-    }
-
     let mut c = Cursor {
         s: text.as_bytes(),
         at: 0,
@@ -132,39 +54,7 @@ fn parse_npy_dict(text: &str) -> Result<Vec<(String, PyValue)>, String> {
         }
         let key = c.string()?;
         c.expect(b':')?;
-        let value = match c.peek() {
-            Some(b'\'' | b'"') => PyValue::Str(c.string()?),
-            Some(b'(') => {
-                c.at += 1;
-                let mut dims = Vec::new();
-                loop {
-                    if c.peek() == Some(b')') {
-                        c.at += 1;
-                        break;
-                    }
-                    if dims.len() >= 64 {
-                        return Err("a shape has at most 64 dimensions".into());
-                    }
-                    dims.push(c.integer()?);
-                    match c.peek() {
-                        Some(b',') => c.at += 1,
-                        Some(b')') => {}
-                        _ => return Err(format!("expected ',' or ')' at byte {}", c.at)),
-                    }
-                }
-                PyValue::Tuple(dims)
-            }
-            _ => match c.word().as_str() {
-                "True" => PyValue::Bool(true),
-                "False" => PyValue::Bool(false),
-                other => {
-                    return Err(format!(
-                        "unexpected value for '{key}': '{}'",
-                        other.escape_default()
-                    ));
-                }
-            },
-        };
+        let value = c.value(&key)?;
         items.push((key, value));
         match c.peek() {
             Some(b',') => c.at += 1,
@@ -179,6 +69,135 @@ fn parse_npy_dict(text: &str) -> Result<Vec<(String, PyValue)>, String> {
         ));
     }
     Ok(items)
+}
+
+/// The tokens of a .npy header's dict literal, read from byte `at` of `s`: the few Python
+/// literals numpy writes there (quoted strings without escapes, `True`/`False`, and tuples
+/// of non-negative integers). Errors name the byte where the text went wrong.
+struct Cursor<'a> {
+    s: &'a [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn skip_space(&mut self) {
+        while self.at < self.s.len() && self.s[self.at].is_ascii_whitespace() {
+            self.at += 1;
+        }
+    }
+
+    /// The next byte that is not white space, without consuming it.
+    fn peek(&mut self) -> Option<u8> {
+        self.skip_space();
+        self.s.get(self.at).copied()
+    }
+
+    fn expect(&mut self, c: u8) -> Result<(), String> {
+        match self.peek() {
+            Some(got) if got == c => {
+                self.at += 1;
+                Ok(())
+            }
+            Some(got) => Err(format!(
+                "expected '{}' at byte {}, found '{}'",
+                c as char,
+                self.at,
+                (got as char).escape_default()
+            )),
+            None => Err(format!("expected '{}', found the end", c as char)),
+        }
+    }
+
+    /// The value of dict key `key` (named in the message when it is none of the three kinds).
+    fn value(&mut self, key: &str) -> Result<PyValue, String> {
+        Ok(match self.peek() {
+            Some(b'\'' | b'"') => PyValue::Str(self.string()?),
+            Some(b'(') => PyValue::Tuple(self.tuple()?),
+            _ => match self.word().as_str() {
+                "True" => PyValue::Bool(true),
+                "False" => PyValue::Bool(false),
+                other => {
+                    return Err(format!(
+                        "unexpected value for '{key}': '{}'",
+                        other.escape_default()
+                    ));
+                }
+            },
+        })
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let quote = match self.peek() {
+            Some(q @ (b'\'' | b'"')) => q,
+            _ => return Err(format!("expected a quoted string at byte {}", self.at)),
+        };
+        self.at += 1;
+        let start = self.at;
+        while self.at < self.s.len() && self.s[self.at] != quote {
+            if self.s[self.at] == b'\\' {
+                return Err("escapes in strings are not supported".into());
+            }
+            self.at += 1;
+        }
+        if self.at >= self.s.len() {
+            return Err("unterminated string".into());
+        }
+        let text = String::from_utf8_lossy(&self.s[start..self.at]).into_owned();
+        self.at += 1;
+        Ok(text)
+    }
+
+    /// A shape tuple from its opening parenthesis: at most 64 dimensions, a trailing comma
+    /// allowed (`(3,)`).
+    fn tuple(&mut self) -> Result<Vec<u64>, String> {
+        self.at += 1;
+        let mut dims = Vec::new();
+        loop {
+            if self.peek() == Some(b')') {
+                self.at += 1;
+                break;
+            }
+            if dims.len() >= 64 {
+                return Err("a shape has at most 64 dimensions".into());
+            }
+            dims.push(self.integer()?);
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b')') => {}
+                _ => return Err(format!("expected ',' or ')' at byte {}", self.at)),
+            }
+        }
+        Ok(dims)
+    }
+
+    fn integer(&mut self) -> Result<u64, String> {
+        self.skip_space();
+        let start = self.at;
+        while self.at < self.s.len() && self.s[self.at].is_ascii_digit() {
+            self.at += 1;
+        }
+        let digits = std::str::from_utf8(&self.s[start..self.at]).unwrap_or("");
+        let value = digits.parse::<u64>().map_err(|_| {
+            format!(
+                "expected a dimension (an integer >= 0 below 2^64) at byte {start}, found '{}'",
+                String::from_utf8_lossy(&self.s[start..(start + 20).min(self.s.len())])
+            )
+        })?;
+        // Python 2 wrote longs with a suffix.
+        if self.s.get(self.at) == Some(&b'L') {
+            self.at += 1;
+        }
+        Ok(value)
+    }
+
+    fn word(&mut self) -> String {
+        self.skip_space();
+        let start = self.at;
+        while self.at < self.s.len() && self.s[self.at].is_ascii_alphabetic() {
+            self.at += 1;
+        }
+        String::from_utf8_lossy(&self.s[start..self.at]).into_owned()
+    }
 }
 
 /// Reads and checks an .npy file's header; returns it with the byte where the data starts.
