@@ -21,6 +21,17 @@ use crate::layer::Format;
 const ZIP_END: u32 = 0x0605_4b50;
 const ZIP_END_LEN: u64 = 22;
 
+/// The signatures of the zip64 end-of-central-directory locator and record, of a central
+/// directory header, and of a local file header.
+const ZIP64_LOCATOR: u32 = 0x0706_4b50;
+const ZIP64_END: u32 = 0x0606_4b50;
+const CENTRAL: u32 = 0x0201_4b50;
+const LOCAL_ZIP: u32 = 0x0403_4b50;
+
+/// The fixed lengths of a central directory header and of a local file header.
+const CENTRAL_LEN: usize = 46;
+const LOCAL_LEN: u64 = 30;
+
 fn le16(b: &[u8], at: usize) -> u64 {
     u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
 }
@@ -44,141 +55,248 @@ struct ZipMember {
 /// offset against the file before use. Only stored (uncompressed) members can be read in
 /// place; a compressed one (numpy.savez_compressed) is refused with the reason.
 fn zip_members(path: &Path, file: &File, size: u64) -> Result<Vec<ZipMember>, ReadError> {
-    let bad = |message: String| ReadError::Zip {
-        path: path.display().to_string(),
-        message,
-    };
-    let read = |at: u64, len: u64| -> Result<Vec<u8>, ReadError> {
-        let end = at.checked_add(len).filter(|&e| e <= size);
+    let zip = Zip { path, file, size };
+    let end = zip.end_record()?;
+    let dir = zip.central_directory(&end)?;
+    // central_directory bounded the count by the directory's length.
+    let mut members = Vec::with_capacity(end.count as usize);
+    let mut at = 0usize;
+    for k in 0..end.count {
+        let entry = zip.central_entry(&dir, &mut at, k)?;
+        members.push(zip.stored_member(entry, end.dir_at)?);
+    }
+    Ok(members)
+}
+
+/// A zip archive of `size` bytes, read one record at a time.
+struct Zip<'a> {
+    path: &'a Path,
+    file: &'a File,
+    size: u64,
+}
+
+/// Where the end record puts the central directory: `count` headers in `dir_len` bytes at
+/// byte `dir_at`; the end record itself is at byte `end_at`.
+struct EndRecord {
+    count: u64,
+    dir_len: u64,
+    dir_at: u64,
+    end_at: u64,
+}
+
+/// A central directory header, its zip64 extra field applied.
+struct CentralEntry {
+    name: String,
+    flags: u64,
+    method: u64,
+    compressed: u64,
+    size: u64,
+    /// Where the member's local header starts.
+    offset: u64,
+}
+
+impl Zip<'_> {
+    fn bad(&self, message: String) -> ReadError {
+        ReadError::Zip {
+            path: self.path.display().to_string(),
+            message,
+        }
+    }
+
+    /// The `len` bytes at byte `at`, allocated only once they are known to lie in the file.
+    fn read(&self, at: u64, len: u64) -> Result<Vec<u8>, ReadError> {
+        let end = at.checked_add(len).filter(|&e| e <= self.size);
         if end.is_none() {
-            return Err(bad(format!(
+            return Err(self.bad(format!(
                 "a record at byte {at} of {len} bytes runs past the end of the file (truncated?)"
             )));
         }
         let mut buf = vec![0u8; len as usize];
-        read_exact_at(file, &mut buf, at).map_err(|e| io_error(path, e))?;
+        read_exact_at(self.file, &mut buf, at).map_err(|e| io_error(self.path, e))?;
         Ok(buf)
-    };
-    // The end record: the last signature whose comment runs exactly to the end of the file.
-    let tail_len = size.min(ZIP_END_LEN + 0xFFFF);
-    let tail = read(size - tail_len, tail_len)?;
-    let end = (0..tail.len().saturating_sub(ZIP_END_LEN as usize - 1))
-        .rev()
-        .find(|&k| {
-            le32(&tail, k) == u64::from(ZIP_END)
-                && k + ZIP_END_LEN as usize + le16(&tail, k + 20) as usize == tail.len()
+    }
+
+    /// The end record: the last signature whose comment runs exactly to the end of the file,
+    /// with its zip64 values when its own fields are all ones.
+    fn end_record(&self) -> Result<EndRecord, ReadError> {
+        let size = self.size;
+        let tail_len = size.min(ZIP_END_LEN + 0xFFFF);
+        let tail = self.read(size - tail_len, tail_len)?;
+        let end = (0..tail.len().saturating_sub(ZIP_END_LEN as usize - 1))
+            .rev()
+            .find(|&k| {
+                le32(&tail, k) == u64::from(ZIP_END)
+                    && k + ZIP_END_LEN as usize + le16(&tail, k + 20) as usize == tail.len()
+            })
+            .ok_or_else(|| {
+                self.bad(
+                    "no end-of-central-directory record (not a zip archive, or truncated)".into(),
+                )
+            })?;
+        let end_at = size - tail_len + end as u64;
+        let e = &tail[end..];
+        let (count, dir_len, dir_at) = (le16(e, 10), le32(e, 12), le32(e, 16));
+        let (count, dir_len, dir_at) =
+            if count == 0xFFFF || dir_len == 0xFFFF_FFFF || dir_at == 0xFFFF_FFFF {
+                self.zip64_end_record(end_at)?
+            } else {
+                (count, dir_len, dir_at)
+            };
+        Ok(EndRecord {
+            count,
+            dir_len,
+            dir_at,
+            end_at,
         })
-        .ok_or_else(|| {
-            bad("no end-of-central-directory record (not a zip archive, or truncated)".into())
-        })?;
-    let end_at = size - tail_len + end as u64;
-    let e = &tail[end..];
-    let (mut count, mut dir_len, mut dir_at) = (le16(e, 10), le32(e, 12), le32(e, 16));
-    if count == 0xFFFF || dir_len == 0xFFFF_FFFF || dir_at == 0xFFFF_FFFF {
-        // Zip64: the locator just before the end record points at the zip64 end record.
+    }
+
+    /// The member count, directory length and directory offset of the zip64 end record, found
+    /// through the locator just before the end record at byte `end_at`.
+    fn zip64_end_record(&self, end_at: u64) -> Result<(u64, u64, u64), ReadError> {
         let locator_at = end_at
             .checked_sub(20)
-            .ok_or_else(|| bad("zip64 fields but no zip64 locator".into()))?;
-        let locator = read(locator_at, 20)?;
-        if le32(&locator, 0) != 0x0706_4b50 {
-            return Err(bad("zip64 fields but no zip64 locator".into()));
+            .ok_or_else(|| self.bad("zip64 fields but no zip64 locator".into()))?;
+        let locator = self.read(locator_at, 20)?;
+        if le32(&locator, 0) != u64::from(ZIP64_LOCATOR) {
+            return Err(self.bad("zip64 fields but no zip64 locator".into()));
         }
-        let record = read(le64(&locator, 8), 56)?;
-        if le32(&record, 0) != 0x0606_4b50 {
-            return Err(bad("the zip64 locator points at no zip64 end record".into()));
+        let record = self.read(le64(&locator, 8), 56)?;
+        if le32(&record, 0) != u64::from(ZIP64_END) {
+            return Err(self.bad("the zip64 locator points at no zip64 end record".into()));
         }
-        (count, dir_len, dir_at) = (le64(&record, 32), le64(&record, 40), le64(&record, 48));
+        Ok((le64(&record, 32), le64(&record, 40), le64(&record, 48)))
     }
-    if dir_len > MAX_ZIP_DIRECTORY {
-        return Err(bad(format!(
-            "a central directory of {dir_len} bytes, over the limit of {MAX_ZIP_DIRECTORY}"
-        )));
+
+    /// The central directory's bytes, read once its length is under [`MAX_ZIP_DIRECTORY`]
+    /// and it ends before the end record, and its member count is checked against its length.
+    fn central_directory(&self, end: &EndRecord) -> Result<Vec<u8>, ReadError> {
+        let EndRecord {
+            count,
+            dir_len,
+            dir_at,
+            end_at,
+        } = *end;
+        if dir_len > MAX_ZIP_DIRECTORY {
+            return Err(self.bad(format!(
+                "a central directory of {dir_len} bytes, over the limit of {MAX_ZIP_DIRECTORY}"
+            )));
+        }
+        if dir_at.checked_add(dir_len).is_none_or(|e| e > end_at) {
+            return Err(self.bad("the central directory runs past its end record".into()));
+        }
+        let dir = self.read(dir_at, dir_len)?;
+        // Each central header takes at least 46 bytes: a count beyond that is forged.
+        if count > dir_len / CENTRAL_LEN as u64 {
+            return Err(self.bad(format!(
+                "{count} members claimed in a {dir_len}-byte directory"
+            )));
+        }
+        Ok(dir)
     }
-    if dir_at.checked_add(dir_len).is_none_or(|e| e > end_at) {
-        return Err(bad("the central directory runs past its end record".into()));
-    }
-    let dir = read(dir_at, dir_len)?;
-    // Each central header takes at least 46 bytes: a count beyond that is forged.
-    if count > dir_len / 46 {
-        return Err(bad(format!(
-            "{count} members claimed in a {dir_len}-byte directory"
-        )));
-    }
-    let mut members = Vec::with_capacity(count as usize);
-    let mut at = 0usize;
-    for k in 0..count {
+
+    /// Central directory header `k`, at byte `*at` of the directory `dir`; `*at` moves past it.
+    fn central_entry(&self, dir: &[u8], at: &mut usize, k: u64) -> Result<CentralEntry, ReadError> {
         let header = dir
-            .get(at..at + 46)
-            .filter(|h| le32(h, 0) == 0x0201_4b50)
-            .ok_or_else(|| bad(format!("central directory entry {k} is malformed")))?;
+            .get(*at..*at + CENTRAL_LEN)
+            .filter(|h| le32(h, 0) == u64::from(CENTRAL))
+            .ok_or_else(|| self.bad(format!("central directory entry {k} is malformed")))?;
         let (flags, method) = (le16(header, 8), le16(header, 10));
         let (name_len, extra_len, comment_len) = (
             le16(header, 28) as usize,
             le16(header, 30) as usize,
             le16(header, 32) as usize,
         );
-        let (mut compressed, mut size_, mut offset) =
-            (le32(header, 20), le32(header, 24), le32(header, 42));
+        let (compressed, size, offset) = (le32(header, 20), le32(header, 24), le32(header, 42));
+        let start = *at + CENTRAL_LEN;
         let rest = dir
-            .get(at + 46..at + 46 + name_len + extra_len + comment_len)
+            .get(start..start + name_len + extra_len + comment_len)
             .ok_or_else(|| {
-                bad(format!(
+                self.bad(format!(
                     "central directory entry {k} runs past the directory"
                 ))
             })?;
         let name = std::str::from_utf8(&rest[..name_len])
-            .map_err(|_| bad(format!("member {k} has a name that is not UTF-8")))?
+            .map_err(|_| self.bad(format!("member {k} has a name that is not UTF-8")))?
             .to_string();
-        // Zip64 extra field: the 64-bit values of the fields that are all ones, in order.
-        let mut extra = &rest[name_len..name_len + extra_len];
+        let mut entry = CentralEntry {
+            name,
+            flags,
+            method,
+            compressed,
+            size,
+            offset,
+        };
+        self.apply_zip64_extra(&mut entry, &rest[name_len..name_len + extra_len])?;
+        *at += CENTRAL_LEN + name_len + extra_len + comment_len;
+        Ok(entry)
+    }
+
+    /// Applies the zip64 extra field among the `extra` fields of `entry`'s central header:
+    /// the 64-bit values of the fields that are all ones, in order.
+    fn apply_zip64_extra(
+        &self,
+        entry: &mut CentralEntry,
+        mut extra: &[u8],
+    ) -> Result<(), ReadError> {
+        let name = &entry.name;
         while extra.len() >= 4 {
             let (id, len) = (le16(extra, 0), le16(extra, 2) as usize);
-            let body = extra
-                .get(4..4 + len)
-                .ok_or_else(|| bad(format!("member \"{name}\" has a malformed extra field")))?;
+            let body = extra.get(4..4 + len).ok_or_else(|| {
+                self.bad(format!("member \"{name}\" has a malformed extra field"))
+            })?;
             if id == 1 {
                 let mut values = body.chunks_exact(8).map(|c| le64(c, 0));
-                for slot in [&mut size_, &mut compressed, &mut offset] {
+                for slot in [&mut entry.size, &mut entry.compressed, &mut entry.offset] {
                     if *slot == 0xFFFF_FFFF {
                         *slot = values.next().ok_or_else(|| {
-                            bad(format!("member \"{name}\" has a short zip64 extra field"))
+                            self.bad(format!("member \"{name}\" has a short zip64 extra field"))
                         })?;
                     }
                 }
             }
             extra = &extra[4 + len..];
         }
-        at += 46 + name_len + extra_len + comment_len;
+        Ok(())
+    }
+
+    /// The member of a central `entry`: not encrypted, stored, with a local header at its
+    /// offset, and data that ends before the central directory at byte `dir_at`.
+    fn stored_member(&self, entry: CentralEntry, dir_at: u64) -> Result<ZipMember, ReadError> {
+        let CentralEntry {
+            name,
+            flags,
+            method,
+            compressed,
+            size,
+            offset,
+        } = entry;
         if flags & 1 != 0 {
-            return Err(bad(format!("member \"{name}\" is encrypted")));
+            return Err(self.bad(format!("member \"{name}\" is encrypted")));
         }
-        if method != 0 || compressed != size_ {
-            return Err(bad(format!(
+        if method != 0 || compressed != size {
+            return Err(self.bad(format!(
                 "member \"{name}\" is compressed (method {method}); only stored members can be read in place: write the archive with numpy.savez, not savez_compressed"
             )));
         }
-        let local = read(offset, 30)?;
+        let local = self.read(offset, LOCAL_LEN)?;
         if le32(&local, 0) != u64::from(LOCAL_ZIP) {
-            return Err(bad(format!(
+            return Err(self.bad(format!(
                 "member \"{name}\" has no local header at byte {offset}"
             )));
         }
-        let data_at = offset + 30 + le16(&local, 26) + le16(&local, 28);
-        if data_at.checked_add(size_).is_none_or(|e| e > dir_at) {
-            return Err(bad(format!(
-                "member \"{name}\" ({size_} bytes at byte {data_at}) runs into the central directory"
+        let data_at = offset + LOCAL_LEN + le16(&local, 26) + le16(&local, 28);
+        if data_at.checked_add(size).is_none_or(|e| e > dir_at) {
+            return Err(self.bad(format!(
+                "member \"{name}\" ({size} bytes at byte {data_at}) runs into the central directory"
             )));
         }
-        members.push(ZipMember {
+        Ok(ZipMember {
             name,
             data_at,
-            size: size_,
-        });
+            size,
+        })
     }
-    Ok(members)
 }
-
-const LOCAL_ZIP: u32 = 0x0403_4b50;
 
 pub(super) fn open_npz(path: &Path, file: File, size: u64) -> Result<Artifact, ReadError> {
     let members = zip_members(path, &file, size)?;
