@@ -255,11 +255,56 @@ struct RawIndex {
     weight_map: StringPairs,
 }
 
+/// Opens the shards an index lists, in the order they first appear in its `weight_map`,
+/// and checks that the index and the shards agree exactly.
 fn open_index(path: &Path) -> Result<Checkpoint, ReadError> {
-    let bad = |message: String| ReadError::Index {
+    let (bytes, raw) = read_index(path)?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let weight_map = &raw.weight_map.0;
+    let (order, listed) = shard_order(path, weight_map)?;
+    let mut files = Vec::with_capacity(order.len());
+    for name in order {
+        let artifact = open_shard(path, &dir, &name, &listed)?;
+        files.push((name, artifact));
+    }
+    let held: HashSet<(&str, &str)> = files
+        .iter()
+        .flat_map(|(n, a)| {
+            a.tensors()
+                .iter()
+                .map(move |t| (n.as_str(), t.name.as_str()))
+        })
+        .collect();
+    for (tensor, file) in weight_map {
+        if !held.contains(&(file.as_str(), tensor.as_str())) {
+            return Err(index_error(
+                path,
+                format!(
+                    "the weight_map puts tensor \"{tensor}\" in \"{file}\", which does not hold it"
+                ),
+            ));
+        }
+    }
+    let metadata = raw
+        .metadata
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    let sha256 = hex(&Sha256::digest(&bytes));
+    Ok(Checkpoint::new(path, files, Some(metadata), sha256))
+}
+
+fn index_error(path: &Path, message: String) -> ReadError {
+    ReadError::Index {
         path: path.display().to_string(),
         message,
-    };
+    }
+}
+
+/// The index file's bytes (at most [`MAX_MANIFEST`]) and what they say.
+fn read_index(path: &Path) -> Result<(Vec<u8>, RawIndex), ReadError> {
+    let bad = |message: String| index_error(path, message);
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let size = file.metadata().map_err(|e| io_error(path, e))?.len();
     if size > MAX_MANIFEST {
@@ -277,17 +322,25 @@ fn open_index(path: &Path) -> Result<Checkpoint, ReadError> {
     if raw.metadata.as_ref().is_some_and(|m| !m.is_object()) {
         return Err(bad("\"metadata\" is not an object".into()));
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    Ok((bytes, raw))
+}
+
+/// The shard files of a `weight_map` in the order they first appear (each a plain file name
+/// beside the index), and the shard each tensor is mapped to.
+fn shard_order<'a>(
+    path: &Path,
+    weight_map: &'a [(String, String)],
+) -> Result<(Vec<String>, HashMap<&'a str, &'a str>), ReadError> {
     let mut order: Vec<String> = Vec::new();
-    let mut listed: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-    for (tensor, file) in &raw.weight_map.0 {
+    let mut listed: HashMap<&str, &str> = HashMap::new();
+    for (tensor, file) in weight_map {
         if !plain_file_name(file) {
-            return Err(bad(format!(
-                "tensor \"{tensor}\" is mapped to \"{file}\", not a plain file name beside the index"
-            )));
+            return Err(index_error(
+                path,
+                format!(
+                    "tensor \"{tensor}\" is mapped to \"{file}\", not a plain file name beside the index"
+                ),
+            ));
         }
         if !order.contains(file) {
             order.push(file.clone());
@@ -295,56 +348,50 @@ fn open_index(path: &Path) -> Result<Checkpoint, ReadError> {
         listed.insert(tensor, file);
     }
     if order.is_empty() {
-        return Err(bad("the weight_map lists no tensor".into()));
+        return Err(index_error(path, "the weight_map lists no tensor".into()));
     }
-    let mut files = Vec::with_capacity(order.len());
-    for name in order {
-        let artifact = Artifact::open(&dir.join(&name))?;
-        if artifact.format() != Format::Safetensors {
-            return Err(ReadError::NotSafetensors {
-                path: dir.join(&name).display().to_string(),
-                found: "an .npy file",
-            });
-        }
-        for t in artifact.tensors() {
-            match listed.get(t.name.as_str()) {
-                Some(&f) if f == name => {}
-                Some(&f) => {
-                    return Err(bad(format!(
+    Ok((order, listed))
+}
+
+/// Shard `name` of the index at `path`, in `dir`: a safetensors file each of whose tensors
+/// the index maps to it (`listed`: tensor -> shard).
+fn open_shard(
+    path: &Path,
+    dir: &Path,
+    name: &str,
+    listed: &HashMap<&str, &str>,
+) -> Result<Artifact, ReadError> {
+    let artifact = Artifact::open(&dir.join(name))?;
+    if artifact.format() != Format::Safetensors {
+        return Err(ReadError::NotSafetensors {
+            path: dir.join(name).display().to_string(),
+            found: "an .npy file",
+        });
+    }
+    for t in artifact.tensors() {
+        match listed.get(t.name.as_str()) {
+            Some(&f) if f == name => {}
+            Some(&f) => {
+                return Err(index_error(
+                    path,
+                    format!(
                         "tensor \"{}\" is in shard \"{name}\" but the index maps it to \"{f}\"",
                         t.name
-                    )));
-                }
-                None => {
-                    return Err(bad(format!(
+                    ),
+                ));
+            }
+            None => {
+                return Err(index_error(
+                    path,
+                    format!(
                         "tensor \"{}\" of shard \"{name}\" is not in the weight_map",
                         t.name
-                    )));
-                }
+                    ),
+                ));
             }
         }
-        files.push((name, artifact));
     }
-    let held: HashSet<(&str, &str)> = files
-        .iter()
-        .flat_map(|(n, a)| {
-            a.tensors()
-                .iter()
-                .map(move |t| (n.as_str(), t.name.as_str()))
-        })
-        .collect();
-    for (tensor, file) in &raw.weight_map.0 {
-        if !held.contains(&(file.as_str(), tensor.as_str())) {
-            return Err(bad(format!(
-                "the weight_map puts tensor \"{tensor}\" in \"{file}\", which does not hold it"
-            )));
-        }
-    }
-    let metadata = raw
-        .metadata
-        .unwrap_or_else(|| Value::Object(Default::default()));
-    let sha256 = hex(&Sha256::digest(&bytes));
-    Ok(Checkpoint::new(path, files, Some(metadata), sha256))
+    Ok(artifact)
 }
 
 #[cfg(test)]
