@@ -200,7 +200,6 @@ impl Cursor<'_> {
     }
 }
 
-/// Reads and checks an .npy file's header; returns it with the byte where the data starts.
 /// Reads and checks the header of the .npy bytes at `base` (a file, or a member of an
 /// archive) of `size` bytes; the offset of the data from `base` comes with it.
 pub(super) fn read_npy_header(
@@ -263,6 +262,17 @@ pub(super) fn read_npy_header(
     let text = std::str::from_utf8(&dict)
         .map_err(|e| bad(format!("not UTF-8 text at byte {}", e.valid_up_to())))?;
     let items = parse_npy_dict(text).map_err(bad)?;
+    Ok((npy_fields(path, items)?, dict_start + length))
+}
+
+/// The header of the .npy file at `path` from its dict's `items`: each of `descr`,
+/// `fortran_order` and `shape` once, with its type, C order and a supported dtype.
+fn npy_fields(path: &Path, items: Vec<(String, PyValue)>) -> Result<NpyHeader, ReadError> {
+    let shown = || path.display().to_string();
+    let bad = |message: String| ReadError::NpyHeader {
+        path: shown(),
+        message,
+    };
     let (mut descr, mut fortran, mut shape) = (None, None, None);
     for (key, value) in items {
         let slot_taken = match (key.as_str(), value) {
@@ -294,7 +304,7 @@ pub(super) fn read_npy_header(
         path: shown(),
         descr: descr.clone(),
     })?;
-    Ok((NpyHeader { dtype, shape }, dict_start + length))
+    Ok(NpyHeader { dtype, shape })
 }
 
 /// Opens and validates one .npy file as tensor `name`.
