@@ -370,3 +370,125 @@ pub(super) fn open_npz(path: &Path, file: File, size: u64) -> Result<Artifact, R
         by_name: OnceLock::new(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::read::npy::tests::npy_bytes;
+
+    /// A zip archive of `members` (name, bytes, compression method, flags), written by hand
+    /// as numpy.savez lays one out: local headers and data, the central directory, the end
+    /// record. CRCs are left zero (the reader does not check them).
+    fn zip(members: &[(&str, Vec<u8>, u16, u16)]) -> Vec<u8> {
+        let (mut out, mut central) = (Vec::new(), Vec::new());
+        for (name, data, method, flags) in members {
+            let (offset, len) = (out.len() as u32, data.len() as u32);
+            out.extend(LOCAL_ZIP.to_le_bytes());
+            for v in [20, *flags, *method, 0, 0, 0, 0] {
+                out.extend(u16::to_le_bytes(v));
+            }
+            for v in [len, len] {
+                out.extend(v.to_le_bytes());
+            }
+            for v in [name.len() as u16, 0] {
+                out.extend(v.to_le_bytes());
+            }
+            out.extend(name.as_bytes());
+            out.extend(data);
+            central.extend(CENTRAL.to_le_bytes());
+            for v in [20, 20, *flags, *method, 0, 0, 0, 0] {
+                central.extend(u16::to_le_bytes(v));
+            }
+            for v in [len, len] {
+                central.extend(v.to_le_bytes());
+            }
+            for v in [name.len() as u16, 0, 0, 0, 0, 0, 0] {
+                central.extend(v.to_le_bytes());
+            }
+            central.extend(offset.to_le_bytes());
+            central.extend(name.as_bytes());
+        }
+        let (dir_at, dir_len) = (out.len() as u32, central.len() as u32);
+        out.extend(central);
+        out.extend(ZIP_END.to_le_bytes());
+        let count = members.len() as u16;
+        for v in [0, 0, count, count] {
+            out.extend(u16::to_le_bytes(v));
+        }
+        out.extend(dir_len.to_le_bytes());
+        out.extend(dir_at.to_le_bytes());
+        out.extend(0u16.to_le_bytes());
+        out
+    }
+
+    fn open_zip(bytes: &[u8]) -> Result<Artifact, ReadError> {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        Artifact::open(file.path())
+    }
+
+    #[test]
+    fn stored_members_are_read_in_place() {
+        let dict = "{'descr': '|u1', 'fortran_order': False, 'shape': (2,), }";
+        let bytes = zip(&[
+            ("w.npy", npy_bytes(1, dict, &[3, 4]), 0, 0),
+            ("m.npy", npy_bytes(2, dict, &[1, 0]), 0, 0),
+        ]);
+        let a = open_zip(&bytes).unwrap();
+        assert_eq!(a.format(), Format::Npz);
+        let names: Vec<&str> = a.tensors().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["w", "m"]);
+        assert_eq!(a.read_f64(a.tensor("w").unwrap()).unwrap(), [3.0, 4.0]);
+        assert_eq!(a.read_bytes(a.tensor("m").unwrap()).unwrap(), [1, 0]);
+    }
+
+    #[test]
+    fn hostile_archives_get_precise_errors() {
+        let dict = "{'descr': '|u1', 'fortran_order': False, 'shape': (2,), }";
+        let member = |method, flags| zip(&[("w.npy", npy_bytes(1, dict, &[3, 4]), method, flags)]);
+        let good = member(0, 0);
+        let end = good.len() - ZIP_END_LEN as usize;
+        let with = |at: usize, patch: &[u8]| {
+            let mut bytes = good.clone();
+            bytes[at..at + patch.len()].copy_from_slice(patch);
+            bytes
+        };
+        let cases = [
+            (
+                member(8, 0),
+                "member \"w.npy\" is compressed (method 8); only stored members can be read in place",
+            ),
+            (member(0, 1), "member \"w.npy\" is encrypted"),
+            (
+                good[..good.len() - 1].to_vec(),
+                "no end-of-central-directory record (not a zip archive, or truncated)",
+            ),
+            (with(end + 10, &[0xe8, 0x03]), "1000 members claimed in a "),
+            (
+                with(end + 8, &[0xff; 4]),
+                "zip64 fields but no zip64 locator",
+            ),
+            (
+                // Both sizes of the central header (46 bytes and the name before the end).
+                with(end - 51 + 20, &[0xe8, 3, 0, 0, 0xe8, 3, 0, 0]),
+                "member \"w.npy\" (1000 bytes at byte 35) runs into the central directory",
+            ),
+            (
+                // The local header offset, the last field before the name.
+                with(end - 5 - 4, &[1, 0, 0, 0]),
+                "member \"w.npy\" has no local header at byte 1",
+            ),
+            (
+                with(end + 12, &[0xff, 0xff, 0xff, 0x00]),
+                "the central directory runs past its end record",
+            ),
+        ];
+        for (bytes, expected) in cases {
+            let err = open_zip(&bytes).unwrap_err().to_string();
+            assert!(
+                err.contains("not a readable .npz archive") && err.contains(expected),
+                "{expected}: {err}"
+            );
+        }
+    }
+}
