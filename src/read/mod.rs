@@ -29,10 +29,6 @@ mod safetensors;
 pub use checkpoint::{Checkpoint, INDEX, SINGLE, Tensor};
 pub use npy::MANIFEST;
 
-use npy::{NPY_MAGIC, npy_stem, npy_tensor, open_npy_directory};
-use npz::open_npz;
-use safetensors::open_safetensors;
-
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
@@ -42,6 +38,9 @@ use std::sync::OnceLock;
 use serde_json::Value;
 
 use crate::layer::{Dtype, Format};
+use npy::{NPY_MAGIC, npy_stem, npy_tensor, open_npy_directory};
+use npz::open_npz;
+use safetensors::open_safetensors;
 
 /// The dtypes of a safetensors header this reader knows, for messages.
 const KNOWN_DTYPES: &str =
