@@ -14,12 +14,18 @@
 #
 # Usage: benches/ratios.sh [runs]      (default 10 runs per measurement; uses hyperfine if
 #                                       installed, else the best of the runs by `date`)
+# Environment: EOI, a binary to measure instead of this checkout's release build (to compare
+# two versions on the same machine in the same minutes).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 runs="${1:-10}"
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
-eoi="$repo/target/release/eoi"
+if [[ -n "${EOI:-}" ]]; then
+    eoi="$EOI"
+else
+    cargo build --release --quiet --manifest-path "$repo/Cargo.toml"
+    eoi="$repo/target/release/eoi"
+fi
 work="$(mktemp -d "${TMPDIR:-/tmp}/eoi-ratios.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
