@@ -2,9 +2,12 @@
 //! messages, from the real binary. A change to any of them fails here until the stored
 //! snapshot under tests/snapshots/ is updated, so an interface change is a reviewed change.
 //!
-//! To accept a change on purpose: `INSTA_UPDATE=always scripts/test --test snapshots`,
+//! To accept a change on purpose: `INSTA_UPDATE=always scripts/test --test it snapshots::`,
 //! then review `git diff tests/snapshots` and commit it with the change. (Without that,
 //! insta writes the new text beside the old as `.snap.new` files.)
+//!
+//! The snapshots keep the folder and names they had when this module was its own test
+//! crate, tests/snapshots.rs: `tests/snapshots/snapshots__NAME.snap` (see [`snapshot`]).
 //!
 //! Help is rendered 100 columns wide (`COLUMNS`), the tool version is replaced by
 //! `[VERSION]` so that a release does not change the snapshots, and no colour variable is
@@ -15,6 +18,18 @@ use std::path::Path;
 use std::process::Output;
 
 use assert_cmd::cargo::cargo_bin;
+
+/// Asserts `value` against the stored snapshot `tests/snapshots/snapshots__{name}.snap`.
+///
+/// insta names a snapshot after the module path (`it::snapshots` here) and puts it in a
+/// `snapshots` folder beside the test file (tests/it/); these settings keep the folder and the
+/// file names this module's snapshots had as tests/snapshots.rs, so no file moves.
+fn snapshot(name: &str, value: String) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!(format!("snapshots__{name}"), value));
+}
 
 /// Runs `eoi args...` in `dir`.
 fn eoi(dir: &Path, args: &[&str]) -> Output {
@@ -68,11 +83,11 @@ fn commands(top_help: &str) -> Vec<&str> {
 #[test]
 fn help_texts() {
     let top = help(&["--help"]);
-    insta::assert_snapshot!("help", top);
-    insta::assert_snapshot!("help_short", help(&["-h"]));
-    insta::assert_snapshot!("version", help(&["--version"]));
+    snapshot("help", top.clone());
+    snapshot("help_short", help(&["-h"]));
+    snapshot("version", help(&["--version"]));
     for command in commands(&top) {
-        insta::assert_snapshot!(format!("help_{command}"), help(&[command, "--help"]));
+        snapshot(&format!("help_{command}"), help(&[command, "--help"]));
     }
 }
 
@@ -146,6 +161,6 @@ fn error_messages() {
         ),
     ];
     for (name, spec, args) in cases {
-        insta::assert_snapshot!(format!("error_{name}"), refused(spec.as_deref(), args));
+        snapshot(&format!("error_{name}"), refused(spec.as_deref(), args));
     }
 }

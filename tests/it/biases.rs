@@ -2,8 +2,8 @@
 //! `plan` shows them, `generate` writes them beside their weights (values from their own
 //! streams, zeros for 0), `verify` checks them and notices tampering, `--regenerate`
 //! reproduces them, `--base` replaces a base's bias only when asked, and `isometry` adds
-//! the generated ones. Their bytes are frozen in tests/golden.rs, and the official numpy and
-//! safetensors packages read them in tests/python_interop.rs.
+//! the generated ones. Their bytes are frozen in tests/it/golden.rs, and the official numpy and
+//! safetensors packages read them in tests/it/python_interop.rs.
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -72,10 +72,11 @@ fn tensor_hashes(path: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The golden f32 hashes from tests/golden.rs, read from its source so they are not copied.
+/// The golden f32 hashes from tests/it/golden.rs, read from its source so they are not copied.
 fn golden_f32() -> BTreeMap<String, String> {
     let source =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden.rs")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/golden.rs"))
+            .unwrap();
     let table = source
         .split("const F32: &[(&str, &str)] = &[")
         .nth(1)
