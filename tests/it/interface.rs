@@ -288,7 +288,7 @@ fn failed_json_runs_print_nothing_on_standard_output() {
 
 #[test]
 fn version_and_json_outputs_name_the_stream_version() {
-    let stream = eoi::stream::STREAM_VERSION;
+    let stream = crate::util::lib::STREAM_VERSION;
     let output = run(&mut eoi(&["--version"]));
     assert_eq!(
         stdout(&output),

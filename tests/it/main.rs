@@ -7,6 +7,8 @@
 //! or `cargo test --test it verify_inspect::`. A new subject is one file here and one
 //! `mod` line below.
 
+mod util;
+
 mod bad_inputs;
 mod base;
 mod biases;
