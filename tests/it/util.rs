@@ -136,6 +136,19 @@ pub fn eoi() -> Command {
     Command::from_std(eoi_process())
 }
 
+/// `eoi` started by `sh` after `setup`, a shell command such as `ulimit -f 100` or `umask
+/// 027`: `sh -c 'SETUP && exec "$@"' sh EOI`, to which the caller adds eoi's arguments.
+pub fn eoi_after(setup: &str) -> Command {
+    let mut sh = Process::new("sh");
+    sh.args(["-c", &format!("{setup} && exec \"$@\""), "sh"])
+        .arg(eoi_path())
+        .env_remove("RAYON_NUM_THREADS")
+        .env_remove("NO_COLOR")
+        .env_remove("CLICOLOR")
+        .env_remove("CLICOLOR_FORCE");
+    Command::from_std(sh)
+}
+
 /// A temporary directory the binary runs in; specs and outputs live inside it, and it is
 /// removed with everything in it when the test ends.
 pub struct Sandbox {
@@ -557,17 +570,14 @@ impl Entry {
     }
 }
 
-/// A safetensors file of our own writer: `metadata` (string values) as `__metadata__` first if
-/// there is any, then the tensors with contiguous offsets in the given order. With `aligned`
-/// the header is padded with spaces to a multiple of 8 bytes, as the safetensors crate writes.
-pub fn safetensors_bytes(entries: &[Entry], metadata: &[(&str, &str)], aligned: bool) -> Vec<u8> {
+/// A safetensors file of our own writer: `metadata` as `__metadata__` first if given, then
+/// the tensors with contiguous offsets in the given order. With `padded` the header is padded
+/// with spaces to a multiple of 8 bytes, as the safetensors crate writes it; without, the
+/// data starts wherever the header ends.
+pub fn safetensors_bytes(entries: &[Entry], metadata: Option<&Value>, padded: bool) -> Vec<u8> {
     let mut header = serde_json::Map::new();
-    if !metadata.is_empty() {
-        let meta: serde_json::Map<String, Value> = metadata
-            .iter()
-            .map(|(k, v)| (k.to_string(), json!(v)))
-            .collect();
-        header.insert("__metadata__".into(), Value::Object(meta));
+    if let Some(metadata) = metadata {
+        header.insert("__metadata__".into(), metadata.clone());
     }
     let mut at = 0;
     for e in entries {
@@ -578,7 +588,7 @@ pub fn safetensors_bytes(entries: &[Entry], metadata: &[(&str, &str)], aligned: 
         at += e.data.len();
     }
     let mut text = Value::Object(header).to_string().into_bytes();
-    if aligned {
+    if padded {
         text.resize(text.len().next_multiple_of(8), b' ');
     }
     let data: Vec<u8> = entries.iter().flat_map(|e| e.data.clone()).collect();
@@ -594,7 +604,8 @@ pub fn raw_file(header: &[u8], data: &[u8]) -> Vec<u8> {
 }
 
 /// Every tensor (in file order) and the metadata of a safetensors file, as the `safetensors`
-/// crate reads them: to be changed and put together again with [`safetensors_bytes`].
+/// crate reads them (metadata sorted by key): to change and put together again with
+/// [`safetensors_bytes`].
 pub fn take_apart(bytes: &[u8]) -> (Vec<Entry>, Vec<(String, String)>) {
     let checkpoint = safetensors_of(bytes).expect("a valid file");
     let mut entries: Vec<(usize, Entry)> = checkpoint
@@ -722,6 +733,26 @@ where
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("tests/python/{script} does not run: {e}"))
+}
+
+/// Runs `python -c CODE ARGS...` (numpy and safetensors needed) and requires it to succeed.
+pub fn run_python_code<I, S>(code: &str, args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let out = python(Needs::NumpySafetensors)
+        .args(["-c", code])
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "python -c failed:\n{}\n{}",
+        text(&out.stderr),
+        code
+    );
+    out
 }
 
 /// Requires a Python run to have succeeded; its standard output as JSON.
