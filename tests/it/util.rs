@@ -136,6 +136,18 @@ pub fn eoi() -> Command {
     Command::from_std(eoi_process())
 }
 
+/// Runs `eoi spec --from SOURCE ARGS...`, which must succeed; the spec it prints.
+pub fn spec_from(source: &Path, args: &[&str]) -> String {
+    let assert = eoi()
+        .arg("spec")
+        .arg("--from")
+        .arg(source)
+        .args(args)
+        .assert()
+        .success();
+    utf8(&assert.get_output().stdout)
+}
+
 /// `eoi` started by `sh` after `setup`, a shell command such as `ulimit -f 100` or `umask
 /// 027`: `sh -c 'SETUP && exec "$@"' sh EOI`, to which the caller adds eoi's arguments.
 pub fn eoi_after(setup: &str) -> Command {
@@ -273,18 +285,29 @@ pub fn files_under(dir: &Path, with_dirs: bool) -> Vec<PathBuf> {
     found
 }
 
-/// Every file under `path` (or `path` itself) with its bytes: to show a run changed nothing.
-pub fn contents(path: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+/// Every file under `path` (or `path` itself, under the name "") by its path relative to
+/// `path`, with its bytes: to show that a run changed nothing, or that two outputs are equal.
+pub fn contents(path: &Path) -> BTreeMap<String, Vec<u8>> {
     if path.is_file() {
-        return BTreeMap::from([(PathBuf::new(), fs::read(path).unwrap())]);
+        return BTreeMap::from([(String::new(), fs::read(path).unwrap())]);
     }
     files_under(path, false)
         .into_iter()
         .map(|relative| {
             let bytes = fs::read(path.join(&relative)).unwrap();
-            (relative, bytes)
+            (relative.to_string_lossy().into_owned(), bytes)
         })
         .collect()
+}
+
+/// The names in `dir` (files, directories, links), sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The staging names eoi uses while writing (`.eoi-*`) anywhere under `dir`. Directories
@@ -768,7 +791,19 @@ pub fn json_from(what: &str, out: &Output) -> Value {
 }
 
 /// tests/python/list_tensors.py: each file as the official Python safetensors reads it,
-/// keyed by the path as given: `{path: {"metadata": ..., "tensors": ...}}`.
-pub fn python_view(files: &[&Path]) -> Value {
-    json_from("list_tensors.py", &run_script("list_tensors.py", files))
+/// keyed by its file name: `{name: {"metadata": {...}, "tensors": {...}}}`.
+pub fn python_view<P: AsRef<Path>>(files: &[P]) -> Value {
+    let all = json_from(
+        "list_tensors.py",
+        &run_script("list_tensors.py", files.iter().map(|f| f.as_ref())),
+    );
+    let mut keyed = serde_json::Map::new();
+    for f in files {
+        let f = f.as_ref();
+        keyed.insert(
+            f.file_name().unwrap().to_string_lossy().into_owned(),
+            all[f.to_str().unwrap()].clone(),
+        );
+    }
+    Value::Object(keyed)
 }
