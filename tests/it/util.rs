@@ -427,6 +427,11 @@ impl Checkpoint {
             .unwrap_or_else(|| panic!("no metadata key \"{key}\" in {:?}", self.metadata))
     }
 
+    /// The mask of layer `name`: the BOOL tensor `{name}_mask`.
+    pub fn mask_of(&self, name: &str) -> Vec<bool> {
+        self.tensor(&format!("{name}_mask")).mask()
+    }
+
     /// The per-layer records of `eoi.layers`, in their order.
     pub fn layers(&self) -> Vec<Value> {
         match json(self.meta("eoi.layers")) {
