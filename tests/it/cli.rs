@@ -5,9 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::PathBuf;
 
 use predicates::prelude::*;
 use predicates::str::contains;
@@ -16,7 +14,8 @@ use serde_json::Value;
 
 use crate::util::{
     Checkpoint, Sandbox, bundled_specs, contents, eoi_after, eoi_process, files_under, gram_error,
-    json, manifest, read_npy_as, read_safetensors, records_by_name, repo, stderr, stdout,
+    json, manifest, read_npy_as, read_safetensors, read_then_close, records_by_name, repo, stderr,
+    stdout,
 };
 
 /// The name every test gives its spec inside the sandbox.
@@ -889,22 +888,6 @@ fn version_and_help_say_what_users_need() {
 // ---------------------------------------------------------------------------------------
 // 10. Closed pipes
 
-/// Runs `eoi args...`, reads the first bytes of its output and closes the pipe.
-fn run_into_closed_pipe(dir: &Path, args: &[&str]) -> Output {
-    let mut child = eoi_process()
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start eoi");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 16];
-    stdout.read_exact(&mut first).expect("no output");
-    drop(stdout);
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn a_closed_pipe_ends_the_run_quietly() {
     let sandbox = Sandbox::new();
@@ -918,7 +901,7 @@ fn a_closed_pipe_ends_the_run_quietly() {
         &["plan", SPEC],
         &["plan", SPEC, "--json"],
     ] {
-        let output = run_into_closed_pipe(sandbox.dir(), args);
+        let (_, output) = read_then_close(eoi_process().args(args).current_dir(sandbox.dir()), 16);
         assert_eq!(
             output.status.code(),
             Some(0),

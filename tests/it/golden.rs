@@ -28,22 +28,10 @@ use std::path::Path;
 
 use crate::util::golden::{self, Hashes};
 use crate::util::{
-    eoi, json, manifest, npy_data_start, read_safetensors, sha256, small_with_biases,
+    generate, json, manifest, npy_data_start, read_safetensors, sha256, small_with_biases,
 };
 
 const SPEC: &str = "tests/golden/small.toml";
-
-/// Runs `eoi generate SPEC -q -o OUT ARGS...`.
-fn generate(spec: &Path, out: &Path, args: &[&str]) {
-    eoi()
-        .arg("generate")
-        .arg(spec)
-        .args(["-q", "-o"])
-        .arg(out)
-        .args(args)
-        .assert()
-        .success();
-}
 
 /// SHA-256 of each tensor's data in a safetensors file, read with the safetensors crate.
 fn safetensors_hashes(path: &Path) -> Hashes {

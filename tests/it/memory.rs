@@ -6,7 +6,9 @@
 
 use std::fs::File;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+
+use crate::util::{Sandbox, eoi_process};
 
 fn spec(dir: &Path, name: &str, layers: usize, width: usize, density: f64) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -23,11 +25,10 @@ fn generate(spec: &Path, out: &Path) -> u64 {
     let log = out.with_extension("stderr");
     // Reaped by wait4 below, which std's Child::wait cannot stand in for (no rusage).
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+    let child = eoi_process()
         .args(["generate", "-q", "--threads", "2", "-o"])
         .arg(out)
         .arg(spec)
-        .env_remove("RAYON_NUM_THREADS")
         .stdout(Stdio::null())
         .stderr(File::create(&log).unwrap())
         .spawn()
@@ -49,15 +50,15 @@ fn generate(spec: &Path, out: &Path) -> u64 {
 
 #[test]
 fn peak_memory_follows_the_largest_layer_not_the_model() {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     // 8 and then 32 layers of 1024 x 1024: the model grows 4x (42 MB -> 168 MB of output).
     let small = generate(
-        &spec(dir.path(), "small.toml", 8, 1024, 0.1),
-        &dir.path().join("small.safetensors"),
+        &spec(sandbox.dir(), "small.toml", 8, 1024, 0.1),
+        &sandbox.path("small.safetensors"),
     );
     let large = generate(
-        &spec(dir.path(), "large.toml", 32, 1024, 0.1),
-        &dir.path().join("large.safetensors"),
+        &spec(sandbox.dir(), "large.toml", 32, 1024, 0.1),
+        &sandbox.path("large.safetensors"),
     );
     assert!(
         large as f64 <= small as f64 * 1.25,
@@ -67,8 +68,8 @@ fn peak_memory_follows_the_largest_layer_not_the_model() {
     );
     // One 8192 x 8192 layer (a 270 MB output) stays under 1 GiB.
     let huge = generate(
-        &spec(dir.path(), "huge.toml", 1, 8192, 0.001),
-        &dir.path().join("huge.safetensors"),
+        &spec(sandbox.dir(), "huge.toml", 1, 8192, 0.001),
+        &sandbox.path("huge.safetensors"),
     );
     eprintln!(
         "peak RSS: 8 layers {} MB, 32 layers {} MB, one 8192^2 layer {} MB",
@@ -83,7 +84,7 @@ fn peak_memory_follows_the_largest_layer_not_the_model() {
         huge >> 20
     );
     assert!(
-        std::fs::metadata(dir.path().join("huge.safetensors"))
+        std::fs::metadata(sandbox.path("huge.safetensors"))
             .unwrap()
             .len()
             > 8192 * 8192 * 5

@@ -13,11 +13,10 @@
 //! `[VERSION]` so that a release does not change the snapshots, and no colour variable is
 //! inherited from the caller.
 
-use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use assert_cmd::cargo::cargo_bin;
+use crate::util::{Sandbox, commands, eoi_process, utf8};
 
 /// Asserts `value` against the stored snapshot `tests/snapshots/snapshots__{name}.snap`.
 ///
@@ -33,28 +32,23 @@ fn snapshot(name: &str, value: String) {
 
 /// Runs `eoi args...` in `dir`.
 fn eoi(dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(cargo_bin!("eoi"))
+    eoi_process()
         .args(args)
         .current_dir(dir)
         .env("COLUMNS", "100")
-        .env_remove("NO_COLOR")
-        .env_remove("CLICOLOR")
-        .env_remove("CLICOLOR_FORCE")
-        .env_remove("RAYON_NUM_THREADS")
         .output()
         .expect("eoi runs")
 }
 
+/// Output text with the tool's version replaced by `[VERSION]`.
 fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec())
-        .expect("output is UTF-8")
-        .replace(env!("CARGO_PKG_VERSION"), "[VERSION]")
+    utf8(bytes).replace(env!("CARGO_PKG_VERSION"), "[VERSION]")
 }
 
 /// The standard output of a run that must succeed and print nothing on standard error.
 fn help(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let output = eoi(dir.path(), args);
+    let sandbox = Sandbox::new();
+    let output = eoi(sandbox.dir(), args);
     assert!(output.status.success(), "eoi {args:?} failed");
     assert!(
         output.stderr.is_empty(),
@@ -64,40 +58,25 @@ fn help(args: &[&str]) -> String {
     text(&output.stdout)
 }
 
-/// The commands `eoi --help` lists, without `help`: a new command gets a snapshot too.
-fn commands(top_help: &str) -> Vec<&str> {
-    let commands: Vec<&str> = top_help
-        .lines()
-        .skip_while(|l| l.trim() != "Commands:")
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .collect();
-    for expected in ["plan", "generate", "completions", "man", "schema"] {
-        assert!(commands.contains(&expected), "{top_help}");
-    }
-    commands
-}
-
 #[test]
 fn help_texts() {
     let top = help(&["--help"]);
     snapshot("help", top.clone());
     snapshot("help_short", help(&["-h"]));
     snapshot("version", help(&["--version"]));
+    // The commands `eoi --help` lists, without `help`: a new command gets a snapshot too.
     for command in commands(&top) {
-        snapshot(&format!("help_{command}"), help(&[command, "--help"]));
+        snapshot(&format!("help_{command}"), help(&[&command, "--help"]));
     }
 }
 
 /// A failing run as a transcript: the command, the exit code and both streams.
 fn refused(spec: Option<&str>, args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     if let Some(spec) = spec {
-        fs::write(dir.path().join("spec.toml"), spec).unwrap();
+        sandbox.write("spec.toml", spec);
     }
-    let output = eoi(dir.path(), args);
+    let output = eoi(sandbox.dir(), args);
     assert!(!output.status.success(), "eoi {args:?} succeeded");
     format!(
         "$ eoi {}\nexit code: {}\n--- stdout\n{}--- stderr\n{}",

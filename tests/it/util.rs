@@ -13,9 +13,10 @@ pub mod golden;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
+use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::{Command as Process, Output};
+use std::process::{Command as Process, Output, Stdio};
 use std::sync::OnceLock;
 
 use assert_cmd::Command;
@@ -131,9 +132,40 @@ pub fn eoi_process() -> Process {
     command
 }
 
+/// Starts `command` with its standard output and error piped, reads the first `n` bytes of
+/// its output and closes the pipe (as `| head -c N` does); those bytes and how the run ended.
+pub fn read_then_close(command: &mut Process, n: usize) -> (Vec<u8>, Output) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the command starts");
+    let mut head = vec![0u8; n];
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_exact(&mut head)
+        .expect("no output");
+    (head, child.wait_with_output().unwrap())
+}
+
 /// `eoi` to run and assert on (assert_cmd), environment as [`eoi_process`].
 pub fn eoi() -> Command {
     Command::from_std(eoi_process())
+}
+
+/// Runs `eoi generate SPEC -o OUT -q ARGS...`, which must succeed.
+pub fn generate(spec: &Path, out: &Path, args: &[&str]) {
+    eoi()
+        .arg("generate")
+        .arg(spec)
+        .arg("-o")
+        .arg(out)
+        .arg("-q")
+        .args(args)
+        .assert()
+        .success();
 }
 
 /// Runs `eoi spec --from SOURCE ARGS...`, which must succeed; the spec it prints.
@@ -232,6 +264,24 @@ impl Sandbox {
     pub fn leftovers(&self) -> Vec<PathBuf> {
         leftovers(self.dir.path())
     }
+}
+
+/// The commands a top-level help text (`eoi --help`) lists, without `help`; it must list at
+/// least plan, generate, completions, man and schema.
+pub fn commands(top_help: &str) -> Vec<String> {
+    let commands: Vec<String> = top_help
+        .lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(String::from)
+        .collect();
+    for expected in ["plan", "generate", "completions", "man", "schema"] {
+        assert!(commands.iter().any(|c| c == expected), "{top_help}");
+    }
+    commands
 }
 
 /// Standard output of a run, which must be UTF-8.
