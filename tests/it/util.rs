@@ -6,8 +6,6 @@
 //!
 //! A helper lives here as soon as two modules need it; what only one module needs stays in it.
 
-#![allow(dead_code)]
-
 pub mod golden;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 """Validates TOML specs against eoi's JSON Schema with the `jsonschema` package.
 
-An independent check for tests/schema.rs: the schema that `eoi schema` prints (committed as
+An independent check for tests/it/schema.rs: the schema that `eoi schema` prints (committed as
 specs/eoi.schema.json) must be a valid draft 2020-12 schema, must accept the bundled specs,
 and must refuse specs the parser refuses for a key or a value. The specs are read with the
 standard library's TOML parser, not eoi's.
