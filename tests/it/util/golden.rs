@@ -7,7 +7,8 @@
 //! difference rewrites the tables instead (each difference goes to the last listed table that
 //! has the name, a new name to the last table): a deliberate change of the streams is then one
 //! data update to review. Every check made while blessing is recorded, and two checks that
-//! want different bytes for the same table entry (say, two thread counts) still fail.
+//! want different bytes for the same table entry (say, two thread counts) still fail. Under
+//! CI (`CI` set) `EOI_BLESS` is refused.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,8 +25,20 @@ static FILE_LOCK: Mutex<()> = Mutex::new(());
 /// What the checks of this run, blessing, found: (table, tensor) to hash.
 static SEEN: Mutex<BTreeMap<(String, String), String>> = Mutex::new(BTreeMap::new());
 
+/// Whether `EOI_BLESS` asks to rewrite the tables. Never under CI (`CI` set, as CI services
+/// set it): there a stream change must fail, whatever the environment says.
 fn blessing() -> bool {
-    std::env::var_os("EOI_BLESS").is_some_and(|v| !v.is_empty() && v != "0")
+    let set = |name: &str| {
+        std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+    };
+    if set("EOI_BLESS") {
+        assert!(
+            !set("CI"),
+            "EOI_BLESS is refused under CI: golden hashes are rewritten on a developer's machine"
+        );
+        return true;
+    }
+    false
 }
 
 fn read_all() -> BTreeMap<String, Hashes> {
