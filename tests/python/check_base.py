@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Checks an `eoi generate --base` output against its base with the official safetensors
-package (tests/base.rs runs it).
+package (tests/it/base.rs runs it).
 
     check_base.py BASE OUT REPLACED...
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Independent reference for `eoi isometry` (tests/isometry.rs), with NumPy and the
+"""Independent reference for `eoi isometry` (tests/it/isometry.rs), with NumPy and the
 official `safetensors` package.
 
   isometry_reference.py write-chain OUT [zero-first]

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Lists safetensors files as the official safetensors package reads them (tests/names.rs,
-tests/masks.rs and tests/base.rs run it).
+"""Lists safetensors files as the official safetensors package reads them (tests/it/names.rs,
+tests/it/masks.rs and tests/it/base.rs run it).
 
     list_tensors.py FILE...
 

@@ -1,7 +1,7 @@
 """Validates TOML specs, or JSON documents, against one of eoi's JSON Schemas with the
 `jsonschema` package.
 
-An independent check for tests/schema.rs: a schema that `eoi schema` prints (committed as
+An independent check for tests/it/schema.rs: a schema that `eoi schema` prints (committed as
 specs/eoi.schema.json and schemas/*.schema.json) must be a valid draft 2020-12 schema. The
 spec's must accept the bundled specs and refuse specs the parser refuses for a key or a
 value; the others must accept what eoi writes (the `--json` outputs, the layer records of

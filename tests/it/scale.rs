@@ -1,13 +1,11 @@
 //! Sharded output on the real binary: the Hugging Face layout, weights beside their masks,
 //! and `--shard K/N` parts that are byte-identical to the full run.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
 
-use assert_cmd::Command;
 use safetensors::SafeTensors;
-use serde_json::Value;
+
+use crate::util::{Sandbox, contents, json, stderr};
 
 const SPEC: &str = "[sparsity]\ndensity = 0.2\ndistribution = \"erk\"\n\
 [[layer]]\nname = \"embed.weight\"\nshape = [64, 300]\n\
@@ -15,38 +13,18 @@ const SPEC: &str = "[sparsity]\ndensity = 0.2\ndistribution = \"erk\"\n\
 [[layer]]\nname = \"conv.weight\"\nshape = [32, 64, 3, 3]\n\
 [[layer]]\nname = \"head.weight\"\nshape = [10, 64]\n";
 
-fn eoi(args: &[&str], dir: &Path) -> assert_cmd::assert::Assert {
-    Command::cargo_bin("eoi")
-        .unwrap()
-        .current_dir(dir)
-        .args(args)
-        .assert()
-}
-
-fn setup() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("spec.toml"), SPEC).unwrap();
-    dir
-}
-
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .map(|e| {
-            (
-                e.file_name().into_string().unwrap(),
-                fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
+/// A sandbox holding SPEC as spec.toml.
+fn setup() -> Sandbox {
+    let sandbox = Sandbox::new();
+    sandbox.write("spec.toml", SPEC);
+    sandbox
 }
 
 #[test]
 fn shards_follow_the_hugging_face_layout() {
-    let dir = setup();
-    eoi(
-        &[
+    let sandbox = setup();
+    sandbox
+        .eoi(&[
             "generate",
             "spec.toml",
             "-o",
@@ -54,12 +32,10 @@ fn shards_follow_the_hugging_face_layout() {
             "--max-shard-size",
             "40KB",
             "-q",
-        ],
-        dir.path(),
-    )
-    .success();
-    let out = files(&dir.path().join("model"));
-    let index: Value = serde_json::from_slice(&out["model.safetensors.index.json"]).unwrap();
+        ])
+        .success();
+    let out = contents(&sandbox.path("model"));
+    let index = json(&out["model.safetensors.index.json"]);
     let weight_map = index["weight_map"].as_object().unwrap();
     let shard_names: Vec<&String> = out.keys().filter(|n| n.ends_with(".safetensors")).collect();
     assert!(shard_names.len() >= 3, "{shard_names:?}");
@@ -100,9 +76,9 @@ fn shards_follow_the_hugging_face_layout() {
 
 #[test]
 fn parts_are_byte_identical_to_the_full_run() {
-    let dir = setup();
-    eoi(
-        &[
+    let sandbox = setup();
+    sandbox
+        .eoi(&[
             "generate",
             "spec.toml",
             "-o",
@@ -110,17 +86,15 @@ fn parts_are_byte_identical_to_the_full_run() {
             "--max-shard-size",
             "40KB",
             "-q",
-        ],
-        dir.path(),
-    )
-    .success();
-    let full = files(&dir.path().join("full"));
+        ])
+        .success();
+    let full = contents(&sandbox.path("full"));
     let n = full.len() - 1;
     // The parts in reverse order, as independent jobs would finish.
     for k in (1..=n).rev() {
         let part = format!("{k}/{n}");
-        eoi(
-            &[
+        sandbox
+            .eoi(&[
                 "generate",
                 "spec.toml",
                 "-o",
@@ -130,19 +104,17 @@ fn parts_are_byte_identical_to_the_full_run() {
                 "--shard",
                 &part,
                 "-q",
-            ],
-            dir.path(),
-        )
-        .success();
+            ])
+            .success();
     }
-    assert_eq!(files(&dir.path().join("parts")), full);
+    assert_eq!(contents(&sandbox.path("parts")), full);
 }
 
 #[test]
 fn a_part_is_refused_when_it_does_not_match_the_sharding() {
-    let dir = setup();
-    let wrong = eoi(
-        &[
+    let sandbox = setup();
+    let wrong = sandbox
+        .eoi(&[
             "generate",
             "spec.toml",
             "-o",
@@ -151,37 +123,31 @@ fn a_part_is_refused_when_it_does_not_match_the_sharding() {
             "40KB",
             "--shard",
             "1/99",
-        ],
-        dir.path(),
-    )
-    .code(2);
-    let stderr = String::from_utf8_lossy(&wrong.get_output().stderr).to_string();
+        ])
+        .code(2);
+    let stderr = stderr(&wrong);
     assert!(stderr.contains("not 99"), "{stderr}");
-    assert!(!dir.path().join("p").exists());
-    eoi(
-        &["generate", "spec.toml", "-o", "p", "--shard", "1/2"],
-        dir.path(),
-    )
-    .code(2);
-    eoi(
-        &[
+    assert!(!sandbox.path("p").exists());
+    sandbox
+        .eoi(&["generate", "spec.toml", "-o", "p", "--shard", "1/2"])
+        .code(2);
+    sandbox
+        .eoi(&[
             "generate",
             "spec.toml",
             "-o",
             "p",
             "--max-shard-size",
             "lots",
-        ],
-        dir.path(),
-    )
-    .code(2);
+        ])
+        .code(2);
 }
 
 #[test]
 fn a_part_never_replaces_an_existing_shard_without_force() {
-    let dir = setup();
-    eoi(
-        &[
+    let sandbox = setup();
+    sandbox
+        .eoi(&[
             "generate",
             "spec.toml",
             "-o",
@@ -189,11 +155,9 @@ fn a_part_never_replaces_an_existing_shard_without_force() {
             "--max-shard-size",
             "40KB",
             "-q",
-        ],
-        dir.path(),
-    )
-    .success();
-    let full = files(&dir.path().join("full"));
+        ])
+        .success();
+    let full = contents(&sandbox.path("full"));
     let n = full.len() - 1;
     let part = format!("2/{n}");
     let args = [
@@ -207,15 +171,14 @@ fn a_part_never_replaces_an_existing_shard_without_force() {
         &part,
         "-q",
     ];
-    eoi(&args, dir.path()).success();
-    let shard = dir
-        .path()
-        .join("p")
+    sandbox.eoi(&args).success();
+    let shard = sandbox
+        .path("p")
         .join(format!("model-00002-of-{n:05}.safetensors"));
     fs::write(&shard, b"keep me").unwrap();
-    eoi(&args, dir.path()).code(2);
+    sandbox.eoi(&args).code(2);
     assert_eq!(fs::read(&shard).unwrap(), b"keep me");
-    eoi(&[&args[..], &["--force"]].concat(), dir.path()).success();
+    sandbox.eoi(&[&args[..], &["--force"]].concat()).success();
     assert_eq!(
         fs::read(&shard).unwrap(),
         full[&format!("model-00002-of-{n:05}.safetensors")]

@@ -6,35 +6,14 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use assert_cmd::Command;
 use predicates::str::contains;
 
+use crate::util::{eoi_after, eoi_process, leftovers, text};
+
 const PRECIOUS: &[u8] = b"an older checkpoint that a failed run must not touch";
-
-fn eoi() -> &'static Path {
-    assert_cmd::cargo::cargo_bin!("eoi")
-}
-
-/// `.eoi-*` names anywhere under `dir`.
-fn leftovers(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap().flatten() {
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with(".eoi-") {
-                found.push(path.clone());
-            }
-            if path.is_dir() {
-                stack.push(path);
-            }
-        }
-    }
-    found
-}
 
 /// Four 256 x 256 layers: about 1.3 MB of output, far past a 50 KB file-size limit.
 const MID: &str = "[sparsity]\ndensity = 0.5\n\n[[layer]]\nname = \"l{i}.weight\"\nshape = [256, 256]\nrepeat = 4\n";
@@ -42,10 +21,8 @@ const MID: &str = "[sparsity]\ndensity = 0.5\n\n[[layer]]\nname = \"l{i}.weight\
 /// Runs `eoi generate spec.toml ARGS` under `ulimit -f 100` (at most 100 blocks of 512
 /// bytes, or of 1024 in some shells: either way far less than the output).
 fn generate_under_file_limit(dir: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
-    Command::new("sh")
+    eoi_after("ulimit -f 100")
         .current_dir(dir)
-        .args(["-c", "ulimit -f 100 && exec \"$@\"", "sh"])
-        .arg(eoi())
         .args(["generate", "spec.toml"])
         .args(args)
         .assert()
@@ -105,7 +82,7 @@ const LONG: &str = "[sparsity]\ndensity = 0.5\n\n[[layer]]\nname = \"l{i}.weight
 /// Starts `eoi generate` and waits until its temporary output exists.
 fn start_and_wait_for_staging(dir: &Path, args: &[&str]) -> Child {
     fs::write(dir.join("spec.toml"), LONG).unwrap();
-    let mut child = Process::new(eoi())
+    let mut child = eoi_process()
         .current_dir(dir)
         .args(["generate", "spec.toml", "-q"])
         .args(args)
@@ -134,10 +111,7 @@ fn interrupt(child: Child, signal: i32) -> (Option<i32>, String) {
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     assert_eq!(rc, 0);
     let output = child.wait_with_output().unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    (output.status.code(), text(&output.stderr))
 }
 
 #[test]

@@ -19,7 +19,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
+use crate::util::{eoi, leftovers, text, unwritable_directory};
 
 const FIXTURES: &str = "tests/fixtures/bad";
 
@@ -72,51 +72,6 @@ fn header(bytes: &[u8]) -> Result<Case, String> {
     Ok(case)
 }
 
-/// `.eoi-*` names anywhere under `dir`.
-fn leftovers(dir: &Path) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with(".eoi-") {
-                found.push(path.clone());
-            }
-            if path.is_dir() && !path.is_symlink() {
-                stack.push(path);
-            }
-        }
-    }
-    found
-}
-
-/// A directory that this process cannot create files in. A 0555 directory does that for an
-/// ordinary user, but root (as in CI containers) writes through any mode bits; there the
-/// output goes to /sys instead, where no one may create files, not even root.
-fn unwritable_directory(sandbox: &Path) -> PathBuf {
-    let locked = sandbox.join("locked");
-    fs::create_dir(&locked).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&locked, fs::Permissions::from_mode(0o555)).unwrap();
-    }
-    let probe = locked.join("probe");
-    if fs::write(&probe, b"").is_err() {
-        return locked;
-    }
-    fs::remove_file(&probe).unwrap();
-    let sys = PathBuf::from("/sys");
-    assert!(
-        fs::write(sys.join("eoi-probe"), b"").is_err(),
-        "no unwritable directory found: both a 0555 directory and /sys take new files"
-    );
-    sys
-}
-
 /// Runs one fixture; returns what went wrong, if anything.
 fn check(fixture: &Path) -> Result<(), String> {
     let bytes = fs::read(fixture).map_err(|e| e.to_string())?;
@@ -145,15 +100,14 @@ fn check(fixture: &Path) -> Result<(), String> {
         Some(other) => return Err(format!("unknown setup `{other}`")),
     }
     let written = dir.join(&output);
-    let assert = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+    let assert = eoi()
         .current_dir(dir)
-        .env_remove("RAYON_NUM_THREADS")
         .args(["generate", &spec, "-o"])
         .arg(&output)
         .args(&case.args)
         .assert();
     let got = assert.get_output();
-    let stderr = String::from_utf8_lossy(&got.stderr);
+    let stderr = text(&got.stderr);
     let mut problems = Vec::new();
     if got.status.code() != Some(case.code) {
         problems.push(format!(

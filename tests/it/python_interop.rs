@@ -9,75 +9,24 @@
 //! fail, they do not skip.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Output;
 
-use ndarray::ArrayD;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
-use tempfile::TempDir;
 
-const CHECKER: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/python/check_artifact.py"
-);
-const SPECS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/specs");
+use crate::util::{
+    Needs, Sandbox, data_range, eoi_process, generate, json, json_from, manifest, python,
+    read_npy_as, read_safetensors, records_by_name, repo, run_script, sha256, text,
+};
 
-/// The Python interpreter, once it is known to import numpy and safetensors.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
-        let help = "run the tests with `scripts/test` (it creates .venv with tests/python/requirements.txt and sets EOI_PYTHON), or set EOI_PYTHON to a Python with numpy and safetensors";
-        match Command::new(&python)
-            .args(["-c", "import numpy, safetensors"])
-            .output()
-        {
-            Ok(out) if out.status.success() => python,
-            Ok(out) => panic!(
-                "the Python interop tests need numpy and safetensors, but `{python} -c \"import numpy, safetensors\"` failed:\n{}\n{help}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => panic!("cannot run the Python interpreter `{python}`: {e}\n{help}"),
-        }
-    })
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `eoi generate SPEC -o OUT ARGS...` and requires success.
-fn generate(spec: &Path, out: &Path, args: &[&str]) {
-    let output = assert_cmd::cargo::cargo_bin_cmd!("eoi")
-        .arg("generate")
-        .arg(spec)
-        .arg("-o")
-        .arg(out)
-        .arg("--quiet")
-        .args(args)
-        .output()
-        .expect("eoi runs");
-    assert!(
-        output.status.success(),
-        "eoi generate {} -o {} {args:?} failed ({}):\n{}",
-        spec.display(),
-        out.display(),
-        output.status,
-        text(&output.stderr)
-    );
-}
-
+/// Runs tests/python/check_artifact.py ARGS... ARTIFACT.
 fn run_checker(args: &[&str], artifact: &Path) -> Output {
-    Command::new(python())
-        .arg(CHECKER)
-        .args(args)
-        .arg(artifact)
-        .output()
-        .expect("the checker runs")
+    let mut all: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    all.push(artifact.as_os_str());
+    run_script("check_artifact.py", all)
 }
 
 /// The checker's verdict on a good artifact: its final JSON line.
@@ -141,13 +90,6 @@ struct Seen {
     shape: Vec<usize>,
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Every tensor as Python (numpy / safetensors) sees it.
 fn python_view(artifact: &Path) -> BTreeMap<String, Seen> {
     let out = run_checker(&["--dump-sha256"], artifact);
@@ -177,23 +119,26 @@ fn python_view(artifact: &Path) -> BTreeMap<String, Seen> {
         .collect()
 }
 
+/// NumPy's name of a safetensors dtype.
+fn numpy_name(dtype: Dtype) -> &'static str {
+    match dtype {
+        Dtype::F32 => "float32",
+        Dtype::F64 => "float64",
+        Dtype::BOOL => "bool",
+        other => panic!("unexpected dtype {other:?}"),
+    }
+}
+
 /// Every tensor of a .safetensors file as the Rust `safetensors` crate reads it.
 fn rust_view_safetensors(file: &Path) -> BTreeMap<String, Seen> {
-    let bytes = fs::read(file).expect("the artifact is readable");
-    let st = SafeTensors::deserialize(&bytes).expect("the Rust safetensors crate reads it");
-    st.tensors()
+    read_safetensors(file)
+        .tensors
         .into_iter()
-        .map(|(name, view)| {
-            let dtype = match view.dtype() {
-                Dtype::F32 => "float32",
-                Dtype::F64 => "float64",
-                Dtype::BOOL => "bool",
-                other => panic!("tensor {name} has unexpected dtype {other:?}"),
-            };
+        .map(|(name, t)| {
             let seen = Seen {
-                sha256: sha256(view.data()),
-                dtype: dtype.to_string(),
-                shape: view.shape().to_vec(),
+                sha256: sha256(&t.data),
+                dtype: numpy_name(t.dtype).to_string(),
+                shape: t.shape,
             };
             (name, seen)
         })
@@ -208,44 +153,23 @@ fn rust_view_npy(dir: &Path) -> BTreeMap<String, Seen> {
     for t in manifest["tensors"].as_array().expect("manifest tensors") {
         let name = t["name"].as_str().expect("name");
         let path = dir.join(t["file"].as_str().expect("file"));
-        let (dtype, shape, bytes): (&str, Vec<usize>, Vec<u8>) = match t["dtype"].as_str() {
-            Some("f32") => {
-                let a: ArrayD<f32> = read_npy(&path);
-                let bytes = a.iter().flat_map(|x| x.to_le_bytes()).collect();
-                ("float32", a.shape().to_vec(), bytes)
-            }
-            Some("f64") => {
-                let a: ArrayD<f64> = read_npy(&path);
-                let bytes = a.iter().flat_map(|x| x.to_le_bytes()).collect();
-                ("float64", a.shape().to_vec(), bytes)
-            }
-            Some("bool") => {
-                let a: ArrayD<bool> = read_npy(&path);
-                let bytes = a.iter().map(|&b| u8::from(b)).collect();
-                ("bool", a.shape().to_vec(), bytes)
-            }
+        let dtype = match t["dtype"].as_str() {
+            Some("f32") => Dtype::F32,
+            Some("f64") => Dtype::F64,
+            Some("bool") => Dtype::BOOL,
             other => panic!("tensor {name} has unexpected manifest dtype {other:?}"),
         };
+        let tensor = read_npy_as(&path, dtype);
         seen.insert(
             name.to_string(),
             Seen {
-                sha256: sha256(&bytes),
-                dtype: dtype.to_string(),
-                shape,
+                sha256: sha256(&tensor.data),
+                dtype: numpy_name(dtype).to_string(),
+                shape: tensor.shape,
             },
         );
     }
     seen
-}
-
-fn read_npy<T: ndarray_npy::ReadableElement>(path: &Path) -> ArrayD<T> {
-    ndarray_npy::read_npy(path)
-        .unwrap_or_else(|e| panic!("ndarray-npy cannot read {}: {e}", path.display()))
-}
-
-fn manifest(dir: &Path) -> Value {
-    let bytes = fs::read(dir.join("manifest.json")).expect("manifest.json is readable");
-    serde_json::from_slice(&bytes).expect("manifest.json is JSON")
 }
 
 /// Requires Python and Rust to see exactly the same tensors and bytes.
@@ -275,31 +199,11 @@ fn assert_same_view(artifact: &Path) -> BTreeMap<String, Seen> {
 
 /// The per-layer records of an artifact, by layer name.
 fn layer_records(artifact: &Path) -> BTreeMap<String, Value> {
-    let layers: Value = if artifact.is_dir() {
-        manifest(artifact)["layers"].clone()
+    if artifact.is_dir() {
+        records_by_name(&manifest(artifact)["layers"])
     } else {
-        let bytes = fs::read(artifact).expect("the artifact is readable");
-        let (_, meta) = SafeTensors::read_metadata(&bytes).expect("a safetensors header");
-        let text = meta
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get("eoi.layers"))
-            .expect("__metadata__ has eoi.layers")
-            .clone();
-        serde_json::from_str(&text).expect("eoi.layers is JSON")
-    };
-    layers
-        .as_array()
-        .expect("a list of layers")
-        .iter()
-        .map(|l| (l["name"].as_str().expect("name").to_string(), l.clone()))
-        .collect()
-}
-
-fn write_spec(dir: &TempDir, name: &str, body: &str) -> PathBuf {
-    let path = dir.path().join(name);
-    fs::write(&path, body).expect("the spec is written");
-    path
+        read_safetensors(artifact).layer_records()
+    }
 }
 
 /// Linear layers: wide, tall, square, a single row and a single column; gains by name, by
@@ -403,14 +307,14 @@ fn assert_gain(records: &BTreeMap<String, Value>, layer: &str, gain: f64) {
 
 #[test]
 fn python_has_numpy_and_safetensors() {
-    python();
+    python(Needs::NumpySafetensors);
 }
 
 #[test]
 fn linear_f32_safetensors_with_tall_wide_and_gains() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
-    let out = dir.path().join("linear.safetensors");
+    let dir = Sandbox::new();
+    let spec = dir.write("linear.toml", LINEAR_SPEC);
+    let out = dir.path("linear.safetensors");
     generate(&spec, &out, &[]);
 
     let report = check(&out);
@@ -433,9 +337,9 @@ fn linear_f32_safetensors_with_tall_wide_and_gains() {
 
 #[test]
 fn linear_f64_safetensors_is_orthogonal_to_f64_precision() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
-    let out = dir.path().join("linear64.safetensors");
+    let dir = Sandbox::new();
+    let spec = dir.write("linear.toml", LINEAR_SPEC);
+    let out = dir.path("linear64.safetensors");
     generate(&spec, &out, &["--dtype", "f64"]);
 
     let report = check(&out);
@@ -456,10 +360,10 @@ fn linear_f64_safetensors_is_orthogonal_to_f64_precision() {
 
 #[test]
 fn npy_directory_matches_safetensors_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
-    let npy = dir.path().join("linear-npy");
-    let st = dir.path().join("linear.safetensors");
+    let dir = Sandbox::new();
+    let spec = dir.write("linear.toml", LINEAR_SPEC);
+    let npy = dir.path("linear-npy");
+    let st = dir.path("linear.safetensors");
     generate(&spec, &npy, &["--format", "npy"]);
     generate(&spec, &st, &[]);
 
@@ -475,10 +379,10 @@ fn npy_directory_matches_safetensors_bytes() {
 
 #[test]
 fn npz_archive_loads_with_numpy_and_matches_safetensors_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
-    let npz = dir.path().join("linear.npz");
-    let st = dir.path().join("linear.safetensors");
+    let dir = Sandbox::new();
+    let spec = dir.write("linear.toml", LINEAR_SPEC);
+    let npz = dir.path("linear.npz");
+    let st = dir.path("linear.safetensors");
     generate(&spec, &npz, &["--format", "npz"]);
     generate(&spec, &st, &[]);
     // numpy.load reads the archive and the checker finds every layer orthogonal and masked.
@@ -490,18 +394,16 @@ fn npz_archive_loads_with_numpy_and_matches_safetensors_bytes() {
 #[test]
 fn npz_with_more_than_65535_members_uses_zip64_and_loads() {
     // 33,000 layers make 66,001 members: past the 16-bit member count of a plain zip.
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(
-        &dir,
-        "many.toml",
+    let dir = Sandbox::new();
+    let spec = dir.write("many.toml",
         "[sparsity]\ndensity = 1.0\n[[layer]]\nname = \"l{i}.weight\"\nshape = [1, 2]\nrepeat = 33000\n",
     );
-    let npz = dir.path().join("many.npz");
+    let npz = dir.path("many.npz");
     generate(&spec, &npz, &["--format", "npz"]);
     let bytes = fs::read(&npz).unwrap();
     // The zip64 end record's signature sits 98 bytes from the end (56 + 20 + 22).
     assert_eq!(&bytes[bytes.len() - 98..bytes.len() - 94], b"PK\x06\x06");
-    let out = Command::new(python())
+    let out = python(Needs::NumpySafetensors)
         .args([
             "-c",
             "import sys, numpy as np\nz = np.load(sys.argv[1])\nprint(len(z.files), float(abs(z['l32999.weight']).sum() > 0), int(z['l0.weight_mask'].sum()))",
@@ -515,10 +417,10 @@ fn npz_with_more_than_65535_members_uses_zip64_and_loads() {
 
 #[test]
 fn conv_kernels_1d_2d_3d_are_delta_orthogonal() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(&dir, "conv.toml", CONV_SPEC);
+    let dir = Sandbox::new();
+    let spec = dir.write("conv.toml", CONV_SPEC);
 
-    let out = dir.path().join("conv.safetensors");
+    let out = dir.path("conv.safetensors");
     generate(&spec, &out, &[]);
     let report = check(&out);
     assert_eq!((report.tensors, report.layers), (14, 7), "{report:?}");
@@ -537,7 +439,7 @@ fn conv_kernels_1d_2d_3d_are_delta_orthogonal() {
     assert_eq!(seen["conv3d.weight"].shape, [8, 8, 3, 3, 3]);
     assert_eq!(seen["conv1d.weight_mask"].shape, [16, 8, 3]);
 
-    let out64 = dir.path().join("conv64");
+    let out64 = dir.path("conv64");
     generate(&spec, &out64, &["--format", "npy", "--dtype", "f64"]);
     let report = check(&out64);
     assert_eq!((report.tensors, report.layers), (14, 7), "{report:?}");
@@ -547,9 +449,9 @@ fn conv_kernels_1d_2d_3d_are_delta_orthogonal() {
 
 #[test]
 fn bundled_mlp_mnist_spec() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("mlp.safetensors");
-    generate(&Path::new(SPECS).join("mlp-mnist.toml"), &out, &[]);
+    let dir = Sandbox::new();
+    let out = dir.path("mlp.safetensors");
+    generate(&repo("specs/mlp-mnist.toml"), &out, &[]);
     let report = check(&out);
     assert_eq!((report.tensors, report.layers), (14, 7), "{report:?}");
     assert!(report.max_orthogonality_error <= 1e-5, "{report:?}");
@@ -558,17 +460,17 @@ fn bundled_mlp_mnist_spec() {
 
 #[test]
 fn bundled_resnet32_spec() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = Path::new(SPECS).join("resnet32-cifar10.toml");
+    let dir = Sandbox::new();
+    let spec = repo("specs/resnet32-cifar10.toml");
 
-    let out = dir.path().join("resnet32.safetensors");
+    let out = dir.path("resnet32.safetensors");
     generate(&spec, &out, &[]);
     let report = check(&out);
     assert_eq!((report.tensors, report.layers), (68, 34), "{report:?}");
     assert!(report.max_orthogonality_error <= 1e-5, "{report:?}");
     assert_same_view(&out);
 
-    let npy = dir.path().join("resnet32-f64");
+    let npy = dir.path("resnet32-f64");
     generate(
         &spec,
         &npy,
@@ -584,21 +486,18 @@ fn bundled_resnet32_spec() {
 /// A copy of `original` with the bytes of one element of `tensor` replaced.
 fn corrupt(original: &Path, copy: &Path, tensor: &str, element: usize, value: &[u8]) {
     let mut bytes = fs::read(original).unwrap();
-    let (header_len, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-    let info = meta.info(tensor).expect("the tensor exists");
-    let at = 8 + header_len + info.data_offsets.0 + element * value.len();
-    assert!(at + value.len() <= 8 + header_len + info.data_offsets.1);
+    let range = data_range(&bytes, tensor);
+    let at = range.start + element * value.len();
+    assert!(at + value.len() <= range.end);
     bytes[at..at + value.len()].copy_from_slice(value);
     fs::write(copy, bytes).unwrap();
 }
 
 /// Index of the first element of a bool tensor equal to `want`.
 fn first_mask_element(file: &Path, mask: &str, want: bool) -> usize {
-    let bytes = fs::read(file).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensor(mask)
-        .unwrap()
-        .data()
+    read_safetensors(file)
+        .tensor(mask)
+        .data
         .iter()
         .position(|&b| (b != 0) == want)
         .expect("such an element exists")
@@ -606,15 +505,15 @@ fn first_mask_element(file: &Path, mask: &str, want: bool) -> usize {
 
 #[test]
 fn the_checker_rejects_broken_artifacts() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = write_spec(&dir, "linear.toml", LINEAR_SPEC);
-    let good = dir.path().join("good.safetensors");
+    let dir = Sandbox::new();
+    let spec = dir.write("linear.toml", LINEAR_SPEC);
+    let good = dir.path("good.safetensors");
     generate(&spec, &good, &[]);
     check(&good);
 
     // A nonzero weight where the mask is 0.
     let outside = first_mask_element(&good, "square.weight_mask", false);
-    let bad = dir.path().join("outside.safetensors");
+    let bad = dir.path("outside.safetensors");
     corrupt(
         &good,
         &bad,
@@ -630,7 +529,7 @@ fn the_checker_rejects_broken_artifacts() {
 
     // One kept weight changed: no longer orthogonal.
     let kept = first_mask_element(&good, "tall.weight_mask", true);
-    let bad = dir.path().join("skewed.safetensors");
+    let bad = dir.path("skewed.safetensors");
     corrupt(&good, &bad, "tall.weight", kept, &0.123f32.to_le_bytes());
     let err = check_fails(&bad);
     assert!(
@@ -639,7 +538,7 @@ fn the_checker_rejects_broken_artifacts() {
     );
 
     // A mask bit cleared: the mask no longer covers the weights nor matches the record's nnz.
-    let bad = dir.path().join("mask.safetensors");
+    let bad = dir.path("mask.safetensors");
     corrupt(
         &good,
         &bad,
@@ -655,21 +554,20 @@ fn the_checker_rejects_broken_artifacts() {
 
     // A conv kernel with a nonzero weight off the centre tap (inside the mask, so only the
     // delta structure is broken).
-    let spec = write_spec(&dir, "conv.toml", CONV_SPEC);
-    let conv = dir.path().join("conv.safetensors");
+    let spec = dir.write("conv.toml", CONV_SPEC);
+    let conv = dir.path("conv.safetensors");
     generate(&spec, &conv, &[]);
     check(&conv);
-    let bytes = fs::read(&conv).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mask = st.tensor("conv2d.weight_mask").unwrap();
+    let file = read_safetensors(&conv);
+    let mask = file.tensor("conv2d.weight_mask");
     // Shape (32, 16, 3, 3): the centre tap of each (out, in) pair is element 4 of 9.
     let off_centre = mask
-        .data()
+        .data
         .iter()
         .enumerate()
         .position(|(k, &b)| b != 0 && k % 9 != 4)
         .expect("the sqrt rule adds mask positions off the centre");
-    let bad = dir.path().join("conv-off-centre.safetensors");
+    let bad = dir.path("conv-off-centre.safetensors");
     corrupt(
         &conv,
         &bad,
@@ -684,16 +582,13 @@ fn the_checker_rejects_broken_artifacts() {
     );
 }
 
-const BIAS_CHECKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/check_biases.py");
-
 /// Runs check_biases.py on `artifact` with the expected biases; its exit status and stderr.
 fn check_biases(artifact: &Path, expected: &Value) -> (bool, String) {
-    let out = Command::new(python())
-        .arg(BIAS_CHECKER)
-        .arg(artifact)
-        .arg(expected.to_string())
-        .output()
-        .expect("the bias checker runs");
+    let expected = expected.to_string();
+    let out = run_script(
+        "check_biases.py",
+        [artifact.as_os_str(), OsStr::new(&expected)],
+    );
     (out.status.success(), text(&out.stderr))
 }
 
@@ -704,8 +599,8 @@ fn biases_load_with_numpy_in_every_container() {
         [[layer]]\nname = \"fc1.weight\"\nshape = [600, 100]\n\
         [[layer]]\nname = \"fc2.weight\"\nshape = [300, 600]\nbias_std = 2\n\
         [[layer]]\nname = \"fc3.weight\"\nshape = [10, 300]\nbias_std = 0\n";
-    let dir = TempDir::new().unwrap();
-    let spec = dir.path().join("biases.toml");
+    let dir = Sandbox::new();
+    let spec = dir.path("biases.toml");
     fs::write(&spec, spec_text).unwrap();
     let expected = |dtype: &str| {
         serde_json::json!({
@@ -726,13 +621,13 @@ fn biases_load_with_numpy_in_every_container() {
         ("npy", vec!["--format", "npy", "--dtype", "f64"], "float64"),
         ("b.npz", vec!["--format", "npz"], "float32"),
     ] {
-        let out = dir.path().join(name);
+        let out = dir.path(name);
         generate(&spec, &out, &args);
         let (ok, stderr) = check_biases(&out, &expected(dtype));
         assert!(ok, "{name}: {stderr}");
     }
     // The checker can fail: a bias of another std, a missing bias, a nonzero "zero" bias.
-    let out = dir.path().join("b.safetensors");
+    let out = dir.path("b.safetensors");
     let mut wrong = expected("float32");
     wrong["fc1.bias"]["std"] = serde_json::json!(0.1);
     wrong["fc2.bias"]["std"] = serde_json::json!(0.0);
@@ -754,15 +649,15 @@ fn biases_load_with_numpy_in_every_container() {
 fn a_stream_on_standard_output_loads_with_safetensors_load() {
     // `eoi generate SPEC -o - | python ...`: the official safetensors.numpy.load reads the
     // piped bytes, which equal the file `-o FILE` writes, byte for byte and tensor for tensor.
-    let dir = TempDir::new().unwrap();
-    let spec = dir.path().join("biases.toml");
-    let spec_text = fs::read_to_string(Path::new(SPECS).join("mlp-mnist.toml"))
+    let dir = Sandbox::new();
+    let spec = dir.path("biases.toml");
+    let spec_text = fs::read_to_string(repo("specs/mlp-mnist.toml"))
         .unwrap()
         .replacen("[init]\n", "[init]\nbias_std = 0.01\n", 1);
     fs::write(&spec, spec_text).unwrap();
-    let file = dir.path().join("file.safetensors");
+    let file = dir.path("file.safetensors");
     generate(&spec, &file, &[]);
-    let mut producer = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+    let mut producer = eoi_process()
         .arg("generate")
         .arg(&spec)
         .args(["-o", "-", "-q"])
@@ -780,7 +675,7 @@ fn a_stream_on_standard_output_loads_with_safetensors_load() {
         \x20   a, b = streamed[name], written[name]\n\
         \x20   assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), name\n\
         print(json.dumps({'tensors': len(streamed), 'bytes': len(data), 'biases': sum(n.endswith('.bias') for n in streamed)}))\n";
-    let consumer = Command::new(python())
+    let consumer = python(Needs::NumpySafetensors)
         .args(["-c", script])
         .arg(&file)
         .stdin(producer.stdout.take().unwrap())
@@ -788,7 +683,7 @@ fn a_stream_on_standard_output_loads_with_safetensors_load() {
         .expect("python runs");
     assert!(producer.wait().unwrap().success());
     assert!(consumer.status.success(), "{}", text(&consumer.stderr));
-    let report: Value = serde_json::from_slice(&consumer.stdout).unwrap();
+    let report = json(&consumer.stdout);
     assert_eq!(
         report["tensors"], 21,
         "7 layers: weight, mask and bias each"
@@ -802,11 +697,11 @@ fn approx_isometry_errors_are_what_numpy_computes_from_the_file() {
     // Linear layers (wide, tall, square, a row, a column) and convolutions (the centre
     // matrix), in f32 and f64: NumPy's ||G - gain^2 I||_F / ||gain^2 I||_F of each stored
     // weight equals the record's isometry_error to the stored dtype's rounding.
-    let dir = tempfile::tempdir().unwrap();
+    let dir = Sandbox::new();
     for (name, body, layers) in [("linear", LINEAR_SPEC, 5), ("conv", CONV_SPEC, 7)] {
-        let spec = write_spec(&dir, &format!("{name}.toml"), body);
+        let spec = dir.write(&format!("{name}.toml"), body);
         for dtype in ["f32", "f64"] {
-            let out = dir.path().join(format!("{name}-{dtype}.safetensors"));
+            let out = dir.path(&format!("{name}-{dtype}.safetensors"));
             generate(
                 &spec,
                 &out,
@@ -824,12 +719,10 @@ fn approx_isometry_errors_are_what_numpy_computes_from_the_file() {
         }
     }
     // A weight moved by one part in a thousand no longer has the recorded error.
-    let good = dir.path().join("linear-f64.safetensors");
-    let bad = dir.path().join("moved.safetensors");
+    let good = dir.path("linear-f64.safetensors");
+    let bad = dir.path("moved.safetensors");
     let at = first_mask_element(&good, "square.weight_mask", true);
-    let bytes = fs::read(&good).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let data = st.tensor("square.weight").unwrap().data().to_vec();
+    let data = read_safetensors(&good).tensor("square.weight").data.clone();
     let value = f64::from_le_bytes(data[at * 8..at * 8 + 8].try_into().unwrap());
     corrupt(
         &good,
@@ -842,19 +735,16 @@ fn approx_isometry_errors_are_what_numpy_computes_from_the_file() {
     assert!(stderr.contains("square.weight: isometry error"), "{stderr}");
 }
 
-const SPECTRUM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/conv_spectrum.py");
-
 /// Runs examples/conv_spectrum.py on `layer` of `file` and returns its JSON.
 fn spectrum(file: &Path, layer: &str, groups: usize) -> Value {
-    let output = Command::new(python())
-        .arg(SPECTRUM)
+    let output = python(Needs::NumpySafetensors)
+        .arg(repo("examples/conv_spectrum.py"))
         .arg(file)
         .arg(layer)
         .args(["--groups", &groups.to_string(), "--grid", "6", "--json"])
         .output()
         .expect("conv_spectrum.py runs");
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap()
+    json_from("conv_spectrum.py", &output)
 }
 
 #[test]
@@ -863,13 +753,11 @@ fn a_depthwise_layer_is_an_isometry_where_the_single_column_treatment_is_not() {
     // channel's centre +-gain), and as the reference code sees it, one (144, 1) matrix whose
     // centre is a single unit-norm column. numpy's 2-D FFT gives the singular values of each
     // as a periodic convolution operator (examples/conv_spectrum.py).
-    let dir = TempDir::new().unwrap();
-    let spec = write_spec(
-        &dir,
-        "depthwise.toml",
+    let dir = Sandbox::new();
+    let spec = dir.write("depthwise.toml",
         "[sparsity]\ndensity = 1.0\n[[layer]]\nname = \"grouped.weight\"\nshape = [144, 1, 3, 3]\ngroups = 144\n[[layer]]\nname = \"column.weight\"\nshape = [144, 1, 3, 3]\n",
     );
-    let file = dir.path().join("depthwise.safetensors");
+    let file = dir.path("depthwise.safetensors");
     generate(&spec, &file, &["--dtype", "f64"]);
     let grouped = spectrum(&file, "grouped.weight", 144);
     assert_eq!(grouped["count"], 144 * 36);

@@ -7,113 +7,49 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command as Process;
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
 
-const CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/check_base.py");
-
-fn python() -> String {
-    std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into())
-}
+use crate::util::{
+    Entry, eoi, eoi_after, json as parse_json, leftovers, names_in, read_safetensors, resnet18,
+    run_script, safetensors_bytes, sha256, spec_from,
+};
 
 /// A checkpoint's tensors: (name, dtype, shape), in order.
 type TensorList = Vec<(String, &'static str, Vec<usize>)>;
 
-/// (name, dtype, shape) of ResNet-18's state dict, in order.
-fn resnet18() -> TensorList {
-    let mut list = Vec::new();
-    let bn = |list: &mut Vec<(String, &'static str, Vec<usize>)>, prefix: &str, c: usize| {
-        for p in ["weight", "bias", "running_mean", "running_var"] {
-            list.push((format!("{prefix}.{p}"), "F32", vec![c]));
-        }
-        list.push((format!("{prefix}.num_batches_tracked"), "I64", vec![]));
-    };
-    list.push(("conv1.weight".into(), "F32", vec![64, 3, 7, 7]));
-    bn(&mut list, "bn1", 64);
-    let mut inp = 64;
-    for (l, c) in [(1, 64), (2, 128), (3, 256), (4, 512)] {
-        for b in 0..2 {
-            let p = format!("layer{l}.{b}");
-            list.push((
-                format!("{p}.conv1.weight"),
-                "F32",
-                vec![c, if b == 0 { inp } else { c }, 3, 3],
-            ));
-            bn(&mut list, &format!("{p}.bn1"), c);
-            list.push((format!("{p}.conv2.weight"), "F32", vec![c, c, 3, 3]));
-            bn(&mut list, &format!("{p}.bn2"), c);
-            if b == 0 && l > 1 {
-                list.push((
-                    format!("{p}.downsample.0.weight"),
-                    "F32",
-                    vec![c, inp, 1, 1],
-                ));
-                bn(&mut list, &format!("{p}.downsample.1"), c);
-            }
-        }
-        inp = c;
-    }
-    list.push(("fc.weight".into(), "F32", vec![1000, 512]));
-    list.push(("fc.bias".into(), "F32", vec![1000]));
-    list
-}
-
-fn size(dtype: &str) -> usize {
-    match dtype {
-        "F32" => 4,
-        "I64" => 8,
-        "F16" => 2,
-        _ => 1,
-    }
+/// (name, dtype, shape) of ResNet-18's state dict, in order: the BatchNorm counters are I64.
+fn resnet18_with_dtypes() -> TensorList {
+    resnet18()
+        .into_iter()
+        .map(|(name, shape)| {
+            let dtype = if name.ends_with(".num_batches_tracked") {
+                "I64"
+            } else {
+                "F32"
+            };
+            (name, dtype, shape)
+        })
+        .collect()
 }
 
 /// Writes `list` as a safetensors file whose every tensor has distinct, nonzero bytes, with
 /// `metadata` in its header.
 fn write_base(path: &Path, list: &[(String, &'static str, Vec<usize>)], metadata: Value) {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), metadata);
-    let mut data: Vec<u8> = Vec::new();
-    for (k, (name, dtype, shape)) in list.iter().enumerate() {
-        let bytes = size(dtype) * shape.iter().product::<usize>();
-        let at = data.len();
-        data.extend((0..bytes).map(|i| ((i * 31 + k * 7) % 251) as u8 + 1));
-        header.insert(
-            name.clone(),
-            json!({"dtype": dtype, "shape": shape, "data_offsets": [at, data.len()]}),
-        );
-    }
-    let text = Value::Object(header).to_string();
-    let mut file = (text.len() as u64).to_le_bytes().to_vec();
-    file.extend(text.as_bytes());
-    file.extend(data);
-    fs::write(path, file).unwrap();
+    let entries: Vec<Entry> = list
+        .iter()
+        .enumerate()
+        .map(|(k, (name, dtype, shape))| Entry::patterned(name, dtype, shape, k))
+        .collect();
+    fs::write(path, safetensors_bytes(&entries, Some(&metadata), false)).unwrap();
 }
 
-fn eoi() -> Command {
-    Command::cargo_bin("eoi").unwrap()
-}
-
-fn spec_from(source: &Path, args: &[&str]) -> String {
-    let out = eoi()
-        .arg("spec")
-        .arg("--from")
-        .arg(source)
-        .args(args)
-        .assert()
-        .success();
-    String::from_utf8(out.get_output().stdout.clone()).unwrap()
-}
-
+/// tests/python/check_base.py: the official safetensors package finds every tensor of `out`
+/// but `replaced` copied byte for byte from `base`.
 fn check_with_python(base: &Path, out: &Path, replaced: &[String]) {
-    let result = Process::new(python())
-        .arg(CHECK)
-        .arg(base)
-        .arg(out)
-        .args(replaced)
-        .output()
-        .expect("python runs (scripts/test sets EOI_PYTHON)");
+    let mut args = vec![base.as_os_str(), out.as_os_str()];
+    args.extend(replaced.iter().map(|r| std::ffi::OsStr::new(r.as_str())));
+    let result = run_script("check_base.py", args);
     assert!(
         result.status.success(),
         "{}{}",
@@ -123,29 +59,11 @@ fn check_with_python(base: &Path, out: &Path, replaced: &[String]) {
     assert_eq!(String::from_utf8_lossy(&result.stdout).trim(), "ok");
 }
 
-fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
-    let bytes = fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut list: Vec<_> = file
-        .tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
-        .collect();
-    list.sort();
-    list
-}
-
-fn metadata(path: &Path) -> std::collections::HashMap<String, String> {
-    let bytes = fs::read(path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    meta.metadata().clone().unwrap_or_default()
-}
-
 #[test]
 fn resnet18_becomes_a_complete_state_dict() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("resnet18.safetensors");
-    let list = resnet18();
+    let list = resnet18_with_dtypes();
     write_base(
         &base,
         &list,
@@ -186,22 +104,16 @@ fn resnet18_becomes_a_complete_state_dict() {
         .assert()
         .success();
     eoi().arg("verify").arg(&plain).assert().success();
-    let from_plain = tensors(&plain);
-    let completed = tensors(&out);
-    for t in &from_plain {
-        assert!(completed.contains(t), "{} differs from a plain run", t.0);
+    let from_plain = read_safetensors(&plain).tensors;
+    let completed = read_safetensors(&out);
+    for (name, t) in &from_plain {
+        assert_eq!(completed.tensor(name), t, "{name} differs from a plain run");
     }
-    let meta = metadata(&out);
+    let meta = completed.metadata;
     assert_eq!(meta["eoi.base"], "resnet18.safetensors");
-    let header_len = u64::from_le_bytes(fs::read(&base).unwrap()[..8].try_into().unwrap()) as usize;
-    let digest = {
-        use sha2::{Digest, Sha256};
-        Sha256::digest(&fs::read(&base).unwrap()[8..8 + header_len])
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
-    assert_eq!(meta["eoi.base_sha256"], digest);
+    let bytes = fs::read(&base).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(meta["eoi.base_sha256"], sha256(&bytes[8..8 + header_len]));
     // The base's own keys are kept, except format and eoi.* (eoi's provenance wins).
     assert_eq!(meta["origin"], "tests");
     assert_eq!(meta["format"], "pt");
@@ -283,24 +195,23 @@ fn a_sharded_base_gives_the_same_shards_and_a_matching_index() {
         .collect();
     assert_eq!(replaced.len(), 6);
     check_with_python(&index, &out.join("model.safetensors.index.json"), &replaced);
-    let written: Value =
-        serde_json::from_slice(&fs::read(out.join("model.safetensors.index.json")).unwrap())
-            .unwrap();
+    let written = parse_json(fs::read(out.join("model.safetensors.index.json")).unwrap());
     let on_disk: u64 = [
         "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors",
     ]
     .iter()
     .map(|f| {
-        tensors(&out.join(f))
-            .iter()
-            .map(|(_, _, d)| d.len() as u64)
+        read_safetensors(&out.join(f))
+            .tensors
+            .values()
+            .map(|t| t.data.len() as u64)
             .sum::<u64>()
     })
     .sum();
     assert_eq!(written["metadata"]["total_size"], on_disk);
     assert_eq!(
-        metadata(&out.join("model-00002-of-00002.safetensors"))["eoi.shard"],
+        read_safetensors(&out.join("model-00002-of-00002.safetensors")).meta("eoi.shard"),
         "2/2"
     );
     let files = [
@@ -309,7 +220,7 @@ fn a_sharded_base_gives_the_same_shards_and_a_matching_index() {
         "model-00002-of-00002.safetensors",
         "model.safetensors.index.json",
     ];
-    assert_eq!(listing(&out), files);
+    assert_eq!(names_in(&out), files);
     assert_eq!(
         fs::read(out.join("config.json")).unwrap(),
         fs::read(ckpt.join("config.json")).unwrap()
@@ -353,12 +264,7 @@ fn mismatch(dir: &Path, spec: &str, base: &Path, message: &str) {
         .code(2)
         .stderr(predicates::str::contains(message));
     assert_eq!(fs::read_to_string(&out).unwrap(), "an earlier output");
-    let leftovers: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".eoi-"))
-        .collect();
-    assert!(leftovers.is_empty());
+    assert_eq!(leftovers(dir), Vec::<PathBuf>::new());
 }
 
 #[test]
@@ -418,16 +324,6 @@ fn disagreements_with_the_base_name_the_tensor_and_write_nothing() {
         &not_safetensors,
         "not a safetensors file",
     );
-}
-
-/// The names in `dir`, sorted.
-fn listing(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 /// A Hugging Face `save_pretrained` directory of a small GPT-2 style model: its
@@ -509,7 +405,7 @@ fn a_save_pretrained_directory_gives_a_directory_with_its_other_files() {
     let mut expected: Vec<&str> = copied.to_vec();
     expected.push("model.safetensors");
     expected.sort_unstable();
-    assert_eq!(listing(&out), expected);
+    assert_eq!(names_in(&out), expected);
     for name in copied {
         assert_eq!(
             fs::read(out.join(name)).unwrap(),
@@ -548,7 +444,7 @@ fn a_save_pretrained_directory_gives_a_directory_with_its_other_files() {
         &replaced,
     );
     assert_eq!(
-        metadata(&out.join("model.safetensors"))["eoi.base"],
+        read_safetensors(&out.join("model.safetensors")).meta("eoi.base"),
         "model.safetensors"
     );
 
@@ -586,10 +482,16 @@ fn a_save_pretrained_directory_gives_a_directory_with_its_other_files() {
     again(false).code(2).stderr(predicates::str::contains(
         "gpt2-eoi' already exists; pass --force",
     ));
-    assert_eq!(metadata(&out.join("model.safetensors"))["eoi.seed"], "0");
+    assert_eq!(
+        read_safetensors(&out.join("model.safetensors")).meta("eoi.seed"),
+        "0"
+    );
     again(true).success();
-    assert_eq!(metadata(&out.join("model.safetensors"))["eoi.seed"], "5");
-    assert_eq!(listing(&out), expected);
+    assert_eq!(
+        read_safetensors(&out.join("model.safetensors")).meta("eoi.seed"),
+        "5"
+    );
+    assert_eq!(names_in(&out), expected);
     // A directory eoi did not write is never replaced.
     let foreign = dir.path().join("foreign");
     fs::create_dir(&foreign).unwrap();
@@ -606,7 +508,7 @@ fn a_save_pretrained_directory_gives_a_directory_with_its_other_files() {
         .stderr(predicates::str::contains(
             "a directory that eoi did not write",
         ));
-    assert_eq!(listing(&foreign), ["notes.txt"]);
+    assert_eq!(names_in(&foreign), ["notes.txt"]);
 }
 
 /// Under `ulimit -f 100` (50 to 100 KB), a base directory whose tokenizer is larger cannot
@@ -626,10 +528,8 @@ fn a_file_that_cannot_be_copied_fails_the_run_and_keeps_the_old_output() {
     fs::write(&spec, spec_from(&hf, &["--density", "0.5"])).unwrap();
     let out = dir.path().join("out");
     let generate = |extra: &[&str]| {
-        Command::new("sh")
+        eoi_after("ulimit -f 100")
             .current_dir(dir.path())
-            .args(["-c", "ulimit -f 100 && exec \"$@\"", "sh"])
-            .arg(assert_cmd::cargo::cargo_bin!("eoi"))
             .arg("generate")
             .arg(&spec)
             .arg("--base")
@@ -647,18 +547,18 @@ fn a_file_that_cannot_be_copied_fails_the_run_and_keeps_the_old_output() {
     // Over an earlier output of eoi, which stays as it was.
     fs::write(hf.join("tokenizer.json"), "small").unwrap();
     generate(&[]).success();
-    let before: Vec<Vec<u8>> = listing(&out)
+    let before: Vec<Vec<u8>> = names_in(&out)
         .iter()
         .map(|n| fs::read(out.join(n)).unwrap())
         .collect();
     fs::write(hf.join("tokenizer.json"), vec![b't'; 400_000]).unwrap();
     generate(&["--force", "--seed", "3"]).code(1);
-    let after: Vec<Vec<u8>> = listing(&out)
+    let after: Vec<Vec<u8>> = names_in(&out)
         .iter()
         .map(|n| fs::read(out.join(n)).unwrap())
         .collect();
     assert_eq!(before, after);
-    let hidden: Vec<String> = listing(dir.path())
+    let hidden: Vec<String> = names_in(dir.path())
         .into_iter()
         .filter(|n| n.starts_with(".eoi-"))
         .collect();

@@ -3,56 +3,16 @@
 //! command line's `--scheme` is recorded so `verify --regenerate` reproduces it, and bad
 //! scheme names are spec errors.
 
-use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
-use safetensors::SafeTensors;
-use serde_json::Value;
+use crate::util::{
+    self, Checkpoint, Sandbox, Tensor, centre_tap, data_range, eoi, gram_error, json,
+    read_safetensors,
+};
 
-struct Tensor {
-    shape: Vec<usize>,
-    values: Vec<f64>,
-}
-
-struct Artifact {
-    tensors: HashMap<String, Tensor>,
-    metadata: HashMap<String, String>,
-}
-
-impl Artifact {
-    fn weight(&self, name: &str) -> &Tensor {
-        &self.tensors[name]
-    }
-
-    fn mask(&self, name: &str) -> Vec<bool> {
-        self.tensors[&format!("{name}_mask")]
-            .values
-            .iter()
-            .map(|&v| v != 0.0)
-            .collect()
-    }
-
-    fn record(&self, name: &str) -> Value {
-        let layers: Value = serde_json::from_str(&self.metadata["eoi.layers"]).unwrap();
-        layers
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name)
-            .unwrap()
-            .clone()
-    }
-}
-
-fn eoi() -> Command {
-    let mut command = Command::cargo_bin("eoi").unwrap();
-    command.env_remove("RAYON_NUM_THREADS");
-    command
-}
-
-/// Writes `spec` and generates it as f64 safetensors with `args`; the artifact's path too.
-fn generate_in(dir: &Path, spec: &str, args: &[&str]) -> (Artifact, std::path::PathBuf) {
+/// Writes `spec` and generates it as f64 safetensors with `args` in `dir`; the output read
+/// back, and its path.
+fn generate_in(dir: &Path, spec: &str, args: &[&str]) -> (Checkpoint, PathBuf) {
     let spec_path = dir.join("spec.toml");
     std::fs::write(&spec_path, spec).unwrap();
     let out = dir.join("out.safetensors");
@@ -64,38 +24,12 @@ fn generate_in(dir: &Path, spec: &str, args: &[&str]) -> (Artifact, std::path::P
         .args(args)
         .assert()
         .success();
-    let bytes = std::fs::read(&out).unwrap();
-    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-    let metadata = header
-        .metadata()
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .collect();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let tensors = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = match view.dtype() {
-                safetensors::Dtype::F64 => view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
-                safetensors::Dtype::BOOL => view.data().iter().map(|&b| f64::from(b)).collect(),
-                other => panic!("unexpected dtype {other:?}"),
-            };
-            let shape = view.shape().to_vec();
-            (name, Tensor { shape, values })
-        })
-        .collect();
-    (Artifact { tensors, metadata }, out)
+    (read_safetensors(&out), out)
 }
 
-fn generate(spec: &str, args: &[&str]) -> Artifact {
-    let dir = tempfile::tempdir().unwrap();
-    generate_in(dir.path(), spec, args).0
+fn generate(spec: &str, args: &[&str]) -> Checkpoint {
+    let sandbox = Sandbox::new();
+    generate_in(sandbox.dir(), spec, args).0
 }
 
 fn spec_of(density: f64, gain: f64, layers: &[(&str, &[usize])]) -> String {
@@ -111,7 +45,7 @@ fn spec_of(density: f64, gain: f64, layers: &[(&str, &[usize])]) -> String {
 /// Mean and standard deviation of the kept weights.
 fn kept_moments(weight: &Tensor, mask: &[bool]) -> (f64, f64, usize) {
     let kept: Vec<f64> = weight
-        .values
+        .values()
         .iter()
         .zip(mask)
         .filter(|(_, m)| **m)
@@ -124,40 +58,19 @@ fn kept_moments(weight: &Tensor, mask: &[bool]) -> (f64, f64, usize) {
 }
 
 /// Every weight outside the mask is exactly zero; the mask holds exactly `want` ones.
-fn check_mask(a: &Artifact, name: &str, want: usize) {
-    let mask = a.mask(name);
+fn check_mask(a: &Checkpoint, name: &str, want: usize) {
+    let mask = a.mask_of(name);
     let ones = mask.iter().filter(|&&m| m).count();
     assert_eq!(ones, want, "{name}: mask ones");
     let outside = a
-        .weight(name)
-        .values
+        .tensor(name)
+        .values()
         .iter()
         .zip(&mask)
         .filter(|(v, m)| !**m && **v != 0.0)
         .count();
     assert_eq!(outside, 0, "{name}: nonzero weights outside the mask");
     assert_eq!(a.record(name)["nnz"], want as u64);
-}
-
-/// The max deviation of the smaller Gram matrix of an (r, c) row-major matrix from g^2 I.
-fn gram_deviation(values: &[f64], r: usize, c: usize, gain: f64) -> f64 {
-    let at = |i: usize, k: usize| {
-        if r <= c {
-            values[i * c + k]
-        } else {
-            values[k * c + i]
-        }
-    };
-    let (n, m) = (r.min(c), r.max(c));
-    let mut worst: f64 = 0.0;
-    for i in 0..n {
-        for j in 0..n {
-            let dot: f64 = (0..m).map(|k| at(i, k) * at(j, k)).sum();
-            let want = if i == j { gain * gain } else { 0.0 };
-            worst = worst.max((dot - want).abs());
-        }
-    }
-    worst
 }
 
 const LINEAR: (&str, &[usize]) = ("fc.weight", &[256, 192]);
@@ -175,10 +88,10 @@ fn kaiming_keeps_round_d_numel_normal_weights_of_std_gain_over_root_fan_in() {
             let numel: usize = shape.iter().product();
             let want = (density * numel as f64).round() as usize;
             check_mask(&a, name, want);
-            assert_eq!(a.weight(name).shape, shape);
+            assert_eq!(a.tensor(name).shape, shape);
             let fan: f64 = if scaled { fan_in * density } else { fan_in };
             let std = gain / fan.sqrt();
-            let (mean, sample_std, n) = kept_moments(a.weight(name), &a.mask(name));
+            let (mean, sample_std, n) = kept_moments(a.tensor(name), &a.mask_of(name));
             // Standard errors: mean std/sqrt(n), std about std/sqrt(2n); bounds of 5 of them.
             let n = n as f64;
             assert!(
@@ -205,14 +118,14 @@ fn orthogonal_is_exactly_orthogonal_unmasked_and_delta_for_convolutions() {
     );
     for (name, r, c) in [(LINEAR.0, 256, 192), ("wide.weight", 40, 100)] {
         check_mask(&a, name, r * c);
-        let dev = gram_deviation(&a.weight(name).values, r, c, gain);
+        let dev = gram_error(&a.tensor(name).values(), r, c, gain);
         assert!(dev < 1e-13, "{name}: {dev}");
     }
     // The conv kernel: an orthogonal matrix at the centre tap (index 4 of 3x3), zero elsewhere.
-    let w = &a.weight(CONV.0).values;
+    let w = &a.tensor(CONV.0).values();
     let centre: Vec<f64> = w.iter().skip(4).step_by(9).copied().collect();
     assert!(w.iter().enumerate().all(|(k, v)| k % 9 == 4 || *v == 0.0));
-    let dev = gram_deviation(&centre, 64, 32, gain);
+    let dev = gram_error(&centre, 64, 32, gain);
     assert!(dev < 1e-13, "conv centre: {dev}");
 }
 
@@ -227,7 +140,7 @@ fn masked_orthogonal_keeps_entries_of_an_orthogonal_matrix() {
     );
     check_mask(&a, LINEAR.0, (density * 256.0 * 192.0) as usize);
     check_mask(&a, CONV.0, (density * 64.0 * 32.0 * 9.0) as usize);
-    let (mean, std, n) = kept_moments(a.weight(LINEAR.0), &a.mask(LINEAR.0));
+    let (mean, std, n) = kept_moments(a.tensor(LINEAR.0), &a.mask_of(LINEAR.0));
     let want = gain / 256f64.sqrt();
     let n = n as f64;
     assert!(mean.abs() < 5.0 * want / n.sqrt(), "{mean}");
@@ -236,7 +149,7 @@ fn masked_orthogonal_keeps_entries_of_an_orthogonal_matrix() {
         "{std} vs {want}"
     );
     // Conv: only centre-tap weights can be nonzero; off-centre mask ones hold zeros.
-    let w = &a.weight(CONV.0).values;
+    let w = &a.tensor(CONV.0).values();
     assert!(w.iter().enumerate().all(|(k, v)| k % 9 == 4 || *v == 0.0));
 }
 
@@ -259,7 +172,7 @@ fn every_scheme_verifies_and_regenerates_bit_for_bit() {
             .arg(&out)
             .assert()
             .success();
-        let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+        let report = json(util::stdout(&assert));
         assert_eq!(report["regenerate"]["passed"], true, "{scheme}: {report}");
         assert_eq!(report["regenerate"]["compared"], 6, "{scheme}");
         for layer in report["layers"].as_array().unwrap() {
@@ -277,7 +190,7 @@ fn a_masked_orthogonal_matrix_that_claims_density_one_fails_verify() {
     let dir = tempfile::tempdir().unwrap();
     let spec = spec_of(1.0, 1.0, &[("fc.weight", &[32, 32])]);
     let (a, out) = generate_in(dir.path(), &spec, &["--scheme", "orthogonal"]);
-    assert!(gram_deviation(&a.weight("fc.weight").values, 32, 32, 1.0) < 1e-13);
+    assert!(gram_error(&a.tensor("fc.weight").values(), 32, 32, 1.0) < 1e-13);
     eoi().arg("verify").arg(&out).assert().success();
     // Now a kaiming layer whose record is edited to say it is orthogonal at d = 1.
     let spec = spec_of(1.0, 1.0, &[("fc.weight", &[32, 32])]);
@@ -296,7 +209,7 @@ fn a_masked_orthogonal_matrix_that_claims_density_one_fails_verify() {
     assert_ne!(new_header, header, "the record should name the scheme");
     std::fs::write(&out, rebuilt).unwrap();
     let assert = eoi().arg("verify").arg(&out).assert().code(1);
-    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let stdout = util::stdout(&assert);
     assert!(stdout.contains("orthogonality"), "{stdout}");
 }
 
@@ -312,11 +225,11 @@ fn per_layer_schemes_mix_and_the_plan_names_them() {
         .arg("--json")
         .assert()
         .success();
-    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let plan = json(util::stdout(&assert));
     assert_eq!(plan["layers"][0]["scheme"], "kaiming");
     assert_eq!(plan["layers"][1]["scheme"], "eoi");
     let assert = eoi().arg("plan").arg(&path).assert().success();
-    let text = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let text = util::stdout(&assert);
     assert!(
         text.lines()
             .any(|l| l.starts_with("a ") && l.contains("kaiming")),
@@ -329,7 +242,7 @@ fn per_layer_schemes_mix_and_the_plan_names_them() {
         .args(["--json", "--scheme", "orthogonal"])
         .assert()
         .success();
-    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let plan = json(util::stdout(&assert));
     assert_eq!(plan["layers"][0]["scheme"], "orthogonal");
     assert_eq!(plan["layers"][1]["scheme"], "orthogonal");
 }
@@ -350,7 +263,7 @@ fn a_random_mask_may_go_below_eois_minimum() {
         .arg(dir.path().join("o.safetensors"))
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    let stderr = util::stderr(&assert);
     assert!(stderr.contains("that EOI can make"), "{stderr}");
     let tiny = spec_of(1e-6, 1.0, &[("fc.weight", &[64, 64])]);
     std::fs::write(&path, tiny).unwrap();
@@ -360,7 +273,7 @@ fn a_random_mask_may_go_below_eois_minimum() {
         .args(["--scheme", "kaiming"])
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    let stderr = util::stderr(&assert);
     assert!(
         stderr.contains("that scheme \"kaiming\" can make for shape 64x64 (one weight of 4096)"),
         "{stderr}"
@@ -398,7 +311,7 @@ fn sao_is_orthogonal_with_regular_degrees_and_whole_kernel_slices() {
         ("tall.weight", 64, 32, 8, 16),
         ("wide.weight", 12, 128, 64, 6),
     ] {
-        let w = &a.weight(name).values;
+        let w = &a.tensor(name).values();
         check_mask(&a, name, r * row_degree);
         let (rows, cols) = degrees(w, r, c);
         assert!(
@@ -409,21 +322,21 @@ fn sao_is_orthogonal_with_regular_degrees_and_whole_kernel_slices() {
             cols.iter().all(|&d| d == col_degree),
             "{name} cols {cols:?}"
         );
-        let dev = gram_deviation(w, r, c, gain);
+        let dev = gram_error(w, r, c, gain);
         assert!(dev < 1e-13, "{name}: {dev}");
         // The mask is exactly the support.
-        let mask = a.mask(name);
+        let mask = a.mask_of(name);
         assert!(w.iter().zip(&mask).all(|(v, m)| (*v != 0.0) == *m));
         assert_eq!(a.record(name)["degree"], if r > c { 16 } else { 64 });
     }
     // conv 16 x 8 x 3 x 3 at 0.25: k = 4 of m = 16, a = 2. The centre tap holds the SAO
     // matrix; the mask holds all 9 taps of every connected channel pair.
-    let w = &a.weight("conv.weight").values;
-    let mask = a.mask("conv.weight");
+    let w = &a.tensor("conv.weight").values();
+    let mask = a.mask_of("conv.weight");
     check_mask(&a, "conv.weight", 8 * 4 * 9);
     let centre: Vec<f64> = w.iter().skip(4).step_by(9).copied().collect();
     assert!(w.iter().enumerate().all(|(k, v)| k % 9 == 4 || *v == 0.0));
-    assert!(gram_deviation(&centre, 16, 8, gain) < 1e-13);
+    assert!(gram_error(&centre, 16, 8, gain) < 1e-13);
     for (pair, taps) in mask.chunks(9).enumerate() {
         let connected = centre[pair] != 0.0;
         assert!(taps.iter().all(|&m| m == connected), "pair {pair}");
@@ -434,7 +347,7 @@ fn sao_is_orthogonal_with_regular_degrees_and_whole_kernel_slices() {
         .arg(&out)
         .assert()
         .success();
-    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let report = json(util::stdout(&assert));
     assert_eq!(report["regenerate"]["passed"], true, "{report}");
     assert!(
         report["layers"]
@@ -458,7 +371,7 @@ fn sao_refuses_densities_it_cannot_make_and_names_the_nearest() {
             .args(["--scheme", "sao"])
             .assert()
             .code(2);
-        String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+        util::stderr(&assert)
     };
     let stderr = run(&spec_of(0.1, 1.0, &[("fc.weight", &[128, 128])]));
     assert!(stderr.contains("layer \"fc.weight\""), "{stderr}");
@@ -482,7 +395,7 @@ fn sao_refuses_densities_it_cannot_make_and_names_the_nearest() {
         .args(["--scheme", "sao", "--json"])
         .assert()
         .success();
-    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let plan = json(util::stdout(&assert));
     assert_eq!(plan["layers"][0]["degree"], 16);
     assert_eq!(plan["layers"][0]["expected_nnz"], 128 * 16);
 }
@@ -508,11 +421,6 @@ fn isometry_error(values: &[f64], r: usize, c: usize, gain: f64) -> f64 {
     sum.sqrt() / (gain * gain * (n as f64).sqrt())
 }
 
-/// The centre tap of a (out, in, 3, 3) kernel as an (out, in) matrix.
-fn centre_of(values: &[f64]) -> Vec<f64> {
-    values.iter().skip(4).step_by(9).copied().collect()
-}
-
 #[test]
 fn approx_isometry_optimises_the_masked_orthogonal_start_and_records_its_error() {
     let (density, gain) = (0.3, 1.3);
@@ -532,25 +440,25 @@ fn approx_isometry_optimises_the_masked_orthogonal_start_and_records_its_error()
         let numel: usize = shape.iter().product();
         check_mask(&a, name, (density * numel as f64).round() as usize);
         // The same mask as `orthogonal`, and with no steps the same weights, bit for bit.
-        assert_eq!(a.mask(name), start.mask(name), "{name}");
+        assert_eq!(a.mask_of(name), start.mask_of(name), "{name}");
         assert_eq!(
-            none.weight(name).values,
-            start.weight(name).values,
+            none.tensor(name).values(),
+            start.tensor(name).values(),
             "{name}"
         );
         let (r, c) = (shape[0], shape[1]);
         let (matrix, begun) = if shape.len() == 4 {
-            let w = &a.weight(name).values;
+            let w = &a.tensor(name).values();
             assert!(
                 w.iter().enumerate().all(|(k, v)| k % 9 == 4 || *v == 0.0),
                 "{name}: off-centre"
             );
-            (centre_of(w), centre_of(&start.weight(name).values))
-        } else {
             (
-                a.weight(name).values.clone(),
-                start.weight(name).values.clone(),
+                centre_tap(w, shape),
+                centre_tap(&start.tensor(name).values(), shape),
             )
+        } else {
+            (a.tensor(name).values(), start.tensor(name).values())
         };
         let error = isometry_error(&matrix, r, c, gain);
         let initial = isometry_error(&begun, r, c, gain);
@@ -602,23 +510,21 @@ fn a_moved_approx_isometry_weight_fails_verify() {
     let spec = spec_of(0.3, 1.0, &[("fc.weight", &[24, 40])]);
     let (a, out) = generate_in(dir.path(), &spec, &["--scheme", "approx-isometry"]);
     let assert = eoi().arg("verify").arg(&out).assert().success();
-    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let stdout = util::stdout(&assert);
     assert!(
         stdout.contains("1 approx-isometry layers hold the isometry error"),
         "{stdout}"
     );
     // Scale the first kept weight by 1.001: the stored matrix no longer has the recorded error.
-    let first = a.mask("fc.weight").iter().position(|&m| m).unwrap();
+    let first = a.mask_of("fc.weight").iter().position(|&m| m).unwrap();
     let bytes = std::fs::read(&out).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-    let at = 8 + header_len + meta.info("fc.weight").unwrap().data_offsets.0 + 8 * first;
+    let at = data_range(&bytes, "fc.weight").start + 8 * first;
     let value = f64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
     let mut moved = bytes.clone();
     moved[at..at + 8].copy_from_slice(&(value * 1.001).to_le_bytes());
     std::fs::write(&out, moved).unwrap();
     let assert = eoi().arg("verify").arg(&out).assert().code(1);
-    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let stdout = util::stdout(&assert);
     assert!(
         stdout.contains("fc.weight  orthogonality: the isometry error"),
         "{stdout}"
@@ -649,7 +555,7 @@ fn bad_ai_steps_and_ai_lr_are_spec_errors_naming_the_field() {
         )
         .unwrap();
         let assert = eoi().arg("plan").arg(&path).assert().code(2);
-        let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+        let stderr = util::stderr(&assert);
         assert!(stderr.contains("ai.toml"), "{line}: {stderr}");
         assert!(stderr.contains(&format!("`{field}`")), "{line}: {stderr}");
         assert!(stderr.contains(says), "{line}: {stderr}");
@@ -666,11 +572,11 @@ fn bad_ai_steps_and_ai_lr_are_spec_errors_naming_the_field() {
         .arg("--json")
         .assert()
         .success();
-    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let plan = json(util::stdout(&assert));
     assert_eq!(plan["layers"][0]["ai_steps"], 7);
     assert_eq!(plan["layers"][0]["ai_lr"], 0.25);
     let assert = eoi().arg("plan").arg(&path).assert().success();
-    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let stdout = util::stdout(&assert);
     assert!(
         stdout.contains("approx-isometry: up to 7 gradient steps per layer at learning rate 0.25"),
         "{stdout}"
@@ -700,21 +606,16 @@ fn approx_isometry_writes_the_same_bytes_when_its_values_wait_on_disk() {
             .arg(&out)
             .assert()
             .success();
-        let bytes = std::fs::read(&out).unwrap();
-        let file = SafeTensors::deserialize(&bytes).unwrap();
-        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-        let layers: Value =
-            serde_json::from_str(&header.metadata().as_ref().unwrap()["eoi.layers"]).unwrap();
-        let errors: Vec<Value> = layers
-            .as_array()
-            .unwrap()
+        let file = read_safetensors(&out);
+        let errors: Vec<_> = file
+            .layers()
             .iter()
             .filter(|r| r["scheme"] == "approx-isometry")
             .map(|r| r["isometry_error"].clone())
             .collect();
         let tensors: Vec<Vec<u8>> = ["a.weight", "a.weight_mask", "b.weight", "b.weight_mask"]
             .iter()
-            .map(|t| file.tensor(t).unwrap().data().to_vec())
+            .map(|t| file.tensor(t).data.clone())
             .collect();
         (tensors, errors)
     };
@@ -738,7 +639,7 @@ fn inspect_shows_the_recorded_isometry_error_of_approx_isometry_weights() {
         .arg(&out)
         .assert()
         .success();
-    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let report = json(util::stdout(&assert));
     for t in report["tensors"].as_array().unwrap() {
         let name = t["name"].as_str().unwrap();
         if name.ends_with("_mask") {
@@ -752,7 +653,7 @@ fn inspect_shows_the_recorded_isometry_error_of_approx_isometry_weights() {
         }
     }
     let assert = eoi().arg("inspect").arg(&out).assert().success();
-    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let stdout = util::stdout(&assert);
     let want = format!(
         "(approx-isometry, recorded isometry error {:.2e})",
         a.record("fc.weight")["isometry_error"].as_f64().unwrap()
@@ -799,7 +700,7 @@ fn periodic_gain(w: &Tensor, n: usize, adjoint: bool, seed: u64) -> f64 {
             let q = (0..dims).fold(0, |acc, d| acc * n + (p[d] + s[d]) % n);
             for o in 0..out {
                 for i in 0..inp {
-                    let v = w.values[(o * inp + i) * taps + t];
+                    let v = w.values()[(o * inp + i) * taps + t];
                     if adjoint {
                         y[i * cells + q] += v * x[o * cells + cell];
                     } else {
@@ -830,11 +731,11 @@ fn conv_orthogonal_kernels_preserve_the_norm_as_periodic_convolutions() {
         &["--scheme", "conv-orthogonal"],
     );
     for &(name, shape) in layers {
-        let w = a.weight(name);
+        let w = a.tensor(name);
         check_mask(&a, name, shape.iter().product());
         if shape.len() == 2 {
             // A linear layer: a dense orthogonal matrix times the gain.
-            let dev = gram_deviation(&w.values, shape[0], shape[1], gain);
+            let dev = gram_error(&w.values(), shape[0], shape[1], gain);
             assert!(dev < 1e-13, "{name}: {dev}");
             continue;
         }
@@ -842,7 +743,7 @@ fn conv_orthogonal_kernels_preserve_the_norm_as_periodic_convolutions() {
         let taps: usize = kernel.iter().product();
         for t in 0..taps {
             assert!(
-                w.values.iter().skip(t).step_by(taps).any(|v| *v != 0.0),
+                w.values().iter().skip(t).step_by(taps).any(|v| *v != 0.0),
                 "{name}: tap {t} unused"
             );
         }
@@ -858,7 +759,7 @@ fn conv_orthogonal_kernels_preserve_the_norm_as_periodic_convolutions() {
         // Not a delta kernel: its (out, in * K) matrix is not orthogonal when out > in.
         if shape[0] > shape[1] {
             let r = shape[0];
-            let dev = gram_deviation(&w.values, r, w.values.len() / r, gain);
+            let dev = gram_error(&w.values(), r, w.values().len() / r, gain);
             assert!(dev > 1e-3, "{name}: {dev}");
         }
     }
@@ -878,12 +779,13 @@ fn conv_orthogonal_masks_and_matches_orthogonal_on_matrices() {
         let numel: usize = shape.iter().product();
         check_mask(&a, name, (0.3 * numel as f64).round() as usize);
         assert_eq!(a.record(name)["scheme"], "conv-orthogonal");
-        let same = a.weight(name).values == b.weight(name).values && a.mask(name) == b.mask(name);
+        let same = a.tensor(name).values() == b.tensor(name).values()
+            && a.mask_of(name) == b.mask_of(name);
         // A matrix and a 1 x 1 kernel are the orthogonal scheme's, bit for bit; a 3 x 3
         // kernel uses every tap, so its kept weights lie off the centre too.
         assert_eq!(same, name != "conv.weight", "{name}");
     }
-    let w = &a.weight("conv.weight").values;
+    let w = &a.tensor("conv.weight").values();
     assert!(w.iter().enumerate().any(|(k, v)| k % 9 != 4 && *v != 0.0));
 }
 
@@ -904,7 +806,7 @@ fn conv_orthogonal_at_density_one_verifies_and_a_broken_kernel_fails() {
         .arg(&out)
         .assert()
         .success();
-    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let report = json(util::stdout(&assert));
     for layer in report["layers"].as_array().unwrap() {
         assert!(layer["tolerance"].is_number(), "{layer}");
         assert!(
@@ -914,15 +816,13 @@ fn conv_orthogonal_at_density_one_verifies_and_a_broken_kernel_fails() {
     }
     // Scale one weight: the zero-lag Gram is no longer gain^2 I.
     let bytes = std::fs::read(&out).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let view = file.tensor("tall.weight").unwrap();
-    let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    let start = data_range(&bytes, "tall.weight").start;
     let mut broken = bytes.clone();
     let old = f64::from_le_bytes(broken[start..start + 8].try_into().unwrap());
     broken[start..start + 8].copy_from_slice(&(old * 1.5 + 0.1).to_le_bytes());
     std::fs::write(&out, broken).unwrap();
     let assert = eoi().arg("verify").arg(&out).assert().code(1);
-    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let stdout = util::stdout(&assert);
     assert!(
         stdout.contains("tall.weight") && stdout.contains("orthogonality"),
         "{stdout}"

@@ -7,9 +7,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use predicates::str::contains;
 use serde_json::{Value, json};
+
+use crate::util::{
+    Entry, contents, data_range, eoi, eoi_after, json as parse_json, names_in, python_view,
+    safetensors_bytes,
+};
 
 const SPEC: &str = r#"
 [sparsity]
@@ -29,41 +33,10 @@ shape = [5, 16]
 
 const LAYERS: [&str; 3] = ["fc1.weight", "conv.weight", "head"];
 
-fn eoi() -> Command {
-    Command::cargo_bin("eoi").unwrap()
-}
-
 fn spec(dir: &Path) -> PathBuf {
     let path = dir.join("spec.toml");
     fs::write(&path, SPEC).unwrap();
     path
-}
-
-/// The files as the official Python safetensors reads them: {file: {metadata, tensors}}.
-fn python_view(files: &[PathBuf]) -> Value {
-    let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = std::process::Command::new(&python)
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/python/list_tensors.py"
-        ))
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python} (scripts/test sets EOI_PYTHON): {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let all: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut keyed = serde_json::Map::new();
-    for f in files {
-        keyed.insert(
-            f.file_name().unwrap().to_string_lossy().into_owned(),
-            all[f.to_str().unwrap()].clone(),
-        );
-    }
-    Value::Object(keyed)
 }
 
 /// A plain run of SPEC (masks beside their weights), as Python reads it.
@@ -195,9 +168,7 @@ fn sharded_weights_hold_no_mask_and_their_index_lists_none() {
         .arg(&masks)
         .assert()
         .success();
-    let index: Value =
-        serde_json::from_slice(&fs::read(out.join("model.safetensors.index.json")).unwrap())
-            .unwrap();
+    let index = parse_json(fs::read(out.join("model.safetensors.index.json")).unwrap());
     let map = index["weight_map"].as_object().unwrap();
     let mut shards: Vec<PathBuf> = map
         .values()
@@ -235,31 +206,20 @@ fn sharded_weights_hold_no_mask_and_their_index_lists_none() {
 
 /// A safetensors base holding the spec's layers (and a norm vector) with distinct bytes.
 fn write_base(path: &Path) {
-    let list: Vec<(&str, Vec<usize>)> = vec![
+    let entries: Vec<Entry> = [
         ("fc1.weight", vec![16, 12]),
         ("fc1.bias", vec![16]),
         ("norm.weight", vec![16]),
         ("conv.weight", vec![8, 4, 3, 3]),
         ("conv.bias", vec![8]),
         ("head", vec![5, 16]),
-    ];
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt"}));
-    let mut data = Vec::new();
-    for (k, (name, shape)) in list.iter().enumerate() {
-        let bytes = 4 * shape.iter().product::<usize>();
-        let at = data.len();
-        data.extend((0..bytes).map(|i| ((i * 13 + k * 5) % 251) as u8 + 1));
-        header.insert(
-            name.to_string(),
-            json!({"dtype": "F32", "shape": shape, "data_offsets": [at, data.len()]}),
-        );
-    }
-    let text = Value::Object(header).to_string();
-    let mut file = (text.len() as u64).to_le_bytes().to_vec();
-    file.extend(text.as_bytes());
-    file.extend(data);
-    fs::write(path, file).unwrap();
+    ]
+    .iter()
+    .enumerate()
+    .map(|(k, (name, shape))| Entry::patterned(name, "F32", shape, k))
+    .collect();
+    let metadata = json!({"format": "pt"});
+    fs::write(path, safetensors_bytes(&entries, Some(&metadata), false)).unwrap();
 }
 
 #[test]
@@ -328,7 +288,7 @@ fn a_completed_checkpoint_keeps_its_masks_apart_too() {
 /// the directory as it was.
 fn refused(dir: &Path, args: &[&str], message: &str) {
     let spec = spec(dir);
-    let before = listing(dir);
+    let before = (names_in(dir), contents(dir));
     eoi()
         .current_dir(dir)
         .arg("generate")
@@ -337,20 +297,7 @@ fn refused(dir: &Path, args: &[&str], message: &str) {
         .assert()
         .code(2)
         .stderr(contains(message));
-    assert_eq!(listing(dir), before, "{args:?}");
-}
-
-fn listing(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut all: Vec<(String, Vec<u8>)> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let bytes = fs::read(e.path()).unwrap_or_default();
-            (e.file_name().to_string_lossy().into_owned(), bytes)
-        })
-        .collect();
-    all.sort();
-    all
+    assert_eq!((names_in(dir), contents(dir)), before, "{args:?}");
 }
 
 #[test]
@@ -432,10 +379,8 @@ fn a_write_failure_leaves_both_old_files() {
     .unwrap();
     fs::write(d.join("out.safetensors"), "earlier weights").unwrap();
     fs::write(d.join("m.safetensors"), "earlier masks").unwrap();
-    Command::new("sh")
+    eoi_after("ulimit -f 100")
         .current_dir(d)
-        .args(["-c", "ulimit -f 100 && exec \"$@\"", "sh"])
-        .arg(assert_cmd::cargo::cargo_bin!("eoi"))
         .args(["generate", "big.toml", "-o", "out.safetensors"])
         .args(["--masks", "m.safetensors", "--force"])
         .assert()
@@ -449,18 +394,9 @@ fn a_write_failure_leaves_both_old_files() {
         fs::read_to_string(d.join("m.safetensors")).unwrap(),
         "earlier masks"
     );
-    let names: Vec<String> = listing(d).into_iter().map(|(n, _)| n).collect();
+    let names = names_in(d);
     // No temporary file is left: only the spec and the two old files.
     assert_eq!(names, ["big.toml", "m.safetensors", "out.safetensors"]);
-}
-
-/// The byte range of tensor `name`'s data in the safetensors bytes `file`.
-fn data_range(file: &[u8], name: &str) -> std::ops::Range<usize> {
-    let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&file[8..8 + n]).unwrap();
-    let offsets = &header[name]["data_offsets"];
-    let (start, end) = (offsets[0].as_u64().unwrap(), offsets[1].as_u64().unwrap());
-    8 + n + start as usize..8 + n + end as usize
 }
 
 fn verify(dir: &Path, target: &Path, args: &[&str]) -> assert_cmd::assert::Assert {

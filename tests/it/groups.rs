@@ -6,94 +6,25 @@
 //! judges each block on its own; and the EfficientNet-B0 spec in specs/ generates.
 
 use std::fs;
-use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use assert_cmd::Command;
-use safetensors::SafeTensors;
 use serde_json::Value;
 
-fn eoi() -> Command {
-    let mut command = Command::cargo_bin("eoi").unwrap();
-    command.env_remove("RAYON_NUM_THREADS");
-    command
-}
+use crate::util::{
+    Sandbox, Tensor, centre_tap, data_range, eoi, f32s, gram_error, json, read_safetensors, stdout,
+};
 
-/// Writes `text` as a spec in `dir` and generates it to `out.safetensors` (f64 unless `args`
-/// give a `--dtype`).
-fn generate(dir: &Path, text: &str, args: &[&str]) -> PathBuf {
-    let spec = dir.join("spec.toml");
-    fs::write(&spec, text).unwrap();
-    let out = dir.join("out.safetensors");
-    eoi()
-        .arg("generate")
-        .arg(&spec)
-        .arg("-o")
-        .arg(&out)
-        .arg("-q")
-        .args(if args.contains(&"--dtype") {
-            &[][..]
-        } else {
-            &["--dtype", "f64"][..]
-        })
-        .args(args)
-        .assert()
-        .success();
-    out
-}
-
-/// A tensor read back: its shape and its values as f64 (from F64 or F32 or BOOL data).
-struct Tensor {
-    shape: Vec<usize>,
-    values: Vec<f64>,
-}
-
-fn read(path: &Path) -> (Vec<u8>, Vec<(String, Tensor)>) {
-    let bytes = fs::read(path).unwrap();
-    let tensors = {
-        let file = SafeTensors::deserialize(&bytes).unwrap();
-        file.tensors()
-            .into_iter()
-            .map(|(name, view)| {
-                let data = view.data();
-                let values = match view.dtype() {
-                    safetensors::Dtype::F64 => data
-                        .chunks_exact(8)
-                        .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                        .collect(),
-                    safetensors::Dtype::F32 => data
-                        .chunks_exact(4)
-                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
-                        .collect(),
-                    safetensors::Dtype::BOOL => data.iter().map(|&b| b as f64).collect(),
-                    other => panic!("unexpected dtype {other:?}"),
-                };
-                (
-                    name,
-                    Tensor {
-                        shape: view.shape().to_vec(),
-                        values,
-                    },
-                )
-            })
-            .collect()
+/// Writes `text` as a spec in the sandbox and generates it to `out.safetensors` (f64 unless
+/// `args` give a `--dtype`); the output's path.
+fn generate(sandbox: &Sandbox, text: &str, args: &[&str]) -> PathBuf {
+    let dtype: &[&str] = if args.contains(&"--dtype") {
+        &[]
+    } else {
+        &["--dtype", "f64"]
     };
-    (bytes, tensors)
-}
-
-fn tensor<'a>(tensors: &'a [(String, Tensor)], name: &str) -> &'a Tensor {
-    &tensors.iter().find(|(n, _)| n == name).unwrap().1
-}
-
-/// The layer records of a file's `eoi.layers`.
-fn records(bytes: &[u8]) -> Vec<Value> {
-    let (_, metadata) = SafeTensors::read_metadata(bytes).unwrap();
-    let layers = &metadata.metadata().as_ref().unwrap()["eoi.layers"];
-    serde_json::from_str::<Value>(layers)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
+    let all = [&["-q"][..], dtype, args].concat();
+    sandbox.generate(text, "out.safetensors", &all).success();
+    sandbox.path("out.safetensors")
 }
 
 /// Standard normal values from a small generator of the test's own (splitmix64, Box-Muller).
@@ -118,6 +49,7 @@ fn normals(n: usize, mut state: u64) -> Vec<f64> {
 /// `transpose`, its adjoint applied to `x` (out, n, n), giving (in, n, n).
 fn periodic_conv(w: &Tensor, groups: usize, x: &[f64], n: usize, transpose: bool) -> Vec<f64> {
     let (out, per_group, kh, kw) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
+    let values = w.values();
     let inp = per_group * groups;
     let out_per_group = out / groups;
     let (ch, cw) = ((kh - 1) / 2, (kw - 1) / 2);
@@ -128,7 +60,7 @@ fn periodic_conv(w: &Tensor, groups: usize, x: &[f64], n: usize, transpose: bool
             let i = g * per_group + il;
             for a in 0..kh {
                 for b in 0..kw {
-                    let weight = w.values[((o * per_group + il) * kh + a) * kw + b];
+                    let weight = values[((o * per_group + il) * kh + a) * kw + b];
                     if weight == 0.0 {
                         continue;
                     }
@@ -152,35 +84,6 @@ fn periodic_conv(w: &Tensor, groups: usize, x: &[f64], n: usize, transpose: bool
 
 fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
-}
-
-/// max |G - gain^2 I| over the smaller Gram matrix of a rows x cols row-major matrix.
-fn gram_error(m: &[f64], rows: usize, cols: usize, gain: f64) -> f64 {
-    let wide = rows <= cols;
-    let (n, len) = if wide { (rows, cols) } else { (cols, rows) };
-    let at = |line: usize, k: usize| {
-        if wide {
-            m[line * cols + k]
-        } else {
-            m[k * cols + line]
-        }
-    };
-    let mut worst: f64 = 0.0;
-    for a in 0..n {
-        for b in 0..n {
-            let dot: f64 = (0..len).map(|k| at(a, k) * at(b, k)).sum();
-            let want = if a == b { gain * gain } else { 0.0 };
-            worst = worst.max((dot - want).abs());
-        }
-    }
-    worst
-}
-
-/// The centre tap of a 2-D kernel (out, in/G, kh, kw) as a row-major (out, in/G) matrix.
-fn centre(w: &Tensor) -> Vec<f64> {
-    let taps: usize = w.shape[2..].iter().product();
-    let tap = ((w.shape[2] - 1) / 2) * w.shape[3] + (w.shape[3] - 1) / 2;
-    w.values.iter().skip(tap).step_by(taps).copied().collect()
 }
 
 const LAYERS: &str = r#"
@@ -216,21 +119,21 @@ const GROUPED: &[(&str, usize)] = &[
 
 #[test]
 fn grouped_kernels_are_orthogonal_per_block_and_as_periodic_convolutions() {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     let text = format!("seed = 7\n[sparsity]\ndensity = 0.3\nbelow_minimum = \"clamp\"\n{LAYERS}");
-    let out = generate(dir.path(), &text, &[]);
-    let (bytes, tensors) = read(&out);
-    let records = records(&bytes);
+    let out = generate(&sandbox, &text, &[]);
+    let file = read_safetensors(&out);
+    let records = file.layers();
     let n = 7;
     for &(name, groups) in GROUPED {
-        let w = tensor(&tensors, name);
-        let mask = tensor(&tensors, &format!("{name}_mask"));
+        let w = file.tensor(name);
+        let mask = file.tensor(&format!("{name}_mask"));
         let record = records.iter().find(|r| r["name"] == name).unwrap();
         assert_eq!(record["groups"], groups, "{name}");
         let (out_channels, per_group) = (w.shape[0], w.shape[1]);
         let rows = out_channels / groups;
         // Per block: each group's (out/G, in/G) block of the centre is orthogonal.
-        let h = centre(w);
+        let h = centre_tap(&w.values(), &w.shape);
         for b in 0..groups {
             let block = &h[b * rows * per_group..(b + 1) * rows * per_group];
             let error = gram_error(block, rows, per_group, 1.0);
@@ -240,18 +143,18 @@ fn grouped_kernels_are_orthogonal_per_block_and_as_periodic_convolutions() {
         // the one that matters (this would pass only for G = 1).
         assert!(gram_error(&h, out_channels, per_group, 1.0) > 0.5, "{name}");
         // Off the centre every weight is zero, and no weight lies outside the mask.
-        let nonzero = w.values.iter().filter(|v| **v != 0.0).count();
+        let nonzero = w.values().iter().filter(|v| **v != 0.0).count();
         assert_eq!(nonzero, h.iter().filter(|v| **v != 0.0).count(), "{name}");
         assert!(
-            w.values
+            w.values()
                 .iter()
-                .zip(&mask.values)
+                .zip(&mask.values())
                 .all(|(v, m)| *v == 0.0 || *m == 1.0),
             "{name}"
         );
         // The mask holds ceil(d * numel) ones (or the whole centre support, if more).
-        let numel = w.values.len() as f64;
-        let ones = mask.values.iter().filter(|m| **m == 1.0).count() as f64;
+        let numel = w.values().len() as f64;
+        let ones = mask.values().iter().filter(|m| **m == 1.0).count() as f64;
         let density = record["density"].as_f64().unwrap();
         assert_eq!(ones, (density * numel).ceil(), "{name}");
         assert_eq!(record["nnz"], ones as u64, "{name}");
@@ -273,15 +176,15 @@ fn grouped_kernels_are_orthogonal_per_block_and_as_periodic_convolutions() {
 
 #[test]
 fn depthwise_centres_are_exactly_plus_or_minus_the_gain() {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     let text = "seed = 3\n[sparsity]\ndensity = 1.0\n[init]\ngain = \"relu\"\n[[layer]]\nname = \"dw.weight\"\nshape = [64, 1, 3, 3]\ngroups = 64\n[[layer]]\nname = \"dw1d.weight\"\nshape = [32, 1, 5]\ngroups = 32\n";
-    let out = generate(dir.path(), text, &[]);
-    let (_, tensors) = read(&out);
+    let out = generate(&sandbox, text, &[]);
+    let file = read_safetensors(&out);
     let gain = 2f64.sqrt();
     for (name, taps, tap) in [("dw.weight", 9, 4), ("dw1d.weight", 5, 2)] {
-        let w = tensor(&tensors, name);
+        let w = file.tensor(name);
         let mut signs = [0; 2];
-        for (k, v) in w.values.iter().enumerate() {
+        for (k, v) in w.values().iter().enumerate() {
             if k % taps == tap {
                 assert!(v.abs() == gain, "{name}[{k}] = {v}");
                 signs[usize::from(*v < 0.0)] += 1;
@@ -292,23 +195,23 @@ fn depthwise_centres_are_exactly_plus_or_minus_the_gain() {
         // The signs are random: both occur (each channel's from its own block stream).
         assert!(signs[0] > 0 && signs[1] > 0, "{name}: {signs:?}");
         // As a dense depthwise layer, every tap is trainable.
-        let mask = tensor(&tensors, &format!("{name}_mask"));
-        assert!(mask.values.iter().all(|m| *m == 1.0), "{name}");
+        let mask = file.tensor(&format!("{name}_mask"));
+        assert!(mask.values().iter().all(|m| *m == 1.0), "{name}");
     }
 }
 
 #[test]
 fn the_orthogonal_baseline_is_orthogonal_per_block_unmasked() {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     let text =
         format!("seed = 9\n[sparsity]\ndensity = 1.0\n[init]\nscheme = \"orthogonal\"\n{LAYERS}");
-    let out = generate(dir.path(), &text, &[]);
-    let (_, tensors) = read(&out);
+    let out = generate(&sandbox, &text, &[]);
+    let file = read_safetensors(&out);
     for &(name, groups) in GROUPED {
-        let w = tensor(&tensors, name);
+        let w = file.tensor(name);
         let (out_channels, per_group) = (w.shape[0], w.shape[1]);
         let rows = out_channels / groups;
-        let h = centre(w);
+        let h = centre_tap(&w.values(), &w.shape);
         for b in 0..groups {
             let block = &h[b * rows * per_group..(b + 1) * rows * per_group];
             assert!(
@@ -319,32 +222,22 @@ fn the_orthogonal_baseline_is_orthogonal_per_block_unmasked() {
     }
     // Kaiming's fan-in is the tensor's: in/G * K (std 1/sqrt(4 * 9) for square.weight).
     let out = generate(
-        dir.path(),
+        &sandbox,
         &format!("seed = 9\n[sparsity]\ndensity = 1.0\n[init]\nscheme = \"kaiming\"\n{LAYERS}"),
         &["--force"],
     );
-    let (_, tensors) = read(&out);
-    let w = tensor(&tensors, "square.weight");
-    let variance = w.values.iter().map(|v| v * v).sum::<f64>() / w.values.len() as f64;
+    let file = read_safetensors(&out);
+    let w = file.tensor("square.weight");
+    let variance = w.values().iter().map(|v| v * v).sum::<f64>() / w.values().len() as f64;
     // 432 samples of variance 1/36: the standard error of the estimate is about 7%.
     assert!((variance * 36.0 - 1.0).abs() < 0.3, "{}", variance * 36.0);
 }
 
-/// Byte range of tensor `name`'s data in a safetensors file.
-fn data_range(bytes: &[u8], name: &str) -> Range<usize> {
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    let offsets = &header[name]["data_offsets"];
-    let start = 8 + header_len + offsets[0].as_u64().unwrap() as usize;
-    let end = 8 + header_len + offsets[1].as_u64().unwrap() as usize;
-    start..end
-}
-
 #[test]
 fn verify_judges_each_block_and_catches_a_broken_one() {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     let text = format!("seed = 7\n[sparsity]\ndensity = 0.3\nbelow_minimum = \"clamp\"\n{LAYERS}");
-    let out = generate(dir.path(), &text, &["--dtype", "f32"]);
+    let out = generate(&sandbox, &text, &["--dtype", "f32"]);
     eoi()
         .arg("verify")
         .arg(&out)
@@ -354,24 +247,13 @@ fn verify_judges_each_block_and_catches_a_broken_one() {
     // Scale one centre weight of the last block of square.weight: that block alone breaks.
     let mut bytes = fs::read(&out).unwrap();
     let range = data_range(&bytes, "square.weight");
-    let values: Vec<f32> = bytes[range.clone()]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let values = f32s(&bytes[range.clone()]);
     let k = values.iter().rposition(|v| *v != 0.0).unwrap();
     let at = range.start + 4 * k;
     bytes[at..at + 4].copy_from_slice(&(values[k] * 1.5).to_le_bytes());
-    let broken = dir.path().join("broken.safetensors");
+    let broken = sandbox.path("broken.safetensors");
     fs::write(&broken, &bytes).unwrap();
-    let output = eoi()
-        .arg("verify")
-        .arg(&broken)
-        .assert()
-        .code(1)
-        .get_output()
-        .stdout
-        .clone();
-    let text = String::from_utf8(output).unwrap();
+    let text = stdout(&eoi().arg("verify").arg(&broken).assert().code(1));
     assert!(
         text.contains(
             "FAIL  square.weight  orthogonality: max |B B^T - gain^2 I| over each of the 3 groups' blocks B of the centre tap H = "
@@ -386,16 +268,16 @@ fn efficientnet_b0_is_layer_wise_orthogonal_with_plus_minus_gain_depthwise_centr
     // The bundled ImageNet spec, as it is (82 layers, 5.2M weights, f32): every layer passes
     // verify (each block of each centre orthogonal), and each of the 16 depthwise layers has
     // exactly +-1 (sigma_w = 1) at every channel's centre tap and zero elsewhere.
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("b0.safetensors");
+    let sandbox = Sandbox::new();
+    let out = sandbox.path("b0.safetensors");
     eoi()
         .args(["generate", "specs/efficientnet-b0.toml", "-q", "-o"])
         .arg(&out)
         .assert()
         .success();
     eoi().arg("verify").arg(&out).assert().code(0);
-    let (bytes, tensors) = read(&out);
-    let records = records(&bytes);
+    let file = read_safetensors(&out);
+    let records = file.layers();
     let depthwise: Vec<&Value> = records
         .iter()
         .filter(|r| r["groups"].as_u64().is_some_and(|g| g > 1))
@@ -403,12 +285,12 @@ fn efficientnet_b0_is_layer_wise_orthogonal_with_plus_minus_gain_depthwise_centr
     assert_eq!(depthwise.len(), 16);
     for record in depthwise {
         let name = record["name"].as_str().unwrap();
-        let w = tensor(&tensors, name);
+        let w = file.tensor(name);
         assert_eq!(record["groups"], w.shape[0], "{name}");
         assert_eq!(w.shape[1], 1, "{name}");
         let (taps, tap) = (w.shape[2] * w.shape[3], (w.shape[2] * w.shape[3]) / 2);
         let mut negative = 0;
-        for (k, v) in w.values.iter().enumerate() {
+        for (k, v) in w.values().iter().enumerate() {
             if k % taps == tap {
                 assert_eq!(v.abs(), 1.0, "{name}[{k}]");
                 negative += usize::from(*v < 0.0);
@@ -426,21 +308,19 @@ fn efficientnet_b0_is_layer_wise_orthogonal_with_plus_minus_gain_depthwise_centr
 
 #[test]
 fn inspect_measures_a_grouped_layer_block_by_block() {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     let text = format!(
         "seed = 7\n[sparsity]\ndensity = 0.3\nbelow_minimum = \"clamp\"\n[init]\ngain = 2.0\n{LAYERS}"
     );
-    let out = generate(dir.path(), &text, &[]);
-    let output = eoi()
-        .arg("inspect")
-        .arg(&out)
-        .arg("--json")
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    let report: Value = serde_json::from_slice(&output).unwrap();
+    let out = generate(&sandbox, &text, &[]);
+    let report = json(stdout(
+        &eoi()
+            .arg("inspect")
+            .arg(&out)
+            .arg("--json")
+            .assert()
+            .success(),
+    ));
     let tensors = report["tensors"].as_array().unwrap();
     for &(name, groups) in GROUPED {
         let t = tensors.iter().find(|t| t["name"] == name).unwrap();

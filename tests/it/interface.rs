@@ -6,17 +6,12 @@
 use std::fs;
 use std::process::{Command, Output};
 
-use assert_cmd::cargo::cargo_bin;
+use crate::util::{self, Sandbox, eoi_path, eoi_process, json, text, utf8};
 
 /// `eoi args...` with no colour settings inherited from the caller.
 fn eoi(args: &[&str]) -> Command {
-    let mut command = Command::new(cargo_bin!("eoi"));
-    command
-        .args(args)
-        .env_remove("NO_COLOR")
-        .env_remove("CLICOLOR")
-        .env_remove("CLICOLOR_FORCE")
-        .env_remove("RAYON_NUM_THREADS");
+    let mut command = eoi_process();
+    command.args(args);
     command
 }
 
@@ -25,31 +20,18 @@ fn run(command: &mut Command) -> Output {
 }
 
 fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).expect("standard output is UTF-8")
+    utf8(&output.stdout)
 }
 
 fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    text(&output.stderr)
 }
 
 /// The commands `eoi --help` lists, without `help`.
 fn commands() -> Vec<String> {
     let output = run(&mut eoi(&["--help"]));
     assert!(output.status.success());
-    let help = stdout(&output);
-    let commands: Vec<String> = help
-        .lines()
-        .skip_while(|l| l.trim() != "Commands:")
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .map(String::from)
-        .collect();
-    for expected in ["plan", "generate", "completions", "man", "schema"] {
-        assert!(commands.iter().any(|c| c == expected), "{help}");
-    }
-    commands
+    util::commands(&stdout(&output))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -175,7 +157,7 @@ fn the_man_page_has_a_section_for_every_command() {
 fn schema_prints_a_draft_2020_12_json_schema() {
     let output = run(&mut eoi(&["schema"]));
     assert!(output.status.success(), "{}", stderr(&output));
-    let schema: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+    let schema = json(&output.stdout);
     assert_eq!(
         schema["$schema"],
         "https://json-schema.org/draft/2020-12/schema"
@@ -216,7 +198,7 @@ fn output_to_pipes_is_plain_and_no_color_wins_over_forced_colour() {
 /// returns what the terminal showed.
 #[cfg(target_os = "linux")]
 fn at_a_terminal(args: &str, envs: &[(&str, &str)]) -> String {
-    let command = format!("'{}' {args}", cargo_bin!("eoi").display());
+    let command = format!("'{}' {args}", eoi_path().display());
     let output = Command::new("script")
         .args(["--quiet", "--return", "--command", &command, "/dev/null"])
         .env("TERM", "xterm-256color")
@@ -244,24 +226,20 @@ fn terminals_get_colour_unless_no_color_is_set() {
 
 #[test]
 fn failed_json_runs_print_nothing_on_standard_output() {
-    let dir = tempfile::tempdir().unwrap();
-    let bad = dir.path().join("bad.toml");
-    fs::write(
-        &bad,
+    let dir = Sandbox::new();
+    let bad = dir.write(
+        "bad.toml",
         "[sparsity]\ndensity = 1.5\n[[layer]]\nname = \"a\"\nshape = [4, 4]\n",
-    )
-    .unwrap();
-    let good = dir.path().join("good.toml");
-    fs::write(
-        &good,
+    );
+    let good = dir.write(
+        "good.toml",
         "[sparsity]\ndensity = 0.5\n[[layer]]\nname = \"a\"\nshape = [4, 4]\n",
-    )
-    .unwrap();
+    );
     let bad = bad.to_str().unwrap();
     let good = good.to_str().unwrap();
-    let missing_dir = dir.path().join("no/such/dir/out.safetensors");
+    let missing_dir = dir.path("no/such/dir/out.safetensors");
     let missing_dir = missing_dir.to_str().unwrap();
-    let out = dir.path().join("out.safetensors");
+    let out = dir.path("out.safetensors");
     let out = out.to_str().unwrap();
     let runs: &[&[&str]] = &[
         &["plan", bad, "--json"],
@@ -288,7 +266,7 @@ fn failed_json_runs_print_nothing_on_standard_output() {
 
 #[test]
 fn version_and_json_outputs_name_the_stream_version() {
-    let stream = eoi::stream::STREAM_VERSION;
+    let stream = crate::util::lib::STREAM_VERSION;
     let output = run(&mut eoi(&["--version"]));
     assert_eq!(
         stdout(&output),
@@ -298,15 +276,13 @@ fn version_and_json_outputs_name_the_stream_version() {
         )
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("spec.toml");
-    fs::write(
-        &spec,
+    let dir = Sandbox::new();
+    let spec = dir.write(
+        "spec.toml",
         "[sparsity]\ndensity = 0.5\n[[layer]]\nname = \"a\"\nshape = [4, 4]\n",
-    )
-    .unwrap();
+    );
     let spec = spec.to_str().unwrap();
-    let out = dir.path().join("out.safetensors");
+    let out = dir.path("out.safetensors");
     let runs: &[&[&str]] = &[
         &["plan", spec, "--json"],
         &[
@@ -321,7 +297,7 @@ fn version_and_json_outputs_name_the_stream_version() {
     for args in runs {
         let output = run(&mut eoi(args));
         assert!(output.status.success(), "{args:?}: {}", stderr(&output));
-        let json: serde_json::Value = serde_json::from_str(&stdout(&output)).expect("JSON");
+        let json = json(&output.stdout);
         assert_eq!(json["stream_version"], stream, "{args:?}");
         assert_eq!(json["eoi_version"], env!("CARGO_PKG_VERSION"), "{args:?}");
     }

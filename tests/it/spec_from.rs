@@ -7,43 +7,14 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
+
+use crate::util::{
+    Entry, eoi, eoi_after, read_safetensors, resnet18, safetensors_bytes, sha256, spec_from,
+};
 
 /// (name, shape) in PyTorch's state-dict order.
 type ShapeList = Vec<(String, Vec<usize>)>;
-
-/// torchvision's resnet18 state dict: names and shapes.
-fn resnet18() -> ShapeList {
-    let mut list: ShapeList = Vec::new();
-    let bn = |list: &mut ShapeList, prefix: &str, c: usize| {
-        for p in ["weight", "bias", "running_mean", "running_var"] {
-            list.push((format!("{prefix}.{p}"), vec![c]));
-        }
-        list.push((format!("{prefix}.num_batches_tracked"), vec![]));
-    };
-    list.push(("conv1.weight".into(), vec![64, 3, 7, 7]));
-    bn(&mut list, "bn1", 64);
-    let mut inp = 64;
-    for (l, c) in [(1, 64), (2, 128), (3, 256), (4, 512)] {
-        for b in 0..2 {
-            let p = format!("layer{l}.{b}");
-            let first_in = if b == 0 { inp } else { c };
-            list.push((format!("{p}.conv1.weight"), vec![c, first_in, 3, 3]));
-            bn(&mut list, &format!("{p}.bn1"), c);
-            list.push((format!("{p}.conv2.weight"), vec![c, c, 3, 3]));
-            bn(&mut list, &format!("{p}.bn2"), c);
-            if b == 0 && l > 1 {
-                list.push((format!("{p}.downsample.0.weight"), vec![c, inp, 1, 1]));
-                bn(&mut list, &format!("{p}.downsample.1"), c);
-            }
-        }
-        inp = c;
-    }
-    list.push(("fc.weight".into(), vec![1000, 512]));
-    list.push(("fc.bias".into(), vec![1000]));
-    list
-}
 
 /// A GPT-2 style transformer (Hugging Face names; Conv1D weights are (in, out)).
 fn gpt2(blocks: usize, d: usize, vocab: usize, context: usize) -> ShapeList {
@@ -102,25 +73,6 @@ fn json_object(list: &ShapeList) -> String {
     Value::Object(map).to_string()
 }
 
-fn eoi() -> Command {
-    Command::cargo_bin("eoi").unwrap()
-}
-
-/// Runs `eoi spec --from SOURCE ARGS` and returns the spec text.
-fn spec_from(source: &Path, args: &[&str]) -> String {
-    let out = eoi()
-        .arg("spec")
-        .arg("--from")
-        .arg(source)
-        .args(args)
-        .assert()
-        .success()
-        .get_output()
-        .stdout
-        .clone();
-    String::from_utf8(out).unwrap()
-}
-
 /// Generates `spec` into `dir/out.safetensors` and returns its tensors' shapes by name.
 fn generate(dir: &Path, spec: &str, args: &[&str]) -> (PathBuf, BTreeMap<String, Vec<usize>>) {
     let spec_path = dir.join("spec.toml");
@@ -138,11 +90,10 @@ fn generate(dir: &Path, spec: &str, args: &[&str]) -> (PathBuf, BTreeMap<String,
 }
 
 fn shapes_of(path: &Path) -> BTreeMap<String, Vec<usize>> {
-    let bytes = fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    file.tensors()
+    read_safetensors(path)
+        .tensors
         .into_iter()
-        .map(|(name, view)| (name, view.shape().to_vec()))
+        .map(|(name, tensor)| (name, tensor.shape))
         .collect()
 }
 
@@ -184,7 +135,7 @@ fn resnet18_round_trips_from_a_safetensors_file() {
     );
     let header_len = u64::from_le_bytes(fs::read(&source).unwrap()[..8].try_into().unwrap());
     let header = &fs::read(&source).unwrap()[8..8 + header_len as usize];
-    let digest = sha256_hex(header);
+    let digest = sha256(header);
     assert!(
         spec.contains(&format!("sha256 of its safetensors header: {digest}")),
         "{spec}"
@@ -209,14 +160,6 @@ fn resnet18_round_trips_from_a_safetensors_file() {
     assert!(text.starts_with("# eoi spec of \"<stdin>\""), "{text}");
     let (_, out) = generate(dir.path(), &text, &[]);
     assert_eq!(weights_of(&out), weights(&list));
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 #[test]
@@ -437,7 +380,7 @@ fn a_sharded_checkpoint_is_read_through_its_index() {
     assert!(
         by_file.contains(&format!(
             "sha256 of its index file: {}",
-            sha256_hex(index.as_bytes())
+            sha256(index.as_bytes())
         )),
         "{by_file}"
     );
@@ -462,10 +405,8 @@ fn a_checkpoint_of_256_gib_is_specced_from_its_header_alone() {
     assert!(fs::metadata(&source).unwrap().len() > 256 << 30);
     // Reading 256 GiB, even of holes, takes far more than 5 seconds of CPU time; the header
     // takes milliseconds. Past the limit the kernel stops the process and the test fails.
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("ulimit -t 5 && exec \"$0\" spec --from \"$1\"")
-        .arg(assert_cmd::cargo::cargo_bin("eoi"))
+    let out = eoi_after("ulimit -t 5")
+        .args(["spec", "--from"])
         .arg(&source)
         .output()
         .unwrap();
@@ -616,21 +557,11 @@ fn output_is_deterministic() {
 
 /// Writes a safetensors file of `(name, dtype, shape, data)`.
 fn write_tensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
-    let mut header = serde_json::Map::new();
-    let mut data = Vec::new();
-    for (name, dtype, shape, bytes) in tensors {
-        let at = data.len();
-        data.extend_from_slice(bytes);
-        header.insert(
-            name.to_string(),
-            json!({"dtype": dtype, "shape": shape, "data_offsets": [at, data.len()]}),
-        );
-    }
-    let text = Value::Object(header).to_string();
-    let mut file = (text.len() as u64).to_le_bytes().to_vec();
-    file.extend(text.as_bytes());
-    file.extend(data);
-    fs::write(path, file).unwrap();
+    let entries: Vec<Entry> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| Entry::new(name, dtype, shape, data.clone()))
+        .collect();
+    fs::write(path, safetensors_bytes(&entries, None, false)).unwrap();
 }
 
 #[test]

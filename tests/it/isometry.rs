@@ -5,84 +5,32 @@
 //! gain 1 must be an exact isometry; bad chains must be refused with the layers named.
 
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
+use std::path::Path;
 
-use assert_cmd::Command;
-use assert_cmd::assert::Assert;
 use safetensors::tensor::TensorView;
 use serde_json::Value;
-use tempfile::TempDir;
 
-const REFERENCE: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/python/isometry_reference.py"
-);
+use crate::util::{Sandbox, json_from, run_script, utf8};
 
-/// Runs the reference script with `$EOI_PYTHON` (default python3) and parses its JSON output.
+/// Runs tests/python/isometry_reference.py with `$EOI_PYTHON` and parses its JSON output.
 fn reference(args: &[&str]) -> Value {
-    let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = StdCommand::new(&python)
-        .arg(REFERENCE)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the Python interpreter `{python}`: {e}"));
-    assert!(
-        out.status.success(),
-        "`{python} isometry_reference.py {args:?}` failed (it needs numpy and safetensors: run \
-         the tests with scripts/test, or set EOI_PYTHON):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("the reference prints JSON")
+    json_from(
+        "isometry_reference.py",
+        &run_script("isometry_reference.py", args),
+    )
 }
 
-struct Sandbox {
-    dir: TempDir,
+/// `eoi isometry FILE ARGS... --json` in the sandbox, which must succeed.
+fn isometry(sandbox: &Sandbox, file: &str, args: &[&str]) -> Value {
+    sandbox.json(&[&["isometry", file], args].concat(), 0)
 }
 
-impl Sandbox {
-    fn new() -> Sandbox {
-        Sandbox {
-            dir: tempfile::tempdir().expect("cannot create a temporary directory"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn eoi(&self, args: &[&str]) -> Assert {
-        Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
-            .current_dir(self.dir.path())
-            .args(args)
-            .assert()
-    }
-
-    /// Writes `spec` and generates it to `out` with extra `args`.
-    fn generate(&self, spec: &str, out: &str, args: &[&str]) {
-        fs::write(self.path("spec.toml"), spec).unwrap();
-        let mut all = vec!["generate", "spec.toml", "-o", out, "-q"];
-        all.extend_from_slice(args);
-        self.eoi(&all).success();
-    }
-
-    /// `eoi isometry FILE ARGS... --json`, which must succeed.
-    fn isometry(&self, file: &str, args: &[&str]) -> Value {
-        let mut all = vec!["isometry", file, "--json"];
-        all.extend_from_slice(args);
-        let assert = self.eoi(&all).success();
-        serde_json::from_slice(&assert.get_output().stdout).expect("isometry --json prints JSON")
-    }
-
-    /// `eoi isometry ARGS...`, which must fail with exit 2; its standard error.
-    fn refused(&self, args: &[&str]) -> String {
-        let mut all = vec!["isometry"];
-        all.extend_from_slice(args);
-        let assert = self.eoi(&all).code(2);
-        let out = assert.get_output();
-        assert!(out.stdout.is_empty(), "nothing on stdout when refused");
-        String::from_utf8(out.stderr.clone()).unwrap()
-    }
+/// `eoi isometry ARGS...`, which must fail with exit 2; its standard error.
+fn refused(sandbox: &Sandbox, args: &[&str]) -> String {
+    let assert = sandbox.eoi(&[&["isometry"], args].concat()).code(2);
+    let out = assert.get_output();
+    assert!(out.stdout.is_empty(), "nothing on stdout when refused");
+    utf8(&out.stderr)
 }
 
 fn number(v: &Value) -> f64 {
@@ -119,7 +67,7 @@ fn a_linear_chain_matches_numpy_in_natural_order() {
 
     // No provenance: natural name order puts net.10 after net.8; lexical order would not
     // compose.
-    let ours = sandbox.isometry("chain.safetensors", &["--nonlinearity", "linear"]);
+    let ours = isometry(&sandbox, "chain.safetensors", &["--nonlinearity", "linear"]);
     assert_eq!(ours["order"], "natural");
     assert_eq!(chain_names(&ours), names);
     assert_eq!(ours["layers"], names.len());
@@ -151,7 +99,7 @@ fn an_eoi_chain_matches_numpy_in_provenance_order() {
         [[layer]]\nname = \"a.weight\"\nshape = [32, 40]\n\
         [[layer]]\nname = \"c.weight\"\nshape = [16, 32]\n";
     let sandbox = Sandbox::new();
-    sandbox.generate(spec, "eoi.safetensors", &[]);
+    sandbox.generate(spec, "eoi.safetensors", &["-q"]).success();
     let file = sandbox.path("eoi.safetensors");
     let numpy = reference(&[
         "jacobian",
@@ -160,7 +108,7 @@ fn an_eoi_chain_matches_numpy_in_provenance_order() {
         "a.weight",
         "c.weight",
     ]);
-    let ours = sandbox.isometry("eoi.safetensors", &["--nonlinearity", "linear"]);
+    let ours = isometry(&sandbox, "eoi.safetensors", &["--nonlinearity", "linear"]);
     assert_eq!(ours["order"], "provenance");
     assert_eq!(chain_names(&ours), ["b.weight", "a.weight", "c.weight"]);
     assert_eq!(ours["jacobian"]["rows"], 16);
@@ -181,8 +129,14 @@ const SQUARE: &str = "seed = 2\n[sparsity]\ndensity = 0.2\n[init]\ngain = 1.0\n\
 #[test]
 fn an_eoi_chain_of_gain_one_is_an_exact_isometry() {
     let sandbox = Sandbox::new();
-    sandbox.generate(SQUARE, "square.safetensors", &["--dtype", "f64"]);
-    let ours = sandbox.isometry("square.safetensors", &["--nonlinearity", "linear"]);
+    sandbox
+        .generate(SQUARE, "square.safetensors", &["-q", "--dtype", "f64"])
+        .success();
+    let ours = isometry(
+        &sandbox,
+        "square.safetensors",
+        &["--nonlinearity", "linear"],
+    );
     let jacobian = &ours["jacobian"];
     for key in ["singular_max", "singular_min", "singular_mean_sq"] {
         let s = number(&jacobian[key]);
@@ -193,7 +147,7 @@ fn an_eoi_chain_of_gain_one_is_an_exact_isometry() {
         assert!((number(&entry["rms"]) - 1.0).abs() < 1e-9, "{entry}");
     }
     // With tanh the singular values shrink below 1 but stay far from 0 at this depth.
-    let tanh = sandbox.isometry("square.safetensors", &[]);
+    let tanh = isometry(&sandbox, "square.safetensors", &[]);
     let mean_sq = number(&tanh["jacobian"]["singular_mean_sq"]);
     assert!(mean_sq < 1.0 && mean_sq > 0.05, "{mean_sq}");
 }
@@ -201,13 +155,25 @@ fn an_eoi_chain_of_gain_one_is_an_exact_isometry() {
 #[test]
 fn flax_layout_and_torch_prune_names_give_the_same_chain() {
     let sandbox = Sandbox::new();
-    sandbox.generate(SQUARE, "plain.safetensors", &[]);
-    sandbox.generate(SQUARE, "flax.safetensors", &["--layout", "flax"]);
-    sandbox.generate(SQUARE, "prune.safetensors", &["--names", "torch-prune"]);
-    sandbox.generate(SQUARE, "npy", &["--format", "npy"]);
-    let plain = sandbox.isometry("plain.safetensors", &[]);
+    sandbox
+        .generate(SQUARE, "plain.safetensors", &["-q"])
+        .success();
+    sandbox
+        .generate(SQUARE, "flax.safetensors", &["-q", "--layout", "flax"])
+        .success();
+    sandbox
+        .generate(
+            SQUARE,
+            "prune.safetensors",
+            &["-q", "--names", "torch-prune"],
+        )
+        .success();
+    sandbox
+        .generate(SQUARE, "npy", &["-q", "--format", "npy"])
+        .success();
+    let plain = isometry(&sandbox, "plain.safetensors", &[]);
     for other in ["flax.safetensors", "prune.safetensors", "npy"] {
-        let report = sandbox.isometry(other, &[]);
+        let report = isometry(&sandbox, other, &[]);
         assert_eq!(report["jacobian"], plain["jacobian"], "{other}");
         assert_eq!(report["signal_rms"], plain["signal_rms"], "{other}");
         assert_eq!(chain_names(&report), chain_names(&plain), "{other}");
@@ -225,7 +191,7 @@ fn a_tanh_chain_adds_its_biases_as_numpy_does() {
     let mut args = vec!["signal", file];
     args.extend(names.iter().map(String::as_str));
     let numpy = reference(&args);
-    let ours = sandbox.isometry("zero.safetensors", &["--seed", "9"]);
+    let ours = isometry(&sandbox, "zero.safetensors", &["--seed", "9"]);
     assert!(
         ours["chain"]
             .as_array()
@@ -250,29 +216,31 @@ fn layers_selects_by_glob_and_the_seed_changes_only_the_signal() {
         [[layer]]\nname = \"hidden.{i}.weight\"\nshape = [32, 32]\nrepeat = 11\n\
         [[layer]]\nname = \"output.weight\"\nshape = [5, 32]\n";
     let sandbox = Sandbox::new();
-    sandbox.generate(spec, "mlp.safetensors", &[]);
-    let all = sandbox.isometry("mlp.safetensors", &[]);
+    sandbox.generate(spec, "mlp.safetensors", &["-q"]).success();
+    let all = isometry(&sandbox, "mlp.safetensors", &[]);
     assert_eq!(all["layers"], 13);
     assert_eq!(all["jacobian"]["cols"], 20);
-    let hidden = sandbox.isometry("mlp.safetensors", &["--layers", "hidden.*"]);
+    let hidden = isometry(&sandbox, "mlp.safetensors", &["--layers", "hidden.*"]);
     assert_eq!(hidden["layers"], 11);
     let names = chain_names(&hidden);
     assert_eq!(names[0], "hidden.0.weight");
     assert_eq!(names[10], "hidden.10.weight");
-    let two = sandbox.isometry(
+    let two = isometry(
+        &sandbox,
         "mlp.safetensors",
         &["--layers", "input.weight", "--layers", "hidden.0.*"],
     );
     assert_eq!(chain_names(&two), ["input.weight", "hidden.0.weight"]);
 
-    let other_seed = sandbox.isometry("mlp.safetensors", &["--seed", "1"]);
+    let other_seed = isometry(&sandbox, "mlp.safetensors", &["--seed", "1"]);
     assert_ne!(other_seed["signal_rms"], all["signal_rms"]);
     assert_eq!(
-        sandbox.isometry("mlp.safetensors", &["--seed", "1"])["signal_rms"],
+        isometry(&sandbox, "mlp.safetensors", &["--seed", "1"])["signal_rms"],
         other_seed["signal_rms"]
     );
     let linear = |seed: &str| {
-        sandbox.isometry(
+        isometry(
+            &sandbox,
             "mlp.safetensors",
             &["--nonlinearity", "linear", "--seed", seed],
         )["jacobian"]
@@ -284,7 +252,9 @@ fn layers_selects_by_glob_and_the_seed_changes_only_the_signal() {
 #[test]
 fn text_output_summarises_the_jacobian_and_the_depth() {
     let sandbox = Sandbox::new();
-    sandbox.generate(SQUARE, "square.safetensors", &[]);
+    sandbox
+        .generate(SQUARE, "square.safetensors", &["-q"])
+        .success();
     let assert = sandbox
         .eoi(&["isometry", "square.safetensors", "--nonlinearity", "relu"])
         .success();
@@ -305,8 +275,8 @@ fn an_overflowing_jacobian_is_reported_not_summarised() {
     let spec = "[sparsity]\ndensity = 0.5\n[init]\ngain = 8.0\n\
         [[layer]]\nname = \"l{i}.weight\"\nshape = [4, 4]\nrepeat = 400\n";
     let sandbox = Sandbox::new();
-    sandbox.generate(spec, "big.safetensors", &[]);
-    let report = sandbox.isometry("big.safetensors", &["--nonlinearity", "linear"]);
+    sandbox.generate(spec, "big.safetensors", &["-q"]).success();
+    let report = isometry(&sandbox, "big.safetensors", &["--nonlinearity", "linear"]);
     assert!(report["jacobian"]["singular_max"].is_null());
     let note = report["note"].as_str().unwrap();
     assert!(note.contains("non-finite entries from depth"), "{note}");
@@ -318,8 +288,8 @@ fn chains_that_do_not_compose_name_both_layers() {
         [[layer]]\nname = \"enc.weight\"\nshape = [8, 16]\n\
         [[layer]]\nname = \"dec.weight\"\nshape = [16, 4]\n";
     let sandbox = Sandbox::new();
-    sandbox.generate(spec, "bad.safetensors", &[]);
-    let message = sandbox.refused(&["bad.safetensors"]);
+    sandbox.generate(spec, "bad.safetensors", &["-q"]).success();
+    let message = refused(&sandbox, &["bad.safetensors"]);
     assert!(
         message.contains(
             "layers \"enc.weight\" and \"dec.weight\" do not compose: \"enc.weight\" has 8 outputs but \"dec.weight\" takes 4 inputs"
@@ -335,8 +305,8 @@ fn convolution_chains_are_refused_with_a_reason() {
         [[layer]]\nname = \"conv.weight\"\nshape = [8, 4, 3, 3]\n\
         [[layer]]\nname = \"fc.weight\"\nshape = [10, 8]\n";
     let sandbox = Sandbox::new();
-    sandbox.generate(spec, "cnn.safetensors", &[]);
-    let message = sandbox.refused(&["cnn.safetensors"]);
+    sandbox.generate(spec, "cnn.safetensors", &["-q"]).success();
+    let message = refused(&sandbox, &["cnn.safetensors"]);
     assert!(
         message.contains("\"conv.weight\" is a convolution (8x4x3x3)"),
         "{message}"
@@ -347,22 +317,24 @@ fn convolution_chains_are_refused_with_a_reason() {
     );
     assert!(message.contains("--layers"), "{message}");
     // Selecting the linear part works.
-    let fc = sandbox.isometry("cnn.safetensors", &["--layers", "fc.*"]);
+    let fc = isometry(&sandbox, "cnn.safetensors", &["--layers", "fc.*"]);
     assert_eq!(fc["layers"], 1);
 }
 
 #[test]
 fn unknown_globs_missing_files_and_bad_biases_are_refused() {
     let sandbox = Sandbox::new();
-    sandbox.generate(SQUARE, "square.safetensors", &[]);
-    let message = sandbox.refused(&["square.safetensors", "--layers", "decoder.*"]);
+    sandbox
+        .generate(SQUARE, "square.safetensors", &["-q"])
+        .success();
+    let message = refused(&sandbox, &["square.safetensors", "--layers", "decoder.*"]);
     assert!(
         message.contains("--layers 'decoder.*' matches no weight of 'square.safetensors'"),
         "{message}"
     );
     assert!(message.contains("\"hidden.0.weight\""), "{message}");
 
-    let message = sandbox.refused(&["absent.safetensors"]);
+    let message = refused(&sandbox, &["absent.safetensors"]);
     assert!(message.contains("absent.safetensors"), "{message}");
 
     // A bias whose length is not the layer's outputs.
@@ -380,7 +352,7 @@ fn unknown_globs_missing_files_and_bad_biases_are_refused() {
     ];
     let path = sandbox.path("bias.safetensors");
     safetensors::serialize_to_file(tensors, None, &path).unwrap();
-    let message = sandbox.refused(&["bias.safetensors"]);
+    let message = refused(&sandbox, &["bias.safetensors"]);
     assert!(
         message.contains(
             "the bias \"fc.bias\" of layer \"fc.weight\" has shape [3] and dtype f64, but the layer has 4 outputs"
@@ -393,12 +365,16 @@ fn unknown_globs_missing_files_and_bad_biases_are_refused() {
 #[test]
 fn a_sharded_output_is_one_chain() {
     let sandbox = Sandbox::new();
-    sandbox.generate(SQUARE, "plain.safetensors", &[]);
+    sandbox
+        .generate(SQUARE, "plain.safetensors", &["-q"])
+        .success();
     // 11520 bytes per layer (weight and mask): two layers a shard, six shards.
-    sandbox.generate(SQUARE, "sharded", &["--max-shard-size", "24000"]);
-    let plain = sandbox.isometry("plain.safetensors", &[]);
+    sandbox
+        .generate(SQUARE, "sharded", &["-q", "--max-shard-size", "24000"])
+        .success();
+    let plain = isometry(&sandbox, "plain.safetensors", &[]);
     for whole in ["sharded", "sharded/model.safetensors.index.json"] {
-        let report = sandbox.isometry(whole, &[]);
+        let report = isometry(&sandbox, whole, &[]);
         assert_eq!(report["order"], "provenance", "{whole}");
         assert_eq!(report["layers"], 12, "{whole}");
         assert_eq!(chain_names(&report), chain_names(&plain), "{whole}");

@@ -5,32 +5,17 @@
 //! failure exits 1 and a closed pipe ends the run quietly.
 
 use std::fs;
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use tempfile::TempDir;
-
-const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/small.toml");
-
-fn eoi() -> Command {
-    Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
-}
-
-/// The golden spec with biases, so every kind of tensor is in the stream.
-fn spec_with_biases(dir: &Path) -> std::path::PathBuf {
-    let text =
-        fs::read_to_string(SPEC)
-            .unwrap()
-            .replacen("[init]\n", "[init]\nbias_std = 0.1\n", 1);
-    let spec = dir.join("biases.toml");
-    fs::write(&spec, text).unwrap();
-    spec
-}
+use crate::util::{
+    Needs, SMALL as SPEC, Sandbox, eoi_path, eoi_process, python, read_then_close, repo,
+    small_with_biases, text,
+};
 
 /// `eoi generate SPEC -o - ARGS...` with standard output a pipe: (exit code, stdout, stderr).
 fn streamed(spec: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
-    let out = eoi()
+    let out = eoi_process()
         .arg("generate")
         .arg(spec)
         .args(["-o", "-"])
@@ -42,14 +27,14 @@ fn streamed(spec: &Path, args: &[&str]) -> (i32, Vec<u8>, String) {
     (
         out.status.code().unwrap_or(-1),
         out.stdout,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        text(&out.stderr),
     )
 }
 
 #[test]
 fn the_stream_holds_the_bytes_of_the_file() {
-    let dir = TempDir::new().unwrap();
-    let spec = spec_with_biases(dir.path());
+    let dir = Sandbox::new();
+    let spec = small_with_biases(dir.dir());
     for args in [
         // bool masks after the f32 weights: the weights pass, then the masks pass.
         vec!["--threads", "3"],
@@ -68,8 +53,8 @@ fn the_stream_holds_the_bytes_of_the_file() {
         ],
         vec!["--scheme", "kaiming", "--seed", "9"],
     ] {
-        let file = dir.path().join("file.safetensors");
-        let written = eoi()
+        let file = dir.path("file.safetensors");
+        let written = eoi_process()
             .arg("generate")
             .arg(&spec)
             .arg("-o")
@@ -96,9 +81,9 @@ fn the_stream_holds_the_bytes_of_the_file() {
 
 #[test]
 fn what_cannot_be_streamed_is_refused_before_any_byte() {
-    let dir = TempDir::new().unwrap();
-    let base = dir.path().join("base.safetensors");
-    let made = eoi()
+    let dir = Sandbox::new();
+    let base = dir.path("base.safetensors");
+    let made = eoi_process()
         .args(["generate", SPEC, "-q", "-o"])
         .arg(&base)
         .status()
@@ -140,19 +125,18 @@ fn what_cannot_be_streamed_is_refused_before_any_byte() {
 fn a_terminal_is_refused() {
     // Standard output a pseudo-terminal, made by Python's pty module (the interpreter of
     // $EOI_PYTHON, as in the other tests).
-    let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = "import pty, subprocess, sys\n\
         main, side = pty.openpty()\n\
         p = subprocess.run(sys.argv[1:], stdout=side, stderr=subprocess.PIPE)\n\
         sys.stderr.buffer.write(p.stderr)\n\
         sys.exit(p.returncode)\n";
-    let out = Command::new(&python)
+    let out = python(Needs::NumpySafetensors)
         .args(["-c", script])
-        .arg(assert_cmd::cargo::cargo_bin!("eoi"))
+        .arg(eoi_path())
         .args(["generate", SPEC, "-o", "-"])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run the Python interpreter `{python}`: {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+        .expect("python runs");
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("standard output, which is a terminal; redirect it to a file or a pipe"),
@@ -164,33 +148,26 @@ fn a_terminal_is_refused() {
 #[test]
 fn a_failed_write_exits_1_and_a_closed_pipe_ends_quietly() {
     // /dev/full refuses every write: the run fails with exit 1 and says why.
-    let out = eoi()
+    let out = eoi_process()
         .args(["generate", SPEC, "-o", "-"])
         .stdout(fs::File::create("/dev/full").unwrap())
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
 
     // A reader that takes 100 bytes and closes the pipe (`eoi ... -o - | head -c 100`): a
     // normal end, exit 0, no error. The spec is large enough (83 MB) to outlast the pipe.
-    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/specs/mlp-1000-tanh.toml");
-    let mut child = eoi()
-        .args(["generate", spec, "-o", "-", "-q"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut head = [0u8; 100];
-    child.stdout.take().unwrap().read_exact(&mut head).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let spec = repo("specs/mlp-1000-tanh.toml");
+    let (head, out) = read_then_close(
+        eoi_process()
+            .arg("generate")
+            .arg(spec)
+            .args(["-o", "-", "-q"]),
+        100,
     );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(out.stderr.is_empty());
     let header_len = u64::from_le_bytes(head[..8].try_into().unwrap());
     assert!(header_len > 0 && head[8] == b'{');

@@ -2,13 +2,12 @@
 //! and gains, EOI matrices are orthogonal to 1e-12 in f64, their mask is their support, the
 //! density lands within one rotation of the target, and the conv rule holds.
 
-use eoi::plan::{self, Overrides};
-
-use eoi::schemes;
-use eoi::schemes::LayerPlan;
-use eoi::spec::{self, Source};
-use eoi::tensor::RowBlocks;
 use proptest::prelude::*;
+
+use crate::util::gram_error;
+use crate::util::lib::{
+    LayerPlan, Overrides, RowBlocks, Source, generate_layer, layer_stats, parse_spec, plan,
+};
 
 /// Plans a one-layer spec and returns the layer.
 fn layer(shape: &[usize], density: f64, gain: f64, centre: &str) -> LayerPlan {
@@ -17,12 +16,12 @@ fn layer(shape: &[usize], density: f64, gain: f64, centre: &str) -> LayerPlan {
         "[sparsity]\ndensity = {density:?}\nbelow_minimum = \"clamp\"\n[init]\ngain = {gain:?}\nconv_center = \"{centre}\"\n[[layer]]\nname = \"w\"\nshape = [{}]\n",
         dims.join(", ")
     );
-    let spec = spec::parse(Source {
+    let spec = parse_spec(Source {
         name: "prop.toml".into(),
         text,
     })
     .expect("valid spec");
-    let mut plan = plan::plan(&spec, &Overrides::default()).expect("valid plan");
+    let mut plan = plan(&spec, &Overrides::default()).expect("valid plan");
     plan.layers.remove(0)
 }
 
@@ -33,28 +32,6 @@ fn rows<T: RowBlocks>(tensor: &T) -> Vec<Vec<T::Elem>> {
     flat.chunks(tensor.row_len())
         .map(<[T::Elem]>::to_vec)
         .collect()
-}
-
-/// max |G - gain^2 I| for the smaller Gram matrix of an r x c matrix given by rows.
-fn orthogonality_error(m: &[Vec<f64>], gain: f64) -> f64 {
-    let r = m.len();
-    let c = m[0].len();
-    let entry = |a: usize, b: usize| -> f64 {
-        if r <= c {
-            (0..c).map(|k| m[a][k] * m[b][k]).sum()
-        } else {
-            (0..r).map(|k| m[k][a] * m[k][b]).sum()
-        }
-    };
-    let n = r.min(c);
-    let mut worst: f64 = 0.0;
-    for a in 0..n {
-        for b in 0..n {
-            let want = if a == b { gain * gain } else { 0.0 };
-            worst = worst.max((entry(a, b) - want).abs());
-        }
-    }
-    worst
 }
 
 proptest! {
@@ -69,10 +46,10 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let l = layer(&[out, inp], density, gain, "sqrt");
-        let g = schemes::generate(&l, seed);
+        let g = generate_layer(&l, seed);
         let w = rows(&g.weight);
         let mask = rows(&g.mask);
-        prop_assert!(orthogonality_error(&w, gain) < 1e-12);
+        prop_assert!(gram_error(&w.concat(), out, inp, gain) < 1e-12);
         let mut ones = 0u64;
         for (wr, mr) in w.iter().zip(&mask) {
             for (&x, &m) in wr.iter().zip(mr) {
@@ -89,7 +66,7 @@ proptest! {
         let target = l.density * (out * inp) as f64;
         prop_assert!((g.stats.nnz as f64 - target).abs() <= n, "nnz {} target {}", g.stats.nnz, target);
         // The statistics computed from the support alone agree with generation.
-        prop_assert_eq!(schemes::stats(&l, seed), g.stats);
+        prop_assert_eq!(layer_stats(&l, seed), g.stats);
     }
 
     #[test]
@@ -104,7 +81,7 @@ proptest! {
         let mut shape = vec![out, inp];
         shape.extend(&kernel);
         let l = layer(&shape, density, 1.0, if same { "same" } else { "sqrt" });
-        let g = schemes::generate(&l, seed);
+        let g = generate_layer(&l, seed);
         let taps: usize = kernel.iter().product();
         let tap = kernel.iter().fold(0, |acc, &k| acc * k + (k - 1) / 2);
         let w = rows(&g.weight);
@@ -130,7 +107,7 @@ proptest! {
                 }
             }
         }
-        prop_assert!(orthogonality_error(&centre, 1.0) < 1e-12);
+        prop_assert!(gram_error(&centre.concat(), out, inp, 1.0) < 1e-12);
         let numel = (out * inp * taps) as u64;
         let want = ((l.density * numel as f64).ceil() as u64).min(numel).max(centre_support);
         prop_assert_eq!(ones, want);
@@ -146,8 +123,8 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let l = layer(&[out, inp], density, 1.0, "sqrt");
-        let a = rows(&schemes::generate(&l, seed).weight);
-        let b = rows(&schemes::generate(&l, seed).weight);
+        let a = rows(&generate_layer(&l, seed).weight);
+        let b = rows(&generate_layer(&l, seed).weight);
         prop_assert_eq!(a, b);
     }
 }
@@ -157,7 +134,7 @@ fn rotation_counts_are_in_line_with_the_reference() {
     // EOI.md: 100x100 at d = 0.5 takes about 245 rotations on the reference code.
     let l = layer(&[100, 100], 0.5, 1.0, "sqrt");
     let mean = (0..20)
-        .map(|s| schemes::stats(&l, s).rotations.unwrap_or(0) as f64)
+        .map(|s| layer_stats(&l, s).rotations.unwrap_or(0) as f64)
         .sum::<f64>()
         / 20.0;
     assert!((200.0..300.0).contains(&mean), "mean rotations {mean}");
@@ -169,7 +146,7 @@ fn row_support_sizes_are_uneven_as_in_the_paper() {
     let l = layer(&[64, 64], 0.25, 1.0, "sqrt");
     let mut sds = Vec::new();
     for seed in 0..20 {
-        let g = schemes::generate(&l, seed);
+        let g = generate_layer(&l, seed);
         let counts: Vec<f64> = rows(&g.mask)
             .iter()
             .map(|r| r.iter().map(|&m| f64::from(m)).sum())

@@ -3,41 +3,22 @@
 //! JAX, Flax, optax, scikit-learn, matplotlib). Without those packages these tests fail, they
 //! do not skip. `examples/load_torch.py` and the eleven PyTorch families of
 //! `examples/real_models.py` need PyTorch, too large for CI: they are run by hand (README,
-//! "Loading the output" and "Twelve real models, end to end").
+//! "Loading the output", and docs/guide.md, "Twelve real models, end to end").
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 
 use serde_json::Value;
 
-const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
-
-/// The Python interpreter, once it is known to import what the examples need.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
-        let imports = "import numpy, safetensors, jax, flax, optax, sklearn, matplotlib";
-        let help = "run the tests with `scripts/test` (it creates .venv with tests/python/requirements.txt and sets EOI_PYTHON), or set EOI_PYTHON to a Python with those packages";
-        match Command::new(&python).args(["-c", imports]).output() {
-            Ok(out) if out.status.success() => python,
-            Ok(out) => panic!(
-                "the example tests need `{imports}`, which failed with `{python}`:\n{}\n{help}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => panic!("cannot run the Python interpreter `{python}`: {e}\n{help}"),
-        }
-    })
-}
+use crate::util::{Needs, eoi_path, eoi_process, json, python, repo, text};
 
 /// Runs `python examples/SCRIPT ARGS...` in `dir` with the eoi under test; requires success.
 fn run_example(dir: &Path, script: &str, args: &[&str]) -> Output {
-    let out = Command::new(python())
-        .arg(Path::new(EXAMPLES).join(script))
+    let out = python(Needs::Examples)
+        .arg(repo("examples").join(script))
         .arg("--eoi")
-        .arg(assert_cmd::cargo::cargo_bin!("eoi"))
+        .arg(eoi_path())
         .args(args)
         .current_dir(dir)
         // CPU only (no probing for accelerators); plots without a display.
@@ -49,8 +30,8 @@ fn run_example(dir: &Path, script: &str, args: &[&str]) -> Output {
         out.status.success(),
         "examples/{script} {args:?} failed ({}):\n{}\n{}",
         out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        text(&out.stdout),
+        text(&out.stderr)
     );
     out
 }
@@ -76,13 +57,12 @@ fn deep_mlp_trains_from_eoi_but_not_from_masked_kaiming_at_depth_200() {
             "curve.png",
         ],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = text(&out.stdout);
     assert!(
         stdout.contains("| scheme | test accuracy |"),
         "no table:\n{stdout}"
     );
-    let results: Value =
-        serde_json::from_slice(&fs::read(dir.path().join("results.json")).unwrap()).unwrap();
+    let results: Value = json(fs::read(dir.path().join("results.json")).unwrap());
     let accuracy = |scheme: &str| {
         results["results"]
             .as_array()
@@ -137,10 +117,8 @@ fn deep_mlp_includes_an_earlier_runs_results_only_with_the_same_settings() {
             ],
         ),
     );
-    let first: Value =
-        serde_json::from_slice(&fs::read(dir.path().join("first.json")).unwrap()).unwrap();
-    let both: Value =
-        serde_json::from_slice(&fs::read(dir.path().join("both.json")).unwrap()).unwrap();
+    let first: Value = json(fs::read(dir.path().join("first.json")).unwrap());
+    let both: Value = json(fs::read(dir.path().join("both.json")).unwrap());
     let schemes: Vec<&str> = both["results"]
         .as_array()
         .unwrap()
@@ -152,7 +130,7 @@ fn deep_mlp_includes_an_earlier_runs_results_only_with_the_same_settings() {
         both["results"][1], first["results"][0],
         "the included result changed"
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = text(&out.stdout);
     assert!(stdout.contains("| kaiming |"), "{stdout}");
     assert!(
         fs::read(dir.path().join("both.png"))
@@ -160,10 +138,10 @@ fn deep_mlp_includes_an_earlier_runs_results_only_with_the_same_settings() {
             .starts_with(b"\x89PNG")
     );
 
-    let refused = Command::new(python())
-        .arg(Path::new(EXAMPLES).join("deep_mlp.py"))
+    let refused = python(Needs::Examples)
+        .arg(repo("examples/deep_mlp.py"))
         .arg("--eoi")
-        .arg(assert_cmd::cargo::cargo_bin!("eoi"))
+        .arg(eoi_path())
         .args(["--depth", "5", "--steps", "2", "--schemes", "eoi"])
         .args(["--include", "first.json"])
         .current_dir(dir.path())
@@ -171,7 +149,7 @@ fn deep_mlp_includes_an_earlier_runs_results_only_with_the_same_settings() {
         .output()
         .unwrap();
     assert!(!refused.status.success());
-    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let stderr = text(&refused.stderr);
     assert!(
         stderr.contains("--include first.json: its depth 4 differ"),
         "{stderr}"
@@ -182,7 +160,7 @@ fn deep_mlp_includes_an_earlier_runs_results_only_with_the_same_settings() {
 fn load_jax_loads_the_flax_layout_and_keeps_masked_weights_at_zero() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_example(dir.path(), "load_jax.py", &[]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = text(&out.stdout);
     for needle in [
         "ok    the file's safetensors format is 'flax'",
         "ok    flax kernels are the torch layout's (out, in) weights, transposed",
@@ -213,7 +191,7 @@ fn load_jax_loads_biases_when_the_spec_has_bias_std() {
         "load_jax.py",
         &["--spec", spec.to_str().unwrap()],
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = text(&out.stdout);
     for needle in [
         "ok    net.0: bias (64,) fits Dense(64)",
         "ok    all 8 tensors of the file are used",
@@ -226,7 +204,7 @@ fn load_jax_loads_biases_when_the_spec_has_bias_std() {
 }
 
 /// `examples/real_models.py`'s Flax CNN end to end, with JAX only (the other eleven
-/// families need PyTorch and are run by hand: README, "Twelve real models, end to end"):
+/// families need PyTorch and are run by hand: docs/guide.md, "Twelve real models, end to end"):
 /// shape list -> `eoi spec --from - --layout flax` -> base params -> `generate --base` ->
 /// loaded as the model's param tree -> masked optax steps keep the zeros -> `eoi verify`.
 #[test]
@@ -272,7 +250,7 @@ fn real_models_takes_the_flax_cnn_end_to_end() {
     let work = dir.path().join("work/flax-cnn");
     let spec = fs::read_to_string(work.join("spec.toml")).unwrap();
     assert!(spec.contains("layout = \"flax\""), "{spec}");
-    let verify = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+    let verify = eoi_process()
         .arg("verify")
         .arg(work.join("eoi.safetensors"))
         .args(["--regenerate", "--base"])
@@ -302,10 +280,10 @@ fn real_models_takes_the_flax_cnn_end_to_end() {
 #[test]
 fn real_models_refuses_an_unknown_family_naming_the_known_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(python())
-        .arg(Path::new(EXAMPLES).join("real_models.py"))
+    let out = python(Needs::Examples)
+        .arg(repo("examples").join("real_models.py"))
         .arg("--eoi")
-        .arg(assert_cmd::cargo::cargo_bin!("eoi"))
+        .arg(eoi_path())
         .args(["--families", "flax-cnn,resnet18"])
         .current_dir(dir.path())
         .output()

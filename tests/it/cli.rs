@@ -5,18 +5,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::path::PathBuf;
 
-use assert_cmd::Command;
-use assert_cmd::assert::Assert;
-use ndarray::ArrayD;
 use predicates::prelude::*;
 use predicates::str::contains;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 use serde_json::Value;
-use tempfile::TempDir;
+
+use crate::util::{
+    Checkpoint, Sandbox, bundled_specs, contents, eoi_after, eoi_process, files_under, gram_error,
+    json, manifest, read_npy_as, read_safetensors, read_then_close, records_by_name, repo, stderr,
+    stdout,
+};
 
 /// The name every test gives its spec inside the sandbox.
 const SPEC: &str = "spec.toml";
@@ -80,287 +80,22 @@ fn many_layers() -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// Running the binary
+// Running the binary and checking what it wrote
 
-/// A temporary directory the binary runs in; specs and outputs live inside it.
-struct Sandbox {
-    dir: TempDir,
+/// Writes `spec` to `spec.toml` and runs `eoi args...` in the sandbox.
+fn run(sandbox: &Sandbox, spec: &str, args: &[&str]) -> assert_cmd::assert::Assert {
+    sandbox.write(SPEC, spec);
+    sandbox.eoi(args)
 }
 
-impl Sandbox {
-    fn new() -> Sandbox {
-        Sandbox {
-            dir: tempfile::tempdir().expect("cannot create a temporary directory"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The binary, run inside the sandbox, with no thread count inherited from the caller.
-    fn command(&self) -> Command {
-        let mut command = Command::new(assert_cmd::cargo::cargo_bin!("eoi"));
-        command
-            .current_dir(self.dir.path())
-            .env_remove("RAYON_NUM_THREADS");
-        command
-    }
-
-    /// Writes `spec` to `spec.toml` and runs `eoi args...` in the sandbox.
-    fn run(&self, spec: &str, args: &[&str]) -> Assert {
-        fs::write(self.path(SPEC), spec).expect("cannot write the spec");
-        self.command().args(args).assert()
-    }
-
-    /// Writes `spec` and runs `eoi generate spec.toml -o out args...`.
-    fn generate(&self, spec: &str, out: &str, args: &[&str]) -> Assert {
-        let mut all = vec!["generate", SPEC, "-o", out];
-        all.extend_from_slice(args);
-        self.run(spec, &all)
-    }
-
-    /// Generates `spec` to the safetensors file `out` and returns its bytes.
-    fn generate_bytes(&self, spec: &str, out: &str, args: &[&str]) -> Vec<u8> {
-        self.generate(spec, out, args).success();
-        fs::read(self.path(out)).expect("the output was not written")
-    }
-
-    /// Staging files or directories (`.eoi-*`) left anywhere in the sandbox.
-    fn leftovers(&self) -> Vec<PathBuf> {
-        files_under(self.dir.path(), true)
-            .into_iter()
-            .filter(|p| {
-                p.components()
-                    .any(|c| c.as_os_str().to_string_lossy().starts_with(".eoi-"))
-            })
-            .collect()
-    }
-}
-
-fn stdout_of(assert: &Assert) -> String {
-    String::from_utf8(assert.get_output().stdout.clone()).expect("stdout is not UTF-8")
-}
-
-fn stderr_of(assert: &Assert) -> String {
-    String::from_utf8(assert.get_output().stderr.clone()).expect("stderr is not UTF-8")
-}
-
-/// Every path under `dir`, relative to it (directories too if `with_dirs`), sorted.
-fn files_under(dir: &Path, with_dirs: bool) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(current) = pending.pop() {
-        for entry in fs::read_dir(&current).expect("cannot list a directory") {
-            let path = entry.expect("cannot read a directory entry").path();
-            let relative = path.strip_prefix(dir).unwrap().to_path_buf();
-            if path.is_dir() {
-                pending.push(path);
-                if with_dirs {
-                    found.push(relative);
-                }
-            } else {
-                found.push(relative);
-            }
-        }
-    }
-    found.sort();
-    found
-}
-
-/// Every file under `path` (or `path` itself) with its bytes: to show a run changed nothing.
-fn snapshot(path: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    if path.is_file() {
-        return BTreeMap::from([(PathBuf::new(), fs::read(path).unwrap())]);
-    }
-    files_under(path, false)
-        .into_iter()
-        .map(|relative| {
-            let bytes = fs::read(path.join(&relative)).unwrap();
-            (relative, bytes)
-        })
-        .collect()
-}
-
-// ---------------------------------------------------------------------------------------
-// Reading outputs back, independently of eoi
-
-/// One tensor as the `safetensors` crate reads it.
-#[derive(Debug, PartialEq)]
-struct Tensor {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl Tensor {
-    fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// The values of a float tensor, widened to f64.
-    fn values(&self) -> Vec<f64> {
-        match self.dtype {
-            Dtype::F32 => self.f32s().into_iter().map(f64::from).collect(),
-            Dtype::F64 => self
-                .data
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            other => panic!("expected a float tensor, got {other:?}"),
-        }
-    }
-
-    fn f32s(&self) -> Vec<f32> {
-        assert_eq!(self.dtype, Dtype::F32);
-        self.data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
-    }
-
-    /// A BOOL tensor's values; every byte must be 0 or 1.
-    fn mask(&self) -> Vec<bool> {
-        assert_eq!(self.dtype, Dtype::BOOL, "a mask must be BOOL");
-        assert_eq!(self.data.len(), self.numel());
-        self.data
-            .iter()
-            .map(|&b| match b {
-                0 => false,
-                1 => true,
-                other => panic!("a BOOL byte must be 0 or 1, got {other}"),
-            })
-            .collect()
-    }
-}
-
-/// A safetensors file: its tensors and `__metadata__`.
-struct Checkpoint {
-    tensors: BTreeMap<String, Tensor>,
-    metadata: BTreeMap<String, String>,
-}
-
-impl Checkpoint {
-    fn tensor(&self, name: &str) -> &Tensor {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("no tensor \"{name}\" in {:?}", self.tensors.keys()))
-    }
-
-    fn meta(&self, key: &str) -> &str {
-        self.metadata
-            .get(key)
-            .unwrap_or_else(|| panic!("no metadata key \"{key}\" in {:?}", self.metadata))
-    }
-
-    /// The per-layer records of `eoi.layers`, by name.
-    fn layer_records(&self) -> BTreeMap<String, Value> {
-        let layers: Value =
-            serde_json::from_str(self.meta("eoi.layers")).expect("eoi.layers is not JSON");
-        records_by_name(&layers)
-    }
-}
-
-fn read_safetensors(path: &Path) -> Checkpoint {
-    let bytes = fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    let file = SafeTensors::deserialize(&bytes)
-        .unwrap_or_else(|e| panic!("{} is not valid safetensors: {e:?}", path.display()));
-    let tensors = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let tensor = Tensor {
-                dtype: view.dtype(),
-                shape: view.shape().to_vec(),
-                data: view.data().to_vec(),
-            };
-            (name, tensor)
-        })
-        .collect();
-    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
-    let metadata = header
-        .metadata()
-        .clone()
-        .expect("no __metadata__")
-        .into_iter()
-        .collect();
-    Checkpoint { tensors, metadata }
-}
-
-/// An .npy file read with `ndarray-npy` as `dtype`, as (shape, little-endian row-major bytes):
-/// directly comparable with a safetensors tensor.
-fn read_npy_as(path: &Path, dtype: Dtype) -> Tensor {
-    fn read<T: ndarray_npy::ReadableElement>(path: &Path) -> ArrayD<T> {
-        ndarray_npy::read_npy(path)
-            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-    }
-    let (shape, data): (Vec<usize>, Vec<u8>) = match dtype {
-        Dtype::F32 => {
-            let a = read::<f32>(path);
-            (
-                a.shape().to_vec(),
-                a.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        }
-        Dtype::F64 => {
-            let a = read::<f64>(path);
-            (
-                a.shape().to_vec(),
-                a.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            )
-        }
-        Dtype::BOOL => {
-            let a = read::<bool>(path);
-            (a.shape().to_vec(), a.iter().map(|&b| u8::from(b)).collect())
-        }
-        other => panic!("unexpected dtype {other:?}"),
-    };
-    Tensor { dtype, shape, data }
-}
-
-fn parse_json(text: &str) -> Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}):\n{text}"))
-}
-
-/// A JSON array of layer records keyed by their `name`.
-fn records_by_name(layers: &Value) -> BTreeMap<String, Value> {
-    layers
-        .as_array()
-        .expect("layers is not an array")
-        .iter()
-        .map(|r| (r["name"].as_str().unwrap().to_string(), r.clone()))
-        .collect()
+/// Generates `spec` to the safetensors file `out` and returns its bytes.
+fn generate_bytes(sandbox: &Sandbox, spec: &str, out: &str, args: &[&str]) -> Vec<u8> {
+    sandbox.generate(spec, out, args).success();
+    sandbox.read(out)
 }
 
 fn mask_name(layer: &str) -> String {
     format!("{layer}_mask")
-}
-
-// ---------------------------------------------------------------------------------------
-// EOI's properties, recomputed
-
-/// The largest entry of |G - gain^2 I|, G the Gram matrix of the smaller side of the
-/// row-major `rows x cols` matrix `w`: W W^T if it is wide or square, W^T W if it is tall.
-fn gram_error(w: &[f64], rows: usize, cols: usize, gain: f64) -> f64 {
-    let wide = rows <= cols;
-    let (n, m) = if wide { (rows, cols) } else { (cols, rows) };
-    // Element k of the a-th row (wide) or column (tall) of W.
-    let at = |a: usize, k: usize| {
-        if wide {
-            w[a * cols + k]
-        } else {
-            w[k * cols + a]
-        }
-    };
-    let mut worst = 0.0f64;
-    for a in 0..n {
-        for b in 0..n {
-            let dot: f64 = (0..m).map(|k| at(a, k) * at(b, k)).sum();
-            let expected = if a == b { gain * gain } else { 0.0 };
-            worst = worst.max((dot - expected).abs());
-        }
-    }
-    worst
 }
 
 /// Checks one layer of a checkpoint against the definition of EOI (EOI.md) and returns the
@@ -530,7 +265,7 @@ fn layers_below_the_minimum_can_be_clamped_to_the_identity() {
                 [[layer]]\nname = \"fc\"\nshape = [100, 50]\n";
     let sandbox = Sandbox::new();
     let assert = sandbox.generate(spec, "init.safetensors", &[]).success();
-    let stderr = stderr_of(&assert);
+    let stderr = stderr(&assert);
     assert!(stderr.contains("warning"), "{stderr}");
     assert!(stderr.contains("layer \"fc\""), "{stderr}");
     assert!(stderr.contains("0.010000"), "{stderr}");
@@ -567,7 +302,7 @@ fn npy_output_matches_the_safetensors_output() {
         assert_eq!(&from_npy, tensor, "{name}: npy and safetensors differ");
     }
 
-    let manifest = parse_json(&fs::read_to_string(dir.join("manifest.json")).unwrap());
+    let manifest = manifest(&dir);
     let listed: BTreeMap<String, (String, Value)> = manifest["tensors"]
         .as_array()
         .expect("manifest has no tensors list")
@@ -631,22 +366,22 @@ fn f64_output_rounds_to_the_f32_output() {
 fn the_same_spec_gives_the_same_bytes() {
     let sandbox = Sandbox::new();
     let spec = many_layers();
-    let first = sandbox.generate_bytes(&spec, "a.safetensors", &[]);
-    let second = sandbox.generate_bytes(&spec, "b.safetensors", &[]);
+    let first = generate_bytes(&sandbox, &spec, "a.safetensors", &[]);
+    let second = generate_bytes(&sandbox, &spec, "b.safetensors", &[]);
     assert!(first == second, "two runs of the same spec differ");
     sandbox.generate(&spec, "a", &["--format", "npy"]).success();
     sandbox.generate(&spec, "b", &["--format", "npy"]).success();
-    assert!(snapshot(&sandbox.path("a")) == snapshot(&sandbox.path("b")));
+    assert!(contents(&sandbox.path("a")) == contents(&sandbox.path("b")));
 }
 
 #[test]
 fn thread_counts_do_not_change_the_bytes() {
     let sandbox = Sandbox::new();
     let spec = many_layers();
-    let reference = sandbox.generate_bytes(&spec, "default.safetensors", &[]);
+    let reference = generate_bytes(&sandbox, &spec, "default.safetensors", &[]);
     for threads in ["1", "2", "7"] {
         let out = format!("threads{threads}.safetensors");
-        let bytes = sandbox.generate_bytes(&spec, &out, &["--threads", threads]);
+        let bytes = generate_bytes(&sandbox, &spec, &out, &["--threads", threads]);
         assert!(bytes == reference, "--threads {threads} changed the bytes");
     }
     for threads in ["1", "2"] {
@@ -727,12 +462,12 @@ fn an_existing_npy_output_needs_force() {
     sandbox
         .generate(MODEL, "init", &["--format", "npy"])
         .success();
-    let before = snapshot(&dir);
+    let before = contents(&dir);
     sandbox
         .generate(MODEL, "init", &["--format", "npy", "--seed", "9"])
         .code(2)
         .stderr(contains("--force"));
-    assert!(snapshot(&dir) == before, "a refused run changed the output");
+    assert!(contents(&dir) == before, "a refused run changed the output");
 
     sandbox
         .generate(
@@ -741,7 +476,7 @@ fn an_existing_npy_output_needs_force() {
             &["--format", "npy", "--seed", "9", "--force"],
         )
         .success();
-    let manifest = parse_json(&fs::read_to_string(dir.join("manifest.json")).unwrap());
+    let manifest = manifest(&dir);
     assert_eq!(manifest["seed"].as_u64(), Some(9));
     assert_eq!(sandbox.leftovers(), Vec::<PathBuf>::new());
 }
@@ -755,11 +490,11 @@ fn force_never_replaces_a_directory_eoi_did_not_write() {
     // A manifest.json of someone else's (valid JSON, but not eoi's).
     fs::write(dir.join("manifest.json"), b"{\"tensors\": []}").unwrap();
     fs::write(dir.join("run1").join("weights.npy"), PRECIOUS).unwrap();
-    let before = snapshot(&dir);
+    let before = contents(&dir);
     sandbox
         .generate(MODEL, "results", &["--format", "npy", "--force"])
         .code(2);
-    assert!(snapshot(&dir) == before, "the directory was changed");
+    assert!(contents(&dir) == before, "the directory was changed");
     assert_eq!(sandbox.leftovers(), Vec::<PathBuf>::new());
 }
 
@@ -809,11 +544,11 @@ fn a_run_failing_while_writing_cleans_up_and_keeps_the_old_output() {
     sandbox
         .generate(MODEL, "init", &["--format", "npy"])
         .success();
-    let before = snapshot(&dir);
+    let before = contents(&dir);
     sandbox
         .generate(&spec, "init", &["--format", "npy", "--force"])
         .code(1);
-    assert!(snapshot(&dir) == before, "a failed run changed the output");
+    assert!(contents(&dir) == before, "a failed run changed the output");
     assert_eq!(sandbox.leftovers(), Vec::<PathBuf>::new());
 }
 
@@ -823,15 +558,12 @@ fn outputs_get_ordinary_permissions_under_the_umask() {
     use std::os::unix::fs::PermissionsExt;
     let sandbox = Sandbox::new();
     fs::write(sandbox.path(SPEC), MODEL).unwrap();
-    let eoi = assert_cmd::cargo::cargo_bin!("eoi");
     for args in [
         &["-o", "init.safetensors"][..],
         &["-o", "init", "--format", "npy"],
     ] {
-        Command::new("sh")
-            .current_dir(sandbox.dir.path())
-            .args(["-c", "umask 027 && exec \"$@\"", "sh"])
-            .arg(eoi)
+        eoi_after("umask 027")
+            .current_dir(sandbox.dir())
             .args(["generate", SPEC])
             .args(args)
             .assert()
@@ -869,12 +601,9 @@ fn refused(sandbox: &Sandbox, spec: &[u8]) -> String {
         .stdout(predicate::str::is_empty());
     assert!(!sandbox.path("init.safetensors").exists());
     assert_eq!(sandbox.leftovers(), Vec::<PathBuf>::new());
-    let stderr = stderr_of(&generate);
-    assert_eq!(
-        stderr_of(&plan),
-        stderr,
-        "plan and generate report differently"
-    );
+    let planned = stderr(&plan);
+    let stderr = stderr(&generate);
+    assert_eq!(planned, stderr, "plan and generate report differently");
     assert!(stderr.starts_with("error: "), "{stderr}");
     stderr
 }
@@ -1011,8 +740,7 @@ fn bad_command_lines_are_usage_errors() {
     sandbox
         .generate(MODEL, "init.safetensors", &["--dtype", "f8"])
         .code(2);
-    sandbox
-        .run(MODEL, &["generate", SPEC])
+    run(&sandbox, MODEL, &["generate", SPEC])
         .code(2)
         .stderr(contains("--output"));
     assert!(!sandbox.path("init.safetensors").exists());
@@ -1024,8 +752,8 @@ fn bad_command_lines_are_usage_errors() {
 #[test]
 fn plan_json_describes_every_layer() {
     let sandbox = Sandbox::new();
-    let assert = sandbox.run(MODEL, &["plan", SPEC, "--json"]).success();
-    let plan = parse_json(&stdout_of(&assert));
+    let assert = run(&sandbox, MODEL, &["plan", SPEC, "--json"]).success();
+    let plan = json(stdout(&assert));
     assert_eq!(plan["schema_version"].as_u64(), Some(1));
     let density = plan["density"].as_f64().expect("no top-level density");
     assert!((density - MODEL_DENSITY).abs() < 1e-12, "{density}");
@@ -1041,10 +769,10 @@ fn plan_json_describes_every_layer() {
 
 #[test]
 fn plan_json_spreads_erk_to_the_overall_density() {
-    let spec = fs::read_to_string(bundled_specs().join("mlp-mnist.toml")).unwrap();
+    let spec = fs::read_to_string(repo("specs/mlp-mnist.toml")).unwrap();
     let sandbox = Sandbox::new();
-    let assert = sandbox.run(&spec, &["plan", SPEC, "--json"]).success();
-    let plan = parse_json(&stdout_of(&assert));
+    let assert = run(&sandbox, &spec, &["plan", SPEC, "--json"]).success();
+    let plan = json(stdout(&assert));
     let layers = plan["layers"].as_array().unwrap();
     let (mut kept, mut total) = (0.0, 0.0);
     for layer in layers {
@@ -1071,8 +799,8 @@ fn generate_json_goes_to_stdout_and_the_summary_to_stderr() {
         .generate(MODEL, "init.safetensors", &["--json"])
         .success();
     // The whole of standard output is one JSON document.
-    let summary = parse_json(&stdout_of(&assert));
-    let stderr = stderr_of(&assert);
+    let summary = json(stdout(&assert));
+    let stderr = stderr(&assert);
     assert!(
         stderr.contains("wrote") && stderr.contains("init.safetensors"),
         "{stderr}"
@@ -1099,7 +827,7 @@ fn generate_json_goes_to_stdout_and_the_summary_to_stderr() {
         .generate(MODEL, "quiet.safetensors", &["--json", "-q"])
         .success()
         .stderr(predicate::str::is_empty());
-    parse_json(&stdout_of(&quiet));
+    json(stdout(&quiet));
     sandbox
         .generate(MODEL, "quieter.safetensors", &["-q"])
         .success()
@@ -1113,7 +841,7 @@ fn generate_json_goes_to_stdout_and_the_summary_to_stderr() {
 #[test]
 fn a_spec_from_stdin_gives_the_same_bytes_as_from_a_file() {
     let sandbox = Sandbox::new();
-    let from_file = sandbox.generate_bytes(MODEL, "file.safetensors", &[]);
+    let from_file = generate_bytes(&sandbox, MODEL, "file.safetensors", &[]);
     sandbox
         .command()
         .args(["generate", "-", "-o", "stdin.safetensors"])
@@ -1160,36 +888,20 @@ fn version_and_help_say_what_users_need() {
 // ---------------------------------------------------------------------------------------
 // 10. Closed pipes
 
-/// Runs `eoi args...`, reads the first bytes of its output and closes the pipe.
-fn run_into_closed_pipe(dir: &Path, args: &[&str]) -> Output {
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot start eoi");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut first = [0u8; 16];
-    stdout.read_exact(&mut first).expect("no output");
-    drop(stdout);
-    child.wait_with_output().unwrap()
-}
-
 #[test]
 fn a_closed_pipe_ends_the_run_quietly() {
     let sandbox = Sandbox::new();
     // 86 kB of plan, and 20,000 layers: 1.6 MB, more than a pipe holds (at most 1 MiB).
     let huge = "[sparsity]\ndensity = 0.5\n\n[[layer]]\nname = \"h.{i}.weight\"\nshape = [8, 8]\nrepeat = 20000\n";
     fs::write(sandbox.path(SPEC), huge).unwrap();
-    let bundled = bundled_specs().join("mlp-1000-tanh.toml");
+    let bundled = repo("specs/mlp-1000-tanh.toml");
     let bundled = bundled.to_str().unwrap();
     for args in [
         &["plan", bundled][..],
         &["plan", SPEC],
         &["plan", SPEC, "--json"],
     ] {
-        let output = run_into_closed_pipe(sandbox.dir.path(), args);
+        let (_, output) = read_then_close(eoi_process().args(args).current_dir(sandbox.dir()), 16);
         assert_eq!(
             output.status.code(),
             Some(0),
@@ -1207,21 +919,10 @@ fn a_closed_pipe_ends_the_run_quietly() {
 // ---------------------------------------------------------------------------------------
 // 11. Bundled specs
 
-fn bundled_specs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("specs")
-}
-
 #[test]
 fn every_bundled_spec_plans() {
     let sandbox = Sandbox::new();
-    let mut specs: Vec<PathBuf> = fs::read_dir(bundled_specs())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    specs.sort();
-    assert!(specs.len() >= 8, "{specs:?}");
-    for spec in &specs {
+    for spec in &bundled_specs() {
         let assert = sandbox
             .command()
             .arg("plan")
@@ -1229,7 +930,7 @@ fn every_bundled_spec_plans() {
             .arg("--json")
             .assert()
             .success();
-        let plan = parse_json(&stdout_of(&assert));
+        let plan = json(stdout(&assert));
         assert!(
             !plan["layers"].as_array().unwrap().is_empty(),
             "{}",

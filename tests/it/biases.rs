@@ -2,17 +2,17 @@
 //! `plan` shows them, `generate` writes them beside their weights (values from their own
 //! streams, zeros for 0), `verify` checks them and notices tampering, `--regenerate`
 //! reproduces them, `--base` replaces a base's bias only when asked, and `isometry` adds
-//! the generated ones. Their bytes are frozen in tests/golden.rs, and the official numpy and
-//! safetensors packages read them in tests/python_interop.rs.
+//! the generated ones. Their bytes are frozen in tests/it/golden.rs, and the official numpy and
+//! safetensors packages read them in tests/it/python_interop.rs.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
-use assert_cmd::assert::Assert;
-use safetensors::SafeTensors;
-use serde_json::{Value, json};
-use tempfile::TempDir;
+use safetensors::Dtype;
+use serde_json::json;
+
+use crate::util::{
+    Entry, Sandbox, data_range, read_safetensors, safetensors_bytes, stderr, stdout,
+};
 
 /// Three linear layers: `fc1` takes [init]'s bias_std, `fc2` sets 0, `proj` (not named
 /// `<module>.weight`) gets no bias.
@@ -38,82 +38,18 @@ name = "proj"
 shape = [32, 32]
 "#;
 
-struct Sandbox {
-    dir: TempDir,
-}
-
-impl Sandbox {
-    fn new() -> Sandbox {
-        let sandbox = Sandbox {
-            dir: tempfile::tempdir().unwrap(),
-        };
-        sandbox.write("spec.toml", SPEC);
-        sandbox
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn write(&self, name: &str, text: &str) {
-        fs::write(self.path(name), text).unwrap();
-    }
-
-    fn eoi(&self, args: &[&str]) -> Assert {
-        Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
-            .current_dir(self.dir.path())
-            .args(args)
-            .assert()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let assert = self.eoi(args).success();
-        serde_json::from_slice(&assert.get_output().stdout).unwrap()
-    }
-}
-
-fn stderr(assert: &Assert) -> String {
-    String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
-}
-
-/// Each tensor of a safetensors file: (dtype, shape, little-endian data).
-fn tensors(path: &Path) -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
-    let bytes = fs::read(path).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let mut list: Vec<_> = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            (
-                name,
-                format!("{:?}", view.dtype()),
-                view.shape().to_vec(),
-                view.data().to_vec(),
-            )
-        })
-        .collect();
-    list.sort();
-    list
-}
-
-fn f32s(data: &[u8]) -> Vec<f32> {
-    data.chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn metadata(path: &Path) -> Value {
-    let bytes = fs::read(path).unwrap();
-    let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
-    let meta = meta.metadata().clone().unwrap();
-    serde_json::from_str(&meta["eoi.layers"]).unwrap()
+/// A sandbox holding SPEC as spec.toml.
+fn sandbox() -> Sandbox {
+    let sandbox = Sandbox::new();
+    sandbox.write("spec.toml", SPEC);
+    sandbox
 }
 
 #[test]
 fn plan_shows_each_layers_bias_in_text_and_json() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let out = sandbox.eoi(&["plan", "spec.toml"]).success();
-    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let text = stdout(&out);
     let header = text.lines().next().unwrap();
     assert!(header.ends_with("bias_std"), "{text}");
     let row = |name: &str| text.lines().find(|l| l.starts_with(name)).unwrap();
@@ -122,7 +58,7 @@ fn plan_shows_each_layers_bias_in_text_and_json() {
     assert!(row("proj").ends_with(" -"), "{text}");
     assert!(text.contains("3 layers, 2 biases, "), "{text}");
 
-    let plan = sandbox.json(&["plan", "spec.toml", "--json"]);
+    let plan = sandbox.json(&["plan", "spec.toml"], 0);
     assert_eq!(plan["schema_version"], 1);
     assert_eq!(plan["layers"][0]["bias"], "fc1.bias");
     assert_eq!(plan["layers"][0]["bias_std"], 0.5);
@@ -155,9 +91,9 @@ fn plan_shows_each_layers_bias_in_text_and_json() {
     // follows the weights'.
     sandbox.write(
         "flax.toml",
-        &format!("{SPEC}\n[output]\nlayout = \"flax\"\ndtype = \"f16\"\n"),
+        format!("{SPEC}\n[output]\nlayout = \"flax\"\ndtype = \"f16\"\n"),
     );
-    let plan = sandbox.json(&["plan", "flax.toml", "--json"]);
+    let plan = sandbox.json(&["plan", "flax.toml"], 0);
     assert_eq!(plan["tensors"][0]["shape"], json!([64, 400]));
     assert_eq!(
         plan["tensors"][2],
@@ -167,29 +103,30 @@ fn plan_shows_each_layers_bias_in_text_and_json() {
 
 #[test]
 fn generate_writes_biases_in_the_weights_dtype_and_records_them() {
-    let sandbox = Sandbox::new();
-    let summary = sandbox.json(&["generate", "spec.toml", "-o", "b.safetensors", "--json"]);
+    let sandbox = sandbox();
+    let summary = sandbox.json(&["generate", "spec.toml", "-o", "b.safetensors"], 0);
     assert_eq!(summary["layers"][0]["bias_std"], 0.5);
-    let file = sandbox.path("b.safetensors");
-    let tensors = tensors(&file);
-    let find = |name: &str| tensors.iter().find(|t| t.0 == name).unwrap();
-    let (_, dtype, shape, data) = find("fc1.bias");
-    assert_eq!((dtype.as_str(), shape.as_slice()), ("F32", &[400][..]));
-    let values = f32s(data);
+    let file = read_safetensors(&sandbox.path("b.safetensors"));
+    let bias = file.tensor("fc1.bias");
+    assert_eq!(
+        (bias.dtype, bias.shape.as_slice()),
+        (Dtype::F32, &[400][..])
+    );
+    let values = bias.f32s();
     let ms = values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / 400.0;
     // Mean square of 400 draws of N(0, 0.25): standard error 0.25 * sqrt(2/400) = 0.0177.
     assert!((ms - 0.25).abs() < 6.0 * 0.0177, "{ms}");
     assert!(values.iter().filter(|v| **v > 0.0).count() > 150);
-    let (_, _, shape, data) = find("fc2.bias");
-    assert_eq!(shape, &[32]);
-    assert_eq!(data, &vec![0u8; 128], "bias_std = 0 gives +0.0 bytes");
+    let bias = file.tensor("fc2.bias");
+    assert_eq!(bias.shape, &[32]);
+    assert_eq!(bias.data, vec![0u8; 128], "bias_std = 0 gives +0.0 bytes");
     assert!(
-        tensors
-            .iter()
-            .all(|t| t.0 != "proj.bias" && t.0 != "proj_bias")
+        file.tensors
+            .keys()
+            .all(|name| name != "proj.bias" && name != "proj_bias")
     );
-    assert_eq!(tensors.len(), 8);
-    let records = metadata(&file);
+    assert_eq!(file.tensors.len(), 8);
+    let records = file.layers();
     assert_eq!(records[0]["bias"], "fc1.bias");
     assert_eq!(records[1]["bias_std"], 0.0);
     assert!(records[2].get("bias_std").is_none());
@@ -197,16 +134,16 @@ fn generate_writes_biases_in_the_weights_dtype_and_records_them() {
     // The weights and masks are the same bytes as without biases.
     sandbox.write(
         "plain.toml",
-        &SPEC
-            .replace("bias_std = 0.5\n", "")
+        SPEC.replace("bias_std = 0.5\n", "")
             .replace("bias_std = 0\n", ""),
     );
     sandbox
         .eoi(&["generate", "plain.toml", "-o", "p.safetensors", "-q"])
         .success();
-    let plain = self::tensors(&sandbox.path("p.safetensors"));
-    let without_biases: Vec<_> = tensors.iter().filter(|t| !t.0.ends_with(".bias")).collect();
-    assert_eq!(without_biases, plain.iter().collect::<Vec<_>>());
+    let plain = read_safetensors(&sandbox.path("p.safetensors")).tensors;
+    let mut without_biases = file.tensors.clone();
+    without_biases.retain(|name, _| !name.ends_with(".bias"));
+    assert_eq!(without_biases, plain);
 
     // bf16 weights give a bf16 bias.
     sandbox
@@ -220,14 +157,14 @@ fn generate_writes_biases_in_the_weights_dtype_and_records_them() {
             "bf16",
         ])
         .success();
-    let half = self::tensors(&sandbox.path("h.safetensors"));
-    let bias = half.iter().find(|t| t.0 == "fc1.bias").unwrap();
-    assert_eq!((bias.1.as_str(), bias.3.len()), ("BF16", 800));
+    let half = read_safetensors(&sandbox.path("h.safetensors"));
+    let bias = half.tensor("fc1.bias");
+    assert_eq!((bias.dtype, bias.data.len()), (Dtype::BF16, 800));
 }
 
 #[test]
 fn verify_checks_biases_and_regenerate_reproduces_them() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     sandbox
         .eoi(&["generate", "spec.toml", "-o", "b.safetensors", "-q"])
         .success();
@@ -256,7 +193,7 @@ fn verify_checks_biases_and_regenerate_reproduces_them() {
         ])
         .success();
     for artifact in ["b.safetensors", "npy", "b.npz"] {
-        let report = sandbox.json(&["verify", artifact, "--regenerate", "--json"]);
+        let report = sandbox.json(&["verify", artifact, "--regenerate"], 0);
         assert_eq!(report["passed"], true, "{artifact}: {report}");
         assert_eq!(report["regenerate"]["compared"], 8, "{artifact}");
         assert_eq!(report["layers"][0]["bias"], "fc1.bias");
@@ -269,24 +206,21 @@ fn verify_checks_biases_and_regenerate_reproduces_them() {
     // Tampering: fc1's bias scaled by 4 (a std of 2, not 0.5), one of fc2's zeros made 1.
     let path = sandbox.path("b.safetensors");
     let mut bytes = fs::read(&path).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    let range = |name: &str| {
-        let offsets = &header[name]["data_offsets"];
-        let start = 8 + header_len + offsets[0].as_u64().unwrap() as usize;
-        start..8 + header_len + offsets[1].as_u64().unwrap() as usize
-    };
-    for chunk in bytes[range("fc1.bias")].chunks_exact_mut(4) {
+    let (fc1, fc2) = (
+        data_range(&bytes, "fc1.bias"),
+        data_range(&bytes, "fc2.bias"),
+    );
+    for chunk in bytes[fc1].chunks_exact_mut(4) {
         let v = f32::from_le_bytes(chunk.try_into().unwrap()) * 4.0;
         chunk.copy_from_slice(&v.to_le_bytes());
     }
-    let at = range("fc2.bias").start + 12;
+    let at = fc2.start + 12;
     bytes[at..at + 4].copy_from_slice(&1.0f32.to_le_bytes());
     fs::write(&path, bytes).unwrap();
     let assert = sandbox
         .eoi(&["verify", "b.safetensors", "--regenerate"])
         .code(1);
-    let out = String::from_utf8_lossy(&assert.get_output().stdout).into_owned();
+    let out = stdout(&assert);
     assert!(
         out.contains("FAIL  fc1.weight  bias: the bias \"fc1.bias\" has std 2.04"),
         "{out}"
@@ -302,7 +236,7 @@ fn verify_checks_biases_and_regenerate_reproduces_them() {
         "{out}"
     );
     assert!(out.contains("fc1.bias"), "{out}");
-    let report = sandbox.json_failing(&["verify", "b.safetensors", "--regenerate", "--json"]);
+    let report = sandbox.json(&["verify", "b.safetensors", "--regenerate"], 1);
     let differing: Vec<&str> = report["regenerate"]["differences"]
         .as_array()
         .unwrap()
@@ -312,20 +246,13 @@ fn verify_checks_biases_and_regenerate_reproduces_them() {
     assert_eq!(differing, ["fc1.bias", "fc2.bias"]);
 }
 
-impl Sandbox {
-    fn json_failing(&self, args: &[&str]) -> Value {
-        let assert = self.eoi(args).code(1);
-        serde_json::from_slice(&assert.get_output().stdout).unwrap()
-    }
-}
-
 #[test]
 fn inspect_lists_the_biases() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     sandbox
         .eoi(&["generate", "spec.toml", "-o", "b.safetensors", "-q"])
         .success();
-    let report = sandbox.json(&["inspect", "b.safetensors", "--json"]);
+    let report = sandbox.json(&["inspect", "b.safetensors"], 0);
     let bias = report["tensors"]
         .as_array()
         .unwrap()
@@ -345,42 +272,34 @@ fn inspect_lists_the_biases() {
         .unwrap();
     assert!(weight["bias_of"].is_null() && weight["rms"].is_null());
     let out = sandbox.eoi(&["inspect", "b.safetensors"]).success();
-    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    let text = stdout(&out);
     let line = text.lines().find(|l| l.starts_with("fc2.bias")).unwrap();
     assert!(line.ends_with("(bias of fc2.weight, rms 0)"), "{text}");
 }
 
 /// A base checkpoint: `fc1.weight` [400, 64] and `fc1.bias` of `bias_len` values 7.0, and an
 /// unrelated `other` tensor.
-fn write_base(path: &Path, bias_len: usize) {
-    let weight = vec![0u8; 400 * 64 * 4];
+fn write_base(sandbox: &Sandbox, name: &str, bias_len: usize) {
     let bias: Vec<u8> = (0..bias_len).flat_map(|_| 7.0f32.to_le_bytes()).collect();
-    let other = vec![1u8; 8];
-    let header = json!({
-        "fc1.weight": {"dtype": "F32", "shape": [400, 64], "data_offsets": [0, weight.len()]},
-        "fc1.bias": {"dtype": "F32", "shape": [bias_len], "data_offsets": [weight.len(), weight.len() + bias.len()]},
-        "other": {"dtype": "U8", "shape": [8], "data_offsets": [weight.len() + bias.len(), weight.len() + bias.len() + 8]},
-    })
-    .to_string();
-    let mut file = (header.len() as u64).to_le_bytes().to_vec();
-    file.extend(header.as_bytes());
-    file.extend(weight);
-    file.extend(bias);
-    file.extend(other);
-    fs::write(path, file).unwrap();
+    let entries = [
+        Entry::new("fc1.weight", "F32", &[400, 64], vec![0u8; 400 * 64 * 4]),
+        Entry::new("fc1.bias", "F32", &[bias_len], bias),
+        Entry::new("other", "U8", &[8], vec![1u8; 8]),
+    ];
+    sandbox.write(name, safetensors_bytes(&entries, None, false));
 }
 
 #[test]
 fn a_bases_bias_is_replaced_only_with_bias_std() {
-    let sandbox = Sandbox::new();
-    write_base(&sandbox.path("base.safetensors"), 400);
+    let sandbox = sandbox();
+    write_base(&sandbox, "base.safetensors", 400);
     let one = |bias: &str| {
         format!(
             "seed = 5\n[sparsity]\ndensity = 0.25\n[[layer]]\nname = \"fc1.weight\"\nshape = [400, 64]\n{bias}"
         )
     };
     // Without bias_std the base's bias is copied unchanged.
-    sandbox.write("keep.toml", &one(""));
+    sandbox.write("keep.toml", one(""));
     sandbox
         .eoi(&[
             "generate",
@@ -392,11 +311,10 @@ fn a_bases_bias_is_replaced_only_with_bias_std() {
             "-q",
         ])
         .success();
-    let kept = tensors(&sandbox.path("keep.safetensors"));
-    let bias = kept.iter().find(|t| t.0 == "fc1.bias").unwrap();
-    assert!(f32s(&bias.3).iter().all(|&v| v == 7.0));
+    let kept = read_safetensors(&sandbox.path("keep.safetensors"));
+    assert!(kept.tensor("fc1.bias").f32s().iter().all(|&v| v == 7.0));
     // With bias_std the generated bias replaces it: the same bytes as a plain generate.
-    sandbox.write("new.toml", &one("bias_std = 0.5\n"));
+    sandbox.write("new.toml", one("bias_std = 0.5\n"));
     sandbox
         .eoi(&[
             "generate",
@@ -411,20 +329,17 @@ fn a_bases_bias_is_replaced_only_with_bias_std() {
     sandbox
         .eoi(&["generate", "new.toml", "-o", "plain.safetensors", "-q"])
         .success();
-    let replaced = tensors(&sandbox.path("new.safetensors"));
-    let plain = tensors(&sandbox.path("plain.safetensors"));
-    let get = |list: &[(String, String, Vec<usize>, Vec<u8>)], name: &str| {
-        list.iter().find(|t| t.0 == name).unwrap().clone()
-    };
-    assert_eq!(get(&replaced, "fc1.bias"), get(&plain, "fc1.bias"));
-    assert_eq!(get(&replaced, "other").3, vec![1u8; 8]);
+    let replaced = read_safetensors(&sandbox.path("new.safetensors"));
+    let plain = read_safetensors(&sandbox.path("plain.safetensors"));
+    assert_eq!(replaced.tensor("fc1.bias"), plain.tensor("fc1.bias"));
+    assert_eq!(replaced.tensor("other").data, vec![1u8; 8]);
     assert_eq!(
-        replaced.len(),
+        replaced.tensors.len(),
         4,
         "weight, mask, bias and the copied tensor"
     );
     // A base bias of another shape is refused, naming it.
-    write_base(&sandbox.path("odd.safetensors"), 399);
+    write_base(&sandbox, "odd.safetensors", 399);
     let assert = sandbox
         .eoi(&[
             "generate",
@@ -445,7 +360,7 @@ fn a_bases_bias_is_replaced_only_with_bias_std() {
 
 #[test]
 fn isometry_adds_the_generated_biases() {
-    let sandbox = Sandbox::new();
+    let sandbox = sandbox();
     let chain = |bias: &str| {
         format!(
             "seed = 1\n[sparsity]\ndensity = 0.5\n[init]\n{bias}\n[[layer]]\nname = \"h.{{i}}.weight\"\nshape = [64, 64]\nrepeat = 4\n"
@@ -456,7 +371,7 @@ fn isometry_adds_the_generated_biases() {
         ("zero", "bias_std = 0"),
         ("some", "bias_std = 0.5"),
     ] {
-        sandbox.write(&format!("{name}.toml"), &chain(bias));
+        sandbox.write(&format!("{name}.toml"), chain(bias));
         sandbox
             .eoi(&[
                 "generate",
@@ -467,7 +382,7 @@ fn isometry_adds_the_generated_biases() {
             ])
             .success();
     }
-    let report = |name: &str| sandbox.json(&["isometry", &format!("{name}.safetensors"), "--json"]);
+    let report = |name: &str| sandbox.json(&["isometry", &format!("{name}.safetensors")], 0);
     let (none, zero, some) = (report("none"), report("zero"), report("some"));
     assert!(none["chain"][0]["bias"].is_null());
     assert_eq!(some["chain"][2]["bias"], "h.2.bias");

@@ -7,7 +7,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -185,7 +184,7 @@ fn check_block(dir: &Path, block: &Block, expect: &Expect) -> Result<(), String>
     };
     let file = dir.join("spec.toml");
     fs::write(&file, &spec).map_err(|e| format!("cannot write {}: {e}", file.display()))?;
-    let out = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+    let out = crate::util::eoi_process()
         .current_dir(dir)
         .args(["plan", "spec.toml"])
         .output()

@@ -2,44 +2,53 @@
 //! messages, from the real binary. A change to any of them fails here until the stored
 //! snapshot under tests/snapshots/ is updated, so an interface change is a reviewed change.
 //!
-//! To accept a change on purpose: `INSTA_UPDATE=always scripts/test --test snapshots`,
+//! To accept a change on purpose: `INSTA_UPDATE=always scripts/test --test it snapshots::`,
 //! then review `git diff tests/snapshots` and commit it with the change. (Without that,
 //! insta writes the new text beside the old as `.snap.new` files.)
+//!
+//! The snapshots keep the folder and names they had when this module was its own test
+//! crate, tests/snapshots.rs: `tests/snapshots/snapshots__NAME.snap` (see [`snapshot`]).
 //!
 //! Help is rendered 100 columns wide (`COLUMNS`), the tool version is replaced by
 //! `[VERSION]` so that a release does not change the snapshots, and no colour variable is
 //! inherited from the caller.
 
-use std::fs;
 use std::path::Path;
 use std::process::Output;
 
-use assert_cmd::cargo::cargo_bin;
+use crate::util::{Sandbox, commands, eoi_process, utf8};
+
+/// Asserts `value` against the stored snapshot `tests/snapshots/snapshots__{name}.snap`.
+///
+/// insta names a snapshot after the module path (`it::snapshots` here) and puts it in a
+/// `snapshots` folder beside the test file (tests/it/); these settings keep the folder and the
+/// file names this module's snapshots had as tests/snapshots.rs, so no file moves.
+fn snapshot(name: &str, value: String) {
+    let mut settings = insta::Settings::clone_current();
+    settings.set_snapshot_path("../snapshots");
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!(format!("snapshots__{name}"), value));
+}
 
 /// Runs `eoi args...` in `dir`.
 fn eoi(dir: &Path, args: &[&str]) -> Output {
-    std::process::Command::new(cargo_bin!("eoi"))
+    eoi_process()
         .args(args)
         .current_dir(dir)
         .env("COLUMNS", "100")
-        .env_remove("NO_COLOR")
-        .env_remove("CLICOLOR")
-        .env_remove("CLICOLOR_FORCE")
-        .env_remove("RAYON_NUM_THREADS")
         .output()
         .expect("eoi runs")
 }
 
+/// Output text with the tool's version replaced by `[VERSION]`.
 fn text(bytes: &[u8]) -> String {
-    String::from_utf8(bytes.to_vec())
-        .expect("output is UTF-8")
-        .replace(env!("CARGO_PKG_VERSION"), "[VERSION]")
+    utf8(bytes).replace(env!("CARGO_PKG_VERSION"), "[VERSION]")
 }
 
 /// The standard output of a run that must succeed and print nothing on standard error.
 fn help(args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let output = eoi(dir.path(), args);
+    let sandbox = Sandbox::new();
+    let output = eoi(sandbox.dir(), args);
     assert!(output.status.success(), "eoi {args:?} failed");
     assert!(
         output.stderr.is_empty(),
@@ -49,40 +58,25 @@ fn help(args: &[&str]) -> String {
     text(&output.stdout)
 }
 
-/// The commands `eoi --help` lists, without `help`: a new command gets a snapshot too.
-fn commands(top_help: &str) -> Vec<&str> {
-    let commands: Vec<&str> = top_help
-        .lines()
-        .skip_while(|l| l.trim() != "Commands:")
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|c| *c != "help")
-        .collect();
-    for expected in ["plan", "generate", "completions", "man", "schema"] {
-        assert!(commands.contains(&expected), "{top_help}");
-    }
-    commands
-}
-
 #[test]
 fn help_texts() {
     let top = help(&["--help"]);
-    insta::assert_snapshot!("help", top);
-    insta::assert_snapshot!("help_short", help(&["-h"]));
-    insta::assert_snapshot!("version", help(&["--version"]));
+    snapshot("help", top.clone());
+    snapshot("help_short", help(&["-h"]));
+    snapshot("version", help(&["--version"]));
+    // The commands `eoi --help` lists, without `help`: a new command gets a snapshot too.
     for command in commands(&top) {
-        insta::assert_snapshot!(format!("help_{command}"), help(&[command, "--help"]));
+        snapshot(&format!("help_{command}"), help(&[&command, "--help"]));
     }
 }
 
 /// A failing run as a transcript: the command, the exit code and both streams.
 fn refused(spec: Option<&str>, args: &[&str]) -> String {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     if let Some(spec) = spec {
-        fs::write(dir.path().join("spec.toml"), spec).unwrap();
+        sandbox.write("spec.toml", spec);
     }
-    let output = eoi(dir.path(), args);
+    let output = eoi(sandbox.dir(), args);
     assert!(!output.status.success(), "eoi {args:?} succeeded");
     format!(
         "$ eoi {}\nexit code: {}\n--- stdout\n{}--- stderr\n{}",
@@ -146,6 +140,6 @@ fn error_messages() {
         ),
     ];
     for (name, spec, args) in cases {
-        insta::assert_snapshot!(format!("error_{name}"), refused(spec.as_deref(), args));
+        snapshot(&format!("error_{name}"), refused(spec.as_deref(), args));
     }
 }

@@ -6,72 +6,20 @@
 //! errors; `verify` passes and `--regenerate` reproduces the file.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use assert_cmd::Command;
 use predicates::str::contains;
-use safetensors::SafeTensors;
-use serde_json::Value;
 
-fn eoi() -> Command {
-    let mut command = Command::cargo_bin("eoi").unwrap();
-    command.env_remove("RAYON_NUM_THREADS");
-    command
-}
+use crate::util::{
+    Sandbox, data_range, eoi, json, read_safetensors, records_by_name, stderr, stdout,
+};
 
-fn generate(dir: &Path, text: &str) -> PathBuf {
-    let spec = dir.join("spec.toml");
-    fs::write(&spec, text).unwrap();
-    let out = dir.join("out.safetensors");
-    eoi()
-        .arg("generate")
-        .arg(&spec)
-        .arg("-o")
-        .arg(&out)
-        .args(["-q", "--dtype", "f64"])
-        .assert()
+/// Writes `text` as a spec and generates it as f64 to `out.safetensors`; the output's path.
+fn generate(sandbox: &Sandbox, text: &str) -> PathBuf {
+    sandbox
+        .generate(text, "out.safetensors", &["-q", "--dtype", "f64"])
         .success();
-    out
-}
-
-/// Every tensor of a file as (shape, f64 values), and its layer records.
-#[allow(clippy::type_complexity)]
-fn read(path: &Path) -> (Vec<(String, Vec<usize>, Vec<f64>)>, Vec<Value>) {
-    let bytes = fs::read(path).unwrap();
-    let file = SafeTensors::deserialize(&bytes).unwrap();
-    let tensors = file
-        .tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            let values = match view.dtype() {
-                safetensors::Dtype::F64 => view
-                    .data()
-                    .chunks_exact(8)
-                    .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-                safetensors::Dtype::BOOL => view.data().iter().map(|&b| b as f64).collect(),
-                other => panic!("unexpected dtype {other:?}"),
-            };
-            (name, view.shape().to_vec(), values)
-        })
-        .collect();
-    let (_, metadata) = SafeTensors::read_metadata(&bytes).unwrap();
-    let layers = &metadata.metadata().as_ref().unwrap()["eoi.layers"];
-    let records = serde_json::from_str::<Value>(layers)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone();
-    (tensors, records)
-}
-
-fn find<'a>(tensors: &'a [(String, Vec<usize>, Vec<f64>)], name: &str) -> (&'a [usize], &'a [f64]) {
-    let (_, shape, values) = tensors.iter().find(|(n, _, _)| n == name).unwrap();
-    (shape, values)
-}
-
-fn record<'a>(records: &'a [Value], name: &str) -> &'a Value {
-    records.iter().find(|r| r["name"] == name).unwrap()
+    sandbox.path("out.safetensors")
 }
 
 const SPEC: &str = r#"seed = 5
@@ -99,16 +47,16 @@ shape = [10, 32]
 
 #[test]
 fn masks_are_whole_slices_of_the_centre_support_with_an_orthogonal_centre() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = generate(dir.path(), SPEC);
-    let (tensors, records) = read(&out);
+    let sandbox = Sandbox::new();
+    let out = generate(&sandbox, SPEC);
+    let file = read_safetensors(&out);
     for (name, groups) in [("mid.weight", 1), ("tall.weight", 1), ("grouped.weight", 4)] {
-        let (shape, w) = find(&tensors, name);
-        let (_, mask) = find(&tensors, &format!("{name}_mask"));
+        let (shape, w) = (&file.tensor(name).shape, file.tensor(name).values());
+        let mask = file.tensor(&format!("{name}_mask")).values();
         let (out_ch, inp) = (shape[0], shape[1]);
         let taps: usize = shape[2..].iter().product();
         let tap = (taps - 1) / 2; // odd kernels: the middle of the flattened taps
-        let rec = record(&records, name);
+        let rec = file.record(name);
         assert_eq!(rec["conv_mask"], "structured", "{name}");
         let centre_nnz = rec["centre_nnz"].as_u64().unwrap();
         let mut kept = 0u64;
@@ -179,19 +127,17 @@ fn masks_are_whole_slices_of_the_centre_support_with_an_orthogonal_centre() {
         }
     }
     // The layer reading the 3-channel image is dense; the linear layer is plain EOI.
-    let (_, stem_mask) = find(&tensors, "stem.weight_mask");
+    let stem_mask = file.tensor("stem.weight_mask").values();
     assert!(stem_mask.iter().all(|&b| b == 1.0));
-    assert_eq!(record(&records, "stem.weight")["origin"], "dense");
-    assert!(record(&records, "fc.weight").get("conv_mask").is_none());
+    assert_eq!(file.record("stem.weight")["origin"], "dense");
+    assert!(file.record("fc.weight").get("conv_mask").is_none());
 }
 
 #[test]
 fn plan_shows_the_mask_rule_of_structured_kernels() {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("spec.toml");
-    fs::write(&spec, SPEC).unwrap();
-    let assert = eoi().arg("plan").arg(&spec).assert().success();
-    let text = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    let sandbox = Sandbox::new();
+    let spec = sandbox.write("spec.toml", SPEC);
+    let text = stdout(&eoi().arg("plan").arg(&spec).assert().success());
     let line = |name: &str| {
         text.lines()
             .find(|l| l.starts_with(name))
@@ -207,21 +153,20 @@ fn plan_shows_the_mask_rule_of_structured_kernels() {
         "{text}"
     );
     assert!(!line("fc.weight").contains("conv_mask"), "{text}");
-    let json = eoi()
+    let plan = eoi()
         .arg("plan")
         .arg(&spec)
         .arg("--json")
         .assert()
         .success();
-    let json: Value = serde_json::from_slice(&json.get_output().stdout).unwrap();
-    let layers = json["layers"].as_array().unwrap();
-    assert_eq!(record(layers, "mid.weight")["conv_mask"], "structured");
+    let layers = records_by_name(&json(stdout(&plan))["layers"]);
+    assert_eq!(layers["mid.weight"]["conv_mask"], "structured");
 }
 
 #[test]
 fn verify_passes_and_regenerate_reproduces() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = generate(dir.path(), SPEC);
+    let sandbox = Sandbox::new();
+    let out = generate(&sandbox, SPEC);
     eoi()
         .arg("verify")
         .arg(&out)
@@ -233,19 +178,13 @@ fn verify_passes_and_regenerate_reproduces() {
 
 #[test]
 fn verify_catches_a_partly_kept_slice() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = generate(dir.path(), SPEC);
+    let sandbox = Sandbox::new();
+    let out = generate(&sandbox, SPEC);
     let mut bytes = fs::read(&out).unwrap();
     // Flip one mask byte of mid.weight_mask: its slice is then partly kept.
-    let (start, len) = {
-        let file = SafeTensors::deserialize(&bytes).unwrap();
-        let view = file.tensor("mid.weight_mask").unwrap();
-        let data = view.data();
-        let offset = data.as_ptr() as usize - bytes.as_ptr() as usize;
-        (offset, data.len())
-    };
-    let at = (0..len).find(|&k| bytes[start + k] == 1).unwrap();
-    bytes[start + at] = 0;
+    let mask = data_range(&bytes, "mid.weight_mask");
+    let at = mask.clone().find(|&k| bytes[k] == 1).unwrap();
+    bytes[at] = 0;
     fs::write(&out, &bytes).unwrap();
     eoi()
         .arg("verify")
@@ -257,7 +196,7 @@ fn verify_catches_a_partly_kept_slice() {
 
 #[test]
 fn image_channels_sets_which_layer_stays_dense() {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     let text = r#"[sparsity]
 density = 0.2
 [init]
@@ -270,34 +209,33 @@ shape = [16, 3, 3, 3]
 name = "mid.weight"
 shape = [32, 16, 3, 3]
 "#;
-    let out = generate(dir.path(), text);
-    let (tensors, records) = read(&out);
+    let out = generate(&sandbox, text);
+    let file = read_safetensors(&out);
     assert!(
-        find(&tensors, "mid.weight_mask")
-            .1
+        file.tensor("mid.weight_mask")
+            .values()
             .iter()
             .all(|&b| b == 1.0)
     );
-    assert_eq!(record(&records, "mid.weight")["origin"], "dense");
-    let rgb = find(&tensors, "rgb.weight_mask").1;
+    assert_eq!(file.record("mid.weight")["origin"], "dense");
+    let rgb = file.tensor("rgb.weight_mask").values();
     assert!(rgb.contains(&0.0), "rgb.weight is sparse now");
 }
 
 #[test]
 fn top_up_is_the_default_and_keeps_the_first_layer_sparse() {
-    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new();
     let text = SPEC.replace("conv_mask = \"structured\"\n", "");
-    let out = generate(dir.path(), &text);
-    let (tensors, records) = read(&out);
-    assert!(find(&tensors, "stem.weight_mask").1.contains(&0.0));
-    assert!(record(&records, "mid.weight").get("conv_mask").is_none());
+    let out = generate(&sandbox, &text);
+    let file = read_safetensors(&out);
+    assert!(file.tensor("stem.weight_mask").values().contains(&0.0));
+    assert!(file.record("mid.weight").get("conv_mask").is_none());
 }
 
 fn spec_error(text: &str, wants: &[&str]) {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("bad.toml");
-    fs::write(&spec, text).unwrap();
-    let out = dir.path().join("out.safetensors");
+    let sandbox = Sandbox::new();
+    let spec = sandbox.write("bad.toml", text);
+    let out = sandbox.path("out.safetensors");
     let assert = eoi()
         .arg("generate")
         .arg(&spec)
@@ -305,7 +243,7 @@ fn spec_error(text: &str, wants: &[&str]) {
         .arg(&out)
         .assert()
         .code(2);
-    let stderr = String::from_utf8(assert.get_output().stderr.clone()).unwrap();
+    let stderr = stderr(&assert);
     for want in wants {
         assert!(stderr.contains(want), "{want:?} not in {stderr}");
     }

@@ -6,23 +6,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
-use sha2::{Digest, Sha256};
-
-const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/small.toml");
-
-fn sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::util::golden::{self, Hashes};
+use crate::util::{SMALL, eoi, json, sha256, stderr};
 
 fn generate(out: &Path, args: &[&str]) -> assert_cmd::assert::Assert {
-    Command::cargo_bin("eoi")
-        .unwrap()
+    eoi()
         .arg("generate")
-        .arg(SPEC)
+        .arg(SMALL)
         .args(["-q", "--format", "npz", "-o"])
         .arg(out)
         .args(args)
@@ -59,7 +49,7 @@ fn members(bytes: &[u8]) -> Vec<(String, usize, Vec<u8>)> {
 }
 
 /// SHA-256 of the data of every .npy member (after its version 1.0 header), by tensor name.
-fn tensor_hashes(path: &Path) -> BTreeMap<String, String> {
+fn tensor_hashes(path: &Path) -> Hashes {
     let bytes = std::fs::read(path).unwrap();
     members(&bytes)
         .into_iter()
@@ -72,32 +62,16 @@ fn tensor_hashes(path: &Path) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The golden f32 hashes from tests/golden.rs, read from its source so they are not copied.
-fn golden_f32() -> BTreeMap<String, String> {
-    let source =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden.rs")).unwrap();
-    let table = source
-        .split("const F32: &[(&str, &str)] = &[")
-        .nth(1)
-        .and_then(|t| t.split("];").next())
-        .unwrap();
-    let quoted: Vec<&str> = table.split('"').skip(1).step_by(2).collect();
-    quoted
-        .chunks(2)
-        .map(|p| (p[0].to_string(), p[1].to_string()))
-        .collect()
-}
-
 #[test]
 fn npz_members_hold_the_golden_bytes_and_a_manifest_first() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("init.npz");
     generate(&out, &[]).success();
-    assert_eq!(tensor_hashes(&out), golden_f32());
+    golden::check("small.toml as npz", &tensor_hashes(&out), &["f32"]);
     let bytes = std::fs::read(&out).unwrap();
     let all = members(&bytes);
     assert_eq!(all[0].0, "manifest.json");
-    let manifest: serde_json::Value = serde_json::from_slice(&all[0].2).unwrap();
+    let manifest = json(&all[0].2);
     assert_eq!(manifest["seed"], 2024);
     assert_eq!(manifest["tensors"][0]["file"], "stem.weight.npy");
     assert_eq!(all.len(), 17);
@@ -120,10 +94,11 @@ fn npz_bytes_do_not_depend_on_threads_and_are_frozen() {
             .flat_map(|(n, _, d)| [n.as_bytes(), d].concat())
             .collect()
     };
-    assert_eq!(
-        sha256(&manifest_free),
-        "fbdbb51817cbb75fb73de8127664e80c43aaf82aeacf4b62a6c8c08ff7addc99",
-        "the npz members' names and bytes changed"
+    let actual = BTreeMap::from([("small.npz".to_string(), sha256(&manifest_free))]);
+    golden::check(
+        "the npz members' names and bytes",
+        &actual,
+        &["npz_members"],
     );
 }
 
@@ -132,12 +107,11 @@ fn npz_is_placed_atomically_and_never_clobbered() {
     let dir = tempfile::tempdir().unwrap();
     let out: PathBuf = dir.path().join("init.npz");
     std::fs::write(&out, b"precious").unwrap();
-    let assert = generate(&out, &[]).code(2);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    let stderr = stderr(&generate(&out, &[]).code(2));
     assert!(stderr.contains("--force"), "{stderr}");
     assert_eq!(std::fs::read(&out).unwrap(), b"precious");
     generate(&out, &["--force"]).success();
-    assert_eq!(tensor_hashes(&out), golden_f32());
+    golden::check("small.toml as npz, --force", &tensor_hashes(&out), &["f32"]);
     // Nothing but the archive is left beside it.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     // bf16 has no NumPy type: refused before any work.
@@ -151,34 +125,25 @@ fn verify_and_inspect_read_npz() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("init.npz");
     generate(&out, &["--dtype", "f16", "--mask-dtype", "u8"]).success();
-    let assert = Command::cargo_bin("eoi")
-        .unwrap()
+    let assert = eoi()
         .arg("verify")
         .arg(&out)
         .args(["--regenerate", "--json"])
         .assert()
         .success();
-    let report: serde_json::Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let report = json(&assert.get_output().stdout);
     assert_eq!(report["format"], "npz");
     assert_eq!(report["regenerate"]["compared"], 16);
-    let assert = Command::cargo_bin("eoi")
-        .unwrap()
+    let assert = eoi()
         .args(["inspect", "--json"])
         .arg(&out)
         .assert()
         .success();
-    let inspection: serde_json::Value =
-        serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let inspection = json(&assert.get_output().stdout);
     assert_eq!(inspection["tensors"].as_array().unwrap().len(), 16);
     // A truncated archive is refused, naming the problem.
     let bytes = std::fs::read(&out).unwrap();
     std::fs::write(&out, &bytes[..bytes.len() - 10]).unwrap();
-    let assert = Command::cargo_bin("eoi")
-        .unwrap()
-        .arg("verify")
-        .arg(&out)
-        .assert()
-        .code(2);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    let stderr = stderr(&eoi().arg("verify").arg(&out).assert().code(2));
     assert!(stderr.contains("not a readable .npz archive"), "{stderr}");
 }

@@ -4,60 +4,23 @@
 //! combination, and the combinations that cannot be written are refused before any work.
 
 use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
-use std::sync::OnceLock;
 
-use assert_cmd::Command;
 use serde_json::Value;
 
-const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/small.toml");
-const CHECKER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/check_dtypes.py");
-
-/// The Python interpreter, once it is known to import numpy and safetensors.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
-        let out = StdCommand::new(&python)
-            .args(["-c", "import numpy, safetensors"])
-            .output();
-        match out {
-            Ok(out) if out.status.success() => python,
-            _ => panic!(
-                "these tests need Python with numpy and safetensors: run them with scripts/test, or set EOI_PYTHON"
-            ),
-        }
-    })
-}
-
-fn eoi() -> Command {
-    Command::cargo_bin("eoi").unwrap()
-}
+use crate::util::{self, SMALL as SPEC, eoi, json, run_script, small_with_biases};
 
 /// `eoi generate SPEC -q -o DIR/NAME ARGS...`, required to succeed; the output path.
 fn generate(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
     let out = dir.join(name);
-    eoi()
-        .arg("generate")
-        .arg(SPEC)
-        .args(["-q", "-o"])
-        .arg(&out)
-        .args(args)
-        .assert()
-        .success();
+    util::generate(Path::new(SPEC), &out, args);
     out
 }
 
-/// Runs check_dtypes.py; its exit status and last JSON line.
+/// Runs tests/python/check_dtypes.py; its exit status, last JSON line and standard error.
 fn check(reference: &Path, candidate: &Path) -> (bool, Value, String) {
-    let out = StdCommand::new(python())
-        .arg(CHECKER)
-        .arg(reference)
-        .arg(candidate)
-        .output()
-        .expect("the checker runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let out = run_script("check_dtypes.py", [reference, candidate]);
+    let stdout = util::text(&out.stdout);
+    let stderr = util::text(&out.stderr);
     let json = stdout
         .lines()
         .last()
@@ -137,7 +100,7 @@ fn verify_regenerates_every_dtype_bit_for_bit() {
             .args(["--regenerate", "--json"])
             .assert()
             .success();
-        let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+        let report = json(util::stdout(&assert));
         assert_eq!(report["passed"], true, "{name}: {report}");
         assert_eq!(report["regenerate"]["compared"], 16, "{name}");
     }
@@ -154,7 +117,7 @@ fn verify_regenerates_every_dtype_bit_for_bit() {
         .args(["--regenerate", "--json"])
         .assert()
         .code(1);
-    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let report = json(util::stdout(&assert));
     assert_eq!(report["regenerate"]["passed"], false, "{report}");
 }
 
@@ -170,7 +133,7 @@ fn bf16_is_refused_for_npy_before_any_work() {
         .args(["--format", "npy", "--dtype", "bf16"])
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    let stderr = util::stderr(&assert);
     assert!(stderr.contains("NumPy has no bf16 type"), "{stderr}");
     assert!(stderr.contains("safetensors"), "{stderr}");
     assert!(!out.exists());
@@ -185,13 +148,12 @@ fn torch_prune_masks_keep_the_weight_dtype() {
         "prune.safetensors",
         &["--names", "torch-prune", "--dtype", "bf16"],
     );
-    let bytes = std::fs::read(out).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mask = file.tensor("fc1.weight_mask").unwrap();
-    assert_eq!(mask.dtype(), safetensors::Dtype::BF16);
+    let file = util::read_safetensors(&out);
+    let mask = file.tensor("fc1.weight_mask");
+    assert_eq!(mask.dtype, safetensors::Dtype::BF16);
     // bf16 1.0 is 0x3F80.
     assert!(
-        mask.data()
+        mask.data
             .chunks_exact(2)
             .all(|c| c == [0, 0] || c == [0x80, 0x3F])
     );
@@ -204,7 +166,7 @@ fn torch_prune_masks_keep_the_weight_dtype() {
         .args(["--names", "torch-prune", "--mask-dtype", "u8"])
         .assert()
         .code(2);
-    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).to_string();
+    let stderr = util::stderr(&assert);
     assert!(stderr.contains("mask_dtype \"u8\""), "{stderr}");
     assert!(stderr.contains("torch-prune"), "{stderr}");
 }
@@ -216,7 +178,7 @@ fn plan_and_generate_json_name_the_output_choices_and_tensors() {
         .arg(SPEC)
         .assert()
         .success();
-    let plan: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let plan = json(util::stdout(&assert));
     assert_eq!(plan["schema_version"], 1);
     assert_eq!(plan["format"], "npz");
     assert_eq!(plan["dtype"], "f32");
@@ -247,7 +209,7 @@ fn plan_and_generate_json_name_the_output_choices_and_tensors() {
         ])
         .assert()
         .success();
-    let report: Value = serde_json::from_slice(&assert.get_output().stdout).unwrap();
+    let report = json(util::stdout(&assert));
     assert_eq!(report["dtype"], "bf16");
     assert_eq!(report["mask_dtype"], "bf16");
     assert_eq!(report["layout"], "flax");
@@ -259,23 +221,10 @@ fn biases_are_rounded_once_like_the_weights() {
     // A bias is written in its weight's dtype by the same conversion: its f16 and bf16
     // values are its f64 values rounded once, in a safetensors file and an npy directory.
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(SPEC).unwrap().replacen(
-        "[init]\n",
-        "[init]\nbias_std = 0.00448\n",
-        1,
-    );
-    let spec = dir.path().join("biases.toml");
-    std::fs::write(&spec, text).unwrap();
+    let spec = small_with_biases(dir.path());
     let run = |name: &str, args: &[&str]| {
         let out = dir.path().join(name);
-        eoi()
-            .arg("generate")
-            .arg(&spec)
-            .args(["-q", "-o"])
-            .arg(&out)
-            .args(args)
-            .assert()
-            .success();
+        util::generate(&spec, &out, args);
         out
     };
     let reference = run("f64.safetensors", &["--dtype", "f64"]);

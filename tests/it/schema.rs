@@ -13,71 +13,38 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::process::Output;
 
-use eoi::json::{Document, GenerateJson, InspectJson, IsometryJson, PlanJson, VerifyJson};
-use eoi::records::LayerRecord;
+use crate::util::{Needs, SMALL, Sandbox, bundled_specs, eoi_process, python, repo, text};
+
+use crate::util::lib::{
+    Document, GenerateJson, InspectJson, IsometryJson, LayerRecord, PlanJson, VerifyJson,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const DIRECTIVE: &str = "#:schema ./eoi.schema.json";
 
 fn committed_schema() -> PathBuf {
-    Path::new(ROOT).join("specs/eoi.schema.json")
+    repo("specs/eoi.schema.json")
 }
 
-fn bundled_specs() -> Vec<PathBuf> {
-    let mut specs: Vec<PathBuf> = fs::read_dir(Path::new(ROOT).join("specs"))
-        .expect("specs/ is readable")
-        .map(|e| e.expect("a directory entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    specs.sort();
-    assert!(specs.len() >= 8, "{specs:?}");
-    specs
-}
-
-/// The Python interpreter, once it is known to import jsonschema and a TOML parser.
-fn python() -> &'static str {
-    static PYTHON: OnceLock<String> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let python = std::env::var("EOI_PYTHON").unwrap_or_else(|_| "python3".into());
-        let help = "run the tests with `scripts/test` (it creates .venv with tests/python/requirements.txt and sets EOI_PYTHON), or set EOI_PYTHON to a Python with jsonschema";
-        let check = "import jsonschema\ntry:\n    import tomllib\nexcept ModuleNotFoundError:\n    import tomli";
-        match Command::new(&python).args(["-c", check]).output() {
-            Ok(out) if out.status.success() => python,
-            Ok(out) => panic!(
-                "the schema tests need the Python package jsonschema, but `{python}` cannot import it:\n{}\n{help}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-            Err(e) => panic!("cannot run the Python interpreter `{python}`: {e}\n{help}"),
-        }
-    })
-}
-
-/// Runs the validator on `specs` with the committed schema.
+/// Runs tests/python/validate_schema.py on `specs` with the committed schema.
 fn validate(specs: &[PathBuf]) -> Output {
     validate_with(&committed_schema(), specs)
 }
 
 /// Runs the validator on `files` (TOML specs, or JSON documents) with `schema`.
 fn validate_with(schema: &Path, files: &[PathBuf]) -> Output {
-    Command::new(python())
-        .arg(Path::new(ROOT).join("tests/python/validate_schema.py"))
+    python(Needs::JsonSchema)
+        .arg(repo("tests/python/validate_schema.py"))
         .arg(schema)
         .args(files)
         .output()
         .expect("the validator runs")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
 fn eoi_plan(spec: &Path) -> Output {
-    Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+    eoi_process()
         .arg("plan")
         .arg(spec)
         .output()
@@ -86,10 +53,7 @@ fn eoi_plan(spec: &Path) -> Output {
 
 #[test]
 fn the_committed_schema_is_what_eoi_schema_prints() {
-    let output = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
-        .arg("schema")
-        .output()
-        .expect("eoi runs");
+    let output = eoi_process().arg("schema").output().expect("eoi runs");
     assert!(output.status.success(), "{}", text(&output.stderr));
     let committed = fs::read(committed_schema()).expect("specs/eoi.schema.json is readable");
     assert!(
@@ -115,7 +79,7 @@ fn every_bundled_spec_names_the_schema_on_its_first_line() {
 #[test]
 fn every_bundled_spec_and_the_golden_spec_satisfy_the_schema() {
     let mut specs = bundled_specs();
-    specs.push(Path::new(ROOT).join("tests/golden/small.toml"));
+    specs.push(PathBuf::from(SMALL));
     let output = validate(&specs);
     let report = text(&output.stdout);
     assert_eq!(
@@ -176,12 +140,8 @@ shape = [10, 10]
 
 #[test]
 fn the_schema_accepts_every_key_and_refuses_what_the_parser_refuses() {
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        fs::write(&path, text).unwrap();
-        path
-    };
+    let sandbox = Sandbox::new();
+    let write = |name: &str, text: &str| sandbox.write(name, text);
     let full = write("full.toml", FULL);
     assert!(eoi_plan(&full).status.success(), "the parser takes FULL");
     let output = validate(std::slice::from_ref(&full));
@@ -251,12 +211,12 @@ fn the_schema_accepts_every_key_and_refuses_what_the_parser_refuses() {
 fn committed_schema_of(document: Document) -> PathBuf {
     match document {
         Document::Spec => committed_schema(),
-        other => Path::new(ROOT).join(format!("schemas/{}.schema.json", other.name())),
+        other => repo(&format!("schemas/{}.schema.json", other.name())),
     }
 }
 
 fn eoi_schema(args: &[&str]) -> Vec<u8> {
-    let output = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+    let output = eoi_process()
         .arg("schema")
         .args(args)
         .output()
@@ -322,7 +282,7 @@ conv_mask = "structured"
 
 /// Runs eoi in `dir` and returns its standard output, which must end with `code`.
 fn eoi_in(dir: &Path, args: &[&str], code: i32) -> Vec<u8> {
-    let output = Command::new(assert_cmd::cargo::cargo_bin!("eoi"))
+    let output = eoi_process()
         .current_dir(dir)
         .args(args)
         .output()
