@@ -4,7 +4,7 @@
     python examples/shapes_from_torch.py | eoi spec --from - --density 0.1 --distribution erk > resnet18.toml
     python examples/shapes_from_torch.py --model torchvision.models.resnet50 > resnet50.json
 
-The three commands from a model to a complete EOI-initialized checkpoint (README):
+The three commands from a model to a complete EOI-initialized checkpoint (docs/guide.md, "Complete checkpoints"):
 
     python examples/shapes_from_torch.py --save resnet18.safetensors > resnet18.json
     eoi spec --from resnet18.json --density 0.1 --distribution erk -o resnet18.toml
@@ -23,7 +23,7 @@ BatchNorm's running statistics), as [{"name": ..., "shape": [...], "module": ...
 ...}, ...]:
 
   module   the class name of the module that holds the tensor (for humans)
-  kind     what eoi makes of it (README, "Start from your model"):
+  kind     what eoi makes of it (docs/guide.md, "Start from your model"):
              linear     the weight of a linear map: nn.Linear and its subclasses,
                         transformers' Conv1D (GPT-2; stored (in, out)), and
                         nn.MultiheadAttention's in_proj_weight

@@ -53,7 +53,7 @@ pub enum Command {
     /// (model.safetensors.index.json, or its directory) or a JSON shape list, never tensor
     /// data, and writes a complete, commented spec: the weights of linear and convolution
     /// modules become [[layer]]s with their exact names and shapes, by the "kind" a shape list
-    /// gives each tensor or else by name rules (README, "Start from your model"); every other
+    /// gives each tensor or else by name rules (docs/guide.md, "Start from your model"); every other
     /// tensor (embeddings, norms, biases, tokens, scales) is left to the base and listed in a
     /// comment with the reason. Runs of layers that differ only in one index 0..n-1 (same
     /// shape) are folded into `repeat` with "{i}". A JSON shape list is {"name": [shape...],
@@ -166,12 +166,12 @@ pub struct SpecArgs {
     pub format: Option<Format>,
 
     /// Initialization scheme of every layer, over the spec's [init] and per-layer `scheme`:
-    /// eoi, or a baseline the paper compares it with (README, "Schemes").
+    /// eoi, or a baseline the paper compares it with (docs/spec.md, "Schemes").
     #[arg(long, value_enum, value_name = "SCHEME")]
     pub scheme: Option<Scheme>,
 
     /// What to do with a layer whose density is below what its scheme can make; overrides
-    /// the spec's [sparsity] below_minimum (README, "Densities").
+    /// the spec's [sparsity] below_minimum (docs/spec.md, "Densities").
     #[arg(long, value_name = "RULE", value_parser = clap::builder::PossibleValuesParser::new(eoi::layer::BelowMinimum::NAMES))]
     pub below_minimum: Option<String>,
 }
@@ -181,7 +181,7 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
 
-    /// Print the plan as JSON on standard output (schema in README).
+    /// Print the plan as JSON on standard output (its JSON Schema: eoi schema plan).
     #[arg(long)]
     pub json: bool,
 }
@@ -204,7 +204,7 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "CHECKPOINT", requires = "regenerate")]
     pub base: Option<PathBuf>,
 
-    /// Print the verdicts as JSON on standard output (schema in README).
+    /// Print the verdicts as JSON on standard output (its JSON Schema: eoi schema verify).
     #[arg(long)]
     pub json: bool,
 }
@@ -216,7 +216,7 @@ pub struct InspectArgs {
     #[arg(value_name = "FILE|DIR")]
     pub artifact: PathBuf,
 
-    /// Print one JSON entry per tensor on standard output (schema in README).
+    /// Print one JSON entry per tensor on standard output (its JSON Schema: eoi schema inspect).
     #[arg(long)]
     pub json: bool,
 }
@@ -241,7 +241,7 @@ pub struct IsometryArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
 
-    /// Print the measurements as JSON on standard output (schema in README).
+    /// Print the measurements as JSON on standard output (its JSON Schema: eoi schema isometry).
     #[arg(long)]
     pub json: bool,
 }
@@ -364,7 +364,7 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "N")]
     pub threads: Option<NonZeroUsize>,
 
-    /// Print a machine-readable summary on standard output (schema in README).
+    /// Print a machine-readable summary on standard output (its JSON Schema: eoi schema generate).
     #[arg(long)]
     pub json: bool,
 

@@ -177,7 +177,7 @@ pub struct Settings {
     pub lr: f64,
 }
 
-/// The defaults: see README ("approx-isometry") for the measurements behind them.
+/// The defaults: see docs/spec.md ("Schemes", approx-isometry) for the measurements behind them.
 pub const DEFAULT: Settings = Settings {
     steps: 100,
     lr: 1.0,

@@ -45,7 +45,7 @@ const fn rule(part: Part, glob: &'static str, left_as: Option<&'static str>) -> 
 /// the first rule that matches decides. Before the rules, tensors of rank 0 or 1 and of
 /// rank above 5 are left out; after them, a tensor no rule matched is left out as "not a
 /// .weight". The rules follow torchvision's, timm's, transformers' and Flax's names; a
-/// misjudged tensor is put right with `--include` or `--exclude`. README ("Start from your
+/// misjudged tensor is put right with `--include` or `--exclude`. docs/guide.md ("Start from your
 /// model") shows the same table.
 pub const NAME_RULES: &[NameRule] = &[
     // nn.MultiheadAttention's packed (q, k, v) projection is a linear weight.

@@ -81,9 +81,9 @@ fn header(
         t,
         "# the weights of linear and convolution modules, {}.",
         if by_kind {
-            "by the shape list's \"kind\"\n# (README, \"Start from your model\")"
+            "by the shape list's \"kind\"\n# (docs/guide.md, \"Start from your model\")"
         } else {
-            "by eoi's name rules\n# (README, \"Start from your model\")"
+            "by eoi's name rules\n# (docs/guide.md, \"Start from your model\")"
         }
     );
     let included = layers.iter().filter(|l| l.included).count();

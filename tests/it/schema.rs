@@ -92,7 +92,7 @@ fn every_bundled_spec_and_the_golden_spec_satisfy_the_schema() {
     assert!(report.lines().all(|l| l.ends_with(": valid")), "{report}");
 }
 
-/// Every key and kind of value the spec format has, as README documents it.
+/// Every key and kind of value the spec format has, as docs/spec.md documents it.
 const FULL: &str = r#"seed = 42
 
 [sparsity]
