@@ -28,6 +28,7 @@ mod names;
 mod npz;
 mod properties;
 mod python_interop;
+mod python_package;
 mod scale;
 mod schema;
 mod schemes;
