@@ -108,8 +108,8 @@ pub fn plan_text(plan: &Plan) -> String {
 }
 
 /// A layer's shape in `eoi plan`: followed by its groups for a grouped convolution, as
-/// PyTorch's Conv2d names them, and by its mask rule for a structured kernel (top-up, the
-/// default, is not shown).
+/// PyTorch's Conv2d names them, by its mask rule for a structured kernel (top-up, the
+/// default, is not shown) and by its N:M pattern.
 fn planned_shape(l: &LayerPlan) -> String {
     let mut text = match l.groups {
         1 => l.shape.to_string(),
@@ -117,6 +117,12 @@ fn planned_shape(l: &LayerPlan) -> String {
     };
     if l.conv_mask == ConvMask::Structured {
         text.push_str(" conv_mask=structured");
+    }
+    if let Some(nm) = l.nm {
+        text.push_str(&format!(" nm={}", nm.pattern));
+        if nm.transposable {
+            text.push_str(" transposable");
+        }
     }
     text
 }
