@@ -433,12 +433,16 @@ impl Blocks {
             .zip(&self.signs)
         {
             let m = schedule.matrix(gain * sign);
-            for (r, &row) in block.rows.iter().enumerate() {
-                let line = &mut values[row * inp..(row + 1) * inp];
+            // Tiles of 16 rows: a block stored column-major is read in runs of 16 while 16
+            // rows of the matrix are written, so both stay in cache.
+            for (r0, rows) in block.rows.chunks(16).enumerate() {
                 for (k, &col) in block.cols.iter().enumerate() {
-                    line[col] = m.get(r, k);
+                    for (t, &row) in rows.iter().enumerate() {
+                        values[row * inp + col] = m.get(r0 * 16 + t, k);
+                    }
                 }
             }
+            tensor::recycle(Weight::Matrix(m).into_values());
         }
         Grid::new(out, inp, Order::RowMajor, values)
     }
