@@ -367,9 +367,9 @@ fn failed_text(report: &verify::Report) -> String {
 }
 
 /// What `inspect` says of a tensor after its row: what it is the mask or bias of, why it
-/// has no spectrum, or the isometry error its record states.
+/// has no spectrum, or the isometry error its record states; then the N:M patterns it holds.
 fn tensor_remark(t: &TensorSummary) -> String {
-    match (&t.mask_of, &t.bias_of, &t.note) {
+    let remark = match (&t.mask_of, &t.bias_of, &t.note) {
         (Some(w), _, _) => format!("  (mask of {w})"),
         (None, Some(w), _) => match t.rms {
             Some(rms) => format!("  (bias of {w}, rms {})", figure(rms)),
@@ -380,7 +380,33 @@ fn tensor_remark(t: &TensorSummary) -> String {
             Some(e) => format!("  (approx-isometry, recorded isometry error {e:.2e})"),
             None => String::new(),
         },
+    };
+    remark + &nm_remark(t)
+}
+
+/// The common N:M patterns a sparse matrix holds, strongest first; nothing for a dense one
+/// or one that holds none, so other rows keep their text.
+fn nm_remark(t: &TensorSummary) -> String {
+    let Some((held, both)) = &t.nm else {
+        return String::new();
+    };
+    if held.is_empty() {
+        return String::new();
     }
+    let list = |ps: &[eoi::schemes::nm::Pattern]| {
+        ps.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let transposable = if both.is_empty() {
+        String::new()
+    } else if both == held {
+        ", transposable".into()
+    } else {
+        format!(", transposable {}", list(both))
+    };
+    format!("  (N:M {}{transposable})", list(held))
 }
 
 fn spread_text(spread: &Option<Spread>) -> String {

@@ -1005,7 +1005,7 @@ fn pattern_failures(stored: &StoredMask<'_>, nm: Nm) -> Vec<String> {
         if len % m != 0 {
             failures.push(format!(
                 "the record says nm = \"{}\", but the mask has {len} {what}, not a multiple of {m}",
-                nm
+                nm.pattern
             ));
             continue;
         }
@@ -1023,7 +1023,8 @@ fn pattern_failures(stored: &StoredMask<'_>, nm: Nm) -> Vec<String> {
                 String::new()
             };
             failures.push(format!(
-                "{broken} groups of {m} {what} hold more than N = {n} ones (nm = \"{nm}\"), first {line_name} {line}, {what} {}..{}{taps} with {count}",
+                "{broken} groups of {m} {what} hold more than N = {n} ones (nm = \"{}\"), first {line_name} {line}, {what} {}..{}{taps} with {count}",
+                nm.pattern,
                 group * m,
                 (group + 1) * m
             ));
