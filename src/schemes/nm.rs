@@ -947,13 +947,14 @@ pub enum Along {
 /// consecutive weights of a tensor of PyTorch shape `shape` (out, in, k...), `nonzero(k)`
 /// telling whether element k (row-major) is: along the inputs, `line` is a row and the group
 /// covers inputs `group * m ..`; along the outputs, `line` is an input and the group covers
-/// rows `group * m ..`. The dimension must be a multiple of `m`.
+/// rows `group * m ..`. The dimension must be a multiple of `m`. Stops early when `visit`
+/// returns false.
 fn groups(
     shape: &[usize],
     m: usize,
     along: Along,
     nonzero: &impl Fn(usize) -> bool,
-    mut visit: impl FnMut(usize, usize, usize, usize),
+    mut visit: impl FnMut(usize, usize, usize, usize) -> bool,
 ) {
     let (out, inp) = (shape[0], shape[1]);
     let taps: usize = shape[2..].iter().product();
@@ -964,7 +965,9 @@ fn groups(
                     for tap in 0..taps {
                         let first = (row * inp + group * m) * taps + tap;
                         let count = (0..m).filter(|j| nonzero(first + j * taps)).count();
-                        visit(row, group, tap, count);
+                        if !visit(row, group, tap, count) {
+                            return;
+                        }
                     }
                 }
             }
@@ -980,7 +983,9 @@ fn groups(
                     }
                 }
                 for (k, &count) in counts.iter().enumerate() {
-                    visit(k / taps, group, k % taps, count);
+                    if !visit(k / taps, group, k % taps, count) {
+                        return;
+                    }
                 }
             }
         }
@@ -1015,6 +1020,7 @@ fn pattern_failures(stored: &StoredMask<'_>, nm: Nm) -> Vec<String> {
                 broken += 1;
                 first.get_or_insert((line, group, tap, count));
             }
+            true
         });
         if let Some((line, group, tap, count)) = first {
             let taps = if shape.len() > 2 {
@@ -1036,7 +1042,8 @@ fn pattern_failures(stored: &StoredMask<'_>, nm: Nm) -> Vec<String> {
 /// The common N:M patterns ([`Pattern::COMMON`]) that a tensor of PyTorch shape `shape`
 /// (rank 2 or more) holds along its inputs, and those it holds along its inputs and its
 /// outputs both (transposably); `nonzero(k)` tells whether element k (row-major) is nonzero.
-/// A dimension that is not a multiple of M holds no pattern of that M.
+/// A dimension that is not a multiple of M holds no pattern of that M. The count stops at
+/// the first group above the largest common N of its M, so a dense tensor costs a few groups.
 pub fn patterns_held(
     shape: &[usize],
     nonzero: impl Fn(usize) -> bool,
@@ -1044,19 +1051,33 @@ pub fn patterns_held(
     if shape.len() < 2 || shape.contains(&0) {
         return (Vec::new(), Vec::new());
     }
-    let most = |along: Along, len: usize, m: usize| -> Option<usize> {
-        (len % m == 0).then(|| {
-            let mut most = 0;
-            groups(shape, m, along, &nonzero, |_, _, _, count| {
-                most = most.max(count)
-            });
-            most
-        })
+    // The most nonzeros in a group of M, or None when the dimension is not a multiple of M
+    // or a group holds more than `cap`.
+    let most = |along: Along, len: usize, m: usize, cap: usize| -> Option<usize> {
+        if len % m != 0 {
+            return None;
+        }
+        let mut most = 0;
+        groups(shape, m, along, &nonzero, |_, _, _, count| {
+            most = most.max(count);
+            most <= cap
+        });
+        (most <= cap).then_some(most)
     };
     let (mut held, mut both) = (Vec::new(), Vec::new());
     for m in [2, 4, 8] {
-        let inputs = most(Along::Inputs, shape[1], m);
-        let outputs = most(Along::Outputs, shape[0], m);
+        let cap = Pattern::COMMON
+            .iter()
+            .filter(|p| p.m == m)
+            .map(|p| p.n)
+            .max()
+            .unwrap_or(0);
+        let inputs = most(Along::Inputs, shape[1], m, cap);
+        let outputs = if inputs.is_some() {
+            most(Along::Outputs, shape[0], m, cap)
+        } else {
+            None
+        };
         for p in Pattern::COMMON.iter().filter(|p| p.m == m) {
             if inputs.is_some_and(|c| c <= p.n) {
                 held.push(*p);
