@@ -622,3 +622,57 @@ fn layers_without_a_pattern_keep_their_records_and_bytes() {
     }
     assert_eq!(mixed.record("b")["nm"], "1:2");
 }
+
+#[test]
+fn the_guides_jax_recipe_keeps_the_pattern_through_training() {
+    // docs/guide.md, "N:M masks in PyTorch and JAX": the flax-layout 2:4 mask, the groups of
+    // 4 inputs down the kernel's first axis, kept through 3 AdamW steps by masking the
+    // updates. (The PyTorch recipe needs torch, which CI does not install: run by hand.)
+    let sandbox = Sandbox::new();
+    let spec = "seed = 3\n[sparsity]\ndensity = 0.5\nnm = \"2:4\"\n[[layer]]\nname = \"fc1.weight\"\nshape = [256, 128]\n[[layer]]\nname = \"fc2.weight\"\nshape = [128, 256]\nnm_transposable = true\n";
+    sandbox
+        .generate(spec, "nm-flax.safetensors", &["--layout", "flax"])
+        .success();
+    let recipe = r#"
+import jax, jax.numpy as jnp, optax
+from safetensors.numpy import load_file
+
+t = load_file("nm-flax.safetensors")
+kernel, mask = jnp.asarray(t["fc1.weight"]), jnp.asarray(t["fc1.weight_mask"])
+assert kernel.shape == (128, 256), kernel.shape
+assert int(mask.reshape(-1, 4, 256).sum(axis=1).max()) == 2
+params, masks = {"kernel": kernel}, {"kernel": mask.astype(kernel.dtype)}
+opt = optax.adamw(1e-3)
+state = opt.init(params)
+loss = lambda p, x: jnp.mean(jnp.tanh(x @ p["kernel"]) ** 2)
+x = jax.random.normal(jax.random.key(0), (32, 128))
+for _ in range(3):
+    grads = jax.grad(loss)(params, x)
+    updates, state = opt.update(grads, state, params)
+    updates = jax.tree.map(lambda u, m: u * m, updates, masks)
+    params = optax.apply_updates(params, updates)
+moved = params["kernel"] != kernel
+assert bool(moved.any())
+assert not bool(jnp.any(jnp.where(mask, 0, params["kernel"])))
+assert int((params["kernel"] != 0).reshape(-1, 4, 256).sum(axis=1).max()) <= 2
+# fc2 is transposable: its (in, out) kernel is 2:4 down both axes
+m2 = t["fc2.weight_mask"]
+assert m2.reshape(-1, 4, 128).sum(axis=1).max() <= 2
+assert m2.reshape(256, -1, 4).sum(axis=2).max() <= 2
+print("ok")
+"#;
+    let out = python(Needs::Examples)
+        .arg("-c")
+        .arg(recipe)
+        .current_dir(sandbox.dir())
+        .env("JAX_PLATFORMS", "cpu")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout).trim(), "ok");
+}
