@@ -53,8 +53,9 @@ impl Pattern {
             ));
         }
         if m % n != 0 {
-            let below = (1..n).rev().find(|d| m % d == 0).unwrap_or(1);
-            let nearest = match (n + 1..m).find(|d| m % d == 0) {
+            // A bounded search, so that a huge M cannot hang the parser.
+            let below = (1..n).rev().take(4096).find(|d| m % d == 0).unwrap_or(1);
+            let nearest = match (n + 1..m).take(4096).find(|d| m % d == 0) {
                 Some(above) => format!("\"{below}:{m}\" or \"{above}:{m}\""),
                 None => format!("\"{below}:{m}\""),
             };
@@ -1132,6 +1133,12 @@ mod tests {
             ("0:4", "0 < N < M"),
             ("3:8", "the nearest patterns are \"2:8\" or \"4:8\""),
             ("a:b", "written"),
+            // A prime M near u64::MAX: refused at once, not after searching every divisor.
+            (
+                "3:18446744073709551557",
+                "the nearest patterns are \"1:18446744073709551557\"",
+            ),
+            ("18446744073709551556:18446744073709551557", "nearest"),
         ] {
             let e = Pattern::parse(text).unwrap_err();
             assert!(e.contains(excerpt), "{text}: {e}");
