@@ -17,6 +17,12 @@ first layers through 1000 tanh layers.
     python examples/deep_mlp.py --schemes eoi,kaiming --depth 200 --steps 150
     python examples/deep_mlp.py --plot docs/deep-mlp.png --artifacts runs/
     python examples/deep_mlp.py --schemes sao --include earlier.json --plot all.png
+    python examples/deep_mlp.py --nm 2:4 --schemes eoi,kaiming,scaled-kaiming
+
+With --nm N:M the hidden layers are N:M sparse (NVIDIA's 2:4 and its kin): the spec gets
+`nm = "N:M"` in [sparsity] and density N/M (0.5 for 2:4), so EOI makes every hidden layer
+exactly orthogonal with at most N nonzeros in every group of M inputs of every row, and the
+random-mask baselines (kaiming, scaled-kaiming, orthogonal) draw random N:M masks.
 
 Needs jax, numpy, safetensors, scikit-learn (and matplotlib for --plot), and the eoi
 binary (--eoi, default $EOI or `eoi` on the PATH).
@@ -50,6 +56,8 @@ def parse_args(argv):
     p.add_argument("--batch", type=int, default=128, help="minibatch size")
     p.add_argument("--eval-every", type=int, default=10, help="steps between test-accuracy evaluations")
     p.add_argument("--seed", type=int, default=1, help="seed of the initialization (eoi --seed), the data split and the batches")
+    p.add_argument("--nm", metavar="N:M",
+                   help="make the hidden layers N:M sparse (such as 2:4) at density N/M instead of the spec's density")
     p.add_argument("--spec", default=SPEC, help="the spec to generate from; its `repeat` is set to DEPTH - 2")
     p.add_argument("--eoi", default=os.environ.get("EOI", "eoi"), help="the eoi binary")
     p.add_argument("--artifacts", metavar="DIR", help="keep the generated artifacts here (default: a temporary directory)")
@@ -67,10 +75,25 @@ def parse_args(argv):
         p.error("--depth must be at least 3 (input, one hidden and output layer)")
     if args.steps < 1 or args.batch < 1 or args.eval_every < 1:
         p.error("--steps, --batch and --eval-every must be positive")
+    if args.nm is not None:
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", args.nm)
+        if not match or not 0 < int(match.group(1)) < int(match.group(2)):
+            p.error(f"--nm {args.nm!r}: write the pattern as N:M with 0 < N < M, such as 2:4")
+        n, m = int(match.group(1)), int(match.group(2))
+        if m % n:
+            p.error(f"--nm {args.nm}: N must divide M (eoi splits every group of M into M/N classes of N)")
+        args.nm = f"{n}:{m}"
+        args.density = n / m
+        unusable = [s for s in args.schemes if s in ("sao", "approx-isometry")]
+        if unusable:
+            p.error(f"--nm: scheme(s) {', '.join(unusable)} cannot make N:M layers; "
+                    "use eoi, kaiming, scaled-kaiming or orthogonal")
+    else:
+        args.density = None
     return args
 
 
-SETTINGS = ("depth", "steps", "lr", "batch", "seed")
+SETTINGS = ("depth", "steps", "lr", "batch", "seed", "nm")
 
 
 def included(args):
@@ -108,13 +131,19 @@ def digits(seed):
     return x[train], y[train], x[test], y[test]
 
 
-def spec_text(path, depth):
-    """The spec with its hidden `repeat` set to depth - 2."""
+def spec_text(path, depth, nm=None, density=None):
+    """The spec with its hidden `repeat` set to depth - 2; with an N:M pattern, [sparsity]'s
+    density set to N/M and `nm = "N:M"` added after it."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     text, n = re.subn(r"(?m)^repeat\s*=\s*\d+", f"repeat = {depth - 2}", text)
     if n != 1:
         sys.exit(f"{path}: expected exactly one `repeat = N` line to set the depth, found {n}")
+    if nm is not None:
+        text, n = re.subn(r"(?m)^density\s*=\s*[0-9.eE+-]+\s*(#.*)?$",
+                          f'density = {density!r}\nnm = "{nm}"', text, count=1)
+        if n != 1:
+            sys.exit(f"{path}: expected a `density = D` line in [sparsity] to set --nm, found none")
     return text
 
 
@@ -222,7 +251,8 @@ def plot(results, args):
     ax.set_xlabel("SGD step")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
-    ax.set_title(f"{args.depth}-layer tanh MLP on digits, density 0.125, SGD lr {args.lr}, batch {args.batch}")
+    sparsity = f"{args.nm} (density {args.density:g})" if args.nm else "density 0.125"
+    ax.set_title(f"{args.depth}-layer tanh MLP on digits, {sparsity}, SGD lr {args.lr}, batch {args.batch}")
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="scheme (final)")
     fig.tight_layout()
@@ -233,14 +263,15 @@ def main(argv=None):
     args = parse_args(argv)
     earlier = included(args)
     data = digits(args.seed)
-    text = spec_text(args.spec, args.depth)
+    text = spec_text(args.spec, args.depth, args.nm, args.density)
     keep = args.artifacts
     if keep:
         os.makedirs(keep, exist_ok=True)
     scratch = None if keep else tempfile.TemporaryDirectory(prefix="eoi-deep-mlp-")
     where = keep or scratch.name
     results = []
-    print(f"{args.depth}-layer tanh MLP, digits 1400 train / {len(data[3])} test, SGD lr {args.lr}, "
+    pattern = f", hidden layers {args.nm} at density {args.density:g}" if args.nm else ""
+    print(f"{args.depth}-layer tanh MLP{pattern}, digits 1400 train / {len(data[3])} test, SGD lr {args.lr}, "
           f"batch {args.batch}, {args.steps} steps, seed {args.seed}", flush=True)
     try:
         for scheme in args.schemes:
@@ -274,7 +305,7 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"depth": args.depth, "steps": args.steps, "lr": args.lr, "batch": args.batch,
-                       "seed": args.seed, "results": results}, f, indent=1)
+                       "seed": args.seed, "nm": args.nm, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -91,7 +91,9 @@ pub enum Command {
     /// max |G - g^2 I| / g^2, with G = W W^T or W^T W (the smaller) and g^2 the mean of its
     /// diagonal, so a scaled orthogonal matrix has error 0 whatever its gain g. Singular values
     /// come from an exact SVD. Masks (X_mask beside X) are listed as such; tensors without
-    /// a mask are dense.
+    /// a mask are dense. A tensor whose nonzeros hold common N:M patterns (1:2, 2:4, 1:4, 2:8,
+    /// 4:8: at most N in every M consecutive inputs) says which after its row, and whether
+    /// they hold along the outputs too (transposable).
     #[command(
         after_help = "Examples:\n  eoi inspect mlp1000.safetensors\n  eoi inspect resnet32                          an npy directory\n  eoi inspect model.safetensors --json | jq '.tensors[] | {name, singular_min, singular_max}'"
     )]

@@ -5,7 +5,8 @@
 //! tensors, its orthogonality error and extreme singular values (an exact SVD). A flax-layout
 //! checkpoint ((in, out), (k..., in, out); see [`layout_of`]) is read in PyTorch order first.
 //! Masks are paired with their weights by name (`X` and `X_mask`, or PyTorch pruning's
-//! `X_orig`); a tensor without a mask is simply dense.
+//! `X_orig`); a tensor without a mask is simply dense. Every matrix is also checked for the
+//! common N:M patterns (2:4 and its kin) along its inputs and its outputs.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +20,7 @@ use crate::measure;
 use crate::progress::Progress;
 use crate::read::{Checkpoint, ReadError, Tensor, TensorInfo};
 use crate::records::{Recorded, layout_of};
+use crate::schemes::nm::{self, Pattern};
 
 /// Minimum, mean and maximum of a count.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -85,6 +87,10 @@ pub struct TensorSummary {
     /// For an approx-isometry weight of an eoi artifact: the isometry error its record states
     /// (`||G - gain^2 I||_F / ||gain^2 I||_F` after the descent).
     pub recorded_isometry_error: Option<f64>,
+    /// For rank 2 and above: the common N:M patterns its nonzeros hold along the inputs (at
+    /// most N in every M consecutive inputs of every row, at every tap), and those they hold
+    /// along the outputs too (transposably); see [`nm::patterns_held`].
+    pub nm: Option<(Vec<Pattern>, Vec<Pattern>)>,
 }
 
 /// What inspection found in an artifact.
@@ -244,10 +250,12 @@ fn summarize(
         spectrum: None,
         note: None,
         recorded_isometry_error: None,
+        nm: None,
     };
     if t.shape.len() < 2 || t.numel == 0 {
         return Ok(summary);
     }
+    summary.nm = Some(nm::patterns_held(&torch, |k| values[k] != 0.0));
     let rows = torch[0];
     let cols = t.numel / rows;
     summary.matrix = Some((rows, cols));

@@ -138,6 +138,8 @@ named! {
         Capped = "capped",
         /// It was below what its scheme can make and `below_minimum = "clamp"` raised it.
         Clamped = "clamped",
+        /// Its N:M pattern: N/M, the most such a layer holds (counts against the budget).
+        Nm = "nm",
     }
 }
 

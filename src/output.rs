@@ -108,8 +108,8 @@ pub fn plan_text(plan: &Plan) -> String {
 }
 
 /// A layer's shape in `eoi plan`: followed by its groups for a grouped convolution, as
-/// PyTorch's Conv2d names them, and by its mask rule for a structured kernel (top-up, the
-/// default, is not shown).
+/// PyTorch's Conv2d names them, by its mask rule for a structured kernel (top-up, the
+/// default, is not shown) and by its N:M pattern.
 fn planned_shape(l: &LayerPlan) -> String {
     let mut text = match l.groups {
         1 => l.shape.to_string(),
@@ -117,6 +117,12 @@ fn planned_shape(l: &LayerPlan) -> String {
     };
     if l.conv_mask == ConvMask::Structured {
         text.push_str(" conv_mask=structured");
+    }
+    if let Some(nm) = l.nm {
+        text.push_str(&format!(" nm={}", nm.pattern));
+        if nm.transposable {
+            text.push_str(" transposable");
+        }
     }
     text
 }
@@ -361,9 +367,9 @@ fn failed_text(report: &verify::Report) -> String {
 }
 
 /// What `inspect` says of a tensor after its row: what it is the mask or bias of, why it
-/// has no spectrum, or the isometry error its record states.
+/// has no spectrum, or the isometry error its record states; then the N:M patterns it holds.
 fn tensor_remark(t: &TensorSummary) -> String {
-    match (&t.mask_of, &t.bias_of, &t.note) {
+    let remark = match (&t.mask_of, &t.bias_of, &t.note) {
         (Some(w), _, _) => format!("  (mask of {w})"),
         (None, Some(w), _) => match t.rms {
             Some(rms) => format!("  (bias of {w}, rms {})", figure(rms)),
@@ -374,7 +380,33 @@ fn tensor_remark(t: &TensorSummary) -> String {
             Some(e) => format!("  (approx-isometry, recorded isometry error {e:.2e})"),
             None => String::new(),
         },
+    };
+    remark + &nm_remark(t)
+}
+
+/// The common N:M patterns a sparse matrix holds, strongest first; nothing for a dense one
+/// or one that holds none, so other rows keep their text.
+fn nm_remark(t: &TensorSummary) -> String {
+    let Some((held, both)) = &t.nm else {
+        return String::new();
+    };
+    if held.is_empty() {
+        return String::new();
     }
+    let list = |ps: &[eoi::schemes::nm::Pattern]| {
+        ps.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let transposable = if both.is_empty() {
+        String::new()
+    } else if both == held {
+        ", transposable".into()
+    } else {
+        format!(", transposable {}", list(both))
+    };
+    format!("  (N:M {}{transposable})", list(held))
 }
 
 fn spread_text(spread: &Option<Spread>) -> String {

@@ -59,6 +59,24 @@ impl Stream {
         }
     }
 
+    /// The stream of block `block` (0-based) of an N:M layer `name` (see
+    /// `schemes::nm`): ChaCha20 keyed by
+    /// `SHA-256("eoi-nm-v1" || 0x00 || seed as u64 little-endian || block as u64 little-endian || name as UTF-8)`,
+    /// starting at block 0 of stream 0. Its prefix differs from those of [`Stream::derive`]
+    /// and [`Stream::derive_block`], so no N:M block stream is a tensor's stream or a grouped
+    /// convolution's block stream, and layers without a pattern draw as they did before.
+    pub fn derive_nm(seed: u64, name: &str, block: u64) -> Stream {
+        let mut hasher = Sha256::new();
+        hasher.update(b"eoi-nm-v1\0");
+        hasher.update(seed.to_le_bytes());
+        hasher.update(block.to_le_bytes());
+        hasher.update(name.as_bytes());
+        let key: [u8; 32] = hasher.finalize().into();
+        Stream {
+            rng: ChaCha20Rng::from_seed(key),
+        }
+    }
+
     /// The next raw 64-bit word.
     pub fn next_u64(&mut self) -> u64 {
         self.rng.next_u64()
@@ -171,6 +189,21 @@ mod tests {
             first(Stream::derive_block(42, "w", 0)),
             first(Stream::derive(42, "w"))
         );
+    }
+
+    #[test]
+    fn nm_block_streams_follow_the_documented_preimage() {
+        let key: [u8; 32] =
+            Sha256::digest(b"eoi-nm-v1\0\x2a\0\0\0\0\0\0\0\x03\0\0\0\0\0\0\0w").into();
+        let mut reference = ChaCha20Rng::from_seed(key);
+        let mut ours = Stream::derive_nm(42, "w", 3);
+        assert_eq!(ours.next_u64(), reference.next_u64());
+        // No N:M block stream is a grouped convolution's block stream or a tensor's stream.
+        let first = |mut s: Stream| s.next_u64();
+        let nm = first(Stream::derive_nm(42, "w", 0));
+        assert_ne!(nm, first(Stream::derive_block(42, "w", 0)));
+        assert_ne!(nm, first(Stream::derive(42, "w")));
+        assert_ne!(nm, first(Stream::derive_nm(42, "w", 1)));
     }
 
     #[test]

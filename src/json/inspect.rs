@@ -7,6 +7,7 @@ use super::finite;
 use crate::inspect::{Inspection, Spread, TensorSummary};
 use crate::layer::{Dtype, Format, Layout};
 use crate::records::SCHEMA_VERSION;
+use crate::schemes::nm::Pattern;
 
 /// What `eoi inspect --json` prints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -62,6 +63,12 @@ pub struct TensorJson {
     pub note: Option<String>,
     /// For an approx-isometry weight of an eoi artifact: the isometry error its record states.
     pub recorded_isometry_error: Option<f64>,
+    /// For rank 2 and above: the common N:M patterns (1:2, 2:4, 1:4, 2:8, 4:8) the nonzeros
+    /// hold along the inputs, at most N in every group of M consecutive inputs of every row
+    /// at every tap; null for a lower rank.
+    pub nm: Option<Vec<Pattern>>,
+    /// For rank 2 and above: those of `nm` that also hold along the outputs (transposable).
+    pub nm_transposable: Option<Vec<Pattern>>,
 }
 
 /// Minimum, mean and maximum of a count.
@@ -110,6 +117,8 @@ impl TensorJson {
             col_nnz: t.col_nnz.map(SpreadJson::new),
             note: t.note.clone(),
             recorded_isometry_error: t.recorded_isometry_error.and_then(finite),
+            nm: t.nm.as_ref().map(|(held, _)| held.clone()),
+            nm_transposable: t.nm.as_ref().map(|(_, both)| both.clone()),
         }
     }
 }

@@ -133,7 +133,7 @@ fn spread(
                     sparsity.distribution.name(),
                     target
                 ),
-                "drop a layer's fixed density or a dense pattern, or use distribution = \"uniform\"",
+                "drop a layer's fixed density or a dense pattern (N:M layers are fixed at N/M too), or use distribution = \"uniform\"",
             ));
         }
         let fixed_kept: f64 = slots

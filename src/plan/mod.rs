@@ -12,6 +12,7 @@ use crate::layer::Dtype;
 use crate::layer::{
     BelowMinimum, CentreRule, ConvMask, Density, Distribution, Format, Kind, Layout, Names, Origin,
 };
+use crate::schemes::nm::{Nm, Skip};
 use crate::schemes::{LayerPlan, Minimum, Scheme};
 use crate::spec::{LayerSpec, Source, Spec, SpecError};
 use densities::Slot;
@@ -85,7 +86,8 @@ pub fn plan(spec: &Spec, overrides: &Overrides) -> Result<Plan, SpecError> {
         .iter()
         .map(|layer| resolve(spec, overrides, layer))
         .collect();
-    let fixed = fixed_densities(spec, &layers, &mut warnings)?;
+    let mut fixed = fixed_densities(spec, &layers, &mut warnings)?;
+    patterns(spec, &mut layers, &mut fixed, &mut warnings)?;
     let minima: Vec<Minimum> = layers.iter().map(|l| l.rules().minimum(l)).collect();
     let slots = layers
         .iter()
@@ -160,8 +162,88 @@ fn resolve(spec: &Spec, overrides: &Overrides, layer: &LayerSpec) -> LayerPlan {
         isometry: init.isometry,
         groups: layer.groups,
         tied: layer.tied.clone(),
+        nm: None,
         position: layer.position,
     }
+}
+
+/// The N:M patterns: each layer's own `nm`, or `[sparsity]`'s for a layer that is not dense.
+/// A layer with a pattern is fixed at N/M unless it fixes its own density (which its rules
+/// then check is at most N/M). A shape the pattern does not fit is an error, or, for a layer
+/// that inherits `[sparsity]`'s pattern, what `nm_skip` says: dense (unless the layer fixes
+/// its own density), or no pattern.
+fn patterns(
+    spec: &Spec,
+    layers: &mut [LayerPlan],
+    fixed: &mut [Option<(f64, Origin)>],
+    warnings: &mut Vec<String>,
+) -> Result<(), SpecError> {
+    let sparsity = &spec.sparsity;
+    if let Some(p) = sparsity.nm
+        && sparsity.density.get() < p.density()
+    {
+        warnings.push(format!(
+            "[sparsity] density {} is below {} (N/M of nm = \"{p}\"): N:M layers keep N/M of their weights unless they fix a lower density, so the overall density is not the target",
+            sparsity.density.get(),
+            p.density()
+        ));
+    }
+    for ((layer_spec, layer), fixed) in spec.layers.iter().zip(layers.iter_mut()).zip(fixed) {
+        let explicit = layer_spec.nm.is_some();
+        let error = |context: &str, message: String, help: String| SpecError {
+            file: spec.source.name.clone(),
+            position: Some(layer_spec.position),
+            context: format!("layer \"{}\", field `{context}`", layer.name),
+            message,
+            help: Some(help),
+        };
+        let Some(pattern) = layer_spec.nm.unwrap_or(sparsity.nm) else {
+            if layer_spec.nm_transposable.is_some() {
+                return Err(error(
+                    "nm_transposable",
+                    "nm_transposable applies to N:M layers, but this layer has no N:M pattern"
+                        .into(),
+                    "give the layer an `nm` (or [sparsity] one), or remove nm_transposable".into(),
+                ));
+            }
+            continue;
+        };
+        if !explicit && fixed.is_some_and(|(d, _)| d >= 1.0) {
+            // A dense layer has no pattern to inherit.
+            continue;
+        }
+        let nm = Nm {
+            pattern,
+            transposable: layer_spec
+                .nm_transposable
+                .unwrap_or(sparsity.nm_transposable),
+        };
+        if let Err(unfit) = crate::schemes::nm::fit(&layer.shape, layer.groups, nm) {
+            let skip = sparsity.nm_skip;
+            if explicit || skip == Skip::Error {
+                let mut fixes = unfit.fixes;
+                fixes.push(if explicit {
+                    "nm = \"none\" for this layer".into()
+                } else {
+                    "nm = \"none\" for this layer, or nm_skip = \"dense\" or \"unstructured\" in [sparsity] for every layer the pattern does not fit".into()
+                });
+                return Err(error(
+                    "nm",
+                    unfit.message,
+                    format!("use {}", fixes.join(", or ")),
+                ));
+            }
+            if skip == Skip::Dense && fixed.is_none() {
+                *fixed = Some((1.0, Origin::Dense));
+            }
+            continue;
+        }
+        layer.nm = Some(nm);
+        if fixed.is_none() {
+            *fixed = Some((pattern.density(), Origin::Nm));
+        }
+    }
+    Ok(())
 }
 
 /// The densities the spec fixes: a layer's own `density`, a `dense` pattern (density 1), or,
@@ -228,6 +310,7 @@ fn check(
 ) -> Result<(), SpecError> {
     let how = match layer.origin {
         Origin::Fixed => "its density".to_string(),
+        Origin::Nm => "its N:M pattern gives it".to_string(),
         _ => format!("distribution \"{}\" gives it", distribution.name()),
     };
     let rules = layer.rules();

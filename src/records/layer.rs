@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::layer::{CentreRule, ConvMask, Kind, Origin};
+use crate::schemes::nm::Pattern;
 use crate::schemes::{LayerPlan, LayerStats, Scheme};
 
 /// One layer as eoi records it: its plan, then either what the plan expects (`expected_nnz`,
@@ -58,6 +59,12 @@ pub struct LayerRecord {
     /// EOI convolutions: the density of the centre matrix (of each group's block).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub centre_density: Option<f64>,
+    /// N:M layers: the pattern, at most N nonzeros in every group of M consecutive inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nm: Option<Pattern>,
+    /// N:M layers: whether the pattern holds along the outputs too; absent when it does not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub nm_transposable: bool,
     /// The layer's bias tensor, for a layer with a bias.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias: Option<String>,
@@ -137,6 +144,8 @@ impl LayerRecord {
             conv_center: fields.conv_center,
             conv_mask: fields.conv_mask.unwrap_or(ConvMask::TopUp),
             centre_density: fields.centre_density,
+            nm: layer.nm.map(|nm| nm.pattern),
+            nm_transposable: layer.nm.is_some_and(|nm| nm.transposable),
             bias,
             bias_std,
             expected_nnz: stats.is_none().then(|| layer.expected_nnz()),
@@ -184,6 +193,9 @@ impl LayerRecord {
                 return Err("has no \"bias\"".into());
             }
         }
+        if record.nm_transposable && record.nm.is_none() {
+            return Err("has \"nm_transposable\" but no \"nm\"".into());
+        }
         let (g, shape) = (record.groups, &record.shape);
         let out = shape.first().copied().unwrap_or(0);
         if g == 0 || out % g != 0 || (g > 1 && shape.len() < 3) {
@@ -208,6 +220,8 @@ fn malformed(field: &str, value: Option<&Value>, error: &serde_json::Error) -> S
         "origin" => not("an origin"),
         "conv_center" => not("a centre rule"),
         "conv_mask" => not("a mask rule"),
+        "nm" => not("an N:M pattern"),
+        "nm_transposable" => format!("has \"{field}\" that is not true or false"),
         "density" | "gain" | "ai_lr" | "centre_density" | "bias_std" | "achieved_density"
         | "isometry_error" => format!("has \"{field}\" that is not a number"),
         "params" | "groups" | "degree" | "ai_steps" | "expected_nnz" | "nnz" | "rotations"

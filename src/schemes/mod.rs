@@ -10,13 +10,15 @@
 //! centre tap of kernels). The baselines keep a random [`mask`] over [`kaiming`] normal
 //! weights, a dense [`orthogonal`] matrix or a block-orthogonal kernel ([`conv_orthogonal`]),
 //! or build [`sao`]'s structured matrix; [`approx_isometry`] optimises the masked orthogonal
-//! matrix towards orthogonality.
+//! matrix towards orthogonality. An N:M pattern ([`nm`]) is a property of a layer, not a
+//! scheme: [`LayerPlan::rules`] wraps the layer's scheme in the pattern's rules.
 
 pub mod approx_isometry;
 pub mod conv_orthogonal;
 pub mod eoi;
 pub mod kaiming;
 pub mod mask;
+pub mod nm;
 pub mod orthogonal;
 pub mod sao;
 
@@ -224,6 +226,8 @@ pub struct StoredMask<'a> {
     /// The record's centre nonzeros and mask rule (convolutions).
     pub centre_nnz: Option<u64>,
     pub conv_mask: ConvMask,
+    /// The record's N:M pattern, if it has one.
+    pub nm: Option<nm::Nm>,
 }
 
 /// One layer, fully resolved.
@@ -250,6 +254,8 @@ pub struct LayerPlan {
     /// Names of parameters sharing the layer's storage (`tied`): with `--base`, each one the
     /// base holds gets the weight's bytes.
     pub tied: Vec<String>,
+    /// The layer's N:M pattern (`nm`), if it has one: its rules then wrap its scheme's.
+    pub nm: Option<nm::Nm>,
     /// Where the layer stands in the spec (line, column).
     pub position: (usize, usize),
 }
@@ -272,6 +278,7 @@ impl LayerPlan {
             isometry: approx_isometry::DEFAULT,
             groups: 1,
             tied: Vec::new(),
+            nm: None,
             position: (0, 0),
         }
     }
@@ -305,12 +312,21 @@ impl LayerPlan {
 
     /// The nonzeros the plan expects, as its scheme makes them ([`Rules::expected_nnz`]).
     pub fn expected_nnz(&self) -> u64 {
-        self.scheme.rules().expected_nnz(self)
+        self.rules().expected_nnz(self)
     }
 
-    /// The scheme's rules for this layer.
+    /// The rules of this layer: its scheme's, wrapped in its N:M pattern's if it has one.
     pub fn rules(&self) -> &'static dyn Rules {
-        self.scheme.rules()
+        rules_of(self.scheme, self.nm.is_some())
+    }
+}
+
+/// The rules of a layer of `scheme`, with an N:M pattern or without.
+pub fn rules_of(scheme: Scheme, nm: bool) -> &'static dyn Rules {
+    if nm {
+        nm::rules(scheme)
+    } else {
+        scheme.rules()
     }
 }
 

@@ -82,7 +82,7 @@ impl Rules for Orthogonal {
 /// centre tap for convolutions, kept where the mask is 1. A grouped kernel gets one dense
 /// orthogonal (out/G, in/G) block per group: with one group from the layer's stream after
 /// the mask, with G > 1 block b from [`Stream::derive_block`]`(seed, name, b)`.
-fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream, seed: u64) -> Weight {
+pub fn masked_orthogonal(layer: &LayerPlan, mask: &Mask, stream: &mut Stream, seed: u64) -> Weight {
     let (out, inp) = (layer.shape.out(), layer.shape.inp());
     let groups = layer.groups.max(1);
     let rows = out / groups;

@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::diagnostics::{Errors, SpecError, with_help};
 use super::raw::RawLayer;
-use super::validate::{bias_std, density, gain, named, one_of};
+use super::validate::{self, bias_std, density, gain, named, one_of};
 use super::{LayerSpec, MAX_LAYERS, MAX_NAME_BYTES};
 use crate::layer::{CentreRule, ConvMask, Kind, Shape};
 use crate::schemes::Scheme;
@@ -252,6 +252,11 @@ fn fields(raw: &RawLayer, errors: &Errors<'_>) -> Result<LayerSpec, SpecError> {
         None => 1,
         Some(g) => layer_groups(errors, g, &shape, &field(&label, "groups"))?,
     };
+    let nm = raw
+        .nm
+        .as_ref()
+        .map(|v| validate::nm(errors, v, &field(&label, "nm")))
+        .transpose()?;
     Ok(LayerSpec {
         name: name.clone(),
         shape,
@@ -263,6 +268,8 @@ fn fields(raw: &RawLayer, errors: &Errors<'_>) -> Result<LayerSpec, SpecError> {
         bias_std: layer_bias_std,
         groups,
         tied: Vec::new(),
+        nm,
+        nm_transposable: raw.nm_transposable.as_ref().map(|v| *v.get_ref()),
         position: errors.position(raw.name.span().start),
     })
 }

@@ -17,6 +17,7 @@ use crate::layer::{
 };
 use crate::schemes::Scheme;
 use crate::schemes::approx_isometry;
+use crate::schemes::nm;
 
 pub use diagnostics::{SpecError, closest, line_column};
 pub use glob::Pattern;
@@ -45,6 +46,12 @@ pub struct Sparsity {
     pub erk_power_scale: f64,
     pub dense: Vec<Pattern>,
     pub below_minimum: BelowMinimum,
+    /// The N:M pattern of every layer that does not set its own (`nm`).
+    pub nm: Option<nm::Pattern>,
+    /// Whether N:M patterns hold along the outputs too, for every layer that does not say.
+    pub nm_transposable: bool,
+    /// What to do with a layer `nm` does not fit.
+    pub nm_skip: nm::Skip,
 }
 
 /// The `[init]` table.
@@ -94,6 +101,10 @@ pub struct LayerSpec {
     pub groups: usize,
     /// Names of parameters sharing this layer's storage (`tied`), expanded.
     pub tied: Vec<String>,
+    /// This layer's `nm`: `Some(None)` for "none", `None` when it leaves it to `[sparsity]`.
+    pub nm: Option<Option<nm::Pattern>>,
+    /// This layer's `nm_transposable`, when it sets it.
+    pub nm_transposable: Option<bool>,
     /// Where the layer's `name` stands in the spec (1-based line, column).
     pub position: (usize, usize),
 }

@@ -15,6 +15,7 @@ use crate::layer::{
     BelowMinimum, CentreRule, ConvMask, Distribution, Dtype, Format, Gain, Layout, Names,
 };
 use crate::schemes::Scheme;
+use crate::schemes::nm::Skip;
 
 // The TOML as serde sees it. Keys are checked against these structs' fields before serde
 // runs, so that an unknown key gets a suggestion; the values carry their spans for errors.
@@ -73,6 +74,21 @@ pub(super) struct RawSparsity {
     /// (default) or "clamp" (raise it to the minimum and re-balance the others).
     #[schemars(with = "Option<String>", extend("enum" = BelowMinimum::NAMES))]
     pub(super) below_minimum: Option<Spanned<String>>,
+    /// An N:M pattern for every layer, such as "2:4" (NVIDIA's sparse tensor cores): at most
+    /// N nonzeros in every group of M consecutive inputs of every row, 0 < N < M, N dividing
+    /// M. An N:M layer's density is N/M unless it fixes a lower one; dense layers have no
+    /// pattern. "none" (the default): no pattern. A layer's own `nm` overrides it.
+    #[schemars(with = "Option<String>", extend("pattern" = "^([0-9]+:[0-9]+|none)$"))]
+    pub(super) nm: Option<Spanned<String>>,
+    /// Whether N:M patterns hold along the outputs too (every group of M consecutive outputs
+    /// of every column), so that the transposed matrix is N:M as well; default false.
+    #[schemars(with = "Option<bool>")]
+    pub(super) nm_transposable: Option<Spanned<bool>>,
+    /// What to do with a layer this table's `nm` does not fit (its input dimension not a
+    /// multiple of M, ...): "error" (default), "dense" (the layer stays dense) or
+    /// "unstructured" (the layer has no pattern).
+    #[schemars(with = "Option<String>", extend("enum" = Skip::NAMES))]
+    pub(super) nm_skip: Option<Spanned<String>>,
 }
 
 /// The `[init]` table: the initialization scheme and its defaults for every layer.
@@ -202,6 +218,14 @@ pub(super) struct RawLayer {
     /// `name`. `generate --base` gives each one the base holds the layer's weight bytes.
     #[schemars(with = "Option<Vec<String>>")]
     pub(super) tied: Option<Vec<Spanned<String>>>,
+    /// This layer's N:M pattern, such as "2:4", overriding `[sparsity]`'s; "none" for no
+    /// pattern.
+    #[schemars(with = "Option<String>", extend("pattern" = "^([0-9]+:[0-9]+|none)$"))]
+    pub(super) nm: Option<Spanned<String>>,
+    /// Whether this layer's N:M pattern holds along its outputs too, overriding
+    /// `[sparsity]`'s.
+    #[schemars(with = "Option<bool>")]
+    pub(super) nm_transposable: Option<Spanned<bool>>,
 }
 
 /// The schema of a gain as a spec writes it (the parser reads a `toml::Value`).
@@ -390,7 +414,9 @@ mod tests {
                 "scheme",
                 "bias_std",
                 "groups",
-                "tied"
+                "tied",
+                "nm",
+                "nm_transposable"
             ]
         );
         assert!(fields_of::<RawSpec>().contains(&"sparsity"));

@@ -15,6 +15,7 @@ use crate::layer::{
 };
 use crate::schemes::Scheme;
 use crate::schemes::approx_isometry;
+use crate::schemes::nm::{self as nm_pattern, Skip};
 
 /// The seed of the random streams: an integer >= 0, 0 when left out.
 pub(super) fn seed(value: Option<&Spanned<i64>>, errors: &Errors<'_>) -> Result<u64, SpecError> {
@@ -97,6 +98,30 @@ pub(super) fn sparsity(
         BelowMinimum::parse,
     )?
     .unwrap_or(BelowMinimum::Error);
+    let nm_pattern = rs
+        .nm
+        .as_ref()
+        .map(|v| nm(errors, v, &format!("{ctx} `nm`")))
+        .transpose()?
+        .flatten();
+    let nm_skip = named(
+        errors,
+        rs.nm_skip.as_ref(),
+        "[sparsity]",
+        "nm_skip",
+        Skip::NAMES,
+        Skip::parse,
+    )?;
+    if let (Some(v), None) = (&rs.nm_skip, nm_pattern) {
+        return Err(with_help(
+            errors.at(
+                &v.span(),
+                format!("{ctx} `nm_skip`"),
+                "nm_skip says what to do with the layers [sparsity]'s `nm` does not fit, but [sparsity] sets no `nm`",
+            ),
+            "set nm = \"2:4\" (or another N:M pattern) in [sparsity], or remove nm_skip",
+        ));
+    }
     if let (Some(p), true) = (&rs.erk_power_scale, distribution != Distribution::Erk) {
         return Err(with_help(
             errors.at(&p.span(), format!("{ctx} `erk_power_scale`"), format!(
@@ -112,6 +137,27 @@ pub(super) fn sparsity(
         erk_power_scale,
         dense,
         below_minimum,
+        nm: nm_pattern,
+        nm_transposable: rs.nm_transposable.as_ref().is_some_and(|v| *v.get_ref()),
+        nm_skip: nm_skip.unwrap_or_default(),
+    })
+}
+
+/// An `nm` value: an N:M pattern ("2:4"), or "none" for no pattern.
+pub(super) fn nm(
+    errors: &Errors<'_>,
+    value: &Spanned<String>,
+    context: &str,
+) -> Result<Option<nm_pattern::Pattern>, SpecError> {
+    let text = value.get_ref();
+    if text == "none" {
+        return Ok(None);
+    }
+    nm_pattern::Pattern::parse(text).map(Some).map_err(|message| {
+        with_help(
+            errors.at(&value.span(), context, message),
+            "write nm = \"2:4\" (at most 2 nonzeros in every 4 consecutive inputs; the common patterns are 1:2, 2:4, 1:4, 2:8 and 4:8) or nm = \"none\"",
+        )
     })
 }
 

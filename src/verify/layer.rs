@@ -10,6 +10,7 @@ use crate::layer::{Dtype, Kind, Layout, centre_tap};
 use crate::measure;
 use crate::read::{Checkpoint, ReadError, Tensor};
 use crate::records::StoredRecord;
+use crate::schemes::nm::Nm;
 use crate::schemes::{KernelGram, Scheme, StoredMask};
 
 impl LayerReport {
@@ -578,8 +579,13 @@ fn check_density(
         nnz,
         centre_nnz: record.centre_nnz,
         conv_mask: record.conv_mask,
+        nm: record.nm.map(|pattern| Nm {
+            pattern,
+            transposable: record.nm_transposable,
+        }),
     };
-    for message in record.scheme.rules().check_mask(&stored) {
+    let rules = crate::schemes::rules_of(record.scheme, stored.nm.is_some());
+    for message in rules.check_mask(&stored) {
         fail(message);
     }
 }

@@ -335,3 +335,27 @@ fn structured_conv_masks_are_frozen() {
         );
     }
 }
+
+#[test]
+fn nm_layers_are_frozen_for_every_scheme_that_takes_a_pattern() {
+    // EOI's classes from the tensor's stream, its blocks from N:M block streams, the top-up
+    // from the tensor's stream; the baselines' random N:M masks, then their values.
+    let spec = Path::new("tests/golden/nm.toml");
+    for (scheme, table) in [
+        ("eoi", "nm_eoi"),
+        ("kaiming", "nm_kaiming"),
+        ("scaled-kaiming", "nm_scaled_kaiming"),
+        ("orthogonal", "nm_orthogonal"),
+    ] {
+        for (container, threads) in [(Container::Safetensors, "1"), (Container::Npy, "3")] {
+            let actual = hashes(spec, container, &["--scheme", scheme, "--threads", threads]);
+            golden::check(
+                &format!(
+                    "tests/golden/nm.toml (--scheme {scheme}, {container:?}, --threads {threads})"
+                ),
+                &actual,
+                &[table],
+            );
+        }
+    }
+}

@@ -25,6 +25,7 @@ mod layout;
 mod masks;
 mod memory;
 mod names;
+mod nm;
 mod npz;
 mod properties;
 mod python_interop;
