@@ -55,9 +55,14 @@ pub struct LayerRecord {
     /// EOI convolutions: which kernel positions the mask keeps; absent for top-up.
     #[serde(default = "top_up", skip_serializing_if = "is_top_up")]
     pub conv_mask: ConvMask,
-    /// EOI convolutions: the density of the centre matrix (of each group's block).
+    /// EOI convolutions: the density the centre matrix (each group's block) is built at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub centre_density: Option<f64>,
+    /// EOI convolutions: true when the centre rule asked less than the centre's identity,
+    /// so the centre was built at the identity (`centre_density` 1/max(out/G, in/G)) and the
+    /// mask's top-up reaches the layer's density; absent otherwise.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub centre_raised: bool,
     /// The layer's bias tensor, for a layer with a bias.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias: Option<String>,
@@ -84,6 +89,10 @@ pub struct LayerRecord {
     /// reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isometry_error: Option<f64>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn one_group() -> usize {
@@ -137,6 +146,7 @@ impl LayerRecord {
             conv_center: fields.conv_center,
             conv_mask: fields.conv_mask.unwrap_or(ConvMask::TopUp),
             centre_density: fields.centre_density,
+            centre_raised: fields.centre_raised,
             bias,
             bias_std,
             expected_nnz: stats.is_none().then(|| layer.expected_nnz()),
@@ -210,6 +220,7 @@ fn malformed(field: &str, value: Option<&Value>, error: &serde_json::Error) -> S
         "conv_mask" => not("a mask rule"),
         "density" | "gain" | "ai_lr" | "centre_density" | "bias_std" | "achieved_density"
         | "isometry_error" => format!("has \"{field}\" that is not a number"),
+        "centre_raised" => format!("has \"{field}\" that is not true or false"),
         "params" | "groups" | "degree" | "ai_steps" | "expected_nnz" | "nnz" | "rotations"
         | "centre_nnz" => format!("has \"{field}\" that is not a whole number"),
         "" => format!("is malformed: {error}"),
