@@ -224,9 +224,9 @@ fn deep_cnn_includes_an_earlier_run_only_with_the_same_channels() {
             &small[..],
             &[
                 "--schemes",
-                "sao",
+                "kaiming",
                 "--channels",
-                "4",
+                "8",
                 "--json",
                 "first.json",
             ],
@@ -242,7 +242,7 @@ fn deep_cnn_includes_an_earlier_run_only_with_the_same_channels() {
                 "--schemes",
                 "eoi",
                 "--channels",
-                "4",
+                "8",
                 "--include",
                 "first.json",
                 "--json",
@@ -252,7 +252,7 @@ fn deep_cnn_includes_an_earlier_run_only_with_the_same_channels() {
         .concat(),
     );
     assert!(
-        text(&out.stdout).contains("| sao |"),
+        text(&out.stdout).contains("| kaiming |"),
         "{}",
         text(&out.stdout)
     );
@@ -263,7 +263,7 @@ fn deep_cnn_includes_an_earlier_run_only_with_the_same_channels() {
         .iter()
         .map(|r| r["scheme"].as_str().unwrap())
         .collect();
-    assert_eq!(schemes, ["eoi", "sao"], "{both}");
+    assert_eq!(schemes, ["eoi", "kaiming"], "{both}");
     let refused = python(Needs::Examples)
         .arg(repo("examples/deep_cnn.py"))
         .arg("--eoi")
@@ -273,7 +273,7 @@ fn deep_cnn_includes_an_earlier_run_only_with_the_same_channels() {
             "--schemes",
             "eoi",
             "--channels",
-            "8",
+            "16",
             "--include",
             "first.json",
         ])
@@ -284,7 +284,7 @@ fn deep_cnn_includes_an_earlier_run_only_with_the_same_channels() {
     assert!(!refused.status.success());
     let stderr = text(&refused.stderr);
     assert!(
-        stderr.contains("--include first.json: its channels 4 differ"),
+        stderr.contains("--include first.json: its channels 8 differ"),
         "{stderr}"
     );
 }
