@@ -96,8 +96,9 @@ def parse_args(argv):
 SETTINGS = ("depth", "steps", "lr", "batch", "seed", "nm")
 
 
-def included(args):
-    """The results of earlier runs named by --include, checked to share this run's settings."""
+def included(args, settings=SETTINGS):
+    """The results of earlier runs named by --include, checked to share this run's `settings`
+    (the names of the arguments that must agree)."""
     results = []
     for path in args.include:
         try:
@@ -107,7 +108,7 @@ def included(args):
             sys.exit(f"--include {path}: cannot read it as an earlier run's --json: {e}")
         if not isinstance(earlier, dict) or not isinstance(earlier.get("results"), list):
             sys.exit(f"--include {path}: not the --json of an earlier run (no \"results\" list)")
-        differ = [k for k in SETTINGS if earlier.get(k) != getattr(args, k)]
+        differ = [k for k in settings if earlier.get(k) != getattr(args, k)]
         if differ:
             sys.exit(f"--include {path}: its " + ", ".join(f"{k} {earlier.get(k)!r}" for k in differ)
                      + " differ from this run's (" + ", ".join(f"{k} {getattr(args, k)!r}" for k in differ) + ")")

@@ -106,6 +106,12 @@ impl Density {
     }
 }
 
+/// Whether `density` is below `minimum` beyond rounding noise (a relative 1e-12): how every
+/// density is held against a scheme's minimum.
+pub fn below(density: f64, minimum: f64) -> bool {
+    density < minimum * (1.0 - 1e-12)
+}
+
 named! {
     /// How the overall density is spread over the layers.
     pub enum Distribution {

@@ -93,6 +93,25 @@ pub fn plan_text(plan: &Plan) -> String {
             l.tied.join(", ")
         ));
     }
+    // Convolutions whose centre was raised to its identity, only when there are some.
+    let raised: Vec<String> = plan
+        .layers
+        .iter()
+        .filter(|l| l.rules().record(l).centre_raised)
+        .map(|l| l.name.clone())
+        .collect();
+    if !raised.is_empty() {
+        text.push_str(&format!(
+            "centre raised to its identity in {} {}: {} (the centre rule asks less than the identity of the centre's blocks; the mask's top-up brings each to its density)\n",
+            raised.len(),
+            if raised.len() == 1 {
+                "convolution"
+            } else {
+                "convolutions"
+            },
+            some_names(&raised)
+        ));
+    }
     // Each scheme's note, once, from its first layer.
     let mut noted = Vec::new();
     for l in &plan.layers {

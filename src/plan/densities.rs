@@ -53,10 +53,7 @@ impl Slot {
     }
 }
 
-/// Whether `density` is below `minimum` beyond rounding noise.
-pub fn below(density: f64, minimum: f64) -> bool {
-    density < minimum * (1.0 - 1e-12)
-}
+pub use crate::layer::below;
 
 /// Every layer's density and where it came from. With `clamp`, fixed densities below a
 /// layer's minimum are raised to it, and so are distributed ones (erk and er re-balance the

@@ -596,10 +596,41 @@ mod tests {
         .unwrap();
         let eps = 0.2 * 2176.0 / (36.0 / 128.0 * 1152.0 + 80.0);
         assert!((p.layers[0].density - 36.0 / 128.0 * eps).abs() < 1e-12);
-        // Clamped, a depthwise layer is dense and ERK re-balances the rest.
+        // A depthwise layer ERK would put above 1 is capped dense, and ERK re-balances the rest.
         let text = "[sparsity]\ndensity=0.3\ndistribution='erk'\nbelow_minimum='clamp'\n[[layer]]\nname='dw'\nshape=[96, 1, 3, 3]\ngroups=96\n[[layer]]\nname='pw'\nshape=[96, 96, 1, 1]\n";
         let p = plan_of(text).unwrap();
         assert_eq!(p.layers[0].density, 1.0);
         assert!((p.density() - 0.3).abs() < 1e-12, "{}", p.density());
+    }
+
+    #[test]
+    fn a_depthwise_layer_takes_any_density_down_to_one_weight_per_channel() {
+        let dw = |density: f64, extra: &str| {
+            plan_of(&format!(
+                "[sparsity]\ndensity={density}\n{extra}[[layer]]\nname='dw'\nshape=[96, 1, 3, 3]\ngroups=96\n"
+            ))
+        };
+        // 0.3 plans as asked; its centre (1 x 1 blocks) is raised to its identity.
+        let p = dw(0.3, "").unwrap();
+        assert_eq!(
+            (p.layers[0].density, p.layers[0].origin),
+            (0.3, Origin::Distributed)
+        );
+        let record = p.layers[0].rules().record(&p.layers[0]);
+        assert_eq!(
+            (record.centre_density, record.centre_raised),
+            (Some(1.0), true)
+        );
+        // Below 1/9 (one weight of each 3 x 3 kernel) it is refused, or clamped to 1/9.
+        let e = dw(0.05, "").unwrap_err();
+        assert!(
+            e.message.contains("below the 0.111111 that EOI can make"),
+            "{e}"
+        );
+        let p = dw(0.05, "below_minimum='clamp'\n").unwrap();
+        assert_eq!(
+            (p.layers[0].density, p.layers[0].origin),
+            (1.0 / 9.0, Origin::Clamped)
+        );
     }
 }

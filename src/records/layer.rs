@@ -56,15 +56,20 @@ pub struct LayerRecord {
     /// EOI convolutions: which kernel positions the mask keeps; absent for top-up.
     #[serde(default = "top_up", skip_serializing_if = "is_top_up")]
     pub conv_mask: ConvMask,
-    /// EOI convolutions: the density of the centre matrix (of each group's block).
+    /// EOI convolutions: the density the centre matrix (each group's block) is built at.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub centre_density: Option<f64>,
     /// N:M layers: the pattern, at most N nonzeros in every group of M consecutive inputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nm: Option<Pattern>,
     /// N:M layers: whether the pattern holds along the outputs too; absent when it does not.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub nm_transposable: bool,
+    /// EOI convolutions: true when the centre rule asked less than the centre's identity,
+    /// so the centre was built at the identity (`centre_density` 1/max(out/G, in/G)) and the
+    /// mask's top-up reaches the layer's density; absent otherwise.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub centre_raised: bool,
     /// The layer's bias tensor, for a layer with a bias.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias: Option<String>,
@@ -91,6 +96,10 @@ pub struct LayerRecord {
     /// reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isometry_error: Option<f64>,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn one_group() -> usize {
@@ -146,6 +155,7 @@ impl LayerRecord {
             centre_density: fields.centre_density,
             nm: layer.nm.map(|nm| nm.pattern),
             nm_transposable: layer.nm.is_some_and(|nm| nm.transposable),
+            centre_raised: fields.centre_raised,
             bias,
             bias_std,
             expected_nnz: stats.is_none().then(|| layer.expected_nnz()),
@@ -224,6 +234,7 @@ fn malformed(field: &str, value: Option<&Value>, error: &serde_json::Error) -> S
         "nm_transposable" => format!("has \"{field}\" that is not true or false"),
         "density" | "gain" | "ai_lr" | "centre_density" | "bias_std" | "achieved_density"
         | "isometry_error" => format!("has \"{field}\" that is not a number"),
+        "centre_raised" => format!("has \"{field}\" that is not true or false"),
         "params" | "groups" | "degree" | "ai_steps" | "expected_nnz" | "nnz" | "rotations"
         | "centre_nnz" => format!("has \"{field}\" that is not a whole number"),
         "" => format!("is malformed: {error}"),

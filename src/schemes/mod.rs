@@ -192,11 +192,13 @@ pub struct SchemeFields {
     /// Approximate isometry's descent.
     pub ai_steps: Option<u32>,
     pub ai_lr: Option<f64>,
-    /// EOI convolutions: the centre rule, the mask rule (structured only) and the centre
-    /// matrix's density.
+    /// EOI convolutions: the centre rule, the mask rule (structured only), the density the
+    /// centre matrix is built at, and whether that is raised above the rule's (to the
+    /// identity of its blocks, where the rule asks less).
     pub conv_center: Option<CentreRule>,
     pub conv_mask: Option<ConvMask>,
     pub centre_density: Option<f64>,
+    pub centre_raised: bool,
 }
 
 /// Which Gram matrix of a convolution's weight shows the orthogonality its scheme gives.
@@ -300,14 +302,6 @@ impl LayerPlan {
     /// (out, in/G) matrix for G = 1. The tensor's second dimension is in/G already.
     pub fn block(&self) -> (usize, usize) {
         (self.shape.out() / self.groups, self.shape.inp())
-    }
-
-    /// The density of the centre matrix, for convolutions.
-    pub fn centre_density(&self) -> Option<f64> {
-        (self.kind() == Kind::Conv).then(|| {
-            self.conv_center
-                .centre_density(self.density, self.shape.taps())
-        })
     }
 
     /// The nonzeros the plan expects, as its scheme makes them ([`Rules::expected_nnz`]).
@@ -553,60 +547,75 @@ mod tests {
         assert!(with.bias.is_some() && without.bias.is_none());
     }
 
-    /// The smallest density `scheme` makes for `shape` with `groups` groups under `rule`.
-    fn minimum_density(shape: &Shape, groups: usize, rule: CentreRule, scheme: Scheme) -> f64 {
+    /// The smallest density `scheme` makes for `shape` with `groups` groups under `rule`
+    /// and mask rule `mask`.
+    fn minimum_density(
+        shape: &Shape,
+        groups: usize,
+        (rule, mask): (CentreRule, ConvMask),
+        scheme: Scheme,
+    ) -> f64 {
         let layer = LayerPlan {
             groups,
             conv_center: rule,
+            conv_mask: mask,
             scheme,
             ..LayerPlan::new("t", shape.clone(), 1.0)
         };
         scheme.rules().minimum(&layer).density
     }
 
+    const SAME: (CentreRule, ConvMask) = (CentreRule::Same, ConvMask::TopUp);
+    const SQRT: (CentreRule, ConvMask) = (CentreRule::Sqrt, ConvMask::TopUp);
+    const STRUCTURED: (CentreRule, ConvMask) = (CentreRule::Same, ConvMask::Structured);
+
     #[test]
-    fn grouped_and_depthwise_minima_are_per_block() {
-        // (32, 4, 3, 3) with groups = 8: eight blocks of 4 x 4.
-        // EOI's minimum is the block's: 1/max(4, 4) for the centre, not 1/32.
+    fn grouped_and_depthwise_minima_are_the_identity_of_each_block() {
+        // (32, 4, 3, 3) with groups = 8: eight blocks of 4 x 4. EOI's least kernel is the
+        // identity of each block at the centre tap, 32 ones of 1152, under either centre rule
+        // (the top-up does the rest); a structured mask keeps whole slices: 1/max(4, 4).
         let shape = Shape::new(&[32, 4, 3, 3]).unwrap();
-        assert_eq!(
-            minimum_density(&shape, 8, CentreRule::Same, Scheme::Eoi),
-            0.25
-        );
-        assert_eq!(
-            minimum_density(&shape, 8, CentreRule::Sqrt, Scheme::Eoi),
-            1.0 / 16.0
-        );
-        assert_eq!(
-            minimum_density(&shape, 1, CentreRule::Same, Scheme::Eoi),
-            1.0 / 32.0
-        );
-        // A depthwise layer's 1 x 1 blocks make it dense, under either rule; a random mask
-        // still needs only one weight.
+        for rule in [SAME, SQRT] {
+            assert_eq!(minimum_density(&shape, 8, rule, Scheme::Eoi), 32.0 / 1152.0);
+        }
+        assert_eq!(minimum_density(&shape, 8, STRUCTURED, Scheme::Eoi), 0.25);
+        assert_eq!(minimum_density(&shape, 1, SAME, Scheme::Eoi), 4.0 / 1152.0);
+        // A depthwise layer's 1 x 1 blocks: one weight per channel, 1/9 of a 3 x 3 kernel
+        // (dense under a structured mask); a random mask still needs only one weight.
         let depthwise = Shape::new(&[96, 1, 3, 3]).unwrap();
-        for rule in [CentreRule::Same, CentreRule::Sqrt] {
-            assert_eq!(minimum_density(&depthwise, 96, rule, Scheme::Eoi), 1.0);
+        for rule in [SAME, SQRT] {
+            assert_eq!(
+                minimum_density(&depthwise, 96, rule, Scheme::Eoi),
+                1.0 / 9.0
+            );
         }
         assert_eq!(
-            minimum_density(&depthwise, 96, CentreRule::Same, Scheme::Kaiming),
+            minimum_density(&depthwise, 96, STRUCTURED, Scheme::Eoi),
+            1.0
+        );
+        assert_eq!(
+            minimum_density(&depthwise, 96, SAME, Scheme::Kaiming),
             1.0 / 864.0
         );
     }
 
     #[test]
-    fn conv_minimum_follows_the_centre_rule() {
+    fn conv_minimum_is_the_tensors_whatever_the_centre_rule() {
+        // (64, 32, 3, 3): the identity's 32 ones at the centre tap of 18432 weights.
         let shape = Shape::new(&[64, 32, 3, 3]).unwrap();
+        for rule in [SAME, SQRT] {
+            assert_eq!(
+                minimum_density(&shape, 1, rule, Scheme::Eoi),
+                1.0 / (64.0 * 9.0)
+            );
+        }
         assert_eq!(
-            minimum_density(&shape, 1, CentreRule::Same, Scheme::Eoi),
+            minimum_density(&shape, 1, STRUCTURED, Scheme::Eoi),
             1.0 / 64.0
-        );
-        assert_eq!(
-            minimum_density(&shape, 1, CentreRule::Sqrt, Scheme::Eoi),
-            1.0 / (64.0 * 9.0)
         );
         // A random mask needs one weight, whatever the rule.
         assert_eq!(
-            minimum_density(&shape, 1, CentreRule::Same, Scheme::Kaiming),
+            minimum_density(&shape, 1, SAME, Scheme::Kaiming),
             1.0 / (64.0 * 32.0 * 9.0)
         );
     }

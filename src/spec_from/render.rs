@@ -256,10 +256,14 @@ fn layer_table(
     if first.included {
         t.push_str("# a layer by --include\n");
     }
-    let depthwise = depthwise_dense(table.members.iter().map(|&k| &layers[k]), options);
-    if depthwise {
-        t.push_str(
-            "density = 1.0  # depthwise: EOI's blocks are 1 x 1 (+-gain each), with no sparser form\n",
+    let depthwise = depthwise_least(table.members.iter().map(|&k| &layers[k]), options);
+    if let Some(least) = depthwise {
+        let taps = first.shape.taps();
+        let _ = writeln!(
+            t,
+            "density = {}  # depthwise: EOI's least, one weight (+-gain) per channel, 1/{taps}; [sparsity]'s {} is below it",
+            float(least),
+            options.density.get()
         );
     }
     if masks.is_some() {
@@ -279,25 +283,39 @@ fn layer_table(
                     },
                 );
             }
-            None if depthwise => {}
+            None if depthwise.is_some() => {}
             None => t.push_str("# no mask used: the density comes from [sparsity]\n"),
         }
     }
 }
 
-/// Whether a table's layers get `density = 1.0` of their own: depthwise convolutions (1 x 1
-/// blocks, which EOI can only make dense) under EOI, without a mask's density or a `dense`
-/// glob (which would then contradict it).
-fn depthwise_dense<'a>(mut members: impl Iterator<Item = &'a Layer>, options: &Options) -> bool {
+/// The density a table's layers get of their own, when they are depthwise convolutions
+/// under EOI whose `uniform` density would be below EOI's least for them: one weight per
+/// channel, `1/K` (K the kernel's taps; see docs/spec.md, "Densities"). Not with a mask's
+/// density or a `dense` glob (which would then contradict it); under erk and er the
+/// distribution decides, and `below_minimum` says what happens below it.
+fn depthwise_least<'a>(
+    mut members: impl Iterator<Item = &'a Layer>,
+    options: &Options,
+) -> Option<f64> {
     let eoi = options.scheme.as_deref().is_none_or(|s| s == "eoi");
+    let uniform = options.distribution == crate::layer::Distribution::Uniform;
     let dense: Vec<Pattern> = options.dense.iter().map(|g| glob(g)).collect();
-    eoi && members.all(|layer| {
+    let first = members.next()?;
+    let least = 1.0 / first.shape.taps() as f64;
+    let depthwise = |layer: &Layer| {
         layer.groups > 1
             && layer.groups == layer.shape.out()
             && layer.shape.inp() == 1
+            && layer.shape.taps() == first.shape.taps()
             && layer.mask.is_none()
             && !dense.iter().any(|p| p.matches(&layer.name))
-    })
+    };
+    (eoi && uniform
+        && crate::layer::below(options.density.get(), least)
+        && depthwise(first)
+        && members.all(depthwise))
+    .then_some(least)
 }
 
 /// A number as TOML writes a float (`1.0`, not `1`).

@@ -232,6 +232,186 @@ fn deep_mlp_includes_an_earlier_runs_results_only_with_the_same_settings() {
     );
 }
 
+/// The deep-CNN proof at a smaller size (so CI can afford it; README "Why EOI" has the full
+/// one): from specs/cnn-digits.toml, the same seed and training, EOI's delta-orthogonal
+/// network trains and masked Kaiming stays near chance (10 classes).
+#[test]
+fn deep_cnn_trains_from_eoi_but_not_from_masked_kaiming_at_depth_50() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_example(
+        dir.path(),
+        "deep_cnn.py",
+        &[
+            "--schemes",
+            "eoi,kaiming",
+            "--depth",
+            "50",
+            "--steps",
+            "150",
+            "--json",
+            "results.json",
+            "--plot",
+            "curve.png",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("| scheme | test accuracy |"),
+        "no table:\n{stdout}"
+    );
+    let results: Value = json(fs::read(dir.path().join("results.json")).unwrap());
+    assert_eq!(
+        (&results["depth"], &results["channels"]),
+        (&Value::from(50), &Value::from(16)),
+        "{results}"
+    );
+    let accuracy = |scheme: &str| {
+        results["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["scheme"] == scheme)
+            .and_then(|r| r["test_accuracy"].as_f64())
+            .unwrap_or_else(|| panic!("no result for {scheme}:\n{results}"))
+    };
+    let eoi = accuracy("eoi");
+    assert!(
+        eoi >= 0.75,
+        "EOI reached only {eoi} test accuracy at depth 50:\n{stdout}"
+    );
+    let kaiming = accuracy("kaiming");
+    assert!(
+        kaiming <= 0.3,
+        "masked Kaiming reached {kaiming} test accuracy at depth 50:\n{stdout}"
+    );
+    let png = fs::read(dir.path().join("curve.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "--plot wrote no PNG");
+}
+
+/// deep_cnn.py's --include checks the settings a CNN run adds (the channels) too.
+#[test]
+fn deep_cnn_includes_an_earlier_run_only_with_the_same_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = ["--depth", "3", "--steps", "2", "--eval-every", "1"];
+    run_example(
+        dir.path(),
+        "deep_cnn.py",
+        &[
+            &small[..],
+            &[
+                "--schemes",
+                "kaiming",
+                "--channels",
+                "8",
+                "--json",
+                "first.json",
+            ],
+        ]
+        .concat(),
+    );
+    let out = run_example(
+        dir.path(),
+        "deep_cnn.py",
+        &[
+            &small[..],
+            &[
+                "--schemes",
+                "eoi",
+                "--channels",
+                "8",
+                "--include",
+                "first.json",
+                "--json",
+                "both.json",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(
+        text(&out.stdout).contains("| kaiming |"),
+        "{}",
+        text(&out.stdout)
+    );
+    let both: Value = json(fs::read(dir.path().join("both.json")).unwrap());
+    let schemes: Vec<&str> = both["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["scheme"].as_str().unwrap())
+        .collect();
+    assert_eq!(schemes, ["eoi", "kaiming"], "{both}");
+    let refused = python(Needs::Examples)
+        .arg(repo("examples/deep_cnn.py"))
+        .arg("--eoi")
+        .arg(eoi_path())
+        .args(small)
+        .args([
+            "--schemes",
+            "eoi",
+            "--channels",
+            "16",
+            "--include",
+            "first.json",
+        ])
+        .current_dir(dir.path())
+        .env("JAX_PLATFORMS", "cpu")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("--include first.json: its channels 8 differ"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn load_jax_loads_the_flax_layout_and_keeps_masked_weights_at_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_example(dir.path(), "load_jax.py", &[]);
+    let stdout = text(&out.stdout);
+    for needle in [
+        "ok    the file's safetensors format is 'flax'",
+        "ok    flax kernels are the torch layout's (out, in) weights, transposed",
+        "ok    weights outside the masks are still exactly zero after 3 AdamW steps",
+        "into a 7-layer Flax MLP and trained it with fixed masks",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+#[test]
+fn load_jax_loads_biases_when_the_spec_has_bias_std() {
+    // Three Dense layers: the first and last with their own bias_std (0.05 and 0), the middle
+    // one without: its Dense bias stays zero.
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("biases.toml");
+    fs::write(
+        &spec,
+        "seed = 3\n[sparsity]\ndensity = 0.25\n\
+         [[layer]]\nname = \"net.0.weight\"\nshape = [64, 32]\nbias_std = 0.05\n\
+         [[layer]]\nname = \"net.2.weight\"\nshape = [64, 64]\n\
+         [[layer]]\nname = \"net.4.weight\"\nshape = [10, 64]\nbias_std = 0\n",
+    )
+    .unwrap();
+    let out = run_example(
+        dir.path(),
+        "load_jax.py",
+        &["--spec", spec.to_str().unwrap()],
+    );
+    let stdout = text(&out.stdout);
+    for needle in [
+        "ok    net.0: bias (64,) fits Dense(64)",
+        "ok    all 8 tensors of the file are used",
+        "ok    2 of 3 Dense biases from the file (bias_std in the spec), the others zero",
+        "ok    weights outside the masks are still exactly zero after 3 AdamW steps",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
 /// `examples/real_models.py`'s Flax CNN end to end, with JAX only (the other eleven
 /// families need PyTorch and are run by hand: docs/guide.md, "Twelve real models, end to end"):
 /// shape list -> `eoi spec --from - --layout flax` -> base params -> `generate --base` ->

@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::util::{
     Sandbox, Tensor, centre_tap, data_range, eoi, f32s, gram_error, json, read_safetensors, stdout,
@@ -175,6 +175,66 @@ fn grouped_kernels_are_orthogonal_per_block_and_as_periodic_convolutions() {
 }
 
 #[test]
+fn a_depthwise_layer_at_density_0_3_is_orthogonal_with_its_centre_raised() {
+    // Issue 18's case: `density = 0.3` on a depthwise [32, 1, 3, 3]. Its centre rule (sqrt)
+    // asks 0.548 of 1 x 1 blocks, below their identity: the centre is raised to +-gain per
+    // channel, and the top-up brings the mask to ceil(0.3 * 288) = 87 ones.
+    let sandbox = Sandbox::new();
+    let text = "seed = 5\n[sparsity]\ndensity = 0.3\n[[layer]]\nname = \"dw.weight\"\nshape = [32, 1, 3, 3]\ngroups = 32\n";
+    let spec = sandbox.write("dw.toml", text);
+    let plan = stdout(&eoi().arg("plan").arg(&spec).assert().success());
+    assert!(
+        plan.contains("centre raised to its identity in 1 convolution: dw.weight"),
+        "{plan}"
+    );
+    let out = generate(&sandbox, text, &[]);
+    let file = read_safetensors(&out);
+    let record = &file.layers()[0];
+    assert_eq!(
+        (&record["density"], &record["nnz"], &record["centre_nnz"]),
+        (&json!(0.3), &json!(87), &json!(32)),
+        "{record}"
+    );
+    assert_eq!(
+        (&record["centre_density"], &record["centre_raised"]),
+        (&json!(1.0), &json!(true)),
+        "{record}"
+    );
+    let w = file.tensor("dw.weight");
+    let mask = file.tensor("dw.weight_mask");
+    assert_eq!(mask.values().iter().filter(|m| **m == 1.0).count(), 87);
+    for (k, (v, m)) in w.values().iter().zip(mask.values()).enumerate() {
+        if k % 9 == 4 {
+            assert!(
+                v.abs() == 1.0 && m == 1.0,
+                "centre of channel {}: {v}",
+                k / 9
+            );
+        } else {
+            assert_eq!(*v, 0.0, "dw.weight[{k}]");
+        }
+    }
+    // As an operator on a periodic 6 x 6 grid it keeps the norm of a random input.
+    let x = normals(32 * 36, 3);
+    let y = periodic_conv(w, 32, &x, 6, false);
+    assert!((norm(&y) / norm(&x) - 1.0).abs() < 1e-12);
+    eoi()
+        .arg("verify")
+        .arg(&out)
+        .arg("--regenerate")
+        .assert()
+        .code(0);
+    // Below one weight per channel (1/9) it is refused.
+    let low = sandbox.write("low.toml", text.replace("0.3", "0.1"));
+    let refused = eoi().arg("plan").arg(&low).assert().code(2);
+    let stderr = String::from_utf8_lossy(&refused.get_output().stderr).to_string();
+    assert!(
+        stderr.contains("gives it 0.100000, below the 0.111111 that EOI can make"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn depthwise_centres_are_exactly_plus_or_minus_the_gain() {
     let sandbox = Sandbox::new();
     let text = "seed = 3\n[sparsity]\ndensity = 1.0\n[init]\ngain = \"relu\"\n[[layer]]\nname = \"dw.weight\"\nshape = [64, 1, 3, 3]\ngroups = 64\n[[layer]]\nname = \"dw1d.weight\"\nshape = [32, 1, 5]\ngroups = 32\n";
@@ -265,9 +325,11 @@ fn verify_judges_each_block_and_catches_a_broken_one() {
 
 #[test]
 fn efficientnet_b0_is_layer_wise_orthogonal_with_plus_minus_gain_depthwise_centres() {
-    // The bundled ImageNet spec, as it is (82 layers, 5.2M weights, f32): every layer passes
-    // verify (each block of each centre orthogonal), and each of the 16 depthwise layers has
-    // exactly +-1 (sigma_w = 1) at every channel's centre tap and zero elsewhere.
+    // The bundled ImageNet spec, as it is (82 layers, 5.2M weights, f32), with no `dense`
+    // list since issue 18: every layer passes verify (each block of each centre orthogonal),
+    // and each of the 16 depthwise layers has exactly +-1 (sigma_w = 1) at every channel's
+    // centre tap and zero elsewhere. ERK caps the seven 3x3 ones at 1; the nine 5x5 ones take
+    // ERK's density below 1, their centres raised to the identity and their masks topped up.
     let sandbox = Sandbox::new();
     let out = sandbox.path("b0.safetensors");
     eoi()
@@ -302,7 +364,22 @@ fn efficientnet_b0_is_layer_wise_orthogonal_with_plus_minus_gain_depthwise_centr
             negative > 0 && negative < w.shape[0],
             "{name}: {negative} negative"
         );
-        assert_eq!(record["density"], 1.0, "{name}");
+        let density = record["density"].as_f64().unwrap();
+        let mask = file.tensor(&format!("{name}_mask"));
+        let ones = mask.values().iter().filter(|m| **m == 1.0).count();
+        if taps == 9 {
+            assert_eq!(
+                (density, &record["origin"]),
+                (1.0, &json!("capped")),
+                "{name}"
+            );
+            assert_eq!(ones, w.values().len(), "{name}");
+        } else {
+            assert!((0.4..0.45).contains(&density), "{name}: {density}");
+            assert_eq!(record["centre_raised"], true, "{name}");
+            let numel = w.values().len();
+            assert_eq!(ones, (density * numel as f64).ceil() as usize, "{name}");
+        }
     }
 }
 

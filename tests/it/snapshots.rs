@@ -129,7 +129,7 @@ fn error_messages() {
         ),
         (
             "depthwise_below_minimum",
-            Some("[sparsity]\ndensity = 0.5\n\n[[layer]]\nname = \"dw.weight\"\nshape = [96, 1, 3, 3]\ngroups = 96\n".into()),
+            Some("[sparsity]\ndensity = 0.05\n\n[[layer]]\nname = \"dw.weight\"\nshape = [96, 1, 3, 3]\ngroups = 96\n".into()),
             &["plan", "spec.toml"],
         ),
         ("missing_file", None, &["plan", "missing.toml"]),

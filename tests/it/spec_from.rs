@@ -253,7 +253,7 @@ fn flax_shapes_round_trip_to_flax_shapes() {
 }
 
 #[test]
-fn groups_go_into_the_spec_and_depthwise_layers_are_dense() {
+fn groups_go_into_the_spec_and_depthwise_layers_get_at_least_one_weight_per_channel() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("list.json");
     fs::write(
@@ -275,9 +275,12 @@ fn groups_go_into_the_spec_and_depthwise_layers_are_dense() {
         spec.contains("name = \"g.weight\"\nshape = [8, 2, 3, 3]\ngroups = 4\n\n"),
         "{spec}"
     );
-    // Only the layers with the same groups fold; a depthwise table is dense under EOI.
+    // Only the layers with the same groups fold; under erk a depthwise table takes the
+    // distribution's density like any other.
     assert!(
-        spec.contains("name = \"blocks.{i}.dw.weight\"\nshape = [8, 1, 3, 3]\ngroups = 8\nrepeat = 2\ndensity = 1.0  # depthwise"),
+        spec.contains(
+            "name = \"blocks.{i}.dw.weight\"\nshape = [8, 1, 3, 3]\ngroups = 8\nrepeat = 2\n\n"
+        ),
         "{spec}"
     );
     assert!(
@@ -287,11 +290,25 @@ fn groups_go_into_the_spec_and_depthwise_layers_are_dense() {
     let (out, shapes) = generate(dir.path(), &spec, &[]);
     assert_eq!(shapes["g.weight"], [8, 2, 3, 3]);
     eoi().arg("verify").arg(&out).assert().code(0);
-    // A baseline scheme needs no dense depthwise layers; a dense glob keeps them dense itself.
+    // Under uniform, below one weight per channel (1/9 of a 3 x 3 kernel), a depthwise table
+    // under EOI gets that least density of its own, and plans.
+    // (b.weight, 8 x 8, is clamped to 1/8.)
+    let spec = spec_from(&source, &["--density", "0.1", "--below-minimum", "clamp"]);
+    assert!(
+        spec.contains("repeat = 2\ndensity = 0.1111111111111111  # depthwise: EOI's least, one weight (+-gain) per channel, 1/9; [sparsity]'s 0.1 is below it\n"),
+        "{spec}"
+    );
+    let text = dir.path().join("least.toml");
+    fs::write(&text, &spec).unwrap();
+    eoi().arg("plan").arg(&text).assert().success();
+    // At or above it, nothing; a baseline scheme, whose minimum is one weight, needs nothing;
+    // a dense glob keeps them dense itself.
+    let spec = spec_from(&source, &["--density", "0.2"]);
+    assert!(!spec.contains("# depthwise:"), "{spec}");
     let spec = spec_from(&source, &["--scheme", "kaiming"]);
-    assert!(!spec.contains("density = 1.0"), "{spec}");
+    assert!(!spec.contains("# depthwise:"), "{spec}");
     let spec = spec_from(&source, &["--dense", "*.dw.weight", "--density", "0.5"]);
-    assert!(!spec.contains("density = 1.0"), "{spec}");
+    assert!(!spec.contains("# depthwise:"), "{spec}");
     generate(dir.path(), &spec, &[]);
     // Groups that a shape cannot have are refused, naming the tensor.
     for (list, excerpt) in [
@@ -347,7 +364,8 @@ fn torchvisions_efficientnet_b0_gives_the_bundled_spec_layers() {
     };
     let bundled = fs::read_to_string("specs/efficientnet-b0.toml").unwrap();
     assert_eq!(layers(&spec), layers(&bundled));
-    assert_eq!(spec.matches("density = 1.0  # depthwise").count(), 16);
+    // Under erk the depthwise layers take ERK's densities, as the bundled spec does.
+    assert_eq!(spec.matches("# depthwise:").count(), 0);
     let (out, _) = generate(dir.path(), &spec, &[]);
     eoi().arg("verify").arg(&out).assert().code(0);
 }
@@ -1157,7 +1175,7 @@ fn depthwise_convolutions_from_a_header_are_assumed_and_flagged() {
         "{spec}"
     );
     assert!(
-        spec.contains("name = \"features.1.conv.0.0.weight\"\nshape = [32, 1, 3, 3]\ngroups = 32  # assumed depthwise: the source does not record groups. If this is a plain\n# convolution with one input channel, delete this line (and a depthwise `density` below).\ndensity = 1.0  # depthwise"),
+        spec.contains("name = \"features.1.conv.0.0.weight\"\nshape = [32, 1, 3, 3]\ngroups = 32  # assumed depthwise: the source does not record groups. If this is a plain\n# convolution with one input channel, delete this line (and a depthwise `density` below).\ndensity = 0.1111111111111111  # depthwise: EOI's least"),
         "{spec}"
     );
     // The shape list's groups agree with every assumption.

@@ -8,18 +8,47 @@
 //! the mask is instead every tap of each channel pair the centre connects, at `d_H = d`.
 
 use super::rotation;
-use crate::layer::{CentreRule, centre_tap};
+use crate::layer::{CentreRule, below, centre_tap};
 use crate::stream::Stream;
 use crate::tensor::{Grid, Mask, Order, Weight};
 
-/// The smallest layer density whose centre matrix EOI can make: the centre density must be
-/// at least `1/m`, m = max(out, in).
-pub fn minimum_density(out: usize, inp: usize, taps: usize, rule: CentreRule) -> f64 {
+/// The smallest density of a kernel whose centre blocks are (out, in) (one block: out/G
+/// rows each), with K `taps`: its centre at its own minimum, the identity of every block
+/// (`min(out, in)` ones each, one block per `out` rows), over the tensor's elements:
+/// `1/(max(out, in) K)`. For a depthwise k x k layer (1 x 1 blocks) that is `1/k^2`.
+pub fn tensor_minimum(out: usize, inp: usize, taps: usize) -> f64 {
+    1.0 / (out.max(inp) as f64 * taps as f64)
+}
+
+/// The smallest layer density at which the centre `rule` alone gives every (out, in) block
+/// its minimum, the identity's `1/m` (m = max(out, in)); below it the centre is raised to
+/// the identity ([`centre_density`]).
+pub fn rule_minimum(out: usize, inp: usize, taps: usize, rule: CentreRule) -> f64 {
     let m = out.max(inp) as f64;
     match rule {
         CentreRule::Same => 1.0 / m,
         // min(d K, 1, sqrt d) >= 1/m  <=>  d >= 1/(m K) and d >= 1/m^2.
         CentreRule::Sqrt => (1.0 / (m * taps as f64)).max(1.0 / (m * m)),
+    }
+}
+
+/// The density a kernel's centre blocks (out, in) are built at, for a layer `density` with
+/// K `taps` under `rule`, and whether it was raised: the rule's `d_H`
+/// ([`CentreRule::centre_density`]), or, where the rule asks less than a block can have
+/// (the layer is below [`rule_minimum`], with the same tolerance as every minimum), the
+/// identity's `1/max(out, in)`. The layers that were possible before raising existed are
+/// exactly those never raised, so their records keep their bytes.
+pub fn centre_density(
+    out: usize,
+    inp: usize,
+    taps: usize,
+    density: f64,
+    rule: CentreRule,
+) -> (f64, bool) {
+    if below(density, rule_minimum(out, inp, taps, rule)) {
+        (1.0 / out.max(inp) as f64, true)
+    } else {
+        (rule.centre_density(density, taps), false)
     }
 }
 
@@ -91,7 +120,9 @@ impl Centre {
 }
 
 /// The centre matrix's schedules at the layer's centre density (see [`CentreRule::centre_density`]),
-/// each block at that density.
+/// each block at that density. Where the rule asks less than a block's identity (a raised
+/// centre, see [`centre_density`]), the schedule stops where it starts, at the identity,
+/// having drawn nothing (a 1 x 1 block still draws its sign).
 ///
 /// With one group the single block draws its rotations first from the tensor's `stream`
 /// (which the mask's top-up then continues), as before groups existed. With G > 1 block b
@@ -207,18 +238,57 @@ pub fn weight(centre: &Centre, kernel: &[usize], gain: f64) -> Weight {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::RowBlocks;
 
     #[test]
 
-    fn minimum_density_is_where_the_centre_reaches_one_over_m() {
+    fn rule_minimum_is_where_the_centre_reaches_one_over_m() {
         for rule in [CentreRule::Same, CentreRule::Sqrt] {
             for &(out, inp, taps) in &[(64, 32, 9), (16, 16, 1), (3, 200, 25)] {
-                let d = minimum_density(out, inp, taps, rule);
+                let d = rule_minimum(out, inp, taps, rule);
                 let m = out.max(inp) as f64;
                 let dh = rule.centre_density(d, taps);
                 assert!((dh - 1.0 / m).abs() < 1e-12, "{rule:?} {out} {inp} {taps}");
+                // At it the centre is the rule's; just below, it is raised to 1/m.
+                assert_eq!(centre_density(out, inp, taps, d, rule), (dh, false));
+                assert_eq!(
+                    centre_density(out, inp, taps, d * 0.99, rule),
+                    (1.0 / m, true)
+                );
             }
         }
+    }
+
+    #[test]
+    fn the_tensor_minimum_is_the_identity_at_the_centre_over_numel() {
+        // (64, 32, 3, 3): 32 ones of 18432; a depthwise 3 x 3 block: 1 of 9; 5 x 5: 1 of 25.
+        assert_eq!(tensor_minimum(64, 32, 9), 32.0 / 18432.0);
+        assert_eq!(tensor_minimum(1, 1, 9), 1.0 / 9.0);
+        assert_eq!(tensor_minimum(1, 1, 25), 1.0 / 25.0);
+        // At or below the rule's minimum the tensor's is never above it.
+        for rule in [CentreRule::Same, CentreRule::Sqrt] {
+            assert!(tensor_minimum(3, 200, 25) <= rule_minimum(3, 200, 25, rule));
+        }
+    }
+
+    #[test]
+    fn a_raised_centre_is_the_identity_and_draws_nothing() {
+        // A 16 x 16 centre under "same" at d = 0.01 < 1/16: no rotation, no draw.
+        let mut stream = Stream::derive(1, "c");
+        let c = centre(16, 16, 9, 1, 0.01, CentreRule::Same, &mut stream, (1, "c"));
+        assert_eq!((c.rotations(), c.nnz()), (0, 16));
+        assert_eq!(stream.below(1 << 40), Stream::derive(1, "c").below(1 << 40));
+        // Depthwise at 0.3: each 1 x 1 block is +-1; the top-up reaches ceil(0.3 * 288).
+        let mut stream = Stream::derive(1, "dw");
+        let c = centre(32, 1, 9, 32, 0.3, CentreRule::Sqrt, &mut stream, (1, "dw"));
+        assert_eq!((c.rotations(), c.nnz()), (0, 32));
+        let m = mask(&c, &[3, 3], 0.3, &mut stream);
+        let Mask::Bytes(grid) = m else {
+            panic!("a kernel's mask is bytes")
+        };
+        let mut ones = Vec::new();
+        grid.rows_into(0, grid.rows(), &mut ones);
+        assert_eq!(ones.iter().filter(|&&b| b == 1).count(), 87);
     }
 
     #[test]

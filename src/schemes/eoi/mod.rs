@@ -38,6 +38,19 @@ fn kernel_centre(layer: &LayerPlan, seed: u64, stream: &mut Stream) -> centre::C
     )
 }
 
+/// The density a kernel's centre blocks are built at, and whether the centre was raised to
+/// its identity (see [`centre::centre_density`]).
+pub fn kernel_centre_density(layer: &LayerPlan) -> (f64, bool) {
+    let (out, inp) = layer.block();
+    centre::centre_density(
+        out,
+        inp,
+        layer.shape.taps(),
+        layer.density,
+        layer.conv_center,
+    )
+}
+
 fn linear_stats(layer: &LayerPlan, schedule: &rotation::Schedule) -> LayerStats {
     LayerStats {
         numel: layer.shape.numel(),
@@ -94,45 +107,67 @@ impl Rules for Eoi {
         "EOI"
     }
 
-    /// The identity's `1/max(out, in)` for a matrix; for a kernel, the density whose centre
-    /// matrix reaches that, per block: `1/max(out/G, in/G)` for each block's centre (so a
-    /// depthwise layer, whose blocks are 1 x 1, can only be dense).
+    /// The identity's `1/max(out, in)` for a matrix. For a kernel, the identity at the
+    /// centre tap (of every block, G `min(out/G, in/G)` ones) over the tensor's elements,
+    /// `1/(max(out/G, in/G) K)`: the top-up reaches any density from there (for a depthwise
+    /// k x k layer, 1/k^2), the centre being raised to its identity where its rule asks
+    /// less ([`centre::centre_density`]). A structured mask keeps whole kernel slices, so its
+    /// kernel is as dense as its centre matrix: there the minimum stays the centre's,
+    /// `1/max(out/G, in/G)` (a structured depthwise layer is dense).
     fn minimum(&self, layer: &LayerPlan) -> Minimum {
         let shape = &layer.shape;
         let (out, inp, groups) = (shape.out(), shape.inp(), layer.groups);
-        let density = match shape.kind() {
-            Kind::Linear => 1.0 / out.max(inp) as f64,
-            Kind::Conv => {
-                centre::minimum_density(out / groups, inp, shape.taps(), layer.conv_center)
+        let block = out / groups;
+        let depthwise = groups > 1 && block == 1 && inp == 1;
+        let (density, reason, help) = match (shape.kind(), layer.conv_mask) {
+            (Kind::Linear, _) => (
+                1.0 / out.max(inp) as f64,
+                format!("the identity: 1/max({out}, {inp})"),
+                None,
+            ),
+            (Kind::Conv, ConvMask::TopUp) => {
+                let ones = groups * block.min(inp);
+                let numel = shape.numel();
+                let reason = if depthwise {
+                    format!(
+                        "the identity at the centre tap, {ones} ones of {numel}: a depthwise convolution's blocks are 1 x 1, one +-gain per channel"
+                    )
+                } else if groups > 1 {
+                    format!(
+                        "the identity at the centre tap, {ones} ones of {numel}: min({block}, {inp}) for each of the {groups} blocks of the centre matrix"
+                    )
+                } else {
+                    format!(
+                        "the identity at the centre tap, {ones} ones of {numel}: min({out}, {inp})"
+                    )
+                };
+                (
+                    centre::tensor_minimum(block, inp, shape.taps()),
+                    reason,
+                    None,
+                )
             }
-        };
-        let depthwise = groups > 1 && out == groups && inp == 1;
-        let reason = if groups > 1 {
-            let block = out / groups;
-            format!(
-                "the identity: 1/max({block}, {inp}) for each of the {groups} blocks of the centre matrix{}",
-                if block.max(inp) == 1 {
-                    "; the blocks of a depthwise convolution are 1 x 1, so EOI makes it dense"
+            (Kind::Conv, ConvMask::Structured) => {
+                let blocks = if groups > 1 {
+                    format!(" for each of the {groups} blocks of the centre matrix")
                 } else {
-                    ""
-                }
-            )
-        } else {
-            format!(
-                "the identity: 1/max({out}, {inp}){}",
-                if shape.kind() == Kind::Conv {
-                    " for the centre matrix"
-                } else {
-                    ""
-                }
-            )
+                    " for the centre matrix".into()
+                };
+                (
+                    1.0 / block.max(inp) as f64,
+                    format!(
+                        "the identity: 1/max({block}, {inp}){blocks}, whose kernel slices a structured mask keeps whole"
+                    ),
+                    depthwise.then(|| {
+                        "under a structured mask a depthwise layer is dense (its 1 x 1 blocks keep whole slices): use conv_mask = \"top-up\" for this layer (it goes down to one weight per channel), set below_minimum = \"clamp\" in [sparsity] or pass --below-minimum clamp, or match it with a `dense` pattern".into()
+                    }),
+                )
+            }
         };
         Minimum {
             density,
             reason,
-            help: depthwise.then(|| {
-                "under EOI a depthwise layer is dense: set below_minimum = \"clamp\" in [sparsity] or pass --below-minimum clamp (erk and er then re-balance the other layers), or match it with a `dense` pattern".into()
-            }),
+            help,
         }
     }
 
@@ -211,15 +246,18 @@ impl Rules for Eoi {
     }
 
     /// A convolution's centre rule, its mask rule (structured kernels only, so that top-up
-    /// records keep their bytes) and its centre density.
+    /// records keep their bytes), the density its centre is built at, and whether that was
+    /// raised above the rule's (only when it was, for the same reason).
     fn record(&self, layer: &LayerPlan) -> SchemeFields {
         if layer.kind() != Kind::Conv {
             return SchemeFields::default();
         }
+        let (centre_density, centre_raised) = kernel_centre_density(layer);
         SchemeFields {
             conv_center: Some(layer.conv_center),
             conv_mask: (layer.conv_mask == ConvMask::Structured).then_some(layer.conv_mask),
-            centre_density: layer.centre_density(),
+            centre_density: Some(centre_density),
+            centre_raised,
             ..SchemeFields::default()
         }
     }
