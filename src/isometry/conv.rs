@@ -335,12 +335,20 @@ fn sq_var(s: &[f64]) -> f64 {
 /// column), `n` rows): (mean of squares, its standard error, variance of squares, its
 /// standard error).
 pub fn estimate(y: &[f64], n: usize, k: usize) -> (f64, f64, f64, f64) {
+    // Computed on `y / scale`, so that the fourth powers neither underflow nor overflow.
+    let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let scale = if scale > 0.0 && scale.is_finite() {
+        scale
+    } else {
+        1.0
+    };
+    let (s2, s4) = (scale * scale, scale * scale * scale * scale);
     let mut gram = vec![0.0; k * k];
     for row in y.chunks_exact(k) {
         for i in 0..k {
-            let a = row[i];
+            let a = row[i] / scale;
             for j in i..k {
-                gram[i * k + j] += a * row[j];
+                gram[i * k + j] += a * (row[j] / scale);
             }
         }
     }
@@ -368,7 +376,7 @@ pub fn estimate(y: &[f64], n: usize, k: usize) -> (f64, f64, f64, f64) {
         .collect();
     let loo_mean = loo.iter().sum::<f64>() / kf;
     let jack = ((kf - 1.0) / kf * loo.iter().map(|v| (v - loo_mean).powi(2)).sum::<f64>()).sqrt();
-    (mean, mean_se, full, jack)
+    (mean * s2, mean_se * s2, full * s4, jack * s4)
 }
 
 /// The frequencies to compute: one of each pair `{f, -f}`, with whether it is its own
@@ -789,5 +797,16 @@ mod tests {
         assert!(se > 0.0 && se < 0.01, "{se}");
         assert!(spread_se > 0.0 && spread_se < 0.02, "{spread_se}");
         assert!(spread.abs() < 4.0 * spread_se, "{spread} +- {spread_se}");
+        // A chain that has all but vanished is estimated at its own scale, not as 0.
+        let tiny: Vec<f64> = y.iter().map(|v| v * 1e-60).collect();
+        let (m, m_se, v, v_se) = estimate(&tiny, n, k);
+        for (a, b) in [
+            (m, mean * 1e-120),
+            (m_se, se * 1e-120),
+            (v, spread * 1e-240),
+            (v_se, spread_se * 1e-240),
+        ] {
+            assert!((a - b).abs() <= 1e-9 * b.abs(), "{a} vs {b}");
+        }
     }
 }
