@@ -636,7 +636,7 @@ fn isometry_estimate_text(s: &isometry::Singular, grid: &isometry::conv::Grid) -
             pm(sq, grid.sq_var_stderr)
         ));
     }
-    text.push_str("  std, max, min    not estimated (an exact spectrum needs --nonlinearity linear, or channels x positions <= 1024)\n");
+    text.push_str("  std, max, min    not estimated (exact with --nonlinearity linear, or without --probes when channels x positions <= 1024)\n");
     text
 }
 
