@@ -777,6 +777,65 @@ mod tests {
         }
     }
 
+    /// The Fourier path against the dense Jacobian of the gather path (checked against the
+    /// definition in 2-D above), for 1-D and 3-D kernels, odd and even.
+    #[test]
+    fn one_and_three_dimensional_chains_agree_per_frequency() {
+        for (kernel, size, channels, groups) in [
+            (vec![3], 7, 3, 1),
+            (vec![4], 6, 4, 2),
+            (vec![3, 2, 3], 3, 2, 1),
+        ] {
+            let dims = kernel.len();
+            let per = channels / groups;
+            let taps: usize = kernel.iter().product();
+            let mut stream = Stream::derive(9, "test-dims");
+            let layers: Vec<Conv> = (0..3)
+                .map(|_| {
+                    let offsets = tap_offsets(&kernel);
+                    Conv {
+                        weights: (0..channels * per * taps)
+                            .map(|_| gaussian(&mut stream))
+                            .collect(),
+                        bias: vec![0.0; channels],
+                        per_group_in: per,
+                        per_group_out: per,
+                        taps,
+                        gather: gather_table(&offsets, size, dims),
+                        offsets,
+                    }
+                })
+                .collect();
+            let positions = size.pow(dims as u32);
+            let n = channels * positions;
+            let mut t: Vec<f64> = (0..n * n)
+                .map(|i| f64::from(u8::from(i / n == i % n)))
+                .collect();
+            let mut out = vec![0.0; n * n];
+            for l in &layers {
+                l.apply(&t, n, positions, &mut out);
+                std::mem::swap(&mut t, &mut out);
+            }
+            let mut dense_s =
+                measure::singular_values(measure::view(&t, n, n), Par::Seq).expect("svd");
+            let mut fourier_s: Vec<f64> = frequencies(size, dims)
+                .iter()
+                .flat_map(|(f, own)| {
+                    fourier_singular(&layers, channels, size, f, *own).expect("finite")
+                })
+                .collect();
+            assert_eq!(fourier_s.len(), n, "{kernel:?}");
+            dense_s.sort_by(f64::total_cmp);
+            fourier_s.sort_by(f64::total_cmp);
+            for (a, b) in dense_s.iter().zip(&fourier_s) {
+                assert!(
+                    (a - b).abs() < 1e-10 * dense_s[n - 1],
+                    "{kernel:?}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn even_grids_pair_frequencies_with_their_negatives() {
         let f = frequencies(4, 2);
