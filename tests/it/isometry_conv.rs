@@ -230,6 +230,36 @@ fn a_delta_orthogonal_eoi_chain_of_gain_one_is_an_exact_isometry() {
     }
     assert!(number(&ours["grid"]["singular_sq_var"]) < 1e-9);
 
+    // The same artifact in flax layout (k, k, in, out) and with torch-prune names gives the
+    // same chain and the same numbers, with tanh too.
+    let tanh_args = ["--layers", "hidden.*", "--grid", "6"];
+    let torch = sandbox.json(
+        &[&["isometry", "delta.safetensors"], &tanh_args[..]].concat(),
+        0,
+    );
+    sandbox
+        .generate(
+            DELTA,
+            "flax.safetensors",
+            &[
+                "-q",
+                "--dtype",
+                "f64",
+                "--layout",
+                "flax",
+                "--names",
+                "torch-prune",
+            ],
+        )
+        .success();
+    let flax = sandbox.json(
+        &[&["isometry", "flax.safetensors"], &tanh_args[..]].concat(),
+        0,
+    );
+    assert_eq!(flax["jacobian"], torch["jacobian"]);
+    assert_eq!(flax["signal_rms"], torch["signal_rms"]);
+    assert_eq!(flax["grid"], torch["grid"]);
+
     // The depthwise layer joins a chain as 8 -> 8 in 8 groups; the lifting conv 1 -> 8 is
     // refused by eoi's records although its shape is the depthwise one.
     let depthwise = sandbox.json(
