@@ -29,6 +29,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par, c64};
 use rayon::prelude::*;
 use std::path::Path;
+use std::sync::Arc;
 
 use super::{
     Candidate, Link, Nonlinearity, Options, Report, Singular, candidates, gaussian, input, order,
@@ -109,6 +110,9 @@ impl Grid {
     }
 }
 
+/// For each tap of a kernel, the input position each output position reads.
+type Gather = Vec<Vec<u32>>;
+
 /// One convolution ready to apply: weights (out, in / groups, taps) and gather tables.
 struct Conv {
     weights: Vec<f64>,
@@ -117,8 +121,9 @@ struct Conv {
     per_group_in: usize,
     per_group_out: usize,
     taps: usize,
-    /// For each tap, the input position each output position reads.
-    gather: Vec<Vec<u32>>,
+    /// For each tap, the input position each output position reads (shared by the layers
+    /// of one kernel shape).
+    gather: Arc<Gather>,
     /// For each tap, its offset from the centre along each dimension.
     offsets: Vec<Vec<i64>>,
 }
@@ -149,6 +154,15 @@ impl Conv {
             }
         });
     }
+}
+
+/// Memory the machine has available, where it can be read (Linux's MemAvailable; the same
+/// reading as `generate`'s memory limit).
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 /// The multi-index of flat position `p` on a grid of `dims` dimensions of `size`.
@@ -182,7 +196,7 @@ fn tap_offsets(kernel: &[usize]) -> Vec<Vec<i64>> {
         .collect()
 }
 
-fn gather_table(offsets: &[Vec<i64>], size: usize, dims: usize) -> Vec<Vec<u32>> {
+fn gather_table(offsets: &[Vec<i64>], size: usize, dims: usize) -> Gather {
     let positions = size.pow(dims as u32);
     offsets
         .iter()
@@ -514,7 +528,34 @@ pub fn isometry(
     let per_layer = (n as u64).saturating_mul(cols as u64 + 1);
     progress.start(per_layer * links.len() as u64 + freqs.len() as u64);
 
-    // The convolutions, masked, in PyTorch order.
+    // What the measurement holds: the tangents and a scratch copy, the signal, and one
+    // gather table per kernel shape. Refused up front when the machine does not have it.
+    let mut shapes: Vec<&Vec<usize>> = kernels.iter().map(|k| &k.kernel).collect();
+    shapes.sort();
+    shapes.dedup();
+    let tables: u128 = shapes
+        .iter()
+        .map(|k| k.iter().product::<usize>() as u128 * positions as u128 * 4)
+        .sum();
+    let needed = (2 * n as u128 * cols as u128 + 4 * n as u128) * 8 + tables;
+    if let Some(available) = available_memory()
+        && needed > available as u128
+    {
+        return Err(usage(format!(
+            "--grid {size}: measuring {channels} channels on {positions} positions ({} method, {cols} tangent vectors) needs about {:.1} GB, more than the {:.1} GB available; give a smaller --grid{}",
+            method.name(),
+            needed as f64 / 1e9,
+            available as f64 / 1e9,
+            if method == Method::Probes {
+                " or fewer --probes"
+            } else {
+                ""
+            }
+        )));
+    }
+
+    // The convolutions, masked, in PyTorch order; layers of one kernel shape share a table.
+    let mut tables: Vec<(Vec<usize>, Arc<Gather>)> = Vec::new();
     let mut convs: Vec<Conv> = Vec::with_capacity(links.len());
     for ((c, link), conv) in selected.iter().zip(&links).zip(&kernels) {
         let mut w = c.weight.read_f64()?;
@@ -532,13 +573,21 @@ pub fn isometry(
             None => vec![0.0; channels],
         };
         let offsets = tap_offsets(&conv.kernel);
+        let gather = match tables.iter().find(|(k, _)| *k == conv.kernel) {
+            Some((_, table)) => Arc::clone(table),
+            None => {
+                let table = Arc::new(gather_table(&offsets, size, dims));
+                tables.push((conv.kernel.clone(), Arc::clone(&table)));
+                table
+            }
+        };
         convs.push(Conv {
             weights,
             bias,
             per_group_in: channels / conv.groups,
             per_group_out: channels / conv.groups,
             taps: conv.kernel.iter().product(),
-            gather: gather_table(&offsets, size, dims),
+            gather,
             offsets,
         });
     }
@@ -726,7 +775,7 @@ mod tests {
                 per_group_in: per,
                 per_group_out: per,
                 taps: k * k,
-                gather: gather_table(&offsets, size, 2),
+                gather: Arc::new(gather_table(&offsets, size, 2)),
                 offsets,
             });
         }
@@ -801,7 +850,7 @@ mod tests {
                         per_group_in: per,
                         per_group_out: per,
                         taps,
-                        gather: gather_table(&offsets, size, dims),
+                        gather: Arc::new(gather_table(&offsets, size, dims)),
                         offsets,
                     }
                 })

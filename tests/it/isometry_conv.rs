@@ -309,7 +309,7 @@ fn bad_grids_and_chains_are_refused_with_a_reason() {
         [[layer]]\nname = \"d.weight\"\nshape = [8, 8, 3]\n\
         [[layer]]\nname = \"fc.weight\"\nshape = [10, 8]\n";
     sandbox.generate(spec, "bad.safetensors", &["-q"]).success();
-    let cases: [(&[&str], &[&str]); 8] = [
+    let cases: [(&[&str], &[&str]); 9] = [
         (
             &["--grid", "4"],
             &["\"fc.weight\"", "not a convolution", "--layers"],
@@ -332,6 +332,10 @@ fn bad_grids_and_chains_are_refused_with_a_reason() {
             &["--probes 2", "between 4 and 4096"],
         ),
         (&["--layers", "a.*"], &["\"a.weight\"", "--grid N"]),
+        (
+            &["--layers", "a.*", "--grid", "20000", "--probes", "4096"],
+            &["--grid 20000", "GB available", "fewer --probes"],
+        ),
         (&["--probes", "8"], &["--grid"]),
     ];
     for (args, needles) in cases {
