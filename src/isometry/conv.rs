@@ -338,11 +338,23 @@ fn links(
     Ok((links, convs))
 }
 
-/// The variance of the squared values of `s` (over all of them).
+/// The variance of the squared values of `s` (over all of them), computed on `s / max` so
+/// that the fourth powers of a vanishing chain's values do not underflow early.
 fn sq_var(s: &[f64]) -> f64 {
     let n = s.len().max(1) as f64;
-    let m2 = s.iter().map(|v| v * v).sum::<f64>() / n;
-    s.iter().map(|v| (v * v - m2).powi(2)).sum::<f64>() / n
+    let top = s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let top = if top > 0.0 && top.is_finite() {
+        top
+    } else {
+        1.0
+    };
+    let m2 = s.iter().map(|v| (v / top).powi(2)).sum::<f64>() / n;
+    let var = s
+        .iter()
+        .map(|v| ((v / top).powi(2) - m2).powi(2))
+        .sum::<f64>()
+        / n;
+    var * top.powi(4)
 }
 
 /// Estimates from `K` probe images `Y = J V` (column j of `y` holds `J v_j`; layout (row,
@@ -883,6 +895,14 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_variance_of_squares_keeps_its_scale() {
+        assert_eq!(sq_var(&[1.0, 1.0]), 0.0);
+        assert!((sq_var(&[1.0, 3.0]) - 16.0).abs() < 1e-12);
+        let v = sq_var(&[1e-60, 3e-60]);
+        assert!((v - 16e-240).abs() < 1e-12 * 16e-240, "{v}");
     }
 
     #[test]
