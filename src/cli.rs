@@ -98,7 +98,7 @@ pub enum Command {
         after_help = "Examples:\n  eoi inspect mlp1000.safetensors\n  eoi inspect resnet32                          an npy directory\n  eoi inspect model.safetensors --json | jq '.tensors[] | {name, singular_min, singular_max}'"
     )]
     Inspect(InspectArgs),
-    /// Measure dynamical isometry: the input-output Jacobian of a chain of linear layers.
+    /// Measure dynamical isometry: the input-output Jacobian of a chain of layers.
     ///
     /// Reads the rank-2 weights of FILE as a feed-forward chain h <- phi(W h + b), in the order
     /// eoi's provenance records them, else in natural name order (hidden.10 after hidden.9);
@@ -110,9 +110,9 @@ pub enum Command {
     /// gradients neither vanish nor explode, which is what lets a 1000-layer EOI network
     /// train. Weights are multiplied by their masks (X_mask, or torch-prune X_orig with
     /// X_mask); flax-layout files (eoi's record, or safetensors format flax) are read as (in,
-    /// out). Convolution chains are not supported yet.
+    /// out). With --grid N, a chain of C -> C convolutions on a periodic grid (see --grid).
     #[command(
-        after_help = "Examples:\n  eoi isometry mlp1000.safetensors --layers 'hidden.*'     the 998 hidden layers, tanh\n  eoi isometry mlp1000.safetensors --nonlinearity linear   the whole chain, no activation\n  eoi isometry init.safetensors --json | jq .jacobian.singular_mean_sq"
+        after_help = "Examples:\n  eoi isometry mlp1000.safetensors --layers 'hidden.*'     the 998 hidden layers, tanh\n  eoi isometry mlp1000.safetensors --nonlinearity linear   the whole chain, no activation\n  eoi isometry init.safetensors --json | jq .jacobian.singular_mean_sq\n  eoi isometry cnn.safetensors --layers 'hidden.*' --grid 16   a conv chain on a 16x16 torus"
     )]
     Isometry(IsometryArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish).
@@ -242,6 +242,18 @@ pub struct IsometryArgs {
     /// Seed of the random input vector.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
+
+    /// Read the chain as convolutions C -> C (1-D, 2-D or 3-D; grouped and depthwise too)
+    /// on a periodic grid of N positions per dimension: circular padding, stride 1. Linear:
+    /// exact, per frequency (N^d products of C x C matrices). Other PHI: exact from the dense
+    /// Jacobian when C * N^d <= 1024, else estimated from random probes (with standard errors).
+    #[arg(long, value_name = "N")]
+    pub grid: Option<usize>,
+
+    /// With --grid: estimate from K random probes (forward-mode products) even where an exact
+    /// spectrum is affordable. Default: 64 probes when the Jacobian is too large to build.
+    #[arg(long, value_name = "K", requires = "grid")]
+    pub probes: Option<usize>,
 
     /// Print the measurements as JSON on standard output (its JSON Schema: eoi schema isometry).
     #[arg(long)]

@@ -383,6 +383,8 @@ fn isometry_command(args: IsometryArgs) -> Result<(), Error> {
         layers: args.layers,
         nonlinearity: args.nonlinearity,
         seed: args.seed,
+        grid: args.grid,
+        probes: args.probes,
     };
     let report = {
         let bar = Bar::new("measuring");

@@ -22,6 +22,8 @@ use crate::records::{Recorded, layout_of};
 use crate::spec::Pattern;
 use crate::stream::Stream;
 
+pub mod conv;
+
 /// The name of the random stream the input is drawn from (with the `--seed`).
 pub const INPUT_STREAM: &str = "eoi-isometry-input";
 
@@ -63,6 +65,11 @@ pub struct Options {
     pub nonlinearity: Nonlinearity,
     /// Seed of the input vector's stream ([`INPUT_STREAM`]).
     pub seed: u64,
+    /// `--grid N`: read the chain as convolutions on a periodic grid of N positions per
+    /// dimension ([`conv`]).
+    pub grid: Option<usize>,
+    /// `--probes K` (with `grid`): estimate from K random probes.
+    pub probes: Option<usize>,
 }
 
 named! {
@@ -117,6 +124,8 @@ pub struct Report {
     /// The RMS of the signal after each depth: index 0 is the input (1), index k the output
     /// of the k-th layer of the chain.
     pub signal_rms: Vec<f64>,
+    /// The grid, for a convolution chain (`--grid`).
+    pub grid: Option<conv::Grid>,
 }
 
 /// A weight of the artifact that may join the chain.
@@ -272,10 +281,11 @@ fn select<'a>(
         .iter()
         .filter(|c| c.weight.shape.len() > 2)
         .collect();
-    if !convs.is_empty() {
+    if !convs.is_empty() && options.grid.is_none() {
         return Err(usage(format!(
-            "'{path}': {} {} a convolution ({}): eoi isometry follows chains of linear layers \
-             (rank-2 weights) only; convolution chains are not supported yet{}",
+            "'{path}': {} {} a convolution ({}): without --grid, eoi isometry follows chains of \
+             linear layers (rank-2 weights) only; measure a convolution chain on a periodic \
+             grid with --grid N{}",
             some_names(convs.iter().map(|c| c.name.as_str())),
             if convs.len() == 1 { "is" } else { "are" },
             convs[0]
@@ -286,7 +296,7 @@ fn select<'a>(
                 .collect::<Vec<_>>()
                 .join("x"),
             if options.layers.is_empty() {
-                "; select linear layers with --layers GLOB"
+                ", or select linear layers with --layers GLOB"
             } else {
                 ""
             }
@@ -418,6 +428,9 @@ pub fn summarize(s: &[f64]) -> Singular {
 
 /// Measures the chain of the artifact at `path`.
 pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Result<Report, Error> {
+    if let Some(size) = options.grid {
+        return conv::isometry(path, options, size, progress);
+    }
     let checkpoint = Checkpoint::open_any(path)?;
     let recorded = Recorded::of(&checkpoint);
     let shown = path.display().to_string();
@@ -510,6 +523,7 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
         singular,
         note,
         signal_rms,
+        grid: None,
     })
 }
 

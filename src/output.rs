@@ -577,12 +577,20 @@ pub fn isometry_text(report: &isometry::Report) -> String {
         report.chain.len(),
         report.seed,
     );
+    if let Some(grid) = &report.grid {
+        text.insert_str(
+            text.len() - 1,
+            &format!("{}\n", isometry_grid_text(report, grid)),
+        );
+    }
     text.push_str(&format!(
         "input-output Jacobian ({} x {}), singular values:\n",
         report.rows, report.cols
     ));
-    match (&report.singular, &report.note) {
-        (Some(s), _) => {
+    let estimated = report.grid.as_ref().filter(|g| g.estimated());
+    match (&report.singular, &report.note, estimated) {
+        (Some(s), _, Some(grid)) => text.push_str(&isometry_estimate_text(s, grid)),
+        (Some(s), _, None) => {
             for (label, value) in [
                 ("mean of squares", s.mean_sq),
                 ("std", s.std),
@@ -592,12 +600,20 @@ pub fn isometry_text(report: &isometry::Report) -> String {
                 text.push_str(&format!("  {label:<16} {}\n", figure(value)));
             }
         }
-        (None, note) => {
+        (None, note, _) => {
             text.push_str(&format!(
                 "  none: {}\n",
                 note.as_deref().unwrap_or("unknown")
             ));
         }
+    }
+    if let Some(sq) = report
+        .grid
+        .as_ref()
+        .filter(|g| !g.estimated())
+        .and_then(|g| g.sq_var)
+    {
+        text.push_str(&format!("  {:<16} {}\n", "var of squares", figure(sq)));
     }
     text.push_str("\nsignal RMS along the depth:\n  depth  rms\n");
     for depth in shown_depths(report.signal_rms.len().saturating_sub(1)) {
@@ -606,6 +622,72 @@ pub fn isometry_text(report: &isometry::Report) -> String {
             figure(report.signal_rms[depth])
         ));
     }
+    text
+}
+
+/// The grid and the method of a convolution chain's measurement (`--grid`).
+fn isometry_grid_text(report: &isometry::Report, grid: &isometry::conv::Grid) -> String {
+    let mut kernels: Vec<String> = Vec::new();
+    for link in &grid.links {
+        let k = link
+            .kernel
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("x");
+        let k = match link.groups {
+            1 => k,
+            g if g == grid.channels => format!("{k} depthwise"),
+            g => format!("{k} in {g} groups"),
+        };
+        if !kernels.contains(&k) {
+            kernels.push(k);
+        }
+    }
+    let side = vec![grid.size.to_string(); grid.dims].join("x");
+    let method = match grid.method {
+        isometry::conv::Method::Fourier => format!(
+            "exact, per frequency: {} products of {} x {} matrices",
+            grid.positions(),
+            grid.channels,
+            grid.channels
+        ),
+        isometry::conv::Method::Dense => format!(
+            "exact, from the dense Jacobian ({} forward-mode products per layer)",
+            report.cols
+        ),
+        isometry::conv::Method::Probes => format!(
+            "ESTIMATED from {} random probes (forward-mode products), +- one standard error",
+            grid.probes.unwrap_or(0)
+        ),
+    };
+    format!(
+        "  convolutions {} -> {} ({}) on a periodic {side} grid; {method}",
+        grid.channels,
+        grid.channels,
+        kernels.join(", ")
+    )
+}
+
+/// The estimated summary: the mean and the variance of the squares, with standard errors.
+fn isometry_estimate_text(s: &isometry::Singular, grid: &isometry::conv::Grid) -> String {
+    let pm = |v: f64, se: Option<f64>| match se {
+        Some(se) => format!("{} +- {}  (estimated)", figure(v), figure(se)),
+        None => figure(v),
+    };
+    let mut text = format!(
+        "  {:<16} {}\n",
+        "mean of squares",
+        pm(s.mean_sq, grid.mean_sq_stderr)
+    );
+    if let Some(sq) = grid.sq_var {
+        text.push_str(&format!(
+            "  {:<16} {}\n",
+            "var of squares",
+            pm(sq, grid.sq_var_stderr)
+        ));
+    }
+    text.push_str("  std, max, min    not estimated (exact with --nonlinearity linear, or without --probes when channels x positions <= 1024)\n");
     text
 }
 

@@ -312,7 +312,7 @@ fn convolution_chains_are_refused_with_a_reason() {
         "{message}"
     );
     assert!(
-        message.contains("convolution chains are not supported yet"),
+        message.contains("measure a convolution chain on a periodic grid with --grid N"),
         "{message}"
     );
     assert!(message.contains("--layers"), "{message}");

@@ -21,6 +21,7 @@ mod golden;
 mod groups;
 mod interface;
 mod isometry;
+mod isometry_conv;
 mod layout;
 mod masks;
 mod memory;

@@ -409,6 +409,21 @@ fn every_json_output_reads_back_into_its_type_and_satisfies_its_schema() {
     let measured: IsometryJson = reads_back("isometry --json", &isometry, true);
     assert_eq!(measured.chain.len(), 3);
     documents.push((Document::Isometry, "isometry", isometry));
+    // A convolution chain on a grid: exact (dense), and estimated from probes (nulls).
+    for (name, extra) in [("isometry-grid", None), ("isometry-probes", Some("8"))] {
+        let mut args = vec!["isometry", "net.safetensors", "--layers", "conv*"];
+        args.extend(["--grid", "4", "--json"]);
+        if let Some(k) = extra {
+            args.extend(["--probes", k]);
+        }
+        let json = eoi_in(at, &args, 0);
+        let measured: IsometryJson = reads_back("isometry --grid --json", &json, true);
+        assert_eq!(
+            measured.grid.as_ref().map(|g| g.probes),
+            Some(extra.map(|_| 8))
+        );
+        documents.push((Document::Isometry, name, json));
+    }
 
     let mut checks = vec![(Document::Record, records)];
     for (document, name, json) in documents {
