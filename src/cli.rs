@@ -204,6 +204,12 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "CHECKPOINT", requires = "regenerate")]
     pub base: Option<PathBuf>,
 
+    /// Refuse to start if checking the largest layer needs more than SIZE of memory (its
+    /// tensors as read and its Gram matrix; e.g. 8GiB); layers are checked in parallel only
+    /// within it. Default: 75% of the memory available when the run starts.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+
     /// Print the verdicts as JSON on standard output (its JSON Schema: eoi schema verify).
     #[arg(long)]
     pub json: bool,

@@ -347,6 +347,7 @@ fn verify_command(args: VerifyArgs) -> Result<u8, Error> {
     let options = verify::Options {
         regenerate: args.regenerate,
         base: args.base,
+        max_memory: args.max_memory,
     };
     let report = {
         let bar = Bar::new("verifying");
