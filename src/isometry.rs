@@ -131,7 +131,7 @@ fn usage(message: String) -> Error {
 }
 
 /// Lists names for a message: the first few, then how many more.
-fn some_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+pub(crate) fn some_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let names: Vec<&str> = names.collect();
     let shown: Vec<String> = names.iter().take(6).map(|n| format!("\"{n}\"")).collect();
     match names.len() {

@@ -153,3 +153,101 @@ fn verify_matches_numpy_on_fresh_tampered_and_random_layers() {
         );
     }
 }
+
+/// Writes random matrices (argv[1]): dense, sparse, tall, wide, nearly singular and exactly
+/// rank-deficient, in f64 and f32; prints numpy's singular values (`svd(compute_uv=False)` in
+/// f64) of each as JSON.
+const RANDOM: &str = r#"
+import sys, json, numpy as np
+from safetensors.numpy import save_file
+rng = np.random.default_rng(7)
+t = {}
+t["dense.weight"] = rng.standard_normal((300, 300))
+s = rng.standard_normal((400, 900)); s[rng.random(s.shape) > 0.03] = 0; t["sparse.weight"] = s
+t["tall.weight"] = rng.standard_normal((500, 120)).astype(np.float32)
+q, _ = np.linalg.qr(rng.standard_normal((256, 256)))
+t["ortho.weight"] = 1.7 * q
+d = rng.standard_normal((210, 210)); d[:, 0] = d[:, 1] * (1 + 1e-9); t["near.weight"] = d
+r = rng.standard_normal((220, 5)) @ rng.standard_normal((5, 260)); t["rank5.weight"] = r
+save_file({k: np.ascontiguousarray(v) for k, v in t.items()}, sys.argv[1])
+print(json.dumps({k: np.linalg.svd(v.astype(np.float64), compute_uv=False).tolist() for k, v in t.items()}))
+"#;
+
+#[test]
+fn inspect_singular_values_match_numpy_svd_by_eigenvalues_and_by_svd() {
+    let sandbox = Sandbox::new();
+    let svd = json(run_python_code(RANDOM, [sandbox.path("r.safetensors")]).stdout);
+    for flag in [None, Some("--svd")] {
+        let mut args = vec!["inspect", "r.safetensors", "--json"];
+        args.extend(flag);
+        let report = json(stdout(&sandbox.eoi(&args).success()));
+        let tensors = report["tensors"].as_array().unwrap();
+        assert_eq!(tensors.len(), 6);
+        for t in tensors {
+            let name = t["name"].as_str().unwrap();
+            let want: Vec<f64> = serde_json::from_value(svd[name].clone()).unwrap();
+            let (max, min) = (want[0], *want.last().unwrap());
+            let got_max = t["singular_max"].as_f64().unwrap();
+            let got_min = t["singular_min"].as_f64().unwrap();
+            // An eigenvalue of G in f64 is off by a small multiple of eps * ||G||, so the
+            // squares are compared; an SVD is accurate to eps * max in the values.
+            let bound = match flag {
+                None => 1e-12 * max * max,
+                Some(_) => 1e-12 * max * (max + min),
+            };
+            assert!(
+                (got_max * got_max - max * max).abs() <= bound,
+                "{flag:?} {name}: max {got_max:e} against {max:e}"
+            );
+            assert!(
+                (got_min * got_min - min * min).abs() <= bound,
+                "{flag:?} {name}: min {got_min:e} against {min:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn inspect_layers_selects_tensors_by_glob() {
+    let sandbox = Sandbox::new();
+    sandbox.generate(MODEL, "m.safetensors", &["-q"]).success();
+    let report = sandbox.json(
+        &[
+            "inspect",
+            "m.safetensors",
+            "--layers",
+            "*.weight",
+            "--layers",
+            "half.*",
+        ],
+        0,
+    );
+    let names: Vec<&str> = report["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "wide.weight",
+            "tall.weight",
+            "square.weight",
+            "dense.weight",
+            "half.weight",
+            "half.weight_mask"
+        ]
+    );
+    let assert = sandbox
+        .eoi(&["inspect", "m.safetensors", "--layers", "conv*"])
+        .code(2);
+    let err = crate::util::stderr(&assert);
+    assert!(
+        err.contains(
+            "--layers 'conv*' matches no tensor of 'm.safetensors' (tensors: \"wide.weight\""
+        ),
+        "{err}"
+    );
+    assert!(stdout(&assert).is_empty());
+}
