@@ -325,8 +325,10 @@ impl Sparse {
         }
     }
 
-    /// Rows `from..to` of G's lower triangle, each given to `row` as (a, the entries
-    /// `(b, G_ab)` for b < a that some column shares, G_aa) in a fixed order.
+    /// Rows `from..to` of G's lower triangle, each given to `row` as (a, the nonzero entries
+    /// `(b, G_ab)` for b < a in increasing b, G_aa). Row a is accumulated densely (a + 1
+    /// values): for each nonzero `A_ak` in increasing k, the part of column k above and on
+    /// the diagonal, so each entry is summed over k in increasing order.
     fn gram_rows(
         &self,
         from: usize,
@@ -334,36 +336,24 @@ impl Sparse {
         mut row: impl FnMut(usize, &mut dyn Iterator<Item = (usize, f64)>, f64),
     ) {
         let mut acc = vec![0.0f64; self.n];
-        let mut seen = vec![false; self.n];
-        let mut touched: Vec<u32> = Vec::new();
         for a in from..to {
+            let upto = &mut acc[..=a];
             let (index, value) = self.row(a);
             for (&k, &v) in index.iter().zip(value) {
                 let (rows, values) = self.col(k as usize);
-                for (&b, &u) in rows.iter().zip(values) {
-                    if b as usize > a {
-                        break;
-                    }
-                    let b = b as usize;
-                    if !seen[b] {
-                        seen[b] = true;
-                        touched.push(b as u32);
-                    }
-                    acc[b] += v * u;
+                let len = rows.partition_point(|&b| b as usize <= a);
+                for (&b, &u) in rows[..len].iter().zip(&values[..len]) {
+                    upto[b as usize] += v * u;
                 }
             }
-            let diagonal = if seen[a] { acc[a] } else { 0.0 };
-            let mut off = touched
+            let (off, diagonal) = upto.split_at_mut(a);
+            let mut entries = off
                 .iter()
-                .map(|&b| b as usize)
-                .filter(|&b| b != a)
-                .map(|b| (b, acc[b]));
-            row(a, &mut off, diagonal);
-            for &b in &touched {
-                acc[b as usize] = 0.0;
-                seen[b as usize] = false;
-            }
-            touched.clear();
+                .enumerate()
+                .filter(|(_, g)| **g != 0.0)
+                .map(|(b, &g)| (b, g));
+            row(a, &mut entries, diagonal[0]);
+            upto.fill(0.0);
         }
     }
 
