@@ -422,9 +422,10 @@ const SPARSE_BELOW: f64 = 0.3;
 
 /// `W J` for the row-major `out x inp` matrix `w` and the row-major `inp x cols` Jacobian
 /// `j`, row-major: from W's nonzeros (each output row the sum, in increasing input order, of
-/// `w_ok` times row k of J: nnz(W) * cols multiply-adds) when W is sparse, else by faer's
-/// blocked product (out * inp * cols). Rows are computed in parallel, each by one task, so
-/// the bits do not depend on the number of threads.
+/// `w_ok` times row k of J: nnz(W) * cols multiply-adds, J taken a block of columns at a
+/// time) when W is sparse, else by faer's blocked product (out * inp * cols). Rows are
+/// computed in parallel, each by one task, so the bits do not depend on the number of
+/// threads.
 fn times(w: &[f64], out: usize, inp: usize, j: &[f64], cols: usize) -> Vec<f64> {
     let mut product = vec![0.0; out * cols];
     if out == 0 || cols == 0 {
@@ -432,19 +433,35 @@ fn times(w: &[f64], out: usize, inp: usize, j: &[f64], cols: usize) -> Vec<f64> 
     }
     let nnz = w.iter().filter(|&&v| v != 0.0).count();
     if (nnz as f64) < SPARSE_BELOW * (out * inp) as f64 {
-        let row = |(o, p): (usize, &mut [f64])| {
-            for (k, &v) in w[o * inp..(o + 1) * inp].iter().enumerate() {
-                if v != 0.0 {
-                    for (pv, &jv) in p.iter_mut().zip(&j[k * cols..(k + 1) * cols]) {
-                        *pv += v * jv;
+        // Tasks of ROWS output rows; within one, J a block of BLOCK columns at a time, so
+        // the block (inp x BLOCK values) stays in cache across the task's rows.
+        const ROWS: usize = 32;
+        const BLOCK: usize = 256;
+        let task = |(t, p): (usize, &mut [f64])| {
+            let first = t * ROWS;
+            for c0 in (0..cols).step_by(BLOCK) {
+                let c1 = (c0 + BLOCK).min(cols);
+                for (r, p) in p.chunks_exact_mut(cols).enumerate() {
+                    let o = first + r;
+                    let p = &mut p[c0..c1];
+                    for (k, &v) in w[o * inp..(o + 1) * inp].iter().enumerate() {
+                        if v != 0.0 {
+                            let jr = &j[k * cols + c0..k * cols + c1];
+                            for (pv, &jv) in p.iter_mut().zip(jr) {
+                                *pv += v * jv;
+                            }
+                        }
                     }
                 }
             }
         };
         if (nnz as f64) * (cols as f64) > 1e7 {
-            product.par_chunks_mut(cols).enumerate().for_each(row);
+            product
+                .par_chunks_mut(ROWS * cols)
+                .enumerate()
+                .for_each(task);
         } else {
-            product.chunks_mut(cols).enumerate().for_each(row);
+            product.chunks_mut(ROWS * cols).enumerate().for_each(task);
         }
     } else {
         matmul(
@@ -581,7 +598,7 @@ mod tests {
 
     #[test]
     fn the_sparse_product_is_the_dense_one() {
-        let (out, inp, cols) = (70, 90, 50);
+        let (out, inp, cols) = (70, 90, 300);
         let mut stream = Stream::derive(3, "isometry-test");
         let j: Vec<f64> = (0..inp * cols).map(|_| gaussian(&mut stream)).collect();
         for density in [0.05, 0.5] {
