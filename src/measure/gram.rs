@@ -39,6 +39,9 @@ pub const BAND: usize = 128;
 /// Rows of G per task of the sparse product.
 const SPARSE_ROWS: usize = 64;
 
+/// Rows of G accumulated together by the sparse product (32 x n f64: 512 KiB at n = 2048).
+const ROW_BLOCK: usize = 32;
+
 /// Relative cost of one sparse multiply-add (an indexed load and a scattered add) against one
 /// of faer's dense multiply-adds, measured on this project's machine (see
 /// docs/guide.md, "Performance"): the sparse product is chosen when `SPARSE_COST * sum over
@@ -326,34 +329,50 @@ impl Sparse {
     }
 
     /// Rows `from..to` of G's lower triangle, each given to `row` as (a, the nonzero entries
-    /// `(b, G_ab)` for b < a in increasing b, G_aa). Row a is accumulated densely (a + 1
-    /// values): for each nonzero `A_ak` in increasing k, the part of column k above and on
-    /// the diagonal, so each entry is summed over k in increasing order.
+    /// `(b, G_ab)` for b < a in increasing b, G_aa). Rows are accumulated densely, a block of
+    /// [`ROW_BLOCK`] at a time: the block's nonzeros `A_ak` are taken in increasing k (then
+    /// a), each adding `A_ak` times the part of column k above and on the diagonal to row a,
+    /// so a column is read once for every row of the block that has it, and each entry is
+    /// summed over k in increasing order (the same bits as row by row).
     fn gram_rows(
         &self,
         from: usize,
         to: usize,
         mut row: impl FnMut(usize, &mut dyn Iterator<Item = (usize, f64)>, f64),
     ) {
-        let mut acc = vec![0.0f64; self.n];
-        for a in from..to {
-            let upto = &mut acc[..=a];
-            let (index, value) = self.row(a);
-            for (&k, &v) in index.iter().zip(value) {
+        let n = self.n;
+        let mut acc = vec![0.0f64; ROW_BLOCK * n];
+        let mut entries: Vec<(u32, u32, f64)> = Vec::new();
+        let mut r0 = from;
+        while r0 < to {
+            let r1 = (r0 + ROW_BLOCK).min(to);
+            entries.clear();
+            for a in r0..r1 {
+                let (index, value) = self.row(a);
+                entries.extend(index.iter().zip(value).map(|(&k, &v)| (k, a as u32, v)));
+            }
+            entries.sort_unstable_by_key(|&(k, a, _)| (k, a));
+            for &(k, a, v) in &entries {
+                let a = a as usize;
                 let (rows, values) = self.col(k as usize);
                 let len = rows.partition_point(|&b| b as usize <= a);
+                let upto = &mut acc[(a - r0) * n..(a - r0) * n + a + 1];
                 for (&b, &u) in rows[..len].iter().zip(&values[..len]) {
                     upto[b as usize] += v * u;
                 }
             }
-            let (off, diagonal) = upto.split_at_mut(a);
-            let mut entries = off
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| **g != 0.0)
-                .map(|(b, &g)| (b, g));
-            row(a, &mut entries, diagonal[0]);
-            upto.fill(0.0);
+            for a in r0..r1 {
+                let upto = &mut acc[(a - r0) * n..(a - r0) * n + a + 1];
+                let (off, diagonal) = upto.split_at_mut(a);
+                let mut found = off
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| **g != 0.0)
+                    .map(|(b, &g)| (b, g));
+                row(a, &mut found, diagonal[0]);
+                upto.fill(0.0);
+            }
+            r0 = r1;
         }
     }
 
