@@ -230,7 +230,7 @@ pub struct InspectArgs {
     pub layers: Vec<String>,
 
     /// The smallest and largest singular values by an exact SVD of each matrix (slow: about
-    /// 30 times the default on a 2048 x 2048 matrix) instead of the square roots of the
+    /// 10 times the default on a 2048 x 2048 matrix) instead of the square roots of the
     /// extreme eigenvalues of its smaller Gram matrix.
     #[arg(long)]
     pub svd: bool,
