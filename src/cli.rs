@@ -89,13 +89,15 @@ pub enum Command {
     /// out), (k..., in, out)) when eoi's record or the safetensors format says flax. The
     /// orthogonality error is
     /// max |G - g^2 I| / g^2, with G = W W^T or W^T W (the smaller) and g^2 the mean of its
-    /// diagonal, so a scaled orthogonal matrix has error 0 whatever its gain g. Singular values
-    /// come from an exact SVD. Masks (X_mask beside X) are listed as such; tensors without
-    /// a mask are dense. A tensor whose nonzeros hold common N:M patterns (1:2, 2:4, 1:4, 2:8,
-    /// 4:8: at most N in every M consecutive inputs) says which after its row, and whether
-    /// they hold along the outputs too (transposable).
+    /// diagonal, so a scaled orthogonal matrix has error 0 whatever its gain g. The smallest
+    /// and largest singular values are the square roots of the extreme eigenvalues of G
+    /// (accurate to about 1e-15 of the largest for a well-conditioned matrix; see
+    /// docs/guide.md, Performance), or an exact SVD's with --svd. Masks (X_mask beside X)
+    /// are listed as such; tensors without a mask are dense. A tensor whose nonzeros hold
+    /// common N:M patterns (1:2, 2:4, 1:4, 2:8, 4:8: at most N in every M consecutive inputs)
+    /// says which after its row, and whether they hold along the outputs too (transposable).
     #[command(
-        after_help = "Examples:\n  eoi inspect mlp1000.safetensors\n  eoi inspect resnet32                          an npy directory\n  eoi inspect model.safetensors --json | jq '.tensors[] | {name, singular_min, singular_max}'"
+        after_help = "Examples:\n  eoi inspect mlp1000.safetensors\n  eoi inspect resnet32                          an npy directory\n  eoi inspect gpt --layers '*.mlp.*'            the MLP weights of a sharded output\n  eoi inspect model.safetensors --json | jq '.tensors[] | {name, singular_min, singular_max}'"
     )]
     Inspect(InspectArgs),
     /// Measure dynamical isometry: the input-output Jacobian of a chain of layers.
@@ -206,6 +208,12 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "CHECKPOINT", requires = "regenerate")]
     pub base: Option<PathBuf>,
 
+    /// Refuse to start if checking the largest layer needs more than SIZE of memory (its
+    /// tensors as read and its Gram matrix; e.g. 8GiB); layers are checked in parallel only
+    /// within it. Default: 75% of the memory available when the run starts.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+
     /// Print the verdicts as JSON on standard output (its JSON Schema: eoi schema verify).
     #[arg(long)]
     pub json: bool,
@@ -217,6 +225,17 @@ pub struct InspectArgs {
     /// an .npz archive, or one .npy file.
     #[arg(value_name = "FILE|DIR")]
     pub artifact: PathBuf,
+
+    /// Only tensors whose name matches GLOB (* any run of characters, ? one character);
+    /// repeat to select more. Default: every tensor.
+    #[arg(long, value_name = "GLOB")]
+    pub layers: Vec<String>,
+
+    /// The smallest and largest singular values by an exact SVD of each matrix (slow: about
+    /// 10 times the default on a 2048 x 2048 matrix) instead of the square roots of the
+    /// extreme eigenvalues of its smaller Gram matrix.
+    #[arg(long)]
+    pub svd: bool,
 
     /// Print one JSON entry per tensor on standard output (its JSON Schema: eoi schema inspect).
     #[arg(long)]

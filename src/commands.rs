@@ -347,6 +347,7 @@ fn verify_command(args: VerifyArgs) -> Result<u8, Error> {
     let options = verify::Options {
         regenerate: args.regenerate,
         base: args.base,
+        max_memory: args.max_memory,
     };
     let report = {
         let bar = Bar::new("verifying");
@@ -366,7 +367,11 @@ fn verify_command(args: VerifyArgs) -> Result<u8, Error> {
 fn inspect_command(args: InspectArgs) -> Result<(), Error> {
     let inspection = {
         let bar = Bar::new("inspecting");
-        inspect::inspect(&args.artifact, &bar)?
+        let options = inspect::Options {
+            layers: args.layers,
+            svd: args.svd,
+        };
+        inspect::inspect(&args.artifact, &options, &bar)?
     };
     if args.json {
         print_json(&InspectJson::new(&inspection))

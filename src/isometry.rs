@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat};
+use faer::{Accum, MatMut};
+use rayon::prelude::*;
 
 use crate::error::Error;
 use crate::inspect::{mask_suffix, weight_of};
@@ -140,7 +141,7 @@ fn usage(message: String) -> Error {
 }
 
 /// Lists names for a message: the first few, then how many more.
-fn some_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+pub(crate) fn some_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let names: Vec<&str> = names.collect();
     let shown: Vec<String> = names.iter().take(6).map(|n| format!("\"{n}\"")).collect();
     match names.len() {
@@ -426,6 +427,65 @@ pub fn summarize(s: &[f64]) -> Singular {
     }
 }
 
+/// Density below which a layer's product with the Jacobian is taken from its nonzeros.
+const SPARSE_BELOW: f64 = 0.3;
+
+/// `W J` for the row-major `out x inp` matrix `w` and the row-major `inp x cols` Jacobian
+/// `j`, row-major: from W's nonzeros (each output row the sum, in increasing input order, of
+/// `w_ok` times row k of J: nnz(W) * cols multiply-adds, J taken a block of columns at a
+/// time) when W is sparse, else by faer's blocked product (out * inp * cols). Rows are
+/// computed in parallel, each by one task, so the bits do not depend on the number of
+/// threads.
+fn times(w: &[f64], out: usize, inp: usize, j: &[f64], cols: usize) -> Vec<f64> {
+    let mut product = vec![0.0; out * cols];
+    if out == 0 || cols == 0 {
+        return product;
+    }
+    let nnz = w.iter().filter(|&&v| v != 0.0).count();
+    if (nnz as f64) < SPARSE_BELOW * (out * inp) as f64 {
+        // Tasks of ROWS output rows; within one, J a block of BLOCK columns at a time, so
+        // the block (inp x BLOCK values) stays in cache across the task's rows.
+        const ROWS: usize = 32;
+        const BLOCK: usize = 256;
+        let task = |(t, p): (usize, &mut [f64])| {
+            let first = t * ROWS;
+            for c0 in (0..cols).step_by(BLOCK) {
+                let c1 = (c0 + BLOCK).min(cols);
+                for (r, p) in p.chunks_exact_mut(cols).enumerate() {
+                    let o = first + r;
+                    let p = &mut p[c0..c1];
+                    for (k, &v) in w[o * inp..(o + 1) * inp].iter().enumerate() {
+                        if v != 0.0 {
+                            let jr = &j[k * cols + c0..k * cols + c1];
+                            for (pv, &jv) in p.iter_mut().zip(jr) {
+                                *pv += v * jv;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if (nnz as f64) * (cols as f64) > 1e7 {
+            product
+                .par_chunks_mut(ROWS * cols)
+                .enumerate()
+                .for_each(task);
+        } else {
+            product.chunks_mut(ROWS * cols).enumerate().for_each(task);
+        }
+    } else {
+        matmul(
+            MatMut::from_row_major_slice_mut(&mut product, out, cols),
+            Accum::Replace,
+            measure::view(w, out, inp),
+            measure::view(j, inp, cols),
+            1.0,
+            measure::parallelism(out, inp.max(cols)),
+        );
+    }
+    product
+}
+
 /// Measures the chain of the artifact at `path`.
 pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Result<Report, Error> {
     if let Some(size) = options.grid {
@@ -438,11 +498,15 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
     let layout = layout_of(&checkpoint, recorded.as_ref());
     let cols = links[0].inp;
     let work = |l: &Link| (l.out * l.inp * cols / 64 + l.out * l.inp) as u64;
+
     progress.start(links.iter().map(work).sum());
 
     let mut x = input(options.seed, cols);
     let mut signal_rms = vec![rms(&x)];
-    let mut jacobian = Mat::<f64>::identity(cols, cols);
+    // J, row-major (rows the current layer's outputs, `cols` the chain's inputs).
+    let mut jacobian: Vec<f64> = (0..cols * cols)
+        .map(|k| if k / cols == k % cols { 1.0 } else { 0.0 })
+        .collect();
     let mut non_finite: Option<usize> = None;
     for (depth, (c, link)) in selected.iter().zip(&links).enumerate() {
         let (out, inp) = (link.out, link.inp);
@@ -471,25 +535,12 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
         x = next;
         signal_rms.push(rms(&x));
 
-        let weight = measure::view(&w, out, inp);
-        let mut product = Mat::<f64>::zeros(out, cols);
-        matmul(
-            product.as_mut(),
-            Accum::Replace,
-            weight,
-            jacobian.as_ref(),
-            1.0,
-            measure::parallelism(out, inp.max(cols)),
-        );
-        for (o, &d) in slope.iter().enumerate() {
-            for k in 0..cols {
-                product[(o, k)] *= d;
-            }
+        let mut product = times(&w, out, inp, &jacobian, cols);
+        for (row, &d) in product.chunks_exact_mut(cols.max(1)).zip(&slope) {
+            row.iter_mut().for_each(|v| *v *= d);
         }
         jacobian = product;
-        if non_finite.is_none()
-            && (0..cols).any(|k| (0..out).any(|o| !jacobian[(o, k)].is_finite()))
-        {
+        if non_finite.is_none() && jacobian.iter().any(|v| !v.is_finite()) {
             non_finite = Some(depth + 1);
         }
         progress.advance(work(link));
@@ -503,8 +554,10 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
                 "the Jacobian has non-finite entries from depth {depth} on (overflow, or non-finite weights): no singular values"
             )),
         ),
-        None => match measure::singular_values(jacobian.as_ref(), measure::parallelism(rows, cols))
-        {
+        None => match measure::singular_values(
+            measure::view(&jacobian, rows, cols),
+            measure::parallelism(rows, cols),
+        ) {
             Some(s) => (Some(summarize(&s)), None),
             None => (
                 None,
@@ -555,6 +608,32 @@ mod tests {
         );
         assert_eq!(natural_cmp("net.2", "net.2"), Ordering::Equal);
         assert_eq!(natural_cmp("net", "net.0"), Ordering::Less);
+    }
+
+    #[test]
+    fn the_sparse_product_is_the_dense_one() {
+        let (out, inp, cols) = (70, 90, 300);
+        let mut stream = Stream::derive(3, "isometry-test");
+        let j: Vec<f64> = (0..inp * cols).map(|_| gaussian(&mut stream)).collect();
+        for density in [0.05, 0.5] {
+            let w: Vec<f64> = (0..out * inp)
+                .map(|_| {
+                    let v = gaussian(&mut stream);
+                    if stream.unit() < density { v } else { 0.0 }
+                })
+                .collect();
+            let ours = times(&w, out, inp, &j, cols);
+            for o in 0..out {
+                for c in 0..cols {
+                    let want: f64 = (0..inp).map(|k| w[o * inp + k] * j[k * cols + c]).sum();
+                    let got = ours[o * cols + c];
+                    assert!(
+                        (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                        "{density}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::schemes::LayerPlan;
 use crate::units::human_size;
 
 /// Memory the layers in flight may use together; a larger layer runs alone.
-pub(super) const BUDGET: u64 = 512 << 20;
+pub(crate) const BUDGET: u64 = 512 << 20;
 
 /// The share of the available memory a run may use when `--max-memory` is not given.
 pub const DEFAULT_MEMORY_SHARE: f64 = 0.75;
@@ -113,7 +113,7 @@ fn available_memory() -> Option<u64> {
 
 /// The memory limit of a run: `--max-memory`, or a share of the memory available now.
 /// `None` when neither is known. The text says where the limit comes from.
-pub(super) fn limit(max_memory: Option<u64>) -> Option<(u64, String)> {
+pub(crate) fn limit(max_memory: Option<u64>) -> Option<(u64, String)> {
     match max_memory {
         Some(limit) => Some((limit, "--max-memory".into())),
         None => available_memory().map(|available| {

@@ -26,6 +26,7 @@ use crate::tensor::{self, FlaxView, RowBlocks};
 use crate::write::pair;
 use crate::write::{self, Container, Destination, Output};
 use base::{Base, BaseFile, DirectoryFiles};
+pub(crate) use memory::{BUDGET, limit as memory_limit};
 pub use memory::{DEFAULT_MEMORY_SHARE, layer_memory};
 pub use output::{layer_tensors, shards, tensor_indices, tensors};
 

@@ -252,6 +252,43 @@ fn decode(dtype: Dtype, b: &[u8]) -> f64 {
     }
 }
 
+/// Decodes the little-endian elements of `dtype` in `bytes` into `out`, one per
+/// `dtype.size()` bytes (`out.len() * dtype.size() == bytes.len()`), as [`decode`] does one:
+/// the loop the checks run over every weight, specialised for the common float dtypes.
+pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f64]) {
+    debug_assert_eq!(out.len() * dtype.size(), bytes.len());
+    match dtype {
+        Dtype::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            }
+        }
+        Dtype::F64 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+                *o = f64::from_le_bytes(eight(b));
+            }
+        }
+        Dtype::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f64::from(f32::from_bits(
+                    u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
+                ));
+            }
+        }
+        Dtype::Bool | Dtype::U8 => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = f64::from(b);
+            }
+        }
+        _ => {
+            let size = dtype.size();
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(size)) {
+                *o = decode(dtype, b);
+            }
+        }
+    }
+}
+
 fn eight(b: &[u8]) -> [u8; 8] {
     [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
 }

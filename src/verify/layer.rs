@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use super::{Check, Failure, LayerReport, Stored, isometry_tolerance, tolerance};
 use crate::layer::{Dtype, Kind, Layout, centre_tap};
-use crate::measure;
+use crate::measure::{self, GramStats, Matrix, Scan};
 use crate::read::{Checkpoint, ReadError, Tensor};
 use crate::records::StoredRecord;
 use crate::schemes::nm::Nm;
@@ -54,23 +54,45 @@ pub(super) fn check_layer(
     let weight_ok = weight.is_some_and(|w| check_weight(&mut report, stored, record, w));
     let mask_ok = mask.is_some_and(|m| check_mask_storage(&mut report, m, weight));
 
+    // A linear layer (one group) is measured as stored, from its bytes: the stored matrix
+    // or its transpose (Flax's (in, out)) has the same smaller Gram matrix, and positions
+    // are mapped to PyTorch order where a failure names one. Other layers are read in
+    // PyTorch order as f64 and oriented first (centre taps, stacked taps, groups).
+    let linear = weight
+        .filter(|w| weight_ok && w.shape.len() == 2)
+        .filter(|_| record.is_none_or(|r| r.groups <= 1));
+    let bytes = match linear {
+        Some(w) => Some(w.read_bytes()?),
+        None => None,
+    };
+    let matrix = linear.zip(bytes.as_deref()).map(|(w, bytes)| {
+        Matrix::stored(bytes, w.dtype, w.shape[0], w.shape[1])
+            .transposed(stored.layout == Layout::Flax)
+    });
+
     // From here on, values, bits and shapes are in PyTorch order.
     let values = match weight {
-        Some(w) if weight_ok => Some(stored.read_f64(&w)?),
+        Some(w) if weight_ok && linear.is_none() => Some(stored.read_f64(&w)?),
         _ => None,
     };
     let torch = weight.map(|w| stored.torch_shape(&w.shape));
+    let mut scanned = None;
     if let Some(m) = mask.filter(|_| mask_ok) {
-        let bits = stored.layout.torch_order(mask_bytes(&m)?, &m.shape);
+        let stored_bits = mask_bytes(&m)?;
+        if let Some(matrix) = &matrix {
+            scanned = Some(measure::scan(matrix, Some(&stored_bits)));
+        }
+        let bits = stored.layout.torch_order(stored_bits, &m.shape);
+        let outside = match (&scanned, &values) {
+            (Some(scan), _) => Some(Outside {
+                count: scan.outside,
+                first: scan.first_outside,
+            }),
+            (None, Some(values)) => Some(Outside::of(values, &bits)),
+            (None, None) => None,
+        };
         let shape = stored.torch_shape(&m.shape);
-        check_mask(
-            &mut report,
-            stored,
-            record,
-            &bits,
-            values.as_deref(),
-            &shape,
-        );
+        check_mask(&mut report, stored, record, &bits, outside, &shape);
     }
 
     // Orthogonality where the scheme promises it; the other schemes' orthogonality error
@@ -79,8 +101,23 @@ pub(super) fn check_layer(
     report.scheme = Some(scheme);
     report.promises_orthogonality =
         record.is_none_or(|r| scheme.rules().promises_orthogonality(r.density));
-    if let (Some(values), Some(w), Some(shape)) = (&values, weight, &torch) {
-        check_orthogonality(&mut report, stored, record, values, w.dtype, shape);
+    match (&matrix, &values, weight, &torch) {
+        (Some(matrix), _, Some(w), Some(shape)) => {
+            let scan = scanned.unwrap_or_else(|| measure::scan(matrix, None));
+            let measured = Measured {
+                grams: vec![gram_stats(matrix, &scan)],
+                rows: shape[0],
+                cols: shape[1],
+                delta: false,
+                stacked: false,
+            };
+            check_orthogonality(&mut report, record, measured, w.dtype);
+        }
+        (None, Some(values), Some(w), Some(shape)) => {
+            let measured = measure_oriented(&mut report, stored, record, values, shape);
+            check_orthogonality(&mut report, record, measured, w.dtype);
+        }
+        _ => {}
     }
     if let Some((bias, std)) = record.and_then(|r| r.bias()) {
         let out = torch
@@ -178,14 +215,39 @@ fn check_mask_storage(report: &mut LayerReport, m: Tensor<'_>, weight: Option<Te
     ok
 }
 
+/// The nonzero weights outside a mask: how many, and the first in PyTorch order (its flat
+/// index there) with its value.
+#[derive(Clone, Copy, Debug)]
+struct Outside {
+    count: u64,
+    first: Option<(usize, f64)>,
+}
+
+impl Outside {
+    /// Of `values` against `bits`, both in PyTorch order.
+    fn of(values: &[f64], bits: &[u8]) -> Outside {
+        let mut outside = Outside {
+            count: 0,
+            first: None,
+        };
+        for (k, (&v, &b)) in values.iter().zip(bits).enumerate() {
+            if v != 0.0 && b == 0 {
+                outside.count += 1;
+                outside.first.get_or_insert((k, v));
+            }
+        }
+        outside
+    }
+}
+
 /// The mask's values (0 or 1), the weights outside it, and its nonzeros and density against
-/// the record; `bits` and `values` in PyTorch order, of PyTorch shape `shape`.
+/// the record; `bits` in PyTorch order, of PyTorch shape `shape`.
 fn check_mask(
     report: &mut LayerReport,
     stored: &Stored<'_>,
     record: Option<&StoredRecord>,
     bits: &[u8],
-    values: Option<&[f64]>,
+    outside: Option<Outside>,
     shape: &[usize],
 ) {
     let invalid = bits.iter().filter(|&&b| b > 1).count();
@@ -202,25 +264,18 @@ fn check_mask(
     let nnz = bits.iter().filter(|&&b| b != 0).count() as u64;
     report.nnz = Some(nnz);
     report.density = (!bits.is_empty()).then(|| nnz as f64 / bits.len() as f64);
-    if let Some(values) = values {
-        let outside: Vec<usize> = values
-            .iter()
-            .zip(bits)
-            .enumerate()
-            .filter(|(_, (v, b))| **v != 0.0 && **b == 0)
-            .map(|(k, _)| k)
-            .collect();
-        if let Some(&first) = outside.first() {
-            report.fail(
-                Check::Mask,
-                format!(
-                    "{} nonzero weights outside the mask, first at {} (value {:e})",
-                    outside.len(),
-                    stored.position(shape, first),
-                    values[first]
-                ),
-            );
-        }
+    if let Some(Outside {
+        count,
+        first: Some((first, value)),
+    }) = outside
+    {
+        report.fail(
+            Check::Mask,
+            format!(
+                "{count} nonzero weights outside the mask, first at {} (value {value:e})",
+                stored.position(shape, first),
+            ),
+        );
     }
     if let Some(r) = record {
         check_density(report, r, nnz, bits, shape);
@@ -238,18 +293,36 @@ struct Oriented<'v> {
     stacked: bool,
 }
 
-/// The orthogonality of the matrix (linear), the centre tap with every other tap zero
-/// (delta-orthogonal kernels) or the zero lag (block-orthogonal kernels), block by block for
-/// a grouped convolution, against `gain^2 I` to the rounding of the stored dtype; for
-/// approximate isometry, the isometry error against the record.
-fn check_orthogonality(
+/// What a layer's orthogonality is judged on: the Gram statistics of each group's block of
+/// the matrix its scheme makes orthogonal (one block but for grouped convolutions).
+struct Measured {
+    grams: Vec<GramStats>,
+    /// A block's rows and columns.
+    rows: usize,
+    cols: usize,
+    /// The centre tap of a delta-orthogonal kernel.
+    delta: bool,
+    /// A block-orthogonal kernel's (in, out * K) flattening.
+    stacked: bool,
+}
+
+/// The Gram statistics of `matrix`, by the cheaper product (sparse from the nonzeros, or
+/// dense), spread over the threads when the matrix is large.
+fn gram_stats(matrix: &Matrix<'_>, scan: &Scan) -> GramStats {
+    let (n, m) = matrix.gram_dims();
+    let parallel = measure::parallelism(n, m) != faer::Par::Seq;
+    measure::gram::gram(matrix, scan, None, parallel, false).0
+}
+
+/// A layer read in PyTorch order as f64 (convolutions): the matrix its scheme makes
+/// orthogonal ([`orient`]), measured block by block for a grouped convolution.
+fn measure_oriented(
     report: &mut LayerReport,
     stored: &Stored<'_>,
     record: Option<&StoredRecord>,
     values: &[f64],
-    dtype: Dtype,
     shape: &[usize],
-) {
+) -> Measured {
     let gram = report.scheme.unwrap_or_default().rules().kernel_gram();
     let Oriented {
         matrix,
@@ -265,22 +338,47 @@ fn check_orthogonality(
     let groups = record.map_or(1, |r| r.groups).max(1).min(rows.max(1));
     let groups = if rows % groups == 0 { groups } else { 1 };
     let rows = rows / groups;
-    let grams: Vec<_> = (0..groups)
+    let whole = Matrix::f64(&matrix, rows * groups, cols);
+    let grams = (0..groups)
         .map(|b| {
-            let block = &matrix[b * rows * cols..(b + 1) * rows * cols];
-            measure::gram(
-                measure::view(block, rows, cols),
-                measure::parallelism(rows, cols),
-            )
+            let block = whole.rows_block(b * rows, rows);
+            gram_stats(&block, &measure::scan(&block, None))
         })
         .collect();
+    Measured {
+        grams,
+        rows,
+        cols,
+        delta,
+        stacked,
+    }
+}
+
+/// The orthogonality of the matrix (linear), the centre tap with every other tap zero
+/// (delta-orthogonal kernels) or the zero lag (block-orthogonal kernels), block by block for
+/// a grouped convolution, against `gain^2 I` to the rounding of the stored dtype; for
+/// approximate isometry, the isometry error against the record.
+fn check_orthogonality(
+    report: &mut LayerReport,
+    record: Option<&StoredRecord>,
+    measured: Measured,
+    dtype: Dtype,
+) {
+    let Measured {
+        grams,
+        rows,
+        cols,
+        delta,
+        stacked,
+    } = measured;
+    let groups = grams.len();
     let (gain, estimated) = match record {
         Some(r) => (r.gain, false),
-        None => (measure::mean_diagonal(&grams[0]).sqrt(), true),
+        None => (grams[0].mean_diagonal().sqrt(), true),
     };
     let error = grams
         .iter()
-        .map(|g| measure::deviation(g, gain * gain))
+        .map(|g| g.deviation(gain * gain))
         .fold(0.0, |worst: f64, e| {
             if worst.is_nan() || e.is_nan() {
                 f64::NAN
@@ -294,7 +392,7 @@ fn check_orthogonality(
     report.tolerance = tol;
     if let Some(recorded) = record.and_then(|r| r.isometry_error) {
         // (approx-isometry has one group: the plan refuses it for grouped layers.)
-        let measured = measure::relative_frobenius(&grams[0], gain * gain);
+        let measured = grams[0].relative_frobenius(gain * gain);
         check_isometry_error(report, measured, recorded, dtype, rows, cols);
     }
     if let Some(tol) = tol

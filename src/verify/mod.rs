@@ -38,6 +38,9 @@ pub struct Options {
     /// With `regenerate`, for a `generate --base` output: the base checkpoint, whose
     /// tensors the file's copies are compared with byte for byte.
     pub base: Option<PathBuf>,
+    /// The memory the layers in flight may hold (the tensors read and their Gram matrices):
+    /// a layer that needs more is refused; default, a share of the memory available.
+    pub max_memory: Option<u64>,
 }
 
 named! {
@@ -262,26 +265,48 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
     };
     let copied = unrecorded(&checkpoint, &recorded, &layers, &mut problems);
 
-    let work = |name: &str| {
-        checkpoint
-            .get(&recorded.weight_name(name))
-            .map_or(1, |t| t.nbytes.max(1) + matrix_work(t.info()))
+    let work = |name: &str, record: Option<&StoredRecord>| {
+        checkpoint.get(&recorded.weight_name(name)).map_or(1, |t| {
+            t.nbytes.max(1) + matrix_work(&stored_shape(layout, t.info()), record)
+        })
     };
-    progress.start(layers.iter().map(|(name, _)| work(name)).sum());
     let stored = Stored {
         checkpoint: &checkpoint,
         recorded: &recorded,
         layout,
         masks: masks.as_ref(),
     };
-    let reports: Vec<LayerReport> = layers
-        .par_iter()
-        .map(|(name, record)| {
-            let report = check_layer(&stored, name, *record);
-            progress.advance(work(name));
-            report
-        })
-        .collect::<Result<_, ReadError>>()?;
+    // Layers run in parallel within the memory budget, a group at a time; a large layer
+    // alone, spread over the threads itself.
+    let needs: Vec<u64> = layers
+        .iter()
+        .map(|(name, _)| layer_memory(&stored, name))
+        .collect();
+    let largest = layers.iter().zip(&needs).max_by_key(|(_, need)| **need);
+    let budget = measure::budget(
+        options.max_memory,
+        largest.map(|((name, _), &need)| {
+            let shape = checkpoint
+                .get(&recorded.weight_name(name))
+                .map(|t| shape_text(&t.shape))
+                .unwrap_or_default();
+            (format!("layer \"{name}\" ({shape})"), need)
+        }),
+        "verify",
+    )?;
+    progress.start(layers.iter().map(|(name, r)| work(name, *r)).sum());
+    let mut reports: Vec<LayerReport> = Vec::with_capacity(layers.len());
+    for group in measure::groups(&needs, budget) {
+        let done = layers[group]
+            .par_iter()
+            .map(|(name, record)| {
+                let report = check_layer(&stored, name, *record);
+                progress.advance(work(name, *record));
+                report
+            })
+            .collect::<Result<Vec<_>, ReadError>>()?;
+        reports.extend(done);
+    }
 
     let regenerated = if options.regenerate {
         Some(regeneration(&stored, &copied, options.base.as_deref())?)
@@ -509,12 +534,57 @@ impl Stored<'_> {
     }
 }
 
-/// Work units for a tensor's linear algebra, for progress.
-fn matrix_work(t: &TensorInfo) -> u64 {
-    match t.shape.as_slice() {
-        [out, inp, ..] => (measure::work(*out, *inp) / 64.0) as u64,
+/// A tensor's shape in PyTorch order.
+fn stored_shape(layout: Layout, t: &TensorInfo) -> Vec<usize> {
+    if t.shape.len() < 2 {
+        t.shape.clone()
+    } else {
+        layout.torch_shape(&t.shape)
+    }
+}
+
+/// Work units for a layer's linear algebra, for progress: its Gram product's multiply-adds
+/// over 64.
+fn matrix_work(torch: &[usize], record: Option<&StoredRecord>) -> u64 {
+    match torch {
+        [out, inp, kernel @ ..] => {
+            let cols = inp * kernel.iter().product::<usize>();
+            (measure::gram::work(*out, cols, record.map(|r| r.nnz)) / 64.0) as u64
+        }
         _ => 0,
     }
+}
+
+/// The bytes checking a layer holds at most: its weight as stored (a convolution's as f64,
+/// twice, once oriented), its mask (twice in Flax layout, once permuted) and its Gram
+/// product's ([`measure::gram::memory`]).
+fn layer_memory(stored: &Stored<'_>, name: &str) -> u64 {
+    let Some(w) = stored.checkpoint.get(&stored.recorded.weight_name(name)) else {
+        return 0;
+    };
+    let numel = w.numel as u64;
+    let mask = if stored.layout == Layout::Flax {
+        2 * numel
+    } else {
+        numel
+    };
+    match stored_shape(stored.layout, w.info()).as_slice() {
+        [out, inp] => w.nbytes + mask + measure::gram::memory(*out, *inp) + 8 * (out + inp) as u64,
+        [out, inp, kernel @ ..] => {
+            let cols = inp * kernel.iter().product::<usize>();
+            16 * numel + mask + measure::gram::memory(*out, cols)
+        }
+        _ => w.nbytes + mask,
+    }
+}
+
+/// A shape as `4096x1024`.
+fn shape_text(shape: &[usize]) -> String {
+    shape
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join("x")
 }
 
 /// A flat index as a multi-index of `shape`.

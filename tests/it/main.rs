@@ -16,6 +16,7 @@ mod cli;
 mod docs;
 mod dtypes;
 mod examples;
+mod fast_checks;
 mod faults;
 mod golden;
 mod groups;

@@ -2,11 +2,61 @@
 //! (W W^T or W^T W, whichever is smaller) and its distance from a multiple of the identity,
 //! and the singular values by an exact SVD. The linear algebra is faer's, in f64.
 
+pub mod gram;
+pub mod spectrum;
+
+pub use gram::{Elements, GramMatrix, GramStats, Matrix, Product, Scan, scan};
+
 use faer::diag::Diag;
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::matmul::triangular::{BlockStructure, matmul};
 use faer::linalg::svd::{self, ComputeSvdVectors};
 use faer::{Accum, Mat, MatRef, Par};
+
+/// Consecutive runs of items (layers, tensors) whose memory `needs` fit `budget` together:
+/// the items of a run are measured in parallel, the runs one after another, so memory follows
+/// the largest item, not the model. An item over the budget is a run of its own.
+pub fn groups(needs: &[u64], budget: u64) -> Vec<std::ops::Range<usize>> {
+    let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut used = 0;
+    for (k, &need) in needs.iter().enumerate() {
+        match groups.last_mut() {
+            Some(group) if used + need <= budget => group.end = k + 1,
+            _ => {
+                groups.push(k..k + 1);
+                used = 0;
+            }
+        }
+        used += need;
+    }
+    groups
+}
+
+/// The budget the items in flight share, after refusing work whose largest item needs more
+/// than `--max-memory` (or the default share of the memory available): `command` is what
+/// the item is needed for ("verify"), `item` names it (`layer "fc" (4096x4096)`).
+pub fn budget(
+    max_memory: Option<u64>,
+    largest: Option<(String, u64)>,
+    command: &str,
+) -> Result<u64, crate::error::Error> {
+    use crate::units::human_size;
+    let Some((limit, source)) = crate::generate::memory_limit(max_memory) else {
+        return Ok(crate::generate::BUDGET);
+    };
+    if let Some((item, need)) = largest
+        && need > limit
+    {
+        return Err(crate::error::Error::Usage(format!(
+            "{item} needs {} of memory to {command}, more than the {} allowed by {source}\n  \
+             help: pass --max-memory {}MiB or more if the machine has that much free, or run on a machine with more memory",
+            human_size(need),
+            human_size(limit),
+            need.div_ceil(1 << 20),
+        )));
+    }
+    Ok(crate::generate::BUDGET.min(limit))
+}
 
 /// Multiply-adds above which one matrix's product or SVD is spread over threads; below it,
 /// parallelism across layers is cheaper than within one.
