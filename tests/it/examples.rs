@@ -365,53 +365,6 @@ fn deep_cnn_includes_an_earlier_run_only_with_the_same_channels() {
     );
 }
 
-#[test]
-fn load_jax_loads_the_flax_layout_and_keeps_masked_weights_at_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = run_example(dir.path(), "load_jax.py", &[]);
-    let stdout = text(&out.stdout);
-    for needle in [
-        "ok    the file's safetensors format is 'flax'",
-        "ok    flax kernels are the torch layout's (out, in) weights, transposed",
-        "ok    weights outside the masks are still exactly zero after 3 AdamW steps",
-        "into a 7-layer Flax MLP and trained it with fixed masks",
-    ] {
-        assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
-    }
-    assert!(!stdout.contains("FAIL"), "{stdout}");
-}
-
-#[test]
-fn load_jax_loads_biases_when_the_spec_has_bias_std() {
-    // Three Dense layers: the first and last with their own bias_std (0.05 and 0), the middle
-    // one without: its Dense bias stays zero.
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("biases.toml");
-    fs::write(
-        &spec,
-        "seed = 3\n[sparsity]\ndensity = 0.25\n\
-         [[layer]]\nname = \"net.0.weight\"\nshape = [64, 32]\nbias_std = 0.05\n\
-         [[layer]]\nname = \"net.2.weight\"\nshape = [64, 64]\n\
-         [[layer]]\nname = \"net.4.weight\"\nshape = [10, 64]\nbias_std = 0\n",
-    )
-    .unwrap();
-    let out = run_example(
-        dir.path(),
-        "load_jax.py",
-        &["--spec", spec.to_str().unwrap()],
-    );
-    let stdout = text(&out.stdout);
-    for needle in [
-        "ok    net.0: bias (64,) fits Dense(64)",
-        "ok    all 8 tensors of the file are used",
-        "ok    2 of 3 Dense biases from the file (bias_std in the spec), the others zero",
-        "ok    weights outside the masks are still exactly zero after 3 AdamW steps",
-    ] {
-        assert!(stdout.contains(needle), "{needle:?} not in:\n{stdout}");
-    }
-    assert!(!stdout.contains("FAIL"), "{stdout}");
-}
-
 /// `examples/real_models.py`'s Flax CNN end to end, with JAX only (the other eleven
 /// families need PyTorch and are run by hand: docs/guide.md, "Twelve real models, end to end"):
 /// shape list -> `eoi spec --from - --layout flax` -> base params -> `generate --base` ->
