@@ -497,6 +497,17 @@ pub fn centre_tap(kernel: &[usize]) -> usize {
     kernel.iter().fold(0, |index, &k| index * k + (k - 1) / 2)
 }
 
+/// How many ones of a convolution's mask `bits` (PyTorch order, (out, in, k...), one byte an
+/// element) lie at the centre tap of its kernel of shape `kernel`.
+pub fn ones_at_centre(bits: &[u8], kernel: &[usize]) -> u64 {
+    let taps: usize = kernel.iter().product();
+    bits.iter()
+        .skip(centre_tap(kernel))
+        .step_by(taps.max(1))
+        .filter(|&&b| b != 0)
+        .count() as u64
+}
+
 /// A weight shape in PyTorch order: (out, in) for linear layers, (out, in, k...) for
 /// convolutions with 1 to 3 spatial dimensions. Every dimension is at least 1 and the
 /// number of elements fits in memory addressing.

@@ -48,15 +48,7 @@ impl Stream {
     /// streams: its single block draws from the tensor's own stream, as every layer did
     /// before groups existed.
     pub fn derive_block(seed: u64, name: &str, block: u64) -> Stream {
-        let mut hasher = Sha256::new();
-        hasher.update(b"eoi-block-v1\0");
-        hasher.update(seed.to_le_bytes());
-        hasher.update(block.to_le_bytes());
-        hasher.update(name.as_bytes());
-        let key: [u8; 32] = hasher.finalize().into();
-        Stream {
-            rng: ChaCha20Rng::from_seed(key),
-        }
+        Stream::keyed_block(b"eoi-block-v1\0", seed, name, block)
     }
 
     /// The stream of block `block` (0-based) of an N:M layer `name` (see
@@ -66,8 +58,15 @@ impl Stream {
     /// and [`Stream::derive_block`], so no N:M block stream is a tensor's stream or a grouped
     /// convolution's block stream, and layers without a pattern draw as they did before.
     pub fn derive_nm(seed: u64, name: &str, block: u64) -> Stream {
+        Stream::keyed_block(b"eoi-nm-v1\0", seed, name, block)
+    }
+
+    /// ChaCha20 keyed by `SHA-256(domain || seed as u64 LE || block as u64 LE || name)`, at
+    /// block 0 of stream 0: the block streams of [`Stream::derive_block`] and
+    /// [`Stream::derive_nm`], told apart by their domain.
+    fn keyed_block(domain: &[u8], seed: u64, name: &str, block: u64) -> Stream {
         let mut hasher = Sha256::new();
-        hasher.update(b"eoi-nm-v1\0");
+        hasher.update(domain);
         hasher.update(seed.to_le_bytes());
         hasher.update(block.to_le_bytes());
         hasher.update(name.as_bytes());

@@ -22,7 +22,7 @@ use super::{
     KernelGram, LayerPlan, LayerStats, Minimum, Prepared, Refusal, Rules, Scheme, SchemeFields,
     StoredMask, Values, kaiming, mask, orthogonal,
 };
-use crate::layer::{ConvMask, Kind, Layout, Shape, centre_tap, named};
+use crate::layer::{ConvMask, Kind, Layout, Shape, centre_tap, named, ones_at_centre};
 use crate::stream::Stream;
 use crate::tensor::{self, Grid, Mask, Order, Weight};
 
@@ -887,15 +887,7 @@ impl Rules for NmRules {
                         nm.pattern
                     ));
                 }
-                let taps: usize = stored.shape[2..].iter().product();
-                let tap = centre_tap(&stored.shape[2..]);
-                let at_centre = stored
-                    .bits
-                    .iter()
-                    .skip(tap)
-                    .step_by(taps.max(1))
-                    .filter(|&&b| b != 0)
-                    .count() as u64;
+                let at_centre = ones_at_centre(stored.bits, &stored.shape[2..]);
                 if at_centre < centre {
                     failures.push(format!(
                         "the mask holds {at_centre} ones at the centre tap, fewer than the record's centre_nnz = {centre}"

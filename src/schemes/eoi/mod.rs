@@ -11,7 +11,7 @@ pub mod rotation;
 use super::{
     KernelGram, LayerPlan, LayerStats, Minimum, Prepared, Rules, SchemeFields, StoredMask, Values,
 };
-use crate::layer::{ConvMask, Kind, Layout, centre_tap};
+use crate::layer::{ConvMask, Kind, Layout, ones_at_centre};
 use crate::stream::Stream;
 use crate::tensor::{Mask, Weight};
 
@@ -317,15 +317,7 @@ impl Rules for Eoi {
                         "a kernel at density {density} with {centre} centre nonzeros has {want} mask ones, this one {nnz}"
                     ));
                 }
-                let taps: usize = shape[2..].iter().product();
-                let tap = centre_tap(&shape[2..]);
-                let at_centre = mask
-                    .bits
-                    .iter()
-                    .skip(tap)
-                    .step_by(taps.max(1))
-                    .filter(|&&b| b != 0)
-                    .count() as u64;
+                let at_centre = ones_at_centre(mask.bits, &shape[2..]);
                 if at_centre < centre {
                     failures.push(format!(
                         "the mask holds {at_centre} ones at the centre tap, fewer than the record's centre_nnz = {centre}"
