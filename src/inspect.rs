@@ -15,7 +15,6 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::error::Error;
-use crate::isometry::some_names;
 use crate::layer::Layout;
 use crate::layer::{Dtype, Format};
 use crate::measure::{self, Elements, GramStats, Matrix, Scan};
@@ -24,6 +23,7 @@ use crate::read::{Checkpoint, ReadError, Tensor, TensorInfo};
 use crate::records::{Recorded, layout_of};
 use crate::schemes::nm::{self, Pattern as NmPattern};
 use crate::spec::Pattern;
+use crate::units::some_names;
 use faer::Par;
 
 /// Minimum, mean and maximum of a count.

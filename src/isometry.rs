@@ -22,6 +22,7 @@ use crate::read::{Checkpoint, Tensor};
 use crate::records::{Recorded, layout_of};
 use crate::spec::Pattern;
 use crate::stream::Stream;
+use crate::units::some_names;
 
 pub mod conv;
 
@@ -138,17 +139,6 @@ struct Candidate<'a> {
 
 fn usage(message: String) -> Error {
     Error::Usage(message)
-}
-
-/// Lists names for a message: the first few, then how many more.
-pub(crate) fn some_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
-    let names: Vec<&str> = names.collect();
-    let shown: Vec<String> = names.iter().take(6).map(|n| format!("\"{n}\"")).collect();
-    match names.len() {
-        0 => "none".into(),
-        n if n > 6 => format!("{}, ... ({n} in all)", shown.join(", ")),
-        _ => shown.join(", "),
-    }
 }
 
 /// Orders names naturally: digit runs compare as numbers (`hidden.9` < `hidden.10`), the

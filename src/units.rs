@@ -1,5 +1,5 @@
-//! Numbers as people read them in eoi's messages and reports: counts with thousands
-//! separators and byte sizes in binary units.
+//! Numbers and lists as people read them in eoi's messages and reports: counts with
+//! thousands separators, byte sizes in binary units, the first few names of a list.
 
 /// `n` with a comma between groups of three digits: `1,234,567`.
 pub fn thousands(n: u64) -> String {
@@ -27,6 +27,17 @@ pub fn human_size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{value:.1} {}", UNITS[unit])
+}
+
+/// Lists names for a message: the first few, then how many more.
+pub fn some_names<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    let shown: Vec<String> = names.iter().take(6).map(|n| format!("\"{n}\"")).collect();
+    match names.len() {
+        0 => "none".into(),
+        n if n > 6 => format!("{}, ... ({n} in all)", shown.join(", ")),
+        _ => shown.join(", "),
+    }
 }
 
 #[cfg(test)]

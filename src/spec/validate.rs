@@ -98,6 +98,35 @@ pub(super) fn sparsity(
         BelowMinimum::parse,
     )?
     .unwrap_or(BelowMinimum::Error);
+    let (nm_pattern, nm_skip) = sparsity_nm(rs, errors)?;
+    if let (Some(p), true) = (&rs.erk_power_scale, distribution != Distribution::Erk) {
+        return Err(with_help(
+            errors.at(&p.span(), format!("{ctx} `erk_power_scale`"), format!(
+                "erk_power_scale applies to distribution \"erk\" only, but the distribution is \"{}\"",
+                distribution.name()
+            )),
+            "remove erk_power_scale or set distribution = \"erk\"",
+        ));
+    }
+    Ok(Sparsity {
+        density: overall,
+        distribution,
+        erk_power_scale,
+        dense,
+        below_minimum,
+        nm: nm_pattern,
+        nm_transposable: rs.nm_transposable.as_ref().is_some_and(|v| *v.get_ref()),
+        nm_skip,
+    })
+}
+
+/// `[sparsity]`'s N:M keys: the pattern (`nm`) and what to do where it does not fit
+/// (`nm_skip`, which needs a pattern).
+fn sparsity_nm(
+    rs: &RawSparsity,
+    errors: &Errors<'_>,
+) -> Result<(Option<nm_pattern::Pattern>, Skip), SpecError> {
+    let ctx = "[sparsity], field";
     let nm_pattern = rs
         .nm
         .as_ref()
@@ -122,25 +151,7 @@ pub(super) fn sparsity(
             "set nm = \"2:4\" (or another N:M pattern) in [sparsity], or remove nm_skip",
         ));
     }
-    if let (Some(p), true) = (&rs.erk_power_scale, distribution != Distribution::Erk) {
-        return Err(with_help(
-            errors.at(&p.span(), format!("{ctx} `erk_power_scale`"), format!(
-                "erk_power_scale applies to distribution \"erk\" only, but the distribution is \"{}\"",
-                distribution.name()
-            )),
-            "remove erk_power_scale or set distribution = \"erk\"",
-        ));
-    }
-    Ok(Sparsity {
-        density: overall,
-        distribution,
-        erk_power_scale,
-        dense,
-        below_minimum,
-        nm: nm_pattern,
-        nm_transposable: rs.nm_transposable.as_ref().is_some_and(|v| *v.get_ref()),
-        nm_skip: nm_skip.unwrap_or_default(),
-    })
+    Ok((nm_pattern, nm_skip.unwrap_or_default()))
 }
 
 /// An `nm` value: an N:M pattern ("2:4"), or "none" for no pattern.

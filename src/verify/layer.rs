@@ -38,18 +38,16 @@ pub(super) fn check_layer(
             .unwrap_or_default(),
         ..LayerReport::default()
     };
-    if weight.is_none() {
-        report.fail(
-            Check::Tensors,
-            format!("the weight \"{weight_name}\" is missing"),
-        );
-    }
-    if mask.is_none() {
-        let mask_name = stored.mask_name(name);
-        report.fail(
-            Check::Tensors,
-            format!("the mask \"{mask_name}\" is missing"),
-        );
+    for (missing, what, tensor) in [
+        (weight.is_none(), "weight", weight_name),
+        (mask.is_none(), "mask", stored.mask_name(name)),
+    ] {
+        if missing {
+            report.fail(
+                Check::Tensors,
+                format!("the {what} \"{tensor}\" is missing"),
+            );
+        }
     }
     let weight_ok = weight.is_some_and(|w| check_weight(&mut report, stored, record, w));
     let mask_ok = mask.is_some_and(|m| check_mask_storage(&mut report, m, weight));
@@ -101,24 +99,16 @@ pub(super) fn check_layer(
     report.scheme = Some(scheme);
     report.promises_orthogonality =
         record.is_none_or(|r| scheme.rules().promises_orthogonality(r.density));
-    match (&matrix, &values, weight, &torch) {
-        (Some(matrix), _, Some(w), Some(shape)) => {
-            let scan = scanned.unwrap_or_else(|| measure::scan(matrix, None));
-            let measured = Measured {
-                grams: vec![gram_stats(matrix, &scan)],
-                rows: shape[0],
-                cols: shape[1],
-                delta: false,
-                stacked: false,
-            };
-            check_orthogonality(&mut report, record, measured, w.dtype);
-        }
-        (None, Some(values), Some(w), Some(shape)) => {
-            let measured = measure_oriented(&mut report, stored, record, values, shape);
-            check_orthogonality(&mut report, record, measured, w.dtype);
-        }
-        _ => {}
-    }
+    let dtype = weight.as_ref().map(|w| w.dtype);
+    let (matrix, values) = (matrix.as_ref(), values.as_deref());
+    check_measured(
+        &mut report,
+        stored,
+        record,
+        (matrix, scanned, values),
+        dtype,
+        torch.as_deref(),
+    );
     if let Some((bias, std)) = record.and_then(|r| r.bias()) {
         let out = torch
             .as_ref()
@@ -130,6 +120,36 @@ pub(super) fn check_layer(
         check_tied(&mut report, stored.checkpoint, weight, &record.tied)?;
     }
     Ok(report)
+}
+
+/// Measures the layer, from its stored matrix (`matrix`, with its mask's `scanned` counts)
+/// or from its values in PyTorch order, and checks its orthogonality.
+fn check_measured(
+    report: &mut LayerReport,
+    stored: &Stored<'_>,
+    record: Option<&StoredRecord>,
+    (matrix, scanned, values): (Option<&Matrix<'_>>, Option<Scan>, Option<&[f64]>),
+    dtype: Option<Dtype>,
+    torch: Option<&[usize]>,
+) {
+    match (matrix, values, dtype, torch) {
+        (Some(matrix), _, Some(dtype), Some(shape)) => {
+            let scan = scanned.unwrap_or_else(|| measure::scan(matrix, None));
+            let measured = Measured {
+                grams: vec![gram_stats(matrix, &scan)],
+                rows: shape[0],
+                cols: shape[1],
+                delta: false,
+                stacked: false,
+            };
+            check_orthogonality(report, record, measured, dtype);
+        }
+        (None, Some(values), Some(dtype), Some(shape)) => {
+            let measured = measure_oriented(report, stored, record, values, shape);
+            check_orthogonality(report, record, measured, dtype);
+        }
+        _ => {}
+    }
 }
 
 /// The weight's rank and dtype, and its shape against the record; whether its values can

@@ -265,48 +265,13 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
     };
     let copied = unrecorded(&checkpoint, &recorded, &layers, &mut problems);
 
-    let work = |name: &str, record: Option<&StoredRecord>| {
-        checkpoint.get(&recorded.weight_name(name)).map_or(1, |t| {
-            t.nbytes.max(1) + matrix_work(&stored_shape(layout, t.info()), record)
-        })
-    };
     let stored = Stored {
         checkpoint: &checkpoint,
         recorded: &recorded,
         layout,
         masks: masks.as_ref(),
     };
-    // Layers run in parallel within the memory budget, a group at a time; a large layer
-    // alone, spread over the threads itself.
-    let needs: Vec<u64> = layers
-        .iter()
-        .map(|(name, _)| layer_memory(&stored, name))
-        .collect();
-    let largest = layers.iter().zip(&needs).max_by_key(|(_, need)| **need);
-    let budget = measure::budget(
-        options.max_memory,
-        largest.map(|((name, _), &need)| {
-            let shape = checkpoint
-                .get(&recorded.weight_name(name))
-                .map(|t| shape_text(&t.shape))
-                .unwrap_or_default();
-            (format!("layer \"{name}\" ({shape})"), need)
-        }),
-        "verify",
-    )?;
-    progress.start(layers.iter().map(|(name, r)| work(name, *r)).sum());
-    let mut reports: Vec<LayerReport> = Vec::with_capacity(layers.len());
-    for group in measure::groups(&needs, budget) {
-        let done = layers[group]
-            .par_iter()
-            .map(|(name, record)| {
-                let report = check_layer(&stored, name, *record);
-                progress.advance(work(name, *record));
-                report
-            })
-            .collect::<Result<Vec<_>, ReadError>>()?;
-        reports.extend(done);
-    }
+    let reports = check_layers(&stored, &layers, options, progress)?;
 
     let regenerated = if options.regenerate {
         Some(regeneration(&stored, &copied, options.base.as_deref())?)
@@ -325,6 +290,55 @@ pub fn verify(path: &Path, options: &Options, progress: &dyn Progress) -> Result
         regenerated,
         recorded,
     })
+}
+
+/// Checks every layer: in parallel within the memory budget (`--max-memory`), a group at a
+/// time; a large layer alone, spread over the threads itself.
+fn check_layers(
+    stored: &Stored<'_>,
+    layers: &[(String, Option<&StoredRecord>)],
+    options: &Options,
+    progress: &dyn Progress,
+) -> Result<Vec<LayerReport>, Error> {
+    let work = |name: &str, record: Option<&StoredRecord>| {
+        stored
+            .checkpoint
+            .get(&stored.recorded.weight_name(name))
+            .map_or(1, |t| {
+                t.nbytes.max(1) + matrix_work(&stored_shape(stored.layout, t.info()), record)
+            })
+    };
+    let needs: Vec<u64> = layers
+        .iter()
+        .map(|(name, _)| layer_memory(stored, name))
+        .collect();
+    let largest = layers.iter().zip(&needs).max_by_key(|(_, need)| **need);
+    let budget = measure::budget(
+        options.max_memory,
+        largest.map(|((name, _), &need)| {
+            let shape = stored
+                .checkpoint
+                .get(&stored.recorded.weight_name(name))
+                .map(|t| shape_text(&t.shape))
+                .unwrap_or_default();
+            (format!("layer \"{name}\" ({shape})"), need)
+        }),
+        "verify",
+    )?;
+    progress.start(layers.iter().map(|(name, r)| work(name, *r)).sum());
+    let mut reports: Vec<LayerReport> = Vec::with_capacity(layers.len());
+    for group in measure::groups(&needs, budget) {
+        let done = layers[group]
+            .par_iter()
+            .map(|(name, record)| {
+                let report = check_layer(stored, name, *record);
+                progress.advance(work(name, *record));
+                report
+            })
+            .collect::<Result<Vec<_>, ReadError>>()?;
+        reports.extend(done);
+    }
+    Ok(reports)
 }
 
 /// `--regenerate`: every recorded layer generated again and compared, and with `--base` the
