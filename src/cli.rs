@@ -9,7 +9,7 @@ use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use eoi::generate::Part;
-use eoi::isometry::Nonlinearity;
+use eoi::isometry::{Nonlinearity, OrderBy};
 use eoi::json::Document;
 use eoi::layer::{Distribution, Dtype, Format, Layout, Names};
 use eoi::schemes::Scheme;
@@ -257,6 +257,13 @@ pub struct IsometryArgs {
     /// The activation phi after every layer.
     #[arg(long, value_enum, value_name = "PHI", default_value = "tanh")]
     pub nonlinearity: Nonlinearity,
+
+    /// The order of the chain: records (eoi's provenance records; an error unless they list
+    /// every selected layer) or names (natural name order, digit runs as numbers: reads a
+    /// transformer's MLP blocks, 'layers.*.mlp.*', as fc1, fc2 of block 0, then block 1, ...).
+    /// Default: records when they list every selected layer, else names.
+    #[arg(long, value_enum, value_name = "ORDER")]
+    pub order: Option<OrderBy>,
 
     /// Seed of the random input vector.
     #[arg(long, value_name = "N", default_value_t = 0)]

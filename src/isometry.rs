@@ -69,8 +69,24 @@ pub struct Options {
     /// `--grid N`: read the chain as convolutions on a periodic grid of N positions per
     /// dimension ([`conv`]).
     pub grid: Option<usize>,
-    /// `--probes K` (with `grid`): estimate from K random probes.
+    /// `--probes K`: estimate from K random probes.
     pub probes: Option<usize>,
+    /// `--order`: how to order the chain; `None` as [`order`] decides (the records when they
+    /// record every selected layer, else names).
+    pub order: Option<OrderBy>,
+}
+
+named! {
+    /// `--order`: the order asked for on the command line.
+    pub enum OrderBy {
+        /// The order of eoi's provenance records (an error if they do not record every
+        /// selected layer).
+        Records = "records",
+        /// Natural name order, whatever the records say: the MLP blocks of a transformer
+        /// (`layers.0.mlp.fc1`, `layers.0.mlp.fc2`, `layers.1.mlp.fc1`, ...) read as a chain,
+        /// which the records (every `fc1` before every `fc2`) do not give.
+        Names = "names",
+    }
 }
 
 named! {
@@ -231,7 +247,7 @@ fn chain<'a>(
     path: &str,
 ) -> Result<(Vec<Candidate<'a>>, Vec<Link>, Order), Error> {
     let mut selected = select(candidates(checkpoint, recorded), options, path)?;
-    let order = order(&mut selected, recorded);
+    let order = order(&mut selected, recorded, options.order, path)?;
     let layout = layout_of(checkpoint, recorded);
     let mut links: Vec<Link> = Vec::with_capacity(selected.len());
     for c in &selected {
@@ -306,9 +322,15 @@ fn select<'a>(
     Ok(selected)
 }
 
-/// Sorts the chain: in the order of eoi's records when they record every selected layer,
-/// else in natural name order.
-fn order(selected: &mut [Candidate<'_>], recorded: Option<&Recorded>) -> Order {
+/// Sorts the chain: with `--order names` (`by`) in natural name order; with `--order
+/// records` in the order of eoi's records, which must record every selected layer; without
+/// `--order`, the records' order when they record every selected layer, else names.
+fn order(
+    selected: &mut [Candidate<'_>],
+    recorded: Option<&Recorded>,
+    by: Option<OrderBy>,
+    path: &str,
+) -> Result<Order, Error> {
     // The layer names eoi's provenance records, in order, if it records any.
     let recorded_order: Option<HashMap<&str, usize>> =
         recorded.and_then(|r| r.layers.as_ref()).map(|layers| {
@@ -318,15 +340,29 @@ fn order(selected: &mut [Candidate<'_>], recorded: Option<&Recorded>) -> Order {
             }
             positions
         });
-    match &recorded_order {
-        Some(names) if selected.iter().all(|c| names.contains_key(c.name.as_str())) => {
+    let by_names = |selected: &mut [Candidate<'_>]| {
+        selected.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+        Ok(Order::Natural)
+    };
+    match (&recorded_order, by) {
+        (_, Some(OrderBy::Names)) => by_names(selected),
+        (Some(names), _) if selected.iter().all(|c| names.contains_key(c.name.as_str())) => {
             selected.sort_by_key(|c| names.get(c.name.as_str()).copied());
-            Order::Provenance
+            Ok(Order::Provenance)
         }
-        _ => {
-            selected.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-            Order::Natural
-        }
+        (None, Some(OrderBy::Records)) => Err(usage(format!(
+            "--order records: '{path}' has no eoi provenance records of its layers (metadata eoi.layers) to order the chain by; give --order names"
+        ))),
+        (Some(names), Some(OrderBy::Records)) => Err(usage(format!(
+            "--order records: eoi's provenance records of '{path}' do not list {}; give --order names, or choose recorded layers with --layers GLOB",
+            some_names(
+                selected
+                    .iter()
+                    .filter(|c| !names.contains_key(c.name.as_str()))
+                    .map(|c| c.name.as_str())
+            )
+        ))),
+        _ => by_names(selected),
     }
 }
 

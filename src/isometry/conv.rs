@@ -505,7 +505,7 @@ pub fn isometry(
     let recorded = Recorded::of(&checkpoint);
     let shown = path.display().to_string();
     let mut selected = select(candidates(&checkpoint, recorded.as_ref()), options, &shown)?;
-    let order = order(&mut selected, recorded.as_ref());
+    let order = order(&mut selected, recorded.as_ref(), options.order, &shown)?;
     let (links, kernels) = links(&checkpoint, recorded.as_ref(), &selected, size, &shown)?;
     let layout = layout_of(&checkpoint, recorded.as_ref());
     let channels = links[0].out;

@@ -387,3 +387,101 @@ fn a_sharded_output_is_one_chain() {
         "six shards and the index"
     );
 }
+
+/// A transformer's MLP blocks: two repeat tables, so eoi's records list every fc1 before
+/// every fc2 and the recorded order does not compose; `--order names` reads fc1, fc2 of
+/// block 0, then block 1, ...
+const MLP_BLOCKS: &str = "seed = 4\n[sparsity]\ndensity = 0.25\n[init]\ngain = 1.1\n\
+    [[layer]]\nname = \"attn.{i}.weight\"\nshape = [8, 8]\nrepeat = 3\n\
+    [[layer]]\nname = \"layers.{i}.mlp.fc1.weight\"\nshape = [32, 8]\nrepeat = 3\n\
+    [[layer]]\nname = \"layers.{i}.mlp.fc2.weight\"\nshape = [8, 32]\nrepeat = 3\n";
+
+#[test]
+fn order_names_reads_mlp_blocks_as_a_chain() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .generate(MLP_BLOCKS, "mlp.safetensors", &["-q"])
+        .success();
+    let mlp = ["mlp.safetensors", "--layers", "layers.*.mlp.*"];
+    // By default (the records list every selected layer) and with --order records, the
+    // records' order: fc1 of block 0, then fc1 of block 1, which do not compose.
+    for extra in [&[][..], &["--order", "records"][..]] {
+        let message = refused(&sandbox, &[&mlp[..], extra].concat());
+        assert!(
+            message.contains(
+                "layers \"layers.0.mlp.fc1.weight\" and \"layers.1.mlp.fc1.weight\" do not compose"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("chain order: provenance"), "{message}");
+    }
+    let ours = isometry(
+        &sandbox,
+        "mlp.safetensors",
+        &[
+            "--layers",
+            "layers.*.mlp.*",
+            "--order",
+            "names",
+            "--nonlinearity",
+            "linear",
+        ],
+    );
+    let want: Vec<String> = (0..3)
+        .flat_map(|i| {
+            [
+                format!("layers.{i}.mlp.fc1.weight"),
+                format!("layers.{i}.mlp.fc2.weight"),
+            ]
+        })
+        .collect();
+    assert_eq!(ours["order"], "natural");
+    assert_eq!(chain_names(&ours), want);
+    let file = sandbox.path("mlp.safetensors");
+    let mut args = vec!["jacobian", file.to_str().unwrap()];
+    args.extend(want.iter().map(String::as_str));
+    let numpy = reference(&args);
+    for key in ["singular_mean_sq", "singular_max", "singular_min"] {
+        assert_relative(&ours["jacobian"], &numpy, key, 1e-9);
+    }
+    // The text says the order too.
+    let text = sandbox
+        .eoi(&[
+            "isometry",
+            "mlp.safetensors",
+            "--layers",
+            "layers.*.mlp.*",
+            "--order",
+            "names",
+        ])
+        .success();
+    let text = utf8(&text.get_output().stdout);
+    assert!(
+        text.contains("a chain of 6 layers in natural order: layers.0.mlp.fc1.weight (32x8)"),
+        "{text}"
+    );
+    // --order records where the records do not list a layer, or there are none.
+    let message = refused(
+        &sandbox,
+        &[
+            "mlp.safetensors",
+            "--layers",
+            "layers.*.mlp.*",
+            "--order",
+            "bogus",
+        ],
+    );
+    assert!(
+        message.contains("records") && message.contains("names"),
+        "{message}"
+    );
+    let file = sandbox.path("chain.safetensors");
+    let file = file.to_str().unwrap();
+    reference(&["write-chain", file]);
+    let message = refused(&sandbox, &["chain.safetensors", "--order", "records"]);
+    assert!(
+        message.contains("--order records: 'chain.safetensors' has no eoi provenance records"),
+        "{message}"
+    );
+    assert!(message.contains("--order names"), "{message}");
+}
