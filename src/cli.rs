@@ -276,9 +276,12 @@ pub struct IsometryArgs {
     #[arg(long, value_name = "N")]
     pub grid: Option<usize>,
 
-    /// With --grid: estimate from K random probes (forward-mode products) even where an exact
-    /// spectrum is affordable. Default: 64 probes when the Jacobian is too large to build.
-    #[arg(long, value_name = "K", requires = "grid")]
+    /// Estimate from K random probes even where an exact spectrum is affordable: the mean of
+    /// squared singular values from forward-mode products (with a standard error); for linear
+    /// layers also the largest singular value, by power iteration on J^T J (forward and
+    /// reverse products). Default: 64 probes when the Jacobian is too large to build (linear
+    /// layers: more than 2^25 values, max(out) x inputs, or twice that in f64 not available).
+    #[arg(long, value_name = "K")]
     pub probes: Option<usize>,
 
     /// Print the measurements as JSON on standard output (its JSON Schema: eoi schema isometry).

@@ -485,3 +485,91 @@ fn order_names_reads_mlp_blocks_as_a_chain() {
     );
     assert!(message.contains("--order names"), "{message}");
 }
+
+/// `--probes K` on a linear chain: the mean of squares within a few standard errors of
+/// NumPy's exact value, the largest singular value (power iteration) equal to NumPy's to
+/// 1e-6; std and min not estimated. The NumPy chain is rectangular (12 inputs, 10 outputs),
+/// so the mean is over the 10 singular values.
+#[test]
+fn probes_estimate_a_linear_chain_within_their_standard_errors() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.path("chain.safetensors");
+    let file = file.to_str().unwrap();
+    let names: Vec<String> = serde_json::from_value(reference(&["write-chain", file])).unwrap();
+    let mut args = vec!["jacobian", file];
+    args.extend(names.iter().map(String::as_str));
+    let numpy = reference(&args);
+    let linear = ["--nonlinearity", "linear", "--probes", "512"];
+    let exact = isometry(&sandbox, "chain.safetensors", &["--nonlinearity", "tanh"]);
+    let runs = [
+        (isometry(&sandbox, "chain.safetensors", &linear), numpy),
+        // tanh, against the exact path on the same file.
+        (
+            isometry(&sandbox, "chain.safetensors", &["--probes", "512"]),
+            exact["jacobian"].clone(),
+        ),
+    ];
+    for (ours, want) in runs {
+        let j = &ours["jacobian"];
+        assert_eq!(j["method"], "estimated", "{j}");
+        assert_eq!(j["probes"], 512);
+        assert_eq!(
+            (j["rows"].clone(), j["cols"].clone()),
+            (10.into(), 12.into())
+        );
+        assert!(
+            j["singular_std"].is_null() && j["singular_min"].is_null(),
+            "{j}"
+        );
+        let (mean, se) = (
+            number(&j["singular_mean_sq"]),
+            number(&j["singular_mean_sq_stderr"]),
+        );
+        let exact_mean = number(&want["singular_mean_sq"]);
+        assert!(se > 0.0 && se < 0.2 * exact_mean, "{se}");
+        assert!(
+            (mean - exact_mean).abs() <= 4.0 * se,
+            "{mean} +- {se} vs exact {exact_mean}"
+        );
+        assert_relative(j, &want, "singular_max", 1e-6);
+        let iterations = j["singular_max_iterations"].as_u64().expect("iterations");
+        assert!((1..=500).contains(&iterations), "{iterations}");
+        assert!(number(&j["singular_max_residual"]) <= 1e-10, "{j}");
+        assert!(ours["grid"].is_null());
+    }
+    // Exact runs say so and carry no estimate's fields.
+    assert_eq!(exact["jacobian"]["method"], "exact");
+    assert!(exact["jacobian"]["probes"].is_null());
+    assert!(exact["jacobian"]["singular_max_iterations"].is_null());
+    // The text labels the estimates.
+    let text = sandbox
+        .eoi(&["isometry", "chain.safetensors", "--probes", "64"])
+        .success();
+    let text = utf8(&text.get_output().stdout);
+    assert!(
+        text.contains("ESTIMATED (--probes): the mean of squares from 64 random probes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(estimated, at most the true value: "),
+        "{text}"
+    );
+    assert!(text.contains("std, min         not estimated"), "{text}");
+}
+
+#[test]
+fn bad_probes_are_refused_for_linear_chains() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .generate(SQUARE, "square.safetensors", &["-q"])
+        .success();
+    for k in ["0", "3", "4097"] {
+        let message = refused(&sandbox, &["square.safetensors", "--probes", k]);
+        assert!(
+            message.contains(&format!("--probes {k}: give between 4 and 4096 probes")),
+            "{message}"
+        );
+    }
+    let message = refused(&sandbox, &["square.safetensors", "--probes", "many"]);
+    assert!(message.contains("--probes"), "{message}");
+}
