@@ -278,7 +278,7 @@ pub struct IsometryArgs {
 
     /// Estimate from K random probes even where an exact spectrum is affordable: the mean of
     /// squared singular values from forward-mode products (with a standard error); for linear
-    /// layers also the largest singular value, by power iteration on J^T J (forward and
+    /// layers also the largest singular value, by the Lanczos method on J^T J (forward and
     /// reverse products). Default: 64 probes when the Jacobian is too large to build (linear
     /// layers: more than 2^25 values, max(out) x inputs, or twice that in f64 not available).
     #[arg(long, value_name = "K")]

@@ -154,18 +154,21 @@ pub struct Report {
 /// estimated ([`Estimate`]).
 pub const EXACT_LIMIT: u64 = 1 << 25;
 
-/// The most power iterations on `J^T J` for the largest singular value of an estimate.
-pub const MAX_ITERATIONS: usize = 500;
+/// The most Lanczos steps on `J^T J` for the largest singular value of an estimate (each one
+/// forward and one reverse pass through the chain).
+pub const MAX_ITERATIONS: usize = 300;
 
-/// Power iteration stops when the relative residual `||J^T J v - s^2 v|| / s^2` is at most
-/// this.
-pub const TOLERANCE: f64 = 1e-10;
+/// The Lanczos method stops when the relative residual `||J^T J x - s^2 x|| / s^2` of the
+/// Ritz vector x is at most this: an eigenvalue of `J^T J` within 1e-6 of `s^2`, so a
+/// singular value within about 5e-7 of `s` (relative). Weights stored in f32 are exact to
+/// about 6e-8, so the clustered spectrum of an EOI chain cannot be resolved much further.
+pub const TOLERANCE: f64 = 1e-6;
 
-/// The name of the random stream power iteration starts from (with the `--seed`).
+/// The name of the random stream the Lanczos method starts from (with the `--seed`).
 pub const POWER_STREAM: &str = "eoi-isometry-power";
 
 /// An estimated spectrum of a linear chain: the mean of squares from random probes
-/// (forward products, Hutchinson), the largest singular value from power iteration on
+/// (forward products, Hutchinson), the largest singular value from the Lanczos method on
 /// `J^T J` (forward and reverse products). The std and the smallest are not estimated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Estimate {
@@ -175,11 +178,11 @@ pub struct Estimate {
     pub probes: usize,
     /// The standard error of the estimated mean of squares.
     pub mean_sq_stderr: f64,
-    /// Power iterations done.
+    /// Lanczos steps done.
     pub iterations: usize,
-    /// `||J^T J v - s^2 v|| / s^2` at the last iterate `v` (unit), `s = ||J v||` the reported
-    /// largest singular value: `s` is at most the true one, and an eigenvalue of `J^T J`
-    /// lies within `residual * s^2` of `s^2`.
+    /// `||J^T J x - s^2 x|| / s^2` for the Ritz vector `x` (unit), `s` the reported largest
+    /// singular value: `s` is at most the true one, and an eigenvalue of `J^T J` lies within
+    /// `residual * s^2` of `s^2`.
     pub residual: f64,
 }
 
@@ -642,46 +645,45 @@ fn norm(x: &[f64]) -> f64 {
     top * x.iter().map(|v| (v / top).powi(2)).sum::<f64>().sqrt()
 }
 
-/// Power iteration on `J^T J` from a seeded Gaussian start: the largest singular value `s =
-/// ||J v||` at the last unit iterate `v`, the iterations done and the relative residual
-/// `||J^T J v - s^2 v|| / s^2` (see [`Estimate`]). Stops at [`TOLERANCE`] or after
-/// [`MAX_ITERATIONS`]. `u = J v / s` is kept at unit norm, so that `J^T J v = s J^T u` and
-/// nothing is squared: a chain whose values vanish or explode is followed on its own scale.
-fn power_iteration(
+/// The Lanczos method on `J^T J` from a seeded Gaussian start ([`POWER_STREAM`]): the
+/// largest singular value `s = sqrt(theta)` (`theta` the largest Ritz value, never above the
+/// largest eigenvalue), the steps taken and the relative residual (see [`Estimate`]). Stops
+/// at [`TOLERANCE`] or after [`MAX_ITERATIONS`] steps. `J^T J` is applied scaled by
+/// `1 / ||J v_0||^2` (`v_0` the unit start), each product as `J^T (J x / s_0) / s_0`, so that
+/// a chain whose values vanish or explode is followed on its own scale. `None` when a
+/// product is not finite.
+fn largest_singular(
     layers: &[SparseLayer],
     seed: u64,
     progress: &dyn Progress,
-) -> (f64, usize, f64) {
+) -> Option<(f64, usize, f64)> {
     let cols = layers.first().map_or(0, |l| l.inp);
     let mut stream = Stream::derive(seed, POWER_STREAM);
     let mut v: Vec<f64> = (0..cols).map(|_| gaussian(&mut stream)).collect();
     let n = norm(&v);
     v.iter_mut().for_each(|x| *x /= n);
-    let (mut s, mut residual) = (0.0, f64::INFINITY);
-    for iteration in 1..=MAX_ITERATIONS {
-        let mut u = v.clone();
-        for l in layers {
-            u = l.forward(&u, 1);
-        }
-        s = norm(&u);
-        progress.advance(1);
-        if s == 0.0 || !s.is_finite() {
-            return (s, iteration, f64::NAN);
-        }
-        u.iter_mut().for_each(|x| *x /= s);
-        for l in layers.iter().rev() {
-            u = l.reverse(&u);
-        }
-        // u = J^T (J v / s); the residual of J^T J v = s u against s^2 v, over s^2.
-        let r: Vec<f64> = u.iter().zip(&v).map(|(a, b)| a - s * b).collect();
-        residual = norm(&r) / s;
-        let next = norm(&u);
-        if residual <= TOLERANCE || next == 0.0 || !next.is_finite() {
-            return (s, iteration, residual);
-        }
-        v = u.into_iter().map(|x| x / next).collect();
+    let forward = |x: &[f64]| layers.iter().fold(x.to_vec(), |u, l| l.forward(&u, 1));
+    let s0 = norm(&forward(&v));
+    if !s0.is_finite() {
+        return None;
     }
-    (s, MAX_ITERATIONS, residual)
+    if s0 == 0.0 {
+        // J v = 0 for a random v: J = 0 (with probability 1).
+        return Some((0.0, 1, 0.0));
+    }
+    let (theta, steps, residual) =
+        measure::spectrum::largest_eigenvalue(v, MAX_ITERATIONS, TOLERANCE, |x, y| {
+            let mut u = forward(x);
+            u.iter_mut().for_each(|v| *v /= s0);
+            for l in layers.iter().rev() {
+                u = l.reverse(&u);
+            }
+            for (y, u) in y.iter_mut().zip(u) {
+                *y = u / s0;
+            }
+            progress.advance(1);
+        })?;
+    Some((theta.sqrt() * s0, steps, residual))
 }
 
 /// Measures the chain of the artifact at `path`: exactly (the accumulated Jacobian and its
@@ -785,7 +787,8 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
         (None, Some(k)) => {
             // Over the min(rows, cols) singular values, as the exact summary.
             let (mean_sq, mean_sq_stderr, _, _) = conv::estimate(&jacobian, rows.min(cols), k);
-            let (max, iterations, residual) = power_iteration(&sparse, options.seed, progress);
+            let (max, iterations, residual) = largest_singular(&sparse, options.seed, progress)
+                .unwrap_or((f64::NAN, 0, f64::NAN));
             progress.advance((MAX_ITERATIONS - iterations.min(MAX_ITERATIONS)) as u64);
             estimate = Some(Estimate {
                 asked: options.probes.is_some(),

@@ -697,7 +697,7 @@ fn isometry_estimate_text(s: &isometry::Singular, grid: &isometry::conv::Grid) -
 }
 
 /// The estimated summary of a linear chain: the mean of squares from probes, the largest
-/// singular value from power iteration, each labelled.
+/// singular value from the Lanczos method, each labelled.
 fn isometry_linear_estimate_text(
     report: &isometry::Report,
     s: &isometry::Singular,
@@ -725,7 +725,7 @@ fn isometry_linear_estimate_text(
         "NOT converged"
     };
     format!(
-        "  ESTIMATED ({why}): the mean of squares from {} random probes (forward products), +- one standard error; the largest by power iteration on J^T J (forward and reverse products)\n  {:<16} {} +- {}  (estimated)\n  {:<16} {}  (estimated, at most the true value: {} iterations, {converged}, relative residual {}: an eigenvalue of J^T J lies within that fraction of max^2)\n  std, min         not estimated (exact without --probes when the Jacobian is within the limit)\n",
+        "  ESTIMATED ({why}): the mean of squares from {} random probes (forward products), +- one standard error; the largest by the Lanczos method on J^T J (forward and reverse products)\n  {:<16} {} +- {}  (estimated)\n  {:<16} {}  (estimated, at most the true value: {} Lanczos steps, {converged}, relative residual {}: an eigenvalue of J^T J lies within that fraction of max^2)\n  std, min         not estimated (exact without --probes when the Jacobian is within the limit)\n",
         e.probes,
         "mean of squares",
         figure(s.mean_sq),

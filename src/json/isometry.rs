@@ -85,7 +85,7 @@ pub struct JacobianJson {
     /// exact: the singular values were computed; estimated: from random probes (`--probes`,
     /// or a Jacobian too large for an exact spectrum), where the mean of squares is estimated
     /// (with `singular_mean_sq_stderr`), std and min are null, and max is null for `--grid`
-    /// chains and, for linear chains, from power iteration (`singular_max_iterations`,
+    /// chains and, for linear chains, from the Lanczos method on J^T J (`singular_max_iterations`,
     /// `singular_max_residual`).
     pub method: JacobianMethod,
     /// The number of random probes of an estimate (for `--grid` chains also `grid.probes`);
@@ -97,13 +97,14 @@ pub struct JacobianJson {
     pub singular_mean_sq_stderr: Option<f64>,
     /// Standard deviation of the singular values.
     pub singular_std: Option<f64>,
-    /// The largest singular value; estimated (linear chains), `||J v||` at the last unit
-    /// iterate v of power iteration on J^T J, at most the true value.
+    /// The largest singular value; estimated (linear chains), the square root of the largest
+    /// Ritz value of the Lanczos method on J^T J, at most the true value.
     pub singular_max: Option<f64>,
     pub singular_min: Option<f64>,
-    /// Power iterations done for an estimated `singular_max`; null otherwise.
+    /// Lanczos steps (each a forward and a reverse pass) for an estimated `singular_max`;
+    /// null otherwise.
     pub singular_max_iterations: Option<usize>,
-    /// `||J^T J v - s^2 v|| / s^2` at the last iterate (s the estimated `singular_max`): an
+    /// `||J^T J x - s^2 x|| / s^2` for the Ritz vector x (s the estimated `singular_max`): an
     /// eigenvalue of J^T J lies within this fraction of s^2 of s^2. Null when not estimated.
     pub singular_max_residual: Option<f64>,
 }

@@ -487,7 +487,7 @@ fn order_names_reads_mlp_blocks_as_a_chain() {
 }
 
 /// `--probes K` on a linear chain: the mean of squares within a few standard errors of
-/// NumPy's exact value, the largest singular value (power iteration) equal to NumPy's to
+/// NumPy's exact value, the largest singular value (Lanczos on J^T J) equal to NumPy's to
 /// 1e-6; std and min not estimated. The NumPy chain is rectangular (12 inputs, 10 outputs),
 /// so the mean is over the 10 singular values.
 #[test]
@@ -533,8 +533,8 @@ fn probes_estimate_a_linear_chain_within_their_standard_errors() {
         );
         assert_relative(j, &want, "singular_max", 1e-6);
         let iterations = j["singular_max_iterations"].as_u64().expect("iterations");
-        assert!((1..=500).contains(&iterations), "{iterations}");
-        assert!(number(&j["singular_max_residual"]) <= 1e-10, "{j}");
+        assert!((1..=300).contains(&iterations), "{iterations}");
+        assert!(number(&j["singular_max_residual"]) <= 1e-6, "{j}");
         assert!(ours["grid"].is_null());
     }
     // Exact runs say so and carry no estimate's fields.
@@ -555,6 +555,39 @@ fn probes_estimate_a_linear_chain_within_their_standard_errors() {
         "{text}"
     );
     assert!(text.contains("std, min         not estimated"), "{text}");
+}
+
+/// Wider than the Lanczos method's first steps (60 inputs), with random masks: the largest
+/// singular value from the Lanczos method equals the exact one to 1e-6, linear and tanh.
+#[test]
+fn lanczos_finds_the_largest_singular_value_of_a_wide_chain() {
+    let spec = "seed = 3\n[sparsity]\ndensity = 0.3\n[init]\ngain = 1.0\n\
+        [[layer]]\nname = \"h.{i}.weight\"\nshape = [60, 60]\nrepeat = 6\n";
+    let sandbox = Sandbox::new();
+    sandbox
+        .generate(spec, "wide.safetensors", &["-q", "--scheme", "kaiming"])
+        .success();
+    for phi in ["linear", "tanh"] {
+        let exact = isometry(&sandbox, "wide.safetensors", &["--nonlinearity", phi]);
+        let ours = isometry(
+            &sandbox,
+            "wide.safetensors",
+            &["--nonlinearity", phi, "--probes", "256"],
+        );
+        let j = &ours["jacobian"];
+        assert_eq!(j["method"], "estimated");
+        assert_relative(j, &exact["jacobian"], "singular_max", 1e-6);
+        let (mean, se) = (
+            number(&j["singular_mean_sq"]),
+            number(&j["singular_mean_sq_stderr"]),
+        );
+        let want = number(&exact["jacobian"]["singular_mean_sq"]);
+        assert!(
+            (mean - want).abs() <= 4.0 * se,
+            "{phi}: {mean} +- {se} vs {want}"
+        );
+        assert!(number(&j["singular_max_residual"]) <= 1e-6, "{j}");
+    }
 }
 
 #[test]
