@@ -9,7 +9,7 @@ use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use eoi::generate::Part;
-use eoi::isometry::Nonlinearity;
+use eoi::isometry::{Nonlinearity, OrderBy};
 use eoi::json::Document;
 use eoi::layer::{Distribution, Dtype, Format, Layout, Names};
 use eoi::schemes::Scheme;
@@ -258,6 +258,13 @@ pub struct IsometryArgs {
     #[arg(long, value_enum, value_name = "PHI", default_value = "tanh")]
     pub nonlinearity: Nonlinearity,
 
+    /// The order of the chain: records (eoi's provenance records; an error unless they list
+    /// every selected layer) or names (natural name order, digit runs as numbers: reads a
+    /// transformer's MLP blocks, 'layers.*.mlp.*', as fc1, fc2 of block 0, then block 1, ...).
+    /// Default: records when they list every selected layer, else names.
+    #[arg(long, value_enum, value_name = "ORDER")]
+    pub order: Option<OrderBy>,
+
     /// Seed of the random input vector.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
@@ -269,9 +276,12 @@ pub struct IsometryArgs {
     #[arg(long, value_name = "N")]
     pub grid: Option<usize>,
 
-    /// With --grid: estimate from K random probes (forward-mode products) even where an exact
-    /// spectrum is affordable. Default: 64 probes when the Jacobian is too large to build.
-    #[arg(long, value_name = "K", requires = "grid")]
+    /// Estimate from K random probes even where an exact spectrum is affordable: the mean of
+    /// squared singular values from forward-mode products (with a standard error); for linear
+    /// layers also the largest singular value, by the Lanczos method on J^T J (forward and
+    /// reverse products). Default: 64 probes when the Jacobian is too large to build (linear
+    /// layers: more than 2^25 values, max(out) x inputs, or twice that in f64 not available).
+    #[arg(long, value_name = "K")]
     pub probes: Option<usize>,
 
     /// Print the measurements as JSON on standard output (its JSON Schema: eoi schema isometry).

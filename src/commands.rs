@@ -390,6 +390,7 @@ fn isometry_command(args: IsometryArgs) -> Result<(), Error> {
         seed: args.seed,
         grid: args.grid,
         probes: args.probes,
+        order: args.order,
     };
     let report = {
         let bar = Bar::new("measuring");

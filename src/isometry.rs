@@ -70,8 +70,24 @@ pub struct Options {
     /// `--grid N`: read the chain as convolutions on a periodic grid of N positions per
     /// dimension ([`conv`]).
     pub grid: Option<usize>,
-    /// `--probes K` (with `grid`): estimate from K random probes.
+    /// `--probes K`: estimate from K random probes.
     pub probes: Option<usize>,
+    /// `--order`: how to order the chain; `None` as [`order`] decides (the records when they
+    /// record every selected layer, else names).
+    pub order: Option<OrderBy>,
+}
+
+named! {
+    /// `--order`: the order asked for on the command line.
+    pub enum OrderBy {
+        /// The order of eoi's provenance records (an error if they do not record every
+        /// selected layer).
+        Records = "records",
+        /// Natural name order, whatever the records say: the MLP blocks of a transformer
+        /// (`layers.0.mlp.fc1`, `layers.0.mlp.fc2`, `layers.1.mlp.fc1`, ...) read as a chain,
+        /// which the records (every `fc1` before every `fc2`) do not give.
+        Names = "names",
+    }
 }
 
 named! {
@@ -128,6 +144,47 @@ pub struct Report {
     pub signal_rms: Vec<f64>,
     /// The grid, for a convolution chain (`--grid`).
     pub grid: Option<conv::Grid>,
+    /// How a linear chain's spectrum was estimated, when it was (`--probes`, or a Jacobian
+    /// over [`EXACT_LIMIT`]); `None` when exact (and for `--grid` chains: see `grid`).
+    pub estimate: Option<Estimate>,
+}
+
+/// The largest number of values (`max_k out_k` by the chain's inputs) of the Jacobian a
+/// linear chain accumulates for an exact spectrum (2^25 f64 values, 256 MiB a copy, two
+/// copies held); above it, or when twice that memory is not available, the spectrum is
+/// estimated ([`Estimate`]).
+pub const EXACT_LIMIT: u64 = 1 << 25;
+
+/// The most Lanczos steps on `J^T J` for the largest singular value of an estimate (each one
+/// forward and one reverse pass through the chain).
+pub const MAX_ITERATIONS: usize = 300;
+
+/// The Lanczos method stops when the relative residual `||J^T J x - s^2 x|| / s^2` of the
+/// Ritz vector x is at most this: an eigenvalue of `J^T J` within 1e-6 of `s^2`, so a
+/// singular value within about 5e-7 of `s` (relative). Weights stored in f32 are exact to
+/// about 6e-8, so the clustered spectrum of an EOI chain cannot be resolved much further.
+pub const TOLERANCE: f64 = 1e-6;
+
+/// The name of the random stream the Lanczos method starts from (with the `--seed`).
+pub const POWER_STREAM: &str = "eoi-isometry-power";
+
+/// An estimated spectrum of a linear chain: the mean of squares from random probes
+/// (forward products, Hutchinson), the largest singular value from the Lanczos method on
+/// `J^T J` (forward and reverse products). The std and the smallest are not estimated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Estimate {
+    /// Why: `--probes` was given (true), or the exact Jacobian was over the limit (false).
+    pub asked: bool,
+    /// The number of random probes.
+    pub probes: usize,
+    /// The standard error of the estimated mean of squares.
+    pub mean_sq_stderr: f64,
+    /// Lanczos steps done.
+    pub iterations: usize,
+    /// `||J^T J x - s^2 x|| / s^2` for the Ritz vector `x` (unit), `s` the reported largest
+    /// singular value: `s` is at most the true one, and an eigenvalue of `J^T J` lies within
+    /// `residual * s^2` of `s^2`.
+    pub residual: f64,
 }
 
 /// A weight of the artifact that may join the chain.
@@ -221,7 +278,7 @@ fn chain<'a>(
     path: &str,
 ) -> Result<(Vec<Candidate<'a>>, Vec<Link>, Order), Error> {
     let mut selected = select(candidates(checkpoint, recorded), options, path)?;
-    let order = order(&mut selected, recorded);
+    let order = order(&mut selected, recorded, options.order, path)?;
     let layout = layout_of(checkpoint, recorded);
     let mut links: Vec<Link> = Vec::with_capacity(selected.len());
     for c in &selected {
@@ -296,9 +353,15 @@ fn select<'a>(
     Ok(selected)
 }
 
-/// Sorts the chain: in the order of eoi's records when they record every selected layer,
-/// else in natural name order.
-fn order(selected: &mut [Candidate<'_>], recorded: Option<&Recorded>) -> Order {
+/// Sorts the chain: with `--order names` (`by`) in natural name order; with `--order
+/// records` in the order of eoi's records, which must record every selected layer; without
+/// `--order`, the records' order when they record every selected layer, else names.
+fn order(
+    selected: &mut [Candidate<'_>],
+    recorded: Option<&Recorded>,
+    by: Option<OrderBy>,
+    path: &str,
+) -> Result<Order, Error> {
     // The layer names eoi's provenance records, in order, if it records any.
     let recorded_order: Option<HashMap<&str, usize>> =
         recorded.and_then(|r| r.layers.as_ref()).map(|layers| {
@@ -308,15 +371,29 @@ fn order(selected: &mut [Candidate<'_>], recorded: Option<&Recorded>) -> Order {
             }
             positions
         });
-    match &recorded_order {
-        Some(names) if selected.iter().all(|c| names.contains_key(c.name.as_str())) => {
+    let by_names = |selected: &mut [Candidate<'_>]| {
+        selected.sort_by(|a, b| natural_cmp(&a.name, &b.name));
+        Ok(Order::Natural)
+    };
+    match (&recorded_order, by) {
+        (_, Some(OrderBy::Names)) => by_names(selected),
+        (Some(names), _) if selected.iter().all(|c| names.contains_key(c.name.as_str())) => {
             selected.sort_by_key(|c| names.get(c.name.as_str()).copied());
-            Order::Provenance
+            Ok(Order::Provenance)
         }
-        _ => {
-            selected.sort_by(|a, b| natural_cmp(&a.name, &b.name));
-            Order::Natural
-        }
+        (None, Some(OrderBy::Records)) => Err(usage(format!(
+            "--order records: '{path}' has no eoi provenance records of its layers (metadata eoi.layers) to order the chain by; give --order names"
+        ))),
+        (Some(names), Some(OrderBy::Records)) => Err(usage(format!(
+            "--order records: eoi's provenance records of '{path}' do not list {}; give --order names, or choose recorded layers with --layers GLOB",
+            some_names(
+                selected
+                    .iter()
+                    .filter(|c| !names.contains_key(c.name.as_str()))
+                    .map(|c| c.name.as_str())
+            )
+        ))),
+        _ => by_names(selected),
     }
 }
 
@@ -476,27 +553,170 @@ fn times(w: &[f64], out: usize, inp: usize, j: &[f64], cols: usize) -> Vec<f64> 
     product
 }
 
-/// Measures the chain of the artifact at `path`.
+/// A layer's matrix by its nonzeros, row by row (compressed sparse rows), with the slopes
+/// `phi'` at its pre-activations: what the forward (JVP) and reverse (VJP) products of an
+/// estimate need.
+struct SparseLayer {
+    out: usize,
+    inp: usize,
+    starts: Vec<usize>,
+    columns: Vec<u32>,
+    values: Vec<f64>,
+    slope: Vec<f64>,
+}
+
+impl SparseLayer {
+    fn new(w: &[f64], out: usize, inp: usize, slope: Vec<f64>) -> SparseLayer {
+        let mut starts = Vec::with_capacity(out + 1);
+        let (mut columns, mut values) = (Vec::new(), Vec::new());
+        starts.push(0);
+        for row in w.chunks_exact(inp) {
+            for (k, &v) in row.iter().enumerate() {
+                if v != 0.0 {
+                    columns.push(k as u32);
+                    values.push(v);
+                }
+            }
+            starts.push(values.len());
+        }
+        SparseLayer {
+            out,
+            inp,
+            starts,
+            columns,
+            values,
+            slope,
+        }
+    }
+
+    /// `D W V` for the row-major `inp x k` block `v`: each output row by one task, summed in
+    /// increasing input order (the bits do not depend on the number of threads).
+    fn forward(&self, v: &[f64], k: usize) -> Vec<f64> {
+        let mut y = vec![0.0; self.out * k];
+        let row = |(o, y): (usize, &mut [f64])| {
+            for e in self.starts[o]..self.starts[o + 1] {
+                let (c, w) = (self.columns[e] as usize, self.values[e]);
+                for (y, &x) in y.iter_mut().zip(&v[c * k..(c + 1) * k]) {
+                    *y += w * x;
+                }
+            }
+            let d = self.slope[o];
+            y.iter_mut().for_each(|y| *y *= d);
+        };
+        if self.values.len() * k > 1 << 20 {
+            y.par_chunks_mut(k).enumerate().for_each(row);
+        } else {
+            y.chunks_mut(k).enumerate().for_each(row);
+        }
+        y
+    }
+
+    /// `W^T D u` for a vector `u` of the layer's outputs.
+    fn reverse(&self, u: &[f64]) -> Vec<f64> {
+        let mut x = vec![0.0; self.inp];
+        for (o, &u) in u.iter().enumerate() {
+            let u = u * self.slope[o];
+            if u != 0.0 {
+                for e in self.starts[o]..self.starts[o + 1] {
+                    x[self.columns[e] as usize] += self.values[e] * u;
+                }
+            }
+        }
+        x
+    }
+}
+
+fn norm(x: &[f64]) -> f64 {
+    // Scaled, so that neither a vanishing nor an exploding chain's vector under/overflows.
+    let top = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if top == 0.0 || !top.is_finite() {
+        return top;
+    }
+    top * x.iter().map(|v| (v / top).powi(2)).sum::<f64>().sqrt()
+}
+
+/// The Lanczos method on `J^T J` from a seeded Gaussian start ([`POWER_STREAM`]): the
+/// largest singular value `s = sqrt(theta)` (`theta` the largest Ritz value, never above the
+/// largest eigenvalue), the steps taken and the relative residual (see [`Estimate`]). Stops
+/// at [`TOLERANCE`] or after [`MAX_ITERATIONS`] steps. `J^T J` is applied scaled by
+/// `1 / ||J v_0||^2` (`v_0` the unit start), each product as `J^T (J x / s_0) / s_0`, so that
+/// a chain whose values vanish or explode is followed on its own scale. `None` when a
+/// product is not finite.
+fn largest_singular(
+    layers: &[SparseLayer],
+    seed: u64,
+    progress: &dyn Progress,
+) -> Option<(f64, usize, f64)> {
+    let cols = layers.first().map_or(0, |l| l.inp);
+    let mut stream = Stream::derive(seed, POWER_STREAM);
+    let mut v: Vec<f64> = (0..cols).map(|_| gaussian(&mut stream)).collect();
+    let n = norm(&v);
+    v.iter_mut().for_each(|x| *x /= n);
+    let forward = |x: &[f64]| layers.iter().fold(x.to_vec(), |u, l| l.forward(&u, 1));
+    let s0 = norm(&forward(&v));
+    if !s0.is_finite() {
+        return None;
+    }
+    if s0 == 0.0 {
+        // J v = 0 for a random v: J = 0 (with probability 1).
+        return Some((0.0, 1, 0.0));
+    }
+    let (theta, steps, residual) =
+        measure::spectrum::largest_eigenvalue(v, MAX_ITERATIONS, TOLERANCE, |x, y| {
+            let mut u = forward(x);
+            u.iter_mut().for_each(|v| *v /= s0);
+            for l in layers.iter().rev() {
+                u = l.reverse(&u);
+            }
+            for (y, u) in y.iter_mut().zip(u) {
+                *y = u / s0;
+            }
+            progress.advance(1);
+        })?;
+    Some((theta.sqrt() * s0, steps, residual))
+}
+
+/// Measures the chain of the artifact at `path`: exactly (the accumulated Jacobian and its
+/// SVD) when its largest intermediate Jacobian holds at most [`EXACT_LIMIT`] values and twice
+/// its memory is available, else (or with `--probes`) an [`Estimate`].
 pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Result<Report, Error> {
     if let Some(size) = options.grid {
         return conv::isometry(path, options, size, progress);
     }
+    conv::check_probes(options.probes)?;
     let checkpoint = Checkpoint::open_any(path)?;
     let recorded = Recorded::of(&checkpoint);
     let shown = path.display().to_string();
     let (selected, links, order) = chain(&checkpoint, recorded.as_ref(), options, &shown)?;
     let layout = layout_of(&checkpoint, recorded.as_ref());
     let cols = links[0].inp;
-    let work = |l: &Link| (l.out * l.inp * cols / 64 + l.out * l.inp) as u64;
-
-    progress.start(links.iter().map(work).sum());
+    let widest = links.iter().map(|l| l.out).max().unwrap_or(cols).max(cols);
+    let values = widest as u64 * cols as u64;
+    let affordable = conv::available_memory().is_none_or(|a| values * 16 <= a);
+    let probes = match options.probes {
+        Some(k) => Some(k),
+        None if values > EXACT_LIMIT || !affordable => Some(conv::DEFAULT_PROBES),
+        None => None,
+    };
+    // Columns carried through the chain: the identity's, or the probes.
+    let carried = probes.unwrap_or(cols);
+    let work = |l: &Link| (l.out * l.inp * carried / 64 + l.out * l.inp) as u64;
+    let iterations = if probes.is_some() { MAX_ITERATIONS } else { 0 };
+    progress.start(links.iter().map(work).sum::<u64>() + iterations as u64);
 
     let mut x = input(options.seed, cols);
     let mut signal_rms = vec![rms(&x)];
-    // J, row-major (rows the current layer's outputs, `cols` the chain's inputs).
-    let mut jacobian: Vec<f64> = (0..cols * cols)
-        .map(|k| if k / cols == k % cols { 1.0 } else { 0.0 })
-        .collect();
+    // J (exact) or J V (probes), row-major: rows the current layer's outputs.
+    let mut jacobian: Vec<f64> = match probes {
+        None => (0..cols * cols)
+            .map(|k| if k / cols == k % cols { 1.0 } else { 0.0 })
+            .collect(),
+        Some(k) => {
+            let mut stream = Stream::derive(options.seed, conv::PROBE_STREAM);
+            (0..cols * k).map(|_| gaussian(&mut stream)).collect()
+        }
+    };
+    let mut sparse: Vec<SparseLayer> = Vec::new();
     let mut non_finite: Option<usize> = None;
     for (depth, (c, link)) in selected.iter().zip(&links).enumerate() {
         let (out, inp) = (link.out, link.inp);
@@ -525,11 +745,20 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
         x = next;
         signal_rms.push(rms(&x));
 
-        let mut product = times(&w, out, inp, &jacobian, cols);
-        for (row, &d) in product.chunks_exact_mut(cols.max(1)).zip(&slope) {
-            row.iter_mut().for_each(|v| *v *= d);
+        match probes {
+            None => {
+                let mut product = times(&w, out, inp, &jacobian, cols);
+                for (row, &d) in product.chunks_exact_mut(cols.max(1)).zip(&slope) {
+                    row.iter_mut().for_each(|v| *v *= d);
+                }
+                jacobian = product;
+            }
+            Some(k) => {
+                let layer = SparseLayer::new(&w, out, inp, slope);
+                jacobian = layer.forward(&jacobian, k);
+                sparse.push(layer);
+            }
         }
-        jacobian = product;
         if non_finite.is_none() && jacobian.iter().any(|v| !v.is_finite()) {
             non_finite = Some(depth + 1);
         }
@@ -537,14 +766,38 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
     }
 
     let rows = links.last().map_or(cols, |l| l.out);
-    let (singular, note) = match non_finite {
-        Some(depth) => (
+    let mut estimate = None;
+    let (singular, note) = match (non_finite, probes) {
+        (Some(depth), _) => (
             None,
             Some(format!(
                 "the Jacobian has non-finite entries from depth {depth} on (overflow, or non-finite weights): no singular values"
             )),
         ),
-        None => match measure::singular_values(
+        (None, Some(k)) => {
+            // Over the min(rows, cols) singular values, as the exact summary.
+            let (mean_sq, mean_sq_stderr, _, _) = conv::estimate(&jacobian, rows.min(cols), k);
+            let (max, iterations, residual) = largest_singular(&sparse, options.seed, progress)
+                .unwrap_or((f64::NAN, 0, f64::NAN));
+            progress.advance((MAX_ITERATIONS - iterations.min(MAX_ITERATIONS)) as u64);
+            estimate = Some(Estimate {
+                asked: options.probes.is_some(),
+                probes: k,
+                mean_sq_stderr,
+                iterations,
+                residual,
+            });
+            (
+                Some(Singular {
+                    mean_sq,
+                    std: f64::NAN,
+                    max,
+                    min: f64::NAN,
+                }),
+                None,
+            )
+        }
+        (None, None) => match measure::singular_values(
             measure::view(&jacobian, rows, cols),
             measure::parallelism(rows, cols),
         ) {
@@ -567,6 +820,7 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
         note,
         signal_rms,
         grid: None,
+        estimate,
     })
 }
 
@@ -623,6 +877,34 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn sparse_forward_and_reverse_products_are_d_w_and_its_transpose() {
+        let (out, inp, k) = (9, 7, 3);
+        let mut stream = Stream::derive(4, "isometry-test");
+        let w: Vec<f64> = (0..out * inp)
+            .map(|_| {
+                let v = gaussian(&mut stream);
+                if stream.unit() < 0.4 { v } else { 0.0 }
+            })
+            .collect();
+        let slope: Vec<f64> = (0..out).map(|o| 0.5 + o as f64 / 10.0).collect();
+        let layer = SparseLayer::new(&w, out, inp, slope.clone());
+        let v: Vec<f64> = (0..inp * k).map(|_| gaussian(&mut stream)).collect();
+        let y = layer.forward(&v, k);
+        for o in 0..out {
+            for c in 0..k {
+                let want = slope[o] * (0..inp).map(|i| w[o * inp + i] * v[i * k + c]).sum::<f64>();
+                assert!((y[o * k + c] - want).abs() < 1e-12);
+            }
+        }
+        let u: Vec<f64> = (0..out).map(|_| gaussian(&mut stream)).collect();
+        let x = layer.reverse(&u);
+        for i in 0..inp {
+            let want: f64 = (0..out).map(|o| w[o * inp + i] * slope[o] * u[o]).sum();
+            assert!((x[i] - want).abs() < 1e-12);
         }
     }
 

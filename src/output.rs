@@ -590,6 +590,11 @@ pub fn isometry_text(report: &isometry::Report) -> String {
     let estimated = report.grid.as_ref().filter(|g| g.estimated());
     match (&report.singular, &report.note, estimated) {
         (Some(s), _, Some(grid)) => text.push_str(&isometry_estimate_text(s, grid)),
+        (Some(s), _, None) if report.estimate.is_some() => {
+            if let Some(e) = &report.estimate {
+                text.push_str(&isometry_linear_estimate_text(report, s, e));
+            }
+        }
         (Some(s), _, None) => {
             for (label, value) in [
                 ("mean of squares", s.mean_sq),
@@ -689,6 +694,47 @@ fn isometry_estimate_text(s: &isometry::Singular, grid: &isometry::conv::Grid) -
     }
     text.push_str("  std, max, min    not estimated (exact with --nonlinearity linear, or without --probes when channels x positions <= 1024)\n");
     text
+}
+
+/// The estimated summary of a linear chain: the mean of squares from probes, the largest
+/// singular value from the Lanczos method, each labelled.
+fn isometry_linear_estimate_text(
+    report: &isometry::Report,
+    s: &isometry::Singular,
+    e: &isometry::Estimate,
+) -> String {
+    let why = if e.asked {
+        "--probes".to_string()
+    } else {
+        format!(
+            "an exact spectrum would accumulate a Jacobian of {} x {} values, over the limit of {} (or the memory available); --probes asks for an estimate anyway",
+            report
+                .chain
+                .iter()
+                .map(|l| l.out)
+                .max()
+                .unwrap_or(report.rows)
+                .max(report.cols),
+            report.cols,
+            isometry::EXACT_LIMIT
+        )
+    };
+    let converged = if e.residual <= isometry::TOLERANCE {
+        "converged"
+    } else {
+        "NOT converged"
+    };
+    format!(
+        "  ESTIMATED ({why}): the mean of squares from {} random probes (forward products), +- one standard error; the largest by the Lanczos method on J^T J (forward and reverse products)\n  {:<16} {} +- {}  (estimated)\n  {:<16} {}  (estimated, at most the true value: {} Lanczos steps, {converged}, relative residual {}: an eigenvalue of J^T J lies within that fraction of max^2)\n  std, min         not estimated (exact without --probes when the Jacobian is within the limit)\n",
+        e.probes,
+        "mean of squares",
+        figure(s.mean_sq),
+        figure(e.mean_sq_stderr),
+        "max",
+        figure(s.max),
+        e.iterations,
+        figure(e.residual),
+    )
 }
 
 #[cfg(test)]

@@ -158,7 +158,7 @@ impl Conv {
 
 /// Memory the machine has available, where it can be read (Linux's MemAvailable; the same
 /// reading as `generate`'s memory limit).
-fn available_memory() -> Option<u64> {
+pub(super) fn available_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -482,6 +482,17 @@ fn fourier_singular(
     })
 }
 
+/// Refuses a `--probes K` outside [`MIN_PROBES`, `MAX_PROBES`] (linear and convolution
+/// chains alike).
+pub(super) fn check_probes(probes: Option<usize>) -> Result<(), Error> {
+    match probes {
+        Some(k) if !(MIN_PROBES..=MAX_PROBES).contains(&k) => Err(usage(format!(
+            "--probes {k}: give between {MIN_PROBES} and {MAX_PROBES} probes (the standard errors need at least {MIN_PROBES})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Measures the convolution chain of the artifact at `path` on a periodic grid of `size`.
 pub fn isometry(
     path: &Path,
@@ -494,18 +505,12 @@ pub fn isometry(
             "--grid 0: the grid needs at least one position along each dimension".into(),
         ));
     }
-    if let Some(k) = options.probes
-        && !(MIN_PROBES..=MAX_PROBES).contains(&k)
-    {
-        return Err(usage(format!(
-            "--probes {k}: give between {MIN_PROBES} and {MAX_PROBES} probes (the standard errors need at least {MIN_PROBES})"
-        )));
-    }
+    check_probes(options.probes)?;
     let checkpoint = Checkpoint::open_any(path)?;
     let recorded = Recorded::of(&checkpoint);
     let shown = path.display().to_string();
     let mut selected = select(candidates(&checkpoint, recorded.as_ref()), options, &shown)?;
-    let order = order(&mut selected, recorded.as_ref());
+    let order = order(&mut selected, recorded.as_ref(), options.order, &shown)?;
     let (links, kernels) = links(&checkpoint, recorded.as_ref(), &selected, size, &shown)?;
     let layout = layout_of(&checkpoint, recorded.as_ref());
     let channels = links[0].out;
@@ -736,6 +741,7 @@ pub fn isometry(
         note,
         signal_rms,
         grid: Some(grid),
+        estimate: None,
     })
 }
 

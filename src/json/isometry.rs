@@ -82,18 +82,31 @@ pub struct JacobianJson {
     pub rows: usize,
     /// The first layer's inputs.
     pub cols: usize,
-    /// exact: the singular values were computed; estimated: from random probes (`--grid`
-    /// chains too large for an exact spectrum, or `--probes`), where only the mean of squares
-    /// is estimated (with `singular_mean_sq_stderr`) and std, max and min are null.
+    /// exact: the singular values were computed; estimated: from random probes (`--probes`,
+    /// or a Jacobian too large for an exact spectrum), where the mean of squares is estimated
+    /// (with `singular_mean_sq_stderr`), std and min are null, and max is null for `--grid`
+    /// chains and, for linear chains, from the Lanczos method on J^T J (`singular_max_iterations`,
+    /// `singular_max_residual`).
     pub method: JacobianMethod,
+    /// The number of random probes of an estimate (for `--grid` chains also `grid.probes`);
+    /// null when exact.
+    pub probes: Option<usize>,
     /// Mean of the squared singular values.
     pub singular_mean_sq: Option<f64>,
     /// The standard error of an estimated `singular_mean_sq`; null when exact.
     pub singular_mean_sq_stderr: Option<f64>,
     /// Standard deviation of the singular values.
     pub singular_std: Option<f64>,
+    /// The largest singular value; estimated (linear chains), the square root of the largest
+    /// Ritz value of the Lanczos method on J^T J, at most the true value.
     pub singular_max: Option<f64>,
     pub singular_min: Option<f64>,
+    /// Lanczos steps (each a forward and a reverse pass) for an estimated `singular_max`;
+    /// null otherwise.
+    pub singular_max_iterations: Option<usize>,
+    /// `||J^T J x - s^2 x|| / s^2` for the Ritz vector x (s the estimated `singular_max`): an
+    /// eigenvalue of J^T J lies within this fraction of s^2 of s^2. Null when not estimated.
+    pub singular_max_residual: Option<f64>,
 }
 
 /// Whether the Jacobian's singular values were computed or estimated.
@@ -115,6 +128,7 @@ impl IsometryJson {
     pub fn new(report: &Report) -> IsometryJson {
         let s = report.singular.as_ref();
         let grid = report.grid.as_ref();
+        let estimate = report.estimate.as_ref();
         IsometryJson {
             schema_version: SCHEMA_VERSION,
             eoi_version: crate::VERSION.to_string(),
@@ -132,16 +146,22 @@ impl IsometryJson {
             jacobian: JacobianJson {
                 rows: report.rows,
                 cols: report.cols,
-                method: if grid.is_some_and(Grid::estimated) {
+                method: if grid.is_some_and(Grid::estimated) || estimate.is_some() {
                     JacobianMethod::Estimated
                 } else {
                     JacobianMethod::Exact
                 },
+                probes: grid.and_then(|g| g.probes).or(estimate.map(|e| e.probes)),
                 singular_mean_sq: s.and_then(|s| finite(s.mean_sq)),
-                singular_mean_sq_stderr: grid.and_then(|g| g.mean_sq_stderr).and_then(finite),
+                singular_mean_sq_stderr: grid
+                    .and_then(|g| g.mean_sq_stderr)
+                    .or(estimate.map(|e| e.mean_sq_stderr))
+                    .and_then(finite),
                 singular_std: s.and_then(|s| finite(s.std)),
                 singular_max: s.and_then(|s| finite(s.max)),
                 singular_min: s.and_then(|s| finite(s.min)),
+                singular_max_iterations: estimate.map(|e| e.iterations),
+                singular_max_residual: estimate.and_then(|e| finite(e.residual)),
             },
             signal_rms: report
                 .signal_rms

@@ -163,6 +163,61 @@ fn lanczos(n: usize, mut apply: impl FnMut(&[f64], &mut [f64])) -> Option<(f64, 
     None
 }
 
+/// The largest eigenvalue of the n x n symmetric positive semidefinite operator `apply`
+/// (`y = G x`), by the Lanczos method with full reorthogonalisation from the unit vector
+/// `start`, for `isometry`'s estimates: the largest Ritz value `theta` (never above the
+/// largest eigenvalue), the steps taken and the relative residual `r / theta`, where `r =
+/// ||G x - theta x||` for the Ritz vector x, so that an eigenvalue of G lies within `r` of
+/// `theta`. Stops when the relative residual is at most `tolerance`, on an invariant
+/// subspace, after `max_steps` steps, or when `G x` is not finite (then `None`).
+pub fn largest_eigenvalue(
+    start: Vec<f64>,
+    max_steps: usize,
+    tolerance: f64,
+    mut apply: impl FnMut(&[f64], &mut [f64]),
+) -> Option<(f64, usize, f64)> {
+    let n = start.len();
+    let steps = max_steps.min(n).max(1);
+    let mut basis: Vec<Vec<f64>> = vec![start];
+    let mut alpha: Vec<f64> = Vec::with_capacity(steps);
+    let mut beta: Vec<f64> = Vec::with_capacity(steps);
+    let mut w = vec![0.0; n];
+    for k in 1..=steps {
+        let q = &basis[k - 1];
+        apply(q, &mut w);
+        if w.iter().any(|v| !v.is_finite()) {
+            return None;
+        }
+        alpha.push(dot(q, &w));
+        for _ in 0..2 {
+            for q in &basis {
+                let c = dot(q, &w);
+                w.iter_mut().zip(q).for_each(|(v, qi)| *v -= c * qi);
+            }
+        }
+        let b = dot(&w, &w).sqrt();
+        let scale = alpha
+            .iter()
+            .chain(&beta)
+            .fold(0.0f64, |s, v| s.max(v.abs()))
+            .max(f64::MIN_POSITIVE);
+        let breakdown = b <= f64::EPSILON * (n as f64).sqrt() * scale;
+        if breakdown || k % CHECK_EVERY == 0 || k == steps {
+            let theta = kth_eigenvalue(&alpha, &beta, k - 1);
+            let s = eigenvector(&alpha, &beta, theta);
+            let next = if breakdown { 0.0 } else { b };
+            let residual = tridiagonal_residual(&alpha, &beta, theta, &s) + next * s[k - 1].abs();
+            let relative = if theta > 0.0 { residual / theta } else { 0.0 };
+            if breakdown || relative <= tolerance || k == steps {
+                return Some((theta.max(0.0), k, relative));
+            }
+        }
+        beta.push(b);
+        basis.push(w.iter().map(|v| v / b).collect());
+    }
+    None
+}
+
 /// An extreme Ritz value and the estimate of its distance to an eigenvalue.
 #[derive(Clone, Copy, Debug)]
 struct Ritz {

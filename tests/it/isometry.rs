@@ -387,3 +387,222 @@ fn a_sharded_output_is_one_chain() {
         "six shards and the index"
     );
 }
+
+/// A transformer's MLP blocks: two repeat tables, so eoi's records list every fc1 before
+/// every fc2 and the recorded order does not compose; `--order names` reads fc1, fc2 of
+/// block 0, then block 1, ...
+const MLP_BLOCKS: &str = "seed = 4\n[sparsity]\ndensity = 0.25\n[init]\ngain = 1.1\n\
+    [[layer]]\nname = \"attn.{i}.weight\"\nshape = [8, 8]\nrepeat = 3\n\
+    [[layer]]\nname = \"layers.{i}.mlp.fc1.weight\"\nshape = [32, 8]\nrepeat = 3\n\
+    [[layer]]\nname = \"layers.{i}.mlp.fc2.weight\"\nshape = [8, 32]\nrepeat = 3\n";
+
+#[test]
+fn order_names_reads_mlp_blocks_as_a_chain() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .generate(MLP_BLOCKS, "mlp.safetensors", &["-q"])
+        .success();
+    let mlp = ["mlp.safetensors", "--layers", "layers.*.mlp.*"];
+    // By default (the records list every selected layer) and with --order records, the
+    // records' order: fc1 of block 0, then fc1 of block 1, which do not compose.
+    for extra in [&[][..], &["--order", "records"][..]] {
+        let message = refused(&sandbox, &[&mlp[..], extra].concat());
+        assert!(
+            message.contains(
+                "layers \"layers.0.mlp.fc1.weight\" and \"layers.1.mlp.fc1.weight\" do not compose"
+            ),
+            "{message}"
+        );
+        assert!(message.contains("chain order: provenance"), "{message}");
+    }
+    let ours = isometry(
+        &sandbox,
+        "mlp.safetensors",
+        &[
+            "--layers",
+            "layers.*.mlp.*",
+            "--order",
+            "names",
+            "--nonlinearity",
+            "linear",
+        ],
+    );
+    let want: Vec<String> = (0..3)
+        .flat_map(|i| {
+            [
+                format!("layers.{i}.mlp.fc1.weight"),
+                format!("layers.{i}.mlp.fc2.weight"),
+            ]
+        })
+        .collect();
+    assert_eq!(ours["order"], "natural");
+    assert_eq!(chain_names(&ours), want);
+    let file = sandbox.path("mlp.safetensors");
+    let mut args = vec!["jacobian", file.to_str().unwrap()];
+    args.extend(want.iter().map(String::as_str));
+    let numpy = reference(&args);
+    for key in ["singular_mean_sq", "singular_max", "singular_min"] {
+        assert_relative(&ours["jacobian"], &numpy, key, 1e-9);
+    }
+    // The text says the order too.
+    let text = sandbox
+        .eoi(&[
+            "isometry",
+            "mlp.safetensors",
+            "--layers",
+            "layers.*.mlp.*",
+            "--order",
+            "names",
+        ])
+        .success();
+    let text = utf8(&text.get_output().stdout);
+    assert!(
+        text.contains("a chain of 6 layers in natural order: layers.0.mlp.fc1.weight (32x8)"),
+        "{text}"
+    );
+    // --order records where the records do not list a layer, or there are none.
+    let message = refused(
+        &sandbox,
+        &[
+            "mlp.safetensors",
+            "--layers",
+            "layers.*.mlp.*",
+            "--order",
+            "bogus",
+        ],
+    );
+    assert!(
+        message.contains("records") && message.contains("names"),
+        "{message}"
+    );
+    let file = sandbox.path("chain.safetensors");
+    let file = file.to_str().unwrap();
+    reference(&["write-chain", file]);
+    let message = refused(&sandbox, &["chain.safetensors", "--order", "records"]);
+    assert!(
+        message.contains("--order records: 'chain.safetensors' has no eoi provenance records"),
+        "{message}"
+    );
+    assert!(message.contains("--order names"), "{message}");
+}
+
+/// `--probes K` on a linear chain: the mean of squares within a few standard errors of
+/// NumPy's exact value, the largest singular value (Lanczos on J^T J) equal to NumPy's to
+/// 1e-6; std and min not estimated. The NumPy chain is rectangular (12 inputs, 10 outputs),
+/// so the mean is over the 10 singular values.
+#[test]
+fn probes_estimate_a_linear_chain_within_their_standard_errors() {
+    let sandbox = Sandbox::new();
+    let file = sandbox.path("chain.safetensors");
+    let file = file.to_str().unwrap();
+    let names: Vec<String> = serde_json::from_value(reference(&["write-chain", file])).unwrap();
+    let mut args = vec!["jacobian", file];
+    args.extend(names.iter().map(String::as_str));
+    let numpy = reference(&args);
+    let linear = ["--nonlinearity", "linear", "--probes", "512"];
+    let exact = isometry(&sandbox, "chain.safetensors", &["--nonlinearity", "tanh"]);
+    let runs = [
+        (isometry(&sandbox, "chain.safetensors", &linear), numpy),
+        // tanh, against the exact path on the same file.
+        (
+            isometry(&sandbox, "chain.safetensors", &["--probes", "512"]),
+            exact["jacobian"].clone(),
+        ),
+    ];
+    for (ours, want) in runs {
+        let j = &ours["jacobian"];
+        assert_eq!(j["method"], "estimated", "{j}");
+        assert_eq!(j["probes"], 512);
+        assert_eq!(
+            (j["rows"].clone(), j["cols"].clone()),
+            (10.into(), 12.into())
+        );
+        assert!(
+            j["singular_std"].is_null() && j["singular_min"].is_null(),
+            "{j}"
+        );
+        let (mean, se) = (
+            number(&j["singular_mean_sq"]),
+            number(&j["singular_mean_sq_stderr"]),
+        );
+        let exact_mean = number(&want["singular_mean_sq"]);
+        assert!(se > 0.0 && se < 0.2 * exact_mean, "{se}");
+        assert!(
+            (mean - exact_mean).abs() <= 4.0 * se,
+            "{mean} +- {se} vs exact {exact_mean}"
+        );
+        assert_relative(j, &want, "singular_max", 1e-6);
+        let iterations = j["singular_max_iterations"].as_u64().expect("iterations");
+        assert!((1..=300).contains(&iterations), "{iterations}");
+        assert!(number(&j["singular_max_residual"]) <= 1e-6, "{j}");
+        assert!(ours["grid"].is_null());
+    }
+    // Exact runs say so and carry no estimate's fields.
+    assert_eq!(exact["jacobian"]["method"], "exact");
+    assert!(exact["jacobian"]["probes"].is_null());
+    assert!(exact["jacobian"]["singular_max_iterations"].is_null());
+    // The text labels the estimates.
+    let text = sandbox
+        .eoi(&["isometry", "chain.safetensors", "--probes", "64"])
+        .success();
+    let text = utf8(&text.get_output().stdout);
+    assert!(
+        text.contains("ESTIMATED (--probes): the mean of squares from 64 random probes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("(estimated, at most the true value: "),
+        "{text}"
+    );
+    assert!(text.contains("std, min         not estimated"), "{text}");
+}
+
+/// Wider than the Lanczos method's first steps (60 inputs), with random masks: the largest
+/// singular value from the Lanczos method equals the exact one to 1e-6, linear and tanh.
+#[test]
+fn lanczos_finds_the_largest_singular_value_of_a_wide_chain() {
+    let spec = "seed = 3\n[sparsity]\ndensity = 0.3\n[init]\ngain = 1.0\n\
+        [[layer]]\nname = \"h.{i}.weight\"\nshape = [60, 60]\nrepeat = 6\n";
+    let sandbox = Sandbox::new();
+    sandbox
+        .generate(spec, "wide.safetensors", &["-q", "--scheme", "kaiming"])
+        .success();
+    for phi in ["linear", "tanh"] {
+        let exact = isometry(&sandbox, "wide.safetensors", &["--nonlinearity", phi]);
+        let ours = isometry(
+            &sandbox,
+            "wide.safetensors",
+            &["--nonlinearity", phi, "--probes", "256"],
+        );
+        let j = &ours["jacobian"];
+        assert_eq!(j["method"], "estimated");
+        assert_relative(j, &exact["jacobian"], "singular_max", 1e-6);
+        let (mean, se) = (
+            number(&j["singular_mean_sq"]),
+            number(&j["singular_mean_sq_stderr"]),
+        );
+        let want = number(&exact["jacobian"]["singular_mean_sq"]);
+        assert!(
+            (mean - want).abs() <= 4.0 * se,
+            "{phi}: {mean} +- {se} vs {want}"
+        );
+        assert!(number(&j["singular_max_residual"]) <= 1e-6, "{j}");
+    }
+}
+
+#[test]
+fn bad_probes_are_refused_for_linear_chains() {
+    let sandbox = Sandbox::new();
+    sandbox
+        .generate(SQUARE, "square.safetensors", &["-q"])
+        .success();
+    for k in ["0", "3", "4097"] {
+        let message = refused(&sandbox, &["square.safetensors", "--probes", k]);
+        assert!(
+            message.contains(&format!("--probes {k}: give between 4 and 4096 probes")),
+            "{message}"
+        );
+    }
+    let message = refused(&sandbox, &["square.safetensors", "--probes", "many"]);
+    assert!(message.contains("--probes"), "{message}");
+}
