@@ -18,7 +18,7 @@ use crate::inspect::{mask_suffix, weight_of};
 use crate::layer::{Layout, named};
 use crate::measure;
 use crate::progress::Progress;
-use crate::read::{Checkpoint, Tensor};
+use crate::read::{Checkpoint, ReadError, Tensor};
 use crate::records::{Recorded, layout_of};
 use crate::spec::Pattern;
 use crate::stream::Stream;
@@ -192,6 +192,117 @@ struct Candidate<'a> {
     name: String,
     weight: Tensor<'a>,
     mask: Option<Tensor<'a>>,
+}
+
+/// The singular values of the chain's `rows x cols` Jacobian: exact from `jacobian`, or
+/// with `probes` estimated from `jacobian` (J times the probes) and the `sparse` layers
+/// (the largest by Lanczos), or why there are none.
+fn chain_singular(
+    jacobian: &[f64],
+    (rows, cols): (usize, usize),
+    sparse: &[SparseLayer],
+    probes: Option<usize>,
+    non_finite: Option<usize>,
+    options: &Options,
+    progress: &dyn Progress,
+) -> (Option<Singular>, Option<String>, Option<Estimate>) {
+    let mut estimate = None;
+    let (singular, note) = match (non_finite, probes) {
+        (Some(depth), _) => (None, Some(overflow_note(depth))),
+        (None, Some(k)) => {
+            // Over the min(rows, cols) singular values, as the exact summary.
+            let (mean_sq, mean_sq_stderr, _, _) = conv::estimate(jacobian, rows.min(cols), k);
+            let (max, iterations, residual) =
+                largest_singular(sparse, options.seed, progress).unwrap_or((f64::NAN, 0, f64::NAN));
+            progress.advance((MAX_ITERATIONS - iterations.min(MAX_ITERATIONS)) as u64);
+            estimate = Some(Estimate {
+                asked: options.probes.is_some(),
+                probes: k,
+                mean_sq_stderr,
+                iterations,
+                residual,
+            });
+            (
+                Some(Singular {
+                    mean_sq,
+                    std: f64::NAN,
+                    max,
+                    min: f64::NAN,
+                }),
+                None,
+            )
+        }
+        (None, None) => match measure::singular_values(
+            measure::view(jacobian, rows, cols),
+            measure::parallelism(rows, cols),
+        ) {
+            Some(s) => (Some(summarize(&s)), None),
+            None => (
+                None,
+                Some("the SVD of the Jacobian did not converge".into()),
+            ),
+        },
+    };
+    (singular, note, estimate)
+}
+
+/// The name of layer `c`'s bias, `<module>.bias` beside its `<module>.weight`, when the
+/// checkpoint holds one; refused unless it is a float vector of the layer's `out` outputs
+/// (`outputs` says what they are in the message).
+fn bias_name(
+    checkpoint: &Checkpoint,
+    c: &Candidate<'_>,
+    out: usize,
+    outputs: &str,
+    path: &str,
+) -> Result<Option<String>, Error> {
+    let Some(module) = c.name.strip_suffix(".weight") else {
+        return Ok(None);
+    };
+    let name = format!("{module}.bias");
+    match checkpoint.get(&name) {
+        None => Ok(None),
+        Some(b) if b.shape == [out] && b.dtype.is_float() => Ok(Some(name)),
+        Some(b) => Err(usage(format!(
+            "'{path}': the bias \"{name}\" of layer \"{}\" has shape {:?} and dtype {}, but the layer has {out} {outputs}: a bias must be a float vector of shape [{out}]",
+            c.name,
+            b.shape,
+            b.dtype.name()
+        ))),
+    }
+}
+
+impl Candidate<'_> {
+    /// The weight with its mask applied, as f64 in PyTorch order (a Flax kernel's (in, out)
+    /// read as the (out, in) matrix it applies).
+    fn masked_weight(&self, layout: Layout) -> Result<Vec<f64>, ReadError> {
+        let mut w = self.weight.read_f64()?;
+        if let Some(mask) = self.mask {
+            for (w, m) in w.iter_mut().zip(mask.read_f64()?) {
+                *w *= m;
+            }
+        }
+        Ok(layout.torch_order(w, &self.weight.shape))
+    }
+}
+
+/// The values of a link's bias `name`, or `len` zeros where it has none.
+fn bias_values(
+    checkpoint: &Checkpoint,
+    name: Option<&str>,
+    len: usize,
+) -> Result<Vec<f64>, ReadError> {
+    match name.and_then(|name| checkpoint.get(name)) {
+        Some(info) => info.read_f64(),
+        None => Ok(vec![0.0; len]),
+    }
+}
+
+/// Why a chain has no singular values: its Jacobian stopped being finite at `depth`.
+fn overflow_note(depth: usize) -> String {
+    format!(
+        "the Jacobian has non-finite entries from depth {depth} on (overflow, or non-finite weights): no singular values"
+    )
 }
 
 fn usage(message: String) -> Error {
@@ -433,24 +544,7 @@ fn link(
             order.name()
         )));
     }
-    let bias = match c.name.strip_suffix(".weight") {
-        Some(module) => {
-            let name = format!("{module}.bias");
-            match checkpoint.get(&name) {
-                None => None,
-                Some(b) if b.shape == [out] && b.dtype.is_float() => Some(name),
-                Some(b) => {
-                    return Err(usage(format!(
-                        "'{path}': the bias \"{name}\" of layer \"{}\" has shape {:?} and dtype {}, but the layer has {out} outputs: a bias must be a float vector of shape [{out}]",
-                        c.name,
-                        b.shape,
-                        b.dtype.name()
-                    )));
-                }
-            }
-        }
-        None => None,
-    };
+    let bias = bias_name(checkpoint, c, out, "outputs", path)?;
     Ok(Link {
         name: c.name.clone(),
         out,
@@ -720,21 +814,9 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
     let mut non_finite: Option<usize> = None;
     for (depth, (c, link)) in selected.iter().zip(&links).enumerate() {
         let (out, inp) = (link.out, link.inp);
-        let mut w = c.weight.read_f64()?;
-        if let Some(mask) = c.mask {
-            for (w, m) in w.iter_mut().zip(mask.read_f64()?) {
-                *w *= m;
-            }
-        }
         // Stored (in, out) in flax layout: the (out, in) matrix, row-major.
-        let w = layout.torch_order(w, &c.weight.shape);
-        let bias = match &link.bias {
-            Some(name) => match checkpoint.get(name) {
-                Some(info) => info.read_f64()?,
-                None => vec![0.0; out],
-            },
-            None => vec![0.0; out],
-        };
+        let w = c.masked_weight(layout)?;
+        let bias = bias_values(&checkpoint, link.bias.as_deref(), out)?;
         let mut slope = vec![0.0; out];
         let mut next = vec![0.0; out];
         for o in 0..out {
@@ -766,48 +848,15 @@ pub fn isometry(path: &Path, options: &Options, progress: &dyn Progress) -> Resu
     }
 
     let rows = links.last().map_or(cols, |l| l.out);
-    let mut estimate = None;
-    let (singular, note) = match (non_finite, probes) {
-        (Some(depth), _) => (
-            None,
-            Some(format!(
-                "the Jacobian has non-finite entries from depth {depth} on (overflow, or non-finite weights): no singular values"
-            )),
-        ),
-        (None, Some(k)) => {
-            // Over the min(rows, cols) singular values, as the exact summary.
-            let (mean_sq, mean_sq_stderr, _, _) = conv::estimate(&jacobian, rows.min(cols), k);
-            let (max, iterations, residual) = largest_singular(&sparse, options.seed, progress)
-                .unwrap_or((f64::NAN, 0, f64::NAN));
-            progress.advance((MAX_ITERATIONS - iterations.min(MAX_ITERATIONS)) as u64);
-            estimate = Some(Estimate {
-                asked: options.probes.is_some(),
-                probes: k,
-                mean_sq_stderr,
-                iterations,
-                residual,
-            });
-            (
-                Some(Singular {
-                    mean_sq,
-                    std: f64::NAN,
-                    max,
-                    min: f64::NAN,
-                }),
-                None,
-            )
-        }
-        (None, None) => match measure::singular_values(
-            measure::view(&jacobian, rows, cols),
-            measure::parallelism(rows, cols),
-        ) {
-            Some(s) => (Some(summarize(&s)), None),
-            None => (
-                None,
-                Some("the SVD of the Jacobian did not converge".into()),
-            ),
-        },
-    };
+    let (singular, note, estimate) = chain_singular(
+        &jacobian,
+        (rows, cols),
+        &sparse,
+        probes,
+        non_finite,
+        options,
+        progress,
+    );
     Ok(Report {
         path: shown,
         nonlinearity: options.nonlinearity,

@@ -32,11 +32,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::{
-    Candidate, Link, Nonlinearity, Options, Report, Singular, candidates, gaussian, input, order,
-    rms, select, some_names, summarize, usage,
+    Candidate, Link, Nonlinearity, Options, Report, Singular, bias_name, bias_values, candidates,
+    gaussian, input, order, overflow_note, rms, select, some_names, summarize, usage,
 };
 use crate::error::Error;
-use crate::layer::named;
+use crate::layer::{Layout, named};
 use crate::measure;
 use crate::progress::Progress;
 use crate::read::Checkpoint;
@@ -309,24 +309,7 @@ fn links(
                 d + 1,
             )));
         }
-        let bias = match c.name.strip_suffix(".weight") {
-            Some(module) => {
-                let name = format!("{module}.bias");
-                match checkpoint.get(&name) {
-                    None => None,
-                    Some(b) if b.shape == [out] && b.dtype.is_float() => Some(name),
-                    Some(b) => {
-                        return Err(usage(format!(
-                            "'{path}': the bias \"{name}\" of layer \"{}\" has shape {:?} and dtype {}, but the layer has {out} output channels: a bias must be a float vector of shape [{out}]",
-                            c.name,
-                            b.shape,
-                            b.dtype.name()
-                        )));
-                    }
-                }
-            }
-            None => None,
-        };
+        let bias = bias_name(checkpoint, c, out, "output channels", path)?;
         links.push(Link {
             name: c.name.clone(),
             out,
@@ -545,72 +528,60 @@ pub fn isometry(
     let per_layer = (n as u64).saturating_mul(cols as u64 + 1);
     progress.start(per_layer * links.len() as u64 + freqs.len() as u64);
 
-    // What the measurement holds: the tangents and a scratch copy, the signal, and one
-    // gather table per kernel shape. Refused up front when the machine does not have it.
-    let mut shapes: Vec<&Vec<usize>> = kernels.iter().map(|k| &k.kernel).collect();
-    shapes.sort();
-    shapes.dedup();
-    let tables: u128 = shapes
-        .iter()
-        .map(|k| k.iter().product::<usize>() as u128 * positions as u128 * 4)
-        .sum();
-    let needed = (2 * n as u128 * cols as u128 + 4 * n as u128) * 8 + tables;
-    if let Some(available) = available_memory()
-        && needed > available as u128
-    {
-        return Err(usage(format!(
-            "--grid {size}: measuring {channels} channels on {positions} positions ({} method, {cols} tangent vectors) needs about {:.1} GB, more than the {:.1} GB available; give a smaller --grid{}",
-            method.name(),
-            needed as f64 / 1e9,
-            available as f64 / 1e9,
-            if method == Method::Probes {
-                " or fewer --probes"
-            } else {
-                ""
-            }
-        )));
-    }
+    check_memory(size, channels, positions, &kernels, method, cols)?;
 
-    // The convolutions, masked, in PyTorch order; layers of one kernel shape share a table.
-    let mut tables: Vec<(Vec<usize>, Arc<Gather>)> = Vec::new();
-    let mut convs: Vec<Conv> = Vec::with_capacity(links.len());
-    for ((c, link), conv) in selected.iter().zip(&links).zip(&kernels) {
-        let mut w = c.weight.read_f64()?;
-        if let Some(mask) = c.mask {
-            for (w, m) in w.iter_mut().zip(mask.read_f64()?) {
-                *w *= m;
-            }
-        }
-        let weights = layout.torch_order(w, &c.weight.shape);
-        let bias = match &link.bias {
-            Some(name) => match checkpoint.get(name) {
-                Some(info) => info.read_f64()?,
-                None => vec![0.0; channels],
-            },
-            None => vec![0.0; channels],
-        };
-        let offsets = tap_offsets(&conv.kernel);
-        let gather = match tables.iter().find(|(k, _)| *k == conv.kernel) {
-            Some((_, table)) => Arc::clone(table),
-            None => {
-                let table = Arc::new(gather_table(&offsets, size, dims));
-                tables.push((conv.kernel.clone(), Arc::clone(&table)));
-                table
-            }
-        };
-        convs.push(Conv {
-            weights,
-            bias,
-            per_group_in: channels / conv.groups,
-            per_group_out: channels / conv.groups,
-            taps: conv.kernel.iter().product(),
-            gather,
-            offsets,
-        });
-    }
+    let convs = convolutions(&checkpoint, layout, &selected, &links, &kernels, size)?;
 
-    // The signal, and the tangents (dense: the identity; probes: Gaussian columns), laid
-    // out as (channel, position, column).
+    let (tangents, signal_rms, non_finite) = propagate(
+        &convs,
+        options,
+        method,
+        (n, positions, cols),
+        per_layer,
+        progress,
+    );
+
+    let mut grid = Grid {
+        size,
+        dims,
+        channels,
+        links: kernels.clone(),
+        method,
+        probes,
+        mean_sq_stderr: None,
+        sq_var: None,
+        sq_var_stderr: None,
+    };
+    let (singular, note) =
+        grid_singular(&mut grid, &convs, &tangents, &freqs, non_finite, progress);
+    Ok(Report {
+        path: shown,
+        nonlinearity: options.nonlinearity,
+        seed: options.seed,
+        order,
+        chain: links,
+        rows: n,
+        cols: n,
+        singular,
+        note,
+        signal_rms,
+        grid: Some(grid),
+        estimate: None,
+    })
+}
+
+/// Runs the signal through the chain, and with it the tangents (dense: the identity;
+/// probes: Gaussian columns; Fourier: none), laid out as (channel, position, column):
+/// the tangents at the end, the signal's RMS at every depth, and the first depth at which a
+/// tangent stopped being finite.
+fn propagate(
+    convs: &[Conv],
+    options: &Options,
+    method: Method,
+    (n, positions, cols): (usize, usize, usize),
+    per_layer: u64,
+    progress: &dyn Progress,
+) -> (Vec<f64>, Vec<f64>, Option<usize>) {
     let mut x = input(options.seed, n);
     let mut signal_rms = vec![rms(&x)];
     let mut tangents = match method {
@@ -651,32 +622,34 @@ pub fn isometry(
         }
         progress.advance(per_layer);
     }
+    (tangents, signal_rms, non_finite)
+}
 
-    let overflow = |depth: usize| {
-        format!(
-            "the Jacobian has non-finite entries from depth {depth} on (overflow, or non-finite weights): no singular values"
-        )
-    };
-    let mut grid = Grid {
-        size,
-        dims,
-        channels,
-        links: kernels.clone(),
-        method,
-        probes,
-        mean_sq_stderr: None,
-        sq_var: None,
-        sq_var_stderr: None,
-    };
-    let (singular, note) = match (method, non_finite) {
-        (_, Some(depth)) => (None, Some(overflow(depth))),
+/// The singular values of the chain's Jacobian by the grid's method, or why there are none;
+/// `grid` gets the variance of their squares (and the estimates' standard errors).
+fn grid_singular(
+    grid: &mut Grid,
+    convs: &[Conv],
+    tangents: &[f64],
+    freqs: &[(Vec<usize>, bool)],
+    non_finite: Option<usize>,
+    progress: &dyn Progress,
+) -> (Option<Singular>, Option<String>) {
+    let (n, channels, size) = (
+        grid.channels * grid.size.pow(grid.dims as u32),
+        grid.channels,
+        grid.size,
+    );
+    let cols = grid.probes.unwrap_or(0);
+    match (grid.method, non_finite) {
+        (_, Some(depth)) => (None, Some(overflow_note(depth))),
         (Method::Fourier, None) => {
             let mut all: Vec<f64> = Vec::with_capacity(n);
             let mut worst: Option<usize> = None;
             for batch in freqs.chunks(64) {
                 let results: Vec<Result<Vec<f64>, usize>> = batch
                     .par_iter()
-                    .map(|(f, own)| fourier_singular(&convs, channels, size, f, *own))
+                    .map(|(f, own)| fourier_singular(convs, channels, size, f, *own))
                     .collect();
                 for r in results {
                     match r {
@@ -691,7 +664,7 @@ pub fn isometry(
                     None,
                     Some("the SVD of a frequency's product did not converge".into()),
                 ),
-                Some(depth) => (None, Some(overflow(depth))),
+                Some(depth) => (None, Some(overflow_note(depth))),
                 None => {
                     grid.sq_var = Some(sq_var(&all));
                     (Some(summarize(&all)), None)
@@ -700,7 +673,7 @@ pub fn isometry(
         }
         (Method::Dense, None) => {
             match measure::singular_values(
-                measure::view(&tangents, n, n),
+                measure::view(tangents, n, n),
                 measure::parallelism(n, n),
             ) {
                 Some(s) => {
@@ -714,7 +687,7 @@ pub fn isometry(
             }
         }
         (Method::Probes, None) => {
-            let (mean_sq, mean_se, spread, spread_se) = estimate(&tangents, n, cols);
+            let (mean_sq, mean_se, spread, spread_se) = estimate(tangents, n, cols);
             grid.mean_sq_stderr = Some(mean_se);
             grid.sq_var = Some(spread);
             grid.sq_var_stderr = Some(spread_se);
@@ -728,21 +701,85 @@ pub fn isometry(
                 None,
             )
         }
-    };
-    Ok(Report {
-        path: shown,
-        nonlinearity: options.nonlinearity,
-        seed: options.seed,
-        order,
-        chain: links,
-        rows: n,
-        cols: n,
-        singular,
-        note,
-        signal_rms,
-        grid: Some(grid),
-        estimate: None,
-    })
+    }
+}
+
+/// The chain's convolutions, masked, in PyTorch order, each with its bias and the gather
+/// table of its kernel shape on the grid (layers of one kernel shape share a table).
+fn convolutions(
+    checkpoint: &Checkpoint,
+    layout: Layout,
+    selected: &[Candidate<'_>],
+    links: &[Link],
+    kernels: &[ConvLink],
+    size: usize,
+) -> Result<Vec<Conv>, Error> {
+    let channels = links[0].out;
+    let dims = kernels[0].kernel.len();
+    let mut tables: Vec<(Vec<usize>, Arc<Gather>)> = Vec::new();
+    let mut convs: Vec<Conv> = Vec::with_capacity(links.len());
+    for ((c, link), conv) in selected.iter().zip(links).zip(kernels) {
+        let weights = c.masked_weight(layout)?;
+        let bias = bias_values(checkpoint, link.bias.as_deref(), channels)?;
+        let offsets = tap_offsets(&conv.kernel);
+        let gather = match tables.iter().find(|(k, _)| *k == conv.kernel) {
+            Some((_, table)) => Arc::clone(table),
+            None => {
+                let table = Arc::new(gather_table(&offsets, size, dims));
+                tables.push((conv.kernel.clone(), Arc::clone(&table)));
+                table
+            }
+        };
+        convs.push(Conv {
+            weights,
+            bias,
+            per_group_in: channels / conv.groups,
+            per_group_out: channels / conv.groups,
+            taps: conv.kernel.iter().product(),
+            gather,
+            offsets,
+        });
+    }
+
+    Ok(convs)
+}
+
+/// Refuses up front a measurement the machine does not have the memory for: the tangents
+/// and a scratch copy, the signal, and one gather table per kernel shape.
+fn check_memory(
+    size: usize,
+    channels: usize,
+    positions: usize,
+    kernels: &[ConvLink],
+    method: Method,
+    cols: usize,
+) -> Result<(), Error> {
+    let n = channels * positions;
+    let mut shapes: Vec<&Vec<usize>> = kernels.iter().map(|k| &k.kernel).collect();
+    shapes.sort();
+    shapes.dedup();
+    let tables: u128 = shapes
+        .iter()
+        .map(|k| k.iter().product::<usize>() as u128 * positions as u128 * 4)
+        .sum();
+    let needed = (2 * n as u128 * cols as u128 + 4 * n as u128) * 8 + tables;
+    if let Some(available) = available_memory()
+        && needed > available as u128
+    {
+        return Err(usage(format!(
+            "--grid {size}: measuring {channels} channels on {positions} positions ({} method, {cols} tangent vectors) needs about {:.1} GB, more than the {:.1} GB available; give a smaller --grid{}",
+            method.name(),
+            needed as f64 / 1e9,
+            available as f64 / 1e9,
+            if method == Method::Probes {
+                " or fewer --probes"
+            } else {
+                ""
+            }
+        )));
+    }
+
+    Ok(())
 }
 
 #[cfg(test)]
