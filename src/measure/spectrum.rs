@@ -110,6 +110,41 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// One step of the Lanczos method with full reorthogonalisation: `w = G q` for the last
+/// basis vector q, its Rayleigh quotient pushed onto `alpha`, `w` made orthogonal to the
+/// basis (twice is enough, Kahan and Parlett: orthogonal to working precision); the norm
+/// `b` of what is left, and whether it is a breakdown (an invariant subspace to rounding:
+/// the Ritz values are eigenvalues, and from a random start it holds every distinct one).
+/// `None` when `G q` is not finite.
+fn lanczos_step(
+    basis: &[Vec<f64>],
+    alpha: &mut Vec<f64>,
+    beta: &[f64],
+    w: &mut [f64],
+    apply: &mut impl FnMut(&[f64], &mut [f64]),
+) -> Option<(f64, bool)> {
+    let n = w.len();
+    let q = &basis[basis.len() - 1];
+    apply(q, w);
+    if w.iter().any(|v| !v.is_finite()) {
+        return None;
+    }
+    alpha.push(dot(q, w));
+    for _ in 0..2 {
+        for q in basis {
+            let c = dot(q, w);
+            w.iter_mut().zip(q).for_each(|(v, qi)| *v -= c * qi);
+        }
+    }
+    let b = dot(w, w).sqrt();
+    let scale = alpha
+        .iter()
+        .chain(beta)
+        .fold(0.0f64, |s, v| s.max(v.abs()))
+        .max(f64::MIN_POSITIVE);
+    Some((b, b <= f64::EPSILON * (n as f64).sqrt() * scale))
+}
+
 /// The Lanczos method with full reorthogonalisation on the n x n symmetric operator `apply`
 /// (`y = G x`), from a fixed random start: the smallest and the largest eigenvalue and the
 /// steps taken, or `None` if they have not converged in [`MAX_STEPS`] steps.
@@ -124,29 +159,7 @@ fn lanczos(n: usize, mut apply: impl FnMut(&[f64], &mut [f64])) -> Option<(f64, 
     let mut beta: Vec<f64> = Vec::with_capacity(steps);
     let mut w = vec![0.0; n];
     for k in 1..=steps {
-        let q = &basis[k - 1];
-        apply(q, &mut w);
-        if w.iter().any(|v| !v.is_finite()) {
-            return None;
-        }
-        alpha.push(dot(q, &w));
-        // Twice is enough (Kahan, Parlett): the new vector is orthogonal to the basis to
-        // working precision.
-        for _ in 0..2 {
-            for q in &basis {
-                let c = dot(q, &w);
-                w.iter_mut().zip(q).for_each(|(v, qi)| *v -= c * qi);
-            }
-        }
-        let b = dot(&w, &w).sqrt();
-        let scale = alpha
-            .iter()
-            .chain(&beta)
-            .fold(0.0f64, |s, v| s.max(v.abs()))
-            .max(f64::MIN_POSITIVE);
-        // An invariant subspace (to rounding): the Ritz values are eigenvalues, and from a
-        // random start it holds every distinct one.
-        let breakdown = b <= f64::EPSILON * (n as f64).sqrt() * scale;
+        let (b, breakdown) = lanczos_step(&basis, &mut alpha, &beta, &mut w, &mut apply)?;
         if breakdown || k == 1 || k % CHECK_EVERY == 0 || k == steps {
             let (low, high) = ritz_extremes(&alpha, &beta, if breakdown { 0.0 } else { b });
             let limit = TOLERANCE * high.value.abs().max(low.value.abs());
@@ -183,25 +196,7 @@ pub fn largest_eigenvalue(
     let mut beta: Vec<f64> = Vec::with_capacity(steps);
     let mut w = vec![0.0; n];
     for k in 1..=steps {
-        let q = &basis[k - 1];
-        apply(q, &mut w);
-        if w.iter().any(|v| !v.is_finite()) {
-            return None;
-        }
-        alpha.push(dot(q, &w));
-        for _ in 0..2 {
-            for q in &basis {
-                let c = dot(q, &w);
-                w.iter_mut().zip(q).for_each(|(v, qi)| *v -= c * qi);
-            }
-        }
-        let b = dot(&w, &w).sqrt();
-        let scale = alpha
-            .iter()
-            .chain(&beta)
-            .fold(0.0f64, |s, v| s.max(v.abs()))
-            .max(f64::MIN_POSITIVE);
-        let breakdown = b <= f64::EPSILON * (n as f64).sqrt() * scale;
+        let (b, breakdown) = lanczos_step(&basis, &mut alpha, &beta, &mut w, &mut apply)?;
         if breakdown || k % CHECK_EVERY == 0 || k == steps {
             let theta = kth_eigenvalue(&alpha, &beta, k - 1);
             let s = eigenvector(&alpha, &beta, theta);
