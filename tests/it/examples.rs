@@ -38,6 +38,17 @@ fn run_example(dir: &Path, script: &str, args: &[&str]) -> Output {
     out
 }
 
+/// The final test accuracy `scheme` reached in an example's `--json` results.
+fn test_accuracy(results: &Value, scheme: &str) -> f64 {
+    results["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["scheme"] == scheme)
+        .and_then(|r| r["test_accuracy"].as_f64())
+        .unwrap_or_else(|| panic!("no result for {scheme}:\n{results}"))
+}
+
 /// The 1000-layer proof at a fifth of the depth (so CI can afford it): from the same spec,
 /// seed and training, EOI trains and masked Kaiming stays near chance (10 classes).
 #[test]
@@ -65,15 +76,7 @@ fn deep_mlp_trains_from_eoi_but_not_from_masked_kaiming_at_depth_200() {
         "no table:\n{stdout}"
     );
     let results: Value = json(fs::read(dir.path().join("results.json")).unwrap());
-    let accuracy = |scheme: &str| {
-        results["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["scheme"] == scheme)
-            .and_then(|r| r["test_accuracy"].as_f64())
-            .unwrap_or_else(|| panic!("no result for {scheme}:\n{results}"))
-    };
+    let accuracy = |scheme: &str| test_accuracy(&results, scheme);
     let eoi = accuracy("eoi");
     assert!(
         eoi >= 0.85,
@@ -119,15 +122,7 @@ fn deep_mlp_at_2_4_trains_from_eoi_but_not_from_kaiming_over_random_2_4_masks() 
     );
     let results: Value = json(fs::read(dir.path().join("results.json")).unwrap());
     assert_eq!(results["nm"], "2:4", "{results}");
-    let accuracy = |scheme: &str| {
-        results["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["scheme"] == scheme)
-            .and_then(|r| r["test_accuracy"].as_f64())
-            .unwrap_or_else(|| panic!("no result for {scheme}:\n{results}"))
-    };
+    let accuracy = |scheme: &str| test_accuracy(&results, scheme);
     let eoi = accuracy("eoi");
     assert!(
         eoi >= 0.85,
@@ -265,15 +260,7 @@ fn deep_cnn_trains_from_eoi_but_not_from_masked_kaiming_at_depth_50() {
         (&Value::from(50), &Value::from(16)),
         "{results}"
     );
-    let accuracy = |scheme: &str| {
-        results["results"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["scheme"] == scheme)
-            .and_then(|r| r["test_accuracy"].as_f64())
-            .unwrap_or_else(|| panic!("no result for {scheme}:\n{results}"))
-    };
+    let accuracy = |scheme: &str| test_accuracy(&results, scheme);
     let eoi = accuracy("eoi");
     assert!(
         eoi >= 0.75,
