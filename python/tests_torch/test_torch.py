@@ -25,38 +25,10 @@ import eoi.torch
 
 REPO = Path(os.environ.get("EOI_REPO") or Path(__file__).resolve().parents[2])
 
-MLP_SPEC = """\
-seed = 7
-[sparsity]
-density = 0.25
-dense = ["fc3.weight"]
-[init]
-bias_std = 0.05
-[[layer]]
-name = "fc1.weight"
-shape = [32, 16]
-[[layer]]
-name = "fc2.weight"
-shape = [32, 32]
-[[layer]]
-name = "fc3.weight"
-shape = [10, 32]
-"""
-
-CNN_SPEC = """\
-seed = 11
-[sparsity]
-density = 0.5
-[[layer]]
-name = "conv1.weight"
-shape = [8, 3, 3, 3]
-[[layer]]
-name = "conv2.weight"
-shape = [16, 8, 3, 3]
-[[layer]]
-name = "head.weight"
-shape = [10, 16]
-"""
+# The package suite's two specs (python/tests/conftest.py), so both suites test the same
+# layers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import CNN as CNN_SPEC, MLP as MLP_SPEC  # noqa: E402
 
 
 class MLP(nn.Module):
