@@ -49,6 +49,21 @@ fn test_accuracy(results: &Value, scheme: &str) -> f64 {
         .unwrap_or_else(|| panic!("no result for {scheme}:\n{results}"))
 }
 
+/// EOI reached at least `eoi_min` test accuracy and Kaiming over random masks at most 30%
+/// (chance is 10%), in an example's `--json` results.
+fn eoi_trains_and_kaiming_does_not(results: &Value, eoi_min: f64, what: &str, stdout: &str) {
+    let eoi = test_accuracy(results, "eoi");
+    assert!(
+        eoi >= eoi_min,
+        "EOI reached only {eoi} test accuracy {what}:\n{stdout}"
+    );
+    let kaiming = test_accuracy(results, "kaiming");
+    assert!(
+        kaiming <= 0.3,
+        "Kaiming over random masks reached {kaiming} test accuracy {what}:\n{stdout}"
+    );
+}
+
 /// The 1000-layer proof at a fifth of the depth (so CI can afford it): from the same spec,
 /// seed and training, EOI trains and masked Kaiming stays near chance (10 classes).
 #[test]
@@ -76,17 +91,7 @@ fn deep_mlp_trains_from_eoi_but_not_from_masked_kaiming_at_depth_200() {
         "no table:\n{stdout}"
     );
     let results: Value = json(fs::read(dir.path().join("results.json")).unwrap());
-    let accuracy = |scheme: &str| test_accuracy(&results, scheme);
-    let eoi = accuracy("eoi");
-    assert!(
-        eoi >= 0.85,
-        "EOI reached only {eoi} test accuracy at depth 200:\n{stdout}"
-    );
-    let kaiming = accuracy("kaiming");
-    assert!(
-        kaiming <= 0.3,
-        "masked Kaiming reached {kaiming} test accuracy at depth 200:\n{stdout}"
-    );
+    eoi_trains_and_kaiming_does_not(&results, 0.85, "at depth 200", &stdout);
     let png = fs::read(dir.path().join("curve.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "--plot wrote no PNG");
 }
@@ -122,17 +127,7 @@ fn deep_mlp_at_2_4_trains_from_eoi_but_not_from_kaiming_over_random_2_4_masks() 
     );
     let results: Value = json(fs::read(dir.path().join("results.json")).unwrap());
     assert_eq!(results["nm"], "2:4", "{results}");
-    let accuracy = |scheme: &str| test_accuracy(&results, scheme);
-    let eoi = accuracy("eoi");
-    assert!(
-        eoi >= 0.85,
-        "EOI at 2:4 reached only {eoi} test accuracy at depth 200:\n{stdout}"
-    );
-    let kaiming = accuracy("kaiming");
-    assert!(
-        kaiming <= 0.3,
-        "Kaiming over random 2:4 masks reached {kaiming} test accuracy at depth 200:\n{stdout}"
-    );
+    eoi_trains_and_kaiming_does_not(&results, 0.85, "at 2:4, depth 200", &stdout);
     // What was trained is 2:4: the records say so and verify checks every group.
     for scheme in ["eoi", "kaiming"] {
         let file = dir
@@ -260,17 +255,7 @@ fn deep_cnn_trains_from_eoi_but_not_from_masked_kaiming_at_depth_50() {
         (&Value::from(50), &Value::from(16)),
         "{results}"
     );
-    let accuracy = |scheme: &str| test_accuracy(&results, scheme);
-    let eoi = accuracy("eoi");
-    assert!(
-        eoi >= 0.75,
-        "EOI reached only {eoi} test accuracy at depth 50:\n{stdout}"
-    );
-    let kaiming = accuracy("kaiming");
-    assert!(
-        kaiming <= 0.3,
-        "masked Kaiming reached {kaiming} test accuracy at depth 50:\n{stdout}"
-    );
+    eoi_trains_and_kaiming_does_not(&results, 0.75, "at depth 50", &stdout);
     let png = fs::read(dir.path().join("curve.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "--plot wrote no PNG");
 }
