@@ -635,14 +635,16 @@ fn times(w: &[f64], out: usize, inp: usize, j: &[f64], cols: usize) -> Vec<f64> 
             product.chunks_mut(ROWS * cols).enumerate().for_each(task);
         }
     } else {
+        let par = measure::parallelism(out, inp.max(cols));
         matmul(
             MatMut::from_row_major_slice_mut(&mut product, out, cols),
             Accum::Replace,
             measure::view(w, out, inp),
             measure::view(j, inp, cols),
             1.0,
-            measure::parallelism(out, inp.max(cols)),
+            par,
         );
+        measure::clean_vector_state(par);
     }
     product
 }

@@ -449,6 +449,7 @@ fn fourier_singular(
             c64::new(1.0, 0.0),
             Par::Seq,
         );
+        measure::zero_upper_here();
         std::mem::swap(&mut product, &mut next);
         let finite = (0..channels).all(|j| {
             (0..channels).all(|i| product[(i, j)].re.is_finite() && product[(i, j)].im.is_finite())
@@ -457,7 +458,9 @@ fn fourier_singular(
             return Err(depth + 1);
         }
     }
-    let s = product.singular_values().map_err(|_| usize::MAX)?;
+    let s = product.singular_values();
+    measure::zero_upper_here();
+    let s = s.map_err(|_| usize::MAX)?;
     Ok(if self_conjugate {
         s
     } else {

@@ -676,6 +676,7 @@ fn add_panel(g: &mut Mat<f64>, panel: MatRef<'_, f64>, parallel: bool) {
             1.0,
             Par::Seq,
         );
+        super::zero_upper_here();
     };
     if parallel {
         bands.par_iter_mut().for_each(run);

@@ -58,6 +58,35 @@ pub fn budget(
     Ok(crate::generate::BUDGET.min(limit))
 }
 
+/// Clears the upper halves of the vector registers after faer's kernels, on this thread and
+/// (when `par` let faer use them) on every thread of rayon's pool. Its AVX-512 kernels leave
+/// them dirty (no `vzeroupper`), and the SSE code of the rest of this crate (compiled for
+/// baseline x86-64) then runs about 3x slower on those threads for as long as they live:
+/// the sparse Gram product of a 2048 x 2048 EOI layer took 27 ms instead of 8 ms on any
+/// thread that had taken part in a dense product before (see docs/guide.md, "Performance").
+/// Call it after every faer call. Elsewhere than x86-64, and without AVX, it does nothing.
+pub fn clean_vector_state(par: Par) {
+    zero_upper_here();
+    if par != Par::Seq {
+        rayon::broadcast(|_| zero_upper_here());
+    }
+}
+
+/// `vzeroupper` on this thread, where the processor has AVX.
+pub fn zero_upper_here() {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: the processor supports AVX, checked just above.
+        unsafe { zero_upper() };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn zero_upper() {
+    std::arch::x86_64::_mm256_zeroupper();
+}
+
 /// Multiply-adds above which one matrix's product or SVD is spread over threads; below it,
 /// parallelism across layers is cheaper than within one.
 const PARALLEL_WORK: f64 = 5e7;
@@ -103,6 +132,7 @@ pub fn gram(w: MatRef<'_, f64>, par: Par) -> Mat<f64> {
         1.0,
         par,
     );
+    clean_vector_state(par);
     g
 }
 
@@ -162,7 +192,7 @@ pub fn singular_values(w: MatRef<'_, f64>, par: Par) -> Option<Vec<f64>> {
         Default::default(),
     );
     let mut buffer = MemBuffer::new(scratch);
-    svd::svd(
+    let solved = svd::svd(
         w,
         s.as_mut(),
         None,
@@ -170,8 +200,9 @@ pub fn singular_values(w: MatRef<'_, f64>, par: Par) -> Option<Vec<f64>> {
         par,
         MemStack::new(&mut buffer),
         Default::default(),
-    )
-    .ok()?;
+    );
+    clean_vector_state(par);
+    solved.ok()?;
     Some(s.column_vector().iter().copied().collect())
 }
 

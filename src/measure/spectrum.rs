@@ -89,7 +89,7 @@ pub fn eigenvalues(g: &Mat<f64>) -> Option<Vec<f64>> {
     let scratch =
         evd::self_adjoint_evd_scratch::<f64>(n, ComputeEigenvectors::No, par, Default::default());
     let mut buffer = MemBuffer::new(scratch);
-    evd::self_adjoint_evd(
+    let solved = evd::self_adjoint_evd(
         g.as_ref(),
         s.as_mut(),
         None,
@@ -97,7 +97,9 @@ pub fn eigenvalues(g: &Mat<f64>) -> Option<Vec<f64>> {
         MemStack::new(&mut buffer),
         Default::default(),
     )
-    .ok()?;
+    .ok();
+    super::clean_vector_state(par);
+    solved?;
     let mut values: Vec<f64> = s.column_vector().iter().copied().collect();
     if values.iter().any(|v| !v.is_finite()) {
         return None;
