@@ -27,7 +27,7 @@ use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::layer::Dtype;
-use crate::read::decode_into;
+use crate::read::{decode, decode_f32_into, decode_into, f32_holds};
 
 /// Columns of A converted to f64 at a time by the dense product.
 pub const PANEL: usize = 256;
@@ -36,11 +36,11 @@ pub const PANEL: usize = 256;
 /// by the same sequential product whatever the number of threads.
 pub const BAND: usize = 128;
 
+/// Multiply-adds above which one sparse product is spread over the threads (about 0.1 s).
+const SPARSE_PARALLEL_WORK: f64 = 1e8;
+
 /// Rows of G per task of the sparse product.
 const SPARSE_ROWS: usize = 64;
-
-/// Rows of G accumulated together by the sparse product (32 x n f64: 512 KiB at n = 2048).
-const ROW_BLOCK: usize = 32;
 
 /// Relative cost of one sparse multiply-add (an indexed load and a scattered add) against one
 /// of faer's dense multiply-adds, measured on this project's machine (see
@@ -110,17 +110,41 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    /// Elements `from..to` of the row-major order, as f64: a slice of the values, or
-    /// decoded into `buf` (which must hold `to - from` values).
-    fn span<'s>(&'s self, from: usize, to: usize, buf: &'s mut [f64]) -> &'s [f64] {
+    /// Elements `from..to` of the row-major order as `V`: a slice of f64 values, or decoded
+    /// into `buf` (which must hold `to - from` values).
+    fn span<'s, V: Value>(&'s self, from: usize, to: usize, buf: &'s mut [V]) -> &'s [V] {
+        V::span(self.elements, from, to, buf)
+    }
+
+    /// Elements `from..from + out.len()` of the row-major order, written to `out` as f64.
+    fn read_into(&self, from: usize, out: &mut [f64]) {
+        let to = from + out.len();
         match self.elements {
-            Elements::F64(v) => &v[from..to],
+            Elements::F64(v) => out.copy_from_slice(&v[from..to]),
             Elements::Stored { bytes, dtype } => {
                 let size = dtype.size();
-                let out = &mut buf[..to - from];
                 decode_into(dtype, &bytes[from * size..to * size], out);
-                out
             }
+        }
+    }
+
+    /// Whether element `at` of the row-major order is nonzero (a NaN is; -0.0 is not).
+    pub fn nonzero_at(&self, at: usize) -> bool {
+        match self.elements {
+            Elements::F64(v) => v[at] != 0.0,
+            Elements::Stored { bytes, dtype } => {
+                let size = dtype.size();
+                decode(dtype, &bytes[at * size..(at + 1) * size]) != 0.0
+            }
+        }
+    }
+
+    /// Whether f32 holds every element exactly (stored f32, bf16, f16...): then the checks
+    /// keep them as f32, at half the bytes, and every product of two of them is exact in f64.
+    fn narrow(&self) -> bool {
+        match self.elements {
+            Elements::F64(_) => false,
+            Elements::Stored { dtype, .. } => f32_holds(dtype),
         }
     }
 
@@ -137,6 +161,66 @@ impl<'a> Matrix<'a> {
             self.cols <= self.rows
         } else {
             self.rows > self.cols
+        }
+    }
+}
+
+/// The float a matrix's elements are held in while it is measured: f32 when it holds them
+/// exactly ([`Matrix::narrow`]), else f64. Products are formed in f64 either way, so the
+/// Gram matrix has the same bits.
+pub trait Value: Copy + Default + PartialEq + Send + Sync + 'static {
+    /// Bytes per value.
+    const SIZE: usize;
+    fn widen(self) -> f64;
+    /// Whether the value is infinite or NaN, as 0 or 1 (a branch-free count).
+    fn non_finite(self) -> u32;
+    /// Elements `from..to` of `elements`: borrowed when they already are `Self`.
+    fn span<'s>(elements: Elements<'s>, from: usize, to: usize, buf: &'s mut [Self]) -> &'s [Self];
+}
+
+impl Value for f32 {
+    const SIZE: usize = 4;
+    fn widen(self) -> f64 {
+        f64::from(self)
+    }
+    fn non_finite(self) -> u32 {
+        u32::from(self.to_bits() & 0x7f80_0000 == 0x7f80_0000)
+    }
+    fn span<'s>(elements: Elements<'s>, from: usize, to: usize, buf: &'s mut [f32]) -> &'s [f32] {
+        let out = &mut buf[..to - from];
+        match elements {
+            // Not reached: f64 values are measured as f64 (`Matrix::narrow`).
+            Elements::F64(v) => {
+                for (o, &x) in out.iter_mut().zip(&v[from..to]) {
+                    *o = x as f32;
+                }
+            }
+            Elements::Stored { bytes, dtype } => {
+                let size = dtype.size();
+                decode_f32_into(dtype, &bytes[from * size..to * size], out);
+            }
+        }
+        out
+    }
+}
+
+impl Value for f64 {
+    const SIZE: usize = 8;
+    fn widen(self) -> f64 {
+        self
+    }
+    fn non_finite(self) -> u32 {
+        u32::from(self.to_bits() & 0x7ff0_0000_0000_0000 == 0x7ff0_0000_0000_0000)
+    }
+    fn span<'s>(elements: Elements<'s>, from: usize, to: usize, buf: &'s mut [f64]) -> &'s [f64] {
+        match elements {
+            Elements::F64(v) => &v[from..to],
+            Elements::Stored { bytes, dtype } => {
+                let size = dtype.size();
+                let out = &mut buf[..to - from];
+                decode_into(dtype, &bytes[from * size..to * size], out);
+                out
+            }
         }
     }
 }
@@ -163,57 +247,137 @@ pub struct Scan {
 /// elements outside it; `first_outside` is the first in the order of the matrix the layer
 /// applies (the transpose's, for a transposed matrix), as its flat index there.
 pub fn scan(matrix: &Matrix<'_>, mask: Option<&[u8]>) -> Scan {
-    let transposed = matrix.transposed;
+    if matrix.narrow() {
+        scan_as::<f32>(matrix, mask)
+    } else {
+        scan_as::<f64>(matrix, mask)
+    }
+}
+
+/// Elements per word of [`nonzero_bits`].
+const WORD: usize = 64;
+
+/// Bit i set when `chunk[i]` (at most [`WORD`] elements) is nonzero, without a branch, so
+/// that a run of zeros (most of a sparse row) costs a few instructions per word.
+#[inline(always)]
+fn nonzero_bits<V: Value>(chunk: &[V]) -> u64 {
+    let zero = V::default();
+    flags_to_bits(chunk, |v| v != zero)
+}
+
+/// Bit i set when `mask[i]` (at most [`WORD`] bytes) is 0: outside the mask.
+#[inline(always)]
+fn zero_bits(mask: &[u8]) -> u64 {
+    flags_to_bits(mask, |m| m == 0)
+}
+
+/// Bit i set when `test(chunk[i])` (at most [`WORD`] elements). A whole word is tested into
+/// 64 bytes of 0 or 1 (vector compares), then each 8 of them gathered into 8 bits by one
+/// multiplication: byte j of x, 0 or 1, lands on bit 56 + j of `x * 0x0102040810204080`.
+#[inline(always)]
+fn flags_to_bits<T: Copy>(chunk: &[T], test: impl Fn(T) -> bool) -> u64 {
+    let Ok(word) = <&[T; WORD]>::try_from(chunk) else {
+        let mut bits = 0u64;
+        for (i, &v) in chunk.iter().enumerate() {
+            bits |= u64::from(test(v)) << i;
+        }
+        return bits;
+    };
+    let mut flags = [0u8; WORD];
+    for (f, &v) in flags.iter_mut().zip(word) {
+        *f = u8::from(test(v));
+    }
+    let mut bits = 0u64;
+    for (j, eight) in flags.chunks_exact(8).enumerate() {
+        let x = u64::from_le_bytes(eight.try_into().unwrap_or_default());
+        bits |= (x.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * j);
+    }
+    bits
+}
+
+/// Calls `f(i)` for every set bit i of `bits`, in increasing order.
+#[inline(always)]
+fn each_bit(mut bits: u64, mut f: impl FnMut(usize)) {
+    while bits != 0 {
+        f(bits.trailing_zeros() as usize);
+        bits &= bits - 1;
+    }
+}
+
+/// [`scan`] with the elements held as `V`: a row a word of [`WORD`] elements at a time, each
+/// word's nonzeros found as a bitmask; only they are counted by column and tested.
+fn scan_as<V: Value>(matrix: &Matrix<'_>, mask: Option<&[u8]>) -> Scan {
     let (rows, cols) = (matrix.rows, matrix.cols);
     let mut scan = Scan {
         row_nnz: vec![0; rows],
         col_nnz: vec![0; cols],
         ..Scan::default()
     };
-    let mut buf = vec![0.0; cols];
+    let mut buf = vec![V::default(); cols];
+    let mut non_finite = 0u32;
     for r in 0..rows {
         let row = matrix.span(r * cols, (r + 1) * cols, &mut buf);
         let mut count = 0u64;
-        for (c, &v) in row.iter().enumerate() {
-            if v != 0.0 {
-                count += 1;
-                scan.col_nnz[c] += 1;
-                if !v.is_finite() {
-                    scan.non_finite = true;
-                }
-                if let Some(mask) = mask
-                    && mask[r * cols + c] == 0
-                {
-                    scan.outside += 1;
-                    let at = if transposed {
-                        c * rows + r
-                    } else {
-                        r * cols + c
-                    };
-                    if scan.first_outside.is_none_or(|(first, _)| at < first) {
-                        scan.first_outside = Some((at, v));
-                    }
+        let mut first_outside = None;
+        for (w, chunk) in row.chunks(WORD).enumerate() {
+            let bits = nonzero_bits(chunk);
+            if bits == 0 {
+                continue;
+            }
+            let base = w * WORD;
+            count += u64::from(bits.count_ones());
+            let counts = &mut scan.col_nnz[base..base + chunk.len()];
+            each_bit(bits, |i| {
+                counts[i] += 1;
+                non_finite |= chunk[i].non_finite();
+            });
+            if let Some(mask) = mask {
+                let from = r * cols + base;
+                let outside = bits & zero_bits(&mask[from..from + chunk.len()]);
+                scan.outside += u64::from(outside.count_ones());
+                if outside != 0 && first_outside.is_none() {
+                    first_outside = Some(base + outside.trailing_zeros() as usize);
                 }
             }
         }
         scan.row_nnz[r] = count;
         scan.nnz += count;
+        // The row's first weight outside the mask is the first of the row in either order.
+        if let Some(c) = first_outside {
+            let at = if matrix.transposed {
+                c * rows + r
+            } else {
+                r * cols + c
+            };
+            if scan.first_outside.is_none_or(|(first, _)| at < first) {
+                scan.first_outside = Some((at, row[c].widen()));
+            }
+        }
     }
+    scan.non_finite = non_finite != 0;
     scan
 }
 
-/// The nonzeros of the short-wide orientation A (n x m, n <= m) of a matrix, by row (CSR)
-/// and by column (CSC), with indices in increasing order.
+/// The values of a [`Sparse`] factor, as f32 when f32 holds them ([`Value`]).
+#[derive(Clone, Debug)]
+enum Values {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// The nonzeros of the short-wide orientation A (n x m, n <= m) of a matrix, column by
+/// column (CSC), row indices increasing within a column; and for each row of A, its
+/// nonzeros' places in those columns (column index and position), columns increasing.
 #[derive(Clone, Debug)]
 pub struct Sparse {
     pub n: usize,
     pub m: usize,
-    row_start: Vec<usize>,
-    row_index: Vec<u32>,
-    row_value: Vec<f64>,
     col_start: Vec<usize>,
-    col_index: Vec<u32>,
-    col_value: Vec<f64>,
+    row_index: Vec<u32>,
+    values: Values,
+    row_start: Vec<usize>,
+    /// Per row, in increasing column k: (k, the position of the nonzero in the columns).
+    row_places: Vec<(u32, u32)>,
 }
 
 fn starts(counts: &[u64]) -> Vec<usize> {
@@ -227,152 +391,127 @@ fn starts(counts: &[u64]) -> Vec<usize> {
     starts
 }
 
+/// Calls `f` with the `&[V]` of a factor's values.
+macro_rules! with_values {
+    ($sparse:expr, $v:ident => $body:expr) => {
+        match &$sparse.values {
+            Values::F32($v) => $body,
+            Values::F64($v) => $body,
+        }
+    };
+}
+
 impl Sparse {
     /// The nonzeros of `matrix`, whose per-row and per-column counts `scan` found. `None`
     /// when a dimension does not fit the u32 indices.
     pub fn new(matrix: &Matrix<'_>, scan: &Scan) -> Option<Sparse> {
-        let (rows, cols) = (matrix.rows, matrix.cols);
-        if rows > u32::MAX as usize || cols > u32::MAX as usize {
+        if matrix.rows > u32::MAX as usize
+            || matrix.cols > u32::MAX as usize
+            || scan.nnz > u64::from(u32::MAX)
+        {
             return None;
         }
-        let nnz = scan.nnz as usize;
-        // By stored row (CSR of the stored matrix) and by stored column (CSC).
-        let by_row = starts(&scan.row_nnz);
-        let by_col = starts(&scan.col_nnz);
-        let mut row_index = vec![0u32; nnz];
-        let mut row_value = vec![0.0; nnz];
-        let mut col_index = vec![0u32; nnz];
-        let mut col_value = vec![0.0; nnz];
-        let mut col_fill: Vec<usize> = by_col[..cols].to_vec();
-        let mut buf = vec![0.0; cols];
-        let mut at = 0;
-        for r in 0..rows {
-            let row = matrix.span(r * cols, (r + 1) * cols, &mut buf);
-            for (c, &v) in row.iter().enumerate() {
-                if v != 0.0 {
-                    row_index[at] = c as u32;
-                    row_value[at] = v;
-                    at += 1;
-                    let k = col_fill[c];
-                    col_index[k] = r as u32;
-                    col_value[k] = v;
-                    col_fill[c] += 1;
-                }
+        let (n, m) = matrix.gram_dims();
+        let (col_start, row_index, values) = if matrix.narrow() {
+            let (start, index, values) = columns::<f32>(matrix, scan);
+            (start, index, Values::F32(values))
+        } else {
+            let (start, index, values) = columns::<f64>(matrix, scan);
+            (start, index, Values::F64(values))
+        };
+        // The rows: the columns' entries taken in increasing k and appended to their rows.
+        let row_start = starts(if matrix.a_is_transpose() {
+            &scan.col_nnz
+        } else {
+            &scan.row_nnz
+        });
+        let mut fill = row_start[..n].to_vec();
+        let mut row_places = vec![(0u32, 0u32); row_index.len()];
+        for k in 0..m {
+            for p in col_start[k]..col_start[k + 1] {
+                let at = &mut fill[row_index[p] as usize];
+                row_places[*at] = (k as u32, p as u32);
+                *at += 1;
             }
         }
-        let (n, m) = matrix.gram_dims();
-        Some(if !matrix.a_is_transpose() {
-            Sparse {
-                n,
-                m,
-                row_start: by_row,
-                row_index,
-                row_value,
-                col_start: by_col,
-                col_index,
-                col_value,
-            }
-        } else {
-            // A is the transpose: its rows are the stored columns.
-            Sparse {
-                n,
-                m,
-                row_start: by_col,
-                row_index: col_index,
-                row_value: col_value,
-                col_start: by_row,
-                col_index: row_index,
-                col_value: row_value,
-            }
+        Some(Sparse {
+            n,
+            m,
+            col_start,
+            row_index,
+            values,
+            row_start,
+            row_places,
         })
     }
 
     /// Nonzeros.
     pub fn nnz(&self) -> usize {
-        self.row_value.len()
+        self.row_index.len()
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.nnz() * 24 + (self.n + self.m + 2) * 8
+        let value = match self.values {
+            Values::F32(_) => f32::SIZE,
+            Values::F64(_) => f64::SIZE,
+        };
+        self.nnz() * (12 + value) + (self.m + self.n + 2) * 8
     }
 
-    /// Row a of A: column indices and values.
-    fn row(&self, a: usize) -> (&[u32], &[f64]) {
-        let (s, e) = (self.row_start[a], self.row_start[a + 1]);
-        (&self.row_index[s..e], &self.row_value[s..e])
-    }
-
-    /// Column k of A: row indices and values.
-    fn col(&self, k: usize) -> (&[u32], &[f64]) {
-        let (s, e) = (self.col_start[k], self.col_start[k + 1]);
-        (&self.col_index[s..e], &self.col_value[s..e])
-    }
-
-    /// `y = A A^T x` (`x`, `y` of length n), through `z` of length m, in a fixed order.
+    /// `y = A A^T x` (`x`, `y` of length n), through `z` of length m, in a fixed order:
+    /// `z = A^T x` column by column, then `y = A z` added column by column (each `y_a` summed
+    /// over k in increasing order).
     pub fn gram_times(&self, x: &[f64], y: &mut [f64], z: &mut [f64]) {
-        z.iter_mut().for_each(|v| *v = 0.0);
-        for (a, &xa) in x.iter().enumerate() {
-            let (index, value) = self.row(a);
-            for (&k, &v) in index.iter().zip(value) {
-                z[k as usize] += v * xa;
-            }
-        }
-        for (a, ya) in y.iter_mut().enumerate() {
-            let (index, value) = self.row(a);
-            *ya = index
+        with_values!(self, values => self.gram_times_as(values, x, y, z))
+    }
+
+    fn gram_times_as<V: Value>(&self, values: &[V], x: &[f64], y: &mut [f64], z: &mut [f64]) {
+        for (k, zk) in z.iter_mut().enumerate() {
+            let (s, e) = (self.col_start[k], self.col_start[k + 1]);
+            *zk = self.row_index[s..e]
                 .iter()
-                .zip(value)
-                .map(|(&k, &v)| v * z[k as usize])
+                .zip(&values[s..e])
+                .map(|(&a, &v)| v.widen() * x[a as usize])
                 .sum();
         }
+        y.iter_mut().for_each(|v| *v = 0.0);
+        for (k, &zk) in z.iter().enumerate() {
+            let (s, e) = (self.col_start[k], self.col_start[k + 1]);
+            for (&a, &v) in self.row_index[s..e].iter().zip(&values[s..e]) {
+                y[a as usize] += v.widen() * zk;
+            }
+        }
     }
 
-    /// Rows `from..to` of G's lower triangle, each given to `row` as (a, the nonzero entries
-    /// `(b, G_ab)` for b < a in increasing b, G_aa). Rows are accumulated densely, a block of
-    /// [`ROW_BLOCK`] at a time: the block's nonzeros `A_ak` are taken in increasing k (then
-    /// a), each adding `A_ak` times the part of column k above and on the diagonal to row a,
-    /// so a column is read once for every row of the block that has it, and each entry is
-    /// summed over k in increasing order (the same bits as row by row).
-    fn gram_rows(
+    /// Rows `from..to` of G's lower triangle, each given to `row` as (a, the entries `G_ab`
+    /// for b < a, G_aa). Row a is accumulated densely: each of its nonzeros `A_ak`, in
+    /// increasing k, adds `A_ak` times the part of column k above and on the diagonal (the
+    /// column's entries up to `A_ak` itself). Each entry is thus summed over k in increasing
+    /// order, whatever the rows asked for.
+    fn gram_rows(&self, from: usize, to: usize, row: impl FnMut(usize, &[f64], f64)) {
+        with_values!(self, values => self.gram_rows_as(values, from, to, row))
+    }
+
+    fn gram_rows_as<V: Value>(
         &self,
+        values: &[V],
         from: usize,
         to: usize,
-        mut row: impl FnMut(usize, &mut dyn Iterator<Item = (usize, f64)>, f64),
+        mut row: impl FnMut(usize, &[f64], f64),
     ) {
-        let n = self.n;
-        let mut acc = vec![0.0f64; ROW_BLOCK * n];
-        let mut entries: Vec<(u32, u32, f64)> = Vec::new();
-        let mut r0 = from;
-        while r0 < to {
-            let r1 = (r0 + ROW_BLOCK).min(to);
-            entries.clear();
-            for a in r0..r1 {
-                let (index, value) = self.row(a);
-                entries.extend(index.iter().zip(value).map(|(&k, &v)| (k, a as u32, v)));
-            }
-            entries.sort_unstable_by_key(|&(k, a, _)| (k, a));
-            for &(k, a, v) in &entries {
-                let a = a as usize;
-                let (rows, values) = self.col(k as usize);
-                let len = rows.partition_point(|&b| b as usize <= a);
-                let upto = &mut acc[(a - r0) * n..(a - r0) * n + a + 1];
-                for (&b, &u) in rows[..len].iter().zip(&values[..len]) {
-                    upto[b as usize] += v * u;
+        let mut acc = vec![0.0f64; self.n];
+        for a in from..to {
+            let upto = &mut acc[..=a];
+            for &(k, p) in &self.row_places[self.row_start[a]..self.row_start[a + 1]] {
+                let (s, p) = (self.col_start[k as usize], p as usize);
+                let v = values[p].widen();
+                for (&b, &u) in self.row_index[s..=p].iter().zip(&values[s..=p]) {
+                    upto[b as usize] += v * u.widen();
                 }
             }
-            for a in r0..r1 {
-                let upto = &mut acc[(a - r0) * n..(a - r0) * n + a + 1];
-                let (off, diagonal) = upto.split_at_mut(a);
-                let mut found = off
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, g)| **g != 0.0)
-                    .map(|(b, &g)| (b, g));
-                row(a, &mut found, diagonal[0]);
-                upto.fill(0.0);
-            }
-            r0 = r1;
+            row(a, &upto[..a], upto[a]);
+            upto.fill(0.0);
         }
     }
 
@@ -391,13 +530,50 @@ impl Sparse {
         let mut g = Mat::<f64>::zeros(self.n, self.n);
         self.gram_rows(0, self.n, |a, off, diagonal| {
             g[(a, a)] = diagonal;
-            for (b, v) in off {
+            for (b, &v) in off.iter().enumerate() {
                 g[(a, b)] = v;
                 g[(b, a)] = v;
             }
         });
         g
     }
+}
+
+/// The columns of A (CSC: starts, row indices, values) from one pass over the stored rows,
+/// a word of [`WORD`] elements at a time. When A is the transpose, its columns are the
+/// stored rows, each a column's run; otherwise a stored row's nonzeros are appended to their
+/// columns.
+fn columns<V: Value>(matrix: &Matrix<'_>, scan: &Scan) -> (Vec<usize>, Vec<u32>, Vec<V>) {
+    let (rows, cols) = (matrix.rows, matrix.cols);
+    let nnz = scan.nnz as usize;
+    let mut buf = vec![V::default(); cols];
+    let mut index = vec![0u32; nnz];
+    let mut values = vec![V::default(); nnz];
+    let transpose = matrix.a_is_transpose();
+    let start = starts(if transpose {
+        &scan.row_nnz
+    } else {
+        &scan.col_nnz
+    });
+    let mut fill = start[..start.len() - 1].to_vec();
+    for r in 0..rows {
+        let row = matrix.span(r * cols, (r + 1) * cols, &mut buf);
+        for (w, chunk) in row.chunks(WORD).enumerate() {
+            let base = w * WORD;
+            each_bit(nonzero_bits(chunk), |i| {
+                let (column, index_in_it) = if transpose {
+                    (r, base + i)
+                } else {
+                    (base + i, r)
+                };
+                let at = fill[column];
+                index[at] = index_in_it as u32;
+                values[at] = chunk[i];
+                fill[column] = at + 1;
+            });
+        }
+    }
+    (start, index, values)
 }
 
 /// What the checks need of a Gram matrix G (n x n): its diagonal, its largest off-diagonal
@@ -461,9 +637,9 @@ impl GramStats {
     }
 
     /// Takes in row a's entries below the diagonal and its diagonal entry.
-    fn add_row(&mut self, a: usize, off: &mut dyn Iterator<Item = (usize, f64)>, diagonal: f64) {
+    fn add_row(&mut self, a: usize, off: &[f64], diagonal: f64) {
         self.diagonal[a] = diagonal;
-        for (_, v) in off {
+        for &v in off {
             self.off_max = worse(self.off_max, v.abs());
             self.off_squares += v * v;
         }
@@ -552,7 +728,8 @@ fn sparse_fits(matrix: &Matrix<'_>, scan: &Scan) -> bool {
 
 /// The Gram statistics of `matrix` (whose [`scan`] is `scan`), by the cheaper product unless
 /// `product` forces one; with `keep`, the Gram matrix too (as its factor when sparse).
-/// `parallel` spreads one matrix over the threads; the numbers are the same either way.
+/// `parallel` lets one matrix be spread over the threads (the dense product, and a sparse
+/// one of over [`SPARSE_PARALLEL_WORK`]); the numbers are the same either way.
 pub fn gram(
     matrix: &Matrix<'_>,
     scan: &Scan,
@@ -570,6 +747,9 @@ pub fn gram(
     if product == Product::Sparse
         && let Some(sparse) = Sparse::new(matrix, scan)
     {
+        // A sparse product is spread over the threads only when it is long: below that,
+        // the layers measured in parallel keep the threads busy at no cost.
+        let parallel = parallel && sparse.gram_work() > SPARSE_PARALLEL_WORK;
         let stats = sparse_stats(&sparse, parallel);
         return (stats, keep.then_some(GramMatrix::Sparse(sparse)), product);
     }
@@ -626,26 +806,26 @@ pub fn dense_gram(matrix: &Matrix<'_>, parallel: bool) -> Mat<f64> {
     let mut k0 = 0;
     while k0 < m {
         let kb = PANEL.min(m - k0);
-        // The panel is columns k0..k0+kb of A, n rows of kb values: the same layout
-        // whichever way the matrix is stored, so that a transposed copy gets the same bits.
-        if !matrix.a_is_transpose() {
-            // A is the matrix: kb values of every row.
+        // The panel is columns k0..k0+kb of A, column-major (n values each): the same
+        // layout whichever way the matrix is stored, so that a transposed copy gets the
+        // same bits.
+        if matrix.a_is_transpose() {
+            // A's columns are the stored rows: each decoded in place.
+            for k in 0..kb {
+                let from = (k0 + k) * cols;
+                matrix.read_into(from, &mut buf[k * n..(k + 1) * n]);
+            }
+        } else {
+            // A is the matrix: kb values of every row, spread over the panel's columns.
             for a in 0..n {
                 let from = a * cols + k0;
                 let part = matrix.span(from, from + kb, &mut decoded);
-                buf[a * kb..(a + 1) * kb].copy_from_slice(part);
-            }
-        } else {
-            // A is the transpose: rows k0..k0+kb of the matrix, each a column of the panel.
-            for k in 0..kb {
-                let from = (k0 + k) * cols;
-                let part = matrix.span(from, from + cols, &mut decoded);
-                for (a, &v) in part.iter().enumerate() {
-                    buf[a * kb + k] = v;
+                for (k, &v) in part.iter().enumerate() {
+                    buf[k * n + a] = v;
                 }
             }
         }
-        let panel = MatRef::from_row_major_slice(&buf[..n * kb], n, kb);
+        let panel = MatRef::from_column_major_slice(&buf[..n * kb], n, kb);
         add_panel(&mut g, panel, parallel);
         k0 += kb;
     }
@@ -796,6 +976,9 @@ mod tests {
             let (many, _, _) = gram(&matrix, &scan, Some(product), true, false);
             assert_eq!(one, many, "{product:?}");
         }
+        // `gram` spreads only long sparse products; the split itself, on a short one.
+        let sparse = Sparse::new(&matrix, &scan).unwrap();
+        assert_eq!(sparse_stats(&sparse, false), sparse_stats(&sparse, true));
     }
 
     #[test]
@@ -844,6 +1027,151 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `values` stored as `dtype` (row-major), and the values the bytes hold.
+    fn stored(values: &[f64], rows: usize, cols: usize, dtype: Dtype) -> (Vec<u8>, Vec<f64>) {
+        use crate::tensor::{Grid, Order, write_all};
+        let grid = Grid::new(rows, cols, Order::RowMajor, values.to_vec());
+        let mut bytes = Vec::new();
+        write_all(&grid, dtype, &mut bytes).unwrap();
+        let held = bytes
+            .chunks_exact(dtype.size())
+            .map(|b| decode(dtype, b))
+            .collect();
+        (bytes, held)
+    }
+
+    #[test]
+    fn nonzero_bits_are_the_elements_tests() {
+        let values = random(1, 300, 0.3, 21);
+        let mask: Vec<u8> = values.iter().map(|&v| u8::from(v > 0.5)).collect();
+        for len in [0, 1, 7, 8, 63, 64] {
+            for start in [0, 5, 64, 200] {
+                let chunk = &values[start..start + len];
+                let want: u64 = (0..len).map(|i| u64::from(chunk[i] != 0.0) << i).sum();
+                assert_eq!(nonzero_bits(chunk), want, "{start} {len}");
+                let mask = &mask[start..start + len];
+                let want: u64 = (0..len).map(|i| u64::from(mask[i] == 0) << i).sum();
+                assert_eq!(zero_bits(mask), want, "{start} {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_scan_counts_what_a_plain_loop_counts_in_every_dtype() {
+        // Whole words of 64 and the tails after them; zeros of both signs, a NaN and an
+        // infinity; a mask that misses some weights.
+        for (rows, cols) in [(3, 200), (130, 64), (70, 129), (129, 70)] {
+            let mut values = random(rows, cols, 0.15, (rows * cols) as u64);
+            values[1] = -0.0;
+            values[cols + 3] = f64::NAN;
+            values[rows * cols - 2] = f64::INFINITY;
+            let flips = random(rows, cols, 0.05, 77);
+            for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16, Dtype::F64] {
+                let (bytes, held) = stored(&values, rows, cols, dtype);
+                let mask: Vec<u8> = held
+                    .iter()
+                    .zip(&flips)
+                    .map(|(&v, &f)| u8::from((v != 0.0) == (f == 0.0)))
+                    .collect();
+                for transposed in [false, true] {
+                    let matrix = Matrix::stored(&bytes, dtype, rows, cols).transposed(transposed);
+                    let got = scan(&matrix, Some(&mask));
+                    let mut row_nnz = vec![0u64; rows];
+                    let mut col_nnz = vec![0u64; cols];
+                    let (mut outside, mut first) = (0u64, None::<(usize, f64)>);
+                    for r in 0..rows {
+                        for c in 0..cols {
+                            let v = held[r * cols + c];
+                            if v != 0.0 {
+                                row_nnz[r] += 1;
+                                col_nnz[c] += 1;
+                                if mask[r * cols + c] == 0 {
+                                    outside += 1;
+                                    let at = if transposed {
+                                        c * rows + r
+                                    } else {
+                                        r * cols + c
+                                    };
+                                    if first.is_none_or(|(f, _)| at < f) {
+                                        first = Some((at, v));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    let what = format!("{rows}x{cols} {dtype:?} transposed={transposed}");
+                    assert_eq!(got.row_nnz, row_nnz, "{what}");
+                    assert_eq!(got.col_nnz, col_nnz, "{what}");
+                    assert_eq!(got.nnz, row_nnz.iter().sum::<u64>(), "{what}");
+                    assert!(got.non_finite, "{what}");
+                    assert_eq!(got.outside, outside, "{what}");
+                    assert!(outside > 0, "{what}");
+                    let (g, f) = (got.first_outside.unwrap(), first.unwrap());
+                    assert_eq!(g.0, f.0, "{what}");
+                    assert!(g.1 == f.1 || (g.1.is_nan() && f.1.is_nan()), "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn narrow_values_give_the_bits_of_wide_ones() {
+        // f32, bf16 and f16 matrices are held as f32 by both products, their f64 copies as
+        // f64: every product of two is exact in f64, so the sums have the same bits.
+        for (rows, cols, density) in [(130, 300, 0.05), (300, 130, 0.05), (70, 129, 1.0)] {
+            let values = random(rows, cols, density, 3);
+            for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
+                let (bytes, held) = stored(&values, rows, cols, dtype);
+                let narrow = Matrix::stored(&bytes, dtype, rows, cols);
+                let wide = Matrix::f64(&held, rows, cols);
+                assert!(narrow.narrow() && !wide.narrow());
+                let (a, b) = (scan(&narrow, None), scan(&wide, None));
+                for product in [Product::Sparse, Product::Dense] {
+                    let (x, kept_x, _) = gram(&narrow, &a, Some(product), false, true);
+                    let (y, kept_y, _) = gram(&wide, &b, Some(product), false, true);
+                    assert_eq!(x, y, "{rows}x{cols} {dtype:?} {product:?}");
+                    assert_eq!(
+                        kept_x.unwrap().matrix().into_owned(),
+                        kept_y.unwrap().matrix().into_owned()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_sparse_gram_times_a_vector_is_the_dense_one() {
+        for (rows, cols) in [(130, 300), (300, 130)] {
+            let values = random(rows, cols, 0.05, 8);
+            let matrix = Matrix::f64(&values, rows, cols);
+            let s = scan(&matrix, None);
+            let sparse = Sparse::new(&matrix, &s).unwrap();
+            let g = dense_gram(&matrix, false);
+            let n = sparse.n;
+            let x: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
+            let (mut y, mut z) = (vec![0.0; n], vec![0.0; sparse.m]);
+            sparse.gram_times(&x, &mut y, &mut z);
+            for (a, &ya) in y.iter().enumerate() {
+                // G's lower triangle holds the entries; the upper one is read by symmetry.
+                let want: f64 = (0..n).map(|b| g[(a.max(b), a.min(b))] * x[b]).sum();
+                assert!(
+                    (ya - want).abs() < 1e-12 * (1.0 + want.abs()),
+                    "{rows}x{cols} {a}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn clearing_the_vector_state_is_safe_from_any_thread() {
+        // From the main thread and from inside rayon's pool, which broadcasts to itself.
+        crate::measure::clean_vector_state(Par::rayon(0));
+        (0..4)
+            .into_par_iter()
+            .for_each(|_| crate::measure::clean_vector_state(Par::rayon(0)));
+        crate::measure::clean_vector_state(Par::Seq);
     }
 
     #[test]

@@ -231,7 +231,7 @@ fn io_error(path: &Path, source: io::Error) -> ReadError {
 
 /// Decodes one little-endian element of `dtype` (`b.len() == dtype.size()`) as f64. Bool
 /// and integer values convert exactly up to 2^53.
-fn decode(dtype: Dtype, b: &[u8]) -> f64 {
+pub(crate) fn decode(dtype: Dtype, b: &[u8]) -> f64 {
     match dtype {
         Dtype::Bool | Dtype::U8 => f64::from(b[0]),
         Dtype::I8 => f64::from(b[0] as i8),
@@ -287,6 +287,44 @@ pub fn decode_into(dtype: Dtype, bytes: &[u8], out: &mut [f64]) {
             }
         }
     }
+}
+
+/// Decodes like [`decode_into`], into f32: exact for the dtypes whose every value f32 holds
+/// ([`f32_holds`]); the checks use it to keep such a matrix at half the bytes of f64.
+pub fn decode_f32_into(dtype: Dtype, bytes: &[u8], out: &mut [f32]) {
+    debug_assert_eq!(out.len() * dtype.size(), bytes.len());
+    match dtype {
+        Dtype::F32 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Dtype::BF16 => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+            }
+        }
+        Dtype::Bool | Dtype::U8 => {
+            for (o, &b) in out.iter_mut().zip(bytes) {
+                *o = f32::from(b);
+            }
+        }
+        _ => {
+            let size = dtype.size();
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(size)) {
+                *o = decode(dtype, b) as f32;
+            }
+        }
+    }
+}
+
+/// Whether f32 holds every value of `dtype` exactly (the floats of 32 bits or fewer and the
+/// integers of 16 bits or fewer).
+pub fn f32_holds(dtype: Dtype) -> bool {
+    !matches!(
+        dtype,
+        Dtype::F64 | Dtype::U32 | Dtype::I32 | Dtype::U64 | Dtype::I64
+    )
 }
 
 fn eight(b: &[u8]) -> [u8; 8] {
