@@ -448,30 +448,16 @@ fn spectrum(blocks: &[(Matrix<'_>, Scan)], svd: bool) -> Result<Spectrum, &'stat
 /// tensor of PyTorch shape `torch` (rows `torch[0]`): read as stored, one row of the stored
 /// matrix decoded at a time into a map of its nonzeros (a byte an element).
 fn patterns_held(matrix: &Matrix<'_>, torch: &[usize]) -> (Vec<NmPattern>, Vec<NmPattern>) {
-    let (rows, cols) = (matrix.rows, matrix.cols);
-    let mut nonzero = Vec::with_capacity(rows * cols);
-    let mut buf = vec![0.0; cols];
-    for r in 0..rows {
-        let row = match matrix.elements {
-            Elements::F64(v) => &v[r * cols..(r + 1) * cols],
-            Elements::Stored { bytes, dtype } => {
-                let size = dtype.size();
-                crate::read::decode_into(
-                    dtype,
-                    &bytes[r * cols * size..(r + 1) * cols * size],
-                    &mut buf,
-                );
-                &buf[..]
-            }
-        };
-        nonzero.extend(row.iter().map(|&v| v != 0.0));
-    }
+    // Elements are read as the groups are checked: most matrices fail every pattern within
+    // their first groups.
     if matrix.transposed {
         // Stored (in, out): the layer's element (o, i) is stored at i * out + o.
-        let (out, inputs) = (cols, rows);
-        nm::patterns_held(torch, |k| nonzero[(k % inputs) * out + k / inputs])
+        let (out, inputs) = (matrix.cols, matrix.rows);
+        nm::patterns_held(torch, |k| {
+            matrix.nonzero_at((k % inputs) * out + k / inputs)
+        })
     } else {
-        nm::patterns_held(torch, |k| nonzero[k])
+        nm::patterns_held(torch, |k| matrix.nonzero_at(k))
     }
 }
 
