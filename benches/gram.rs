@@ -1,6 +1,7 @@
 //! Criterion benchmarks of the checks' kernels on EOI layers of `specs/transformer-1.3b.toml`
 //! (f32, as stored): one pass over the matrix (`scan`), its nonzeros by column (`factor`),
-//! the Gram statistics from them (`sparse gram`), and the dense Gram product for comparison.
+//! the Gram statistics from them (`sparse gram`), and the dense Gram product for comparison
+//! (the ratio of the two at d = 0.15 is what `SPARSE_COST` in src/measure/gram.rs rests on).
 //! Run with `cargo bench --bench gram`; `benches/checks.sh` measures whole runs.
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -13,8 +14,13 @@ use eoi::tensor::write_all;
 fn kernels(c: &mut Criterion) {
     let mut group = c.benchmark_group("gram");
     group.sample_size(10);
-    // The attention and MLP layers of transformer-1.3b at the densities ERK gives them.
-    for &(rows, cols, density) in &[(2048usize, 2048usize, 0.031), (8192, 2048, 0.019)] {
+    // The attention and MLP layers of transformer-1.3b at the densities ERK gives them, and a
+    // square layer near where the sparse product stops being the cheaper one (SPARSE_COST).
+    for &(rows, cols, density) in &[
+        (2048usize, 2048usize, 0.031),
+        (8192, 2048, 0.019),
+        (2048, 2048, 0.15),
+    ] {
         let w = schedule(rows, cols, density, &mut Stream::derive(0, "bench")).matrix(1.0);
         let mut bytes = Vec::with_capacity(rows * cols * 4);
         write_all(&w, Dtype::F32, &mut bytes).unwrap();
@@ -32,9 +38,11 @@ fn kernels(c: &mut Criterion) {
             });
         }
         if rows == cols {
-            group.bench_function(format!("dense gram {label}"), |b| {
-                b.iter(|| dense_gram(&matrix, true))
-            });
+            for parallel in [false, true] {
+                group.bench_function(format!("dense gram {label} parallel={parallel}"), |b| {
+                    b.iter(|| dense_gram(&matrix, parallel))
+                });
+            }
             let (stats, _, _) = gram(&matrix, &counts, Some(Product::Dense), true, false);
             assert!(stats.deviation(1.0) < 1e-5);
         }
