@@ -152,6 +152,44 @@ fn an_eoi_chain_of_gain_one_is_an_exact_isometry() {
     assert!(mean_sq < 1.0 && mean_sq > 0.05, "{mean_sq}");
 }
 
+/// A chain whose Jacobian would hold more than 2^25 values (one EOI layer of 8200 x 4096:
+/// 8200 x 4096 = 33.6M) is estimated without being asked, and says why; its columns are
+/// orthonormal (gain 1), so every singular value is 1 and the estimates must find it.
+#[test]
+fn a_jacobian_over_the_limit_is_estimated_and_says_why() {
+    let sandbox = Sandbox::new();
+    let spec = "seed = 3\n[sparsity]\ndensity = 0.01\n[init]\ngain = 1.0\n\
+        [[layer]]\nname = \"wide.weight\"\nshape = [8200, 4096]\n";
+    sandbox
+        .generate(spec, "wide.safetensors", &["-q"])
+        .success();
+    let ours = isometry(&sandbox, "wide.safetensors", &["--nonlinearity", "linear"]);
+    let j = &ours["jacobian"];
+    assert_eq!(j["method"], "estimated", "{j}");
+    assert_eq!(j["probes"], 64, "{j}");
+    let (mean, se) = (
+        number(&j["singular_mean_sq"]),
+        number(&j["singular_mean_sq_stderr"]),
+    );
+    assert!(se > 0.0 && (mean - 1.0).abs() <= 4.0 * se, "{mean} +- {se}");
+    // f32 weights: orthonormal to about 1e-7.
+    assert!((number(&j["singular_max"]) - 1.0).abs() < 1e-5, "{j}");
+    assert!(
+        j["singular_min"].is_null() && j["singular_std"].is_null(),
+        "{j}"
+    );
+    let text = sandbox
+        .eoi(&["isometry", "wide.safetensors", "--nonlinearity", "linear"])
+        .success();
+    let text = utf8(&text.get_output().stdout);
+    assert!(
+        text.contains(
+            "ESTIMATED (an exact spectrum would accumulate a Jacobian of 8200 x 4096 values, over the limit of 33554432"
+        ),
+        "{text}"
+    );
+}
+
 #[test]
 fn flax_layout_and_torch_prune_names_give_the_same_chain() {
     let sandbox = Sandbox::new();
