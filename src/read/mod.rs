@@ -554,14 +554,20 @@ impl Artifact {
     /// The tensor's values as f64, in row-major order, read and converted a chunk at a time.
     pub fn read_f64(&self, info: &TensorInfo) -> Result<Vec<f64>, ReadError> {
         let size = info.dtype.size();
-        let mut values = Vec::with_capacity(info.numel);
+        let mut values = vec![0.0; (info.nbytes / size as u64) as usize];
         let mut buf = vec![0u8; CHUNK.min(info.nbytes as usize)];
         let mut offset = 0u64;
         while offset < info.nbytes {
             let len = (info.nbytes - offset).min(CHUNK as u64) as usize;
             let chunk = &mut buf[..len];
             self.read_at(info, offset, chunk)?;
-            values.extend(chunk.chunks_exact(size).map(|b| decode(info.dtype, b)));
+            let at = (offset / size as u64) as usize;
+            let whole = len / size * size;
+            decode_into(
+                info.dtype,
+                &chunk[..whole],
+                &mut values[at..at + whole / size],
+            );
             offset += len as u64;
         }
         Ok(values)
