@@ -392,7 +392,7 @@ fn starts(counts: &[u64]) -> Vec<usize> {
     starts
 }
 
-/// Calls `f` with the `&[V]` of a factor's values.
+/// Evaluates `$body` with `$v` bound to a factor's values, `&Vec<f32>` or `&Vec<f64>`.
 macro_rules! with_values {
     ($sparse:expr, $v:ident => $body:expr) => {
         match &$sparse.values {
@@ -404,7 +404,8 @@ macro_rules! with_values {
 
 impl Sparse {
     /// The nonzeros of `matrix`, whose per-row and per-column counts `scan` found. `None`
-    /// when a dimension does not fit the u32 indices.
+    /// when a dimension or the count of nonzeros does not fit the u32 indices (the dense
+    /// product is used then).
     pub fn new(matrix: &Matrix<'_>, scan: &Scan) -> Option<Sparse> {
         if matrix.rows > u32::MAX as usize
             || matrix.cols > u32::MAX as usize
