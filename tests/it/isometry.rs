@@ -10,7 +10,7 @@ use std::path::Path;
 use safetensors::tensor::TensorView;
 use serde_json::Value;
 
-use crate::util::{Sandbox, json_from, run_script, utf8};
+use crate::util::{Sandbox, json_from, run_script, stdout, utf8};
 
 /// Runs tests/python/isometry_reference.py with `$EOI_PYTHON` and parses its JSON output.
 fn reference(args: &[&str]) -> Value {
@@ -18,6 +18,22 @@ fn reference(args: &[&str]) -> Value {
         "isometry_reference.py",
         &run_script("isometry_reference.py", args),
     )
+}
+
+/// isometry_reference.py writes its chain as `name` in the sandbox (`extra`: its options,
+/// e.g. "zero-first"); the file's path and the layer names, in chain order.
+fn write_chain(sandbox: &Sandbox, name: &str, extra: &[&str]) -> (String, Vec<String>) {
+    let file = sandbox.path(name).to_str().unwrap().to_string();
+    let args = [&["write-chain", file.as_str()], extra].concat();
+    let names = serde_json::from_value(reference(&args)).unwrap();
+    (file, names)
+}
+
+/// isometry_reference.py's `what` ("jacobian", "signal") of the chain `names` in `file`.
+fn numpy_chain(what: &str, file: &str, names: &[String]) -> Value {
+    let mut args = vec![what, file];
+    args.extend(names.iter().map(String::as_str));
+    reference(&args)
 }
 
 /// `eoi isometry FILE ARGS... --json` in the sandbox, which must succeed.
@@ -58,12 +74,8 @@ fn chain_names(report: &Value) -> Vec<String> {
 #[test]
 fn a_linear_chain_matches_numpy_in_natural_order() {
     let sandbox = Sandbox::new();
-    let file = sandbox.path("chain.safetensors");
-    let file = file.to_str().unwrap();
-    let names: Vec<String> = serde_json::from_value(reference(&["write-chain", file])).unwrap();
-    let mut args = vec!["jacobian", file];
-    args.extend(names.iter().map(String::as_str));
-    let numpy = reference(&args);
+    let (file, names) = write_chain(&sandbox, "chain.safetensors", &[]);
+    let numpy = numpy_chain("jacobian", &file, &names);
 
     // No provenance: natural name order puts net.10 after net.8; lexical order would not
     // compose.
@@ -181,7 +193,7 @@ fn a_jacobian_over_the_limit_is_estimated_and_says_why() {
     let text = sandbox
         .eoi(&["isometry", "wide.safetensors", "--nonlinearity", "linear"])
         .success();
-    let text = utf8(&text.get_output().stdout);
+    let text = stdout(&text);
     assert!(
         text.contains(
             "ESTIMATED (an exact spectrum would accumulate a Jacobian of 8200 x 4096 values, over the limit of 33554432"
@@ -221,14 +233,9 @@ fn flax_layout_and_torch_prune_names_give_the_same_chain() {
 #[test]
 fn a_tanh_chain_adds_its_biases_as_numpy_does() {
     let sandbox = Sandbox::new();
-    let file = sandbox.path("zero.safetensors");
-    let file = file.to_str().unwrap();
-    let names: Vec<String> =
-        serde_json::from_value(reference(&["write-chain", file, "zero-first"])).unwrap();
+    let (file, names) = write_chain(&sandbox, "zero.safetensors", &["zero-first"]);
     // The first weight is zero, so the signal after it is tanh(bias), whatever the input.
-    let mut args = vec!["signal", file];
-    args.extend(names.iter().map(String::as_str));
-    let numpy = reference(&args);
+    let numpy = numpy_chain("signal", &file, &names);
     let ours = isometry(&sandbox, "zero.safetensors", &["--seed", "9"]);
     assert!(
         ours["chain"]
@@ -296,7 +303,7 @@ fn text_output_summarises_the_jacobian_and_the_depth() {
     let assert = sandbox
         .eoi(&["isometry", "square.safetensors", "--nonlinearity", "relu"])
         .success();
-    let text = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    let text = stdout(&assert);
     for needle in [
         "a chain of 12 layers in provenance order: hidden.0.weight (48x48) ... hidden.11.weight (48x48)",
         "phi = relu",
@@ -493,7 +500,7 @@ fn order_names_reads_mlp_blocks_as_a_chain() {
             "names",
         ])
         .success();
-    let text = utf8(&text.get_output().stdout);
+    let text = stdout(&text);
     assert!(
         text.contains("a chain of 6 layers in natural order: layers.0.mlp.fc1.weight (32x8)"),
         "{text}"
@@ -513,9 +520,7 @@ fn order_names_reads_mlp_blocks_as_a_chain() {
         message.contains("records") && message.contains("names"),
         "{message}"
     );
-    let file = sandbox.path("chain.safetensors");
-    let file = file.to_str().unwrap();
-    reference(&["write-chain", file]);
+    write_chain(&sandbox, "chain.safetensors", &[]);
     let message = refused(&sandbox, &["chain.safetensors", "--order", "records"]);
     assert!(
         message.contains("--order records: 'chain.safetensors' has no eoi provenance records"),
@@ -531,12 +536,8 @@ fn order_names_reads_mlp_blocks_as_a_chain() {
 #[test]
 fn probes_estimate_a_linear_chain_within_their_standard_errors() {
     let sandbox = Sandbox::new();
-    let file = sandbox.path("chain.safetensors");
-    let file = file.to_str().unwrap();
-    let names: Vec<String> = serde_json::from_value(reference(&["write-chain", file])).unwrap();
-    let mut args = vec!["jacobian", file];
-    args.extend(names.iter().map(String::as_str));
-    let numpy = reference(&args);
+    let (file, names) = write_chain(&sandbox, "chain.safetensors", &[]);
+    let numpy = numpy_chain("jacobian", &file, &names);
     let linear = ["--nonlinearity", "linear", "--probes", "512"];
     let exact = isometry(&sandbox, "chain.safetensors", &["--nonlinearity", "tanh"]);
     let runs = [
@@ -583,7 +584,7 @@ fn probes_estimate_a_linear_chain_within_their_standard_errors() {
     let text = sandbox
         .eoi(&["isometry", "chain.safetensors", "--probes", "64"])
         .success();
-    let text = utf8(&text.get_output().stdout);
+    let text = stdout(&text);
     assert!(
         text.contains("ESTIMATED (--probes): the mean of squares from 64 random probes"),
         "{text}"

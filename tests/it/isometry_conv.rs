@@ -8,7 +8,7 @@
 
 use serde_json::Value;
 
-use crate::util::{Sandbox, json_from, run_script, utf8};
+use crate::util::{Sandbox, json_from, run_script, stdout, utf8};
 
 /// Runs tests/python/conv_isometry_reference.py with `$EOI_PYTHON`; its JSON output.
 fn reference(args: &[&str]) -> Value {
@@ -190,7 +190,7 @@ fn a_tanh_conv_chain_matches_the_dense_jacobian() {
             "16",
         ])
         .success();
-    let text = utf8(&text.get_output().stdout);
+    let text = stdout(&text);
     assert!(text.contains("ESTIMATED from 16 random probes"), "{text}");
     assert!(text.contains("(estimated)"), "{text}");
     assert!(text.contains("not estimated"), "{text}");

@@ -11,8 +11,7 @@ use serde_json::Value;
 use crate::util::lib::{LayerPlan, Overrides, RowBlocks, Source, generate_layer, layer_stats};
 use crate::util::lib::{parse_spec, plan};
 use crate::util::{
-    Needs, Sandbox, data_range, gram_error, python, read_safetensors, records_by_name, stderr,
-    stdout, text,
+    Needs, Sandbox, data_range, gram_error, read_safetensors, records_by_name, stderr, stdout,
 };
 
 /// The common patterns, (N, M).
@@ -314,19 +313,7 @@ for scheme in ["eoi", "kaiming", "scaled-kaiming", "orthogonal"]:
             assert abs(g - np.eye(len(g))).max() < 1e-6, (name, abs(g - np.eye(len(g))).max())
 print("ok")
 "#;
-    let out = python(Needs::NumpySafetensors)
-        .arg("-c")
-        .arg(check)
-        .current_dir(sandbox.dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert_eq!(text(&out.stdout).trim(), "ok");
+    assert_eq!(sandbox.python(Needs::NumpySafetensors, check).trim(), "ok");
 }
 
 #[test]
@@ -387,13 +374,7 @@ one = np.zeros((8, 16), dtype=np.float32)
 one[:, ::4] = 1.0
 save_file({"two.weight": np.ascontiguousarray(w * keep), "dense.weight": w, "one.weight": one}, "other.safetensors")
 "#;
-    let out = python(Needs::NumpySafetensors)
-        .arg("-c")
-        .arg(make)
-        .current_dir(sandbox.dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    sandbox.python(Needs::NumpySafetensors, make);
     let json = sandbox.json(&["inspect", "other.safetensors"], 0);
     let tensor = |name: &str| -> Value {
         json["tensors"]
@@ -460,13 +441,7 @@ assert m.shape == (64, 24)
 assert m.reshape(16, 4, 24).sum(axis=1).max() <= 2
 print("ok")
 "#;
-    let out = python(Needs::NumpySafetensors)
-        .arg("-c")
-        .arg(check)
-        .current_dir(sandbox.dir())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sandbox.python(Needs::NumpySafetensors, check).trim(), "ok");
 }
 
 /// `eoi plan` on a spec, expecting a refusal (exit 2); its standard error.
@@ -661,18 +636,5 @@ assert m2.reshape(-1, 4, 128).sum(axis=1).max() <= 2
 assert m2.reshape(256, -1, 4).sum(axis=2).max() <= 2
 print("ok")
 "#;
-    let out = python(Needs::Examples)
-        .arg("-c")
-        .arg(recipe)
-        .current_dir(sandbox.dir())
-        .env("JAX_PLATFORMS", "cpu")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    assert_eq!(text(&out.stdout).trim(), "ok");
+    assert_eq!(sandbox.python(Needs::Examples, recipe).trim(), "ok");
 }

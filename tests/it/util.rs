@@ -260,6 +260,24 @@ impl Sandbox {
         json(&self.eoi(&all).code(code).get_output().stdout)
     }
 
+    /// Runs `python -c CODE` inside the sandbox, with the packages `needs` names (JAX on the
+    /// CPU), and requires it to succeed; its standard output.
+    pub fn python(&self, needs: Needs, code: &str) -> String {
+        let out = python(needs)
+            .args(["-c", code])
+            .current_dir(self.dir.path())
+            .env("JAX_PLATFORMS", "cpu")
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "python -c failed in the sandbox:\n{}\n{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        utf8(&out.stdout)
+    }
+
     /// Staging files or directories (`.eoi-*`) left anywhere in the sandbox.
     pub fn leftovers(&self) -> Vec<PathBuf> {
         leftovers(self.dir.path())
