@@ -27,18 +27,16 @@ binary (--eoi, default $EOI or `eoi` on the PATH).
 """
 
 import argparse
-import json
 import os
 import re
 import sys
-import tempfile
-import time
 
 import numpy as np
 
-# The digits data, the earlier runs of --include and `eoi generate` as deep_mlp.py has them.
+# The digits data, the earlier runs of --include, `eoi generate`, SGD, running the schemes and
+# reporting them as deep_mlp.py has them.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from deep_mlp import digits, generate, included  # noqa: E402
+from deep_mlp import digits, generate, included, report, run, sgd  # noqa: E402
 
 SPEC = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "specs", "cnn-digits.toml"))
 SCHEMES = ["eoi", "kaiming", "scaled-kaiming", "orthogonal", "conv-orthogonal", "sao"]
@@ -123,14 +121,12 @@ def load(path, depth):
 
 
 def train(params, masks, data, args):
-    """Plain SGD on softmax cross-entropy with masked gradients; test accuracy every
-    --eval-every steps. Returns [(step, accuracy)], the final loss, whether every masked
-    weight is still exactly zero, and the seconds spent compiling."""
+    """SGD on the CNN of `load` (see deep_mlp.py's `sgd`), on the digits as 1 x 8 x 8 images."""
     import jax
     import jax.numpy as jnp
 
-    x_train, y_train, x_test, y_test = (
-        data[0].reshape(-1, 1, SIDE, SIDE), data[1], data[2].reshape(-1, 1, SIDE, SIDE), data[3])
+    x_train, y_train, x_test, y_test = data
+    images = (x_train.reshape(-1, 1, SIDE, SIDE), y_train, x_test.reshape(-1, 1, SIDE, SIDE), y_test)
 
     def conv(h, w, b):
         # Circular padding, so every layer maps C x 8 x 8 to C x 8 x 8 as a periodic
@@ -147,65 +143,7 @@ def train(params, masks, data, args):
             h = jnp.tanh(conv(h, w, b))
         return h.reshape(h.shape[0], -1) @ p["w"][-1].T + p["b"][-1]
 
-    def loss(p, x, y):
-        logits = forward(p, x)
-        return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
-
-    @jax.jit
-    def step(p, m, x, y):
-        value, grads = jax.value_and_grad(loss)(p, x, y)
-        return jax.tree.map(lambda w, g, k: w - args.lr * g * k, p, grads, m), value
-
-    @jax.jit
-    def accuracy(p, x, y):
-        return jnp.mean(jnp.argmax(forward(p, x), axis=1) == y)
-
-    p = jax.tree.map(jnp.asarray, params)
-    m = jax.tree.map(jnp.asarray, masks)
-    rng = np.random.default_rng(args.seed)
-    started = time.perf_counter()
-    curve = [(0, float(accuracy(p, x_test, y_test)))]
-    order, at = rng.permutation(len(x_train)), 0
-    value = float("nan")
-    compile_seconds = 0.0
-    for k in range(1, args.steps + 1):
-        if at + args.batch > len(order):
-            order, at = rng.permutation(len(x_train)), 0
-        batch = order[at:at + args.batch]
-        at += args.batch
-        p, value = step(p, m, x_train[batch], y_train[batch])
-        if k == 1:
-            jax.block_until_ready(p)
-            compile_seconds = time.perf_counter() - started
-        if k % args.eval_every == 0 or k == args.steps:
-            curve.append((k, float(accuracy(p, x_test, y_test))))
-    held = all(bool(jnp.all(jnp.where(mk == 0, pk, 0) == 0))
-               for pk, mk in zip(jax.tree.leaves(p), jax.tree.leaves(m)))
-    return curve, float(value), held, compile_seconds
-
-
-def plot(results, args):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.5, 4.2), dpi=120)
-    styles = ["-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1))]
-    for k, r in enumerate(results):
-        steps, acc = zip(*r["curve"])
-        ax.plot(steps, acc, linestyle=styles[k % len(styles)], linewidth=2.2 if r["scheme"] == "eoi" else 1.6,
-                label=f"{r['scheme']} ({r['test_accuracy']:.1%})")
-    ax.axhline(0.1, color="grey", linestyle=":", linewidth=1, label="chance (10%)")
-    ax.set_xlabel("SGD step")
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{args.depth}-layer tanh CNN ({args.channels} channels) on digits, density 0.125, "
-                 f"SGD lr {args.lr}, batch {args.batch}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="scheme (final)")
-    fig.tight_layout()
-    fig.savefig(args.plot)
+    return sgd(forward, params, masks, images, args)
 
 
 def main(argv=None):
@@ -213,47 +151,12 @@ def main(argv=None):
     earlier = included(args, SETTINGS)
     data = digits(args.seed)
     text = spec_text(args.spec, args.depth, args.channels)
-    keep = args.artifacts
-    if keep:
-        os.makedirs(keep, exist_ok=True)
-    scratch = None if keep else tempfile.TemporaryDirectory(prefix="eoi-deep-cnn-")
-    where = keep or scratch.name
-    results = []
     print(f"{args.depth}-layer tanh CNN, {args.channels} channels, digits 1400 train / {len(data[3])} test, "
           f"SGD lr {args.lr}, batch {args.batch}, {args.steps} steps, seed {args.seed}", flush=True)
-    try:
-        for scheme in args.schemes:
-            path = os.path.join(where, f"{scheme}.safetensors")
-            seconds_generate = generate(args.eoi, text, scheme, args.seed, path)
-            params, masks = load(path, args.depth)
-            started = time.perf_counter()
-            curve, final_loss, held, compile_seconds = train(params, masks, data, args)
-            seconds = time.perf_counter() - started
-            if not held:
-                sys.exit(f"{scheme}: a masked weight became nonzero during training")
-            result = {"scheme": scheme, "test_accuracy": curve[-1][1], "final_loss": final_loss,
-                      "generate_seconds": seconds_generate, "train_seconds": seconds,
-                      "compile_seconds": compile_seconds, "curve": curve}
-            results.append(result)
-            print(f"  {scheme:<16} test accuracy {result['test_accuracy']:.3f}  (train loss {final_loss:.3f}, "
-                  f"{seconds:.0f} s, of which {compile_seconds:.0f} s compiling)", flush=True)
-    finally:
-        if scratch:
-            scratch.cleanup()
-
-    order = {s: k for k, s in enumerate(SCHEMES)}
-    results = sorted(earlier + results, key=lambda r: order.get(r["scheme"], len(SCHEMES)))
-    print()
-    print("| scheme | test accuracy | final train loss |")
-    print("|---|---|---|")
-    for r in results:
-        print(f"| {r['scheme']} | {r['test_accuracy']:.1%} | {r['final_loss']:.3f} |")
-    if args.plot:
-        plot(results, args)
-        print(f"\nwrote {args.plot}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({**{k: getattr(args, k) for k in SETTINGS}, "results": results}, f, indent=1)
+    results = run(args, text, "eoi-deep-cnn-", load, train, data)
+    title = (f"{args.depth}-layer tanh CNN ({args.channels} channels) on digits, density 0.125, "
+             f"SGD lr {args.lr}, batch {args.batch}")
+    report(args, earlier + results, SCHEMES, SETTINGS, title)
 
 
 if __name__ == "__main__":

@@ -187,13 +187,9 @@ def load(path, depth):
 
 
 def train(params, masks, data, args):
-    """Plain SGD on softmax cross-entropy with masked gradients; test accuracy every
-    --eval-every steps. Returns [(step, accuracy)], the final loss and whether every masked
-    weight is still exactly zero."""
+    """SGD on the MLP of `load` (see `sgd`)."""
     import jax
     import jax.numpy as jnp
-
-    x_train, y_train, x_test, y_test = data
 
     def forward(p, x):
         h = jnp.tanh(x @ p["w_in"].T + p["b_in"])
@@ -204,6 +200,18 @@ def train(params, masks, data, args):
 
         h, _ = jax.lax.scan(layer, h, (p["w"], p["b"]))
         return h @ p["w_out"].T + p["b_out"]
+
+    return sgd(forward, params, masks, data, args)
+
+
+def sgd(forward, params, masks, data, args):
+    """Plain SGD on the softmax cross-entropy of `forward(p, x)` with masked gradients (deep_cnn.py
+    uses it too); test accuracy every --eval-every steps. Returns [(step, accuracy)], the final
+    loss, whether every masked weight is still exactly zero, and the seconds spent compiling."""
+    import jax
+    import jax.numpy as jnp
+
+    x_train, y_train, x_test, y_test = data
 
     def loss(p, x, y):
         logits = forward(p, x)
@@ -221,22 +229,29 @@ def train(params, masks, data, args):
     p = jax.tree.map(jnp.asarray, params)
     m = jax.tree.map(jnp.asarray, masks)
     rng = np.random.default_rng(args.seed)
+    started = time.perf_counter()
     curve = [(0, float(accuracy(p, x_test, y_test)))]
     order, at = rng.permutation(len(x_train)), 0
     value = float("nan")
+    compile_seconds = 0.0
     for k in range(1, args.steps + 1):
         if at + args.batch > len(order):
             order, at = rng.permutation(len(x_train)), 0
         batch = order[at:at + args.batch]
         at += args.batch
         p, value = step(p, m, x_train[batch], y_train[batch])
+        if k == 1:
+            jax.block_until_ready(p)
+            compile_seconds = time.perf_counter() - started
         if k % args.eval_every == 0 or k == args.steps:
             curve.append((k, float(accuracy(p, x_test, y_test))))
-    held = all(bool(jnp.all(jnp.where(m[k] == 0, p[k], 0) == 0)) for k in p)
-    return curve, float(value), held
+    held = all(bool(jnp.all(jnp.where(mk == 0, pk, 0) == 0))
+               for pk, mk in zip(jax.tree.leaves(p), jax.tree.leaves(m)))
+    return curve, float(value), held, compile_seconds
 
 
-def plot(results, args):
+def plot(results, title, path):
+    """Test accuracy against SGD steps, a line per scheme (deep_cnn.py uses it too)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -252,12 +267,60 @@ def plot(results, args):
     ax.set_xlabel("SGD step")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
-    sparsity = f"{args.nm} (density {args.density:g})" if args.nm else "density 0.125"
-    ax.set_title(f"{args.depth}-layer tanh MLP on digits, {sparsity}, SGD lr {args.lr}, batch {args.batch}")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), title="scheme (final)")
     fig.tight_layout()
-    fig.savefig(args.plot)
+    fig.savefig(path)
+
+
+def run(args, text, prefix, load, train, data):
+    """Each of --schemes: generated from `text`, loaded by `load(path, depth)`, trained by
+    `train(params, masks, data, args)`; the results, as printed (deep_cnn.py uses it too)."""
+    keep = args.artifacts
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+    scratch = None if keep else tempfile.TemporaryDirectory(prefix=prefix)
+    where = keep or scratch.name
+    results = []
+    try:
+        for scheme in args.schemes:
+            path = os.path.join(where, f"{scheme}.safetensors")
+            seconds_generate = generate(args.eoi, text, scheme, args.seed, path)
+            params, masks = load(path, args.depth)
+            started = time.perf_counter()
+            curve, final_loss, held, compile_seconds = train(params, masks, data, args)
+            seconds = time.perf_counter() - started
+            if not held:
+                sys.exit(f"{scheme}: a masked weight became nonzero during training")
+            result = {"scheme": scheme, "test_accuracy": curve[-1][1], "final_loss": final_loss,
+                      "generate_seconds": seconds_generate, "train_seconds": seconds,
+                      "compile_seconds": compile_seconds, "curve": curve}
+            results.append(result)
+            print(f"  {scheme:<16} test accuracy {result['test_accuracy']:.3f}  (train loss {final_loss:.3f}, "
+                  f"{seconds:.0f} s, of which {compile_seconds:.0f} s compiling)", flush=True)
+    finally:
+        if scratch:
+            scratch.cleanup()
+    return results
+
+
+def report(args, results, schemes, settings, title):
+    """The results (this run's and --include's) in `schemes` order as a table, and --plot and
+    --json when asked (deep_cnn.py uses it too)."""
+    order = {s: k for k, s in enumerate(schemes)}
+    results = sorted(results, key=lambda r: order.get(r["scheme"], len(schemes)))
+    print()
+    print("| scheme | test accuracy | final train loss |")
+    print("|---|---|---|")
+    for r in results:
+        print(f"| {r['scheme']} | {r['test_accuracy']:.1%} | {r['final_loss']:.3f} |")
+    if args.plot:
+        plot(results, title, args.plot)
+        print(f"\nwrote {args.plot}")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({**{k: getattr(args, k) for k in settings}, "results": results}, f, indent=1)
 
 
 def main(argv=None):
@@ -265,48 +328,13 @@ def main(argv=None):
     earlier = included(args)
     data = digits(args.seed)
     text = spec_text(args.spec, args.depth, args.nm, args.density)
-    keep = args.artifacts
-    if keep:
-        os.makedirs(keep, exist_ok=True)
-    scratch = None if keep else tempfile.TemporaryDirectory(prefix="eoi-deep-mlp-")
-    where = keep or scratch.name
-    results = []
     pattern = f", hidden layers {args.nm} at density {args.density:g}" if args.nm else ""
     print(f"{args.depth}-layer tanh MLP{pattern}, digits 1400 train / {len(data[3])} test, SGD lr {args.lr}, "
           f"batch {args.batch}, {args.steps} steps, seed {args.seed}", flush=True)
-    try:
-        for scheme in args.schemes:
-            path = os.path.join(where, f"{scheme}.safetensors")
-            seconds_generate = generate(args.eoi, text, scheme, args.seed, path)
-            params, masks = load(path, args.depth)
-            started = time.perf_counter()
-            curve, final_loss, held = train(params, masks, data, args)
-            seconds = time.perf_counter() - started
-            if not held:
-                sys.exit(f"{scheme}: a masked weight became nonzero during training")
-            result = {"scheme": scheme, "test_accuracy": curve[-1][1], "final_loss": final_loss,
-                      "generate_seconds": seconds_generate, "train_seconds": seconds, "curve": curve}
-            results.append(result)
-            print(f"  {scheme:<16} test accuracy {result['test_accuracy']:.3f}  (train loss {final_loss:.3f}, "
-                  f"{seconds:.0f} s)", flush=True)
-    finally:
-        if scratch:
-            scratch.cleanup()
-
-    order = {s: k for k, s in enumerate(SCHEMES)}
-    results = sorted(earlier + results, key=lambda r: order.get(r["scheme"], len(SCHEMES)))
-    print()
-    print("| scheme | test accuracy | final train loss |")
-    print("|---|---|---|")
-    for r in results:
-        print(f"| {r['scheme']} | {r['test_accuracy']:.1%} | {r['final_loss']:.3f} |")
-    if args.plot:
-        plot(results, args)
-        print(f"\nwrote {args.plot}")
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"depth": args.depth, "steps": args.steps, "lr": args.lr, "batch": args.batch,
-                       "seed": args.seed, "nm": args.nm, "results": results}, f, indent=1)
+    results = run(args, text, "eoi-deep-mlp-", load, train, data)
+    sparsity = f"{args.nm} (density {args.density:g})" if args.nm else "density 0.125"
+    title = f"{args.depth}-layer tanh MLP on digits, {sparsity}, SGD lr {args.lr}, batch {args.batch}"
+    report(args, earlier + results, SCHEMES, SETTINGS, title)
 
 
 if __name__ == "__main__":
