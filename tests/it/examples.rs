@@ -15,9 +15,10 @@ use serde_json::Value;
 
 use crate::util::{Needs, eoi_path, eoi_process, json, python, repo, text};
 
-/// Runs `python examples/SCRIPT ARGS...` in `dir` with the eoi under test; requires success.
-fn run_example(dir: &Path, script: &str, args: &[&str]) -> Output {
-    let out = python(Needs::Examples)
+/// Runs `python examples/SCRIPT ARGS...` in `dir` with the eoi under test, whatever its
+/// exit status.
+fn example_output(dir: &Path, script: &str, args: &[&str]) -> Output {
+    python(Needs::Examples)
         .arg(repo("examples").join(script))
         .arg("--eoi")
         .arg(eoi_path())
@@ -27,7 +28,12 @@ fn run_example(dir: &Path, script: &str, args: &[&str]) -> Output {
         .env("JAX_PLATFORMS", "cpu")
         .env("MPLBACKEND", "Agg")
         .output()
-        .expect("the example runs");
+        .expect("the example runs")
+}
+
+/// Runs `python examples/SCRIPT ARGS...` in `dir` with the eoi under test; requires success.
+fn run_example(dir: &Path, script: &str, args: &[&str]) -> Output {
+    let out = example_output(dir, script, args);
     assert!(
         out.status.success(),
         "examples/{script} {args:?} failed ({}):\n{}\n{}",
@@ -204,16 +210,20 @@ fn deep_mlp_includes_an_earlier_runs_results_only_with_the_same_settings() {
             .starts_with(b"\x89PNG")
     );
 
-    let refused = python(Needs::Examples)
-        .arg(repo("examples/deep_mlp.py"))
-        .arg("--eoi")
-        .arg(eoi_path())
-        .args(["--depth", "5", "--steps", "2", "--schemes", "eoi"])
-        .args(["--include", "first.json"])
-        .current_dir(dir.path())
-        .env("JAX_PLATFORMS", "cpu")
-        .output()
-        .unwrap();
+    let refused = example_output(
+        dir.path(),
+        "deep_mlp.py",
+        &[
+            "--depth",
+            "5",
+            "--steps",
+            "2",
+            "--schemes",
+            "eoi",
+            "--include",
+            "first.json",
+        ],
+    );
     assert!(!refused.status.success());
     let stderr = text(&refused.stderr);
     assert!(
@@ -312,23 +322,22 @@ fn deep_cnn_includes_an_earlier_run_only_with_the_same_channels() {
         .map(|r| r["scheme"].as_str().unwrap())
         .collect();
     assert_eq!(schemes, ["eoi", "kaiming"], "{both}");
-    let refused = python(Needs::Examples)
-        .arg(repo("examples/deep_cnn.py"))
-        .arg("--eoi")
-        .arg(eoi_path())
-        .args(small)
-        .args([
-            "--schemes",
-            "eoi",
-            "--channels",
-            "16",
-            "--include",
-            "first.json",
-        ])
-        .current_dir(dir.path())
-        .env("JAX_PLATFORMS", "cpu")
-        .output()
-        .unwrap();
+    let refused = example_output(
+        dir.path(),
+        "deep_cnn.py",
+        &[
+            &small[..],
+            &[
+                "--schemes",
+                "eoi",
+                "--channels",
+                "16",
+                "--include",
+                "first.json",
+            ],
+        ]
+        .concat(),
+    );
     assert!(!refused.status.success());
     let stderr = text(&refused.stderr);
     assert!(
@@ -414,14 +423,11 @@ fn real_models_takes_the_flax_cnn_end_to_end() {
 #[test]
 fn real_models_refuses_an_unknown_family_naming_the_known_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let out = python(Needs::Examples)
-        .arg(repo("examples").join("real_models.py"))
-        .arg("--eoi")
-        .arg(eoi_path())
-        .args(["--families", "flax-cnn,resnet18"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = example_output(
+        dir.path(),
+        "real_models.py",
+        &["--families", "flax-cnn,resnet18"],
+    );
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
